@@ -1,0 +1,489 @@
+"""Sendmail's implementation of the MTA operations, driven through an executor.
+
+Nothing here needs Python on the managed host: files are read and written through the
+executor, and the commands are sendmail's own tools (m4, make, makemap, sendmail, mailq),
+the restart argv of the host profile, and core utilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared import diagnose as diag
+from shared.errors import (
+    ChangeInProgress,
+    CommandFailed,
+    CommandTimeout,
+    CompileError,
+    ExecutorError,
+    OperationError,
+    RelayfleetError,
+)
+from shared.mta import FlushRequest, MtaOperations
+from shared.results import OperationResult, Redactor, StepRecorder
+from shared.sendmail import authinfo as authmap
+from shared.sendmail.flush import parse_flush_output, strip_auth_transcript
+from shared.sendmail.maillog import parse_maillog_line, summarize
+from shared.sendmail.mailq import MailqReport, parse_mailq
+from shared.sendmail.mc import (
+    Smarthost,
+    read_cf,
+    read_mc,
+    remove_smarthost_mc,
+    set_smarthost_mc,
+    unified_diff,
+)
+from shared.validation import SmarthostRequest
+
+LOCK_NAME = ".relayfleet.lock"
+BACKUP_DIR = ".relayfleet-backup"
+BACKUPS_KEPT = 5
+#: a lock older than this is left over from a crash and may be broken
+STALE_LOCK_S = 1800
+#: exit codes of ``sendmail -q`` that mean it could not run at all (usage, permission, config)
+_FLUSH_OK_CODES = frozenset(range(256)) - {64, 77, 78}
+
+
+@dataclass
+class _Change:
+    """The files a smarthost change rewrites: current and wanted content."""
+
+    mc_old: str
+    mc_new: str
+    auth_old: str | None
+    auth_new: str | None
+    cf_text: str
+
+    @property
+    def auth_changed(self) -> bool:
+        return self.auth_new is not None and self.auth_new != self.auth_old
+
+
+class SendmailOperations(MtaOperations):
+    """Read, set and remove the smarthost; list, flush and log the queue; diagnose."""
+
+    kind = "sendmail"
+
+    # -- helpers --------------------------------------------------------------------
+    @property
+    def _mail_dir(self) -> str:
+        return self.profile.mail_dir
+
+    def _authinfo_db(self) -> str:
+        return f"{self.profile.authinfo_path}.db"
+
+    def _config_sync(self, mc_text: str, cf_text: str) -> bool:
+        return read_mc(mc_text).smarthost == read_cf(cf_text)
+
+    def _smarthost_data(self, mc_text: str, cf_text: str) -> dict[str, Any]:
+        state = read_mc(mc_text)
+        smarthost: dict[str, Any] | None = None
+        if state.smarthost is not None:
+            smarthost = state.smarthost.to_dict()
+            auth_text = self.executor.read_file_if_exists(self.profile.authinfo_path)
+            user = (authmap.username_for(auth_text.decode("utf-8", "replace"),
+                                         state.smarthost.host)
+                    if auth_text is not None and state.authinfo_feature else None)
+            smarthost["auth"] = {"username": user} if user else None
+        cf_smarthost = read_cf(cf_text)
+        return {
+            "smarthost": smarthost,
+            "config_in_sync": state.smarthost == cf_smarthost,
+            "compiled": cf_smarthost.to_dict() if cf_smarthost else None,
+            "active_defines": state.active_defines,
+        }
+
+    @contextlib.contextmanager
+    def _change_lock(self) -> Iterator[None]:
+        """Hold the host-wide lock for one configuration change (a directory: mkdir is atomic)."""
+        lock = posixpath.join(self._mail_dir, LOCK_NAME)
+        info = posixpath.join(lock, "since")
+        if not self.executor.make_dir(lock):
+            since = self.executor.read_file_if_exists(info)
+            started = float(since or 0) if (since or b"").strip().isdigit() else 0.0
+            if started and time.time() - started > STALE_LOCK_S:
+                self.executor.remove_dir(lock)
+                if not self.executor.make_dir(lock):
+                    raise ChangeInProgress("another configuration change is running on this host")
+            else:
+                raise ChangeInProgress("another configuration change is running on this host; "
+                                       "try again when it has finished")
+        try:
+            self.executor.write_file(info, str(int(time.time())).encode(), mode=0o600)
+            yield
+        finally:
+            self.executor.remove_dir(lock)
+
+    def _mta_running(self) -> tuple[bool, int | None]:
+        check = diag.check_mta_running(self.executor, self.profile.pid_file)
+        pid = check.data.get("pid")
+        return bool(check.ok), pid if isinstance(pid, int) else None
+
+    # -- read -----------------------------------------------------------------------
+    def read_smarthost(self) -> OperationResult:
+        """Parse sendmail.mc and sendmail.cf and say whether they agree."""
+        result = OperationResult("read_smarthost")
+        mc_text = self.executor.read_text(self.profile.mc_path)
+        cf_text = self.executor.read_text(self.profile.cf_path)
+        result.data = self._smarthost_data(mc_text, cf_text)
+        return result
+
+    # -- change ---------------------------------------------------------------------
+    def set_smarthost(self, request: SmarthostRequest, *, dry_run: bool = False) -> OperationResult:
+        """Point outbound mail at ``request``'s smarthost."""
+        redactor = Redactor([request.auth.password] if request.auth else [])
+
+        def plan() -> _Change:
+            mc_old = self.executor.read_text(self.profile.mc_path)
+            auth_old_b = self.executor.read_file_if_exists(self.profile.authinfo_path)
+            auth_old = auth_old_b.decode("utf-8", "replace") if auth_old_b is not None else None
+            auth_new = None
+            if request.auth is not None:
+                auth_new = authmap.set_entry(auth_old or "", request.host,
+                                             request.auth.username, request.auth.password)
+                if auth_new == auth_old and not self.executor.exists(self._authinfo_db()):
+                    auth_old = None  # the map source is right but was never compiled
+            return _Change(mc_old, set_smarthost_mc(mc_old, request), auth_old, auth_new,
+                           self.executor.read_text(self.profile.cf_path))
+
+        return self._change("set_smarthost", plan, dry_run, redactor, Smarthost.from_request(request))
+
+    def remove_smarthost(self, *, dry_run: bool = False) -> OperationResult:
+        """Go back to direct delivery (DNS MX lookups)."""
+
+        def plan() -> _Change:
+            mc_old = self.executor.read_text(self.profile.mc_path)
+            state = read_mc(mc_old)
+            auth_old_b = self.executor.read_file_if_exists(self.profile.authinfo_path)
+            auth_old = auth_old_b.decode("utf-8", "replace") if auth_old_b is not None else None
+            auth_new = None
+            if auth_old is not None and state.smarthost is not None:
+                stripped = authmap.remove_entry(auth_old, state.smarthost.host)
+                auth_new = stripped if stripped != auth_old else None
+            return _Change(mc_old, remove_smarthost_mc(mc_old), auth_old, auth_new,
+                           self.executor.read_text(self.profile.cf_path))
+
+        return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
+
+    def _change(self, name: str, plan: Callable[[], _Change], dry_run: bool,
+                redactor: Redactor, wanted: Smarthost | None) -> OperationResult:
+        rec = StepRecorder(self.executor, redactor)
+        result = OperationResult(name, steps=rec.steps)
+        try:
+            if dry_run:
+                change = plan()
+                self._describe(change, result, wanted)
+                result.data["dry_run"] = True
+                return result
+            with self._change_lock():
+                change = plan()
+                self._describe(change, result, wanted)
+                if result.changed:
+                    self._apply(change, rec, result, wanted)
+                else:
+                    rec.note("compare", "configuration already as requested; no file touched")
+        except RelayfleetError as exc:
+            result.ok = False
+            result.error = redactor(exc.message)
+            result.error_kind = exc.kind
+        final_mc = self.executor.read_text(self.profile.mc_path)
+        final_cf = self.executor.read_text(self.profile.cf_path)
+        result.data.update(self._smarthost_data(final_mc, final_cf))
+        return result
+
+    def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
+        diff = unified_diff(change.mc_old, change.mc_new, self.profile.mc_path)
+        if change.auth_changed:
+            # The map holds the secret: say that it changes, never how.
+            diff += (f"--- {self.profile.authinfo_path} (current)\n"
+                     f"+++ {self.profile.authinfo_path} (new)\n"
+                     "@@ credentials entry written (content not shown) @@\n")
+        in_sync = read_cf(change.cf_text) == wanted
+        result.changed = bool(diff) or not in_sync
+        result.data["diff"] = diff
+        if not diff and not in_sync:
+            result.data["note"] = "sendmail.cf did not match sendmail.mc; it will be recompiled"
+
+    def _apply(self, change: _Change, rec: StepRecorder, result: OperationResult,
+               wanted: Smarthost | None) -> None:
+        ex, prof = self.executor, self.profile
+        temps: list[str] = []
+        swapped = False
+        backup: str | None = None
+        try:
+            mc_tmp = ex.temp_path_for(prof.mc_path)
+            cf_tmp = ex.temp_path_for(prof.cf_path)
+            temps += [mc_tmp, cf_tmp]
+            self._write_like(prof.mc_path, mc_tmp, change.mc_new.encode())
+            rec.note("write sendmail.mc (temporary)", mc_tmp)
+            compiled = rec.run("compile", [prof.m4, mc_tmp], timeout=prof.command_timeout_s,
+                               check=False)
+            # m4 warns on stderr (deprecated features) and still exits 0: only the exit counts.
+            if not compiled.ok:
+                raise CompileError(f"m4 could not compile the new sendmail.mc: "
+                                   f"{rec.redact(compiled.output_text()).strip()[:500]}")
+            self._write_like(prof.cf_path, cf_tmp, compiled.stdout)
+            self._validate_cf(rec, cf_tmp)
+            auth_tmp = auth_db_tmp = None
+            if change.auth_new is not None:
+                auth_tmp = ex.temp_path_for(prof.authinfo_path)
+                auth_db_tmp = f"{auth_tmp}.db"
+                temps += [auth_tmp, auth_db_tmp]
+                ex.write_file(auth_tmp, change.auth_new.encode(), mode=0o600)
+                rec.run("build authinfo map", [prof.makemap, "hash", auth_tmp],
+                        input=change.auth_new.encode(), timeout=prof.command_timeout_s)
+                ex.set_owner_mode(auth_db_tmp, mode=0o600, uid=0, gid=0)
+            backup = self._backup(rec)
+            # Swap: each rename is atomic; sendmail.cf is whole before and after each.
+            if auth_tmp is not None and auth_db_tmp is not None:
+                ex.rename(auth_db_tmp, self._authinfo_db())
+                ex.rename(auth_tmp, prof.authinfo_path)
+            swapped = True
+            ex.rename(mc_tmp, prof.mc_path)
+            ex.rename(cf_tmp, prof.cf_path)
+            rec.note("swap", f"installed new {prof.mc}, {prof.cf}"
+                     + (f", {prof.authinfo}" if auth_tmp else ""))
+            self._make_restart_verify(rec, wanted)
+        except RelayfleetError as exc:
+            if swapped and backup is not None:
+                self._rollback(rec, backup)
+                result.rolled_back = True
+                raise OperationError(f"{exc.message}; the previous configuration was restored"
+                                     ) from exc
+            raise
+        finally:
+            for tmp in temps:
+                with contextlib.suppress(ExecutorError):
+                    ex.remove(tmp)
+        result.data["backup"] = backup
+
+    def _write_like(self, reference: str, path: str, data: bytes) -> None:
+        """Write ``path`` with the mode and owner of ``reference``."""
+        info = self.executor.file_info(reference)
+        self.executor.write_file(path, data, mode=0o600)
+        if info is not None:
+            self.executor.set_owner_mode(path, mode=info.mode, uid=info.uid, gid=info.gid)
+        else:
+            self.executor.set_owner_mode(path, mode=0o644, uid=-1, gid=-1)
+
+    def _validate_cf(self, rec: StepRecorder, cf_path: str) -> None:
+        """Have sendmail read the new cf; offline and time-boxed (``-bt`` may hang on DNS)."""
+        argv = [self.profile.sendmail, "-C", cf_path, "-d0.1", "-bv", "root"]
+        try:
+            checked = rec.run("validate", argv, timeout=self.profile.validate_timeout_s,
+                              check=False)
+        except CommandTimeout as exc:
+            raise CompileError(f"validating the new sendmail.cf timed out after "
+                               f"{self.profile.validate_timeout_s:g}s") from exc
+        text = checked.output_text()
+        problems = [ln for ln in text.splitlines() if re.search(r": line \d+: ", ln)]
+        if not checked.ok or problems:
+            detail = "; ".join(problems[:3]) or text.strip().splitlines()[-1:]
+            raise CompileError(f"sendmail refused the new sendmail.cf (exit {checked.exit_code}): "
+                               f"{detail}")
+
+    def _backup(self, rec: StepRecorder) -> str:
+        ex, prof = self.executor, self.profile
+        root = posixpath.join(prof.mail_dir, BACKUP_DIR)
+        ex.make_dir(root, mode=0o700)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = posixpath.join(root, stamp)
+        ex.make_dir(target, mode=0o700)
+        for path in (prof.mc_path, prof.cf_path, prof.authinfo_path, self._authinfo_db()):
+            if ex.exists(path):
+                ex.copy_file(path, posixpath.join(target, posixpath.basename(path)))
+        for old in ex.list_dir(root)[:-BACKUPS_KEPT]:
+            ex.remove_dir(posixpath.join(root, old))
+        rec.note("backup", target)
+        return target
+
+    def _rollback(self, rec: StepRecorder, backup: str) -> None:
+        ex, prof = self.executor, self.profile
+        started = time.monotonic()
+        saved = set(ex.list_dir(backup))
+        for path in (prof.mc_path, prof.cf_path, prof.authinfo_path, self._authinfo_db()):
+            name = posixpath.basename(path)
+            if name in saved:
+                tmp = ex.temp_path_for(path, "restore")
+                ex.copy_file(posixpath.join(backup, name), tmp)
+                ex.rename(tmp, path)
+            else:
+                ex.remove(path)
+        rec.note("rollback", f"restored files from {backup}", started=started)
+        with contextlib.suppress(RelayfleetError):
+            self._make(rec)
+        with contextlib.suppress(RelayfleetError):
+            self._restart(rec)
+
+    def _make(self, rec: StepRecorder) -> None:
+        rec.run("make", [*self.profile.make, "-C", self.profile.mail_dir],
+                timeout=self.profile.command_timeout_s)
+
+    def _restart(self, rec: StepRecorder) -> None:
+        rec.run("restart", list(self.profile.restart), timeout=self.profile.command_timeout_s)
+
+    def _make_restart_verify(self, rec: StepRecorder, wanted: Smarthost | None) -> None:
+        self._make(rec)
+        self._restart(rec)
+        started = time.monotonic()
+        compiled = read_cf(self.executor.read_text(self.profile.cf_path))
+        if compiled != wanted:
+            raise OperationError(f"after restart sendmail.cf says {compiled}, expected {wanted}")
+        running, pid = self._wait_running()
+        if not running:
+            raise OperationError("sendmail is not running after the restart")
+        rec.note("verify", f"sendmail.cf has the expected smarthost; sendmail running (pid {pid})",
+                 started=started)
+
+    def _wait_running(self, wait_s: float = 10.0) -> tuple[bool, int | None]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            running, pid = self._mta_running()
+            if running or time.monotonic() > deadline:
+                return running, pid
+            time.sleep(0.2)
+
+    # -- queue ----------------------------------------------------------------------
+    def _mailq(self, rec: StepRecorder, name: str = "mailq") -> MailqReport:
+        out = rec.run(name, list(self.profile.mailq), timeout=self.profile.command_timeout_s,
+                      check=False)
+        if not out.ok and not out.stdout:
+            raise CommandFailed(f"mailq failed: {out.output_text().strip()[:300]}",
+                                exit_code=out.exit_code)
+        return parse_mailq(out.stdout_text())
+
+    def queue_list(self) -> OperationResult:
+        """List queued messages with their deferral reasons."""
+        rec = StepRecorder(self.executor)
+        result = OperationResult("queue_list", steps=rec.steps)
+        report = self._mailq(rec)
+        result.data = report.to_dict()
+        return result
+
+    def queue_flush(self, request: FlushRequest) -> OperationResult:
+        """Run the queue now (``sendmail [-OTimeout.hoststatus=0m] -q -v``)."""
+        rec = StepRecorder(self.executor)
+        result = OperationResult("queue_flush", steps=rec.steps)
+        before = self._mailq(rec, "mailq (before)")
+        argv = [self.profile.sendmail]
+        if request.reset_host_status:
+            argv.append("-OTimeout.hoststatus=0m")
+        if request.queue_id:
+            argv.append(f"-qI{request.queue_id}")
+        elif request.recipient:
+            argv.append(f"-qR{request.recipient}")
+        elif request.sender:
+            argv.append(f"-qS{request.sender}")
+        else:
+            argv.append("-q")
+        argv.append("-v")
+        deliveries: list[dict[str, Any]] = []
+        try:
+            ran = rec.run("flush", argv, timeout=self.profile.command_timeout_s, check=False,
+                          ok_codes=_FLUSH_OK_CODES, output_filter=strip_auth_transcript)
+        except CommandTimeout as exc:
+            result.ok, result.error, result.error_kind = False, exc.message, exc.kind
+        else:
+            deliveries = [d.to_dict() for d in parse_flush_output(rec.steps[-1].output)]
+            if not rec.steps[-1].ok:
+                result.ok, result.error_kind = False, "command_failed"
+                result.error = (f"sendmail -q exited {ran.exit_code}: "
+                                f"{rec.steps[-1].output.strip()[-300:]}")
+        after = self._mailq(rec, "mailq (after)")
+        result.data = {"before": before.count, "after": after.count, "deliveries": deliveries,
+                       "remaining": after.to_dict()["messages"]}
+        return result
+
+    # -- log ------------------------------------------------------------------------
+    def read_log(self, lines: int = 200) -> OperationResult:
+        """Parse the tail of the maillog."""
+        rec = StepRecorder(self.executor)
+        result = OperationResult("read_log", steps=rec.steps)
+        out = rec.run("tail maillog", ["tail", "-n", str(lines), self.profile.maillog],
+                      timeout=30)
+        records = [r for r in (parse_maillog_line(ln) for ln in out.stdout_text().splitlines())
+                   if r is not None]
+        # Step output would repeat the whole log: keep the parsed records only.
+        rec.steps[-1].output = f"{len(out.stdout_text().splitlines())} lines read"
+        result.data = {"records": [r.to_dict() for r in records], "summary": summarize(records)}
+        return result
+
+    # -- status and diagnose ----------------------------------------------------------
+    def _version(self) -> str | None:
+        out = self.executor.run([self.profile.sendmail, "-d0.1", "-bv", "root"],
+                                timeout=self.profile.validate_timeout_s)
+        match = re.search(r"^Version (\S+)", out.stdout_text(), re.MULTILINE)
+        return match.group(1) if match else None
+
+    def status(self) -> OperationResult:
+        """One look at the host: names, MTA, smarthost, config sync, queue, /etc/hosts."""
+        rec = StepRecorder(self.executor)
+        result = OperationResult("status", steps=rec.steps)
+        name_check = diag.check_hostname(self.executor)
+        hostname = str(name_check.data.get("hostname", ""))
+        fqdn = str(name_check.data.get("fqdn", ""))
+        hosts_check = diag.check_hosts_file(self.executor, hostname, fqdn)
+        running, _pid = self._mta_running()
+        try:
+            version = self._version()
+        except CommandTimeout:
+            version = None
+        smarthost = self.read_smarthost().data
+        report = self._mailq(rec)
+        now = datetime.now(UTC)
+        ages = [_age_s(m.queued_at, now) for m in report.messages]
+        result.data = {
+            "hostname": hostname,
+            "fqdn": fqdn,
+            "mta": {"kind": self.kind, "version": version, "running": running},
+            "smarthost": smarthost["smarthost"],
+            "config_in_sync": smarthost["config_in_sync"],
+            "queue": {"count": report.count,
+                      "oldest_age_s": max((a for a in ages if a is not None), default=None)},
+            "hosts_file": {"ok": bool(hosts_check.ok),
+                           "problems": list(hosts_check.data.get("problems", []))},
+        }
+        return result
+
+    def diagnose(self, *, domain: str | None = None,
+                 public_ip: str | None = None) -> OperationResult:
+        """The seed story's checklist, each check with ok and a detail saying what to fix."""
+        result = OperationResult("diagnose")
+        mc_text = self.executor.read_text(self.profile.mc_path)
+        cf_text = self.executor.read_text(self.profile.cf_path)
+        smarthost = read_mc(mc_text).smarthost
+        in_sync = self._config_sync(mc_text, cf_text)
+        config_check = diag.Check(
+            "config_in_sync", in_sync,
+            f"{self.profile.mc} and {self.profile.cf} agree" if in_sync else
+            f"{self.profile.cf} is not compiled from the current {self.profile.mc}: "
+            "set the smarthost again (or run m4 and make) and restart sendmail")
+        checks = diag.run_checks(
+            self.executor, self.profile,
+            smarthost_host=smarthost.host if smarthost else None,
+            smarthost_port=smarthost.port if smarthost else 25,
+            domain=domain, public_ip=public_ip, config_check=config_check)
+        result.data = {"checks": [c.to_dict() for c in checks]}
+        result.ok = all(c.ok is not False for c in checks)
+        return result
+
+
+
+def _age_s(queued_at: str | None, now: datetime) -> int | None:
+    """Seconds since an ISO-8601 queue time (naive times are taken as UTC)."""
+    if not queued_at:
+        return None
+    try:
+        when = datetime.fromisoformat(queued_at)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0, int((now - when).total_seconds()))

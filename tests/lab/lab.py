@@ -1,0 +1,551 @@
+"""Lab hosts: real sendmail boxes on this machine, each in its own namespaces.
+
+A :class:`Lab` owns a bridge in the root network namespace, a DNS server for the lab
+(dnsmasq: A, MX and SPF TXT records), and SMTP sinks acting as smarthosts: one that
+accepts, one that refuses, one that never answers. Each :class:`LabHost` is a network
+namespace with a veth into the bridge, plus a holder process in its own mount and UTS
+namespaces; per-host files are bind-mounted over ``/etc/mail``, ``/etc/hosts``,
+``/etc/resolv.conf``, the queues, ``/run``, ``/var/log`` and ``/dev/log``, so Debian's
+real sendmail runs inside with default paths and its own hostname. A syslog receiver
+per host turns ``/dev/log`` datagrams into that host's real maillog.
+
+Everything a lab creates is recorded under ``/run/relayfleet-lab/<pid>/`` and removed
+by :meth:`Lab.close`, and also by the next lab if the process that made it died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FILES = Path(__file__).parent / "files"
+STATE_ROOT = Path("/run/relayfleet-lab")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SINK_PORT = 2525
+DOMAIN = "lab.test"
+#: the seed story's domain: its MX refuses connections, so mail to it is deferred
+SEED_DOMAIN = "ourtest.com"
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or driven."""
+
+
+def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None,
+       timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """Run a command in the root namespaces."""
+    proc = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout,
+                          check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{shlex.join(argv)} exited {proc.returncode}: "
+                       f"{proc.stderr.decode(errors='replace').strip()}")
+    return proc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _free_subnet() -> int:
+    routes = sh(["ip", "-4", "route", "show"]).stdout.decode()
+    used = {p for p in STATE_ROOT.glob("*/subnet")} if STATE_ROOT.exists() else set()
+    taken = {int(p.read_text()) for p in used if p.read_text().strip().isdigit()}
+    for n in range(201, 251):
+        if f"10.{n}.0." not in routes and n not in taken:
+            return n
+    raise LabError("no free 10.X.0.0/24 subnet for a lab")
+
+
+@dataclass
+class Sink:
+    """An SMTP sink the lab runs on one of the bridge's addresses."""
+
+    name: str
+    address: str
+    mode: str
+    spool: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message accepted so far, oldest first."""
+        return [json.loads(p.read_text()) for p in sorted(self.spool.glob("*.json"))]
+
+    def clear(self) -> None:
+        """Forget the messages received so far."""
+        for path in self.spool.glob("*.json"):
+            path.unlink()
+
+
+@dataclass
+class LabHost:
+    """One lab mail host (see the module docstring)."""
+
+    lab: Lab
+    name: str
+    layout: str
+    address: str
+    index: int
+    root: Path
+    netns: str
+    veth: str
+    holder_pid: int = 0
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def fqdn(self) -> str:
+        """The host's fully qualified name."""
+        return f"{self.name}.{DOMAIN}"
+
+    @property
+    def flavour(self) -> str:
+        """The relayfleet host-profile flavour matching this layout."""
+        return "rhel" if self.layout == "centos" else "debian"
+
+    @property
+    def maillog(self) -> Path:
+        """The maillog file as seen from the root namespace."""
+        return self.root / "log" / ("maillog" if self.layout == "centos" else "mail.log")
+
+    @property
+    def mail_dir(self) -> Path:
+        """The host's /etc/mail as seen from the root namespace."""
+        return self.root / "etc-mail"
+
+    def nsenter(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` prefixed to run inside this host's namespaces."""
+        return ["nsenter", "-t", str(self.holder_pid), "-m", "-u", "-n", "--", *argv]
+
+    def run(self, argv: Sequence[str], *, check: bool = True, input: bytes | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        """Run a command inside the host."""
+        return sh(self.nsenter(argv), check=check, input=input, timeout=timeout)
+
+    def popen(self, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+        """Start a long-running process inside the host (killed by :meth:`close`)."""
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(self.nsenter(argv), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.processes.append(proc)
+        return proc
+
+    # -- mail ----------------------------------------------------------------------
+    def send_mail(self, to: Sequence[str], subject: str = "voicemail",
+                  body: str = "You have a new voicemail.") -> None:
+        """Submit a message the way a PBX does: ``sendmail -oi -f sender rcpt...``."""
+        message = (f"From: voicemail@{self.fqdn}\nTo: {', '.join(to)}\nSubject: {subject}\n\n"
+                   f"{body}\n").encode()
+        self.run(["/usr/sbin/sendmail", "-oi", "-f", f"voicemail@{self.fqdn}", *to],
+                 input=message, timeout=60)
+
+    def mailq(self) -> str:
+        """The raw output of ``mailq`` inside the host."""
+        return self.run(["mailq"], check=False).stdout.decode(errors="replace")
+
+    def queue_files(self) -> list[str]:
+        """Queue control files (``qf*``) in the MTA queue."""
+        return sorted(p.name for p in (self.root / "mqueue").glob("qf*"))
+
+    def wait_for(self, predicate: Any, timeout: float = 30, what: str = "condition") -> None:
+        """Poll ``predicate()`` until true or fail with ``what``."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: timed out waiting for {what}")
+            time.sleep(0.2)
+
+    def wait_deferred(self, count: int = 1, timeout: float = 30) -> str:
+        """Wait until ``count`` messages sit in the MTA queue marked deferred; return mailq."""
+        def ready() -> bool:
+            return self.mailq().count("(Deferred") >= count
+        self.wait_for(ready, timeout, f"{count} deferred message(s)")
+        return self.mailq()
+
+    def read_maillog(self) -> str:
+        """The host's maillog so far."""
+        return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+    # -- relayfleet ----------------------------------------------------------------
+    def profile_overrides(self) -> dict[str, Any]:
+        """Host-profile overrides this layout needs (none: lab hosts use default paths)."""
+        return {}
+
+    def ops(self, command: str, *args: str, body: Any = None, timeout: float = 240,
+            profile: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """Run ``relayfleet-ops COMMAND`` inside the host (LocalExecutor, real sendmail)."""
+        argv = [sys.executable, "-m", "shared.cli", "--flavour", self.flavour]
+        overrides = {**self.profile_overrides(), **(profile or {})}
+        if overrides:
+            argv += ["--profile-json", json.dumps(overrides)]
+        argv += [command, *args]
+        if body is not None:
+            argv += ["--json", "-"]
+        proc = self.run(["env", f"PYTHONPATH={REPO_ROOT}", *argv], check=False,
+                        input=json.dumps(body).encode() if body is not None else None,
+                        timeout=timeout)
+        try:
+            doc = json.loads(proc.stdout)
+        except json.JSONDecodeError as exc:
+            raise LabError(f"relayfleet-ops {command} printed no JSON (exit {proc.returncode}): "
+                           f"{proc.stdout[-500:]!r} {proc.stderr[-2000:]!r}") from exc
+        return proc.returncode, doc
+
+    def file_snapshot(self, *names: str) -> dict[str, bytes | None]:
+        """The bytes of files in the host's /etc/mail (None if absent)."""
+        out: dict[str, bytes | None] = {}
+        for name in names:
+            path = self.mail_dir / name
+            out[name] = path.read_bytes() if path.exists() else None
+        return out
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start_mta(self) -> None:
+        """Start sendmail the way the layout's init system does."""
+        if self.layout == "centos":
+            self.run(["service", "sendmail", "start"])
+        else:
+            self.run(["/etc/init.d/sendmail", "start"])
+
+    def stop_mta(self) -> None:
+        """Stop sendmail."""
+        self.run(["/etc/init.d/sendmail", "stop"], check=False, timeout=60)
+
+    def link_down(self) -> None:
+        """Cut the host off the lab network (its veth's root side goes down)."""
+        sh(["ip", "link", "set", self.veth, "down"])
+
+    def link_up(self) -> None:
+        """Reconnect the host."""
+        sh(["ip", "link", "set", self.veth, "up"])
+
+    def close(self) -> None:
+        """Stop everything inside the host and remove its namespaces and link."""
+        if self.holder_pid and _pid_alive(self.holder_pid):
+            with contextlib.suppress(Exception):
+                self.stop_mta()
+        for proc in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=5)
+        _teardown_netns(self.netns, self.veth)
+
+
+def _teardown_netns(netns: str, veth: str) -> None:
+    pids = sh(["ip", "netns", "pids", netns], check=False).stdout.decode().split()
+    for pid in pids:
+        _kill(int(pid))
+    deadline = time.monotonic() + 5
+    while any(_pid_alive(int(p)) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sh(["ip", "link", "del", veth], check=False)
+    sh(["ip", "netns", "del", netns], check=False)
+
+
+class Lab:
+    """A set of lab hosts on one bridge with DNS and smarthost sinks (see module docstring)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.hosts: list[LabHost] = []
+        self.sinks: dict[str, Sink] = {}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.net = 0
+        self.state = STATE_ROOT / str(os.getpid())
+        self.bridge = ""
+        self.dnsmasq: subprocess.Popen[bytes] | None = None
+
+    # -- addresses -----------------------------------------------------------------
+    def ip(self, last: int) -> str:
+        """An address on the lab subnet."""
+        return f"10.{self.net}.0.{last}"
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's address: the lab's DNS server."""
+        return self.ip(1)
+
+    @property
+    def smarthost(self) -> Sink:
+        """The sink that accepts everything (``smarthost.lab.test``)."""
+        return self.sinks["smarthost"]
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Build the bridge, DNS and sinks."""
+        for tool in ("ip", "nsenter", "unshare", "dnsmasq", "m4", "make", "/usr/sbin/sendmail"):
+            if shutil.which(tool) is None:
+                raise LabError(f"{tool} is missing; install the lab's Debian packages (README)")
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network and mount namespaces)")
+        reap_stale_labs()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.net = _free_subnet()
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "subnet").write_text(str(self.net))
+        self.bridge = f"rfbr{self.net}"
+        (self.state / "bridge").write_text(self.bridge)
+        sh(["ip", "link", "add", self.bridge, "type", "bridge"])
+        sh(["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge])
+        for last in (2, 3, 4, 5):
+            sh(["ip", "addr", "add", f"{self.ip(last)}/24", "dev", self.bridge])
+        sh(["ip", "link", "set", self.bridge, "up"])
+        if not Path("/dev/log").exists():
+            # A mount point for each host's own /dev/log socket.
+            Path("/dev/log").touch()
+        self._start_sink("smarthost", self.ip(3), "accept")
+        self._start_sink("refuse", self.ip(4), "refuse-mail")
+        self._start_sink("blackhole", self.ip(5), "hang")
+        self._start_dns()
+
+    def _start_sink(self, name: str, address: str, mode: str) -> None:
+        spool = self.workdir / "sinks" / name
+        spool.mkdir(parents=True, exist_ok=True)
+        sink = Sink(name, address, mode, spool)
+        with open(self.workdir / f"sink-{name}.log", "ab") as log:
+            sink.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.lab.sink", "--listen", f"{address}:{SINK_PORT}",
+                 "--spool", str(spool), "--mode", mode, "--auth"],
+                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(sink.process)
+        self.sinks[name] = sink
+        _wait_port(address, SINK_PORT, sink.process)
+
+    def _hosts_file(self) -> Path:
+        return self.workdir / "dns-hosts"
+
+    def _write_dns_hosts(self) -> None:
+        lines = [f"{h.address} {h.fqdn} {h.name}" for h in self.hosts]
+        self._hosts_file().write_text("\n".join(lines) + "\n")
+
+    def _start_dns(self) -> None:
+        self._write_dns_hosts()
+        seed_spf = f"v=spf1 ip4:{self.ip(0)}/25 -all"
+        argv = [
+            "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
+            f"--listen-address={self.gateway}", "--except-interface=lo",
+            f"--pid-file={self.workdir / 'dnsmasq.pid'}", "--log-facility=-",
+            f"--local=/{DOMAIN}/", f"--local=/{SEED_DOMAIN}/", "--local=/example.net/",
+            f"--addn-hosts={self._hosts_file()}",
+            f"--host-record=mx.{SEED_DOMAIN},{self.ip(2)}",
+            f"--mx-host={SEED_DOMAIN},mx.{SEED_DOMAIN},10",
+            f"--host-record=smarthost.{DOMAIN},{self.ip(3)}",
+            f"--host-record=refuse.{DOMAIN},{self.ip(4)}",
+            f"--host-record=blackhole.{DOMAIN},{self.ip(5)}",
+            f"--host-record=closed.{DOMAIN},{self.ip(2)}",
+            f"--txt-record={SEED_DOMAIN},{seed_spf}",
+            f"--txt-record=example.net,v=spf1 ip4:192.0.2.0/24 -all",
+            "--user=root", "--cache-size=0",
+        ]
+        log = open(self.workdir / "dnsmasq.log", "ab")  # noqa: SIM115 - lives as long as dnsmasq
+        self.dnsmasq = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        self.processes.append(self.dnsmasq)
+        _wait_port(self.gateway, 53, self.dnsmasq, udp=True)
+
+    def add_host(self, name: str, layout: str = "debian", start: bool = True) -> LabHost:
+        """Create, boot and register a lab host (``layout``: ``debian`` or ``centos``)."""
+        if layout not in ("debian", "centos"):
+            raise LabError(f"unknown layout {layout!r}")
+        index = len(self.hosts)
+        address = self.ip(10 + index)
+        host = LabHost(self, name, layout, address, index, self.workdir / "hosts" / name,
+                       netns=f"rf{self.net}-{name}"[:15], veth=f"rf{self.net}v{index}")
+        self.hosts.append(host)
+        (self.state / "netns").open("a").write(f"{host.netns} {host.veth}\n")
+        self._build_files(host)
+        self._build_namespaces(host)
+        self._write_dns_hosts()
+        if self.dnsmasq is not None:
+            self.dnsmasq.send_signal(signal.SIGHUP)
+        if start:
+            host.start_mta()
+        return host
+
+    def _build_files(self, host: LabHost) -> None:
+        root = host.root
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        etc_mail = root / "etc-mail"
+        shutil.copytree("/etc/mail", etc_mail, symlinks=True)
+        for stale in ("sendmail.cf.errors", ".relayfleet.lock", ".relayfleet-backup"):
+            path = etc_mail / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        (root / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n{host.address}\t{host.fqdn} {host.name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+        (root / "resolv.conf").write_text(f"search {DOMAIN}\nnameserver {self.gateway}\n")
+        for sub in ("run/sendmail", "run/lock", "run/sshd", "log", "mqueue", "mqueue-client"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        if host.layout == "centos":
+            shutil.copy(FILES / "centos-sendmail.mc", etc_mail / "sendmail.mc")
+            shutil.copy(FILES / "centos-Makefile", etc_mail / "Makefile")
+            shutil.copy(FILES / "centos-init-sendmail", root / "init-sendmail")
+            for name in ("mailertable", "virtusertable"):
+                (etc_mail / name).write_text("")
+            (etc_mail / "local-host-names").write_text(f"{host.fqdn}\n")
+            for stale in ("sendmail.cf",):
+                (etc_mail / stale).unlink()
+            # CentOS keeps its queue root-owned and private.
+            os.chown(root / "mqueue", 0, 0)
+            os.chmod(root / "mqueue", 0o700)
+            (root / "log" / "maillog").touch()
+        else:
+            shutil.chown(root / "mqueue", "smmta", "smmsp")
+            os.chmod(root / "mqueue", 0o2750)
+            (root / "log" / "mail.log").touch()
+        shutil.chown(root / "mqueue-client", "smmsp", "smmsp")
+        os.chmod(root / "mqueue-client", 0o2770)
+
+    def _build_namespaces(self, host: LabHost) -> None:
+        peer = f"{host.veth}p"
+        sh(["ip", "netns", "add", host.netns])
+        sh(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", peer])
+        sh(["ip", "link", "set", peer, "netns", host.netns])
+        sh(["ip", "link", "set", host.veth, "master", self.bridge])
+        sh(["ip", "link", "set", host.veth, "up"])
+        in_ns = ["ip", "netns", "exec", host.netns]
+        sh([*in_ns, "ip", "link", "set", "lo", "up"])
+        sh([*in_ns, "ip", "addr", "add", f"{host.address}/24", "dev", peer])
+        sh([*in_ns, "ip", "link", "set", peer, "up"])
+        sh([*in_ns, "ip", "route", "add", "default", "via", self.gateway])
+        pidfile = host.root / "holder.pid"
+        holder = subprocess.Popen(
+            [*in_ns, "unshare", "--mount", "--uts", "--fork", "--propagation", "private",
+             "sh", "-c", f'echo $$ > {shlex.quote(str(pidfile))}; exec sleep infinity'],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        host.processes.append(holder)
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            if time.monotonic() > deadline or holder.poll() is not None:
+                raise LabError(f"{host.name}: namespace holder did not start")
+            time.sleep(0.02)
+        host.holder_pid = int(pidfile.read_text())
+        syslog = subprocess.Popen(
+            [sys.executable, "-m", "tests.lab.syslogd", "--socket", str(host.root / "log.sock"),
+             "--out", str(host.maillog), "--hostname", host.name],
+            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
+        host.processes.append(syslog)
+        deadline = time.monotonic() + 10
+        while not (host.root / "log.sock").exists():
+            if time.monotonic() > deadline:
+                raise LabError(f"{host.name}: syslog receiver did not start")
+            time.sleep(0.02)
+        root = host.root
+        binds = [
+            (root / "etc-mail", "/etc/mail"),
+            (root / "hosts", "/etc/hosts"),
+            (root / "resolv.conf", "/etc/resolv.conf"),
+            (root / "mqueue", "/var/spool/mqueue"),
+            (root / "mqueue-client", "/var/spool/mqueue-client"),
+            (root / "run", "/run"),
+            (root / "log", "/var/log"),
+            (root / "log.sock", "/dev/log"),
+        ]
+        if host.layout == "centos":
+            binds.append((root / "init-sendmail", "/etc/init.d/sendmail"))
+        script = "set -e\n" + "".join(
+            f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}\n" for src, dst in binds)
+        script += f"hostname {shlex.quote(host.name)}\n"
+        host.run(["sh", "-c", script])
+
+    def close(self) -> None:
+        """Tear the lab down, whatever state it is in."""
+        for host in reversed(self.hosts):
+            with contextlib.suppress(Exception):
+                host.close()
+        for proc in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=5)
+        if self.bridge:
+            sh(["ip", "link", "del", self.bridge], check=False)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def _wait_port(address: str, port: int, proc: subprocess.Popen[bytes], udp: bool = False,
+               timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"{proc.args!r} exited {proc.returncode} while starting")
+        if udp:
+            out = sh(["ss", "-uln"], check=False).stdout.decode()
+            if f"{address}:{port}" in out:
+                return
+        else:
+            with contextlib.suppress(OSError), socket.create_connection((address, port), 0.5):
+                return
+        time.sleep(0.05)
+    raise LabError(f"nothing listens on {address}:{port} after {timeout}s")
+
+
+def reap_stale_labs() -> None:
+    """Remove what labs of dead processes left behind (after a crash or a kill -9)."""
+    if not STATE_ROOT.exists():
+        return
+    for state in STATE_ROOT.iterdir():
+        if not state.name.isdigit() or _pid_alive(int(state.name)):
+            continue
+        _teardown_state(state)
+
+
+def _teardown_state(state: Path) -> None:
+    netns_file = state / "netns"
+    if netns_file.exists():
+        for line in netns_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                _teardown_netns(parts[0], parts[1])
+    bridge_file = state / "bridge"
+    if bridge_file.exists():
+        sh(["ip", "link", "del", bridge_file.read_text().strip()], check=False)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_lab(workdir: Path, layouts: Sequence[tuple[str, str]]) -> Iterator[Lab]:
+    """A started lab with hosts ``[(name, layout), ...]``, torn down on exit."""
+    lab = Lab(workdir)
+    try:
+        lab.start()
+        for name, layout in layouts:
+            lab.add_host(name, layout)
+        yield lab
+    finally:
+        lab.close()
