@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -190,7 +189,7 @@ def check_smtp(executor: Executor, host: str, port: int, timeout_s: float,
                                  if c.upper().startswith("AUTH")), [])
             with contextlib.suppress(Exception):
                 stream.sendall(b"QUIT\r\n")
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return Check("smarthost_smtp", False,
                      f"{name}:{port} did not answer within {timeout_s:g}s", data)
     except (OSError, ConnectionError, ExecutorError) as exc:
@@ -321,7 +320,7 @@ def _spf_eval(domain: str, address: ipaddress.IPv4Address | ipaddress.IPv6Addres
             continue
         if "=" in term.split(":", 1)[0]:
             continue  # other modifiers (exp=) do not decide
-        qualifier = _QUALIFIERS.get(term[0], None)
+        qualifier = _QUALIFIERS.get(term[0])
         body = term[1:] if qualifier else term
         qualifier = qualifier or "pass"
         mech, _, arg = body.partition(":")

@@ -317,4 +317,5 @@ class LocalExecutor(Executor):
         try:
             return socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
-            raise ExecutorError(f"cannot connect to {host}:{port} from {self.label}: {exc}") from exc
+            raise ExecutorError(
+                f"cannot connect to {host}:{port} from {self.label}: {exc}") from exc

@@ -131,7 +131,8 @@ class StepRecorder:
             )
         return result
 
-    def note(self, name: str, detail: str = "", ok: bool = True, started: float | None = None) -> None:
+    def note(self, name: str, detail: str = "", ok: bool = True,
+             started: float | None = None) -> None:
         """Record a step that was not a command (a file write, a rename, a check)."""
         duration = 0.0 if started is None else time.monotonic() - started
         self.steps.append(Step(name, [], None, round(duration, 3), ok, self.redact(detail)))

@@ -22,7 +22,8 @@ _PORT_MACROS = ("RELAY_MAILER_ARGS", "ESMTP_MAILER_ARGS")
 
 
 def _define_re(name: str) -> re.Pattern[str]:
-    return re.compile(r"^\s*define\(\s*`" + re.escape(name) + r"'\s*,(?P<value>.*?)\)\s*(?:dnl\b.*)?$")
+    return re.compile(
+        r"^\s*define\(\s*`" + re.escape(name) + r"'\s*,(?P<value>.*?)\)\s*(?:dnl\b.*)?$")
 
 
 _SMART_HOST_RE = _define_re("SMART_HOST")
@@ -65,10 +66,8 @@ class Smarthost:
         if value.startswith("[") and value.endswith("]"):
             inner = value[1:-1]
             # An address literal keeps its brackets: it never had an MX to look up.
-            if re.fullmatch(r"[0-9.]+|IPv6:[0-9A-Fa-f:.]+", inner):
-                value = f"[{inner}]"
-            else:
-                value = inner
+            is_literal = re.fullmatch(r"[0-9.]+|IPv6:[0-9A-Fa-f:.]+", inner)
+            value = f"[{inner}]" if is_literal else inner
             mx = False
         return cls(host=value.lower(), port=port or 25, mx=mx, mailer=mailer)
 

@@ -153,7 +153,8 @@ class SendmailOperations(MtaOperations):
             return _Change(mc_old, set_smarthost_mc(mc_old, request), auth_old, auth_new,
                            self.executor.read_text(self.profile.cf_path))
 
-        return self._change("set_smarthost", plan, dry_run, redactor, Smarthost.from_request(request))
+        wanted = Smarthost.from_request(request)
+        return self._change("set_smarthost", plan, dry_run, redactor, wanted)
 
     def remove_smarthost(self, *, dry_run: bool = False) -> OperationResult:
         """Go back to direct delivery (DNS MX lookups)."""

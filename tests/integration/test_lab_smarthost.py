@@ -170,7 +170,7 @@ def test_smtp_auth_map_is_private_and_password_never_shown(host: LabHost) -> Non
                   "a message authenticated as the configured user")
     code, read = host.ops("read-smarthost")
     code, log = host.ops("log", "--lines", "500")
-    code_dry, dry = host.ops("set-smarthost", "--dry-run",
+    _, dry = host.ops("set-smarthost", "--dry-run",
                              body={**body, "auth": {"username": "other", "password": "N3w-secret"}})
     everything = json.dumps([result, flushed, read, log, dry]) + host.read_maillog()
     assert password not in everything

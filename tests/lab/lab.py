@@ -361,7 +361,7 @@ class Lab:
             f"--host-record=blackhole.{DOMAIN},{self.ip(5)}",
             f"--host-record=closed.{DOMAIN},{self.ip(2)}",
             f"--txt-record={SEED_DOMAIN},{seed_spf}",
-            f"--txt-record=example.net,v=spf1 ip4:192.0.2.0/24 -all",
+            "--txt-record=example.net,v=spf1 ip4:192.0.2.0/24 -all",
             "--user=root", "--cache-size=0",
         ]
         log = open(self.workdir / "dnsmasq.log", "ab")  # noqa: SIM115 - lives as long as dnsmasq

@@ -1,10 +1,10 @@
 """A small SMTP server that records every message it accepts: the lab's smarthost.
 
-Run as ``python -m tests.lab.sink --listen ADDR:PORT --spool DIR [--mode accept|refuse-mail|tempfail|hang]
-[--starttls-offer] [--auth]``. Each accepted message is written as ``DIR/<n>.json`` with the
-envelope, the data and the AUTH identity used (if any), so tests can read what arrived.
-``--mode hang`` accepts TCP connections but never says anything (a smarthost that does
-not answer).
+Run as ``python -m tests.lab.sink --listen ADDR:PORT --spool DIR [--mode MODE]
+[--starttls-offer] [--auth]``, MODE one of accept, refuse-mail, tempfail, hang.
+Each accepted message is written as ``DIR/<n>.json`` with the envelope, the data and
+the AUTH identity used (if any), so tests can read what arrived. ``--mode hang``
+accepts TCP connections but never says anything (a smarthost that does not answer).
 """
 
 from __future__ import annotations
