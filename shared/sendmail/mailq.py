@@ -13,9 +13,11 @@ _SECTION_RE = re.compile(r"^(?P<name>MSP|MTA) Queue status\.\.\.")
 _QUEUE_HEAD_RE = re.compile(
     r"^\s*(?P<dir>/\S+?)(?: is empty| \((?P<n>\d+) requests?\))\s*$")
 _TOTAL_RE = re.compile(r"^\s*Total requests: (?P<n>\d+)")
-#: "6AP4mD19010498*      4 Wed Nov 25 04:48 <root@lab1.lab.test>"
+#: "6AP4mD19010498*      4 Wed Nov 25 04:48 <root@lab1.lab.test>": a sendmail queue id ends
+#: in the pid's digits, so a trailing ``X`` is the status character, not part of the id
+
 _MESSAGE_RE = re.compile(
-    r"^(?P<id>[A-Za-z0-9]{6,32})(?P<flags>[*X-]*)\s+(?P<size>\d+)\s+"
+    r"^(?P<id>[A-Za-z0-9]{5,31}[0-9])(?P<flags>[*X-]*)\s+(?P<size>\d+)\s+"
     r"(?P<when>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d)\s+(?P<sender>.*)$")
 _REASON_RE = re.compile(r"^\s+\((?P<reason>.*)\)\s*$")
 _QUARANTINE_RE = re.compile(r"^\s+QUARANTINE:\s*(?P<reason>.*)$")

@@ -18,7 +18,8 @@ MARK = "dnl # managed by relayfleet"
 #: the mechanisms the client may use with the smarthost unless the mc already sets its own
 AUTH_MECHANISMS = "EXTERNAL GSSAPI DIGEST-MD5 CRAM-MD5 LOGIN PLAIN"
 MAILER_PREFIXES = ("relay", "esmtp", "smtp", "smtp8", "dsmtp")
-_PORT_MACROS = ("RELAY_MAILER_ARGS", "ESMTP_MAILER_ARGS")
+#: the port reaches sendmail through the mailer's argv: ``TCP $h PORT``
+_PORT_MACROS = ("RELAY_MAILER_ARGS", "ESMTP_MAILER_ARGS", "SMTP_MAILER_ARGS")
 
 
 def _define_re(name: str) -> re.Pattern[str]:
@@ -126,9 +127,10 @@ def read_mc(text: str) -> McState:
             authinfo = True
     smarthost = None
     if host_value is not None:
-        port = ports.get("ESMTP_MAILER_ARGS" if host_value.startswith("esmtp:")
-                         else "RELAY_MAILER_ARGS")
-        smarthost = Smarthost.from_value(host_value, port)
+        parsed = Smarthost.from_value(host_value)
+        if parsed is not None:
+            smarthost = Smarthost.from_value(
+                host_value, ports.get(f"{parsed.mailer.upper()}_MAILER_ARGS"))
     return McState(smarthost=smarthost, authinfo_feature=authinfo, active_defines=defines)
 
 
@@ -137,7 +139,10 @@ def smarthost_block(request: SmarthostRequest, *, mechanisms: bool, feature: boo
     lines = [f"define(`SMART_HOST', {m4_quote(request.smart_host_value())}){MARK}\n"]
     if request.port is not None:
         # Not `[host]:port`: sendmail would read that as a list of two hosts.
-        lines += [f"define(`{name}', `TCP $h {request.port}'){MARK}\n" for name in _PORT_MACROS]
+        # Relay and esmtp always (SPEC); smtp too when the smarthost names that mailer.
+        names = [n for n in _PORT_MACROS
+                 if n != "SMTP_MAILER_ARGS" or request.mailer == "smtp"]
+        lines += [f"define(`{name}', `TCP $h {request.port}'){MARK}\n" for name in names]
     if request.auth is not None:
         if mechanisms:
             lines.append(f"define(`confAUTH_MECHANISMS', `{AUTH_MECHANISMS}'){MARK}\n")

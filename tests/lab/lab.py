@@ -152,11 +152,16 @@ class LabHost:
 
     # -- mail ----------------------------------------------------------------------
     def send_mail(self, to: Sequence[str], subject: str = "voicemail",
-                  body: str = "You have a new voicemail.") -> None:
-        """Submit a message the way a PBX does: ``sendmail -oi -f sender rcpt...``."""
+                  body: str = "You have a new voicemail.", queue_only: bool = False) -> None:
+        """Submit a message the way a PBX does: ``sendmail -oi -f sender rcpt...``.
+
+        ``queue_only`` puts it straight into the MTA queue without a delivery attempt
+        (``-Am -odq``), so that only a queue run will try it.
+        """
         message = (f"From: voicemail@{self.fqdn}\nTo: {', '.join(to)}\nSubject: {subject}\n\n"
                    f"{body}\n").encode()
-        self.run(["/usr/sbin/sendmail", "-oi", "-f", f"voicemail@{self.fqdn}", *to],
+        mode = ["-Am", "-odq"] if queue_only else []
+        self.run(["/usr/sbin/sendmail", *mode, "-oi", "-f", f"voicemail@{self.fqdn}", *to],
                  input=message, timeout=60)
 
     def mailq(self) -> str:
