@@ -369,7 +369,11 @@ class SendmailOperations(MtaOperations):
         return result
 
     def queue_flush(self, request: FlushRequest) -> OperationResult:
-        """Run the queue now (``sendmail [-OTimeout.hoststatus=0m] -q -v``)."""
+        """Run the queue now (``sendmail [-OTimeout.hoststatus=0m] -q -v``).
+
+        When the submission (MSP) queue holds mail too, it is run after the MTA queue
+        (``-Ac``): a PBX's voicemail can sit there as well.
+        """
         rec = StepRecorder(self.executor)
         result = OperationResult("queue_flush", steps=rec.steps)
         before = self._mailq(rec, "mailq (before)")
@@ -385,17 +389,22 @@ class SendmailOperations(MtaOperations):
         else:
             argv.append("-q")
         argv.append("-v")
+        runs = [("flush", argv)]
+        if any(m.section == "msp" for m in before.messages):
+            runs.append(("flush client queue", [argv[0], "-Ac", *argv[1:]]))
         deliveries: list[dict[str, Any]] = []
-        try:
-            ran = rec.run("flush", argv, timeout=self.profile.command_timeout_s, check=False,
-                          ok_codes=_FLUSH_OK_CODES, output_filter=strip_auth_transcript)
-        except CommandTimeout as exc:
-            result.ok, result.error, result.error_kind = False, exc.message, exc.kind
-        else:
-            deliveries = [d.to_dict() for d in parse_flush_output(rec.steps[-1].output)]
+        for name, run_argv in runs:
+            try:
+                ran = rec.run(name, run_argv, timeout=self.profile.command_timeout_s,
+                              check=False, ok_codes=_FLUSH_OK_CODES,
+                              output_filter=strip_auth_transcript)
+            except CommandTimeout as exc:
+                result.ok, result.error, result.error_kind = False, exc.message, exc.kind
+                break
+            deliveries += [d.to_dict() for d in parse_flush_output(rec.steps[-1].output)]
             if not rec.steps[-1].ok:
                 result.ok, result.error_kind = False, "command_failed"
-                result.error = (f"sendmail -q exited {ran.exit_code}: "
+                result.error = (f"{' '.join(run_argv)} exited {ran.exit_code}: "
                                 f"{rec.steps[-1].output.strip()[-300:]}")
         after = self._mailq(rec, "mailq (after)")
         result.data = {"before": before.count, "after": after.count, "deliveries": deliveries,
