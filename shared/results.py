@@ -102,10 +102,12 @@ class StepRecorder:
         check: bool = True,
         ok_codes: Container[int] = (0,),
         output_filter: Callable[[str], str] | None = None,
+        keep_stdout: bool = True,
     ) -> CommandResult:
         """Run ``argv``, record it, and raise :class:`CommandFailed` if ``check`` and it failed.
 
-        ``output_filter`` rewrites the output before it is kept (e.g. to drop a transcript).
+        ``output_filter`` rewrites the output before it is kept (e.g. to drop a transcript);
+        ``keep_stdout=False`` keeps only stderr (when stdout is a product, like a compiled cf).
         """
         start = time.monotonic()
         try:
@@ -117,7 +119,7 @@ class StepRecorder:
             )
             raise
         ok = result.exit_code in ok_codes
-        text = result.output_text()
+        text = result.output_text() if keep_stdout else result.stderr.decode("utf-8", "replace")
         output = self.redact(trim_output(output_filter(text) if output_filter else text))
         self.steps.append(
             Step(name, list(argv), result.exit_code, round(result.duration_s, 3), ok, output)

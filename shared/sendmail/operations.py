@@ -225,7 +225,7 @@ class SendmailOperations(MtaOperations):
             self._write_like(prof.mc_path, mc_tmp, change.mc_new.encode())
             rec.note("write sendmail.mc (temporary)", mc_tmp)
             compiled = rec.run("compile", [prof.m4, mc_tmp], timeout=prof.command_timeout_s,
-                               check=False)
+                               check=False, keep_stdout=False)
             # m4 warns on stderr (deprecated features) and still exits 0: only the exit counts.
             if not compiled.ok:
                 raise CompileError(f"m4 could not compile the new sendmail.mc: "

@@ -78,12 +78,13 @@ def test_seed_story(host: LabHost) -> None:
 
     code, flushed = host.ops("flush")
     assert code == 0, flushed
-    # Debian's restart already runs the queue, so the flush may find it empty.
-    assert flushed["data"]["after"] == 0
+    # The restart already runs the queue: the flush may find it empty, or find the
+    # message locked by that run and leave it to it.
+    assert flushed["data"]["before"] <= 1 and flushed["data"]["after"] <= 1
     host.wait_for(lambda: any(VOICEMAIL_TO.join("<>") in m["rcpts"] for m in sink.messages()),
                   30, "the voicemail at the sink")
-    code, queue = host.ops("queue")
-    assert queue["data"]["count"] == 0 and host.queue_files() == []
+    host.wait_for(lambda: host.ops("queue")[1]["data"]["count"] == 0, 30, "an empty queue")
+    assert host.queue_files() == []
 
     before = mail_dir_state(host)
     code, again = host.ops("set-smarthost", body=SMARTHOST)

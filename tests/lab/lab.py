@@ -224,6 +224,25 @@ class LabHost:
             out[name] = path.read_bytes() if path.exists() else None
         return out
 
+    # -- agent ---------------------------------------------------------------------
+    def start_agent(self, token: str, port: int = 8587, extra_config: str = "",
+                    tls: tuple[Path, Path] | None = None) -> str:
+        """Run ``relayfleet-agent serve`` inside the host; return its base URL once healthy."""
+        token_file = self.root / "agent.token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        tls_lines = f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n' if tls else ""
+        config = self.root / "agent.toml"
+        config.write_text(
+            f'listen = "{self.address}:{port}"\ntoken_file = "{token_file}"\n{tls_lines}'
+            f'{extra_config}\n[mta]\nkind = "sendmail"\nflavour = "{self.flavour}"\n')
+        self.popen(["env", f"PYTHONPATH={REPO_ROOT}", sys.executable, "-m", "agent.cli",
+                    "serve", "--config", str(config)], self.root / "agent.log")
+        scheme = "https" if tls else "http"
+        url = f"{scheme}://{self.address}:{port}"
+        _wait_port(self.address, port, self.processes[-1], timeout=30)
+        return url
+
     # -- lifecycle -----------------------------------------------------------------
     def start_mta(self) -> None:
         """Start sendmail the way the layout's init system does."""

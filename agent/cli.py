@@ -1,0 +1,76 @@
+"""``relayfleet-agent``: serve the agent's API, or check its configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from agent.config import AgentConfig, load_config
+from shared.errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/relayfleet/agent.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = argparse.ArgumentParser(
+        prog="relayfleet-agent",
+        description="The relayfleet agent: a small HTTPS API on a mail/PBX host that sets the "
+                    "smarthost, flushes the queue and reports what happened.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
+    serve.add_argument("--listen", metavar="ADDR:PORT", help="override the config's listen")
+    serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    check = sub.add_parser("check", help="validate the config and print the resolved profile")
+    check.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
+    return parser
+
+
+def serve(config: AgentConfig, threads: int) -> None:
+    """Serve the API with cheroot (threaded, optional TLS) until SIGTERM/SIGINT."""
+    from cheroot import wsgi
+
+    from agent.app import create_app
+
+    server = wsgi.Server((config.listen_host, config.listen_port), create_app(config),
+                         numthreads=threads, server_name="relayfleet-agent")
+    if config.tls_cert and config.tls_key:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        server.ssl_adapter = BuiltinSSLAdapter(config.tls_cert, config.tls_key)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    scheme = "https" if config.tls_cert else "http"
+    logging.getLogger("relayfleet.agent").info(
+        "listening on %s://%s:%s", scheme, config.listen_host, config.listen_port)
+    server.start()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, getattr(args, "listen", None))
+    except ConfigError as exc:
+        print(f"relayfleet-agent: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    if args.command == "check":
+        print(json.dumps(config.describe(), indent=2))
+        return
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(config, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The agent's configuration file (``agent.toml``)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+from shared.profile import HostProfile, build_profile
+
+DEFAULT_LISTEN = "0.0.0.0:8587"
+_KEYS = {"listen", "token_file", "token_sha256", "tls_cert", "tls_key", "mta", "log_level"}
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What the agent needs: where to listen, the token's hash, TLS, and the host profile."""
+
+    listen_host: str
+    listen_port: int
+    token_sha256: str
+    profile: HostProfile
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = "INFO"
+
+    def token_matches(self, presented: str) -> bool:
+        """Constant-time check of a presented bearer token."""
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
+        return hmac.compare_digest(digest, self.token_sha256)
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved configuration without the token (for ``relayfleet-agent check``)."""
+        return {"listen": f"{self.listen_host}:{self.listen_port}",
+                "tls": bool(self.tls_cert), "log_level": self.log_level,
+                "mta": self.profile.to_dict()}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``ADDR:PORT`` (``[v6]:PORT`` for IPv6)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise ConfigError(f"listen must be ADDR:PORT, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        st = os.stat(path)
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token_file {path}: {exc.strerror}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"token_file {path} must be readable by its owner only (chmod 600)")
+    if len(token) < 16:
+        raise ConfigError(f"token_file {path} holds a token shorter than 16 characters")
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_config(path: str | Path, listen: str | None = None) -> AgentConfig:
+    """Read and check ``agent.toml``; raise ConfigError saying what to fix."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
+    host, port = parse_listen(listen or str(data.get("listen", DEFAULT_LISTEN)))
+    if "token_sha256" in data:
+        token_sha256 = str(data["token_sha256"]).lower()
+        if not _SHA256_RE.fullmatch(token_sha256):
+            raise ConfigError("token_sha256 must be 64 hexadecimal digits")
+    elif "token_file" in data:
+        token_sha256 = _read_token_file(str(data["token_file"]))
+    else:
+        raise ConfigError(f"{path} needs token_file (or token_sha256)")
+    tls_cert, tls_key = data.get("tls_cert"), data.get("tls_key")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("tls_cert and tls_key go together")
+    for item in (tls_cert, tls_key):
+        if item and not os.path.exists(item):
+            raise ConfigError(f"{item} does not exist")
+    mta = dict(data.get("mta", {}))
+    if not isinstance(data.get("mta", {}), dict):
+        raise ConfigError("[mta] must be a table")
+    profile = build_profile(str(mta.pop("kind", "sendmail")), str(mta.pop("flavour", "debian")),
+                            mta)
+    level = str(data.get("log_level", "INFO")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+    return AgentConfig(host, port, token_sha256, profile, tls_cert, tls_key, level)

@@ -1,0 +1,308 @@
+"""marshmallow schemas for every agent payload (the controller reads the same shapes).
+
+Request schemas check types and refuse unknown fields; the strict value grammars live in
+:mod:`shared.validation` and run as field validators, so the API and the operations
+refuse exactly the same values with the same reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from shared import errors as rf_errors
+from shared import validation as rules
+from shared.mta import MAX_LOG_LINES
+
+
+class StrictSchema(Schema):
+    """Unknown fields are an error."""
+
+    class Meta:
+        unknown = RAISE
+
+
+def _grammar(check: Any, value: Any, field: str) -> None:
+    try:
+        check(value, field)
+    except rf_errors.ValidationError as exc:
+        raise ValidationError(exc.errors.get(field, [exc.message])) from None
+
+
+class AuthSchema(StrictSchema):
+    """SMTP AUTH credentials for the smarthost (the password is write-only)."""
+
+    username = fields.String(required=True, metadata={"example": "pbx-relay@example.com"})
+    password = fields.String(required=True, load_only=True)
+
+    @validates("username")
+    def _username(self, value: str, **_: Any) -> None:
+        _grammar(rules.validate_username, value, "username")
+
+    @validates("password")
+    def _password(self, value: str, **_: Any) -> None:
+        _grammar(rules.validate_password, value, "password")
+
+
+class SmarthostRequestSchema(StrictSchema):
+    """PUT /v1/smarthost."""
+
+    host = fields.String(required=True, metadata={
+        "description": "RFC 1123 host name, or an address literal like [192.0.2.1]",
+        "example": "smtp-relay.gmail.com"})
+    port = fields.Integer(load_default=None, allow_none=True, strict=True,
+                          validate=validate.Range(1, 65535),
+                          metadata={"description": "port; 25 (or none) is the default"})
+    mx = fields.Boolean(load_default=False, metadata={
+        "description": "look up MX records for host (false: [host], connect to it directly)"})
+    mailer = fields.String(load_default="relay", validate=validate.OneOf(rules.MAILERS))
+    auth = fields.Nested(AuthSchema, load_default=None, allow_none=True)
+    dry_run = fields.Boolean(load_default=False)
+
+    @validates("host")
+    def _host(self, value: str, **_: Any) -> None:
+        _grammar(rules.validate_hostname, value, "host")
+
+
+class DryRunSchema(StrictSchema):
+    """DELETE /v1/smarthost (the body is optional)."""
+
+    dry_run = fields.Boolean(load_default=False)
+
+
+class FlushRequestSchema(StrictSchema):
+    """POST /v1/queue/flush: at most one of queue_id, recipient, sender."""
+
+    reset_host_status = fields.Boolean(load_default=True)
+    queue_id = fields.String(load_default=None, allow_none=True,
+                             validate=validate.Regexp(r"^[A-Za-z0-9]{6,32}$"))
+    recipient = fields.String(load_default=None, allow_none=True,
+                              validate=validate.Regexp(r"^[A-Za-z0-9._%+=@-]{1,254}$"))
+    sender = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Regexp(r"^[A-Za-z0-9._%+=@-]{1,254}$"))
+
+
+class LogQuerySchema(StrictSchema):
+    """GET /v1/log query."""
+
+    lines = fields.Integer(load_default=200, validate=validate.Range(1, MAX_LOG_LINES))
+
+
+class DiagnoseRequestSchema(StrictSchema):
+    """POST /v1/diagnose."""
+
+    domain = fields.String(load_default=None, allow_none=True,
+                           metadata={"description": "check this domain's SPF record"})
+    public_ip = fields.String(load_default=None, allow_none=True,
+                              metadata={"description": "the host's public address for SPF"})
+
+    @validates("domain")
+    def _domain(self, value: str | None, **_: Any) -> None:
+        if value is not None:
+            _grammar(rules.validate_hostname, value, "domain")
+
+    @validates("public_ip")
+    def _ip(self, value: str | None, **_: Any) -> None:
+        if value is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValidationError("must be an IPv4 or IPv6 address") from None
+
+
+# -- answers ---------------------------------------------------------------------------
+
+class StepSchema(Schema):
+    """One thing an operation ran or did."""
+
+    name = fields.String(required=True)
+    argv = fields.List(fields.String(), required=True)
+    exit_code = fields.Integer(allow_none=True, required=True)
+    duration_s = fields.Float(required=True)
+    ok = fields.Boolean(required=True)
+    output = fields.String(required=True)
+
+
+class SmarthostAuthSchema(Schema):
+    """Which user authenticates (never the password)."""
+
+    username = fields.String(required=True)
+
+
+class SmarthostSchema(Schema):
+    """A configured smarthost."""
+
+    host = fields.String(required=True)
+    port = fields.Integer(required=True)
+    mx = fields.Boolean(required=True)
+    mailer = fields.String(required=True)
+    auth = fields.Nested(SmarthostAuthSchema, allow_none=True, required=True)
+
+
+class OperationSchema(Schema):
+    """Common to every operation answer: did it work, and what did it run."""
+
+    ok = fields.Boolean(required=True)
+    error = fields.String(allow_none=True, required=True)
+    error_kind = fields.String(allow_none=True, required=True)
+    steps = fields.List(fields.Nested(StepSchema), required=True)
+
+
+class SmarthostReadSchema(Schema):
+    """GET /v1/smarthost."""
+
+    smarthost = fields.Nested(SmarthostSchema, allow_none=True, required=True)
+    config_in_sync = fields.Boolean(required=True)
+
+
+class ChangeResultSchema(OperationSchema):
+    """PUT and DELETE /v1/smarthost."""
+
+    changed = fields.Boolean(required=True)
+    diff = fields.String(required=True)
+    smarthost = fields.Nested(SmarthostSchema, allow_none=True, required=True)
+    config_in_sync = fields.Boolean(required=True)
+    rolled_back = fields.Boolean(required=True)
+    dry_run = fields.Boolean(required=True)
+    backup = fields.String(allow_none=True, required=True)
+
+
+class QueuedMessageSchema(Schema):
+    """One queued message."""
+
+    id = fields.String(required=True)
+    size = fields.Integer(required=True)
+    queued_at = fields.String(allow_none=True, required=True)
+    sender = fields.String(required=True)
+    recipients = fields.List(fields.String(), required=True)
+    reason = fields.String(allow_none=True, required=True)
+    flags = fields.String(required=True)
+    section = fields.String(required=True)
+    quarantine = fields.String(allow_none=True, required=True)
+    processing = fields.Boolean(required=True)
+
+
+class QueueSchema(Schema):
+    """GET /v1/queue."""
+
+    count = fields.Integer(required=True)
+    sections = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    messages = fields.List(fields.Nested(QueuedMessageSchema), required=True)
+
+
+class DeliverySchema(Schema):
+    """What a queue run said about one recipient."""
+
+    queue_id = fields.String(allow_none=True, required=True)
+    recipient = fields.String(required=True)
+    outcome = fields.String(required=True)
+    text = fields.String(required=True)
+
+
+class FlushResultSchema(OperationSchema):
+    """POST /v1/queue/flush."""
+
+    before = fields.Integer(required=True)
+    after = fields.Integer(required=True)
+    deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
+    remaining = fields.List(fields.Nested(QueuedMessageSchema), required=True)
+
+
+class LogRecordSchema(Schema):
+    """One parsed maillog line."""
+
+    timestamp = fields.String(required=True)
+    host = fields.String(required=True)
+    program = fields.String(required=True)
+    pid = fields.Integer(allow_none=True, required=True)
+    queue_id = fields.String(allow_none=True, required=True)
+    kind = fields.String(required=True)
+    fields_ = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
+                          attribute="fields", data_key="fields")
+    message = fields.String(required=True)
+
+
+class LogSummarySchema(Schema):
+    """Counts by stat and by outcome."""
+
+    deliveries = fields.Integer(required=True)
+    by_stat = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    sent = fields.Integer(required=True)
+    deferred = fields.Integer(required=True)
+    bounced = fields.Integer(required=True)
+    other = fields.Integer(required=True)
+
+
+class LogSchema(Schema):
+    """GET /v1/log."""
+
+    records = fields.List(fields.Nested(LogRecordSchema), required=True)
+    summary = fields.Nested(LogSummarySchema, required=True)
+
+
+class CheckSchema(Schema):
+    """One diagnose check (ok is null when it did not apply)."""
+
+    name = fields.String(required=True)
+    ok = fields.Boolean(allow_none=True, required=True)
+    detail = fields.String(required=True)
+    data = fields.Dict(required=True)
+
+
+class DiagnoseSchema(OperationSchema):
+    """POST /v1/diagnose."""
+
+    checks = fields.List(fields.Nested(CheckSchema), required=True)
+
+
+class MtaStateSchema(Schema):
+    """The MTA's kind, version and whether it runs."""
+
+    kind = fields.String(required=True)
+    version = fields.String(allow_none=True, required=True)
+    running = fields.Boolean(required=True)
+
+
+class QueueSummarySchema(Schema):
+    """Queue size and the age of its oldest message."""
+
+    count = fields.Integer(required=True)
+    oldest_age_s = fields.Integer(allow_none=True, required=True)
+
+
+class HostsFileSchema(Schema):
+    """Whether /etc/hosts maps the host's name properly."""
+
+    ok = fields.Boolean(required=True)
+    problems = fields.List(fields.String(), required=True)
+
+
+class StatusSchema(Schema):
+    """GET /v1/status."""
+
+    hostname = fields.String(required=True)
+    fqdn = fields.String(required=True)
+    mta = fields.Nested(MtaStateSchema, required=True)
+    smarthost = fields.Nested(SmarthostSchema, allow_none=True, required=True)
+    config_in_sync = fields.Boolean(required=True)
+    queue = fields.Nested(QueueSummarySchema, required=True)
+    hosts_file = fields.Nested(HostsFileSchema, required=True)
+
+
+class HealthSchema(Schema):
+    """GET /v1/health."""
+
+    status = fields.String(required=True)
+    version = fields.String(required=True)
+
+
+class ErrorSchema(Schema):
+    """The one error envelope of every relayfleet API."""
+
+    code = fields.Integer(required=True)
+    status = fields.String(required=True)
+    message = fields.String(required=True)
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
