@@ -46,14 +46,18 @@ def serve(config: AgentConfig, threads: int) -> None:
         server.ssl_adapter = BuiltinSSLAdapter(config.tls_cert, config.tls_key)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        server.stop()
+        # Unwind the serving loop in the main thread; stopping happens in finally.
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     scheme = "https" if config.tls_cert else "http"
     logging.getLogger("relayfleet.agent").info(
         "listening on %s://%s:%s", scheme, config.listen_host, config.listen_port)
-    server.start()
+    try:
+        server.start()
+    finally:
+        server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -48,7 +48,8 @@ class AuthSchema(StrictSchema):
 class SmarthostRequestSchema(StrictSchema):
     """PUT /v1/smarthost."""
 
-    host = fields.String(required=True, metadata={
+    host = fields.String(required=True, validate=validate.Regexp(
+        r"^(\[[0-9A-Za-z:.]{2,60}\]|[0-9A-Za-z:.-]{1,253})$"), metadata={
         "description": "RFC 1123 host name, or an address literal like [192.0.2.1]",
         "example": "smtp-relay.gmail.com"})
     port = fields.Integer(load_default=None, allow_none=True, strict=True,

@@ -6,6 +6,7 @@ import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,3 +178,44 @@ def test_openapi_document(debian_agent: Agent) -> None:
     schema = doc["components"]["schemas"]["SmarthostRequest"]
     assert schema["additionalProperties"] is False
     assert json.dumps(doc).count("password") >= 1
+
+
+def _self_signed(tmp_path: Path, address: str) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "agent.crt", tmp_path / "agent.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_tls(make_host: Callable[..., LabHost], tmp_path: Path) -> None:
+    host = make_host("centos")
+    cert, key = _self_signed(tmp_path, host.address)
+    token = secrets.token_urlsafe(32)
+    url = host.start_agent(token, tls=(cert, key))
+    assert url.startswith("https://")
+    answer = requests.get(url + "/v1/smarthost", headers={"Authorization": f"Bearer {token}"},
+                          verify=str(cert), timeout=30)
+    assert answer.status_code == 200 and answer.json()["smarthost"] is None
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(url + "/v1/health", timeout=10)  # not trusted without the pinned cert
