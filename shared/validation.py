@@ -94,12 +94,18 @@ def validate_port(value: object, field: str = "port") -> int:
     return value
 
 
-def validate_username(value: object, field: str = "auth.username") -> str:
-    """Return an SMTP AUTH user name (letters, digits and . _ @ + = -, 1-128 characters)."""
+def _credential_string(value: object, field: str) -> str:
+    """A credential must be a string of 1 to MAX_CREDENTIAL characters."""
     if not isinstance(value, str):
         raise ValidationError.for_field(field, "must be a string")
     if not 1 <= len(value) <= MAX_CREDENTIAL:
         raise ValidationError.for_field(field, f"must be 1 to {MAX_CREDENTIAL} characters")
+    return value
+
+
+def validate_username(value: object, field: str = "auth.username") -> str:
+    """Return an SMTP AUTH user name (letters, digits and . _ @ + = -, 1-128 characters)."""
+    value = _credential_string(value, field)
     if not _USERNAME_RE.fullmatch(value):
         shown = _describe_bad_char(value, re.compile(r"[A-Za-z0-9._@+=-]"))
         raise ValidationError.for_field(
@@ -109,10 +115,7 @@ def validate_username(value: object, field: str = "auth.username") -> str:
 
 def validate_password(value: object, field: str = "auth.password") -> str:
     """Return an SMTP AUTH password; the reason for a refusal never quotes the value."""
-    if not isinstance(value, str):
-        raise ValidationError.for_field(field, "must be a string")
-    if not 1 <= len(value) <= MAX_CREDENTIAL:
-        raise ValidationError.for_field(field, f"must be 1 to {MAX_CREDENTIAL} characters")
+    value = _credential_string(value, field)
     if not _PASSWORD_RE.fullmatch(value):
         raise ValidationError.for_field(
             field, "may hold printable ASCII characters only, without blanks, '\"' or '\\'")

@@ -103,6 +103,22 @@ def test_dry_run_rollback_and_auth_over_http(debian_agent: Agent) -> None:
     assert read.json()["smarthost"]["auth"] == {"username": "pbx"}
 
 
+def test_failing_restart_rolls_back_over_http(make_host: Callable[..., LabHost]) -> None:
+    host = make_host("centos")
+    token = secrets.token_urlsafe(32)
+    # A restart that fails with the new configuration and works with the old one.
+    restart = ["sh", "-c", "if grep -q '^DS.' /etc/mail/sendmail.cf; then exit 1; fi; "
+               "exec service sendmail restart"]
+    url = host.start_agent(token, mta_config=f"restart = {json.dumps(restart)}\n")
+    before = host.file_snapshot("sendmail.mc", "sendmail.cf")
+    r = requests.put(url + "/v1/smarthost", json=SMARTHOST, timeout=240,
+                     headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ok"] is False and body["rolled_back"] is True and body["smarthost"] is None
+    assert host.file_snapshot("sendmail.mc", "sendmail.cf") == before
+
+
 def test_auth_required(debian_agent: Agent) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"},
                     {"Authorization": f"Basic {debian_agent.token}"}):

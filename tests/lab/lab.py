@@ -226,7 +226,7 @@ class LabHost:
 
     # -- agent ---------------------------------------------------------------------
     def start_agent(self, token: str, port: int = 8587, extra_config: str = "",
-                    tls: tuple[Path, Path] | None = None) -> str:
+                    tls: tuple[Path, Path] | None = None, mta_config: str = "") -> str:
         """Run ``relayfleet-agent serve`` inside the host; return its base URL once healthy."""
         token_file = self.root / "agent.token"
         token_file.write_text(token + "\n")
@@ -235,7 +235,8 @@ class LabHost:
         config = self.root / "agent.toml"
         config.write_text(
             f'listen = "{self.address}:{port}"\ntoken_file = "{token_file}"\n{tls_lines}'
-            f'{extra_config}\n[mta]\nkind = "sendmail"\nflavour = "{self.flavour}"\n')
+            f'{extra_config}\n[mta]\nkind = "sendmail"\nflavour = "{self.flavour}"\n'
+            f"{mta_config}")
         self.popen(["env", f"PYTHONPATH={REPO_ROOT}", sys.executable, "-m", "agent.cli",
                     "serve", "--config", str(config)], self.root / "agent.log")
         scheme = "https" if tls else "http"
