@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.errors import RelayfleetError, ValidationError
-from shared.executor import LocalExecutor
+from shared.executor import Executor, LocalExecutor
 from shared.mta import operations_for, parse_flush_request, validate_log_lines
 from shared.profile import build_profile
 from shared.results import OperationResult
@@ -69,14 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None) -> tuple[int, dict[str, Any]]:
-    """Parse ``argv``, run the operation, return (exit code, JSON document)."""
+def run(argv: Sequence[str] | None = None,
+        executor: Executor | None = None) -> tuple[int, dict[str, Any]]:
+    """Parse ``argv``, run the operation, return (exit code, JSON document).
+
+    The operation runs on this machine unless another ``executor`` (SSH) is given.
+    """
     args = build_parser().parse_args(argv)
     try:
         overrides = _body(args.profile_json)
         profile = build_profile(args.mta, args.flavour, overrides)
-        with LocalExecutor() as executor:
-            ops = operations_for(executor, profile)
+        with executor or LocalExecutor() as host:
+            ops = operations_for(host, profile)
             result: OperationResult
             if args.command == "read-smarthost":
                 result = ops.read_smarthost()

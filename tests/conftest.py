@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from shared.cli import run as run_ops
+from shared.ssh import SshExecutor, SshTarget
 from tests.lab.lab import Lab, LabHost
 
 _names = itertools.count(1)
@@ -43,3 +47,66 @@ def make_host(lab: Lab) -> Iterator[Callable[..., LabHost]]:
 def host(request: pytest.FixtureRequest, make_host: Callable[..., LabHost]) -> LabHost:
     """A fresh, running lab host of each layout."""
     return make_host(request.param)
+
+
+@pytest.fixture(scope="session")
+def client_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    """SSH client keys made with ssh-keygen: name -> (private key text, public key line)."""
+    import subprocess
+
+    directory = Path(tmp_path_factory.mktemp("client-keys"))
+    keys = {}
+    for name, args in (("ed25519", ["-t", "ed25519", "-N", ""]),
+                       ("rsa", ["-t", "rsa", "-b", "3072", "-N", ""]),
+                       ("ed25519-passphrase", ["-t", "ed25519", "-N", "correct horse"])):
+        path = directory / name
+        subprocess.run(["ssh-keygen", "-q", *args, "-C", f"relayfleet-test-{name}",
+                        "-f", str(path)], check=True)
+        keys[name] = (path.read_text(), " ".join(Path(f"{path}.pub").read_text().split()[:2]))
+    return keys
+
+
+def ssh_target_for(host: LabHost, client_keys: dict[str, tuple[str, str]], *,
+                   user: str = "root", key: str = "ed25519", sudo: bool = False,
+                   password: str | None = None) -> SshTarget:
+    """Start the host's sshd if needed, authorise the key, and describe how to log in."""
+    if host.sshd is None:
+        host.ssh_host_key = host.start_sshd()
+    private, public = client_keys[key]
+    host.authorize(user, public)
+    return SshTarget(host.address, user, host.ssh_host_key, sudo=sudo,
+                     private_key=None if password else private,
+                     passphrase="correct horse" if key == "ed25519-passphrase" else None,
+                     password=password, connect_timeout_s=5, label=host.name)
+
+
+class OpsRunner:
+    """Runs ``relayfleet-ops`` commands on a lab host, locally inside it or over SSH."""
+
+    def __init__(self, host: LabHost, target: SshTarget | None) -> None:
+        self.host = host
+        self.target = target
+
+    def __call__(self, command: str, *args: str, body: Any = None, timeout: float = 240,
+                 profile: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        if self.target is None:
+            return self.host.ops(command, *args, body=body, timeout=timeout, profile=profile)
+        argv = ["--flavour", self.host.flavour]
+        if profile:
+            argv += ["--profile-json", json.dumps(profile)]
+        argv += [command, *args]
+        if body is not None:
+            argv += ["--json", json.dumps(body)]
+        return run_ops(argv, executor=SshExecutor(self.target))
+
+
+@pytest.fixture(params=["local", "ssh"])
+def ops(request: pytest.FixtureRequest, host: LabHost,
+        client_keys: dict[str, tuple[str, str]]) -> OpsRunner:
+    """Operations on ``host``: through the local executor inside it, or over SSH to a host
+    whose python has been made unavailable."""
+    if request.param == "local":
+        return OpsRunner(host, None)
+    target = ssh_target_for(host, client_keys)
+    host.disable_python()
+    return OpsRunner(host, target)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 packages=(sendmail-bin sendmail-cf m4 make openssh-server iproute2 dnsmasq-base redis-server
-          sensible-mda procmail python3-venv)
+          sensible-mda procmail sudo procps python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.conftest import OpsRunner
 from tests.lab.lab import SINK_PORT, LabHost
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -20,14 +21,14 @@ def by_reason(messages: list[dict[str, object]], fragment: str) -> dict[str, obj
     return found[0]
 
 
-def test_parsers_on_live_queue_and_log(host: LabHost) -> None:
+def test_parsers_on_live_queue_and_log(host: LabHost, ops: OpsRunner) -> None:
     host.send_mail(["a@ourtest.com", "b@ourtest.com"], subject="two recipients")
     # The lab's DNS refuses names outside its zones: the submission program (MSP) cannot
     # canonify the address and keeps the message in the client queue.
     host.send_mail(["someone@unresolvable.example.org"], subject="no dns")
     host.wait_for(lambda: "Connection refused by mx.ourtest.com." in host.mailq()
                   and "lookup (unresolvable.example.org)" in host.mailq(), 30, "both deferrals")
-    code, queue = host.ops("queue")
+    code, queue = ops("queue")
     assert code == 0, queue
     data = queue["data"]
     assert data["count"] == 2 and data["sections"] == {"msp": 1, "mta": 1}
@@ -39,17 +40,17 @@ def test_parsers_on_live_queue_and_log(host: LabHost) -> None:
     assert lookup["recipients"] == ["someone@unresolvable.example.org"]
     assert lookup["section"] == "msp"
 
-    code, result = host.ops("set-smarthost", body=SMARTHOST)
+    code, result = ops("set-smarthost", body=SMARTHOST)
     assert code == 0, result
-    code, flushed = host.ops("flush")
+    code, flushed = ops("flush")
     assert code == 0, flushed
     host.wait_for(lambda: len(host.lab.smarthost.messages()) >= 1, 30, "delivery at the sink")
     # Delivered: the two-recipient message. Still held: the one whose domain has no DNS.
-    host.wait_for(lambda: host.ops("queue")[1]["data"]["count"] == 1, 30, "one message left")
-    code, left = host.ops("queue")
+    host.wait_for(lambda: ops("queue")[1]["data"]["count"] == 1, 30, "one message left")
+    code, left = ops("queue")
     assert left["data"]["messages"][0]["section"] == "msp"
 
-    code, log = host.ops("log", "--lines", "1000")
+    code, log = ops("log", "--lines", "1000")
     assert code == 0, log
     records = log["data"]["records"]
     deliveries = [r for r in records if r["kind"] == "delivery"]
@@ -85,13 +86,13 @@ def test_host_name_lookup_failure_is_parsed(make_host: Callable[..., LabHost]) -
     assert "Deferred: Name server: smarthost.lab.test.: host name lookup failure" in stats
 
 
-def test_diagnose_on_a_healthy_host(host: LabHost) -> None:
-    code, before = host.ops("diagnose")
+def test_diagnose_on_a_healthy_host(host: LabHost, ops: OpsRunner) -> None:
+    code, before = ops("diagnose")
     checks = {c["name"]: c for c in before["data"]["checks"]}
     assert checks["smarthost_smtp"]["ok"] is False
     assert "no smarthost" in checks["smarthost_smtp"]["detail"]
-    host.ops("set-smarthost", body=SMARTHOST)
-    code, result = host.ops("diagnose", "--domain", "ourtest.com", "--public-ip", host.address)
+    ops("set-smarthost", body=SMARTHOST)
+    code, result = ops("diagnose", "--domain", "ourtest.com", "--public-ip", host.address)
     assert code == 0, result
     checks = {c["name"]: c for c in result["data"]["checks"]}
     assert list(checks) == ["hostname_fqdn", "hosts_file", "mta_running", "config_in_sync",
@@ -101,7 +102,7 @@ def test_diagnose_on_a_healthy_host(host: LabHost) -> None:
     assert checks["smarthost_resolves"]["data"]["addresses"] == [host.lab.smarthost.address]
     assert checks["smarthost_smtp"]["data"]["auth"] == ["PLAIN", "LOGIN"]
     assert checks["spf"]["data"]["result"] == "pass"
-    code, outside = host.ops("diagnose", "--domain", "example.net", "--public-ip", host.address)
+    code, outside = ops("diagnose", "--domain", "example.net", "--public-ip", host.address)
     spf = next(c for c in outside["data"]["checks"] if c["name"] == "spf")
     assert spf["ok"] is False and spf["data"]["result"] == "fail" and code == 1
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import OpsRunner
 from tests.lab.lab import SINK_PORT, LabHost
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -51,7 +52,7 @@ def mail_dir_state(host: LabHost) -> dict[str, tuple[int, bytes]]:
     return state
 
 
-def test_seed_story(host: LabHost) -> None:
+def test_seed_story(host: LabHost, ops: OpsRunner) -> None:
     """Deferred voicemail -> set smarthost -> flush -> delivered; again -> no change."""
     sink = host.lab.smarthost
     host.send_mail([VOICEMAIL_TO])
@@ -59,7 +60,7 @@ def test_seed_story(host: LabHost) -> None:
     assert "Deferred: Connection refused by mx.ourtest.com." in queue_before
     old_pid = mta_pid(host)
 
-    code, result = host.ops("set-smarthost", body=SMARTHOST)
+    code, result = ops("set-smarthost", body=SMARTHOST)
     assert code == 0, result
     assert result["ok"] and result["changed"] and not result["rolled_back"]
     assert result["data"]["smarthost"]["host"] == "smarthost.lab.test"
@@ -76,26 +77,26 @@ def test_seed_story(host: LabHost) -> None:
     assert len(active_smart_host_defines(host)) == 1
     assert mta_pid(host) != old_pid, "sendmail was not restarted"
 
-    code, flushed = host.ops("flush")
+    code, flushed = ops("flush")
     assert code == 0, flushed
     # The restart already runs the queue: the flush may find it empty, or find the
     # message locked by that run and leave it to it.
     assert flushed["data"]["before"] <= 1 and flushed["data"]["after"] <= 1
     host.wait_for(lambda: any(VOICEMAIL_TO.join("<>") in m["rcpts"] for m in sink.messages()),
                   30, "the voicemail at the sink")
-    host.wait_for(lambda: host.ops("queue")[1]["data"]["count"] == 0, 30, "an empty queue")
+    host.wait_for(lambda: ops("queue")[1]["data"]["count"] == 0, 30, "an empty queue")
     assert host.queue_files() == []
 
     before = mail_dir_state(host)
-    code, again = host.ops("set-smarthost", body=SMARTHOST)
+    code, again = ops("set-smarthost", body=SMARTHOST)
     assert code == 0 and again["ok"] and again["changed"] is False, again
     assert mail_dir_state(host) == before, "a no-change run touched files"
     assert [s["name"] for s in again["steps"]] == ["compare"]
 
 
-def test_dry_run_changes_nothing(host: LabHost) -> None:
+def test_dry_run_changes_nothing(host: LabHost, ops: OpsRunner) -> None:
     before = mail_dir_state(host)
-    code, result = host.ops("set-smarthost", "--dry-run", body=SMARTHOST)
+    code, result = ops("set-smarthost", "--dry-run", body=SMARTHOST)
     assert code == 0 and result["changed"] is True
     diff = result["data"]["diff"]
     assert diff.startswith("--- /etc/mail/sendmail.mc (current)")
@@ -104,38 +105,38 @@ def test_dry_run_changes_nothing(host: LabHost) -> None:
     assert mail_dir_state(host) == before
 
 
-def test_remove_restores_direct_delivery(host: LabHost) -> None:
-    code, result = host.ops("set-smarthost", body=SMARTHOST)
+def test_remove_restores_direct_delivery(host: LabHost, ops: OpsRunner) -> None:
+    code, result = ops("set-smarthost", body=SMARTHOST)
     assert code == 0, result
-    code, removed = host.ops("remove-smarthost")
+    code, removed = ops("remove-smarthost")
     assert code == 0 and removed["changed"] and removed["data"]["smarthost"] is None, removed
     assert re.findall(r"^DS.*$", cf_text(host), re.M) == ["DS"]
     assert active_smart_host_defines(host) == []
     host.send_mail([VOICEMAIL_TO], subject="after removal")
     assert "Deferred: Connection refused by mx.ourtest.com." in host.wait_deferred()
-    code, again = host.ops("remove-smarthost")
+    code, again = ops("remove-smarthost")
     assert code == 0 and again["changed"] is False
 
 
-def test_failing_restart_rolls_back_byte_identical(host: LabHost) -> None:
+def test_failing_restart_rolls_back_byte_identical(host: LabHost, ops: OpsRunner) -> None:
     before = host.file_snapshot("sendmail.mc", "sendmail.cf", "authinfo", "authinfo.db")
     init = "service sendmail restart" if host.layout == "centos" else "/etc/init.d/sendmail restart"
     # A restart that fails with the new configuration and works with the old one.
     failing_restart = ["sh", "-c", "if grep -q '^DS.' /etc/mail/sendmail.cf; then "
                        "echo 'sendmail: cannot start: configuration rejected' >&2; exit 1; fi; "
                        f"exec {init}"]
-    code, result = host.ops("set-smarthost", body=SMARTHOST, profile={"restart": failing_restart})
+    code, result = ops("set-smarthost", body=SMARTHOST, profile={"restart": failing_restart})
     assert code == 1
     assert result["ok"] is False and result["rolled_back"] is True, result
     assert "restored" in result["error"]
     assert host.file_snapshot("sendmail.mc", "sendmail.cf", "authinfo", "authinfo.db") == before
     assert result["data"]["smarthost"] is None
     assert [s["name"] for s in result["steps"]].count("restart") == 2
-    code, status = host.ops("status")
+    code, status = ops("status")
     assert status["data"]["mta"]["running"] is True
 
 
-def test_cf_that_fails_validation_is_never_installed(host: LabHost) -> None:
+def test_cf_that_fails_validation_is_never_installed(host: LabHost, ops: OpsRunner) -> None:
     mc_path = host.mail_dir / "sendmail.mc"
     mc = mc_path.read_text()
     # A local rule set referring to a map class sendmail does not have: m4 is happy,
@@ -143,17 +144,17 @@ def test_cf_that_fails_validation_is_never_installed(host: LabHost) -> None:
     broken = mc.replace("MAILER(", "LOCAL_CONFIG\nKbroken nosuchmapclass\nMAILER(", 1)
     mc_path.write_text(broken)
     before = host.file_snapshot("sendmail.mc", "sendmail.cf")
-    code, result = host.ops("set-smarthost", body=SMARTHOST)
+    code, result = ops("set-smarthost", body=SMARTHOST)
     assert code == 1 and result["ok"] is False and result["rolled_back"] is False, result
     assert result["error_kind"] == "compile"
     assert host.file_snapshot("sendmail.mc", "sendmail.cf") == before
     assert not list(host.mail_dir.glob(".sendmail.*relayfleet*")), "temporary files left behind"
 
 
-def test_smtp_auth_map_is_private_and_password_never_shown(host: LabHost) -> None:
+def test_smtp_auth_map_is_private_and_password_never_shown(host: LabHost, ops: OpsRunner) -> None:
     password = "S3cret!pa55-word#x"
     body = {**SMARTHOST, "auth": {"username": "pbx-relay@ourtest.com", "password": password}}
-    code, result = host.ops("set-smarthost", body=body)
+    code, result = ops("set-smarthost", body=body)
     assert code == 0, result
     for name in ("authinfo", "authinfo.db"):
         st = (host.mail_dir / name).stat()
@@ -165,13 +166,13 @@ def test_smtp_auth_map_is_private_and_password_never_shown(host: LabHost) -> Non
     assert result["data"]["smarthost"]["auth"] == {"username": "pbx-relay@ourtest.com"}
 
     host.send_mail([VOICEMAIL_TO], subject="with auth")
-    code, flushed = host.ops("flush")
+    code, flushed = ops("flush")
     host.wait_for(lambda: any(m["auth_user"] == "pbx-relay@ourtest.com"
                               for m in host.lab.smarthost.messages()), 30,
                   "a message authenticated as the configured user")
-    code, read = host.ops("read-smarthost")
-    code, log = host.ops("log", "--lines", "500")
-    _, dry = host.ops("set-smarthost", "--dry-run",
+    code, read = ops("read-smarthost")
+    code, log = ops("log", "--lines", "500")
+    _, dry = ops("set-smarthost", "--dry-run",
                              body={**body, "auth": {"username": "other", "password": "N3w-secret"}})
     everything = json.dumps([result, flushed, read, log, dry]) + host.read_maillog()
     assert password not in everything
@@ -216,11 +217,11 @@ def test_bad_values_are_refused(make_host: Callable[..., LabHost], body: dict[st
     assert mail_dir_state(host) == before
 
 
-def test_queue_lock_refuses_a_second_change(host: LabHost) -> None:
+def test_queue_lock_refuses_a_second_change(host: LabHost, ops: OpsRunner) -> None:
     lock = host.mail_dir / ".relayfleet.lock"
     lock.mkdir()
     (lock / "since").write_text(str(int(os.path.getmtime(lock))))
-    code, result = host.ops("set-smarthost", body=SMARTHOST)
+    code, result = ops("set-smarthost", body=SMARTHOST)
     assert code == 1 and result["error_kind"] == "conflict", result
     lock.joinpath("since").unlink()
     lock.rmdir()

@@ -112,6 +112,8 @@ class LabHost:
     veth: str
     holder_pid: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sshd: subprocess.Popen[bytes] | None = None
+    ssh_host_key: str = ""
 
     @property
     def fqdn(self) -> str:
@@ -223,6 +225,56 @@ class LabHost:
             path = self.mail_dir / name
             out[name] = path.read_bytes() if path.exists() else None
         return out
+
+    # -- sshd ----------------------------------------------------------------------
+    def start_sshd(self) -> str:
+        """Run the host's own sshd on its address; return its public host key line."""
+        key = self.root / "ssh_host_ed25519_key"
+        if not key.exists():
+            sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.fqdn, "-f", str(key)])
+        keys_dir = self.root / "authorized_keys"
+        keys_dir.mkdir(exist_ok=True)
+        config = self.root / "sshd_config"
+        config.write_text("\n".join([
+            f"ListenAddress {self.address}", "Port 22", f"HostKey {key}",
+            "PidFile /run/sshd.pid", f"AuthorizedKeysFile {keys_dir}/%u", "StrictModes no",
+            "UsePAM no", "PasswordAuthentication yes", "KbdInteractiveAuthentication no",
+            "PermitRootLogin yes", "AllowTcpForwarding yes", "LogLevel VERBOSE",
+            "MaxStartups 200", "MaxSessions 50", "Subsystem sftp internal-sftp", ""]))
+        self.sshd = self.popen(["/usr/sbin/sshd", "-D", "-f", str(config), "-E",
+                                str(self.root / "sshd.log")], self.root / "sshd.out")
+        _wait_port(self.address, 22, self.sshd, timeout=15)
+        return " ".join(Path(f"{key}.pub").read_text().split()[:2])
+
+    def stop_sshd(self) -> None:
+        """Stop the host's sshd (the host stays up)."""
+        if self.sshd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.sshd.pid, signal.SIGKILL)
+            self.sshd.wait(timeout=10)
+            self.sshd = None
+
+    def authorize(self, user: str, public_key_line: str) -> None:
+        """Let ``user`` log in with this public key."""
+        path = self.root / "authorized_keys" / user
+        with path.open("a") as fh:
+            fh.write(public_key_line.strip() + "\n")
+
+    def sshd_log(self) -> str:
+        """What the host's sshd logged."""
+        path = self.root / "sshd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def disable_python(self) -> None:
+        """Make every python on the host fail, like an old PBX without one."""
+        stub = self.root / "no-python"
+        stub.write_text("#!/bin/sh\necho 'python: not installed on this host' >&2\nexit 127\n")
+        stub.chmod(0o755)
+        script = "".join(
+            f'[ -e {p} ] && mount --bind {shlex.quote(str(stub))} {p}\n'
+            for p in ("/usr/bin/python3", "/usr/local/bin/python3", "/usr/bin/python",
+                      shlex.quote(os.path.realpath(sys.executable))))
+        self.run(["sh", "-c", script + "true"])
 
     # -- agent ---------------------------------------------------------------------
     def start_agent(self, token: str, port: int = 8587, extra_config: str = "",
@@ -394,6 +446,22 @@ class Lab:
                                         start_new_session=True)
         self.processes.append(self.dnsmasq)
         _wait_port(self.gateway, 53, self.dnsmasq, udp=True)
+
+    def ensure_ssh_user(self) -> tuple[str, str]:
+        """A non-root login (``rflab``) with passwordless ``sudo`` and a fresh password.
+
+        It exists on this machine, but only lab hosts' sshd (inside the lab's network
+        namespaces) accept logins.
+        """
+        user = "rflab"
+        if sh(["id", "-u", user], check=False).returncode != 0:
+            sh(["useradd", "--create-home", "--shell", "/bin/sh", user])
+        password = "Lab-" + os.urandom(9).hex()
+        sh(["chpasswd"], input=f"{user}:{password}\n".encode())
+        sudoers = Path("/etc/sudoers.d/relayfleet-lab")
+        sudoers.write_text(f"{user} ALL=(root) NOPASSWD: ALL\n")
+        sudoers.chmod(0o440)
+        return user, password
 
     def add_host(self, name: str, layout: str = "debian", start: bool = True) -> LabHost:
         """Create, boot and register a lab host (``layout``: ``debian`` or ``centos``)."""

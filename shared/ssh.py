@@ -1,0 +1,408 @@
+"""The SSH executor: every MTA operation over paramiko, with only a POSIX shell on the host.
+
+Nothing here needs Python on the managed host. Each executor method becomes one remote
+command built from an argv with :func:`shlex.join` (file operations are small ``sh -c``
+scripts whose paths travel as positional arguments, never inside the script text), run
+through ``sudo -n`` when the login is not root, and time-boxed on both ends (coreutils
+``timeout`` on the host, a deadline here).
+
+Host keys are pinned: the key the host offers is compared with the one recorded for it
+*before* authenticating, so a host with an unknown or changed key never runs anything.
+Connections open lazily, close idempotently, and can be kept warm in an :class:`SshPool`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import paramiko
+
+from shared.errors import (
+    CommandTimeout,
+    ConfigError,
+    ExecutorError,
+    HostKeyMismatch,
+    HostUnreachable,
+)
+from shared.executor import ByteStream, CommandResult, Executor, FileInfo, FileMissing
+
+_MISSING = 44
+_EXISTS = 45
+_KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (
+    paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint of a public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def public_key_line(key: paramiko.PKey) -> str:
+    """The key as ``type base64`` (what :class:`SshTarget.host_key` pins)."""
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def parse_public_key(line: str) -> paramiko.PKey:
+    """Parse a pinned ``type base64 [comment]`` public key."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise ConfigError("a host key must read 'TYPE BASE64' (e.g. 'ssh-ed25519 AAAA...')")
+    try:
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+    except (ValueError, paramiko.SSHException, TypeError) as exc:
+        raise ConfigError(f"unreadable host key of type {parts[0]!r}") from exc
+
+
+def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
+    """Load an ed25519, ECDSA or RSA private key from PEM/OpenSSH text."""
+    last: Exception | None = None
+    for cls in _KEY_CLASSES:
+        try:
+            return cls.from_private_key(io.StringIO(text), password=passphrase)
+        except paramiko.PasswordRequiredException as exc:
+            raise ConfigError("the private key is encrypted: give its passphrase") from exc
+        except (paramiko.SSHException, ValueError) as exc:
+            last = exc
+    raise ConfigError("the private key is not an ed25519, ECDSA or RSA key (or the "
+                      "passphrase is wrong)") from last
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """How to reach one host over SSH. Secrets stay out of ``repr``."""
+
+    host: str
+    username: str
+    host_key: str | None
+    port: int = 22
+    private_key: str | None = field(default=None, repr=False)
+    passphrase: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    sudo: bool = False
+    connect_timeout_s: float = 10.0
+    keepalive_s: int = 15
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How messages name the host."""
+        return self.label or (self.host if self.port == 22 else f"{self.host}:{self.port}")
+
+    def pool_key(self) -> tuple[object, ...]:
+        """What makes two targets share a pooled connection (a changed key or secret does not)."""
+        secret = hashlib.sha256(f"{self.private_key}\0{self.passphrase}\0{self.password}"
+                                .encode()).hexdigest()
+        return (self.host, self.port, self.username, self.host_key, secret)
+
+
+def fetch_host_key(host: str, port: int = 22, timeout_s: float = 10.0) -> tuple[str, str]:
+    """Ask a host for its key, for an operator to confirm and pin: (key line, fingerprint)."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as exc:
+        raise HostUnreachable(f"{host}:{port}: cannot connect: {exc}") from exc
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=timeout_s)
+        key = transport.get_remote_server_key()
+        return public_key_line(key), fingerprint(key)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise HostUnreachable(f"{host}:{port}: SSH handshake failed: {exc}") from exc
+    finally:
+        transport.close()
+
+
+def connect(target: SshTarget) -> paramiko.Transport:
+    """Dial, check the pinned host key, then authenticate; raise our errors on failure."""
+    pinned = parse_public_key(target.host_key) if target.host_key else None
+    try:
+        sock = socket.create_connection((target.host, target.port),
+                                        timeout=target.connect_timeout_s)
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise HostUnreachable(f"{target.name}: cannot connect to port {target.port}: "
+                              f"{reason}") from exc
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = target.connect_timeout_s
+    transport.handshake_timeout = target.connect_timeout_s
+    try:
+        transport.start_client(timeout=target.connect_timeout_s)
+        offered = transport.get_remote_server_key()
+        if pinned is None:
+            raise HostKeyMismatch(
+                f"{target.name}: no host key is pinned for this host; it offers "
+                f"{offered.get_name()} {fingerprint(offered)}. Confirm that fingerprint with "
+                "the host's administrator, then record the key")
+        if offered.asbytes() != pinned.asbytes():
+            raise HostKeyMismatch(
+                f"{target.name}: HOST KEY CHANGED: expected {pinned.get_name()} "
+                f"{fingerprint(pinned)}, offered {offered.get_name()} {fingerprint(offered)}. "
+                "Nothing was run. If the host was reinstalled, re-enrol its key")
+        _authenticate(transport, target)
+        transport.set_keepalive(target.keepalive_s)
+        return transport
+    except HostUnreachable:
+        transport.close()
+        raise
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        transport.close()
+        raise HostUnreachable(f"{target.name}: SSH handshake failed: {exc}") from exc
+
+
+def _authenticate(transport: paramiko.Transport, target: SshTarget) -> None:
+    try:
+        if target.private_key:
+            key = load_private_key(target.private_key, target.passphrase)
+            transport.auth_publickey(target.username, key)
+        elif target.password:
+            transport.auth_password(target.username, target.password)
+        else:
+            raise ConfigError(f"{target.name}: give a private key or a password")
+    except paramiko.AuthenticationException as exc:
+        raise HostUnreachable(f"{target.name}: authentication as {target.username} failed "
+                              "(check the key or password and the account)") from exc
+
+
+class SshPool:
+    """Idle SSH connections kept per target between jobs: bounded, expiring, redialled."""
+
+    def __init__(self, max_idle: int = 256, idle_timeout_s: float = 300.0) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout_s = idle_timeout_s
+        self._idle: dict[tuple[object, ...], tuple[paramiko.Transport, float]] = {}
+        self._lock = threading.Lock()
+        #: how many times a new connection was dialled (tests and metrics read it)
+        self.dials = 0
+
+    def acquire(self, target: SshTarget) -> paramiko.Transport:
+        """A live connection to ``target``: a pooled one if fresh, else a new one."""
+        key = target.pool_key()
+        with self._lock:
+            entry = self._idle.pop(key, None)
+        if entry is not None:
+            transport, since = entry
+            if transport.is_active() and time.monotonic() - since < self.idle_timeout_s:
+                return transport
+            transport.close()
+        with self._lock:
+            self.dials += 1
+        return connect(target)
+
+    def release(self, target: SshTarget, transport: paramiko.Transport, healthy: bool) -> None:
+        """Give a connection back; an unhealthy one, or one past the bound, is closed."""
+        if not healthy or not transport.is_active():
+            transport.close()
+            return
+        evicted: list[paramiko.Transport] = []
+        with self._lock:
+            old = self._idle.pop(target.pool_key(), None)
+            if old is not None:
+                evicted.append(old[0])
+            self._idle[target.pool_key()] = (transport, time.monotonic())
+            now = time.monotonic()
+            for key, (_conn, since) in list(self._idle.items()):
+                if now - since >= self.idle_timeout_s:
+                    evicted.append(self._idle.pop(key)[0])
+            while len(self._idle) > self.max_idle:
+                evicted.append(self._idle.pop(next(iter(self._idle)))[0])
+        for conn in evicted:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for transport, _ in idle.values():
+            transport.close()
+
+
+class SshExecutor(Executor):
+    """Runs commands and file operations on one host over SSH (lazy connect)."""
+
+    def __init__(self, target: SshTarget, pool: SshPool | None = None) -> None:
+        self.target = target
+        self.label = target.name
+        self._pool = pool
+        self._transport: paramiko.Transport | None = None
+        self._broken = False
+
+    # -- connection -------------------------------------------------------------------
+    def _conn(self) -> paramiko.Transport:
+        if self._transport is None or not self._transport.is_active():
+            self._transport = (self._pool.acquire(self.target) if self._pool
+                               else connect(self.target))
+        return self._transport
+
+    def close(self) -> None:
+        """Return the connection to the pool (or close it); safe to call twice."""
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        if self._pool is not None:
+            self._pool.release(self.target, transport, healthy=not self._broken)
+        else:
+            transport.close()
+
+    def _lost(self, exc: BaseException) -> HostUnreachable:
+        self._broken = True
+        return HostUnreachable(f"{self.target.name}: connection lost: {exc}")
+
+    # -- commands -----------------------------------------------------------------------
+    def _command_line(self, argv: Sequence[str], timeout: float | None,
+                      env: Mapping[str, str] | None) -> str:
+        words = ["env", "LC_ALL=C", *(f"{k}={v}" for k, v in (env or {}).items()), *argv]
+        if timeout is not None:
+            # The host kills what outlives our deadline too; -k reaps a stubborn one.
+            words = ["timeout", "-k", "5", str(int(timeout) + 1), *words]
+        if self.target.sudo:
+            words = ["sudo", "-n", "--", *words]
+        return shlex.join(words)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float | None = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` on the host; the argv is shell-quoted word by word."""
+        start = time.monotonic()
+        command = self._command_line(argv, timeout, env)
+        transport = self._conn()
+        try:
+            chan = transport.open_session(timeout=self.target.connect_timeout_s)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(exc) from exc
+        with contextlib.closing(chan):
+            try:
+                chan.exec_command(command)
+                if input:
+                    chan.sendall(input)
+                chan.shutdown_write()
+                out, err = self._collect(chan, start, timeout, argv)
+                code = chan.recv_exit_status()
+            except CommandTimeout:
+                raise
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._lost(exc) from exc
+        if code == -1:
+            raise self._lost(RuntimeError("the command ended without an exit status"))
+        return CommandResult(tuple(argv), code, out, err, time.monotonic() - start)
+
+    def _collect(self, chan: paramiko.Channel, start: float, timeout: float | None,
+                 argv: Sequence[str]) -> tuple[bytes, bytes]:
+        out, err = bytearray(), bytearray()
+        deadline = None if timeout is None else start + timeout
+        while True:
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                # Drain what arrived with the exit status.
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                return bytes(out), bytes(err)
+            if chan.closed and not chan.recv_ready():
+                return bytes(out), bytes(err)
+            if deadline is not None and time.monotonic() > deadline:
+                raise CommandTimeout(f"{argv[0]} did not finish within {timeout}s on "
+                                     f"{self.target.name}")
+            select.select([chan], [], [], 0.05)
+
+    def _sh(self, script: str, *args: str, input: bytes | None = None,
+            timeout: float = 60.0) -> CommandResult:
+        """A fixed script with caller values only as positional parameters ($1, $2...)."""
+        return self.run(["sh", "-c", script, "sh", *args], input=input, timeout=timeout)
+
+    def _check(self, result: CommandResult, what: str) -> CommandResult:
+        if result.exit_code != 0:
+            raise ExecutorError(f"{self.target.name}: cannot {what}: "
+                                f"{result.output_text().strip()[:300]}")
+        return result
+
+    # -- files --------------------------------------------------------------------------
+    def read_file(self, path: str) -> bytes:
+        """``cat`` a file; FileMissing when absent."""
+        result = self._sh(f'[ -e "$1" ] || exit {_MISSING}; exec cat -- "$1"', path)
+        if result.exit_code == _MISSING:
+            raise FileMissing(f"{path} does not exist on {self.target.name}")
+        return self._check(result, f"read {path}").stdout
+
+    def file_info(self, path: str) -> FileInfo | None:
+        """``stat -c`` mode, owner and size."""
+        result = self._sh(f'[ -e "$1" ] || exit {_MISSING}; exec stat -L -c "%a %u %g %s" -- "$1"',
+                          path)
+        if result.exit_code == _MISSING:
+            return None
+        mode, uid, gid, size = self._check(result, f"stat {path}").stdout.split()
+        return FileInfo(int(mode, 8), int(uid), int(gid), int(size))
+
+    def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Write through ``cat >`` with a private umask, then ``chmod``."""
+        self._check(self._sh('umask 077; cat > "$1" && chmod "$2" "$1"', path, f"{mode:o}",
+                             input=data), f"write {path}")
+
+    def set_owner_mode(self, path: str, *, mode: int, uid: int, gid: int) -> None:
+        """``chown`` (when uid/gid are given) and ``chmod``."""
+        owner = "" if uid < 0 and gid < 0 else f"{'' if uid < 0 else uid}:{'' if gid < 0 else gid}"
+        self._check(self._sh('[ -z "$3" ] || chown "$3" "$1" && chmod "$2" "$1"', path,
+                             f"{mode:o}", owner), f"set mode/owner of {path}")
+
+    def rename(self, src: str, dst: str) -> None:
+        """``mv -f`` (atomic within one file system)."""
+        self._check(self.run(["mv", "-f", "--", src, dst], timeout=30), f"rename {src}")
+
+    def copy_file(self, src: str, dst: str) -> None:
+        """``cp -p`` keeps mode, owner and times."""
+        self._check(self.run(["cp", "-p", "--", src, dst], timeout=60), f"copy {src}")
+
+    def remove(self, path: str) -> None:
+        """``rm -f``."""
+        self._check(self.run(["rm", "-f", "--", path], timeout=30), f"remove {path}")
+
+    def make_dir(self, path: str, *, mode: int = 0o700) -> bool:
+        """``mkdir -m``; False when it already existed."""
+        result = self._sh(f'[ -e "$1" ] && exit {_EXISTS}; exec mkdir -m "$2" -- "$1"', path,
+                          f"{mode:o}")
+        if result.exit_code == _EXISTS or b"File exists" in result.stderr:
+            return False
+        self._check(result, f"create {path}")
+        return True
+
+    def list_dir(self, path: str) -> list[str]:
+        """``ls -1A``, sorted; empty when missing."""
+        result = self._sh('[ -d "$1" ] || exit 0; exec ls -1A -- "$1"', path)
+        return sorted(self._check(result, f"list {path}").stdout.decode().split("\n")[:-1])
+
+    def remove_dir(self, path: str) -> None:
+        """``rm -rf``."""
+        self._check(self.run(["rm", "-rf", "--", path], timeout=60), f"remove {path}")
+
+    # -- network ------------------------------------------------------------------------
+    def open_tcp(self, host: str, port: int, timeout: float) -> ByteStream:
+        """A direct-tcpip channel: the TCP connection is opened by the host's sshd."""
+        try:
+            chan = self._conn().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                             timeout=timeout)
+        except paramiko.ChannelException as exc:
+            raise ExecutorError(f"cannot connect to {host}:{port} from {self.target.name}: "
+                                f"{exc.text}") from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ExecutorError(f"cannot connect to {host}:{port} from {self.target.name}: "
+                                f"{exc}") from exc
+        chan.settimeout(timeout)
+        return cast(ByteStream, chan)
