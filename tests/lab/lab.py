@@ -232,12 +232,15 @@ class LabHost:
         key = self.root / "ssh_host_ed25519_key"
         if not key.exists():
             sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.fqdn, "-f", str(key)])
-        keys_dir = self.root / "authorized_keys"
+        # Under the host's own /run: sshd reads a user's keys as that user, who could not
+        # get through the lab's private work directory to reach them.
+        keys_dir = self.root / "run" / "authorized_keys"
         keys_dir.mkdir(exist_ok=True)
+        keys_dir.chmod(0o755)
         config = self.root / "sshd_config"
         config.write_text("\n".join([
             f"ListenAddress {self.address}", "Port 22", f"HostKey {key}",
-            "PidFile /run/sshd.pid", f"AuthorizedKeysFile {keys_dir}/%u", "StrictModes no",
+            "PidFile /run/sshd.pid", "AuthorizedKeysFile /run/authorized_keys/%u", "StrictModes no",
             "UsePAM no", "PasswordAuthentication yes", "KbdInteractiveAuthentication no",
             "PermitRootLogin yes", "AllowTcpForwarding yes", "LogLevel VERBOSE",
             "MaxStartups 200", "MaxSessions 50", "Subsystem sftp internal-sftp", ""]))
@@ -256,7 +259,7 @@ class LabHost:
 
     def authorize(self, user: str, public_key_line: str) -> None:
         """Let ``user`` log in with this public key."""
-        path = self.root / "authorized_keys" / user
+        path = self.root / "run" / "authorized_keys" / user
         with path.open("a") as fh:
             fh.write(public_key_line.strip() + "\n")
 
