@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.errors import ExecutorError, RelayfleetError, ValidationError
-from shared.executor import ByteStream, Executor
+from shared.executor import ByteStream, CommandResult, Executor
 from shared.profile import HostProfile
 from shared.validation import validate_hostname
 
@@ -38,13 +38,28 @@ class Check:
 
 # -- hostname and /etc/hosts ------------------------------------------------------------
 
+#: the commands :func:`hostname_check` reads (batched by callers)
+HOSTNAME_COMMANDS: tuple[tuple[str, list[str]], ...] = (
+    ("hostname", ["uname", "-n"]), ("fqdn", ["hostname", "-f"]))
+#: prints the pid in the pid file ($1) and exits 0 if it runs; exit 3 when there is no pid
+ALIVE_SCRIPT = ('[ -r "$1" ] || exit 3; read p rest < "$1" || exit 3; '
+                'case "$p" in ""|*[!0-9]*) exit 3 ;; esac; echo "$p"; exec kill -0 "$p"')
+
+
+def alive_command(pid_file: str) -> list[str]:
+    """An argv that says whether the daemon in ``pid_file`` runs (see ALIVE_SCRIPT)."""
+    return ["sh", "-c", ALIVE_SCRIPT, "sh", pid_file]
+
+
 def check_hostname(executor: Executor) -> Check:
     """Is the host's name fully qualified (``hostname -f``)?"""
-    short = executor.run(["hostname"], timeout=10)
+    short, full = executor.run_many([argv for _, argv in HOSTNAME_COMMANDS], timeout=15)
+    return hostname_check(short, full)
+
+
+def hostname_check(short: CommandResult, full: CommandResult) -> Check:
+    """Judge ``uname -n`` and ``hostname -f`` output."""
     name = short.stdout_text().strip() if short.ok else ""
-    if not name:
-        name = executor.run(["uname", "-n"], timeout=10).stdout_text().strip()
-    full = executor.run(["hostname", "-f"], timeout=15)
     fqdn = full.stdout_text().strip() if full.ok else ""
     fqdn = fqdn or name
     data = {"hostname": name.split(".")[0], "fqdn": fqdn}
@@ -90,7 +105,11 @@ def _is_loopback(address: str) -> bool:
 
 def check_hosts_file(executor: Executor, hostname: str, fqdn: str) -> Check:
     """Does /etc/hosts map the FQDN to a real address, FQDN first?"""
-    text = executor.read_file_if_exists("/etc/hosts")
+    return hosts_file_check(executor.read_file_if_exists("/etc/hosts"), hostname, fqdn)
+
+
+def hosts_file_check(text: bytes | None, hostname: str, fqdn: str) -> Check:
+    """Judge /etc/hosts (None when missing)."""
     if text is None:
         return Check("hosts_file", False, "/etc/hosts is missing", {"problems": ["missing"]})
     problems = hosts_file_problems(text.decode("utf-8", "replace"), hostname, fqdn)
@@ -102,13 +121,17 @@ def check_hosts_file(executor: Executor, hostname: str, fqdn: str) -> Check:
 
 def check_mta_running(executor: Executor, pid_file: str) -> Check:
     """Is the MTA's daemon alive (pid file + ``kill -0``)?"""
-    raw = executor.read_file_if_exists(pid_file)
-    first = raw.decode("ascii", "replace").split() if raw else []
-    if not first or not first[0].isdigit():
+    return mta_running_check(executor.run(alive_command(pid_file), timeout=10), pid_file)
+
+
+def mta_running_check(result: CommandResult, pid_file: str) -> Check:
+    """Judge the output of :func:`alive_command`."""
+    text = result.stdout_text().strip()
+    if not text.isdigit():
         return Check("mta_running", False, f"no pid in {pid_file}: the MTA is not running; "
                      "start it (service sendmail start)", {"pid": None})
-    pid = int(first[0])
-    alive = executor.run(["kill", "-0", str(pid)], timeout=10).ok
+    pid = int(text)
+    alive = result.ok
     if not alive:
         return Check("mta_running", False, f"pid {pid} from {pid_file} is not running: "
                      "restart the MTA", {"pid": pid})

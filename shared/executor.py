@@ -24,6 +24,16 @@ from typing import Protocol
 
 from shared.errors import CommandTimeout, ExecutorError
 
+#: exit code of :func:`read_command` when the file does not exist
+MISSING_CODE = 44
+#: prints a file, or exits MISSING_CODE when it is absent (the path is ``$1``)
+READ_SCRIPT = f'[ -e "$1" ] || exit {MISSING_CODE}; exec cat -- "$1"'
+
+
+def read_command(path: str) -> list[str]:
+    """An argv that prints ``path`` (exit MISSING_CODE if absent), for batched reads."""
+    return ["sh", "-c", READ_SCRIPT, "sh", path]
+
 
 class FileMissing(ExecutorError):
     """The file asked for does not exist on the host."""
@@ -96,6 +106,11 @@ class Executor(abc.ABC):
         env: Mapping[str, str] | None = None,
     ) -> CommandResult:
         """Run ``argv`` (never through a shell) and return what happened, whatever the exit code."""
+
+    def run_many(self, commands: Sequence[Sequence[str]], *,
+                 timeout: float | None = 60.0) -> list[CommandResult]:
+        """Run independent commands in order; remote executors do it in one round trip."""
+        return [self.run(argv, timeout=timeout) for argv in commands]
 
     # -- files ----------------------------------------------------------------------
     @abc.abstractmethod

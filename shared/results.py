@@ -133,6 +133,27 @@ class StepRecorder:
             )
         return result
 
+    def run_many(self, commands: Sequence[tuple[str, Sequence[str]]], *,
+                 timeout: float | None = 60.0,
+                 output_filter: Callable[[str], str] | None = None,
+                 quiet: Container[str] = ()) -> list[CommandResult]:
+        """Run independent named commands (one round trip on remote hosts); record each.
+
+        Steps named in ``quiet`` keep only the size of their output: file reads, whose
+        content is data (and may be a secret), not a log.
+        """
+        results = self.executor.run_many([argv for _, argv in commands], timeout=timeout)
+        for (name, argv), result in zip(commands, results, strict=True):
+            text = result.output_text()
+            if name in quiet:
+                text = f"({len(result.stdout)} bytes read)"
+            elif output_filter:
+                text = output_filter(text)
+            output = self.redact(trim_output(text))
+            self.steps.append(Step(name, list(argv), result.exit_code,
+                                   round(result.duration_s, 3), result.ok, output))
+        return results
+
     def note(self, name: str, detail: str = "", ok: bool = True,
              started: float | None = None) -> None:
         """Record a step that was not a command (a file write, a rename, a check)."""

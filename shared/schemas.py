@@ -206,7 +206,8 @@ class DeliverySchema(Schema):
 class FlushResultSchema(OperationSchema):
     """POST /v1/queue/flush."""
 
-    before = fields.Integer(required=True)
+    before = fields.Integer(required=True, allow_none=True,
+                            metadata={"description": "null when the run timed out"})
     after = fields.Integer(required=True)
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
     remaining = fields.List(fields.Nested(QueuedMessageSchema), required=True)

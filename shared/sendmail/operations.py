@@ -26,6 +26,7 @@ from shared.errors import (
     OperationError,
     RelayfleetError,
 )
+from shared.executor import CommandResult, read_command
 from shared.mta import FlushRequest, MtaOperations
 from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail import authinfo as authmap
@@ -82,12 +83,16 @@ class SendmailOperations(MtaOperations):
     def _config_sync(self, mc_text: str, cf_text: str) -> bool:
         return read_mc(mc_text).smarthost == read_cf(cf_text)
 
-    def _smarthost_data(self, mc_text: str, cf_text: str) -> dict[str, Any]:
+    def _smarthost_data(self, mc_text: str, cf_text: str,
+                        auth_text: bytes | bool | None = False) -> dict[str, Any]:
+        """Smarthost facts from mc, cf and authinfo (read here unless passed in)."""
         state = read_mc(mc_text)
         smarthost: dict[str, Any] | None = None
         if state.smarthost is not None:
             smarthost = state.smarthost.to_dict()
-            auth_text = self.executor.read_file_if_exists(self.profile.authinfo_path)
+            if auth_text is False:
+                auth_text = self.executor.read_file_if_exists(self.profile.authinfo_path)
+            assert not isinstance(auth_text, bool)
             user = (authmap.username_for(auth_text.decode("utf-8", "replace"),
                                          state.smarthost.host)
                     if auth_text is not None and state.authinfo_feature else None)
@@ -355,6 +360,10 @@ class SendmailOperations(MtaOperations):
     def _mailq(self, rec: StepRecorder, name: str = "mailq") -> MailqReport:
         out = rec.run(name, list(self.profile.mailq), timeout=self.profile.command_timeout_s,
                       check=False)
+        return self._parse_mailq(out)
+
+    @staticmethod
+    def _parse_mailq(out: CommandResult) -> MailqReport:
         if not out.ok and not out.stdout:
             raise CommandFailed(f"mailq failed: {out.output_text().strip()[:300]}",
                                 exit_code=out.exit_code)
@@ -371,12 +380,11 @@ class SendmailOperations(MtaOperations):
     def queue_flush(self, request: FlushRequest) -> OperationResult:
         """Run the queue now (``sendmail [-OTimeout.hoststatus=0m] -q -v``).
 
-        When the submission (MSP) queue holds mail too, it is run after the MTA queue
-        (``-Ac``): a PBX's voicemail can sit there as well.
+        The submission (MSP) queue is run too (``-Ac``): a PBX's voicemail can sit there.
+        The counts, both runs and the recount go in one batch (one round trip over SSH).
         """
         rec = StepRecorder(self.executor)
         result = OperationResult("queue_flush", steps=rec.steps)
-        before = self._mailq(rec, "mailq (before)")
         argv = [self.profile.sendmail]
         if request.reset_host_status:
             argv.append("-OTimeout.hoststatus=0m")
@@ -389,26 +397,29 @@ class SendmailOperations(MtaOperations):
         else:
             argv.append("-q")
         argv.append("-v")
-        runs = [("flush", argv)]
-        if any(m.section == "msp" for m in before.messages):
-            runs.append(("flush client queue", [argv[0], "-Ac", *argv[1:]]))
+        mailq = list(self.profile.mailq)
+        runs = [("flush", argv), ("flush client queue", [argv[0], "-Ac", *argv[1:]])]
+        before: MailqReport | None = None
         deliveries: list[dict[str, Any]] = []
-        for name, run_argv in runs:
-            try:
-                ran = rec.run(name, run_argv, timeout=self.profile.command_timeout_s,
-                              check=False, ok_codes=_FLUSH_OK_CODES,
-                              output_filter=strip_auth_transcript)
-            except CommandTimeout as exc:
-                result.ok, result.error, result.error_kind = False, exc.message, exc.kind
-                break
-            deliveries += [d.to_dict() for d in parse_flush_output(rec.steps[-1].output)]
-            if not rec.steps[-1].ok:
-                result.ok, result.error_kind = False, "command_failed"
-                result.error = (f"{' '.join(run_argv)} exited {ran.exit_code}: "
-                                f"{rec.steps[-1].output.strip()[-300:]}")
-        after = self._mailq(rec, "mailq (after)")
-        result.data = {"before": before.count, "after": after.count, "deliveries": deliveries,
-                       "remaining": after.to_dict()["messages"]}
+        try:
+            results = rec.run_many([("mailq (before)", mailq), *runs, ("mailq (after)", mailq)],
+                                   timeout=self.profile.command_timeout_s,
+                                   output_filter=strip_auth_transcript)
+        except CommandTimeout as exc:
+            result.ok, result.error, result.error_kind = False, exc.message, exc.kind
+            rec.note("flush", exc.message, ok=False)
+            after = self._mailq(rec, "mailq (after)")
+        else:
+            before, after = self._parse_mailq(results[0]), self._parse_mailq(results[-1])
+            for step, ran in zip(rec.steps[1:3], results[1:3], strict=True):
+                deliveries += [d.to_dict() for d in parse_flush_output(step.output)]
+                step.ok = ran.exit_code in _FLUSH_OK_CODES
+                if not step.ok:
+                    result.ok, result.error_kind = False, "command_failed"
+                    result.error = (f"{' '.join(step.argv)} exited {ran.exit_code}: "
+                                    f"{step.output.strip()[-300:]}")
+        result.data = {"before": before.count if before else None, "after": after.count,
+                       "deliveries": deliveries, "remaining": after.to_dict()["messages"]}
         return result
 
     # -- log ------------------------------------------------------------------------
@@ -426,33 +437,43 @@ class SendmailOperations(MtaOperations):
         return result
 
     # -- status and diagnose ----------------------------------------------------------
-    def _version(self) -> str | None:
-        out = self.executor.run([self.profile.sendmail, "-d0.1", "-bv", "root"],
-                                timeout=self.profile.validate_timeout_s)
-        match = re.search(r"^Version (\S+)", out.stdout_text(), re.MULTILINE)
-        return match.group(1) if match else None
-
     def status(self) -> OperationResult:
-        """One look at the host: names, MTA, smarthost, config sync, queue, /etc/hosts."""
+        """One look at the host: names, MTA, smarthost, config sync, queue, /etc/hosts.
+
+        Everything is read in one batch: over SSH that is a single round trip.
+        """
         rec = StepRecorder(self.executor)
         result = OperationResult("status", steps=rec.steps)
-        name_check = diag.check_hostname(self.executor)
+        prof = self.profile
+        reads = ("read /etc/hosts", f"read {prof.mc}", f"read {prof.cf}", f"read {prof.authinfo}")
+        commands = [*diag.HOSTNAME_COMMANDS,
+                    (reads[0], read_command("/etc/hosts")),
+                    ("mta running", diag.alive_command(prof.pid_file)),
+                    ("version", [prof.sendmail, "-d0.1", "-bv", "root"]),
+                    (reads[1], read_command(prof.mc_path)),
+                    (reads[2], read_command(prof.cf_path)),
+                    (reads[3], read_command(prof.authinfo_path)),
+                    ("mailq", list(prof.mailq))]
+        short, full, hosts, alive, version, mc, cf, auth, mailq = rec.run_many(
+            commands, timeout=prof.validate_timeout_s, quiet=reads)
+        for name, read in ((prof.mc_path, mc), (prof.cf_path, cf)):
+            if not read.ok:
+                raise OperationError(f"cannot read {name}: {read.output_text().strip()[:200]}")
+        name_check = diag.hostname_check(short, full)
         hostname = str(name_check.data.get("hostname", ""))
         fqdn = str(name_check.data.get("fqdn", ""))
-        hosts_check = diag.check_hosts_file(self.executor, hostname, fqdn)
-        running, _pid = self._mta_running()
-        try:
-            version = self._version()
-        except CommandTimeout:
-            version = None
-        smarthost = self.read_smarthost().data
-        report = self._mailq(rec)
+        hosts_check = diag.hosts_file_check(hosts.stdout if hosts.ok else None, hostname, fqdn)
+        match = re.search(r"^Version (\S+)", version.stdout_text(), re.MULTILINE)
+        smarthost = self._smarthost_data(mc.stdout_text(), cf.stdout_text(),
+                                         auth.stdout if auth.ok else None)
+        report = self._parse_mailq(mailq)
         now = datetime.now(UTC)
         ages = [_age_s(m.queued_at, now) for m in report.messages]
         result.data = {
             "hostname": hostname,
             "fqdn": fqdn,
-            "mta": {"kind": self.kind, "version": version, "running": running},
+            "mta": {"kind": self.kind, "version": match.group(1) if match else None,
+                    "running": bool(diag.mta_running_check(alive, prof.pid_file).ok)},
             "smarthost": smarthost["smarthost"],
             "config_in_sync": smarthost["config_in_sync"],
             "queue": {"count": report.count,
