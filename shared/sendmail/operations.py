@@ -83,16 +83,19 @@ class SendmailOperations(MtaOperations):
     def _config_sync(self, mc_text: str, cf_text: str) -> bool:
         return read_mc(mc_text).smarthost == read_cf(cf_text)
 
-    def _smarthost_data(self, mc_text: str, cf_text: str,
-                        auth_text: bytes | bool | None = False) -> dict[str, Any]:
-        """Smarthost facts from mc, cf and authinfo (read here unless passed in)."""
+    def _read_config(self) -> tuple[str, str, bytes | None]:
+        """sendmail.mc, sendmail.cf and the authinfo map source (None if absent)."""
+        return (self.executor.read_text(self.profile.mc_path),
+                self.executor.read_text(self.profile.cf_path),
+                self.executor.read_file_if_exists(self.profile.authinfo_path))
+
+    @staticmethod
+    def _smarthost_data(mc_text: str, cf_text: str, auth_text: bytes | None) -> dict[str, Any]:
+        """Smarthost facts from mc, cf and authinfo (only the user name is read out of it)."""
         state = read_mc(mc_text)
         smarthost: dict[str, Any] | None = None
         if state.smarthost is not None:
             smarthost = state.smarthost.to_dict()
-            if auth_text is False:
-                auth_text = self.executor.read_file_if_exists(self.profile.authinfo_path)
-            assert not isinstance(auth_text, bool)
             user = (authmap.username_for(auth_text.decode("utf-8", "replace"),
                                          state.smarthost.host)
                     if auth_text is not None and state.authinfo_feature else None)
@@ -135,9 +138,7 @@ class SendmailOperations(MtaOperations):
     def read_smarthost(self) -> OperationResult:
         """Parse sendmail.mc and sendmail.cf and say whether they agree."""
         result = OperationResult("read_smarthost")
-        mc_text = self.executor.read_text(self.profile.mc_path)
-        cf_text = self.executor.read_text(self.profile.cf_path)
-        result.data = self._smarthost_data(mc_text, cf_text)
+        result.data = self._smarthost_data(*self._read_config())
         return result
 
     # -- change ---------------------------------------------------------------------
@@ -199,9 +200,7 @@ class SendmailOperations(MtaOperations):
             result.ok = False
             result.error = redactor(exc.message)
             result.error_kind = exc.kind
-        final_mc = self.executor.read_text(self.profile.mc_path)
-        final_cf = self.executor.read_text(self.profile.cf_path)
-        result.data.update(self._smarthost_data(final_mc, final_cf))
+        result.data.update(self._smarthost_data(*self._read_config()))
         return result
 
     def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
