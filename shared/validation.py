@@ -1,145 +1,246 @@
 """Strict grammars for every caller value that can reach m4, a map file or a shell.
 
-Values are checked against an allow-list grammar first and only then quoted for their
-destination. Host names: RFC 1123 labels, or an address literal (``[192.0.2.1]``,
-``[IPv6:2001:db8::1]``). m4 rescans a macro's value when it expands it, so a host whose
-label is an m4 builtin (``dnl.example.com``, ``divert.example.com``) compiles to a broken
-``DS`` line with plain quoting; :func:`m4_quote` adds the second level of quotes that
-makes any accepted name reach sendmail.cf verbatim (checked against the real m4 by
-``tests/integration/test_m4_quoting.py``).
+A value is first checked against an allow-list grammar, then quoted for its destination.
+
+Host names: RFC 1123 labels (1-63 of ``[a-z0-9-]``, not starting or ending with ``-``;
+253 characters at most; single labels allowed), returned lowercase. One trailing dot (the
+absolute form ``relay.example.com.``) is accepted and dropped. Names made only of numeric
+(or ``0x`` hex) labels are refused: resolvers read ``1.2.3`` or ``0x7f.1`` as IPv4
+addresses. Address literals use sendmail's syntax, ``[192.0.2.1]`` and
+``[IPv6:2001:db8::1]``; a bare address is bracketed, an IPv4-mapped IPv6 address becomes
+its IPv4 literal, and IPv6 zone ids (``%eth0``) are refused.
+
+m4 quoting: cf/m4/proto.m4 emits ``DS`'ifdef(`SMART_HOST', `SMART_HOST')``, so the
+definition of SMART_HOST is rescanned once when it is expanded. With plain quotes a label
+that is an m4 builtin runs (``[dnl.example.com]`` gives ``DS[``, ``[divert.example.com]``
+gives ``DS[.example.com]``), even inside a label (``x-dnl``, ``0dnl``). :func:`m4_quote`
+adds the second level of quotes, which that one rescan removes, so every accepted value
+reaches sendmail.cf verbatim (checked with the real m4 by
+``tests/integration/test_m4_quoting.py``). Quotes cannot protect m4's own quote characters,
+line ends, or the argument references ``$0``-``$9``, ``$#``, ``$*``, ``$@`` (m4 replaces
+them in a macro's body even inside quotes): :func:`m4_quote` refuses those.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, TypeVar
 
 from shared.errors import ValidationError
 
-MAX_HOSTNAME = 253
-MAX_LABEL = 63
-MAX_CREDENTIAL = 128
-MAILERS = ("relay", "esmtp", "smtp")
+MAX_HOSTNAME: Final = 253
+MAX_LABEL: Final = 63
+MAX_CREDENTIAL: Final = 128
+DEFAULT_PORT: Final = 25
+#: mailers SMART_HOST may name; "relay" is sendmail's default and is never written as a prefix
+MAILERS: Final = ("relay", "esmtp", "smtp")
 
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_USERNAME_RE = re.compile(r"[A-Za-z0-9._@+=-]{1,128}")
-#: printable ASCII but blank, double quote and backslash (they break authinfo's quoting)
-_PASSWORD_RE = re.compile(r'[!#-\[\]-~]{1,128}')
+_NOT_HOST_CHAR = re.compile(r"[^A-Za-z0-9.:\[\]-]")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: labels inet_aton() reads as numbers (decimal, octal or 0x hex)
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
+_NOT_USERNAME_CHAR = re.compile(r"[^A-Za-z0-9._@+=-]")
+#: what m4_quote cannot protect: m4's quote characters, line ends and NUL
+_M4_UNSAFE = frozenset("`'\n\r\x00")
+#: argument references m4 replaces in a macro's body whatever the quoting ($0-$9, $#, $*, $@)
+_M4_ARG_REF = re.compile(r"\$[0-9#*@]")
+_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_MAX_UNKNOWN_REPORTED = 10
+
+_T = TypeVar("_T")
 
 
-def _describe_bad_char(value: str, allowed: re.Pattern[str]) -> str:
-    for ch in value:
-        if not allowed.fullmatch(ch):
-            return repr(ch)
-    return "?"
+def _json_type(value: object) -> str:
+    """Name a value's type the way a JSON caller knows it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
 
 
 def validate_hostname(value: object, field: str = "host") -> str:
-    """Return a normalised host name or bracketed address literal; refuse anything else."""
+    """Return a lowercase RFC 1123 host name or a bracketed address literal; refuse the rest."""
     if not isinstance(value, str):
-        raise ValidationError.for_field(field, "must be a string")
+        raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
     if not value:
         raise ValidationError.for_field(field, "must not be empty")
-    if len(value) > MAX_HOSTNAME + 7:
+    if len(value.removesuffix(".")) > MAX_HOSTNAME:
         raise ValidationError.for_field(field, f"is longer than {MAX_HOSTNAME} characters")
-    if value.startswith("[") or ":" in value or re.fullmatch(r"[0-9.]+", value):
-        return _address_literal(value, field)
-    name = value.lower()
-    bad = re.search(r"[^a-z0-9.-]", name)
+    bad = _NOT_HOST_CHAR.search(value)
     if bad:
-        shown = repr(value[bad.start()])
         raise ValidationError.for_field(
-            field, f"contains a character not allowed in a host name: {shown} "
-                   "(letters, digits, '-' and '.' only)")
-    if len(name) > MAX_HOSTNAME:
-        raise ValidationError.for_field(field, f"is longer than {MAX_HOSTNAME} characters")
-    if name.endswith("."):
-        raise ValidationError.for_field(field, "must not end with a dot")
-    for label in name.split("."):
+            field, f"contains a character not allowed in a host name: {bad.group()!r}")
+    if value.split(":", 1)[0].lower() in MAILERS and ":" in value:
+        raise ValidationError.for_field(
+            field, "must not carry a mailer prefix such as 'esmtp:'; set 'mailer' instead")
+    if value.startswith("[") or value.endswith("]"):
+        return _address_literal(value, field)
+    if ":" in value:
+        try:
+            return _literal(ipaddress.IPv6Address(value))
+        except ValueError:
+            raise ValidationError.for_field(
+                field, "contains ':' but is not an IPv6 address") from None
+    if "[" in value or "]" in value:
+        raise ValidationError.for_field(
+            field, "may use brackets only around a whole address: [192.0.2.1]")
+    try:
+        return _literal(ipaddress.IPv4Address(value))
+    except ValueError:
+        pass
+    name = value.lower().removesuffix(".")
+    if not name:
+        raise ValidationError.for_field(field, "must not be only a dot")
+    labels = name.split(".")
+    for label in labels:
         if not label:
-            raise ValidationError.for_field(field, "has an empty label ('..' or a leading dot)")
+            raise ValidationError.for_field(field, "has an empty label (a leading dot or '..')")
         if len(label) > MAX_LABEL:
-            raise ValidationError.for_field(field, f"has a label longer than {MAX_LABEL} "
-                                                   "characters")
-        if not _LABEL_RE.fullmatch(label):
-            raise ValidationError.for_field(field, f"label {label!r} must not start or end with "
-                                                   "'-'")
+            raise ValidationError.for_field(
+                field, f"has a label longer than {MAX_LABEL} characters")
+        if not _LABEL.fullmatch(label):
+            raise ValidationError.for_field(
+                field, f"has a label that starts or ends with '-': {label!r}")
+    if len(labels) <= 4 and all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
+        raise ValidationError.for_field(
+            field, "reads as a numeric IP address but is not a valid one "
+                   "(write an address as 192.0.2.1)")
+    if labels[-1].isdigit():
+        raise ValidationError.for_field(field, "must not end with an all-numeric label")
     return name
 
 
 def _address_literal(value: str, field: str) -> str:
-    inner = value[1:-1] if value.startswith("[") and value.endswith("]") else value
-    if inner.lower().startswith("ipv6:"):
-        inner = inner[5:]
+    """Check a bracketed literal: ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``."""
+    if not (len(value) > 2 and value.startswith("[") and value.endswith("]")):
+        raise ValidationError.for_field(
+            field, "is not a valid address literal (use [192.0.2.1] or [IPv6:2001:db8::1])")
+    inner = value[1:-1]
+    tagged = inner[:5].lower() == "ipv6:"
     try:
-        address = ipaddress.ip_address(inner)
+        address = ipaddress.ip_address(inner[5:] if tagged else inner)
     except ValueError:
         raise ValidationError.for_field(
-            field, "is neither a host name nor an IP address literal "
-                   "(use [192.0.2.1] or [IPv6:2001:db8::1])") from None
-    if address.version == 6:
+            field, "is not a valid address literal (use [192.0.2.1] or [IPv6:2001:db8::1])"
+        ) from None
+    if tagged and address.version == 4:
+        raise ValidationError.for_field(field, "has the IPv6: tag on an IPv4 address")
+    return _literal(address)
+
+
+def _literal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Write an address the way sendmail reads an address literal."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"[{address.ipv4_mapped}]"
         return f"[IPv6:{address.compressed}]"
     return f"[{address}]"
 
 
 def validate_port(value: object, field: str = "port") -> int:
-    """Return a TCP port number 1-65535."""
+    """Return a TCP port number from 1 to 65535 (an int; bool, str and float are refused)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError.for_field(field, "must be an integer from 1 to 65535")
+        raise ValidationError.for_field(
+            field, f"must be an integer from 1 to 65535, not {_json_type(value)}")
     if not 1 <= value <= 65535:
         raise ValidationError.for_field(field, "must be from 1 to 65535")
     return value
 
 
-def _credential_string(value: object, field: str) -> str:
-    """A credential must be a string of 1 to MAX_CREDENTIAL characters."""
+def _credential(value: object, field: str) -> str:
+    """Check the type and length shared by user names and passwords."""
     if not isinstance(value, str):
-        raise ValidationError.for_field(field, "must be a string")
-    if not 1 <= len(value) <= MAX_CREDENTIAL:
-        raise ValidationError.for_field(field, f"must be 1 to {MAX_CREDENTIAL} characters")
+        raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
+    if not value:
+        raise ValidationError.for_field(field, "must not be empty")
+    if len(value) > MAX_CREDENTIAL:
+        raise ValidationError.for_field(field, f"is longer than {MAX_CREDENTIAL} characters")
     return value
 
 
 def validate_username(value: object, field: str = "auth.username") -> str:
-    """Return an SMTP AUTH user name (letters, digits and . _ @ + = -, 1-128 characters)."""
-    value = _credential_string(value, field)
-    if not _USERNAME_RE.fullmatch(value):
-        shown = _describe_bad_char(value, re.compile(r"[A-Za-z0-9._@+=-]"))
+    """Return an SMTP AUTH user name: 1-128 of letters, digits and . _ @ + = -."""
+    name = _credential(value, field)
+    bad = _NOT_USERNAME_CHAR.search(name)
+    if bad:
         raise ValidationError.for_field(
-            field, f"contains {shown}; allowed: letters, digits and . _ @ + = -")
-    return value
+            field, f"contains a character not allowed in a user name: {bad.group()!r} "
+                   "(allowed: letters, digits and . _ @ + = -)")
+    return name
+
+
+def _char_kind(ch: str) -> str:
+    """Describe a refused password character without showing it."""
+    if ch == " ":
+        return "a blank"
+    if ch == '"':
+        return "a double quote"
+    if ch == "\\":
+        return "a backslash"
+    if ch.isascii():
+        return "a control character"
+    return "a non-ASCII character"
 
 
 def validate_password(value: object, field: str = "auth.password") -> str:
-    """Return an SMTP AUTH password; the reason for a refusal never quotes the value."""
-    value = _credential_string(value, field)
-    if not _PASSWORD_RE.fullmatch(value):
-        raise ValidationError.for_field(
-            field, "may hold printable ASCII characters only, without blanks, '\"' or '\\'")
-    return value
+    """Return an SMTP AUTH password (1-128 printable ASCII, no blank, '"' or '\\')."""
+    password = _credential(value, field)
+    for ch in password:
+        if not "!" <= ch <= "~" or ch in '"\\':
+            raise ValidationError.for_field(
+                field, f"contains {_char_kind(ch)}; allowed: printable ASCII characters "
+                       "except blanks, '\"' and '\\'")
+    return password
 
 
 def m4_quote(value: str) -> str:
-    """m4 source for ``value`` that reaches sendmail.cf verbatim (two levels of quotes)."""
-    if any(ch in value for ch in "`'\n\r\x00"):
-        raise ValueError("m4_quote takes validated values only (no quotes or newlines)")
+    """Return m4 text that, as a SMART_HOST define's value, compiles to exactly ``value``."""
+    if not isinstance(value, str):
+        raise TypeError("m4_quote takes a str")
+    for ch in value:
+        if ch in _M4_UNSAFE:
+            raise ValueError(f"m4_quote cannot quote {ch!r}; pass validated values only")
+    reference = _M4_ARG_REF.search(value)
+    if reference:
+        raise ValueError(f"m4_quote cannot quote {reference.group()!r} (m4 substitutes it even "
+                         "inside quotes); pass validated values only")
     return f"``{value}''"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SmtpAuth:
-    """Credentials for the smarthost; ``repr`` never shows the password."""
+    """SMTP AUTH credentials for the smarthost; ``repr`` never shows the password."""
 
     username: str
-    password: str = field(repr=False)
+    password: str
+
+    def __post_init__(self) -> None:
+        """Refuse credentials that break the grammar."""
+        validate_username(self.username)
+        validate_password(self.password)
+
+    def __repr__(self) -> str:
+        """Show the user name only."""
+        return f"SmtpAuth(username={self.username!r}, password='********')"
 
 
 @dataclass(frozen=True)
 class SmarthostRequest:
-    """A validated request to set the smarthost."""
+    """A validated set-smarthost request (host without brackets unless an address literal)."""
 
     host: str
     port: int | None = None
@@ -147,67 +248,96 @@ class SmarthostRequest:
     mailer: str = "relay"
     auth: SmtpAuth | None = None
 
+    def __post_init__(self) -> None:
+        """Validate and normalise every field, even when built directly."""
+        object.__setattr__(self, "host", validate_hostname(self.host))
+        if self.port is not None and validate_port(self.port) == DEFAULT_PORT:
+            object.__setattr__(self, "port", None)
+        if not isinstance(self.mx, bool):
+            raise ValidationError.for_field("mx", "must be true or false")
+        if self.mailer not in MAILERS:
+            raise ValidationError.for_field("mailer", f"must be one of {', '.join(MAILERS)}")
+        if self.auth is not None and not isinstance(self.auth, SmtpAuth):
+            raise ValidationError.for_field("auth", "must be SmtpAuth credentials")
+
     def smart_host_value(self) -> str:
-        """The SMART_HOST value: ``[host]`` without MX lookup, a mailer prefix if not relay."""
+        """Return SMART_HOST's value: ``[host]`` (no MX lookup) or ``host``, mailer-prefixed."""
         literal = self.host.startswith("[")
-        target = self.host if (self.mx or literal) else f"[{self.host}]"
+        target = self.host if self.mx or literal else f"[{self.host}]"
         return target if self.mailer == "relay" else f"{self.mailer}:{target}"
 
 
-_REQUEST_FIELDS = {"host", "port", "mx", "mailer", "auth"}
+def _field_name(prefix: str, key: object) -> str:
+    """A printable, bounded field name for an unknown key."""
+    if isinstance(key, str) and _SIMPLE_KEY.fullmatch(key):
+        return prefix + key
+    return prefix + repr(key)[:64]
+
+
+def _unknown_keys(data: Mapping[object, object], known: tuple[str, ...], prefix: str,
+                  errors: dict[str, list[str]]) -> None:
+    """Report keys outside ``known`` (the first few by name, then a count)."""
+    unknown = [key for key in data if key not in known]
+    for key in unknown[:_MAX_UNKNOWN_REPORTED]:
+        errors.setdefault(_field_name(prefix, key), []).append("unknown field")
+    if len(unknown) > _MAX_UNKNOWN_REPORTED:
+        errors.setdefault(prefix.rstrip(".") or "body", []).append(
+            f"{len(unknown) - _MAX_UNKNOWN_REPORTED} more unknown fields")
+
+
+def _collect(errors: dict[str, list[str]], check: Callable[[object, str], _T], value: object,
+             field: str) -> _T | None:
+    """Run one validator, moving its reasons into ``errors``."""
+    try:
+        return check(value, field)
+    except ValidationError as exc:
+        for key, reasons in exc.errors.items():
+            errors.setdefault(key, []).extend(reasons)
+        return None
 
 
 def parse_smarthost_request(data: object) -> SmarthostRequest:
-    """Validate a set-smarthost body, reporting every bad field at once."""
+    """Build a request from a JSON-like dict, reporting every bad field in one error."""
     if not isinstance(data, Mapping):
-        raise ValidationError.for_field("body", "must be a JSON object")
+        raise ValidationError.for_field("body", f"must be a JSON object, not {_json_type(data)}")
     errors: dict[str, list[str]] = {}
-    values: dict[str, Any] = {}
+    _unknown_keys(data, ("host", "port", "mx", "mailer", "auth"), "", errors)
 
-    def check(name: str, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except ValidationError as exc:
-            for key, reasons in exc.errors.items():
-                errors.setdefault(key, []).extend(reasons)
-            return None
-
-    for key in sorted(set(data) - _REQUEST_FIELDS):
-        errors[str(key)[:64]] = ["unknown field"]
+    host = _collect(errors, validate_hostname, data["host"], "host") if "host" in data else None
     if "host" not in data:
         errors["host"] = ["is required"]
-    else:
-        values["host"] = check("host", validate_hostname, data["host"])
-    port = data.get("port")
-    if port is not None:
-        values["port"] = check("port", validate_port, port)
-        if values["port"] == 25:
-            values["port"] = None
+    port = None if data.get("port") is None else _collect(errors, validate_port,
+                                                          data["port"], "port")
     mx = data.get("mx", False)
-    if not isinstance(mx, bool):
-        errors["mx"] = ["must be true or false"]
-    values["mx"] = mx is True
+    if mx is None:
+        mx = False
+    elif not isinstance(mx, bool):
+        errors["mx"] = [f"must be true or false, not {_json_type(mx)}"]
     mailer = data.get("mailer", "relay")
-    if mailer not in MAILERS:
+    if mailer is None:
+        mailer = "relay"
+    elif not isinstance(mailer, str) or mailer not in MAILERS:
         errors["mailer"] = [f"must be one of {', '.join(MAILERS)}"]
-    values["mailer"] = mailer
-    auth = data.get("auth")
-    if auth is not None:
-        if not isinstance(auth, Mapping):
-            errors["auth"] = ["must be an object with username and password"]
+
+    auth: SmtpAuth | None = None
+    raw_auth = data.get("auth")
+    if raw_auth is not None:
+        if not isinstance(raw_auth, Mapping):
+            errors["auth"] = [f"must be an object with username and password, "
+                              f"not {_json_type(raw_auth)}"]
         else:
-            for key in sorted(set(auth) - {"username", "password"}):
-                errors[f"auth.{str(key)[:64]}"] = ["unknown field"]
-            for key in ("username", "password"):
-                if key not in auth:
+            _unknown_keys(raw_auth, ("username", "password"), "auth.", errors)
+            found: dict[str, str | None] = {}
+            for key, check in (("username", validate_username), ("password", validate_password)):
+                if key in raw_auth:
+                    found[key] = _collect(errors, check, raw_auth[key], f"auth.{key}")
+                else:
                     errors[f"auth.{key}"] = ["is required"]
-            user = check("auth.username", validate_username, auth.get("username")) \
-                if "username" in auth else None
-            password = check("auth.password", validate_password, auth.get("password")) \
-                if "password" in auth else None
+            user, password = found.get("username"), found.get("password")
             if user is not None and password is not None:
-                values["auth"] = SmtpAuth(user, password)
-    if errors:
+                auth = SmtpAuth(user, password)
+
+    if errors or host is None:
         raise ValidationError("invalid smarthost request: " + "; ".join(
-            f"{key}: {', '.join(reasons)}" for key, reasons in sorted(errors.items())), errors)
-    return SmarthostRequest(**values)
+            f"{key}: {reason}" for key, reasons in errors.items() for reason in reasons), errors)
+    return SmarthostRequest(host=host, port=port, mx=mx is True, mailer=str(mailer), auth=auth)
