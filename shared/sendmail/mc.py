@@ -67,8 +67,12 @@ class Smarthost:
         if value.startswith("[") and value.endswith("]"):
             inner = value[1:-1]
             # An address literal keeps its brackets: it never had an MX to look up.
-            is_literal = re.fullmatch(r"[0-9.]+|IPv6:[0-9A-Fa-f:.]+", inner)
-            value = f"[{inner}]" if is_literal else inner
+            v6 = re.fullmatch(r"(?i)IPv6:(?P<addr>[0-9a-f:.]+)", inner)
+            if v6:
+                # sendmail's tag is spelled "IPv6:"; the address itself is case-blind.
+                return cls(host=f"[IPv6:{v6.group('addr').lower()}]", port=port or 25, mx=False,
+                           mailer=mailer)
+            value = f"[{inner}]" if re.fullmatch(r"[0-9.]+", inner) else inner
             mx = False
         return cls(host=value.lower(), port=port or 25, mx=mx, mailer=mailer)
 

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.errors import ValidationError
+from shared.sendmail.mc import Smarthost, read_cf, set_smarthost_mc
 from shared.validation import MAILERS, SmarthostRequest, m4_quote, parse_smarthost_request
 
 CF_M4 = "/usr/share/sendmail/cf/m4/cf.m4"
@@ -92,6 +93,11 @@ def build_mc(smart_host: str, port: int | None = None, smtp_args: bool = False) 
     return "\n".join(lines) + "\n"
 
 
+#: a minimal real mc with no smarthost, for the product's mc editor to change
+BASE_MC = (f"include(`{CF_M4}')dnl\nOSTYPE(`debian')dnl\n"
+           "MAILER(`local')dnl\nMAILER(`smtp')dnl\n")
+
+
 def ds_lines(cf: str) -> list[str]:
     return [line for line in cf.splitlines() if line.startswith("DS")]
 
@@ -121,8 +127,10 @@ def test_every_accepted_host_compiles_verbatim(case: tuple[str, str], port: int 
     expected = target if mailer == "relay" else f"{mailer}:{target}"
     assert request.smart_host_value() == expected
 
-    cf = compile_mc(build_mc(m4_quote(expected), request.port, mailer == "smtp"))
+    # The mc goes through the product's own editor, as a real change would.
+    cf = compile_mc(set_smarthost_mc(BASE_MC, request))
     assert ds_lines(cf) == [f"DS{expected}"]
+    assert read_cf(cf) == Smarthost.from_request(request)
     want_args = "TCP $h" if request.port is None else f"TCP $h {request.port}"
     for name in ["relay", "esmtp", *(["smtp"] if mailer == "smtp" else [])]:
         assert mailer_args(cf, name) == want_args
