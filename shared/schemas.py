@@ -225,6 +225,7 @@ class LogRecordSchema(Schema):
     fields_ = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                           attribute="fields", data_key="fields")
     message = fields.String(required=True)
+    recipients = fields.List(fields.String(), required=True)
 
 
 class LogSummarySchema(Schema):
@@ -236,6 +237,8 @@ class LogSummarySchema(Schema):
     deferred = fields.Integer(required=True)
     bounced = fields.Integer(required=True)
     other = fields.Integer(required=True)
+    local_handoffs = fields.Integer(required=True, metadata={
+        "description": "sends that only passed mail from the submission program to the MTA"})
 
 
 class LogSchema(Schema):

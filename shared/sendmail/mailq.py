@@ -1,27 +1,65 @@
-"""Parse ``mailq`` output (sendmail 8.x, Debian's two sections or CentOS's one)."""
+"""Parse ``mailq`` output (sendmail 8.x): Debian's MSP + MTA sections or CentOS's single one.
+
+What sendmail prints (``queue.c``, ``print_single_queue``), one block per queue directory::
+
+    MSP Queue status...                               <- Debian's mailq wrapper only
+    /var/spool/mqueue-client is empty
+                    Total requests: 0
+    MTA Queue status...
+                    /var/spool/mqueue (2 requests)    <- "(1 request" / ", only N printed)"
+    -----Q-ID----- --Size-- -----Q-Time----- ------------Sender/Recipient-----------
+    6AP4jQbT009721*       6 Wed Nov 25 04:45 <root@lab1.lab.test>
+         QUARANTINE: held for review                  <- 5 spaces
+          8BITMIME   (Deferred: Connection refused by mx.ourtest.com.)
+                                             <me@ourtest.com>   <- tabs, one per recipient
+                    Total requests: 2
+
+The character after the id is ``*`` (being delivered now), ``X`` (load too high to run
+it), ``-`` (too young to run), ``?`` (lost, ``-qL``) or a space. The deferral reason is
+cut by mailq to 60 characters (the maillog has it whole), the sender to 39 and each
+recipient to 38. ``mailq -v`` adds a priority column and ``(---ctladdr---)`` lines.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.errors import ParseError
 
-_SECTION_RE = re.compile(r"^(?P<name>MSP|MTA) Queue status\.\.\.")
-_QUEUE_HEAD_RE = re.compile(
-    r"^\s*(?P<dir>/\S+?)(?: is empty| \((?P<n>\d+) requests?\))\s*$")
-_TOTAL_RE = re.compile(r"^\s*Total requests: (?P<n>\d+)")
-#: "6AP4mD19010498*      4 Wed Nov 25 04:48 <root@lab1.lab.test>": a sendmail queue id ends
-#: in the pid's digits, so a trailing ``X`` is the status character, not part of the id
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MON = "|".join(_MONTHS)
+_DAY = "|".join(_WEEKDAYS)
+#: how far past ``now`` a year-less time may lie: the host's clock and zone may differ
+#: from the caller's (mailq and syslog print the host's local time, with no zone)
+CLOCK_SLACK = timedelta(days=1)
 
-_MESSAGE_RE = re.compile(
-    r"^(?P<id>[A-Za-z0-9]{5,31}[0-9])(?P<flags>[*X-]*)\s+(?P<size>\d+)\s+"
-    r"(?P<when>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d)\s+(?P<sender>.*)$")
-_REASON_RE = re.compile(r"^\s+\((?P<reason>.*)\)\s*$")
-_QUARANTINE_RE = re.compile(r"^\s+QUARANTINE:\s*(?P<reason>.*)$")
-_RECIPIENT_RE = re.compile(r"^\s+(?P<rcpt>\S.*)$")
+_SECTION_RE = re.compile(r"^\s*(?P<name>MSP|MTA) Queue status\.\.\.\s*$")
+_QUEUE_EMPTY_RE = re.compile(r"^\s*(?P<dir>/\S*|Mail queue) is empty\s*$", re.I)
+_QUEUE_HEAD_RE = re.compile(
+    r"^\s*(?P<dir>/\S*|Mail Queue) \((?P<n>\d+) requests?(?:, only (?P<printed>\d+) printed)?\)")
+_TOTAL_RE = re.compile(r"^\s*Total requests: \d+")
+_COLUMNS_RE = re.compile(r"^-+Q-?ID-+ ")
+#: a sendmail queue id ends in the zero-padded pid, so a trailing ``X`` is the status
+_ID = r"(?P<id>[A-Za-z0-9]{3,31}[0-9])(?P<flags>[*X?-]*)"
+_WHEN = rf"(?P<wday>{_DAY}) (?P<when>(?:{_MON}) [ \d]\d \d\d:\d\d)"
+_MESSAGE_RE = re.compile(rf"^\s*{_ID}\s+(?P<size>-?\d+) {_WHEN}(?: (?P<sender>.*))?$")
+#: ``mailq -v``: size, priority, ``+`` when a delay warning was sent, time without weekday
+_VERBOSE_RE = re.compile(
+    rf"^\s*{_ID}\s+(?P<size>-?\d+)\s+(?P<priority>-?\d+)(?P<warned>[+ ])"
+    rf"(?P<when>(?:{_MON}) [ \d]\d \d\d:\d\d) (?P<sender>.*)$")
+#: an entry sendmail could not read: "(job completed)", "(permission denied)", ...
+_UNREADABLE_RE = re.compile(rf"^\s*{_ID} \((?P<error>[^()]*)\)\s*$")
+_QUARANTINE_RE = re.compile(r"^\s*QUARANTINE:\s*(?P<reason>.*)$")
+#: "    %10.10s   (reason)": an optional body type, then the reason
+_REASON_RE = re.compile(r"^(?:(?P<body>[0-9A-Z][0-9A-Z-]*)\s+)?\((?P<reason>.*)\)$")
+_BODY_ONLY_RE = re.compile(r"^ {4}\s*[0-9A-Z][0-9A-Z-]*\s*$")
+_CTLADDR_RE = re.compile(r"^\(---.*---\)$")
+_NO_CONTROL_FILE = " (no control file)"
+_DENIED_RE = re.compile(r"not permitted to see the queue", re.I)
 
 
 @dataclass
@@ -30,12 +68,18 @@ class QueuedMessage:
 
     id: str
     size: int
+    """bytes of the body (df file); -1 when sendmail could not tell"""
     queued_at: str | None
+    """host-local ISO-8601 time, no zone (mailq prints none); None when unknown"""
     sender: str
     recipients: list[str] = field(default_factory=list)
     reason: str | None = None
+    """the last delivery error, e.g. "Deferred: Connection refused by mx.ourtest.com." """
     flags: str = ""
+    """status characters: ``*`` being delivered, ``X`` load too high, ``-`` too young,
+    ``?`` lost, ``+`` delay warning sent (``mailq -v`` only)"""
     section: str = "mta"
+    """``msp`` (client queue) or ``mta``"""
     quarantine: str | None = None
 
     @property
@@ -44,7 +88,7 @@ class QueuedMessage:
         return "*" in self.flags
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
+        """Plain-JSON form: the fields plus ``processing``."""
         return {**asdict(self), "processing": self.processing}
 
 
@@ -54,75 +98,154 @@ class MailqReport:
 
     messages: list[QueuedMessage] = field(default_factory=list)
     sections: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def count(self) -> int:
-        """How many messages are queued in all."""
-        return len(self.messages)
+    """requests per section as mailq printed them (``is empty`` is 0)"""
+    count: int = 0
+    """messages queued in all: the listed ones, plus any mailq counted but did not list
+    (``, only N printed``)"""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
+        """Plain-JSON form: ``{count, sections, messages}``."""
         return {"count": self.count, "sections": dict(self.sections),
                 "messages": [m.to_dict() for m in self.messages]}
 
 
-def _queued_at(text: str, now: datetime) -> str | None:
-    """ISO time for mailq's year-less ``Wed Nov 25 04:48`` (never in the future)."""
-    for year in (now.year, now.year - 1):
+def resolve_year(month: int, day: int, hour: int, minute: int, second: int = 0, *,
+                 now: datetime, weekday: int | None = None) -> datetime | None:
+    """The latest such date that is not in the future (allowing CLOCK_SLACK past ``now``).
+
+    For year-less times (mailq, traditional syslog); ``now``'s wall clock is used as is.
+    A date that is only "future" by the slack must also fall on ``weekday`` (mailq prints
+    one) to win over the year before. Feb 29 goes back to the last leap year.
+    """
+    naive_now = now.replace(tzinfo=None)
+    limit = naive_now + CLOCK_SLACK
+    for year in range(limit.year, limit.year - 9, -1):
         try:
-            when = datetime.strptime(f"{year} {text[4:]}", "%Y %b %d %H:%M")
-        except ValueError:
-            return None
-        if when <= now.replace(tzinfo=None) or year < now.year:
-            return when.isoformat()
+            when = datetime(year, month, day, hour, minute, second)
+        except ValueError:  # Feb 29 in a common year, or no such date at all
+            continue
+        if when > limit:
+            continue
+        if when > naive_now and weekday is not None and when.weekday() != weekday:
+            continue
+        return when
     return None
 
 
+def _queued_at(when: str, weekday: str | None, now: datetime) -> str | None:
+    """``Nov 25 04:48`` (+ ``Wed``) as an ISO-8601 string, year chosen by resolve_year."""
+    month_name, day, clock = when.split()
+    hour, minute = clock.split(":")
+    resolved = resolve_year(
+        _MONTHS.index(month_name) + 1, int(day), int(hour), int(minute), now=now,
+        weekday=_WEEKDAYS.index(weekday) if weekday else None)
+    return resolved.isoformat() if resolved else None
+
+
+def _address(text: str) -> str:
+    """An address as mailq printed it, without its angle brackets."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">") and len(text) > 2:
+        return text[1:-1]
+    return text
+
+
+@dataclass
+class _Block:
+    """One queue directory's listing: its printed count and the entries seen."""
+
+    printed: int
+    seen: int = 0
+
+
 def parse_mailq(text: str, now: datetime | None = None) -> MailqReport:
-    """Parse mailq output; raise ParseError if it is not mailq output at all."""
-    now = now or datetime.now(UTC)
+    """Parse mailq output; raise ParseError if it is not mailq output at all.
+
+    ``now`` (default: this machine's local time) picks the year of each ``Q-Time``:
+    the latest year that does not put it in the future.
+    """
+    now = now or datetime.now()  # mailq prints the host's local time
     report = MailqReport()
+    blocks: list[_Block] = []
+    explicit_section: str | None = None
     section = "mta"
     current: QueuedMessage | None = None
     recognised = False
-    for line in text.splitlines():
+    for raw in text.splitlines():
+        line = raw.rstrip()
         if not line.strip():
             continue
+        if _DENIED_RE.search(line):
+            raise ParseError(f"mailq was refused: {line.strip()[:200]}")
+        no_control_file = line.endswith(_NO_CONTROL_FILE)
+        if no_control_file:
+            line = line[: -len(_NO_CONTROL_FILE)]
         match = _SECTION_RE.match(line)
         if match:
-            section, current, recognised = match.group("name").lower(), None, True
-            continue
-        match = _QUEUE_HEAD_RE.match(line)
-        if match:
-            report.sections[section] = report.sections.get(section, 0) + int(match.group("n") or 0)
+            explicit_section = section = match.group("name").lower()
             current, recognised = None, True
             continue
-        if _TOTAL_RE.match(line) or line.startswith("-----Q-ID"):
-            recognised = True
-            continue
-        match = _MESSAGE_RE.match(line)
+        match = _QUEUE_EMPTY_RE.match(line) or _QUEUE_HEAD_RE.match(line)
         if match:
+            if explicit_section is None:
+                # CentOS prints no section headers: name the client queue by its directory.
+                section = "msp" if "client" in match.group("dir") else "mta"
+            printed = int(match.groupdict().get("n") or 0)
+            report.sections[section] = report.sections.get(section, 0) + printed
+            blocks.append(_Block(printed))
+            current, recognised = None, True
+            continue
+        if _TOTAL_RE.match(line) or _COLUMNS_RE.match(line):
+            current, recognised = None, True
+            continue
+        match = _MESSAGE_RE.match(line) or _VERBOSE_RE.match(line)
+        if match:
+            fields = match.groupdict()
+            flags = fields["flags"] + ("+" if fields.get("warned") == "+" else "")
             current = QueuedMessage(
-                id=match.group("id"), size=int(match.group("size")),
-                queued_at=_queued_at(match.group("when"), now),
-                sender=match.group("sender").strip().strip("<>"), flags=match.group("flags"),
-                section=section)
+                id=fields["id"], size=int(fields["size"]),
+                queued_at=_queued_at(fields["when"], fields.get("wday"), now),
+                sender=_address(fields["sender"] or ""), flags=flags, section=section)
             report.messages.append(current)
+            if blocks:
+                blocks[-1].seen += 1
             recognised = True
+            if no_control_file:
+                current.queued_at = None
             continue
-        if current is None:
+        match = _UNREADABLE_RE.match(line)
+        if match:
+            if blocks:
+                blocks[-1].seen += 1
+            current, recognised = None, True
+            if match.group("error") != "job completed":  # delivered while mailq ran
+                current = QueuedMessage(
+                    id=match.group("id"), size=-1, queued_at=None, sender="",
+                    reason=match.group("error"), flags=match.group("flags"), section=section)
+                report.messages.append(current)
             continue
-        match = _QUARANTINE_RE.match(line)
+        if current is None or line[:1] not in (" ", "\t"):
+            continue  # not part of an entry: skip whatever it is
+        if no_control_file:
+            current.queued_at = None
+        body = line.strip()
+        match = _QUARANTINE_RE.match(body)
         if match:
             current.quarantine = match.group("reason")
             continue
-        match = _REASON_RE.match(line)
-        if match and not current.recipients and current.reason is None:
-            current.reason = match.group("reason")
+        if _CTLADDR_RE.match(body):
             continue
-        match = _RECIPIENT_RE.match(line)
+        match = _REASON_RE.match(body)
         if match:
-            current.recipients.append(match.group("rcpt").strip().strip("<>"))
+            if current.reason is None:
+                current.reason = match.group("reason")
+            continue
+        if _BODY_ONLY_RE.match(line):
+            continue  # a body type (7BIT, 8BITMIME) with no reason
+        current.recipients.append(_address(body))
     if not recognised:
-        raise ParseError(f"not mailq output: {text.strip()[:200]!r}")
+        excerpt = text.strip()[:200]
+        raise ParseError(f"not mailq output: {excerpt!r}" if excerpt else "mailq printed nothing")
+    unlisted = sum(max(0, block.printed - block.seen) for block in blocks)
+    report.count = len(report.messages) + unlisted
     return report
