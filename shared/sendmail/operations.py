@@ -130,7 +130,10 @@ class SendmailOperations(MtaOperations):
             self.executor.remove_dir(lock)
 
     def _mta_running(self) -> tuple[bool, int | None]:
-        check = diag.check_mta_running(self.executor, self.profile.pid_file)
+        # One round trip (pid file and kill -0 in one shell): it is polled after restarts.
+        pid_file = self.profile.pid_file
+        check = diag.mta_running_check(self.executor.run(diag.alive_command(pid_file),
+                                                         timeout=10), pid_file)
         pid = check.data.get("pid")
         return bool(check.ok), pid if isinstance(pid, int) else None
 

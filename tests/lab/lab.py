@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +91,6 @@ class Sink:
     def messages(self) -> list[dict[str, Any]]:
         """Every message accepted so far, oldest first."""
         return [json.loads(p.read_text()) for p in sorted(self.spool.glob("*.json"))]
-
-    def clear(self) -> None:
-        """Forget the messages received so far."""
-        for path in self.spool.glob("*.json"):
-            path.unlink()
 
 
 @dataclass
@@ -194,17 +189,12 @@ class LabHost:
         return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
 
     # -- relayfleet ----------------------------------------------------------------
-    def profile_overrides(self) -> dict[str, Any]:
-        """Host-profile overrides this layout needs (none: lab hosts use default paths)."""
-        return {}
-
     def ops(self, command: str, *args: str, body: Any = None, timeout: float = 240,
             profile: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Run ``relayfleet-ops COMMAND`` inside the host (LocalExecutor, real sendmail)."""
         argv = [sys.executable, "-m", "shared.cli", "--flavour", self.flavour]
-        overrides = {**self.profile_overrides(), **(profile or {})}
-        if overrides:
-            argv += ["--profile-json", json.dumps(overrides)]
+        if profile:
+            argv += ["--profile-json", json.dumps(profile)]
         argv += [command, *args]
         if body is not None:
             argv += ["--json", "-"]
@@ -632,16 +622,3 @@ def _teardown_state(state: Path) -> None:
     if bridge_file.exists():
         sh(["ip", "link", "del", bridge_file.read_text().strip()], check=False)
     shutil.rmtree(state, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def running_lab(workdir: Path, layouts: Sequence[tuple[str, str]]) -> Iterator[Lab]:
-    """A started lab with hosts ``[(name, layout), ...]``, torn down on exit."""
-    lab = Lab(workdir)
-    try:
-        lab.start()
-        for name, layout in layouts:
-            lab.add_host(name, layout)
-        yield lab
-    finally:
-        lab.close()
