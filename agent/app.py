@@ -18,8 +18,7 @@ from typing import Any
 
 from flask import Flask, g, request
 from flask.views import MethodView
-from flask_smorest import Api, Blueprint, abort
-from werkzeug.exceptions import HTTPException
+from flask_smorest import Blueprint, abort
 
 from agent.config import AgentConfig
 from shared import __version__
@@ -29,6 +28,7 @@ from shared.executor import LocalExecutor
 from shared.mta import FlushRequest, MtaOperations, operations_for
 from shared.results import OperationResult
 from shared.validation import parse_smarthost_request
+from shared.webapi import EnvelopeApi, register_error_handler
 
 log = logging.getLogger("relayfleet.agent")
 OPEN_PATHS = frozenset({"/v1/health"})
@@ -40,41 +40,6 @@ _STATUS_FOR = {
     rf_errors.NotSupported: 501,
     rf_errors.ConfigError: 500,
 }
-
-
-class EnvelopeApi(Api):  # type: ignore[misc]
-    """flask-smorest's Api with relayfleet's flat error envelope."""
-
-    def handle_http_exception(self, error: HTTPException) -> Any:
-        """Render every HTTP error as ``{code, status, message, errors}``."""
-        data = getattr(error, "data", None) or {}
-        raw = data.get("errors") or data.get("messages") or {}
-        errors: dict[str, list[str]] = {}
-        for location, fields in raw.items():
-            # webargs nests by location ({"json": {"host": [...]}}): flatten it.
-            if isinstance(fields, dict):
-                for key, reasons in _flatten(fields).items():
-                    errors.setdefault(key, []).extend(reasons)
-            else:
-                errors[str(location)] = [str(r) for r in fields]
-        message = data.get("message") or (
-            "invalid request: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in errors.items())
-            if errors else error.description or error.name)
-        payload: dict[str, Any] = {"code": error.code, "status": error.name, "message": message}
-        if errors:
-            payload["errors"] = errors
-        return payload, error.code, data.get("headers", {})
-
-
-def _flatten(fields: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for key, value in fields.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = [str(v) for v in (value if isinstance(value, list) else [value])]
-    return out
 
 
 blp = Blueprint("agent", __name__, url_prefix="/v1",
@@ -269,16 +234,6 @@ def create_app(config: AgentConfig) -> Flask:
                  (time.monotonic() - started) * 1000)
         return response
 
-    @app.errorhandler(rf_errors.RelayfleetError)
-    def relayfleet_error(exc: rf_errors.RelayfleetError) -> Any:
-        status = next((code for cls, code in _STATUS_FOR.items() if isinstance(exc, cls)), 500)
-        errors = exc.errors if isinstance(exc, rf_errors.ValidationError) else None
-        if status == 500:
-            log.error("operation failed: %s", exc.message)
-        try:
-            abort(status, message=exc.message, **({"errors": {"json": errors}} if errors else {}))
-        except HTTPException as http_exc:
-            return api.handle_http_exception(http_exc)
-        raise AssertionError("unreachable")  # pragma: no cover
+    register_error_handler(app, api, _STATUS_FOR, log)
 
     return app

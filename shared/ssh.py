@@ -266,6 +266,14 @@ class SshExecutor(Executor):
         else:
             transport.close()
 
+    def abort(self) -> None:
+        """Cut the connection now (from another thread, when a time box runs out); the
+        command in flight fails and the connection is not pooled again."""
+        self._broken = True
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+
     def _lost(self, exc: BaseException) -> HostUnreachable:
         self._broken = True
         return HostUnreachable(f"{self.target.name}: connection lost: {exc}")

@@ -1,0 +1,224 @@
+"""Tenants, sites, hosts and tokens (CRUD, paging, filters, bulk host import)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from controller import inventory as inv
+from controller import schemas as s
+from controller.api import audit_target, stored_answer, who
+from controller.crypto import SecretBox
+from controller.db import db
+from controller.jobs import idempotent, request_fingerprint
+from controller.models import Host, Site, Tenant, Token
+
+blp = Blueprint("inventory", __name__, url_prefix="/v1",
+                description="The MSP's customers (tenants), their sites and hosts; tokens.")
+
+
+def _box() -> SecretBox:
+    box: SecretBox = current_app.extensions["relayfleet_secrets"]
+    return box
+
+
+def _filtered(query: Any, model: Any, filters: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if filters.get(key) is not None:
+            query = query.where(getattr(model, key) == filters[key])
+    return query
+
+
+@blp.route("/tenants")
+class Tenants(MethodView):
+    """The MSP's customers."""
+
+    @blp.arguments(s.PageQuerySchema, location="query")
+    @blp.response(200, s.TenantPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List the tenants this token sees."""
+        stmt = inv.scoped(select(Tenant), Tenant, who()).order_by(Tenant.id)
+        return inv.page(db.session, stmt, query["limit"], query["offset"])
+
+    @blp.arguments(s.TenantCreateSchema)
+    @blp.response(201, s.TenantSchema)
+    def post(self, body: dict[str, Any]) -> Tenant:
+        """Add a tenant (MSP-wide admin tokens only)."""
+        tenant = inv.create_tenant(db.session, who(), body["name"])
+        audit_target(f"tenant:{tenant.id}", name=tenant.name)
+        return tenant
+
+
+@blp.route("/tenants/<int:tenant_id>")
+class TenantById(MethodView):
+    """One tenant."""
+
+    @blp.response(200, s.TenantSchema)
+    def get(self, tenant_id: int) -> Tenant:
+        """Read a tenant."""
+        return inv.get_scoped(db.session, Tenant, tenant_id, who())
+
+    @blp.response(204)
+    def delete(self, tenant_id: int) -> None:
+        """Delete a tenant that has no sites."""
+        audit_target(f"tenant:{tenant_id}")
+        inv.delete_tenant(db.session, who(), tenant_id)
+
+
+@blp.route("/sites")
+class Sites(MethodView):
+    """Customer locations."""
+
+    @blp.arguments(s.SiteQuerySchema, location="query")
+    @blp.response(200, s.SitePageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List sites (filter by tenant_id)."""
+        stmt = inv.scoped(select(Site), Site, who()).order_by(Site.id)
+        stmt = _filtered(stmt, Site, query, "tenant_id")
+        return inv.page(db.session, stmt, query["limit"], query["offset"])
+
+    @blp.arguments(s.SiteCreateSchema)
+    @blp.response(201, s.SiteSchema)
+    def post(self, body: dict[str, Any]) -> Site:
+        """Add a site to a tenant."""
+        site = inv.create_site(db.session, who(), body["tenant_id"], body["name"])
+        audit_target(f"site:{site.id}", name=site.name, tenant_id=site.tenant_id)
+        return site
+
+
+@blp.route("/sites/<int:site_id>")
+class SiteById(MethodView):
+    """One site."""
+
+    @blp.response(200, s.SiteSchema)
+    def get(self, site_id: int) -> Site:
+        """Read a site."""
+        return inv.get_scoped(db.session, Site, site_id, who())
+
+    @blp.arguments(s.SiteUpdateSchema)
+    @blp.response(200, s.SiteSchema)
+    def patch(self, body: dict[str, Any], site_id: int) -> Site:
+        """Rename a site."""
+        audit_target(f"site:{site_id}")
+        who().require("admin")
+        site = inv.get_scoped(db.session, Site, site_id, who())
+        site.name = body["name"]
+        inv.commit_unique(db.session, f"site {body['name']!r}")
+        return site
+
+    @blp.response(204)
+    def delete(self, site_id: int) -> None:
+        """Delete a site that has no hosts."""
+        audit_target(f"site:{site_id}")
+        inv.delete_site(db.session, who(), site_id)
+
+
+@blp.route("/hosts")
+class Hosts(MethodView):
+    """Managed hosts (secrets are write-only)."""
+
+    @blp.arguments(s.HostQuerySchema, location="query")
+    @blp.response(200, s.HostPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List hosts (filter by tenant_id, site_id, tag, transport, name)."""
+        result = inv.page(db.session, inv.host_query(who(), query), query["limit"],
+                          query["offset"])
+        result["items"] = [inv.host_document(host) for host in result["items"]]
+        return result
+
+    @blp.arguments(s.HostCreateSchema)
+    @blp.response(201, s.HostSchema)
+    def post(self, body: dict[str, Any]) -> Any:
+        """Add a host (send an Idempotency-Key to make retries safe)."""
+        principal = who()
+
+        def create() -> tuple[int, dict[str, Any]]:
+            host, = inv.create_hosts(db.session, principal, [body], _box())
+            return 201, s.HostSchema().dump(inv.host_document(host))
+
+        status, doc = idempotent(db.session, principal, request.headers.get("Idempotency-Key"),
+                                 request_fingerprint("POST", "/v1/hosts", request.get_json()),
+                                 create)
+        audit_target(f"host:{doc.get('id')}", name=doc.get("name"))
+        return stored_answer(doc, status)
+
+
+@blp.route("/hosts/import")
+class HostImport(MethodView):
+    """Many hosts at once."""
+
+    @blp.arguments(s.HostImportSchema)
+    @blp.response(201, s.HostImportResultSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create up to 1000 hosts; if any row is invalid, none is created and every bad
+        row is named (``hosts.3.address``)."""
+        hosts = inv.create_hosts(db.session, who(), body["hosts"], _box(),
+                                 field_prefix="hosts.{index}.")
+        audit_target("hosts:import", created=len(hosts))
+        return {"created": len(hosts), "items": [inv.host_document(h) for h in hosts]}
+
+
+@blp.route("/hosts/<int:host_id>")
+class HostById(MethodView):
+    """One host."""
+
+    @blp.response(200, s.HostSchema)
+    def get(self, host_id: int) -> dict[str, Any]:
+        """Read a host (never its secrets)."""
+        return inv.host_document(inv.get_scoped(db.session, Host, host_id, who()))
+
+    @blp.arguments(s.HostUpdateSchema(partial=True))
+    @blp.response(200, s.HostSchema)
+    def patch(self, body: dict[str, Any], host_id: int) -> dict[str, Any]:
+        """Change a host."""
+        audit_target(f"host:{host_id}")
+        return inv.host_document(inv.update_host(db.session, who(), host_id, body, _box()))
+
+    @blp.response(204)
+    def delete(self, host_id: int) -> None:
+        """Remove a host from the inventory."""
+        audit_target(f"host:{host_id}")
+        inv.delete_host(db.session, who(), host_id)
+
+
+@blp.route("/tokens")
+class Tokens(MethodView):
+    """API tokens."""
+
+    @blp.arguments(s.PageQuerySchema, location="query")
+    @blp.response(200, s.TokenPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List tokens (admins only; never their secrets)."""
+        who().require("admin")
+        stmt = inv.scoped(select(Token), Token, who()).order_by(Token.id)
+        return inv.page(db.session, stmt, query["limit"], query["offset"])
+
+    @blp.arguments(s.TokenCreateSchema)
+    @blp.response(201, s.TokenSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Make a token; its secret is in this answer only."""
+        row, text = inv.create_token(db.session, who(), name=body["name"], role=body["role"],
+                                     tenant_id=body["tenant_id"])
+        audit_target(f"token:{row.id}", name=row.name, role=row.role)
+        return {**s.TokenSchema().dump(row), "token": text}
+
+
+@blp.route("/tokens/<int:token_id>")
+class TokenById(MethodView):
+    """One token."""
+
+    @blp.response(200, s.TokenSchema)
+    def get(self, token_id: int) -> Token:
+        """Read a token (not its secret)."""
+        who().require("admin")
+        return inv.get_scoped(db.session, Token, token_id, who())
+
+    @blp.response(200, s.TokenSchema)
+    def delete(self, token_id: int) -> Token:
+        """Revoke a token."""
+        audit_target(f"token:{token_id}")
+        return inv.revoke_token(db.session, who(), token_id)

@@ -1,0 +1,136 @@
+"""Jobs: start one (idempotently), follow it, cancel it, retry its failed hosts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import select, update
+
+from controller import jobs as svc
+from controller import schemas as s
+from controller.api import audit_target, stored_answer, who
+from controller.auth import Principal
+from controller.config import Settings
+from controller.crypto import SecretBox
+from controller.db import db, utcnow
+from controller.errors import Unavailable
+from controller.inventory import page, scoped
+from controller.models import Job
+from controller.tasks import enqueue_job, lanes_for
+
+blp = Blueprint("jobs", __name__, url_prefix="/v1",
+                description="Run an action on many hosts and follow each host's result.")
+
+
+def _start(principal: Principal, body: dict[str, Any],
+           host_rows: list[tuple[int, str]] | None = None,
+           retry_of: int | None = None) -> tuple[int, dict[str, Any]]:
+    """Store a job, enqueue its lanes, and answer 202 (503 if the broker is down)."""
+    settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
+    box: SecretBox = current_app.extensions["relayfleet_secrets"]
+    session = db.session
+    job = svc.create_job(session, principal, body, box, max_timeout_s=settings.max_timeout_s,
+                         host_rows=host_rows, retry_of=retry_of)
+    session.commit()
+    audit_target(f"job:{job.id}", action=job.action, hosts=job.total)
+    try:
+        enqueue_job(job.id, lanes_for(job.options["concurrency"], job.total,
+                                      settings.lane_threads))
+    except BrokerError as exc:
+        session.execute(update(Job).where(Job.id == job.id).values(
+            status="failed", finished_at=utcnow()))
+        session.commit()
+        raise Unavailable("the job queue (Redis) cannot be reached; the job was not started: "
+                          "check RELAYFLEET_BROKER_URL and try again") from exc
+    return 202, {"id": job.id, "status": "queued", "total": job.total,
+                 "links": svc.job_links(job.id)}
+
+
+@blp.route("/jobs")
+class Jobs(MethodView):
+    """Jobs."""
+
+    @blp.arguments(s.JobQuerySchema, location="query")
+    @blp.response(200, s.JobPageSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List jobs, newest first (filter by status, action); no per-host results."""
+        stmt = scoped(select(Job), Job, who()).order_by(Job.id.desc())
+        for key in ("status", "action"):
+            if query.get(key):
+                stmt = stmt.where(getattr(Job, key) == query[key])
+        result = page(db.session, stmt, query["limit"], query["offset"])
+        result["items"] = [svc.job_document(db.session, job, with_results=False)
+                           for job in result["items"]]
+        return result
+
+    @blp.arguments(s.JobCreateSchema)
+    @blp.response(202, s.JobAcceptedSchema)
+    @blp.alt_response(409, schema=s.ErrorSchema,
+                      description="the same Idempotency-Key is still being handled")
+    @blp.alt_response(503, schema=s.ErrorSchema, description="the job queue is unreachable")
+    def post(self, body: dict[str, Any]) -> Any:
+        """Start a job. Send ``Idempotency-Key``: the same key and body again answer the
+        same job; the same key with another body is 422."""
+        principal = who()
+        principal.require("operator")
+        status, doc = svc.idempotent(
+            db.session, principal, request.headers.get("Idempotency-Key"),
+            svc.request_fingerprint("POST", "/v1/jobs", request.get_json()),
+            lambda: _start(principal, body))
+        audit_target(f"job:{doc.get('id')}")
+        return stored_answer(doc, status)
+
+
+@blp.route("/jobs/<int:job_id>")
+class JobById(MethodView):
+    """One job."""
+
+    @blp.response(200, s.JobSchema)
+    def get(self, job_id: int) -> dict[str, Any]:
+        """The job, its counts and every host's result with its steps."""
+        return svc.job_document(db.session, svc.get_job(db.session, who(), job_id))
+
+
+@blp.route("/jobs/<int:job_id>/cancel")
+class JobCancel(MethodView):
+    """Stop a job."""
+
+    @blp.response(200, s.JobSchema)
+    def post(self, job_id: int) -> dict[str, Any]:
+        """Start no more hosts (those running finish); the job ends ``cancelled``."""
+        audit_target(f"job:{job_id}")
+        job = svc.cancel_job(db.session, who(), job_id)
+        return svc.job_document(db.session, job)
+
+
+@blp.route("/jobs/<int:job_id>/retry")
+class JobRetry(MethodView):
+    """Try again where it failed."""
+
+    @blp.response(202, s.JobAcceptedSchema)
+    def post(self, job_id: int) -> Any:
+        """A new job with the same action and params for the failed and unreachable hosts."""
+        principal = who()
+        rows = svc.retry_hosts(db.session, principal, job_id)
+        old = svc.get_job(db.session, principal, job_id)
+        body = {"action": old.action, "target": {"hosts": [r[0] for r in rows]},
+                "params": _params_with_secret(old), "options": old.options,
+                "callback_url": old.callback_url}
+        status, doc = _start(principal, body, host_rows=rows, retry_of=old.id)
+        audit_target(f"job:{doc['id']}", retry_of=old.id)
+        return doc, status
+
+
+def _params_with_secret(job: Job) -> dict[str, Any]:
+    import json
+
+    box: SecretBox = current_app.extensions["relayfleet_secrets"]
+    params = dict(job.params)
+    secret = json.loads(box.open(job.params_sealed) or "null")
+    if secret:
+        params["auth"] = {**params.get("auth", {}), **secret}
+    return params

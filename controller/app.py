@@ -1,0 +1,129 @@
+"""The controller's Flask app factory: API, auth, audit, metrics, Celery.
+
+Views only validate and enqueue; jobs run in Celery workers (:mod:`controller.tasks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from controller import errors as ctl_errors
+from controller.api import fleet, inventory, jobs
+from controller.auth import authenticate
+from controller.celery_app import celery_init_app
+from controller.config import load_settings
+from controller.crypto import SecretBox
+from controller.db import db
+from controller.metrics import LATENCY, REQUESTS
+from controller.models import AuditEvent
+from shared import __version__
+from shared import errors as rf_errors
+from shared import schemas as agent_schemas
+from shared.webapi import EnvelopeApi, register_error_handler
+
+log = logging.getLogger("relayfleet.controller")
+OPEN_PATHS = frozenset({"/v1/health"})
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+_STATUS_FOR: dict[type[rf_errors.RelayfleetError], int] = {
+    ctl_errors.NotFound: 404,
+    ctl_errors.PermissionDenied: 403,
+    ctl_errors.Conflict: 409,
+    ctl_errors.Unavailable: 503,
+    rf_errors.ValidationError: 422,
+    rf_errors.NotSupported: 501,
+}
+
+health = Blueprint("health", __name__, url_prefix="/v1", description="Liveness.")
+
+
+@health.route("/health")
+class Health(MethodView):
+    """Liveness, without authentication."""
+
+    @health.response(200, agent_schemas.HealthSchema)
+    def get(self) -> dict[str, str]:
+        """Is the controller up, and which version is it."""
+        return {"status": "ok", "version": __version__}
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the controller app; ``config`` overrides settings read from the environment."""
+    settings = load_settings().with_overrides(config or {})
+    app = Flask("relayfleet.controller")
+    app.config.update(
+        RELAYFLEET_SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="relayfleet controller", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/", OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={"components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}]},
+    )
+    db.init_app(app)
+    app.extensions["relayfleet_secrets"] = SecretBox(settings.secret_key)
+    api = EnvelopeApi(app)
+    app.extensions["relayfleet_api"] = api
+    for blueprint in (health, inventory.blp, jobs.blp, fleet.blp, fleet.meta):
+        api.register_blueprint(blueprint)
+    celery_init_app(app)
+
+    @app.before_request
+    def authenticate_request() -> None:
+        g.started = time.monotonic()
+        if request.path in OPEN_PATHS:
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        principal = authenticate(db.session, token.strip()) if (
+            scheme.lower() == "bearer" and token.strip()) else None
+        if principal is None:
+            abort(401, message="missing, wrong or revoked bearer token: send "
+                               "'Authorization: Bearer <token>' (make one with "
+                               "`relayfleet-controller token create`)",
+                  headers={"WWW-Authenticate": 'Bearer realm="relayfleet"'})
+        g.principal = principal
+
+    @app.after_request
+    def account(response: Any) -> Any:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.monotonic() - g.get("started", time.monotonic())
+        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        LATENCY.labels(route).observe(elapsed)
+        if request.method in MUTATING:
+            _audit(route, response.status_code)
+        log.info("%s %s %s %.1fms", request.method, request.path, response.status_code,
+                 elapsed * 1000)
+        return response
+
+    register_error_handler(app, api, _STATUS_FOR, log)
+    return app
+
+
+def _audit(route: str, status: int) -> None:
+    """Record a mutating call in its own transaction (whatever became of the request's)."""
+    principal = g.get("principal")
+    target = g.get("audit_target") or (
+        ",".join(f"{k}={v}" for k, v in (request.view_args or {}).items()) or None)
+    event = AuditEvent(
+        token_id=principal.token_id if principal else None,
+        token_name=principal.name if principal else None,
+        tenant_id=principal.tenant_id if principal else None,
+        action=f"{request.method} {route.replace('<int:', '{').replace('>', '}')}",
+        target=target, outcome=status, detail=g.get("audit_detail"),
+        remote_addr=request.remote_addr)
+    try:
+        # The request's own session: on SQLite a second connection would wait for this
+        # one's transaction. Whatever the view left uncommitted is not kept.
+        session = db.session
+        session.rollback()
+        session.add(event)
+        session.commit()
+    except Exception:
+        log.exception("could not write the audit record for %s %s", request.method, route)

@@ -1,0 +1,84 @@
+"""Bearer tokens: made once, stored as SHA-256, checked in constant time, scoped by tenant.
+
+A token reads ``rft_<public id>_<secret>``. The public id finds the row; the SHA-256 of the
+whole token is compared with :func:`hmac.compare_digest`, so a wrong secret costs the same
+time whatever its prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db import utcnow
+from controller.errors import PermissionDenied
+from controller.models import ROLES, Token
+
+PREFIX = "rft_"
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+# A SHA-256 that matches no token: compared against when the public id is unknown, so a
+# miss takes as long as a wrong secret.
+_NO_MATCH = "0" * 64
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's id, name, role and tenant (``None``: the whole MSP)."""
+
+    token_id: int
+    name: str
+    role: str
+    tenant_id: int | None
+
+    def require(self, role: str) -> None:
+        """Refuse the call (403) unless the token's role is at least ``role``."""
+        if _RANK[self.role] < _RANK[role]:
+            raise PermissionDenied(f"this needs a token with the {role} role; this token is "
+                                   f"{self.role}: ask an administrator for one")
+
+    def sees(self, tenant_id: int | None) -> bool:
+        """Whether an object of ``tenant_id`` exists for this token."""
+        return self.tenant_id is None or self.tenant_id == tenant_id
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def issue_token(session: Session, *, name: str, role: str, tenant_id: int | None,
+                created_by: int | None = None) -> tuple[Token, str]:
+    """Create a token row; return it with the token text (shown once, never stored)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    public_id = secrets.token_hex(6)
+    text = f"{PREFIX}{public_id}_{secrets.token_urlsafe(32)}"
+    row = Token(public_id=public_id, secret_sha256=_digest(text), name=name, role=role,
+                tenant_id=tenant_id, created_by=created_by)
+    session.add(row)
+    session.flush()
+    return row, text
+
+
+def authenticate(session: Session, presented: str) -> Principal | None:
+    """The principal for a presented token, or ``None`` when it is unknown or revoked."""
+    public_id = ""
+    if presented.startswith(PREFIX):
+        public_id = presented[len(PREFIX):].partition("_")[0]
+    row = None
+    if public_id:
+        row = session.scalar(select(Token).where(Token.public_id == public_id))
+    expected = row.secret_sha256 if row is not None else _NO_MATCH
+    matches = hmac.compare_digest(_digest(presented), expected)
+    if row is None or not matches or row.revoked_at is not None:
+        return None
+    now = utcnow()
+    # Recording every use would make each read a write; a minute's precision is plenty.
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+        row.last_used_at = now
+        session.commit()
+    return Principal(row.id, row.name, row.role, row.tenant_id)

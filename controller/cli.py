@@ -1,0 +1,153 @@
+"""``relayfleet-controller``: serve the API, run a worker, migrate, make tokens."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agent.config import parse_listen
+from shared.errors import ConfigError, RelayfleetError
+
+ENVIRONMENT = """environment:
+  RELAYFLEET_DATABASE_URL   SQLAlchemy URL (default: SQLite in ~/.local/share/relayfleet)
+                            e.g. postgresql+psycopg://relayfleet:PASS@db/relayfleet
+  RELAYFLEET_BROKER_URL     Redis for the job queue (default redis://127.0.0.1:6379/0)
+  RELAYFLEET_SECRET_KEY     encrypts stored secrets; keep it safe and the same everywhere
+                            (default: a key generated once in the data directory)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = argparse.ArgumentParser(
+        prog="relayfleet-controller", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The relayfleet controller: inventory, tokens and jobs that set "
+                    "smarthosts and flush queues across a fleet of mail/PBX hosts.",
+        epilog=ENVIRONMENT)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="serve the API (gunicorn)")
+    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="ADDR:PORT",
+                       help="where to listen (default 127.0.0.1:8080)")
+    serve.add_argument("--workers", type=int, default=2, help="gunicorn processes (default 2)")
+    serve.add_argument("--threads", type=int, default=8,
+                       help="threads per process (default 8)")
+    worker = sub.add_parser("worker", help="run a Celery worker that executes jobs")
+    worker.add_argument("--concurrency", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
+                        help="lane tasks run at once (each runs up to 25 hosts in threads)")
+    worker.add_argument("--loglevel", default="INFO")
+    sub.add_parser("init-db", help="create or migrate the database schema")
+    token = sub.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser(
+        "create", help="make a token; it is printed alone on the last line of stdout")
+    create.add_argument("--role", required=True, choices=("admin", "operator", "viewer"))
+    create.add_argument("--tenant", metavar="NAME",
+                        help="limit the token to this tenant (created if missing)")
+    create.add_argument("--name", default=None, help="a label for the token")
+    sub.add_parser("callback-secret",
+                   help="print the key job callbacks are signed with (HMAC-SHA256)")
+    return parser
+
+
+def _app() -> Any:
+    from controller.app import create_app
+
+    return create_app()
+
+
+def serve(listen: str, workers: int, threads: int) -> None:
+    """Run the API under gunicorn (threads, so slow clients do not block others)."""
+    from gunicorn.app.base import BaseApplication
+
+    host, port = parse_listen(listen)
+    app = _app()
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {"bind": f"{host}:{port}", "workers": workers,
+                               "threads": threads, "worker_class": "gthread",
+                               "accesslog": None, "timeout": 60}.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    Server().run()
+
+
+def worker(concurrency: int, loglevel: str) -> None:
+    """Run a Celery worker bound to the controller app."""
+    app = _app()
+    celery = app.extensions["celery"]
+    celery.worker_main(["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
+                        "--without-gossip", "--without-mingle", "-Q", "relayfleet"])
+
+
+def init_db() -> str:
+    """Migrate the configured database to the latest schema; return the revision."""
+    from controller.config import load_settings
+    from controller.migrate import current, upgrade
+
+    url = load_settings().database_url
+    upgrade(url)
+    return current(url) or "?"
+
+
+def token_create(role: str, tenant: str | None, name: str | None) -> str:
+    """Make a token (and its tenant if named and missing); return the token text."""
+    from sqlalchemy import select
+
+    from controller.auth import issue_token
+    from controller.db import db
+    from controller.models import Tenant
+
+    app = _app()
+    with app.app_context(), db.transaction() as session:
+        tenant_id = None
+        if tenant:
+            row = session.scalar(select(Tenant).where(Tenant.name == tenant))
+            if row is None:
+                row = Tenant(name=tenant)
+                session.add(row)
+                session.flush()
+            tenant_id = row.id
+        _row, text = issue_token(session, name=name or f"{role} (cli)", role=role,
+                                 tenant_id=tenant_id)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
+                                                   "%(message)s")
+    try:
+        if args.command == "serve":
+            serve(args.listen, args.workers, args.threads)
+        elif args.command == "worker":
+            worker(args.concurrency, args.loglevel)
+        elif args.command == "init-db":
+            print(f"database schema at revision {init_db()}")
+        elif args.command == "token":
+            text = token_create(args.role, args.tenant, args.name)
+            print(f"made a {args.role} token"
+                  + (f" for tenant {args.tenant}" if args.tenant else " for the whole MSP")
+                  + "; it is shown only now:")
+            print(text)
+        elif args.command == "callback-secret":
+            from controller.config import load_settings
+            from controller.tasks import callback_key
+
+            print(callback_key(load_settings()).decode())
+    except (ConfigError, RelayfleetError) as exc:
+        print(f"relayfleet-controller: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

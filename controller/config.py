@@ -1,0 +1,118 @@
+"""The controller's settings, read from the environment with embedded defaults.
+
+``RELAYFLEET_DATABASE_URL``   SQLAlchemy URL (default: a SQLite file in the data directory)
+``RELAYFLEET_BROKER_URL``     Celery broker (default ``redis://127.0.0.1:6379/0``)
+``RELAYFLEET_SECRET_KEY``     encrypts stored secrets and signs callbacks (default: a random
+                              key kept in ``secret.key`` in the data directory, mode 0600)
+``RELAYFLEET_DATA_DIR``       where the defaults live (``~/.local/share/relayfleet``)
+``RELAYFLEET_CALLBACK_SECRET`` key for the callbacks' HMAC (default: derived from the secret key)
+``RELAYFLEET_VISIBILITY_TIMEOUT_S`` how long Redis keeps a task a dead worker held before it
+                              hands it to another worker (default 900)
+``RELAYFLEET_LANE_BUDGET_S``  how long one job lane claims new hosts before it hands over to
+                              its own continuation (default 30)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+#: room for claiming, recording and the broker round trip on top of a host's own time box
+LANE_MARGIN_S = 30
+
+
+def default_data_dir() -> Path:
+    """``$RELAYFLEET_DATA_DIR``, else ``$XDG_DATA_HOME/relayfleet``."""
+    explicit = os.environ.get("RELAYFLEET_DATA_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "relayfleet"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the controller (API, worker, CLI) needs to know about its surroundings."""
+
+    database_url: str
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    secret_key: str = field(default="", repr=False)
+    callback_secret: str = field(default="", repr=False)
+    visibility_timeout_s: int = 900
+    lane_budget_s: int = 30
+    #: hosts one lane works on at once (a job with concurrency C runs ceil(C / this) lanes)
+    lane_threads: int = 25
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: Celery runs tasks in this process (tests of pure API logic only)
+    eager: bool = False
+
+    @property
+    def max_timeout_s(self) -> int:
+        """The longest per-host time box a job may ask for.
+
+        A lane must finish before the broker would hand its task to another worker, or two
+        workers would run the same lane at once.
+        """
+        return max(5, self.visibility_timeout_s - self.lane_budget_s - LANE_MARGIN_S)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with some fields replaced (unknown names are an error)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return replace(self, **overrides)
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
+    key = env.get("RELAYFLEET_SECRET_KEY")
+    if key:
+        if len(key) < 16:
+            raise ConfigError("RELAYFLEET_SECRET_KEY is too short: use at least 16 characters "
+                              "(e.g. the output of `openssl rand -base64 32`)")
+        return key
+    path = data_dir / "secret.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment (``environ`` defaults to ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    data_dir = default_data_dir()
+    database_url = env.get("RELAYFLEET_DATABASE_URL") or ""
+    if not database_url:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        database_url = f"sqlite:///{data_dir / 'relayfleet.db'}"
+    secret = _secret_key(env, data_dir)
+    return Settings(
+        database_url=database_url,
+        broker_url=env.get("RELAYFLEET_BROKER_URL") or Settings.broker_url,
+        secret_key=secret,
+        callback_secret=env.get("RELAYFLEET_CALLBACK_SECRET") or "",
+        visibility_timeout_s=_int_env(env, "RELAYFLEET_VISIBILITY_TIMEOUT_S", 900),
+        lane_budget_s=_int_env(env, "RELAYFLEET_LANE_BUDGET_S", 30),
+    )

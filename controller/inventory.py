@@ -1,0 +1,288 @@
+"""Inventory service: tenants, sites, hosts and tokens, always seen through a principal.
+
+Another tenant's objects do not exist for a tenant-scoped token: every lookup here filters
+by the principal's tenant and answers :class:`NotFound` (404), never 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controller.auth import Principal, issue_token
+from controller.crypto import SecretBox
+from controller.errors import Conflict, NotFound, PermissionDenied
+from controller.models import AuditEvent, Host, HostTag, Job, Site, Tenant, Token
+from shared.errors import ValidationError
+
+M = TypeVar("M", Tenant, Site, Host, Token, Job, AuditEvent)
+
+
+def page(session: Session, query: Any, limit: int, offset: int) -> dict[str, Any]:
+    """One page of ``query`` with the total it was cut from."""
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    items = list(session.scalars(query.limit(limit).offset(offset)))
+    return {"items": items, "total": total or 0, "limit": limit, "offset": offset}
+
+
+def scoped(query: Any, model: Any, who: Principal) -> Any:
+    """``query`` cut down to the principal's tenant (a no-op for MSP-wide tokens)."""
+    if who.tenant_id is None:
+        return query
+    column = model.id if model is Tenant else model.tenant_id
+    return query.where(column == who.tenant_id)
+
+
+def get_scoped(session: Session, model: type[M], object_id: int, who: Principal) -> M:
+    """The object, or 404 when it does not exist for this principal."""
+    row = session.scalar(scoped(select(model).where(model.id == object_id), model, who))
+    if row is None:
+        raise NotFound(f"{model.__tablename__[:-1]} {object_id} not found")
+    return cast(M, row)
+
+
+def commit_unique(session: Session, what: str) -> None:
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(f"{what} already exists: names must be unique") from exc
+
+
+# -- tenants ---------------------------------------------------------------------------
+
+def create_tenant(session: Session, who: Principal, name: str) -> Tenant:
+    """Add a customer (MSP-wide admins only)."""
+    who.require("admin")
+    if who.tenant_id is not None:
+        raise PermissionDenied("a tenant-scoped token cannot create tenants")
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    commit_unique(session, f"tenant {name!r}")
+    return tenant
+
+
+def delete_tenant(session: Session, who: Principal, tenant_id: int) -> None:
+    """Remove a customer that has no sites left."""
+    who.require("admin")
+    tenant = get_scoped(session, Tenant, tenant_id, who)
+    if who.tenant_id is not None:
+        raise PermissionDenied("a tenant-scoped token cannot delete its tenant")
+    if session.scalar(select(func.count()).where(Site.tenant_id == tenant.id)):
+        raise Conflict(f"tenant {tenant_id} still has sites: delete them first")
+    session.delete(tenant)
+    session.commit()
+
+
+# -- sites -----------------------------------------------------------------------------
+
+def create_site(session: Session, who: Principal, tenant_id: int, name: str) -> Site:
+    """Add a site to a tenant the principal sees."""
+    who.require("admin")
+    if session.scalar(scoped(select(Tenant).where(Tenant.id == tenant_id), Tenant, who)) is None:
+        raise ValidationError.for_field("tenant_id", f"no tenant {tenant_id}")
+    site = Site(tenant_id=tenant_id, name=name)
+    session.add(site)
+    commit_unique(session, f"site {name!r}")
+    return site
+
+
+def delete_site(session: Session, who: Principal, site_id: int) -> None:
+    """Remove a site that has no hosts left."""
+    who.require("admin")
+    site = get_scoped(session, Site, site_id, who)
+    if session.scalar(select(func.count()).where(Host.site_id == site.id)):
+        raise Conflict(f"site {site_id} still has hosts: delete or move them first")
+    session.delete(site)
+    session.commit()
+
+
+# -- hosts -----------------------------------------------------------------------------
+
+def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox) -> None:
+    """Copy validated fields onto a host row, sealing secrets on the way."""
+    for key in ("name", "address", "transport"):
+        if key in data:
+            setattr(host, key, data[key])
+    if data.get("agent") is not None:
+        agent = data["agent"]
+        host.agent_url = agent["url"].rstrip("/")
+        host.agent_ca_cert = agent.get("ca_cert")
+        if agent.get("token"):
+            host.agent_token_sealed = box.seal(agent["token"])
+    if data.get("ssh") is not None:
+        ssh = data["ssh"]
+        host.ssh_port = ssh.get("port", 22)
+        host.ssh_username = ssh["username"]
+        host.ssh_host_key = " ".join(ssh["host_key"].split()[:2])
+        host.ssh_sudo = ssh.get("sudo", False)
+        host.ssh_private_key_sealed = box.seal(ssh.get("private_key"))
+        host.ssh_passphrase_sealed = box.seal(ssh.get("passphrase"))
+        host.ssh_password_sealed = box.seal(ssh.get("password"))
+    if "mta" in data:
+        mta = data["mta"]
+        host.mta_kind = mta.get("kind", "sendmail")
+        host.mta_flavour = mta.get("flavour", "debian")
+        host.mta_overrides = mta.get("overrides") or {}
+    if "tags" in data:
+        host.tag_rows = [HostTag(tag=tag) for tag in sorted(set(data["tags"]))]
+    if host.transport == "agent" and (not host.agent_url or not host.agent_token_sealed):
+        raise ValidationError.for_field("agent", "the agent transport needs agent.url and "
+                                                 "agent.token")
+    if host.transport == "ssh" and not host.ssh_username:
+        raise ValidationError.for_field("ssh", "the ssh transport needs ssh settings")
+
+
+def _visible_sites(session: Session, who: Principal, site_ids: Iterable[int]) -> dict[int, Site]:
+    wanted = set(site_ids)
+    rows = session.scalars(scoped(select(Site).where(Site.id.in_(wanted)), Site, who))
+    return {site.id: site for site in rows}
+
+
+def create_hosts(session: Session, who: Principal, rows: Sequence[dict[str, Any]],
+                 box: SecretBox, *, field_prefix: str = "") -> list[Host]:
+    """Create hosts (one, or an import); all or none. Errors name the row and field."""
+    who.require("admin")
+    sites = _visible_sites(session, who, (row["site_id"] for row in rows))
+    errors: dict[str, list[str]] = {}
+    seen: set[tuple[int, str]] = set()
+    hosts = []
+    for index, row in enumerate(rows):
+        where = field_prefix.format(index=index)
+        site = sites.get(row["site_id"])
+        if site is None:
+            errors[f"{where}site_id"] = [f"no site {row['site_id']}"]
+            continue
+        if (site.id, row["name"]) in seen:
+            errors[f"{where}name"] = [f"{row['name']!r} appears twice for site {site.id}"]
+            continue
+        seen.add((site.id, row["name"]))
+        host = Host(site_id=site.id, tenant_id=site.tenant_id)
+        try:
+            _apply_host_fields(host, row, box)
+        except ValidationError as exc:
+            for key, reasons in exc.errors.items():
+                errors[f"{where}{key}"] = reasons
+            continue
+        hosts.append(host)
+    if errors:
+        raise ValidationError("some hosts are invalid; nothing was created", errors)
+    session.add_all(hosts)
+    commit_unique(session, "a host with that name in that site")
+    return hosts
+
+
+def update_host(session: Session, who: Principal, host_id: int, data: dict[str, Any],
+                box: SecretBox) -> Host:
+    """Change a host; moving it to another site moves it to that site's tenant."""
+    who.require("admin")
+    host = get_scoped(session, Host, host_id, who)
+    if "site_id" in data:
+        site = _visible_sites(session, who, [data["site_id"]]).get(data["site_id"])
+        if site is None:
+            raise ValidationError.for_field("site_id", f"no site {data['site_id']}")
+        host.site_id, host.tenant_id = site.id, site.tenant_id
+    _apply_host_fields(host, data, box)
+    commit_unique(session, f"host {host.name!r}")
+    return host
+
+
+def delete_host(session: Session, who: Principal, host_id: int) -> None:
+    """Remove a host from the inventory."""
+    who.require("admin")
+    session.delete(get_scoped(session, Host, host_id, who))
+    session.commit()
+
+
+def host_query(who: Principal, filters: dict[str, Any]) -> Any:
+    """Hosts the principal sees, filtered as ``GET /v1/hosts`` asks."""
+    query = scoped(select(Host), Host, who).order_by(Host.id)
+    for key in ("tenant_id", "site_id", "transport"):
+        if filters.get(key) is not None:
+            query = query.where(getattr(Host, key) == filters[key])
+    if filters.get("tag"):
+        query = query.where(Host.id.in_(select(HostTag.host_id).where(
+            HostTag.tag == filters["tag"])))
+    if filters.get("name"):
+        query = query.where(Host.name.contains(filters["name"], autoescape=True))
+    if filters.get("holding_mail") is not None:
+        query = query.where(Host.queue_count > 0 if filters["holding_mail"]
+                            else func.coalesce(Host.queue_count, 0) == 0)
+    return query
+
+
+def host_document(host: Host) -> dict[str, Any]:
+    """A host as the API shows it (no secret, only whether one is stored)."""
+    agent = ssh = None
+    if host.agent_url:
+        agent = {"url": host.agent_url, "ca_cert": host.agent_ca_cert,
+                 "has_token": host.agent_token_sealed is not None}
+    if host.ssh_username:
+        ssh = {"port": host.ssh_port, "username": host.ssh_username,
+               "host_key": host.ssh_host_key, "sudo": host.ssh_sudo,
+               "auth": "password" if host.ssh_password_sealed else "key"}
+    return {"id": host.id, "name": host.name, "tenant_id": host.tenant_id,
+            "site_id": host.site_id, "address": host.address, "transport": host.transport,
+            "agent": agent, "ssh": ssh,
+            "mta": {"kind": host.mta_kind, "flavour": host.mta_flavour,
+                    "overrides": host.mta_overrides},
+            "tags": host.tags, "created_at": host.created_at, "last": last_known(host)}
+
+
+def last_known(host: Host) -> dict[str, Any]:
+    """What the controller last learnt about a host."""
+    return {"seen_at": host.last_seen_at, "reachable": host.last_reachable,
+            "error": host.last_error, "job_id": host.last_job_id,
+            "queue_count": host.queue_count, "smarthost": host.smarthost,
+            "config_in_sync": host.config_in_sync, "mta_running": host.mta_running}
+
+
+def fleet_summary(session: Session, who: Principal) -> dict[str, int]:
+    """Counts over every host the principal sees."""
+    base = scoped(select(Host), Host, who).subquery()
+    row = session.execute(select(
+        func.count(),
+        func.count().filter(base.c.last_seen_at.is_(None)),
+        func.count().filter(base.c.last_reachable.is_(False)),
+        func.count().filter(base.c.queue_count > 0),
+        func.coalesce(func.sum(base.c.queue_count), 0),
+        func.count().filter(base.c.last_seen_at.is_not(None), base.c.smarthost.is_(None)),
+        func.count().filter(base.c.config_in_sync.is_(False)),
+    )).one()
+    keys = ("hosts", "never_seen", "unreachable", "holding_mail", "queued_messages",
+            "without_smarthost", "out_of_sync")
+    return {key: int(value or 0) for key, value in zip(keys, row, strict=True)}
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+def create_token(session: Session, who: Principal, *, name: str, role: str,
+                 tenant_id: int | None) -> tuple[Token, str]:
+    """Issue a token no stronger and no wider than the principal's own."""
+    who.require("admin")
+    if who.tenant_id is not None:
+        if tenant_id not in (None, who.tenant_id):
+            raise ValidationError.for_field("tenant_id", f"no tenant {tenant_id}")
+        tenant_id = who.tenant_id
+    elif tenant_id is not None and session.get(Tenant, tenant_id) is None:
+        raise ValidationError.for_field("tenant_id", f"no tenant {tenant_id}")
+    row, text = issue_token(session, name=name, role=role, tenant_id=tenant_id,
+                            created_by=who.token_id)
+    session.commit()
+    return row, text
+
+
+def revoke_token(session: Session, who: Principal, token_id: int) -> Token:
+    """Revoke a token (it stays listed, marked revoked)."""
+    from controller.db import utcnow
+
+    who.require("admin")
+    row = get_scoped(session, Token, token_id, who)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row

@@ -1,0 +1,525 @@
+"""marshmallow schemas for every controller payload.
+
+Requests refuse unknown fields. Secrets (agent tokens, SSH keys and passwords, SMTP AUTH
+passwords) are ``load_only``: accepted, never dumped. Job params reuse the agent's request
+schemas (:mod:`shared.schemas`), so a value the agent would refuse is refused here first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+
+from controller.models import ACTIONS, JOB_STATES, ROLES, TRANSPORTS, UNIT_STATES
+from shared import errors as rf_errors
+from shared import validation as rules
+from shared.profile import FLAVOURS, MTA_KINDS
+from shared.schemas import ErrorSchema, StepSchema, StrictSchema
+
+__all__ = ["ErrorSchema"]
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$"
+HOST_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
+TAG_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,63}$"
+MAX_IMPORT = 1000
+MAX_TARGET_ITEMS = 10000
+
+
+def _name(**kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Regexp(
+        NAME_RE, error="1-100 letters, digits, spaces, '.', '_' or '-', starting with a "
+                       "letter or digit"), **kwargs)
+
+
+class PageQuerySchema(StrictSchema):
+    """Paging for every list."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, 10**9))
+
+
+class PageSchema(Schema):
+    """A page of a list: ``items`` and where it sits in the whole."""
+
+    total = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+
+
+# -- tenants and sites -----------------------------------------------------------------
+
+class TenantCreateSchema(StrictSchema):
+    """POST /v1/tenants."""
+
+    name = _name(required=True, metadata={"example": "Acme Dental"})
+
+
+class TenantSchema(Schema):
+    """A tenant."""
+
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class TenantPageSchema(PageSchema):
+    """GET /v1/tenants."""
+
+    items = fields.List(fields.Nested(TenantSchema), required=True)
+
+
+class SiteCreateSchema(StrictSchema):
+    """POST /v1/sites."""
+
+    tenant_id = fields.Integer(required=True, strict=True)
+    name = _name(required=True, metadata={"example": "Leeds office"})
+
+
+class SiteUpdateSchema(StrictSchema):
+    """PATCH /v1/sites/{id}."""
+
+    name = _name(required=True)
+
+
+class SiteSchema(Schema):
+    """A site."""
+
+    id = fields.Integer(required=True)
+    tenant_id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class SiteQuerySchema(PageQuerySchema):
+    """GET /v1/sites filters."""
+
+    tenant_id = fields.Integer()
+
+
+class SitePageSchema(PageSchema):
+    """GET /v1/sites."""
+
+    items = fields.List(fields.Nested(SiteSchema), required=True)
+
+
+# -- hosts -----------------------------------------------------------------------------
+
+class AgentAccessSchema(StrictSchema):
+    """How to reach the host's agent; ``token`` is write-only."""
+
+    url = fields.String(required=True, metadata={"example": "https://10.0.0.5:8587"})
+    token = fields.String(load_only=True, validate=validate.Length(16, 512))
+    ca_cert = fields.String(allow_none=True, validate=validate.Length(max=20000), metadata={
+        "description": "PEM CA certificate the agent's TLS certificate must chain to"})
+    has_token = fields.Boolean(dump_only=True)
+
+    @validates("url")
+    def _url(self, value: str, **_: Any) -> None:
+        parts = urlsplit(value)
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+                or parts.password or parts.query or parts.fragment
+                or parts.path not in ("", "/") or len(value) > 500):
+            raise ValidationError("must be http(s)://HOST[:PORT] with no user, path or query")
+        try:
+            _port = parts.port
+        except ValueError:
+            raise ValidationError("the port must be a number from 1 to 65535") from None
+
+    @validates("ca_cert")
+    def _ca(self, value: str | None, **_: Any) -> None:
+        if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValidationError("must be a PEM certificate")
+
+
+class SshAccessSchema(StrictSchema):
+    """How to log in over SSH; ``private_key``, ``passphrase`` and ``password`` are
+    write-only. ``host_key`` pins the host's key (``ssh-ed25519 AAAA...``)."""
+
+    port = fields.Integer(load_default=22, validate=validate.Range(1, 65535))
+    username = fields.String(required=True, validate=validate.Regexp(
+        r"^[a-z_][a-z0-9_.-]{0,31}$", error="must be a POSIX user name"))
+    private_key = fields.String(load_only=True, validate=validate.Length(max=20000))
+    passphrase = fields.String(load_only=True, validate=validate.Length(max=1024))
+    password = fields.String(load_only=True, validate=validate.Length(1, 1024))
+    host_key = fields.String(required=True, validate=validate.Length(max=20000))
+    sudo = fields.Boolean(load_default=False)
+    auth = fields.String(dump_only=True, metadata={"description": "key or password"})
+
+    @validates("host_key")
+    def _host_key(self, value: str, **_: Any) -> None:
+        from shared.ssh import parse_public_key
+
+        try:
+            parse_public_key(value)
+        except rf_errors.RelayfleetError as exc:
+            raise ValidationError(exc.message) from None
+
+    @validates_schema
+    def _one_way_in(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
+        if partial:
+            return
+        if bool(data.get("private_key")) == bool(data.get("password")):
+            raise ValidationError("give exactly one of private_key or password", "private_key")
+        if data.get("private_key"):
+            from shared.ssh import load_private_key
+
+            try:
+                load_private_key(data["private_key"], data.get("passphrase"))
+            except rf_errors.RelayfleetError as exc:
+                raise ValidationError(exc.message, "private_key") from None
+
+
+class MtaSchema(StrictSchema):
+    """Which MTA the host runs and where its files are (SPEC §2 profile keys)."""
+
+    kind = fields.String(load_default="sendmail", validate=validate.OneOf(MTA_KINDS))
+    flavour = fields.String(load_default="debian", validate=validate.OneOf(FLAVOURS))
+    overrides = fields.Dict(keys=fields.String(), load_default=dict)
+
+    @validates_schema
+    def _profile(self, data: dict[str, Any], **_: Any) -> None:
+        from shared.profile import build_profile
+
+        try:
+            build_profile(data.get("kind", "sendmail"), data.get("flavour", "debian"),
+                          data.get("overrides") or {})
+        except rf_errors.RelayfleetError as exc:
+            raise ValidationError(exc.message, "overrides") from None
+
+
+class HostLastSchema(Schema):
+    """What the controller last learnt about the host."""
+
+    seen_at = fields.DateTime(allow_none=True)
+    reachable = fields.Boolean(allow_none=True)
+    error = fields.String(allow_none=True)
+    job_id = fields.Integer(allow_none=True)
+    queue_count = fields.Integer(allow_none=True)
+    smarthost = fields.Dict(allow_none=True)
+    config_in_sync = fields.Boolean(allow_none=True)
+    mta_running = fields.Boolean(allow_none=True)
+
+
+class HostCreateSchema(StrictSchema):
+    """POST /v1/hosts: give ``agent`` for the agent transport, ``ssh`` for SSH."""
+
+    name = fields.String(required=True, validate=validate.Regexp(
+        HOST_NAME_RE, error="1-253 letters, digits, '.', '_' or '-'"),
+        metadata={"example": "pbx01.acme.example"})
+    site_id = fields.Integer(required=True, strict=True)
+    address = fields.String(required=True, metadata={"example": "10.0.0.5"})
+    transport = fields.String(required=True, validate=validate.OneOf(TRANSPORTS))
+    agent = fields.Nested(AgentAccessSchema, allow_none=True)
+    ssh = fields.Nested(SshAccessSchema, allow_none=True)
+    mta = fields.Nested(MtaSchema, load_default=lambda: {"kind": "sendmail",
+                                                         "flavour": "debian",
+                                                         "overrides": {}})
+    tags = fields.List(fields.String(validate=validate.Regexp(
+        TAG_RE, error="1-64 letters, digits or '_.:=-'")), load_default=list,
+        validate=validate.Length(max=50))
+
+    @validates("address")
+    def _address(self, value: str, **_: Any) -> None:
+        try:
+            rules.validate_hostname(value, "address")
+        except rf_errors.ValidationError as exc:
+            raise ValidationError(exc.errors["address"]) from None
+
+    @validates_schema
+    def _transport_access(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
+        transport = data.get("transport")
+        if partial and transport is None:
+            return
+        if transport == "agent":
+            agent = data.get("agent")
+            if not agent:
+                raise ValidationError("required for the agent transport", "agent")
+            if not partial and not agent.get("token"):
+                raise ValidationError("the agent's bearer token is required", "agent.token")
+        if transport == "ssh" and not data.get("ssh"):
+            raise ValidationError("required for the ssh transport", "ssh")
+
+
+class HostUpdateSchema(HostCreateSchema):
+    """PATCH /v1/hosts/{id}: any subset of the create fields; a nested ``agent`` or ``ssh``
+    object replaces the stored one whole (write its secret again)."""
+
+
+class HostSchema(Schema):
+    """A host as the API shows it: never a secret."""
+
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    tenant_id = fields.Integer(required=True)
+    site_id = fields.Integer(required=True)
+    address = fields.String(required=True)
+    transport = fields.String(required=True)
+    agent = fields.Nested(AgentAccessSchema, allow_none=True)
+    ssh = fields.Nested(SshAccessSchema, allow_none=True)
+    mta = fields.Nested(MtaSchema, required=True)
+    tags = fields.List(fields.String(), required=True)
+    created_at = fields.DateTime(required=True)
+    last = fields.Nested(HostLastSchema, required=True)
+
+
+class HostQuerySchema(PageQuerySchema):
+    """GET /v1/hosts filters."""
+
+    tenant_id = fields.Integer()
+    site_id = fields.Integer()
+    tag = fields.String(validate=validate.Regexp(TAG_RE))
+    transport = fields.String(validate=validate.OneOf(TRANSPORTS))
+    name = fields.String(validate=validate.Length(1, 253),
+                         metadata={"description": "names containing this text"})
+
+
+class HostPageSchema(PageSchema):
+    """GET /v1/hosts."""
+
+    items = fields.List(fields.Nested(HostSchema), required=True)
+
+
+class HostImportSchema(StrictSchema):
+    """POST /v1/hosts/import: all rows are created, or none (each bad row is named)."""
+
+    hosts = fields.List(fields.Nested(HostCreateSchema), required=True,
+                        validate=validate.Length(1, MAX_IMPORT))
+
+
+class HostImportResultSchema(Schema):
+    """What an import created."""
+
+    created = fields.Integer(required=True)
+    items = fields.List(fields.Nested(HostSchema), required=True)
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+class TokenCreateSchema(StrictSchema):
+    """POST /v1/tokens."""
+
+    name = _name(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    tenant_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+
+
+class TokenSchema(Schema):
+    """A token; ``token`` (the secret) is only in the answer to its creation."""
+
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True)
+    tenant_id = fields.Integer(allow_none=True, required=True)
+    created_at = fields.DateTime(required=True)
+    last_used_at = fields.DateTime(allow_none=True)
+    revoked_at = fields.DateTime(allow_none=True)
+    token = fields.String(metadata={"description": "shown once, when the token is made"})
+
+
+class TokenPageSchema(PageSchema):
+    """GET /v1/tokens."""
+
+    items = fields.List(fields.Nested(TokenSchema), required=True)
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+_REF = fields.Raw(metadata={"description": "an id (integer) or a name (string)"})
+
+
+class TargetSchema(StrictSchema):
+    """Which hosts: exactly one of ``hosts``, ``sites``, ``tenants``, ``tags``, ``all``."""
+
+    hosts = fields.List(_REF, validate=validate.Length(1, MAX_TARGET_ITEMS))
+    sites = fields.List(_REF, validate=validate.Length(1, 1000))
+    tenants = fields.List(_REF, validate=validate.Length(1, 1000))
+    tags = fields.List(fields.String(validate=validate.Regexp(TAG_RE)),
+                       validate=validate.Length(1, 100))
+    all = fields.Boolean(validate=validate.Equal(True, error="all must be true when given"))
+
+    @validates_schema
+    def _exactly_one(self, data: dict[str, Any], **_: Any) -> None:
+        if len(data) != 1:
+            raise ValidationError("give exactly one of hosts, sites, tenants, tags, all",
+                                  "target")
+        for key in ("hosts", "sites", "tenants"):
+            for ref in data.get(key, []):
+                if isinstance(ref, bool) or not isinstance(ref, int | str) or (
+                        isinstance(ref, str) and not re.fullmatch(HOST_NAME_RE, ref)) or (
+                        isinstance(ref, int) and not 1 <= ref <= 2**31):
+                    raise ValidationError("each item must be an id or a name", key)
+
+
+class OptionsSchema(StrictSchema):
+    """How to run a job."""
+
+    concurrency = fields.Integer(load_default=20, strict=True, validate=validate.Range(1, 1000),
+                                 metadata={"description": "hosts worked on at once"})
+    max_failures = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                  validate=validate.Range(0, 10**6), metadata={
+        "description": "start no new host once more hosts than this failed"})
+    dry_run = fields.Boolean(load_default=False, metadata={
+        "description": "set/remove_smarthost: report the diff, change nothing"})
+    timeout_s = fields.Integer(load_default=120, strict=True, validate=validate.Range(5, 3600),
+                               metadata={"description": "time box for each host"})
+
+
+class JobCreateSchema(StrictSchema):
+    """POST /v1/jobs (send an Idempotency-Key header)."""
+
+    action = fields.String(required=True, validate=validate.OneOf(ACTIONS))
+    target = fields.Nested(TargetSchema, required=True)
+    params = fields.Dict(keys=fields.String(), load_default=dict, metadata={
+        "description": "set_smarthost: {host, port?, mx?, mailer?, auth?}; flush_queue: "
+                       "{reset_host_status?, queue_id?, recipient?, sender?}; read_log: "
+                       "{lines?}; diagnose: {domain?, public_ip?}; the others: {}"})
+    options = fields.Nested(OptionsSchema, load_default=lambda: OptionsSchema().load({}))
+    callback_url = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "gets the final job document, signed (X-Relayfleet-Signature)"})
+
+    @validates("callback_url")
+    def _callback(self, value: str | None, **_: Any) -> None:
+        if value is None:
+            return
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
+                or parts.password or len(value) > 2000:
+            raise ValidationError("must be an http(s) URL without user or password")
+
+
+class CountsSchema(Schema):
+    """How many hosts are in each state."""
+
+    total = fields.Integer(required=True)
+    pending = fields.Integer(required=True)
+    running = fields.Integer(required=True)
+    succeeded = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    unreachable = fields.Integer(required=True)
+    skipped = fields.Integer(required=True)
+
+
+class HostResultSchema(Schema):
+    """One host's part of a job."""
+
+    host_id = fields.Integer(required=True)
+    host = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(UNIT_STATES))
+    error = fields.String(allow_none=True, required=True)
+    changed = fields.Boolean(allow_none=True, required=True)
+    attempts = fields.Integer(required=True)
+    data = fields.Dict(allow_none=True, required=True)
+    steps = fields.List(fields.Nested(StepSchema), allow_none=True, required=True)
+    started_at = fields.DateTime(allow_none=True, required=True)
+    finished_at = fields.DateTime(allow_none=True, required=True)
+
+
+class JobAcceptedSchema(Schema):
+    """202 answer to POST /v1/jobs."""
+
+    id = fields.Integer(required=True)
+    status = fields.String(required=True)
+    total = fields.Integer(required=True)
+    links = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+class JobSchema(Schema):
+    """A job, its counts and (on GET /v1/jobs/{id}) every host's result."""
+
+    id = fields.Integer(required=True)
+    action = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
+    tenant_id = fields.Integer(allow_none=True, required=True)
+    target = fields.Dict(required=True)
+    params = fields.Dict(required=True)
+    options = fields.Dict(required=True)
+    callback_url = fields.String(allow_none=True, required=True)
+    callback_state = fields.String(allow_none=True, required=True)
+    retry_of = fields.Integer(allow_none=True, required=True)
+    counts = fields.Nested(CountsSchema, required=True)
+    created_at = fields.DateTime(required=True)
+    started_at = fields.DateTime(allow_none=True, required=True)
+    finished_at = fields.DateTime(allow_none=True, required=True)
+    links = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    results = fields.List(fields.Nested(HostResultSchema))
+
+
+class JobQuerySchema(PageQuerySchema):
+    """GET /v1/jobs filters."""
+
+    status = fields.String(validate=validate.OneOf(JOB_STATES))
+    action = fields.String(validate=validate.OneOf(ACTIONS))
+
+
+class JobPageSchema(PageSchema):
+    """GET /v1/jobs (without per-host results)."""
+
+    items = fields.List(fields.Nested(JobSchema), required=True)
+
+
+# -- fleet and audit -------------------------------------------------------------------
+
+class FleetHostSchema(Schema):
+    """One host's last known state."""
+
+    host_id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    tenant_id = fields.Integer(required=True)
+    site_id = fields.Integer(required=True)
+    transport = fields.String(required=True)
+    last = fields.Nested(HostLastSchema, required=True)
+
+
+class FleetSummarySchema(Schema):
+    """Counts over the caller's whole fleet."""
+
+    hosts = fields.Integer(required=True)
+    never_seen = fields.Integer(required=True)
+    unreachable = fields.Integer(required=True)
+    holding_mail = fields.Integer(required=True)
+    queued_messages = fields.Integer(required=True)
+    without_smarthost = fields.Integer(required=True)
+    out_of_sync = fields.Integer(required=True)
+
+
+class FleetQuerySchema(HostQuerySchema):
+    """GET /v1/fleet filters (those of /v1/hosts, and whether only hosts holding mail)."""
+
+    holding_mail = fields.Boolean()
+
+
+class FleetSchema(PageSchema):
+    """GET /v1/fleet."""
+
+    summary = fields.Nested(FleetSummarySchema, required=True)
+    items = fields.List(fields.Nested(FleetHostSchema), required=True)
+
+
+class AuditEventSchema(Schema):
+    """One audited call."""
+
+    id = fields.Integer(required=True)
+    at = fields.DateTime(required=True)
+    token_id = fields.Integer(allow_none=True, required=True)
+    token_name = fields.String(allow_none=True, required=True)
+    tenant_id = fields.Integer(allow_none=True, required=True)
+    action = fields.String(required=True)
+    target = fields.String(allow_none=True, required=True)
+    outcome = fields.Integer(required=True, metadata={"description": "HTTP status answered"})
+    detail = fields.Dict(allow_none=True, required=True)
+
+
+class AuditQuerySchema(PageQuerySchema):
+    """GET /v1/audit filters."""
+
+    token_id = fields.Integer()
+    action = fields.String(validate=validate.Length(1, 100))
+
+
+class AuditPageSchema(PageSchema):
+    """GET /v1/audit."""
+
+    items = fields.List(fields.Nested(AuditEventSchema), required=True)

@@ -1,0 +1,73 @@
+"""What the agent's and the controller's HTTP APIs share: the one error envelope.
+
+Imported only by the web apps (it needs Flask and flask-smorest, the ``agent`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api, abort
+from werkzeug.exceptions import HTTPException
+
+from shared import errors as rf_errors
+from shared import schemas as rf_schemas
+
+
+class EnvelopeApi(Api):  # type: ignore[misc]
+    """flask-smorest's Api with relayfleet's flat error envelope."""
+
+    # Document every error answer with the envelope relayfleet actually sends.
+    ERROR_SCHEMA = rf_schemas.ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        """Render every HTTP error as ``{code, status, message, errors}``."""
+        data = getattr(error, "data", None) or {}
+        raw = data.get("errors") or data.get("messages") or {}
+        errors: dict[str, list[str]] = {}
+        for location, fields in raw.items():
+            # webargs nests by location ({"json": {"host": [...]}}): flatten it.
+            if isinstance(fields, dict):
+                for key, reasons in _flatten(fields).items():
+                    errors.setdefault(key, []).extend(reasons)
+            else:
+                errors[str(location)] = [str(r) for r in fields]
+        message = data.get("message") or (
+            "invalid request: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in errors.items())
+            if errors else error.description or error.name)
+        payload: dict[str, Any] = {"code": error.code, "status": error.name, "message": message}
+        if errors:
+            payload["errors"] = errors
+        return payload, error.code, data.get("headers", {})
+
+
+def _flatten(fields: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in fields.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = [str(v) for v in (value if isinstance(value, list) else [value])]
+    return out
+
+
+def register_error_handler(app: Flask, api: EnvelopeApi,
+                           status_for: Mapping[type[rf_errors.RelayfleetError], int],
+                           log: logging.Logger) -> None:
+    """Answer every uncaught relayfleet error with the envelope and its mapped status."""
+
+    @app.errorhandler(rf_errors.RelayfleetError)
+    def relayfleet_error(exc: rf_errors.RelayfleetError) -> Any:
+        status = next((code for cls, code in status_for.items() if isinstance(exc, cls)), 500)
+        errors = exc.errors if isinstance(exc, rf_errors.ValidationError) else None
+        if status >= 500:
+            log.error("request failed: %s", exc.message)
+        try:
+            abort(status, message=exc.message, **({"errors": {"json": errors}} if errors else {}))
+        except HTTPException as http_exc:
+            return api.handle_http_exception(http_exc)
+        raise AssertionError("unreachable")  # pragma: no cover
