@@ -143,15 +143,19 @@ def _visible_sites(session: Session, who: Principal, site_ids: Iterable[int]) ->
     return {site.id: site for site in rows}
 
 
-def create_hosts(session: Session, who: Principal, rows: Sequence[dict[str, Any]],
-                 box: SecretBox, *, field_prefix: str = "") -> list[Host]:
-    """Create hosts (one, or an import); all or none. Errors name the row and field."""
+def create_hosts(session: Session, who: Principal, rows: Sequence[dict[str, Any] | None],
+                 box: SecretBox, *, field_prefix: str = "",
+                 errors: dict[str, list[str]] | None = None) -> list[Host]:
+    """Create hosts (one, or an import); all or none. Errors name the row and field;
+    ``None`` rows already failed their grammar (their reasons are in ``errors``)."""
     who.require("admin")
-    sites = _visible_sites(session, who, (row["site_id"] for row in rows))
-    errors: dict[str, list[str]] = {}
+    sites = _visible_sites(session, who, (row["site_id"] for row in rows if row))
+    errors = dict(errors or {})
     seen: set[tuple[int, str]] = set()
     hosts = []
     for index, row in enumerate(rows):
+        if row is None:
+            continue
         where = field_prefix.format(index=index)
         site = sites.get(row["site_id"])
         if site is None:

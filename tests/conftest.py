@@ -110,3 +110,62 @@ def ops(request: pytest.FixtureRequest, host: LabHost,
     target = ssh_target_for(host, client_keys)
     host.disable_python()
     return OpsRunner(host, target)
+
+
+# -- controller: real Redis, real databases (SQLite and PostgreSQL) ------------------------
+
+TEST_SECRET_KEY = "relayfleet-test-secret-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A redis-server of the tests' own."""
+    from tests.lab.services import RedisServer
+
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A PostgreSQL cluster of the tests' own (started on first use)."""
+    from tests.lab.services import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, migrated database of each kind."""
+    from controller.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'relayfleet.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+    upgrade(url)
+    return str(url)
+
+
+@pytest.fixture
+def controller_env(database_url: str, redis_server: Any, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment a controller process (API or worker) of this test runs with."""
+    redis_server.flush()
+    env = {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": redis_server.url,
+           "RELAYFLEET_SECRET_KEY": TEST_SECRET_KEY,
+           "RELAYFLEET_DATA_DIR": str(tmp_path / "data")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def controller(controller_env: dict[str, str]) -> Any:
+    """The controller app (real database, real Redis) with an MSP-wide admin token."""
+    from tests.controller_client import Controller
+
+    return Controller.create()

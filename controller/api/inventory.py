@@ -156,8 +156,9 @@ class HostImport(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create up to 1000 hosts; if any row is invalid, none is created and every bad
         row is named (``hosts.3.address``)."""
-        hosts = inv.create_hosts(db.session, who(), body["hosts"], _box(),
-                                 field_prefix="hosts.{index}.")
+        rows, errors = s.load_import_rows(body["hosts"])
+        hosts = inv.create_hosts(db.session, who(), rows, _box(),
+                                 field_prefix="hosts.{index}.", errors=errors)
         audit_target("hosts:import", created=len(hosts))
         return {"created": len(hosts), "items": [inv.host_document(h) for h in hosts]}
 

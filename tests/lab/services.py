@@ -1,0 +1,189 @@
+"""Real Redis and PostgreSQL servers started just for the tests (and benchmarks).
+
+Each runs on a free port in a temporary directory and is stopped afterwards, so the
+tests neither need nor disturb any server already running on the machine. PostgreSQL
+is an ``initdb`` cluster of its own (trust auth on a private socket and 127.0.0.1),
+run as the ``postgres`` user; Debian's ``postgresql`` package provides the binaries.
+Set ``RELAYFLEET_TEST_POSTGRES_URL`` to use an existing server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_tcp(port: int, proc: subprocess.Popen[bytes] | None, what: str,
+              timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
+
+
+class RedisServer:
+    """``redis-server`` on a free port, nothing persisted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL (database 0)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start it and wait until it accepts connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "redis.log", "wb")  # noqa: SIM115 (kept for the process)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)], stdout=log, stderr=log)
+        _wait_tcp(self.port, self.proc, "redis-server")
+        return self
+
+    def flush(self) -> None:
+        """Empty every database (between tests)."""
+        subprocess.run(["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True,
+                       capture_output=True)
+
+    def stop(self) -> None:
+        """Stop it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (or the one ``RELAYFLEET_TEST_POSTGRES_URL`` names)."""
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: the postgres user must be able to reach it.
+        self.workdir = Path(tempfile.mkdtemp(prefix="relayfleet-pg-", dir="/var/tmp"))
+        self.port = free_port()
+        self.external = os.environ.get("RELAYFLEET_TEST_POSTGRES_URL")
+        self._databases = 0
+
+    @property
+    def admin_url(self) -> str:
+        """URL of the maintenance database."""
+        return self.external or f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresServer:
+        """initdb and start the cluster (as the postgres user); wait until it is up."""
+        if self.external:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return self
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed: run deploy/dev/bootstrap.sh")
+        bindir = Path(bins[-1]).parent
+        data = self.workdir / "pgdata"
+        shutil.chown(self.workdir, "postgres", "postgres")
+        self._bindir = bindir
+        self._data = data
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "--auth=trust",
+                        "-U", "postgres", "--no-sync"], check=True, capture_output=True)
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l",
+                        str(self.workdir / "postgres.log"), "-o",
+                        f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off -c max_connections=300", "start"],
+                       check=True, capture_output=True)
+        _wait_tcp(self.port, None, "postgres")
+        return self
+
+    def new_database(self) -> str:
+        """Create an empty database; return its SQLAlchemy URL."""
+        import psycopg
+
+        self._databases += 1
+        name = f"relayfleet_test_{os.getpid()}_{self._databases}"
+        dsn = self.admin_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def stop(self) -> None:
+        """Stop the private cluster."""
+        if self.external:
+            return
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self._bindir / "pg_ctl"), "-D",
+                        str(self._data), "-m", "fast", "stop"], check=False,
+                       capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class ControllerWorker:
+    """``relayfleet-controller worker`` as a real process (its own session, so that a test
+    can SIGKILL the whole worker, pool children included)."""
+
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 4) -> None:
+        self.env = env
+        self.log = log
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> ControllerWorker:
+        """Start it and wait until Celery says it is ready."""
+        import sys
+
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        handle = open(self.log, "ab")  # noqa: SIM115 (kept for the process)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "worker",
+             f"--concurrency={self.concurrency}"],
+            env={**os.environ, **self.env}, stdout=handle, stderr=handle,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-2000:]}")
+            with open(self.log, "rb") as text:
+                text.seek(offset)
+                if b" ready." in text.read():
+                    return self
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once (a crash, not a shutdown)."""
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it lingers."""
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
