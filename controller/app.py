@@ -6,6 +6,7 @@ Views only validate and enqueue; jobs run in Celery workers (:mod:`controller.ta
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from shared.webapi import EnvelopeApi, register_error_handler
 
 log = logging.getLogger("relayfleet.controller")
 OPEN_PATHS = frozenset({"/v1/health"})
+_ROUTE_ARG = re.compile(r"<(?:[^:<>]+:)?(\w+)>")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _STATUS_FOR: dict[type[rf_errors.RelayfleetError], int] = {
@@ -106,6 +108,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+def _braced(match: re.Match[str]) -> str:
+    return "{" + match.group(1) + "}"
+
+
 def _audit(route: str, status: int) -> None:
     """Record a mutating call in its own transaction (whatever became of the request's)."""
     principal = g.get("principal")
@@ -115,7 +121,7 @@ def _audit(route: str, status: int) -> None:
         token_id=principal.token_id if principal else None,
         token_name=principal.name if principal else None,
         tenant_id=principal.tenant_id if principal else None,
-        action=f"{request.method} {route.replace('<int:', '{').replace('>', '}')}",
+        action=f"{request.method} {_ROUTE_ARG.sub(_braced, route)}",
         target=target, outcome=status, detail=g.get("audit_detail"),
         remote_addr=request.remote_addr)
     try:

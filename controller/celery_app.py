@@ -38,8 +38,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
+        # A lane needs at most lane_budget_s + timeout_s (Settings.max_timeout_s keeps that
+        # LANE_MARGIN_S under the visibility timeout); the limits sit in that margin.
         "task_time_limit": hard_limit,
-        "task_soft_time_limit": hard_limit - 10,
+        "task_soft_time_limit": hard_limit - 5,
         "task_default_queue": QUEUE,
         "task_always_eager": settings.eager,
         "worker_hijack_root_logger": False,

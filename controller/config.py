@@ -24,7 +24,7 @@ from typing import Any
 from shared.errors import ConfigError
 
 #: room for claiming, recording and the broker round trip on top of a host's own time box
-LANE_MARGIN_S = 30
+LANE_MARGIN_S = 15
 
 
 def default_data_dir() -> Path:

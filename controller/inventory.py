@@ -286,6 +286,9 @@ def revoke_token(session: Session, who: Principal, token_id: int) -> Token:
 
     who.require("admin")
     row = get_scoped(session, Token, token_id, who)
+    if row.id == who.token_id:
+        raise Conflict("a token cannot revoke itself (that would lock its holder out): "
+                       "revoke it with another admin token")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.commit()

@@ -26,6 +26,12 @@ HOST_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 TAG_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,63}$"
 MAX_IMPORT = 1000
 MAX_TARGET_ITEMS = 10000
+#: ids are 32-bit on every backend; larger numbers name nothing
+MAX_ID = 2**31 - 1
+
+
+def _id(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(validate=validate.Range(1, MAX_ID), **kwargs)
 
 
 def _name(**kwargs: Any) -> fields.String:
@@ -74,7 +80,7 @@ class TenantPageSchema(PageSchema):
 class SiteCreateSchema(StrictSchema):
     """POST /v1/sites."""
 
-    tenant_id = fields.Integer(required=True, strict=True)
+    tenant_id = _id(required=True, strict=True)
     name = _name(required=True, metadata={"example": "Leeds office"})
 
 
@@ -96,7 +102,7 @@ class SiteSchema(Schema):
 class SiteQuerySchema(PageQuerySchema):
     """GET /v1/sites filters."""
 
-    tenant_id = fields.Integer()
+    tenant_id = _id()
 
 
 class SitePageSchema(PageSchema):
@@ -209,7 +215,7 @@ class HostCreateSchema(StrictSchema):
     name = fields.String(required=True, validate=validate.Regexp(
         HOST_NAME_RE, error="1-253 letters, digits, '.', '_' or '-'"),
         metadata={"example": "pbx01.acme.example"})
-    site_id = fields.Integer(required=True, strict=True)
+    site_id = _id(required=True, strict=True)
     address = fields.String(required=True, metadata={"example": "10.0.0.5"})
     transport = fields.String(required=True, validate=validate.OneOf(TRANSPORTS))
     agent = fields.Nested(AgentAccessSchema, allow_none=True)
@@ -268,8 +274,8 @@ class HostSchema(Schema):
 class HostQuerySchema(PageQuerySchema):
     """GET /v1/hosts filters."""
 
-    tenant_id = fields.Integer()
-    site_id = fields.Integer()
+    tenant_id = _id()
+    site_id = _id()
     tag = fields.String(validate=validate.Regexp(TAG_RE))
     transport = fields.String(validate=validate.OneOf(TRANSPORTS))
     name = fields.String(validate=validate.Length(1, 253),
@@ -330,7 +336,7 @@ class TokenCreateSchema(StrictSchema):
 
     name = _name(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    tenant_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+    tenant_id = _id(load_default=None, allow_none=True, strict=True)
 
 
 class TokenSchema(Schema):
@@ -376,7 +382,7 @@ class TargetSchema(StrictSchema):
             for ref in data.get(key, []):
                 if isinstance(ref, bool) or not isinstance(ref, int | str) or (
                         isinstance(ref, str) and not re.fullmatch(HOST_NAME_RE, ref)) or (
-                        isinstance(ref, int) and not 1 <= ref <= 2**31):
+                        isinstance(ref, int) and not 1 <= ref <= MAX_ID):
                     raise ValidationError("each item must be an id or a name", key)
 
 
@@ -542,7 +548,7 @@ class AuditEventSchema(Schema):
 class AuditQuerySchema(PageQuerySchema):
     """GET /v1/audit filters."""
 
-    token_id = fields.Integer()
+    token_id = _id()
     action = fields.String(validate=validate.Length(1, 100))
 
 

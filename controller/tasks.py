@@ -162,7 +162,8 @@ class Lane:
             if job["secret"]:
                 params["auth"] = {**params.get("auth", {}), **job["secret"]}
             try:
-                with transport_for(spec, _ssh_pool()) as transport:
+                owner = f"relayfleet-job-{self.job_id}-host-{spec.host_id}"
+                with transport_for(spec, _ssh_pool(), lock_owner=owner) as transport:
                     result = transport.run(job["action"], params,
                                            dry_run=bool(job["options"].get("dry_run")),
                                            timeout_s=job["options"]["timeout_s"])

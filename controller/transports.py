@@ -95,10 +95,11 @@ def run_operation(ops: MtaOperations, action: str, params: dict[str, Any],
 class SshTransport(HostTransport):
     """The shared operations over paramiko, with a pool of warm connections."""
 
-    def __init__(self, spec: HostSpec, pool: Any) -> None:
+    def __init__(self, spec: HostSpec, pool: Any, lock_owner: str | None = None) -> None:
         from shared.ssh import SshExecutor, SshTarget
 
         self.spec = spec
+        self.lock_owner = lock_owner
         target = SshTarget(spec.address, spec.ssh_username or "root", spec.ssh_host_key,
                            port=spec.ssh_port, private_key=spec.ssh_private_key,
                            passphrase=spec.ssh_passphrase, password=spec.ssh_password,
@@ -110,7 +111,7 @@ class SshTransport(HostTransport):
         """Run the operation; past ``timeout_s`` the connection is cut and the host fails."""
         profile = build_profile(self.spec.mta_kind, self.spec.mta_flavour,
                                 self.spec.mta_overrides)
-        ops = operations_for(self.executor, profile)
+        ops = operations_for(self.executor, profile, self.lock_owner)
         expired = threading.Event()
 
         def cut() -> None:
@@ -243,9 +244,10 @@ def _reason(exc: BaseException) -> str:
     return text[:200]
 
 
-def transport_for(spec: HostSpec, ssh_pool: Any = None,
-                  http: requests.Session | None = None) -> HostTransport:
-    """The transport a host is managed with."""
+def transport_for(spec: HostSpec, ssh_pool: Any = None, http: requests.Session | None = None,
+                  lock_owner: str | None = None) -> HostTransport:
+    """The transport a host is managed with; ``lock_owner`` names the change on the host
+    (over SSH, a retry of the same owner may take over the lock a dead attempt left)."""
     if spec.transport == "ssh":
-        return SshTransport(spec, ssh_pool)
+        return SshTransport(spec, ssh_pool, lock_owner)
     return AgentTransport(spec, http)

@@ -74,9 +74,13 @@ class MtaOperations(abc.ABC):
 
     kind: str
 
-    def __init__(self, executor: Executor, profile: HostProfile) -> None:
+    def __init__(self, executor: Executor, profile: HostProfile,
+                 lock_owner: str | None = None) -> None:
         self.executor = executor
         self.profile = profile
+        #: who holds the host's change lock while we change it (a retry of the same
+        #: owner may take over a lock its dead predecessor left)
+        self.lock_owner = lock_owner
 
     @abc.abstractmethod
     def read_smarthost(self) -> OperationResult:
@@ -112,10 +116,11 @@ class MtaOperations(abc.ABC):
         """Hostname, MTA state, smarthost, config sync, queue size and hosts-file health."""
 
 
-def operations_for(executor: Executor, profile: HostProfile) -> MtaOperations:
+def operations_for(executor: Executor, profile: HostProfile,
+                   lock_owner: str | None = None) -> MtaOperations:
     """The operations for the profile's MTA kind."""
     if profile.kind == "sendmail":
         from shared.sendmail.operations import SendmailOperations
 
-        return SendmailOperations(executor, profile)
+        return SendmailOperations(executor, profile, lock_owner)
     raise NotSupported(f"MTA kind {profile.kind!r} is not supported yet")

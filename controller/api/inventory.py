@@ -53,7 +53,7 @@ class Tenants(MethodView):
         return tenant
 
 
-@blp.route("/tenants/<int:tenant_id>")
+@blp.route("/tenants/<int(max=2147483647):tenant_id>")
 class TenantById(MethodView):
     """One tenant."""
 
@@ -90,7 +90,7 @@ class Sites(MethodView):
         return site
 
 
-@blp.route("/sites/<int:site_id>")
+@blp.route("/sites/<int(max=2147483647):site_id>")
 class SiteById(MethodView):
     """One site."""
 
@@ -163,7 +163,7 @@ class HostImport(MethodView):
         return {"created": len(hosts), "items": [inv.host_document(h) for h in hosts]}
 
 
-@blp.route("/hosts/<int:host_id>")
+@blp.route("/hosts/<int(max=2147483647):host_id>")
 class HostById(MethodView):
     """One host."""
 
@@ -205,10 +205,11 @@ class Tokens(MethodView):
         row, text = inv.create_token(db.session, who(), name=body["name"], role=body["role"],
                                      tenant_id=body["tenant_id"])
         audit_target(f"token:{row.id}", name=row.name, role=row.role)
-        return {**s.TokenSchema().dump(row), "token": text}
+        fields = ("id", "name", "role", "tenant_id", "created_at", "last_used_at", "revoked_at")
+        return {**{name: getattr(row, name) for name in fields}, "token": text}
 
 
-@blp.route("/tokens/<int:token_id>")
+@blp.route("/tokens/<int(max=2147483647):token_id>")
 class TokenById(MethodView):
     """One token."""
 

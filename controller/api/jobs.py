@@ -85,7 +85,7 @@ class Jobs(MethodView):
         return stored_answer(doc, status)
 
 
-@blp.route("/jobs/<int:job_id>")
+@blp.route("/jobs/<int(max=2147483647):job_id>")
 class JobById(MethodView):
     """One job."""
 
@@ -95,7 +95,7 @@ class JobById(MethodView):
         return svc.job_document(db.session, svc.get_job(db.session, who(), job_id))
 
 
-@blp.route("/jobs/<int:job_id>/cancel")
+@blp.route("/jobs/<int(max=2147483647):job_id>/cancel")
 class JobCancel(MethodView):
     """Stop a job."""
 
@@ -107,7 +107,7 @@ class JobCancel(MethodView):
         return svc.job_document(db.session, job)
 
 
-@blp.route("/jobs/<int:job_id>/retry")
+@blp.route("/jobs/<int(max=2147483647):job_id>/retry")
 class JobRetry(MethodView):
     """Try again where it failed."""
 

@@ -110,13 +110,22 @@ class SendmailOperations(MtaOperations):
 
     @contextlib.contextmanager
     def _change_lock(self) -> Iterator[None]:
-        """Hold the host-wide lock for one configuration change (a directory: mkdir is atomic)."""
+        """Hold the host-wide lock for one configuration change (a directory: mkdir is atomic).
+
+        The lock names its owner (``lock_owner``, e.g. a controller's job and host): when a
+        change is retried after its runner died, the retry takes over its own stale lock
+        instead of waiting for it to age out.
+        """
         lock = posixpath.join(self._mail_dir, LOCK_NAME)
         info = posixpath.join(lock, "since")
+        owner_file = posixpath.join(lock, "owner")
         if not self.executor.make_dir(lock):
             since = self.executor.read_file_if_exists(info)
+            owner = (self.executor.read_file_if_exists(owner_file) or b"").decode(
+                "utf-8", "replace").strip()
             started = float(since or 0) if (since or b"").strip().isdigit() else 0.0
-            if started and time.time() - started > STALE_LOCK_S:
+            ours = bool(self.lock_owner) and owner == self.lock_owner
+            if ours or (started and time.time() - started > STALE_LOCK_S):
                 self.executor.remove_dir(lock)
                 if not self.executor.make_dir(lock):
                     raise ChangeInProgress("another configuration change is running on this host")
@@ -125,6 +134,8 @@ class SendmailOperations(MtaOperations):
                                        "try again when it has finished")
         try:
             self.executor.write_file(info, str(int(time.time())).encode(), mode=0o600)
+            if self.lock_owner:
+                self.executor.write_file(owner_file, self.lock_owner.encode(), mode=0o600)
             yield
         finally:
             self.executor.remove_dir(lock)
@@ -199,12 +210,22 @@ class SendmailOperations(MtaOperations):
                     self._apply(change, rec, result, wanted)
                 else:
                     rec.note("compare", "configuration already as requested; no file touched")
+                    self._ensure_running(rec, result, wanted)
         except RelayfleetError as exc:
             result.ok = False
             result.error = redactor(exc.message)
             result.error_kind = exc.kind
         result.data.update(self._smarthost_data(*self._read_config()))
         return result
+
+    def _ensure_running(self, rec: StepRecorder, result: OperationResult,
+                        wanted: Smarthost | None) -> None:
+        """Start the MTA if it is down although its files are right (a change interrupted
+        between its swap and its restart, retried): the change is then complete."""
+        running, _pid = self._mta_running()
+        if not running:
+            result.data["note"] = "the configuration was in place but the MTA was not running"
+            self._make_restart_verify(rec, wanted)
 
     def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
         diff = unified_diff(change.mc_old, change.mc_new, self.profile.mc_path)

@@ -70,8 +70,9 @@ def test_secrets_are_write_only_and_encrypted_at_rest(controller: Controller,
     site = controller.site(controller.tenant("Acme"), "Leeds")
     agent = controller.host(site, "pbx1", agent={"url": "https://10.9.0.5:8587",
                                                  "token": AGENT_SECRET})
-    from controller.app import create_app  # noqa: F401  (the app made the key from env)
     import paramiko
+
+    from controller.app import create_app  # noqa: F401  (the app made the key from env)
 
     key = paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") else None
     private = _private_key_text()
@@ -328,7 +329,8 @@ def test_bulk_import_is_all_or_nothing(controller: Controller, fleet: dict[str, 
     leeds = fleet["sites"]["leeds"]
 
     def row(i: int, **extra: Any) -> dict[str, Any]:
-        return {"name": f"bulk-{i:03}", "site_id": leeds, "address": f"10.20.{i // 250}.{i % 250 + 1}",
+        return {"name": f"bulk-{i:03}", "site_id": leeds,
+                "address": f"10.20.{i // 250}.{i % 250 + 1}",
                 "transport": "agent", "tags": ["bulk"],
                 "agent": {"url": f"http://10.20.0.{i % 250 + 1}:8587", "token": "t" * 32},
                 **extra}

@@ -108,6 +108,7 @@ class LabHost:
     holder_pid: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sshd: subprocess.Popen[bytes] | None = None
+    agent: subprocess.Popen[bytes] | None = None
     ssh_host_key: str = ""
 
     @property
@@ -240,12 +241,18 @@ class LabHost:
         return " ".join(Path(f"{key}.pub").read_text().split()[:2])
 
     def stop_sshd(self) -> None:
-        """Stop the host's sshd (the host stays up)."""
+        """Stop the host's sshd and its open sessions (the host stays up)."""
         if self.sshd is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.sshd.pid, signal.SIGKILL)
             self.sshd.wait(timeout=10)
             self.sshd = None
+        # Per-connection sshd processes outlive the listener; find them by namespace.
+        pids = sh(["ip", "netns", "pids", self.netns], check=False).stdout.decode().split()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                    os.kill(int(pid), signal.SIGKILL)
 
     def authorize(self, user: str, public_key_line: str) -> None:
         """Let ``user`` log in with this public key."""
@@ -286,8 +293,16 @@ class LabHost:
                     "serve", "--config", str(config)], self.root / "agent.log")
         scheme = "https" if tls else "http"
         url = f"{scheme}://{self.address}:{port}"
-        _wait_port(self.address, port, self.processes[-1], timeout=30)
+        self.agent = self.processes[-1]
+        _wait_port(self.address, port, self.agent, timeout=30)
         return url
+
+    def stop_agent(self) -> None:
+        """Stop the host's agent (as if its service were down)."""
+        if self.agent is not None and self.agent.poll() is None:
+            os.killpg(self.agent.pid, signal.SIGTERM)
+            self.agent.wait(timeout=10)
+        self.agent = None
 
     # -- lifecycle -----------------------------------------------------------------
     def start_mta(self) -> None:
