@@ -1,0 +1,292 @@
+"""Controller benchmarks: prints figures, asserts nothing.
+
+``python -m tests.benchmarks.controller_jobs [accept|latency|fleet|all] [--runs 5]`` (root;
+starts its own Redis and PostgreSQL, and for ``fleet`` its own lab).
+
+- **accept**: wall time of ``POST /v1/jobs`` targeting ``{all: true}`` over 10,000
+  inventory hosts (target under 1 s), on SQLite and on PostgreSQL; reference: the same
+  call targeting 10 hosts, measured in the same run.
+- **latency**: p50/p99 of ``POST /v1/jobs`` (3 hosts each, fresh Idempotency-Key) from 50
+  concurrent clients against ``relayfleet-controller serve`` (gunicorn) on PostgreSQL
+  (target p99 under 100 ms); reference: ``GET /v1/health`` under the same load.
+- **fleet**: wall time from ``POST /v1/jobs`` to the final status of ``flush_queue`` on 50
+  and 200 agent lab hosts with a real worker (target under 10 s for 200); reference: the
+  same agent calls made directly (a thread per host, no controller). Also the
+  controller's CPU time per host-operation (worker processes, from /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.lab.services import ControllerWorker, PostgresServer, RedisServer, free_port
+
+SECRET = "relayfleet-benchmark-secret-key-0123456789"
+
+
+def median(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:
+    """Median of ``runs`` samples of what ``fn`` returns."""
+    samples = [fn() for _ in range(runs)]
+    return statistics.median(samples), samples
+
+
+def _env(database_url: str, redis: RedisServer, data: Path) -> dict[str, str]:
+    return {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": redis.url,
+            "RELAYFLEET_SECRET_KEY": SECRET, "RELAYFLEET_DATA_DIR": str(data)}
+
+
+def _controller(env: dict[str, str]) -> Any:
+    from controller.migrate import upgrade
+    from tests.controller_client import Controller
+
+    os.environ.update(env)
+    upgrade(env["RELAYFLEET_DATABASE_URL"])
+    return Controller.create()
+
+
+def _import_hosts(controller: Any, site: int, count: int, prefix: str = "h") -> None:
+    for start in range(0, count, 1000):
+        rows = [{"name": f"{prefix}{i:05}", "site_id": site, "address": f"10.{i // 65536}."
+                 f"{i // 256 % 256}.{i % 256}", "transport": "agent",
+                 "agent": {"url": "http://192.0.2.1:8587", "token": "t" * 32}}
+                for i in range(start, min(count, start + 1000))]
+        controller.ok("POST", "/v1/hosts/import", {"hosts": rows}, expect=201)
+
+
+def bench_accept(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int) -> None:
+    """Time to accept a job over 10,000 hosts, SQLite and PostgreSQL."""
+    print("== accept: POST /v1/jobs {all: true} over 10,000 hosts (target < 1 s)")
+    for kind in ("sqlite", "postgresql"):
+        url = (f"sqlite:///{workdir / f'accept-{secrets.token_hex(3)}.db'}" if kind == "sqlite"
+               else pg.new_database())
+        controller = _controller(_env(url, redis, workdir))
+        tenant = controller.tenant("Big")
+        big, small = controller.site(tenant, "big"), controller.site(tenant, "small")
+        _import_hosts(controller, big, 9990)
+        _import_hosts(controller, small, 10, prefix="s")
+
+        def post(target: dict[str, Any]) -> float:
+            redis.flush()
+            start = time.perf_counter()
+            controller.start_job({"action": "flush_queue", "target": target})
+            return time.perf_counter() - start
+
+        all_s, samples = median(lambda: post({"all": True}), runs)
+        ten_s, _ = median(lambda: post({"sites": ["small"]}), runs)
+        print(f"{kind:10} 10,000 hosts: median {all_s * 1000:.0f} ms "
+              f"(samples {', '.join(f'{s * 1000:.0f}' for s in samples)} ms); 10 hosts: "
+              f"{ten_s * 1000:.1f} ms; ratio to the 1 s target {all_s:.2f}; "
+              f"ratio to 10 hosts {all_s / ten_s:.1f}")
+
+
+def _serve(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = open(workdir / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--listen",
+                             f"127.0.0.1:{port}", "--workers", "2", "--threads", "16"],
+                            env={**os.environ, **env}, stdout=log, stderr=log,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(f"{base}/v1/health", timeout=1)
+            return proc, base
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise SystemExit("the API server did not start")
+
+
+def _load(base: str, token: str, clients: int, per_client: int,
+          request: Callable[[requests.Session, int], requests.Response]) -> list[float]:
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        for n in range(per_client):
+            start = time.perf_counter()
+            answer = request(session, index * per_client + n)
+            took = time.perf_counter() - start
+            if answer.status_code >= 300:
+                raise SystemExit(f"{answer.status_code}: {answer.text[:300]}")
+            with lock:
+                times.append(took)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return times
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_latency(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int) -> None:
+    """p50/p99 of POST /v1/jobs from 50 concurrent clients (gunicorn, PostgreSQL)."""
+    print("== latency: POST /v1/jobs, 50 concurrent clients, gunicorn 2x16 threads, "
+          "PostgreSQL (target p99 < 100 ms)")
+    env = _env(pg.new_database(), redis, workdir)
+    controller = _controller(env)
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    _import_hosts(controller, site, 3)
+    proc, base = _serve(env, workdir)
+    try:
+        body = {"action": "flush_queue", "target": {"sites": ["Leeds"]}}
+        p50s, p99s, h50s, h99s = [], [], [], []
+        stamp = secrets.token_hex(4)
+        for run in range(runs):
+            redis.flush()
+            times = _load(base, controller.admin, 50, 10, lambda s, n, run=run: s.post(
+                f"{base}/v1/jobs", json=body,
+                headers={"Idempotency-Key": f"bench-{stamp}-{run}-{n}"}))
+            p50s.append(_pct(times, 0.5))
+            p99s.append(_pct(times, 0.99))
+            health = _load(base, controller.admin, 50, 10,
+                           lambda s, n: s.get(f"{base}/v1/health"))
+            h50s.append(_pct(health, 0.5))
+            h99s.append(_pct(health, 0.99))
+        p50, p99 = statistics.median(p50s), statistics.median(p99s)
+        print(f"POST /v1/jobs: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (median of "
+              f"{runs} runs of 500 requests); p99 / 100 ms target = {p99 / 0.1:.2f}")
+        print(f"GET /v1/health under the same load: p50 {statistics.median(h50s) * 1000:.1f} "
+              f"ms, p99 {statistics.median(h99s) * 1000:.1f} ms; POST p99 / health p99 = "
+              f"{p99 / statistics.median(h99s):.1f}")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _cpu_seconds(root_pid: int) -> float:
+    """User+system CPU of a process and its descendants (live ones)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [root_pid]
+    children = subprocess.run(["pgrep", "-g", str(os.getpgid(root_pid))], capture_output=True,
+                              text=True, check=False).stdout.split()
+    pids += [int(p) for p in children if int(p) != root_pid]
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int,
+                sizes: list[int]) -> None:
+    """flush_queue on N agent lab hosts through the controller vs direct agent calls."""
+    from controller.transports import AgentTransport, HostSpec
+    from shared.fanout import run_per_host
+    from tests.lab.lab import Lab
+
+    print("== fleet: flush_queue on agent lab hosts, POST to final status "
+          "(target < 10 s for 200)")
+    env = _env(pg.new_database(), redis, workdir)
+    controller = _controller(env)
+    site = controller.site(controller.tenant("Acme"), "Lab")
+    worker = ControllerWorker(env, workdir / "worker.log", concurrency=8).start()
+    specs: list[HostSpec] = []
+    with Lab(workdir / "lab") as lab:
+        try:
+            for size in sizes:
+                while len(specs) < size:
+                    host = lab.add_host(f"a{len(specs)}", "debian")
+                    token = secrets.token_urlsafe(24)
+                    url = host.start_agent(token)
+                    doc = controller.ok("POST", "/v1/hosts", {
+                        "name": host.fqdn, "site_id": site, "address": host.address,
+                        "transport": "agent", "agent": {"url": url, "token": token},
+                        "tags": ["bench"]})
+                    specs.append(HostSpec(doc["id"], host.fqdn, host.address, "agent",
+                                          agent_url=url, agent_token=token))
+                target = {"hosts": [s.host_id for s in specs[:size]]}
+
+                def through_controller(target: dict[str, Any] = target,
+                                       size: int = size) -> float:
+                    cpu0 = _cpu_seconds(worker.proc.pid)  # type: ignore[union-attr]
+                    start = time.perf_counter()
+                    job = controller.start_job({"action": "flush_queue", "target": target,
+                                                "options": {"concurrency": size}})
+                    while True:
+                        doc = controller.ok("GET", f"/v1/jobs/{job}")
+                        if doc["finished_at"]:
+                            break
+                        time.sleep(0.05)
+                    took = time.perf_counter() - start
+                    cpu = _cpu_seconds(worker.proc.pid) - cpu0  # type: ignore[union-attr]
+                    if doc["status"] != "succeeded":
+                        raise SystemExit(f"job {job} ended {doc['status']}")
+                    cpu_per_host.append(cpu / size)
+                    return took
+
+                def direct(size: int = size) -> float:
+                    start = time.perf_counter()
+
+                    def one(spec: HostSpec) -> Any:
+                        with AgentTransport(spec) as transport:
+                            return transport.run("flush_queue", {}, dry_run=False,
+                                                 timeout_s=60)
+
+                    outcomes = run_per_host(specs[:size], one, concurrency=size)
+                    if any(o.status != "succeeded" for o in outcomes):
+                        raise SystemExit("a direct agent call failed")
+                    return time.perf_counter() - start
+
+                cpu_per_host: list[float] = []
+                through_controller()  # warm-up: worker processes, connections
+                cpu_per_host.clear()
+                ctl, samples = median(through_controller, runs)
+                ref, _ = median(direct, runs)
+                print(f"{size:4} hosts: controller {ctl:.2f} s (samples "
+                      f"{', '.join(f'{s:.2f}' for s in samples)}); direct agent calls "
+                      f"{ref:.2f} s; controller / direct = {ctl / ref:.2f}; worker CPU per "
+                      f"host-operation {statistics.median(cpu_per_host) * 1000:.1f} ms")
+        finally:
+            worker.stop()
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="?", default="all",
+                        choices=("accept", "latency", "fleet", "all"))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--hosts", type=int, nargs="+", default=[50, 200])
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="relayfleet-bench-"))
+    redis = RedisServer(workdir / "redis").start()
+    pg = PostgresServer().start()
+    try:
+        if args.which in ("accept", "all"):
+            bench_accept(redis, pg, workdir, args.runs)
+        if args.which in ("latency", "all"):
+            bench_latency(redis, pg, workdir, args.runs)
+        if args.which in ("fleet", "all"):
+            bench_fleet(redis, pg, workdir, args.runs, sorted(args.hosts))
+    finally:
+        redis.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
