@@ -32,13 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the API (gunicorn)")
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="ADDR:PORT",
                        help="where to listen (default 127.0.0.1:8080)")
-    serve.add_argument("--workers", type=int, default=2, help="gunicorn processes (default 2)")
-    serve.add_argument("--threads", type=int, default=8,
-                       help="threads per process (default 8)")
+    serve.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
+                       help="gunicorn processes (default: 2 per CPU)")
+    serve.add_argument("--threads", type=int, default=4,
+                       help="threads per process (default 4)")
     worker = sub.add_parser("worker", help="run a Celery worker that executes jobs")
     worker.add_argument("--concurrency", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
                         help="lane tasks run at once (each runs up to 25 hosts in threads)")
     worker.add_argument("--loglevel", default="INFO")
+    beat = sub.add_parser("beat", help="run the scheduler (the sweeper, every minute)")
+    beat.add_argument("--loglevel", default="INFO")
     sub.add_parser("init-db", help="create or migrate the database schema")
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -87,6 +90,14 @@ def worker(concurrency: int, loglevel: str) -> None:
                         "--without-gossip", "--without-mingle", "-Q", "relayfleet"])
 
 
+def beat(loglevel: str, data_dir: str) -> None:
+    """Run Celery beat for the controller's periodic tasks."""
+    app = _app()
+    celery = app.extensions["celery"]
+    celery.start(["beat", f"--loglevel={loglevel}",
+                  f"--schedule={os.path.join(data_dir, 'celerybeat-schedule')}"])
+
+
 def init_db() -> str:
     """Migrate the configured database to the latest schema; return the revision."""
     from controller.config import load_settings
@@ -130,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(args.listen, args.workers, args.threads)
         elif args.command == "worker":
             worker(args.concurrency, args.loglevel)
+        elif args.command == "beat":
+            from controller.config import default_data_dir
+
+            data_dir = default_data_dir()
+            data_dir.mkdir(parents=True, exist_ok=True)
+            beat(args.loglevel, str(data_dir))
         elif args.command == "init-db":
             print(f"database schema at revision {init_db()}")
         elif args.command == "token":

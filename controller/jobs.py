@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -150,7 +151,7 @@ def create_job(session: Session, who: Principal, body: dict[str, Any], box: Secr
               target=body["target"], params=params,
               params_sealed=box.seal(json.dumps(secret)) if secret else None,
               options=options, callback_url=body.get("callback_url"), retry_of=retry_of,
-              total=len(hosts), status="queued")
+              total=len(hosts), status="queued", heartbeat_at=time.time())
     session.add(job)
     session.flush()
     # One multi-row INSERT for every unit: 10,000 hosts are one statement, not 10,000.
@@ -258,21 +259,28 @@ def request_fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
+#: what an idempotent create returns: status, answer, and work to do once it is committed
+Created = tuple[int, dict[str, Any], Callable[[], None] | None]
+
+
 def idempotent(session: Session, who: Principal, key: str | None, fingerprint: str,
-               create: Callable[[], tuple[int, dict[str, Any]]]) -> tuple[int, dict[str, Any]]:
+               create: Callable[[], Created]) -> tuple[int, dict[str, Any]]:
     """Run ``create`` once per (token, key); replay its answer for the same request.
 
-    The same key with another request is 422; while the first request is still being
-    handled, 409. Keys are kept :data:`IDEMPOTENCY_TTL`.
+    ``create`` stores its object without committing; its answer is stored under the key in
+    the same commit, and its follow-up (queueing the job) runs after that commit. The same
+    key with another request is 422; while the first request is still being handled, 409.
+    Keys are kept :data:`IDEMPOTENCY_TTL`.
     """
     if key is None:
-        return create()
+        status, response, after = create()
+        session.commit()
+        if after is not None:
+            after()
+        return status, response
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise ValidationError.for_field("Idempotency-Key", "must be 1-255 printable characters")
     now = utcnow()
-    session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now -
-                                                 IDEMPOTENCY_TTL))
-    session.commit()
     row = IdempotencyKey(token_id=who.token_id, key=key, request_sha256=fingerprint,
                          state="in_progress", created_at=now)
     session.add(row)
@@ -296,18 +304,31 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
             session.commit()
             return idempotent(session, who, key, fingerprint, create)
         return existing.status_code or 200, existing.response or {}
-    try:
-        status, response = create()
-    except BaseException:
+
+    def forget_key() -> None:
         session.rollback()
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row.id))
         session.commit()
+
+    try:
+        status, response, after = create()
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
+            state="done", status_code=status,
+            response=json.loads(json.dumps(response, default=str))))
+        session.commit()
+        if after is not None:
+            after()
+    except BaseException:
+        forget_key()
         raise
-    session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
-        state="done", status_code=status, response=json.loads(json.dumps(response,
-                                                                         default=str))))
-    session.commit()
     return status, response
+
+
+def purge_idempotency_keys(session: Session) -> int:
+    """Forget keys older than :data:`IDEMPOTENCY_TTL` (the sweeper calls this)."""
+    done = session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.created_at < utcnow() - IDEMPOTENCY_TTL))
+    return int(getattr(done, "rowcount", 0))
 
 
 def lookup_job(session: Session, job_id: int) -> Job:

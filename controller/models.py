@@ -145,6 +145,9 @@ class Job(Base):
     callback_state: Mapped[str | None] = mapped_column(String(200))
     retry_of: Mapped[int | None] = mapped_column(Integer)
     total: Mapped[int] = mapped_column(Integer, default=0)
+    #: epoch seconds of the last sign of life from one of the job's lanes (the sweeper
+    #: re-enqueues a lane for an unfinished job that has been silent too long)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

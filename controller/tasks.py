@@ -39,7 +39,7 @@ from sqlalchemy import and_, func, or_, select, update
 from controller.config import Settings
 from controller.crypto import SecretBox, derive_key, sign_callback
 from controller.db import Database, utcnow
-from controller.jobs import counts, derive_status, job_document
+from controller.jobs import counts, derive_status, job_document, purge_idempotency_keys
 from controller.models import Host, Job, JobHost
 from controller.transports import HostSpec, transport_for
 from shared.errors import HostUnreachable, RelayfleetError
@@ -129,6 +129,7 @@ class Lane:
                 .returning(JobHost.id, JobHost.attempts)).first()
             if row is None:
                 return None
+            session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=now))
             session.execute(update(Job).where(Job.id == self.job_id, Job.status == "queued")
                             .values(status="running", started_at=utcnow()))
             return int(row[0]), int(row[1])
@@ -244,6 +245,7 @@ class Lane:
             tally = counts(session, self.job_id)
             earliest = session.scalar(select(func.min(JobHost.lease_until)).where(
                 JobHost.job_id == self.job_id, JobHost.status == "running"))
+            job.heartbeat_at = time.time()
         if tally["pending"] and job.status in ("queued", "running"):
             run_lane.apply_async(args=(self.job_id, self.lane))
         elif tally["running"]:
@@ -312,6 +314,30 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
 def run_lane(job_id: int, lane: int) -> None:
     """Run one lane of a job (see the module docstring)."""
     Lane(job_id, lane).run()
+
+
+@shared_task(name="relayfleet.sweep", acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def sweep() -> None:
+    """Periodic (beat): give a lane back to unfinished jobs whose lanes went silent (the
+    API died between storing a job and queueing it, or a broker lost a message), and
+    forget expired Idempotency-Keys."""
+    settings, database = _settings(), _db()
+    silent_since = time.time() - settings.visibility_timeout_s - 2 * settings.lane_budget_s
+    with database.transaction() as session:
+        stale = list(session.scalars(select(Job.id).where(
+            Job.finished_at.is_(None), Job.status.in_(("queued", "running")),
+            Job.heartbeat_at < silent_since)))
+        if stale:
+            session.execute(update(Job).where(Job.id.in_(stale))
+                            .values(heartbeat_at=time.time()))
+        purged = purge_idempotency_keys(session)
+    for job_id in stale:
+        log.warning("job %s: no lane heard from since %.0f s; queueing one", job_id,
+                    settings.visibility_timeout_s)
+        run_lane.apply_async(args=(job_id, 0))
+    if purged:
+        log.info("forgot %s expired idempotency keys", purged)
 
 
 def callback_key(settings: Settings) -> bytes:

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from controller import inventory as inv
+from controller import jobs as idem
 from controller import schemas as s
 from controller.api import audit_target, stored_answer, who
 from controller.crypto import SecretBox
@@ -136,9 +137,9 @@ class Hosts(MethodView):
         """Add a host (send an Idempotency-Key to make retries safe)."""
         principal = who()
 
-        def create() -> tuple[int, dict[str, Any]]:
+        def create() -> idem.Created:
             host, = inv.create_hosts(db.session, principal, [body], _box())
-            return 201, s.HostSchema().dump(inv.host_document(host))
+            return 201, s.HostSchema().dump(inv.host_document(host)), None
 
         status, doc = idempotent(db.session, principal, request.headers.get("Idempotency-Key"),
                                  request_fingerprint("POST", "/v1/hosts", request.get_json()),

@@ -28,26 +28,29 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1",
 
 def _start(principal: Principal, body: dict[str, Any],
            host_rows: list[tuple[int, str]] | None = None,
-           retry_of: int | None = None) -> tuple[int, dict[str, Any]]:
-    """Store a job, enqueue its lanes, and answer 202 (503 if the broker is down)."""
+           retry_of: int | None = None) -> svc.Created:
+    """Store a job (uncommitted); answer 202; queue its lanes once it is committed."""
     settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
     box: SecretBox = current_app.extensions["relayfleet_secrets"]
     session = db.session
     job = svc.create_job(session, principal, body, box, max_timeout_s=settings.max_timeout_s,
                          host_rows=host_rows, retry_of=retry_of)
-    session.commit()
-    audit_target(f"job:{job.id}", action=job.action, hosts=job.total)
-    try:
-        enqueue_job(job.id, lanes_for(job.options["concurrency"], job.total,
-                                      settings.lane_threads))
-    except BrokerError as exc:
-        session.execute(update(Job).where(Job.id == job.id).values(
-            status="failed", finished_at=utcnow()))
-        session.commit()
-        raise Unavailable("the job queue (Redis) cannot be reached; the job was not started: "
-                          "check RELAYFLEET_BROKER_URL and try again") from exc
-    return 202, {"id": job.id, "status": "queued", "total": job.total,
-                 "links": svc.job_links(job.id)}
+    job_id, total = job.id, job.total
+    lanes = lanes_for(job.options["concurrency"], total, settings.lane_threads)
+    audit_target(f"job:{job_id}", action=job.action, hosts=total)
+
+    def dispatch() -> None:
+        try:
+            enqueue_job(job_id, lanes)
+        except BrokerError as exc:
+            session.execute(update(Job).where(Job.id == job_id).values(
+                status="failed", finished_at=utcnow()))
+            session.commit()
+            raise Unavailable("the job queue (Redis) cannot be reached; the job was not "
+                              "started: check RELAYFLEET_BROKER_URL and try again") from exc
+
+    return 202, {"id": job_id, "status": "queued", "total": total,
+                 "links": svc.job_links(job_id)}, dispatch
 
 
 @blp.route("/jobs")
@@ -120,7 +123,9 @@ class JobRetry(MethodView):
         body = {"action": old.action, "target": {"hosts": [r[0] for r in rows]},
                 "params": _params_with_secret(old), "options": old.options,
                 "callback_url": old.callback_url}
-        status, doc = _start(principal, body, host_rows=rows, retry_of=old.id)
+        status, doc = svc.idempotent(db.session, principal, None, "",
+                                     lambda: _start(principal, body, host_rows=rows,
+                                                    retry_of=old.id))
         audit_target(f"job:{doc['id']}", retry_of=old.id)
         return doc, status
 

@@ -35,6 +35,8 @@ import requests
 from tests.lab.services import ControllerWorker, PostgresServer, RedisServer, free_port
 
 SECRET = "relayfleet-benchmark-secret-key-0123456789"
+#: the API server the latency benchmark runs (relayfleet-controller serve's defaults)
+WORKERS, THREADS = 4, 4
 
 
 def median(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:
@@ -78,7 +80,7 @@ def bench_accept(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: in
         _import_hosts(controller, big, 9990)
         _import_hosts(controller, small, 10, prefix="s")
 
-        def post(target: dict[str, Any]) -> float:
+        def post(target: dict[str, Any], controller: Any = controller) -> float:
             redis.flush()
             start = time.perf_counter()
             controller.start_job({"action": "flush_queue", "target": target})
@@ -92,11 +94,13 @@ def bench_accept(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: in
               f"ratio to 10 hosts {all_s / ten_s:.1f}")
 
 
-def _serve(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(env: dict[str, str], workdir: Path, workers: int,
+           threads: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = open(workdir / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--listen",
-                             f"127.0.0.1:{port}", "--workers", "2", "--threads", "16"],
+                             f"127.0.0.1:{port}", "--workers", str(workers), "--threads",
+                             str(threads)],
                             env={**os.environ, **env}, stdout=log, stderr=log,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -141,13 +145,13 @@ def _pct(values: list[float], q: float) -> float:
 
 def bench_latency(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int) -> None:
     """p50/p99 of POST /v1/jobs from 50 concurrent clients (gunicorn, PostgreSQL)."""
-    print("== latency: POST /v1/jobs, 50 concurrent clients, gunicorn 2x16 threads, "
-          "PostgreSQL (target p99 < 100 ms)")
+    print(f"== latency: POST /v1/jobs, 50 concurrent clients, gunicorn {WORKERS} processes x "
+          f"{THREADS} threads, PostgreSQL (target p99 < 100 ms)")
     env = _env(pg.new_database(), redis, workdir)
     controller = _controller(env)
     site = controller.site(controller.tenant("Acme"), "Leeds")
     _import_hosts(controller, site, 3)
-    proc, base = _serve(env, workdir)
+    proc, base = _serve(env, workdir, WORKERS, THREADS)
     try:
         body = {"action": "flush_queue", "target": {"sites": ["Leeds"]}}
         p50s, p99s, h50s, h99s = [], [], [], []
@@ -220,8 +224,10 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                                           agent_url=url, agent_token=token))
                 target = {"hosts": [s.host_id for s in specs[:size]]}
 
-                def through_controller(target: dict[str, Any] = target,
-                                       size: int = size) -> float:
+                cpu_per_host: list[float] = []
+
+                def through_controller(target: dict[str, Any] = target, size: int = size,
+                                       cpu_per_host: list[float] = cpu_per_host) -> float:
                     cpu0 = _cpu_seconds(worker.proc.pid)  # type: ignore[union-attr]
                     start = time.perf_counter()
                     job = controller.start_job({"action": "flush_queue", "target": target,
@@ -251,7 +257,6 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                         raise SystemExit("a direct agent call failed")
                     return time.perf_counter() - start
 
-                cpu_per_host: list[float] = []
                 through_controller()  # warm-up: worker processes, connections
                 cpu_per_host.clear()
                 ctl, samples = median(through_controller, runs)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 08:05:09.299125
+Create Date: 2026-11-25 08:21:24.033136
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def upgrade() -> None:
     sa.Column('callback_state', sa.String(length=200), nullable=True),
     sa.Column('retry_of', sa.Integer(), nullable=True),
     sa.Column('total', sa.Integer(), nullable=False),
+    sa.Column('heartbeat_at', sa.Float(), nullable=True),
     sa.Column('created_at', controller.db.UtcDateTime(timezone=True), nullable=False),
     sa.Column('started_at', controller.db.UtcDateTime(timezone=True), nullable=True),
     sa.Column('finished_at', controller.db.UtcDateTime(timezone=True), nullable=True),
@@ -82,6 +83,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_jobs_heartbeat_at'), ['heartbeat_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_tenant_id'), ['tenant_id'], unique=False)
 
@@ -216,6 +218,7 @@ def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_jobs_tenant_id'))
         batch_op.drop_index(batch_op.f('ix_jobs_status'))
+        batch_op.drop_index(batch_op.f('ix_jobs_heartbeat_at'))
 
     op.drop_table('jobs')
     op.drop_table('tenants')
