@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install what relayfleet's lab, tests and demo need on a fresh Debian 12 machine (as root):
-# Debian packages (sendmail, m4, make, sshd, iproute2, dnsmasq, redis) and a virtualenv
+# Debian packages (sendmail, m4, make, sshd, iproute2, dnsmasq, redis, postgresql) and a
+# virtualenv
 # with the project installed in it. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 packages=(sendmail-bin sendmail-cf m4 make openssh-server iproute2 dnsmasq-base redis-server
-          sensible-mda procmail sudo procps python3-venv)
+          postgresql sensible-mda procmail sudo procps curl python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

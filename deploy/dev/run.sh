@@ -1,7 +1,47 @@
 #!/usr/bin/env bash
-# Set up this machine and run the seed story on two lab hosts (Debian and CentOS layout):
-# voicemail deferred -> smarthost set -> queue flushed -> delivered, printed as it happens.
+# Set up this machine and run the controller with embedded defaults: SQLite in
+# ~/.local/share/relayfleet, a local Redis (started here if none answers on 6379), a
+# Celery worker and beat, and the API on 127.0.0.1:8080. Then it runs the seed story
+# through the API on four lab hosts and keeps serving until Ctrl-C.
+# `bash deploy/dev/run.sh --no-demo` only serves.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash deploy/dev/bootstrap.sh
-exec .venv/bin/python -m tests.lab.demo "$@"
+export RELAYFLEET_DATA_DIR=${RELAYFLEET_DATA_DIR:-$HOME/.local/share/relayfleet}
+export RELAYFLEET_BROKER_URL=${RELAYFLEET_BROKER_URL:-redis://127.0.0.1:6379/0}
+mkdir -p "$RELAYFLEET_DATA_DIR"
+bin=.venv/bin
+if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
+    echo "run: starting redis-server on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --dir "$RELAYFLEET_DATA_DIR" --logfile "$RELAYFLEET_DATA_DIR/redis.log"
+    for _ in $(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+$bin/relayfleet-controller init-db
+token_file="$RELAYFLEET_DATA_DIR/admin.token"
+if [ ! -s "$token_file" ]; then
+    (umask 077; $bin/relayfleet-controller token create --role admin --name "dev admin" \
+        | tail -1 > "$token_file")
+fi
+token=$(cat "$token_file")
+logs="$RELAYFLEET_DATA_DIR/logs"; mkdir -p "$logs"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+$bin/relayfleet-controller worker >"$logs/worker.log" 2>&1 & pids+=($!)
+$bin/relayfleet-controller beat >"$logs/beat.log" 2>&1 & pids+=($!)
+$bin/relayfleet-controller serve --listen 127.0.0.1:8080 >"$logs/api.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do curl -sf http://127.0.0.1:8080/v1/health >/dev/null && break; sleep 0.2; done
+cat <<MSG
+relayfleet controller on http://127.0.0.1:8080 (logs in $logs)
+admin token (also in $token_file):
+  $token
+try:  curl -H "Authorization: Bearer \$(cat $token_file)" http://127.0.0.1:8080/v1/fleet
+docs: http://127.0.0.1:8080/docs (same header)
+
+MSG
+if [ "${1:-}" != "--no-demo" ]; then
+    $bin/python -m tests.lab.fleet_demo --api http://127.0.0.1:8080 --token "$token" || true
+fi
+echo "serving; Ctrl-C stops the API, worker and beat"
+wait

@@ -399,3 +399,46 @@ def test_metrics_docs_and_openapi(controller: Controller, fleet: dict[str, Any])
                  "/v1/audit", "/v1/tokens"):
         assert path in spec["paths"]
     assert "password" not in json.dumps(spec["components"]["schemas"]["Host"])
+
+
+def test_lanes_claim_each_host_once_and_stop_past_max_failures(
+        controller: Controller, fleet: dict[str, Any]) -> None:
+    """The claiming rules on a real database (the lab tests run them through a worker)."""
+    import time
+
+    from sqlalchemy import update
+
+    from controller.db import db
+    from controller.models import JobHost
+    from controller.tasks import Lane, finish_job
+
+    job = controller.start_job({"action": "collect_status", "target": {"all": True},
+                                "options": {"max_failures": 1, "timeout_s": 30}})
+    with controller.app.app_context():
+        lane = Lane(job, 0)
+        settings = lane.load()
+        assert settings is not None
+        first = lane.claim(settings)
+        second = lane.claim(settings)
+        assert first and second and first[0] != second[0] and first[1] == second[1] == 1
+        # a claimed unit whose lease ran out (its worker died) is claimed again
+        with db.transaction() as session:
+            session.execute(update(JobHost).where(JobHost.id == first[0])
+                            .values(lease_until=time.time() - 1))
+        again = lane.claim(settings)
+        assert again == (first[0], 2)
+        # two hosts failed (more than max_failures=1): nothing new starts
+        lane.record(settings, first[0], 2, status="failed", error="boom", result=None)
+        lane.record(settings, second[0], 1, status="unreachable", error="down", result=None)
+        # a late result of an attempt that was overtaken is dropped
+        lane.record(settings, first[0], 1, status="succeeded", error=None, result=None)
+        assert lane.claim(settings) is None
+        finish_job(db, job)
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert doc["status"] == "failed"
+    assert doc["counts"] == {"total": 5, "pending": 0, "running": 0, "succeeded": 0,
+                             "failed": 1, "unreachable": 1, "skipped": 3}
+    skipped = [r for r in doc["results"] if r["status"] == "skipped"]
+    assert {r["error"] for r in skipped} == {"not started: more than 1 hosts failed"}
+    failed = next(r for r in doc["results"] if r["status"] == "failed")
+    assert failed["attempts"] == 2 and failed["error"] == "boom"
