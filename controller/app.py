@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from sqlalchemy import insert
 
 from controller import errors as ctl_errors
 from controller.api import fleet, inventory, jobs
@@ -21,7 +22,7 @@ from controller.auth import authenticate
 from controller.celery_app import celery_init_app
 from controller.config import load_settings
 from controller.crypto import SecretBox
-from controller.db import db
+from controller.db import db, utcnow
 from controller.metrics import LATENCY, REQUESTS
 from controller.models import AuditEvent
 from shared import __version__
@@ -117,8 +118,8 @@ def _audit(route: str, status: int) -> None:
     principal = g.get("principal")
     target = g.get("audit_target") or (
         ",".join(f"{k}={v}" for k, v in (request.view_args or {}).items()) or None)
-    event = AuditEvent(
-        token_id=principal.token_id if principal else None,
+    event = dict(
+        at=utcnow(), token_id=principal.token_id if principal else None,
         token_name=principal.name if principal else None,
         tenant_id=principal.tenant_id if principal else None,
         action=f"{request.method} {_ROUTE_ARG.sub(_braced, route)}",
@@ -129,7 +130,7 @@ def _audit(route: str, status: int) -> None:
         # one's transaction. Whatever the view left uncommitted is not kept.
         session = db.session
         session.rollback()
-        session.add(event)
+        session.execute(insert(AuditEvent).values(**event))
         session.commit()
     except Exception:
         log.exception("could not write the audit record for %s %s", request.method, route)

@@ -114,13 +114,17 @@ def _serve(env: dict[str, str], workdir: Path, workers: int,
 
 
 def _load(base: str, token: str, clients: int, per_client: int,
-          request: Callable[[requests.Session, int], requests.Response]) -> list[float]:
+          request: Callable[[requests.Session, int], requests.Response],
+          interval_s: float = 0.0) -> list[float]:
+    """Latencies of ``clients`` threads each sending ``per_client`` requests, back to back
+    (``interval_s`` 0: a closed loop) or one every ``interval_s`` seconds (paced)."""
     times: list[float] = []
     lock = threading.Lock()
 
     def client(index: int) -> None:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
+        time.sleep(interval_s * index / clients)  # spread the paced clients out
         for n in range(per_client):
             start = time.perf_counter()
             answer = request(session, index * per_client + n)
@@ -129,6 +133,8 @@ def _load(base: str, token: str, clients: int, per_client: int,
                 raise SystemExit(f"{answer.status_code}: {answer.text[:300]}")
             with lock:
                 times.append(took)
+            if interval_s:
+                time.sleep(max(0.0, interval_s - took))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -173,6 +179,15 @@ def bench_latency(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: i
         print(f"GET /v1/health under the same load: p50 {statistics.median(h50s) * 1000:.1f} "
               f"ms, p99 {statistics.median(h99s) * 1000:.1f} ms; POST p99 / health p99 = "
               f"{p99 / statistics.median(h99s):.1f}")
+        for rate in (50, 100):
+            interval = 50 / rate
+            paced = [_load(base, controller.admin, 50, 10, lambda s, n, run=run, r=rate: s.post(
+                f"{base}/v1/jobs", json=body,
+                headers={"Idempotency-Key": f"paced-{stamp}-{r}-{run}-{n}"}), interval)
+                for run in range(runs)]
+            print(f"paced, 50 clients at {rate} requests/s in all: p50 "
+                  f"{statistics.median(_pct(t, 0.5) for t in paced) * 1000:.1f} ms, p99 "
+                  f"{statistics.median(_pct(t, 0.99) for t in paced) * 1000:.1f} ms")
     finally:
         proc.terminate()
         proc.wait(20)

@@ -3,8 +3,6 @@ Redis, with some inventory in it): no 5xx, and answers match the documented sche
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from tests.controller_client import Controller
+from tests.schemathesis_run import run_schemathesis
 
 pytestmark = [pytest.mark.slow]
 
@@ -26,17 +25,9 @@ def test_schemathesis_finds_no_server_errors(controller: Controller, tmp_path: P
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
     try:
-        schemathesis = Path(sys.executable).with_name("schemathesis")
-        proc = subprocess.run(
-            [str(schemathesis), "run", f"{url}/openapi.json",
-             "-H", f"Authorization: Bearer {controller.admin}",
-             "--checks", "not_a_server_error,response_schema_conformance,"
-                         "content_type_conformance",
-             "--max-examples", "25", "--request-timeout", "60",
-             "--generation-deterministic", "--suppress-health-check", "all",
-             "--report-junit-path", str(tmp_path / "junit.xml")],
-            capture_output=True, text=True, timeout=600, check=False)
+        run_schemathesis(url, controller.admin, tmp_path,
+                         checks="not_a_server_error,response_schema_conformance,"
+                                "content_type_conformance",
+                         max_examples=25, request_timeout=60)
     finally:
         server.shutdown()
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-8000:]
