@@ -480,6 +480,13 @@ class JobSchema(Schema):
     results = fields.List(fields.Nested(HostResultSchema))
 
 
+class JobGetQuerySchema(StrictSchema):
+    """GET /v1/jobs/{id} options."""
+
+    results = fields.Boolean(load_default=True, metadata={
+        "description": "false: counts and status only (cheap to poll on big jobs)"})
+
+
 class JobQuerySchema(PageQuerySchema):
     """GET /v1/jobs filters."""
 

@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -49,6 +50,13 @@ log = logging.getLogger("relayfleet.worker")
 #: added to a unit's timeout for its lease: claiming, recording and clock slack
 LEASE_MARGIN_S = 10
 CALLBACK_RETRIES = 8
+
+#: the host columns a worker needs (no relationship loads)
+_HOST_COLUMNS = (Host.id, Host.name, Host.address, Host.transport, Host.mta_kind,
+                 Host.mta_flavour, Host.mta_overrides, Host.agent_url, Host.agent_token_sealed,
+                 Host.agent_ca_cert, Host.ssh_port, Host.ssh_username,
+                 Host.ssh_private_key_sealed, Host.ssh_passphrase_sealed,
+                 Host.ssh_password_sealed, Host.ssh_host_key, Host.ssh_sudo)
 
 _pool_lock = threading.Lock()
 _pools: dict[int, Any] = {}
@@ -86,6 +94,16 @@ def enqueue_job(job_id: int, lanes: int) -> None:
         run_lane.apply_async(args=(job_id, lane))
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A unit a lane has taken: which attempt it is, and how to reach its host."""
+
+    unit_id: int
+    attempt: int
+    host_id: int
+    spec: HostSpec | None
+
+
 class Lane:
     """One lane of one job: threads that claim, run and record units until none is left."""
 
@@ -97,8 +115,9 @@ class Lane:
         self.box = SecretBox(self.settings.secret_key)
 
     # -- claiming -----------------------------------------------------------------------
-    def claim(self, job: dict[str, Any]) -> tuple[int, int] | None:
-        """Take the next unit (pending, or running with a lapsed lease): (unit id, attempt)."""
+    def claim(self, job: dict[str, Any]) -> Claim | None:
+        """Take the next unit (pending, or running with a lapsed lease) and read its host,
+        in one transaction."""
         now = time.time()
         with self.db.transaction() as session:
             state = session.scalar(select(Job.status).where(Job.id == self.job_id))
@@ -126,36 +145,33 @@ class Lane:
                 update(JobHost).where(JobHost.id == candidate)
                 .values(status="running", attempts=JobHost.attempts + 1, lease_until=lease,
                         started_at=func.coalesce(JobHost.started_at, utcnow()))
-                .returning(JobHost.id, JobHost.attempts)).first()
+                .returning(JobHost.id, JobHost.attempts, JobHost.host_id)).first()
             if row is None:
                 return None
-            session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=now))
-            session.execute(update(Job).where(Job.id == self.job_id, Job.status == "queued")
-                            .values(status="running", started_at=utcnow()))
-            return int(row[0]), int(row[1])
+            host = session.execute(select(*_HOST_COLUMNS).where(Host.id == row[2])).first()
+            spec = self._spec(host._mapping) if host is not None else None
+            return Claim(int(row[0]), int(row[1]), int(row[2]), spec)
 
     # -- running ------------------------------------------------------------------------
-    def _spec(self, host: Host) -> HostSpec:
+    def _spec(self, host: Any) -> HostSpec:
         open_ = self.box.open
         return HostSpec(
-            host_id=host.id, name=host.name, address=host.address, transport=host.transport,
-            mta_kind=host.mta_kind, mta_flavour=host.mta_flavour,
-            mta_overrides=dict(host.mta_overrides or {}), agent_url=host.agent_url,
-            agent_token=open_(host.agent_token_sealed), agent_ca_cert=host.agent_ca_cert,
-            ssh_port=host.ssh_port, ssh_username=host.ssh_username,
-            ssh_private_key=open_(host.ssh_private_key_sealed),
-            ssh_passphrase=open_(host.ssh_passphrase_sealed),
-            ssh_password=open_(host.ssh_password_sealed), ssh_host_key=host.ssh_host_key,
-            ssh_sudo=host.ssh_sudo)
+            host_id=host["id"], name=host["name"], address=host["address"],
+            transport=host["transport"], mta_kind=host["mta_kind"],
+            mta_flavour=host["mta_flavour"], mta_overrides=dict(host["mta_overrides"] or {}),
+            agent_url=host["agent_url"], agent_token=open_(host["agent_token_sealed"]),
+            agent_ca_cert=host["agent_ca_cert"], ssh_port=host["ssh_port"],
+            ssh_username=host["ssh_username"],
+            ssh_private_key=open_(host["ssh_private_key_sealed"]),
+            ssh_passphrase=open_(host["ssh_passphrase_sealed"]),
+            ssh_password=open_(host["ssh_password_sealed"]), ssh_host_key=host["ssh_host_key"],
+            ssh_sudo=host["ssh_sudo"])
 
-    def run_unit(self, job: dict[str, Any], unit_id: int, attempt: int) -> None:
+    def run_unit(self, job: dict[str, Any], claim: Claim) -> None:
         """Run one host's part and record it (unless another attempt took the unit over)."""
         result: OperationResult | None = None
         error: str | None
-        with self.db.transaction() as session:
-            unit = session.get(JobHost, unit_id)
-            host = session.get(Host, unit.host_id) if unit else None
-            spec = self._spec(host) if host else None
+        spec = claim.spec
         if spec is None:
             status, error = "failed", "the host was deleted from the inventory"
         else:
@@ -175,17 +191,18 @@ class Lane:
             except RelayfleetError as exc:
                 status, error = "failed", exc.message
             except Exception as exc:  # a bug must cost one host, not the lane
-                log.exception("job %s host %s: unexpected error", self.job_id, unit_id)
+                log.exception("job %s host %s: unexpected error", self.job_id, claim.host_id)
                 status, error = "failed", f"internal error ({type(exc).__name__}); see the " \
                                           "worker log"
-        self.record(job, unit_id, attempt, status=status, error=error, result=result)
+        self.record(job, claim, status=status, error=error, result=result)
 
-    def record(self, job: dict[str, Any], unit_id: int, attempt: int, *, status: str,
+    def record(self, job: dict[str, Any], claim: Claim, *, status: str,
                error: str | None, result: OperationResult | None) -> None:
-        """Store a unit's outcome and what it taught us about the host."""
+        """Store a unit's outcome and what it taught us about the host (one transaction)."""
         with self.db.transaction() as session:
             done = session.execute(
-                update(JobHost).where(JobHost.id == unit_id, JobHost.attempts == attempt,
+                update(JobHost).where(JobHost.id == claim.unit_id,
+                                      JobHost.attempts == claim.attempt,
                                       JobHost.status == "running")
                 .values(status=status, error=error, lease_until=None, finished_at=utcnow(),
                         changed=result.changed if result else None,
@@ -193,22 +210,23 @@ class Lane:
                         steps=[s.to_dict() for s in result.steps] if result else None))
             if _rowcount(done) != 1:
                 log.warning("job %s unit %s: attempt %s was overtaken; result dropped",
-                            self.job_id, unit_id, attempt)
+                            self.job_id, claim.unit_id, claim.attempt)
                 return
-            unit = session.get(JobHost, unit_id)
-            host = session.get(Host, unit.host_id) if unit else None
-            if host is not None:
-                learn(host, self.job_id, job, status=status, error=error, result=result)
-        log.info("job %s host %s: %s%s", self.job_id, unit_id, status,
+            session.execute(update(Host).where(Host.id == claim.host_id).values(
+                **learned(self.job_id, job, status=status, error=error, result=result)))
+        log.info("job %s host %s: %s%s", self.job_id, claim.host_id, status,
                  f" ({error})" if error else "")
 
     # -- the lane -------------------------------------------------------------------------
     def load(self) -> dict[str, Any] | None:
-        """The job's settings, or ``None`` when it has finished."""
+        """The job's settings (marking it running), or ``None`` when it has finished."""
         with self.db.transaction() as session:
             row = session.get(Job, self.job_id)
             if row is None or row.finished_at is not None:
                 return None
+            row.heartbeat_at = time.time()
+            if row.status == "queued":
+                row.status, row.started_at = "running", utcnow()
             secret = json.loads(self.box.open(row.params_sealed) or "null")
             return {"action": row.action, "params": row.params, "options": row.options,
                     "secret": secret, "total": row.total}
@@ -229,7 +247,7 @@ class Lane:
                 claimed = self.claim(job)
                 if claimed is None:
                     return
-                self.run_unit(job, *claimed)
+                self.run_unit(job, claimed)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for future in [pool.submit(loop) for _ in range(threads)]:
@@ -275,28 +293,27 @@ def finish_job(database: Database, job_id: int) -> None:
         send_callback.apply_async(args=(job_id,))
 
 
-def learn(host: Host, job_id: int, job: dict[str, Any], *, status: str, error: str | None,
-          result: OperationResult | None) -> None:
-    """Update a host's last known state from one result (for ``GET /v1/fleet``)."""
+def learned(job_id: int, job: dict[str, Any], *, status: str, error: str | None,
+            result: OperationResult | None) -> dict[str, Any]:
+    """What one result says about its host's last known state (for ``GET /v1/fleet``)."""
     action, dry_run = job["action"], bool(job["options"].get("dry_run"))
-    host.last_job_id = job_id
     if status == "unreachable":
-        host.last_reachable, host.last_error = False, error
-        return
-    host.last_reachable, host.last_seen_at = True, utcnow()
-    host.last_error = error if status == "failed" else None
+        return {"last_job_id": job_id, "last_reachable": False, "last_error": error}
+    values: dict[str, Any] = {"last_job_id": job_id, "last_reachable": True,
+                              "last_seen_at": utcnow(),
+                              "last_error": error if status == "failed" else None}
     data = result.data if result else {}
     if action == "collect_status" and status == "succeeded":
-        host.queue_count = (data.get("queue") or {}).get("count")
-        host.smarthost = data.get("smarthost")
-        host.config_in_sync = data.get("config_in_sync")
-        host.mta_running = (data.get("mta") or {}).get("running")
+        values.update(queue_count=(data.get("queue") or {}).get("count"),
+                      smarthost=data.get("smarthost"),
+                      config_in_sync=data.get("config_in_sync"),
+                      mta_running=(data.get("mta") or {}).get("running"))
     elif action == "flush_queue" and data.get("after") is not None:
-        host.queue_count = data["after"]
+        values["queue_count"] = data["after"]
     elif action in ("set_smarthost", "remove_smarthost") and not dry_run and \
             "smarthost" in data and (status == "succeeded" or data.get("rolled_back")):
-        host.smarthost = data["smarthost"]
-        host.config_in_sync = data.get("config_in_sync")
+        values.update(smarthost=data["smarthost"], config_in_sync=data.get("config_in_sync"))
+    return values
 
 
 def _rowcount(result: object) -> int:

@@ -92,10 +92,13 @@ class Jobs(MethodView):
 class JobById(MethodView):
     """One job."""
 
+    @blp.arguments(s.JobGetQuerySchema, location="query")
     @blp.response(200, s.JobSchema)
-    def get(self, job_id: int) -> dict[str, Any]:
-        """The job, its counts and every host's result with its steps."""
-        return svc.job_document(db.session, svc.get_job(db.session, who(), job_id))
+    def get(self, query: dict[str, Any], job_id: int) -> dict[str, Any]:
+        """The job, its counts and every host's result with its steps
+        (``results=false``: without the per-host results)."""
+        return svc.job_document(db.session, svc.get_job(db.session, who(), job_id),
+                                with_results=query["results"])
 
 
 @blp.route("/jobs/<int(max=2147483647):job_id>/cancel")

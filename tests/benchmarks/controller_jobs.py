@@ -248,7 +248,7 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                     job = controller.start_job({"action": "flush_queue", "target": target,
                                                 "options": {"concurrency": size}})
                     while True:
-                        doc = controller.ok("GET", f"/v1/jobs/{job}")
+                        doc = controller.ok("GET", f"/v1/jobs/{job}?results=false")
                         if doc["finished_at"]:
                             break
                         time.sleep(0.05)

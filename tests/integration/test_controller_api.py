@@ -420,18 +420,20 @@ def test_lanes_claim_each_host_once_and_stop_past_max_failures(
         assert settings is not None
         first = lane.claim(settings)
         second = lane.claim(settings)
-        assert first and second and first[0] != second[0] and first[1] == second[1] == 1
+        assert first and second and first.unit_id != second.unit_id
+        assert first.attempt == second.attempt == 1
+        assert first.spec and first.spec.agent_token == "t" * 32
         # a claimed unit whose lease ran out (its worker died) is claimed again
         with db.transaction() as session:
-            session.execute(update(JobHost).where(JobHost.id == first[0])
+            session.execute(update(JobHost).where(JobHost.id == first.unit_id)
                             .values(lease_until=time.time() - 1))
         again = lane.claim(settings)
-        assert again == (first[0], 2)
+        assert again and (again.unit_id, again.attempt) == (first.unit_id, 2)
         # two hosts failed (more than max_failures=1): nothing new starts
-        lane.record(settings, first[0], 2, status="failed", error="boom", result=None)
-        lane.record(settings, second[0], 1, status="unreachable", error="down", result=None)
+        lane.record(settings, again, status="failed", error="boom", result=None)
+        lane.record(settings, second, status="unreachable", error="down", result=None)
         # a late result of an attempt that was overtaken is dropped
-        lane.record(settings, first[0], 1, status="succeeded", error=None, result=None)
+        lane.record(settings, first, status="succeeded", error=None, result=None)
         assert lane.claim(settings) is None
         finish_job(db, job)
     doc = controller.ok("GET", f"/v1/jobs/{job}")
@@ -442,3 +444,9 @@ def test_lanes_claim_each_host_once_and_stop_past_max_failures(
     assert {r["error"] for r in skipped} == {"not started: more than 1 hosts failed"}
     failed = next(r for r in doc["results"] if r["status"] == "failed")
     assert failed["attempts"] == 2 and failed["error"] == "boom"
+    fleet_doc = controller.ok("GET", "/v1/fleet")
+    assert fleet_doc["summary"]["unreachable"] == 1
+    down = next(i for i in fleet_doc["items"] if i["host_id"] == second.host_id)
+    assert down["last"]["reachable"] is False and down["last"]["error"] == "down"
+    light = controller.ok("GET", f"/v1/jobs/{job}?results=false")
+    assert "results" not in light and light["counts"]["skipped"] == 3
