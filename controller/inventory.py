@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from controller.auth import Principal, issue_token
 from controller.crypto import SecretBox
+from controller.db import utcnow
 from controller.errors import Conflict, NotFound, PermissionDenied
 from controller.models import AuditEvent, Host, HostTag, Job, Site, Tenant, Token
 from shared.errors import ValidationError
@@ -282,8 +283,6 @@ def create_token(session: Session, who: Principal, *, name: str, role: str,
 
 def revoke_token(session: Session, who: Principal, token_id: int) -> Token:
     """Revoke a token (it stays listed, marked revoked)."""
-    from controller.db import utcnow
-
     who.require("admin")
     row = get_scoped(session, Token, token_id, who)
     if row.id == who.token_id:

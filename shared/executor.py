@@ -69,12 +69,13 @@ class CommandResult:
 
 @dataclass(frozen=True)
 class FileInfo:
-    """Mode and ownership of a file on the host."""
+    """Mode, ownership, size and modification time (epoch seconds) of a file on the host."""
 
     mode: int
     uid: int
     gid: int
     size: int
+    mtime: float = 0.0
 
 
 class ByteStream(Protocol):
@@ -119,7 +120,7 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def file_info(self, path: str) -> FileInfo | None:
-        """Return a file's mode and owner, or None if it does not exist."""
+        """Return a file's mode, owner, size and mtime, or None if it does not exist."""
 
     @abc.abstractmethod
     def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
@@ -264,7 +265,8 @@ class LocalExecutor(Executor):
             st = os.stat(path)
         except FileNotFoundError:
             return None
-        return FileInfo(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size)
+        return FileInfo(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size,
+                        st.st_mtime)
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         """Write ``data`` to ``path`` with ``mode`` from the first byte on."""

@@ -403,13 +403,14 @@ class SshExecutor(Executor):
         return self._check(result, f"read {path}").stdout
 
     def file_info(self, path: str) -> FileInfo | None:
-        """``stat -c`` mode, owner and size."""
+        """``stat -c`` mode, owner, size and mtime."""
         result = self._sh(
-            f'[ -e "$1" ] || exit {MISSING_CODE}; exec stat -L -c "%a %u %g %s" -- "$1"', path)
+            f'[ -e "$1" ] || exit {MISSING_CODE}; exec stat -L -c "%a %u %g %s %Y" -- "$1"',
+            path)
         if result.exit_code == MISSING_CODE:
             return None
-        mode, uid, gid, size = self._check(result, f"stat {path}").stdout.split()
-        return FileInfo(int(mode, 8), int(uid), int(gid), int(size))
+        mode, uid, gid, size, mtime = self._check(result, f"stat {path}").stdout.split()
+        return FileInfo(int(mode, 8), int(uid), int(gid), int(size), float(mtime))
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         """Write through ``cat >`` with a private umask, then ``chmod``."""

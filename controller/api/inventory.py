@@ -10,12 +10,11 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from controller import inventory as inv
-from controller import jobs as idem
 from controller import schemas as s
 from controller.api import audit_target, stored_answer, who
 from controller.crypto import SecretBox
 from controller.db import db
-from controller.jobs import idempotent, request_fingerprint
+from controller.jobs import Created, idempotent, request_fingerprint
 from controller.models import Host, Site, Tenant, Token
 
 blp = Blueprint("inventory", __name__, url_prefix="/v1",
@@ -137,7 +136,7 @@ class Hosts(MethodView):
         """Add a host (send an Idempotency-Key to make retries safe)."""
         principal = who()
 
-        def create() -> idem.Created:
+        def create() -> Created:
             host, = inv.create_hosts(db.session, principal, [body], _box())
             return 201, s.HostSchema().dump(inv.host_document(host)), None
 

@@ -220,12 +220,20 @@ class SendmailOperations(MtaOperations):
 
     def _ensure_running(self, rec: StepRecorder, result: OperationResult,
                         wanted: Smarthost | None) -> None:
-        """Start the MTA if it is down although its files are right (a change interrupted
-        between its swap and its restart, retried): the change is then complete."""
+        """Finish a change that was interrupted between its swap and its restart (and is
+        now retried): restart the MTA if it is down, or if it started before the current
+        sendmail.cf was installed (it is still running the old configuration)."""
         running, _pid = self._mta_running()
         if not running:
             result.data["note"] = "the configuration was in place but the MTA was not running"
-            self._make_restart_verify(rec, wanted)
+        else:
+            cf = self.executor.file_info(self.profile.cf_path)
+            pid = self.executor.file_info(self.profile.pid_file)
+            if cf is None or pid is None or cf.mtime <= pid.mtime:
+                return
+            result.data["note"] = ("the MTA was started before the current sendmail.cf was "
+                                   "installed; restarted so that it runs it")
+        self._make_restart_verify(rec, wanted)
 
     def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
         diff = unified_diff(change.mc_old, change.mc_new, self.profile.mc_path)

@@ -225,3 +225,33 @@ def test_queue_lock_refuses_a_second_change(host: LabHost, ops: OpsRunner) -> No
     assert code == 1 and result["error_kind"] == "conflict", result
     lock.joinpath("since").unlink()
     lock.rmdir()
+
+
+@pytest.mark.parametrize("host", ["centos"], indirect=True)
+def test_retried_change_finishes_an_interrupted_restart(host: LabHost, ops: OpsRunner) -> None:
+    """A change cut off between its swap and its restart, retried: the files are right
+    (``changed: false``) but the MTA runs the old config, or is down; the retry restarts it."""
+    code, first = ops("set-smarthost", body=SMARTHOST)
+    assert code == 0 and first["changed"] is True
+    pid_path = host.root / ("run/sendmail.pid" if host.layout == "centos"
+                            else "run/sendmail/mta/sendmail.pid")
+    # the daemon "started" an hour before the current sendmail.cf was installed
+    hour_ago = pid_path.stat().st_mtime - 3600
+    os.utime(pid_path, (hour_ago, hour_ago))
+    old_pid = mta_pid(host)
+    code, again = ops("set-smarthost", body=SMARTHOST)
+    assert code == 0 and again["changed"] is False
+    assert "started before the current sendmail.cf" in again["data"]["note"]
+    assert "restart" in [step["name"] for step in again["steps"]]
+    assert mta_pid(host) != old_pid
+    # the MTA down: the retry starts it
+    host.stop_mta()
+    code, third = ops("set-smarthost", body=SMARTHOST)
+    assert code == 0 and third["changed"] is False
+    assert "not running" in third["data"]["note"]
+    assert os.path.exists(f"/proc/{mta_pid(host)}")
+    # and when all is well, nothing is restarted
+    pid = mta_pid(host)
+    code, quiet = ops("set-smarthost", body=SMARTHOST)
+    assert code == 0 and quiet["changed"] is False and "note" not in quiet["data"]
+    assert mta_pid(host) == pid
