@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                                                    "%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             serve(args.listen, args.workers, args.threads)
