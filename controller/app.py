@@ -21,7 +21,7 @@ from controller.api import fleet, inventory, jobs
 from controller.auth import authenticate
 from controller.celery_app import celery_init_app
 from controller.config import load_settings
-from controller.crypto import SecretBox
+from controller.crypto import SecretBox, derive_key
 from controller.db import db, utcnow
 from controller.metrics import LATENCY, REQUESTS
 from controller.models import AuditEvent
@@ -71,6 +71,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     db.init_app(app)
     app.extensions["relayfleet_secrets"] = SecretBox(settings.secret_key)
+    app.extensions["relayfleet_fingerprint_key"] = derive_key(settings.secret_key,
+                                                              "idempotency v1")
     api = EnvelopeApi(app)
     app.extensions["relayfleet_api"] = api
     for blueprint in (health, inventory.blp, jobs.blp, fleet.blp, fleet.meta):
@@ -92,6 +94,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                "`relayfleet-controller token create`)",
                   headers={"WWW-Authenticate": 'Bearer realm="relayfleet"'})
         g.principal = principal
+        _refuse_nul()
 
     @app.after_request
     def account(response: Any) -> Any:
@@ -107,6 +110,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     register_error_handler(app, api, _STATUS_FOR, log)
     return app
+
+
+def _refuse_nul() -> None:
+    """No stored value may hold NUL (PostgreSQL text cannot): refuse it up front."""
+    if any("\x00" in key or "\x00" in value for key, value in request.args.items(multi=True)):
+        raise rf_errors.ValidationError.for_field("query", "NUL characters are not accepted")
+    if request.content_length and b"\\u0000" in request.get_data(cache=True):
+        raise rf_errors.ValidationError.for_field("json", "NUL characters (\\u0000) are not "
+                                                          "accepted")
 
 
 def _braced(match: re.Match[str]) -> str:

@@ -111,8 +111,14 @@ def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox) -> None
             setattr(host, key, data[key])
     if data.get("agent") is not None:
         agent = data["agent"]
-        host.agent_url = agent["url"].rstrip("/")
-        host.agent_ca_cert = agent.get("ca_cert")
+        url = agent["url"].rstrip("/")
+        if not agent.get("token") and host.agent_url not in (None, url):
+            # The stored token must never be sent somewhere new without its owner saying so.
+            raise ValidationError.for_field("agent.token", "give the agent's token again when "
+                                                           "its URL changes")
+        host.agent_url = url
+        if "ca_cert" in agent:
+            host.agent_ca_cert = agent["ca_cert"]
         if agent.get("token"):
             host.agent_token_sealed = box.seal(agent["token"])
     if data.get("ssh") is not None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from marshmallow import ValidationError as SchemaError
@@ -35,7 +37,7 @@ from controller.models import (
     Tenant,
 )
 from shared import schemas as agent_schemas
-from shared.errors import ValidationError
+from shared.errors import RelayfleetError, ValidationError
 from shared.mta import parse_flush_request
 from shared.validation import parse_smarthost_request
 
@@ -217,19 +219,20 @@ def get_job(session: Session, who: Principal, job_id: int) -> Job:
 
 
 def cancel_job(session: Session, who: Principal, job_id: int) -> Job:
-    """Stop starting hosts: pending units become ``skipped``; running ones finish."""
+    """Stop starting hosts: pending units become ``skipped``; running ones finish. The
+    caller then lets :func:`controller.tasks.finish_job` end the job if nothing runs."""
     who.require("operator")
     job = get_job(session, who, job_id)
-    if job.status in FINISHED_JOB_STATES:
+    # Conditional, so that a job a worker finishes at this very moment stays finished.
+    done = session.execute(update(Job).where(Job.id == job.id, Job.finished_at.is_(None))
+                           .values(status="cancelled"))
+    if int(getattr(done, "rowcount", 0)) != 1:
+        session.rollback()
         raise Conflict(f"job {job_id} has already finished ({job.status})")
     session.execute(update(JobHost).where(JobHost.job_id == job.id,
                                           JobHost.status == "pending")
                     .values(status="skipped", error="cancelled before it started",
                             finished_at=utcnow()))
-    job.status = "cancelled"
-    tally = counts(session, job.id)
-    if not tally["running"]:
-        job.finished_at = utcnow()
     session.commit()
     return job
 
@@ -253,10 +256,11 @@ def retry_hosts(session: Session, who: Principal, job_id: int) -> list[tuple[int
 
 # -- idempotency -----------------------------------------------------------------------
 
-def request_fingerprint(method: str, path: str, body: Any) -> str:
-    """SHA-256 of the method, path and canonical JSON body."""
+def request_fingerprint(key: bytes, method: str, path: str, body: Any) -> str:
+    """HMAC-SHA256 (keyed, so a stored fingerprint reveals nothing about secrets in the
+    body) of the method, path and canonical JSON body."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+    return hmac.new(key, f"{method} {path}\n{canonical}".encode(), hashlib.sha256).hexdigest()
 
 
 #: what an idempotent create returns: status, answer, and work to do once it is committed
@@ -316,11 +320,22 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
             state="done", status_code=status,
             response=json.loads(json.dumps(response, default=str))))
         session.commit()
-        if after is not None:
-            after()
     except BaseException:
         forget_key()
         raise
+    if after is not None:
+        try:
+            after()
+        except RelayfleetError as exc:
+            # The object is committed: the key keeps naming it, and answers as this call did
+            # (a retry with the same key must not make a second one).
+            code = int(getattr(exc, "status", 500))
+            session.rollback()
+            session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
+                status_code=code, response={"code": code, "status": HTTPStatus(code).phrase,
+                                            "message": exc.message}))
+            session.commit()
+            raise
     return status, response
 
 

@@ -30,12 +30,16 @@ ACTIONS = ("set_smarthost", "remove_smarthost", "flush_queue", "collect_status",
 JOB_STATES = ("queued", "running", "succeeded", "failed", "partial", "cancelled")
 UNIT_STATES = ("pending", "running", "succeeded", "failed", "unreachable", "skipped")
 FINISHED_UNIT_STATES = ("succeeded", "failed", "unreachable", "skipped")
+#: SQLite would hand a deleted row's id to the next row (a new tenant inheriting an old
+#: one's audit trail or tokens' keys); AUTOINCREMENT stops that. PostgreSQL never reuses.
+NEVER_REUSE_IDS: Any = {"sqlite_autoincrement": True}
 
 
 class Tenant(Base):
     """One of the MSP's customers."""
 
     __tablename__ = "tenants"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -45,7 +49,7 @@ class Site(Base):
     """A customer location; it owns hosts."""
 
     __tablename__ = "sites"
-    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "name"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"),
                                            index=True)
@@ -57,7 +61,7 @@ class Host(Base):
     """A managed mail/PBX host and how to reach it."""
 
     __tablename__ = "hosts"
-    __table_args__ = (UniqueConstraint("site_id", "name"),)
+    __table_args__ = (UniqueConstraint("site_id", "name"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # The tenant is the site's; kept here too so that every scoped query is one index away.
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"),
@@ -113,6 +117,7 @@ class Token(Base):
     """An API token: stored as the SHA-256 of its secret; the secret is shown once."""
 
     __tablename__ = "tokens"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[str] = mapped_column(String(24), unique=True)
     secret_sha256: Mapped[str] = mapped_column(String(64))
@@ -130,6 +135,7 @@ class Job(Base):
     """One action on a set of hosts."""
 
     __tablename__ = "jobs"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="SET NULL"),
                                                   index=True)
@@ -158,7 +164,7 @@ class JobHost(Base):
 
     __tablename__ = "job_hosts"
     __table_args__ = (UniqueConstraint("job_id", "host_id"),
-                      Index("ix_job_hosts_job_status", "job_id", "status"))
+                      Index("ix_job_hosts_job_status", "job_id", "status"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
@@ -179,6 +185,7 @@ class AuditEvent(Base):
     """Who did what to which object, and how it ended."""
 
     __tablename__ = "audit_events"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     token_id: Mapped[int | None] = mapped_column(Integer, index=True)
@@ -195,7 +202,7 @@ class IdempotencyKey(Base):
     """A create request seen under an Idempotency-Key, and the answer it got."""
 
     __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("token_id", "key"),)
+    __table_args__ = (UniqueConstraint("token_id", "key"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_id: Mapped[int] = mapped_column(Integer)
     key: Mapped[str] = mapped_column(String(255))

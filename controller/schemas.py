@@ -250,8 +250,13 @@ class HostCreateSchema(StrictSchema):
 
 
 class HostUpdateSchema(HostCreateSchema):
-    """PATCH /v1/hosts/{id}: any subset of the create fields; a nested ``agent`` or ``ssh``
-    object replaces the stored one whole (write its secret again)."""
+    """PATCH /v1/hosts/{id}: any subset of the create fields. A nested ``agent``, ``ssh`` or
+    ``mta`` object is checked whole and replaces the stored one (``ssh`` needs its key or
+    password again; ``agent`` keeps its stored token unless the URL changes)."""
+
+
+#: the top-level host fields a PATCH may leave out (nested objects are never partial)
+HOST_FIELDS = ("name", "site_id", "address", "transport", "agent", "ssh", "mta", "tags")
 
 
 class HostSchema(Schema):

@@ -49,6 +49,8 @@ from shared.results import OperationResult
 log = logging.getLogger("relayfleet.worker")
 #: added to a unit's timeout for its lease: claiming, recording and clock slack
 LEASE_MARGIN_S = 10
+#: a host whose worker died this many times is not tried again (it may be what kills it)
+MAX_ATTEMPTS = 3
 CALLBACK_RETRIES = 8
 
 #: the host columns a worker needs (no relationship loads)
@@ -96,12 +98,12 @@ def enqueue_job(job_id: int, lanes: int) -> None:
 
 @dataclass(frozen=True)
 class Claim:
-    """A unit a lane has taken: which attempt it is, and how to reach its host."""
+    """A unit a lane has taken: which attempt it is, and its host's row (still sealed)."""
 
     unit_id: int
     attempt: int
     host_id: int
-    spec: HostSpec | None
+    host: dict[str, Any] | None
 
 
 class Lane:
@@ -122,6 +124,7 @@ class Lane:
         with self.db.transaction() as session:
             state = session.scalar(select(Job.status).where(Job.id == self.job_id))
             if state not in ("queued", "running"):
+                self._abandon_lapsed(session, now, "the job was cancelled")
                 return None
             max_failures = job["options"].get("max_failures")
             if max_failures is not None:
@@ -133,6 +136,8 @@ class Lane:
                         JobHost.job_id == self.job_id, JobHost.status == "pending").values(
                         status="skipped", finished_at=utcnow(),
                         error=f"not started: more than {max_failures} hosts failed"))
+                    self._abandon_lapsed(session, now,
+                                         f"more than {max_failures} hosts failed")
                     return None
             candidate = (select(JobHost.id).where(
                 JobHost.job_id == self.job_id,
@@ -149,8 +154,17 @@ class Lane:
             if row is None:
                 return None
             host = session.execute(select(*_HOST_COLUMNS).where(Host.id == row[2])).first()
-            spec = self._spec(host._mapping) if host is not None else None
-            return Claim(int(row[0]), int(row[1]), int(row[2]), spec)
+            return Claim(int(row[0]), int(row[1]), int(row[2]),
+                         dict(host._mapping) if host is not None else None)
+
+    def _abandon_lapsed(self, session: Any, now: float, why: str) -> None:
+        """Units whose worker died, in a job that may start no more hosts: not run again,
+        so mark them failed (otherwise the job would wait for them for ever)."""
+        session.execute(update(JobHost).where(
+            JobHost.job_id == self.job_id, JobHost.status == "running",
+            JobHost.lease_until < now).values(
+            status="failed", lease_until=None, finished_at=utcnow(),
+            error=f"the worker running this host stopped, and {why}: not run again"))
 
     # -- running ------------------------------------------------------------------------
     def _spec(self, host: Any) -> HostSpec:
@@ -171,10 +185,18 @@ class Lane:
         """Run one host's part and record it (unless another attempt took the unit over)."""
         result: OperationResult | None = None
         error: str | None
-        spec = claim.spec
-        if spec is None:
+        spec = None
+        if claim.host is None:
             status, error = "failed", "the host was deleted from the inventory"
+        elif claim.attempt > MAX_ATTEMPTS:
+            status, error = "failed", (f"not run again: the worker running this host stopped "
+                                       f"{claim.attempt - 1} times")
         else:
+            try:
+                spec = self._spec(claim.host)
+            except RelayfleetError as exc:
+                status, error = "failed", exc.message
+        if spec is not None:
             params = dict(job["params"])
             if job["secret"]:
                 params["auth"] = {**params.get("auth", {}), **job["secret"]}
@@ -204,10 +226,11 @@ class Lane:
                 update(JobHost).where(JobHost.id == claim.unit_id,
                                       JobHost.attempts == claim.attempt,
                                       JobHost.status == "running")
-                .values(status=status, error=error, lease_until=None, finished_at=utcnow(),
-                        changed=result.changed if result else None,
+                .values(status=status, error=_text(error), lease_until=None,
+                        finished_at=utcnow(), changed=result.changed if result else None,
                         data=_jsonable(result.data) if result else None,
-                        steps=[s.to_dict() for s in result.steps] if result else None))
+                        steps=_jsonable({"s": [s.to_dict() for s in result.steps]})["s"]
+                        if result else None))
             if _rowcount(done) != 1:
                 log.warning("job %s unit %s: attempt %s was overtaken; result dropped",
                             self.job_id, claim.unit_id, claim.attempt)
@@ -244,10 +267,16 @@ class Lane:
 
         def loop() -> None:
             while time.monotonic() < deadline:
-                claimed = self.claim(job)
-                if claimed is None:
+                try:
+                    claimed = self.claim(job)
+                    if claimed is None:
+                        return
+                    self.run_unit(job, claimed)
+                except Exception:
+                    # The database hiccupped: this thread stops; the lease brings the unit
+                    # back, and hand_over still runs for the lane.
+                    log.exception("job %s lane %s: a thread stopped", self.job_id, self.lane)
                     return
-                self.run_unit(job, claimed)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for future in [pool.submit(loop) for _ in range(threads)]:
@@ -322,8 +351,23 @@ def _rowcount(result: object) -> int:
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    """Plain JSON without NUL characters (PostgreSQL text cannot hold them)."""
+    result: dict[str, Any] = _without_nul(json.loads(json.dumps(data, default=str)))
     return result
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
+
+
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "") if value else value
 
 
 @shared_task(name="relayfleet.run_lane", acks_late=True, reject_on_worker_lost=True,

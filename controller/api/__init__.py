@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g, jsonify, make_response
+from flask import Response, current_app, g, jsonify, make_response, request
 
 from controller.auth import Principal
+from controller.jobs import request_fingerprint
 
 
 def who() -> Principal:
@@ -26,3 +27,9 @@ def stored_answer(doc: dict[str, Any], status: int) -> Response:
     """An answer that is already plain JSON (a replayed idempotent answer): sent as it is,
     not dumped through a schema again."""
     return make_response(jsonify(doc), status)
+
+
+def fingerprint() -> str:
+    """The Idempotency-Key fingerprint of the current request."""
+    key: bytes = current_app.extensions["relayfleet_fingerprint_key"]
+    return request_fingerprint(key, request.method, request.path, request.get_json())

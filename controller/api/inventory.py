@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from controller import inventory as inv
 from controller import schemas as s
-from controller.api import audit_target, stored_answer, who
+from controller.api import audit_target, fingerprint, stored_answer, who
 from controller.crypto import SecretBox
 from controller.db import db
-from controller.jobs import Created, idempotent, request_fingerprint
+from controller.jobs import Created, idempotent
 from controller.models import Host, Site, Tenant, Token
 
 blp = Blueprint("inventory", __name__, url_prefix="/v1",
@@ -141,7 +141,7 @@ class Hosts(MethodView):
             return 201, s.HostSchema().dump(inv.host_document(host)), None
 
         status, doc = idempotent(db.session, principal, request.headers.get("Idempotency-Key"),
-                                 request_fingerprint("POST", "/v1/hosts", request.get_json()),
+                                 fingerprint(),
                                  create)
         audit_target(f"host:{doc.get('id')}", name=doc.get("name"))
         return stored_answer(doc, status)
@@ -172,7 +172,7 @@ class HostById(MethodView):
         """Read a host (never its secrets)."""
         return inv.host_document(inv.get_scoped(db.session, Host, host_id, who()))
 
-    @blp.arguments(s.HostUpdateSchema(partial=True))
+    @blp.arguments(s.HostUpdateSchema(partial=s.HOST_FIELDS))
     @blp.response(200, s.HostSchema)
     def patch(self, body: dict[str, Any], host_id: int) -> dict[str, Any]:
         """Change a host."""

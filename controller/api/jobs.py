@@ -12,15 +12,15 @@ from sqlalchemy import select, update
 
 from controller import jobs as svc
 from controller import schemas as s
-from controller.api import audit_target, stored_answer, who
+from controller.api import audit_target, fingerprint, stored_answer, who
 from controller.auth import Principal
 from controller.config import Settings
 from controller.crypto import SecretBox
 from controller.db import db, utcnow
 from controller.errors import Unavailable
 from controller.inventory import page, scoped
-from controller.models import Job
-from controller.tasks import enqueue_job, lanes_for
+from controller.models import Job, JobHost
+from controller.tasks import enqueue_job, finish_job, lanes_for
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1",
                 description="Run an action on many hosts and follow each host's result.")
@@ -43,6 +43,11 @@ def _start(principal: Principal, body: dict[str, Any],
         try:
             enqueue_job(job_id, lanes)
         except BrokerError as exc:
+            session.rollback()
+            session.execute(update(JobHost).where(JobHost.job_id == job_id,
+                                                  JobHost.status == "pending").values(
+                status="skipped", finished_at=utcnow(),
+                error="not started: the job queue was unreachable"))
             session.execute(update(Job).where(Job.id == job_id).values(
                 status="failed", finished_at=utcnow()))
             session.commit()
@@ -82,7 +87,7 @@ class Jobs(MethodView):
         principal.require("operator")
         status, doc = svc.idempotent(
             db.session, principal, request.headers.get("Idempotency-Key"),
-            svc.request_fingerprint("POST", "/v1/jobs", request.get_json()),
+            fingerprint(),
             lambda: _start(principal, body))
         audit_target(f"job:{doc.get('id')}")
         return stored_answer(doc, status)
@@ -110,6 +115,10 @@ class JobCancel(MethodView):
         """Start no more hosts (those running finish); the job ends ``cancelled``."""
         audit_target(f"job:{job_id}")
         job = svc.cancel_job(db.session, who(), job_id)
+        # Ends the job at once if no host is running (and sends its callback); its own
+        # transaction, so the request's must be over (SQLite has one writer at a time).
+        finish_job(db, job_id)
+        db.session.expire_all()
         return svc.job_document(db.session, job)
 
 

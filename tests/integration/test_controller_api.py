@@ -218,7 +218,9 @@ def test_idempotency_key(controller: Controller, fleet: dict[str, Any]) -> None:
     with controller.app.app_context(), db.transaction() as session:
         token = session.query(Token).filter(Token.name == "test admin").first()
         session.add(IdempotencyKey(token_id=token.id, key="busy",
-                                   request_sha256=request_fingerprint("POST", "/v1/jobs", body),
+                                   request_sha256=request_fingerprint(
+                                       controller.app.extensions["relayfleet_fingerprint_key"],
+                                       "POST", "/v1/jobs", body),
                                    state="in_progress"))
     busy = controller.post("/v1/jobs", body, headers={"Idempotency-Key": "busy"})
     assert busy.status == 409 and "still being handled" in busy.json["message"]
@@ -422,7 +424,7 @@ def test_lanes_claim_each_host_once_and_stop_past_max_failures(
         second = lane.claim(settings)
         assert first and second and first.unit_id != second.unit_id
         assert first.attempt == second.attempt == 1
-        assert first.spec and first.spec.agent_token == "t" * 32
+        assert first.host and lane._spec(first.host).agent_token == "t" * 32
         # a claimed unit whose lease ran out (its worker died) is claimed again
         with db.transaction() as session:
             session.execute(update(JobHost).where(JobHost.id == first.unit_id)
@@ -450,3 +452,121 @@ def test_lanes_claim_each_host_once_and_stop_past_max_failures(
     assert down["last"]["reachable"] is False and down["last"]["error"] == "down"
     light = controller.ok("GET", f"/v1/jobs/{job}?results=false")
     assert "results" not in light and light["counts"]["skipped"] == 3
+
+
+def test_a_dead_workers_host_does_not_hold_a_cancelled_job_open(
+        controller: Controller, fleet: dict[str, Any]) -> None:
+    import time
+
+    from sqlalchemy import update
+
+    from controller.db import db
+    from controller.models import JobHost
+    from controller.tasks import MAX_ATTEMPTS, Lane, finish_job
+
+    job = controller.start_job({"action": "collect_status", "target": {"all": True},
+                                "options": {"timeout_s": 30}})
+    with controller.app.app_context():
+        lane = Lane(job, 0)
+        settings = lane.load()
+        assert settings is not None
+        dead = lane.claim(settings)  # its worker "dies": never recorded
+        assert dead is not None
+    cancelled = controller.ok("POST", f"/v1/jobs/{job}/cancel")
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is None
+    assert cancelled["counts"]["running"] == 1
+    with controller.app.app_context():
+        with db.transaction() as session:
+            session.execute(update(JobHost).where(JobHost.id == dead.unit_id)
+                            .values(lease_until=time.time() - 1))
+        assert lane.claim(settings) is None
+        finish_job(db, job)
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert doc["status"] == "cancelled" and doc["finished_at"]
+    lost = next(r for r in doc["results"] if r["host_id"] == dead.host_id)
+    assert lost["status"] == "failed" and "the job was cancelled" in lost["error"]
+    # a host whose worker died MAX_ATTEMPTS times is not run again
+    job2 = controller.start_job({"action": "collect_status", "target": {"all": True},
+                                 "options": {"timeout_s": 30}})
+    with controller.app.app_context():
+        lane = Lane(job2, 0)
+        settings = lane.load()
+        assert settings is not None
+        claim = None
+        for _ in range(MAX_ATTEMPTS + 1):
+            claim = lane.claim(settings)
+            assert claim is not None
+            with db.transaction() as session:
+                session.execute(update(JobHost).where(JobHost.id == claim.unit_id)
+                                .values(lease_until=time.time() - 1))
+        assert claim is not None and claim.attempt == MAX_ATTEMPTS + 1
+        lane.run_unit(settings, claim)
+    result = next(r for r in controller.ok("GET", f"/v1/jobs/{job2}")["results"]
+                  if r["host_id"] == claim.host_id)
+    assert result["status"] == "failed" and "stopped 3 times" in result["error"]
+
+
+def test_host_patch(controller: Controller, fleet: dict[str, Any]) -> None:
+    host_id = fleet["hosts"]["a1"]
+    path = f"/v1/hosts/{host_id}"
+    # partial nested objects are refused with the field, never a 500
+    for body, field in (({"ssh": {"host_key": SSH_KEY_LINE}}, "ssh.username"),
+                        ({"agent": {"token": "u" * 32}}, "agent.url"),
+                        ({"transport": "ssh", "ssh": {"username": "root",
+                                                      "host_key": SSH_KEY_LINE}},
+                         "ssh.private_key")):
+        answer = controller.call("PATCH", path, body=body)
+        assert answer.status == 422 and field in answer.json["errors"], (body, answer)
+    # the stored token is not sent to a new URL unless it is given again
+    moved = controller.call("PATCH", path, body={"agent": {"url": "http://203.0.113.9:80"}})
+    assert moved.status == 422 and "agent.token" in moved.json["errors"]
+    same = controller.ok("PATCH", path, {"agent": {"url": "http://192.0.2.10:8587"},
+                                         "tags": ["changed"]})
+    assert same["agent"]["has_token"] and same["tags"] == ["changed"]
+    again = controller.ok("PATCH", path, {"agent": {"url": "https://192.0.2.10:8587",
+                                                    "token": "v" * 32}, "name": "pbx-a1b"})
+    assert again["agent"]["url"] == "https://192.0.2.10:8587" and again["name"] == "pbx-a1b"
+    assert controller.call("PATCH", path, body={"name": "bad name!"}).status == 422
+
+
+def test_ids_of_deleted_objects_are_never_reused(controller: Controller) -> None:
+    """A new tenant must not inherit a deleted one's id (and with it audit rows)."""
+    old = controller.tenant("Old")
+    controller.ok("DELETE", f"/v1/tenants/{old}")
+    new = controller.tenant("New")
+    assert new > old
+    token = controller.issue("viewer", new)
+    assert all(e["tenant_id"] == new for e in controller.ok("GET", "/v1/audit",
+                                                              token=token)["items"])
+
+
+def test_nul_characters_are_refused_not_a_server_error(controller: Controller,
+                                                       fleet: dict[str, Any]) -> None:
+    for path in ("/v1/hosts?name=%00", "/v1/fleet?name=a%00b", "/v1/audit?action=%00"):
+        answer = controller.get(path)
+        assert answer.status == 422 and "NUL" in answer.json["message"], path
+    raw = controller.client.post("/v1/tenants", data='{"name": "a\\u0000b"}', headers={
+        "Authorization": f"Bearer {controller.admin}", "Content-Type": "application/json"})
+    assert raw.status_code == 422
+    answer = controller.post("/v1/jobs", {"action": "collect_status", "target": {"all": True},
+                                          "callback_url": "http://a\x00b.example/"})
+    assert answer.status == 422
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_broker_down_is_503_and_the_key_keeps_that_answer(
+        controller_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.lab.services import free_port
+
+    monkeypatch.setenv("RELAYFLEET_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    controller = Controller.create()
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    controller.host(site, "pbx1")
+    body = {"action": "flush_queue", "target": {"all": True}}
+    first = controller.post("/v1/jobs", body, headers={"Idempotency-Key": "down"})
+    assert first.status == 503 and "RELAYFLEET_BROKER_URL" in first.json["message"]
+    again = controller.post("/v1/jobs", body, headers={"Idempotency-Key": "down"})
+    assert again.status == 503 and again.json == first.json
+    jobs = controller.ok("GET", "/v1/jobs")["items"]
+    assert len(jobs) == 1 and jobs[0]["status"] == "failed"
+    assert jobs[0]["counts"]["skipped"] == 1

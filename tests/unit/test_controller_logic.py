@@ -93,10 +93,12 @@ def test_bad_params(action: str, params: dict[str, object], options: dict[str, o
 
 
 def test_fingerprint_ignores_key_order_but_not_values() -> None:
-    one = request_fingerprint("POST", "/v1/jobs", {"a": 1, "b": [1, 2]})
-    assert one == request_fingerprint("POST", "/v1/jobs", {"b": [1, 2], "a": 1})
-    assert one != request_fingerprint("POST", "/v1/jobs", {"a": 2, "b": [1, 2]})
-    assert one != request_fingerprint("POST", "/v1/hosts", {"a": 1, "b": [1, 2]})
+    one = request_fingerprint(b"k", "POST", "/v1/jobs", {"a": 1, "b": [1, 2]})
+    assert one == request_fingerprint(b"k", "POST", "/v1/jobs", {"b": [1, 2], "a": 1})
+    assert one != request_fingerprint(b"k", "POST", "/v1/jobs", {"a": 2, "b": [1, 2]})
+    assert one != request_fingerprint(b"k", "POST", "/v1/hosts", {"a": 1, "b": [1, 2]})
+    # keyed: without the key, a stored fingerprint cannot be checked against guesses
+    assert one != request_fingerprint(b"j", "POST", "/v1/jobs", {"a": 1, "b": [1, 2]})
 
 
 def test_roles_rank() -> None:

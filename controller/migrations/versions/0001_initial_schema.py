@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 08:21:24.033136
+Create Date: 2026-11-25 09:38:16.904616
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def upgrade() -> None:
     sa.Column('outcome', sa.Integer(), nullable=False),
     sa.Column('detail', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('remote_addr', sa.String(length=64), nullable=True),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_events_at'), ['at'], unique=False)
@@ -49,7 +50,8 @@ def upgrade() -> None:
     sa.Column('response', sa.JSON(none_as_null=True), nullable=True),
     sa.Column('created_at', controller.db.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('token_id', 'key')
+    sa.UniqueConstraint('token_id', 'key'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('idempotency_keys', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_idempotency_keys_created_at'), ['created_at'], unique=False)
@@ -59,7 +61,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('created_at', controller.db.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('name')
+    sa.UniqueConstraint('name'),
+    sqlite_autoincrement=True
     )
     op.create_table('jobs',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -80,7 +83,8 @@ def upgrade() -> None:
     sa.Column('started_at', controller.db.UtcDateTime(timezone=True), nullable=True),
     sa.Column('finished_at', controller.db.UtcDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='SET NULL'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_jobs_heartbeat_at'), ['heartbeat_at'], unique=False)
@@ -94,7 +98,8 @@ def upgrade() -> None:
     sa.Column('created_at', controller.db.UtcDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='RESTRICT'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('tenant_id', 'name')
+    sa.UniqueConstraint('tenant_id', 'name'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('sites', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_sites_tenant_id'), ['tenant_id'], unique=False)
@@ -112,7 +117,8 @@ def upgrade() -> None:
     sa.Column('revoked_at', controller.db.UtcDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('public_id')
+    sa.UniqueConstraint('public_id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_tokens_tenant_id'), ['tenant_id'], unique=False)
@@ -149,7 +155,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['site_id'], ['sites.id'], ondelete='RESTRICT'),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='RESTRICT'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('site_id', 'name')
+    sa.UniqueConstraint('site_id', 'name'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('hosts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_hosts_site_id'), ['site_id'], unique=False)
@@ -181,7 +188,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['host_id'], ['hosts.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('job_id', 'host_id')
+    sa.UniqueConstraint('job_id', 'host_id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('job_hosts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_job_hosts_host_id'), ['host_id'], unique=False)
