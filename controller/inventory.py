@@ -104,7 +104,12 @@ def delete_site(session: Session, who: Principal, site_id: int) -> None:
 
 # -- hosts -----------------------------------------------------------------------------
 
-def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox) -> None:
+#: profile keys that name programs the host runs as root (SSH: through the MSP's sudo)
+COMMAND_OVERRIDES = frozenset({"restart", "mailq", "make", "sendmail", "m4", "makemap"})
+
+
+def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox,
+                       who_tenant: int | None = None) -> None:
     """Copy validated fields onto a host row, sealing secrets on the way."""
     for key in ("name", "address", "transport"):
         if key in data:
@@ -132,6 +137,11 @@ def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox) -> None
         host.ssh_password_sealed = box.seal(ssh.get("password"))
     if "mta" in data:
         mta = data["mta"]
+        commands = sorted(set(mta.get("overrides") or {}) & COMMAND_OVERRIDES)
+        if commands and who_tenant is not None:
+            raise PermissionDenied(
+                f"mta.overrides {', '.join(commands)} name programs run as root on the host; "
+                "only an MSP-wide admin token may set them")
         host.mta_kind = mta.get("kind", "sendmail")
         host.mta_flavour = mta.get("flavour", "debian")
         host.mta_overrides = mta.get("overrides") or {}
@@ -174,7 +184,7 @@ def create_hosts(session: Session, who: Principal, rows: Sequence[dict[str, Any]
         seen.add((site.id, row["name"]))
         host = Host(site_id=site.id, tenant_id=site.tenant_id)
         try:
-            _apply_host_fields(host, row, box)
+            _apply_host_fields(host, row, box, who.tenant_id)
         except ValidationError as exc:
             for key, reasons in exc.errors.items():
                 errors[f"{where}{key}"] = reasons
@@ -197,7 +207,7 @@ def update_host(session: Session, who: Principal, host_id: int, data: dict[str, 
         if site is None:
             raise ValidationError.for_field("site_id", f"no site {data['site_id']}")
         host.site_id, host.tenant_id = site.id, site.tenant_id
-    _apply_host_fields(host, data, box)
+    _apply_host_fields(host, data, box, who.tenant_id)
     commit_unique(session, f"host {host.name!r}")
     return host
 

@@ -49,4 +49,6 @@ def render(who: Principal) -> bytes:
 
     registry = CollectorRegistry()
     registry.register(_Scrape())
-    return generate_latest(registry) + generate_latest(HTTP_REGISTRY)
+    # This process's HTTP figures cover every tenant's calls: MSP-wide tokens only.
+    http = generate_latest(HTTP_REGISTRY) if who.tenant_id is None else b""
+    return generate_latest(registry) + http

@@ -570,3 +570,19 @@ def test_broker_down_is_503_and_the_key_keeps_that_answer(
     jobs = controller.ok("GET", "/v1/jobs")["items"]
     assert len(jobs) == 1 and jobs[0]["status"] == "failed"
     assert jobs[0]["counts"]["skipped"] == 1
+
+
+def test_tenant_admins_cannot_set_commands_or_see_everyones_http_metrics(
+        controller: Controller, fleet: dict[str, Any]) -> None:
+    admin = fleet["acme_admin"]
+    body = {"name": "pbx-cmd", "site_id": fleet["sites"]["leeds"], "address": "192.0.2.7",
+            "transport": "agent", "agent": {"url": "http://192.0.2.7:8587", "token": "t" * 32},
+            "mta": {"overrides": {"restart": ["/bin/sh", "-c", "id"]}}}
+    answer = controller.post("/v1/hosts", body, admin)
+    assert answer.status == 403 and "restart" in answer.json["message"]
+    allowed = {**body, "mta": {"overrides": {"maillog": "/var/log/maillog"}}}
+    assert controller.post("/v1/hosts", allowed, admin).status == 201
+    assert controller.post("/v1/hosts", {**body, "name": "pbx-cmd2"}).status == 201
+    scoped = controller.client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
+    assert b"relayfleet_http_requests_total" not in scoped.data
+    assert b'relayfleet_fleet{measure="hosts"} 5.0' in scoped.data
