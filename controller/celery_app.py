@@ -45,7 +45,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": hard_limit,
         "task_soft_time_limit": hard_limit - 5,
         "task_default_queue": QUEUE,
-        "task_always_eager": settings.eager,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "beat_schedule": {"relayfleet-sweep": {"task": "relayfleet.sweep",

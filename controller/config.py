@@ -49,8 +49,6 @@ class Settings:
     #: hosts one lane works on at once (a job with concurrency C runs ceil(C / this) lanes)
     lane_threads: int = 25
     max_body_bytes: int = 4 * 1024 * 1024
-    #: Celery runs tasks in this process (tests of pure API logic only)
-    eager: bool = False
 
     @property
     def max_timeout_s(self) -> int:

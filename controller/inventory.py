@@ -38,6 +38,14 @@ def scoped(query: Any, model: Any, who: Principal) -> Any:
     return query.where(column == who.tenant_id)
 
 
+def filtered(query: Any, model: Any, filters: dict[str, Any], *keys: str) -> Any:
+    """``query`` restricted to rows whose ``keys`` columns equal the given filter values."""
+    for key in keys:
+        if filters.get(key) is not None:
+            query = query.where(getattr(model, key) == filters[key])
+    return query
+
+
 def get_scoped(session: Session, model: type[M], object_id: int, who: Principal) -> M:
     """The object, or 404 when it does not exist for this principal."""
     row = session.scalar(scoped(select(model).where(model.id == object_id), model, who))
@@ -221,10 +229,8 @@ def delete_host(session: Session, who: Principal, host_id: int) -> None:
 
 def host_query(who: Principal, filters: dict[str, Any]) -> Any:
     """Hosts the principal sees, filtered as ``GET /v1/hosts`` asks."""
-    query = scoped(select(Host), Host, who).order_by(Host.id)
-    for key in ("tenant_id", "site_id", "transport"):
-        if filters.get(key) is not None:
-            query = query.where(getattr(Host, key) == filters[key])
+    query = filtered(scoped(select(Host), Host, who).order_by(Host.id), Host, filters,
+                     "tenant_id", "site_id", "transport")
     if filters.get("tag"):
         query = query.where(Host.id.in_(select(HostTag.host_id).where(
             HostTag.tag == filters["tag"])))

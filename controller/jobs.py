@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from controller.auth import Principal
 from controller.crypto import SecretBox
 from controller.db import utcnow
-from controller.errors import Conflict, NotFound
+from controller.errors import Conflict
 from controller.inventory import get_scoped, scoped
 from controller.models import (
     UNIT_STATES,
@@ -344,11 +344,3 @@ def purge_idempotency_keys(session: Session) -> int:
     done = session.execute(delete(IdempotencyKey).where(
         IdempotencyKey.created_at < utcnow() - IDEMPOTENCY_TTL))
     return int(getattr(done, "rowcount", 0))
-
-
-def lookup_job(session: Session, job_id: int) -> Job:
-    """A job by id, without scoping (workers only)."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job

@@ -51,9 +51,7 @@ class Audit(MethodView):
         stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
         if principal.tenant_id is not None:
             stmt = stmt.where(AuditEvent.tenant_id == principal.tenant_id)
-        for key in ("token_id", "action"):
-            if query.get(key) is not None:
-                stmt = stmt.where(getattr(AuditEvent, key) == query[key])
+        stmt = inv.filtered(stmt, AuditEvent, query, "token_id", "action")
         return inv.page(db.session, stmt, query["limit"], query["offset"])
 
 

@@ -26,13 +26,6 @@ def _box() -> SecretBox:
     return box
 
 
-def _filtered(query: Any, model: Any, filters: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if filters.get(key) is not None:
-            query = query.where(getattr(model, key) == filters[key])
-    return query
-
-
 @blp.route("/tenants")
 class Tenants(MethodView):
     """The MSP's customers."""
@@ -78,7 +71,7 @@ class Sites(MethodView):
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List sites (filter by tenant_id)."""
         stmt = inv.scoped(select(Site), Site, who()).order_by(Site.id)
-        stmt = _filtered(stmt, Site, query, "tenant_id")
+        stmt = inv.filtered(stmt, Site, query, "tenant_id")
         return inv.page(db.session, stmt, query["limit"], query["offset"])
 
     @blp.arguments(s.SiteCreateSchema)

@@ -18,7 +18,7 @@ from controller.config import Settings
 from controller.crypto import SecretBox
 from controller.db import db, utcnow
 from controller.errors import Unavailable
-from controller.inventory import page, scoped
+from controller.inventory import filtered, page, scoped
 from controller.models import Job, JobHost
 from controller.tasks import enqueue_job, finish_job, lanes_for
 
@@ -66,10 +66,8 @@ class Jobs(MethodView):
     @blp.response(200, s.JobPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List jobs, newest first (filter by status, action); no per-host results."""
-        stmt = scoped(select(Job), Job, who()).order_by(Job.id.desc())
-        for key in ("status", "action"):
-            if query.get(key):
-                stmt = stmt.where(getattr(Job, key) == query[key])
+        stmt = filtered(scoped(select(Job), Job, who()).order_by(Job.id.desc()), Job, query,
+                        "status", "action")
         result = page(db.session, stmt, query["limit"], query["offset"])
         result["items"] = [svc.job_document(db.session, job, with_results=False)
                            for job in result["items"]]
