@@ -41,7 +41,6 @@ class FleetHost:
     site: str
     body: dict[str, Any]
     agent_token: str = ""
-    agent_port: int = 8587
     host_id: int = 0
 
 
@@ -253,7 +252,6 @@ def test_stopped_hosts_make_the_job_partial_and_retry_targets_only_them(
     fleet = controller.ok("GET", "/v1/fleet")
     assert fleet["summary"]["unreachable"] == 3
     # bring them back; retry targets only the three
-    agent_host.agent_port = 8587
     agent_host.lab_host.start_agent(agent_host.agent_token)
     sshd_host.lab_host.ssh_host_key = sshd_host.lab_host.start_sshd()
     retry = controller.post(f"/v1/jobs/{job}/retry")
