@@ -7,8 +7,7 @@ from typing import Any
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from controller import jobs as svc
 from controller import schemas as s
@@ -16,46 +15,31 @@ from controller.api import audit_target, fingerprint, stored_answer, who
 from controller.auth import Principal
 from controller.config import Settings
 from controller.crypto import SecretBox
-from controller.db import db, utcnow
-from controller.errors import Unavailable
+from controller.db import db
+from controller.idempotency import Created, idempotent
 from controller.inventory import filtered, page, scoped
-from controller.models import Job, JobHost
-from controller.tasks import enqueue_job, finish_job, lanes_for
+from controller.models import Job
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1",
                 description="Run an action on many hosts and follow each host's result.")
 
 
+def _box() -> SecretBox:
+    box: SecretBox = current_app.extensions["relayfleet_secrets"]
+    return box
+
+
 def _start(principal: Principal, body: dict[str, Any],
            host_rows: list[tuple[int, str]] | None = None,
-           retry_of: int | None = None) -> svc.Created:
-    """Store a job (uncommitted); answer 202; queue its lanes once it is committed."""
+           retry_of: int | None = None) -> Created:
+    """Store a job (its lanes go out when it commits) and answer 202."""
     settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
-    box: SecretBox = current_app.extensions["relayfleet_secrets"]
-    session = db.session
-    job = svc.create_job(session, principal, body, box, max_timeout_s=settings.max_timeout_s,
-                         host_rows=host_rows, retry_of=retry_of)
-    job_id, total = job.id, job.total
-    lanes = lanes_for(job.options["concurrency"], total, settings.lane_threads)
-    audit_target(f"job:{job_id}", action=job.action, hosts=total)
-
-    def dispatch() -> None:
-        try:
-            enqueue_job(job_id, lanes)
-        except BrokerError as exc:
-            session.rollback()
-            session.execute(update(JobHost).where(JobHost.job_id == job_id,
-                                                  JobHost.status == "pending").values(
-                status="skipped", finished_at=utcnow(),
-                error="not started: the job queue was unreachable"))
-            session.execute(update(Job).where(Job.id == job_id).values(
-                status="failed", finished_at=utcnow()))
-            session.commit()
-            raise Unavailable("the job queue (Redis) cannot be reached; the job was not "
-                              "started: check RELAYFLEET_BROKER_URL and try again") from exc
-
-    return 202, {"id": job_id, "status": "queued", "total": total,
-                 "links": svc.job_links(job_id)}, dispatch
+    job = svc.start_job(db.session, principal, body, _box(), db,
+                        max_timeout_s=settings.max_timeout_s,
+                        lane_threads=settings.lane_threads, host_rows=host_rows,
+                        retry_of=retry_of)
+    audit_target(f"job:{job.id}", action=job.action, hosts=job.total)
+    return 202, svc.accepted(job)
 
 
 @blp.route("/jobs")
@@ -83,7 +67,7 @@ class Jobs(MethodView):
         same job; the same key with another body is 422."""
         principal = who()
         principal.require("operator")
-        status, doc = svc.idempotent(
+        status, doc = idempotent(
             db.session, principal, request.headers.get("Idempotency-Key"),
             fingerprint(),
             lambda: _start(principal, body))
@@ -112,11 +96,7 @@ class JobCancel(MethodView):
     def post(self, job_id: int) -> dict[str, Any]:
         """Start no more hosts (those running finish); the job ends ``cancelled``."""
         audit_target(f"job:{job_id}")
-        job = svc.cancel_job(db.session, who(), job_id)
-        # Ends the job at once if no host is running (and sends its callback); its own
-        # transaction, so the request's must be over (SQLite has one writer at a time).
-        finish_job(db, job_id)
-        db.session.expire_all()
+        job = svc.cancel_job(db.session, who(), job_id, db)
         return svc.job_document(db.session, job)
 
 
@@ -130,22 +110,9 @@ class JobRetry(MethodView):
         principal = who()
         rows = svc.retry_hosts(db.session, principal, job_id)
         old = svc.get_job(db.session, principal, job_id)
-        body = {"action": old.action, "target": {"hosts": [r[0] for r in rows]},
-                "params": _params_with_secret(old), "options": old.options,
-                "callback_url": old.callback_url}
-        status, doc = svc.idempotent(db.session, principal, None, "",
-                                     lambda: _start(principal, body, host_rows=rows,
-                                                    retry_of=old.id))
+        body = svc.retry_body(old, _box(), rows)
+        status, doc = idempotent(db.session, principal, None, "",
+                                 lambda: _start(principal, body, host_rows=rows,
+                                                retry_of=old.id))
         audit_target(f"job:{doc['id']}", retry_of=old.id)
         return doc, status
-
-
-def _params_with_secret(job: Job) -> dict[str, Any]:
-    import json
-
-    box: SecretBox = current_app.extensions["relayfleet_secrets"]
-    params = dict(job.params)
-    secret = json.loads(box.open(job.params_sealed) or "null")
-    if secret:
-        params["auth"] = {**params.get("auth", {}), **secret}
-    return params

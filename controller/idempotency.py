@@ -1,0 +1,119 @@
+"""Idempotency-Key: the same create request under the same key answers the same object.
+
+A key is per token and kept :data:`IDEMPOTENCY_TTL`. The created object and the answer
+stored under its key are committed together, so a retry after a crash finds either both
+or neither. The same key with another request is 422; while the first request is still
+being handled, 409.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controller.auth import Principal
+from controller.db import utcnow
+from controller.dispatch import NotQueued, commit
+from controller.errors import Conflict
+from controller.models import IdempotencyKey
+from shared.errors import ValidationError
+
+#: how long an Idempotency-Key is remembered (the contract says at least 24 h)
+IDEMPOTENCY_TTL = dt.timedelta(hours=48)
+#: a key whose first request never finished (the API process died) may be reused after this
+IDEMPOTENCY_ABANDONED = dt.timedelta(seconds=120)
+
+#: what an idempotent create returns: the HTTP status and the answer (plain JSON)
+Created = tuple[int, dict[str, Any]]
+
+
+def request_fingerprint(key: bytes, method: str, path: str, body: Any) -> str:
+    """HMAC-SHA256 (keyed, so a stored fingerprint reveals nothing about secrets in the
+    body) of the method, path and canonical JSON body."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hmac.new(key, f"{method} {path}\n{canonical}".encode(), hashlib.sha256).hexdigest()
+
+
+def idempotent(session: Session, who: Principal, key: str | None, fingerprint: str,
+               create: Callable[[], Created]) -> Created:
+    """Run ``create`` once per (token, key) and commit; replay its answer for the same
+    request. ``create`` stores its object without committing; work it registered with
+    :func:`controller.dispatch.send_after_commit` is queued by the commit (if it cannot
+    be, the key keeps the 503 answer)."""
+    if key is None:
+        answer = create()
+        commit(session)
+        return answer
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ValidationError.for_field("Idempotency-Key", "must be 1-255 printable characters")
+    now = utcnow()
+    row = IdempotencyKey(token_id=who.token_id, key=key, request_sha256=fingerprint,
+                         state="in_progress", created_at=now)
+    session.add(row)
+    try:
+        session.commit()
+        taken = False
+    except IntegrityError:
+        session.rollback()
+        taken = True
+    if taken:
+        return _replay(session, who, key, fingerprint, now=now, create=create)
+    try:
+        status, response = create()
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
+            state="done", status_code=status,
+            response=json.loads(json.dumps(response, default=str))))
+        commit(session)
+    except NotQueued as exc:
+        # The object is committed: the key keeps naming it, and answers as this call did
+        # (a retry with the same key must not make a second one).
+        session.rollback()
+        code = exc.status
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
+            status_code=code, response={"code": code, "status": HTTPStatus(code).phrase,
+                                        "message": exc.message}))
+        session.commit()
+        raise
+    except BaseException:
+        session.rollback()
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row.id))
+        session.commit()
+        raise
+    return status, response
+
+
+def _replay(session: Session, who: Principal, key: str, fingerprint: str, *, now: dt.datetime,
+            create: Callable[[], Created]) -> Created:
+    """The key exists: answer as it did, refuse, or take over an abandoned one."""
+    existing = session.scalar(select(IdempotencyKey).where(
+        IdempotencyKey.token_id == who.token_id, IdempotencyKey.key == key))
+    if existing is None:  # purged between our insert and this read: go again
+        return idempotent(session, who, key, fingerprint, create)
+    if existing.request_sha256 != fingerprint:
+        raise ValidationError.for_field(
+            "Idempotency-Key", "this key was already used with a different request; "
+                               "use a new key for a new request")
+    if existing.state != "done":
+        if now - existing.created_at < IDEMPOTENCY_ABANDONED:
+            raise Conflict("a request with this Idempotency-Key is still being handled; "
+                           "retry in a moment")
+        session.delete(existing)
+        session.commit()
+        return idempotent(session, who, key, fingerprint, create)
+    return existing.status_code or 200, existing.response or {}
+
+
+def purge_expired(session: Session) -> int:
+    """Forget keys older than :data:`IDEMPOTENCY_TTL` (the sweeper calls this)."""
+    done = session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.created_at < utcnow() - IDEMPOTENCY_TTL))
+    return int(getattr(done, "rowcount", 0))

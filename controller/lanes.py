@@ -1,0 +1,282 @@
+"""How a job runs: lanes claim hosts one by one through the ledger, run them, record them.
+
+How a job scales (10,000 hosts and more) without one message per host:
+
+- Accepting a job inserts one unit per host in one statement and queues
+  ``ceil(concurrency / lane_threads)`` **lane** tasks: a few messages per job, never a
+  chord over hosts.
+- A lane runs up to ``lane_threads`` threads; each thread claims the next pending unit with
+  one conditional UPDATE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises
+  writers), runs it, and records the result. So at most ``concurrency`` hosts of a job run
+  at once, however many workers there are.
+- A lane stops claiming after ``lane_budget_s`` and queues its own continuation, so no
+  task outlives the broker's visibility timeout and long jobs interleave with others.
+- A claimed unit carries a lease (``timeout_s`` plus a margin). If its worker dies, the lane
+  task comes back (``acks_late`` + ``reject_on_worker_lost``) and the unit is claimed again
+  once the lease has run out. A finished unit is never claimed again, and the operations
+  themselves are idempotent (the same smarthost again is ``changed: false`` and touches no
+  file), so a redelivered unit never applies a change twice.
+- The lane that sees no pending and no running unit left finishes the job (once: the
+  ledger's transition is conditional), which queues the callback.
+
+Every row change is the ledger's (:mod:`controller.ledger`); this module decides *when*.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from controller import dispatch, ledger
+from controller.config import Settings
+from controller.crypto import SecretBox
+from controller.db import Database
+from controller.idempotency import purge_expired
+from controller.job_params import learned, stored_request
+from controller.ledger import MAX_ATTEMPTS, Claim, Outcome, UnitState
+from controller.transports import HostSpec, HostTransport, transport_for
+from shared.errors import HostUnreachable, RelayfleetError
+from shared.results import OperationResult
+
+log = logging.getLogger("relayfleet.worker")
+
+#: makes the transport for one host (tests pass :class:`controller.testing.FakeTransports`)
+TransportFactory = Callable[..., HostTransport]
+
+_pool_lock = threading.Lock()
+_pools: dict[int, Any] = {}
+
+
+def _ssh_pool() -> Any:
+    """This process's pool of warm SSH connections (made after fork, one per process)."""
+    from shared.ssh import SshPool
+
+    pid = os.getpid()
+    with _pool_lock:
+        if pid not in _pools:
+            _pools[pid] = SshPool()
+        return _pools[pid]
+
+
+def _app_database() -> Database:
+    database: Database = current_app.extensions["relayfleet_db"]
+    return database
+
+
+def _app_settings() -> Settings:
+    settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
+    return settings
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What every unit of a job runs: its action, typed request and options."""
+
+    action: str
+    request: Any
+    options: dict[str, Any]
+    total: int
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether the job only shows what it would change."""
+        return bool(self.options.get("dry_run"))
+
+    @property
+    def timeout_s(self) -> float:
+        """Each host's time box."""
+        return float(self.options["timeout_s"])
+
+
+class Lane:
+    """One lane of one job: threads that claim, run and record units until none is left."""
+
+    def __init__(self, job_id: int, lane: int, *, database: Database | None = None,
+                 settings: Settings | None = None,
+                 transports: TransportFactory = transport_for,
+                 send: Callable[..., None] = dispatch.send) -> None:
+        self.job_id = job_id
+        self.lane = lane
+        self.db = database or _app_database()
+        self.settings = settings or _app_settings()
+        self.box = SecretBox(self.settings.secret_key)
+        self.transports = transports
+        self.send = send
+
+    def load(self) -> JobPlan | None:
+        """The job's plan (marking it running), or ``None`` when it has finished."""
+        with self.db.transaction() as session:
+            job = ledger.start(session, self.job_id)
+            if job is None:
+                return None
+            secret = json.loads(self.box.open(job.params_sealed) or "null")
+            return JobPlan(job.action, stored_request(job.action, job.params, secret),
+                           dict(job.options), job.total)
+
+    def claim(self, plan: JobPlan) -> Claim | None:
+        """Take the next unit and read its host, in one transaction."""
+        with self.db.transaction() as session:
+            return ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
+                                max_failures=plan.options.get("max_failures"))
+
+    def _spec(self, host: Any) -> HostSpec:
+        open_ = self.box.open
+        return HostSpec(
+            host_id=host["id"], name=host["name"], address=host["address"],
+            transport=host["transport"], mta_kind=host["mta_kind"],
+            mta_flavour=host["mta_flavour"], mta_overrides=dict(host["mta_overrides"] or {}),
+            agent_url=host["agent_url"], agent_token=open_(host["agent_token_sealed"]),
+            agent_ca_cert=host["agent_ca_cert"], ssh_port=host["ssh_port"],
+            ssh_username=host["ssh_username"],
+            ssh_private_key=open_(host["ssh_private_key_sealed"]),
+            ssh_passphrase=open_(host["ssh_passphrase_sealed"]),
+            ssh_password=open_(host["ssh_password_sealed"]), ssh_host_key=host["ssh_host_key"],
+            ssh_sudo=host["ssh_sudo"])
+
+    def run_unit(self, plan: JobPlan, claim: Claim) -> None:
+        """Run one host's part and record it (unless another attempt took the unit over)."""
+        result: OperationResult | None = None
+        status: str
+        error: str | None
+        spec = None
+        if claim.host is None:
+            status, error = UnitState.FAILED, "the host was deleted from the inventory"
+        elif claim.attempt > MAX_ATTEMPTS:
+            status, error = UnitState.FAILED, (
+                f"not run again: the worker running this host stopped "
+                f"{claim.attempt - 1} times")
+        else:
+            try:
+                spec = self._spec(claim.host)
+            except RelayfleetError as exc:
+                status, error = UnitState.FAILED, exc.message
+        if spec is not None:
+            try:
+                owner = f"relayfleet-job-{self.job_id}-host-{spec.host_id}"
+                with self.transports(spec, _ssh_pool(), lock_owner=owner) as transport:
+                    result = transport.run(plan.action, plan.request, dry_run=plan.dry_run,
+                                           timeout_s=plan.timeout_s)
+                status = UnitState.SUCCEEDED if result.ok else UnitState.FAILED
+                error = result.error
+            except HostUnreachable as exc:
+                status, error = UnitState.UNREACHABLE, exc.message
+            except RelayfleetError as exc:
+                status, error = UnitState.FAILED, exc.message
+            except Exception as exc:  # a bug must cost one host, not the lane
+                log.exception("job %s host %s: unexpected error", self.job_id, claim.host_id)
+                status, error = UnitState.FAILED, (f"internal error ({type(exc).__name__}); "
+                                                   "see the worker log")
+        self.record(plan, claim, status=status, error=error, result=result)
+
+    def record(self, plan: JobPlan, claim: Claim, *, status: str, error: str | None,
+               result: OperationResult | None) -> None:
+        """Store a unit's outcome and what it taught us about the host (one transaction)."""
+        outcome = Outcome(
+            UnitState(status), error=_text(error),
+            changed=result.changed if result else None,
+            data=_jsonable(result.data) if result else None,
+            steps=_jsonable({"s": [s.to_dict() for s in result.steps]})["s"]
+            if result else None)
+        host_state = learned(self.job_id, {"action": plan.action, "options": plan.options},
+                             status=status, error=error, result=result)
+        with self.db.transaction() as session:
+            stored = ledger.record(session, claim, outcome, host_state)
+        if not stored:
+            log.warning("job %s unit %s: attempt %s was overtaken; result dropped",
+                        self.job_id, claim.unit_id, claim.attempt)
+            return
+        log.info("job %s host %s: %s%s", self.job_id, claim.host_id, status,
+                 f" ({error})" if error else "")
+
+    def run(self) -> None:
+        """Work until the budget is spent or nothing is left; then hand over or finish."""
+        plan = self.load()
+        if plan is None:
+            return
+        concurrency = plan.options["concurrency"]
+        threads = max(1, min(self.settings.lane_threads,
+                             concurrency - self.lane * self.settings.lane_threads,
+                             plan.total))
+        deadline = time.monotonic() + self.settings.lane_budget_s
+
+        def loop() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    claimed = self.claim(plan)
+                    if claimed is None:
+                        return
+                    self.run_unit(plan, claimed)
+                except Exception:
+                    # The database hiccupped: this thread stops; the lease brings the unit
+                    # back, and hand_over still runs for the lane.
+                    log.exception("job %s lane %s: a thread stopped", self.job_id, self.lane)
+                    return
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for future in [pool.submit(loop) for _ in range(threads)]:
+                future.result()
+        self.hand_over()
+
+    def hand_over(self) -> None:
+        """Continue (work left), look again later (others still running), or finish."""
+        with self.db.transaction() as session:
+            progress = ledger.heartbeat(session, self.job_id)
+        if progress is None:
+            return
+        if progress.tally[UnitState.PENDING] and progress.state in ledger.ACTIVE_JOB_STATES:
+            self.send(dispatch.RUN_LANE, self.job_id, self.lane)
+        elif progress.tally[UnitState.RUNNING]:
+            # Another lane is still on it, or a dead worker's lease has to run out first.
+            wait = (progress.earliest_lease or time.time()) - time.time() + 1
+            countdown = min(max(1.0, wait), self.settings.visibility_timeout_s / 2)
+            self.send(dispatch.RUN_LANE, self.job_id, self.lane, countdown=countdown)
+        else:
+            finish_job(self.db, self.job_id)
+
+
+def finish_job(database: Database, job_id: int) -> None:
+    """End a job whose hosts are all done, once; its callback is queued after that."""
+    final = ledger.finish_job(database, job_id)
+    if final is not None:
+        log.info("job %s finished: %s", job_id, final.value)
+
+
+def sweep(database: Database, settings: Settings) -> list[int]:
+    """Jobs whose lanes went silent (the API died between storing a job and queueing it,
+    or a broker lost a message), each now due a lane; expired Idempotency-Keys go."""
+    silent_since = time.time() - settings.visibility_timeout_s - 2 * settings.lane_budget_s
+    with database.transaction() as session:
+        stale = ledger.silent_jobs(session, silent_since)
+        purged = purge_expired(session)
+    if purged:
+        log.info("forgot %s expired idempotency keys", purged)
+    return stale
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """Plain JSON without NUL characters (PostgreSQL text cannot hold them)."""
+    result: dict[str, Any] = _without_nul(json.loads(json.dumps(data, default=str)))
+    return result
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
+
+
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "") if value else value

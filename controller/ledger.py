@@ -1,0 +1,337 @@
+"""The ledger: the one owner of every state change of jobs and their units.
+
+A *job* is one action on a set of hosts; each targeted host is one *unit* (a ``job_hosts``
+row). This module is the only code that writes ``jobs`` and ``job_hosts``; everything else
+(the API, the lanes, the sweeper, the callbacks) asks it by name::
+
+    unit:  pending ──claim──▶ running ──record──▶ succeeded | failed | unreachable
+              │                  │ lease lapsed (worker died) ──claim again──▶ running
+              │                  └─abandon_lapsed (job may start no more hosts)──▶ failed
+              └─skip_pending (cancelled, too many failures, queue down)──▶ skipped
+
+    job:   queued ──start──▶ running ──finish──▶ succeeded | partial | failed
+              │                 └──cancel──▶ cancelled ──finish──▶ cancelled (finished_at set)
+              └─fail_undispatched (the queue was unreachable)──▶ failed
+
+Every transition is one conditional statement, so two workers (or a worker and a cancel)
+racing for the same row cannot both win. Functions take a session and never commit: the
+caller's transaction decides what happens together.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from controller import dispatch
+from controller.db import Database, utcnow
+from controller.models import Host, Job, JobHost
+
+#: added to a unit's timeout for its lease: claiming, recording and clock slack
+LEASE_MARGIN_S = 10
+#: a host whose worker died this many times is not tried again (it may be what kills it)
+MAX_ATTEMPTS = 3
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PARTIAL = "partial"
+    CANCELLED = "cancelled"
+
+
+class UnitState(enum.StrEnum):
+    """Where one host's part of a job is."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+
+
+#: (plain strings, for SQL: a driver may dump an enum by its name)
+#: states a job may still start hosts in
+ACTIVE_JOB_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
+FINISHED_JOB_STATES = (JobState.SUCCEEDED.value, JobState.FAILED.value,
+                       JobState.PARTIAL.value, JobState.CANCELLED.value)
+#: a unit in one of these states is done for good
+FINISHED_UNIT_STATES = (UnitState.SUCCEEDED.value, UnitState.FAILED.value,
+                        UnitState.UNREACHABLE.value, UnitState.SKIPPED.value)
+#: what a retry starts again
+RETRYABLE_UNIT_STATES = (UnitState.FAILED.value, UnitState.UNREACHABLE.value)
+
+
+class SkipReason(enum.Enum):
+    """Why a host of a job was never started (the text each skipped unit carries)."""
+
+    CANCELLED = "cancelled before it started"
+    QUEUE_UNREACHABLE = "not started: the job queue was unreachable"
+    TOO_MANY_FAILURES = "not started: more than {max_failures} hosts failed"
+
+    def text(self, **facts: object) -> str:
+        """The reason as a unit shows it."""
+        return str(self.value).format(**facts)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A unit a lane has taken: which attempt it is, and its host's row (still sealed)."""
+
+    unit_id: int
+    attempt: int
+    host_id: int
+    host: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt at a unit found: its final state and the host's answer."""
+
+    status: UnitState
+    error: str | None = None
+    changed: bool | None = None
+    data: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] | None = None
+
+
+#: the host columns a worker needs (no relationship loads)
+HOST_COLUMNS = (Host.id, Host.name, Host.address, Host.transport, Host.mta_kind,
+                Host.mta_flavour, Host.mta_overrides, Host.agent_url, Host.agent_token_sealed,
+                Host.agent_ca_cert, Host.ssh_port, Host.ssh_username,
+                Host.ssh_private_key_sealed, Host.ssh_passphrase_sealed,
+                Host.ssh_password_sealed, Host.ssh_host_key, Host.ssh_sudo)
+
+
+def _rowcount(result: object) -> int:
+    """Rows an UPDATE matched (a CursorResult attribute the generic Result type lacks)."""
+    return int(getattr(result, "rowcount", 0))
+
+
+# -- accepting -------------------------------------------------------------------------
+
+def accept(session: Session, *, tenant_id: int | None, token_id: int | None, action: str,
+           target: dict[str, Any], params: dict[str, Any], params_sealed: str | None,
+           options: dict[str, Any], callback_url: str | None, retry_of: int | None,
+           hosts: list[tuple[int, str]]) -> Job:
+    """Store a job (``queued``) and one ``pending`` unit per host."""
+    job = Job(tenant_id=tenant_id, token_id=token_id, action=action, target=target,
+              params=params, params_sealed=params_sealed, options=options,
+              callback_url=callback_url, retry_of=retry_of, total=len(hosts),
+              status=JobState.QUEUED.value, heartbeat_at=time.time())
+    session.add(job)
+    session.flush()
+    # One multi-row INSERT for every unit: 10,000 hosts are one statement, not 10,000.
+    session.execute(insert(JobHost), [
+        {"job_id": job.id, "host_id": host_id, "host_name": name,
+         "status": UnitState.PENDING.value, "attempts": 0} for host_id, name in hosts])
+    return job
+
+
+def fail_undispatched(session: Session, job_id: int) -> None:
+    """The job's lanes could not be queued: it ends ``failed``, its hosts ``skipped``."""
+    skip_pending(session, job_id, SkipReason.QUEUE_UNREACHABLE)
+    session.execute(update(Job).where(Job.id == job_id, Job.finished_at.is_(None)).values(
+        status=JobState.FAILED.value, finished_at=utcnow()))
+
+
+# -- running ---------------------------------------------------------------------------
+
+def start(session: Session, job_id: int) -> Job | None:
+    """A lane begins work: the job (now ``running``), or ``None`` if it has finished."""
+    job = session.get(Job, job_id)
+    if job is None or job.finished_at is not None:
+        return None
+    job.heartbeat_at = time.time()
+    if job.status == JobState.QUEUED:
+        job.status, job.started_at = JobState.RUNNING.value, utcnow()
+    return job
+
+
+def claim(session: Session, job_id: int, *, timeout_s: float,
+          max_failures: int | None) -> Claim | None:
+    """Take the next unit (pending, or running with a lapsed lease) and read its host.
+
+    ``None`` when there is nothing to take, or the job may start no more hosts (cancelled,
+    or more than ``max_failures`` failed: then its pending units are skipped, and units
+    whose worker died are given up).
+    """
+    now = time.time()
+    state = session.scalar(select(Job.status).where(Job.id == job_id))
+    if state not in ACTIVE_JOB_STATES:
+        abandon_lapsed(session, job_id, now, "the job was cancelled")
+        return None
+    if max_failures is not None:
+        failed = session.scalar(select(func.count()).where(
+            JobHost.job_id == job_id, JobHost.status.in_(RETRYABLE_UNIT_STATES)))
+        if (failed or 0) > max_failures:
+            skip_pending(session, job_id, SkipReason.TOO_MANY_FAILURES,
+                         max_failures=max_failures)
+            abandon_lapsed(session, job_id, now, f"more than {max_failures} hosts failed")
+            return None
+    candidate = (select(JobHost.id).where(
+        JobHost.job_id == job_id,
+        or_(JobHost.status == UnitState.PENDING.value,
+            and_(JobHost.status == UnitState.RUNNING.value, JobHost.lease_until < now)))
+        .order_by(JobHost.id).limit(1).with_for_update(skip_locked=True)
+        .scalar_subquery())
+    row = session.execute(
+        update(JobHost).where(JobHost.id == candidate)
+        .values(status=UnitState.RUNNING.value, attempts=JobHost.attempts + 1,
+                lease_until=now + timeout_s + LEASE_MARGIN_S,
+                started_at=func.coalesce(JobHost.started_at, utcnow()))
+        .returning(JobHost.id, JobHost.attempts, JobHost.host_id)).first()
+    if row is None:
+        return None
+    host = session.execute(select(*HOST_COLUMNS).where(Host.id == row[2])).first()
+    return Claim(int(row[0]), int(row[1]), int(row[2]),
+                 dict(host._mapping) if host is not None else None)
+
+
+def record(session: Session, claim_: Claim, outcome: Outcome,
+           host_state: dict[str, Any]) -> bool:
+    """Store an attempt's outcome and what it taught about the host; ``False`` (nothing
+    stored) when a later attempt has taken the unit over."""
+    done = session.execute(
+        update(JobHost).where(JobHost.id == claim_.unit_id,
+                              JobHost.attempts == claim_.attempt,
+                              JobHost.status == UnitState.RUNNING.value)
+        .values(status=outcome.status.value, error=outcome.error, lease_until=None,
+                finished_at=utcnow(), changed=outcome.changed, data=outcome.data,
+                steps=outcome.steps))
+    if _rowcount(done) != 1:
+        return False
+    session.execute(update(Host).where(Host.id == claim_.host_id).values(**host_state))
+    return True
+
+
+def skip_pending(session: Session, job_id: int, reason: SkipReason, **facts: object) -> None:
+    """Units not started yet will not be: ``skipped``, with the reason's text."""
+    session.execute(update(JobHost).where(
+        JobHost.job_id == job_id, JobHost.status == UnitState.PENDING.value).values(
+        status=UnitState.SKIPPED.value, finished_at=utcnow(), error=reason.text(**facts)))
+
+
+def abandon_lapsed(session: Session, job_id: int, now: float, why: str) -> None:
+    """Units whose worker died, in a job that may start no more hosts: not run again, so
+    mark them failed (otherwise the job would wait for them for ever)."""
+    session.execute(update(JobHost).where(
+        JobHost.job_id == job_id, JobHost.status == UnitState.RUNNING.value,
+        JobHost.lease_until < now).values(
+        status=UnitState.FAILED.value, lease_until=None, finished_at=utcnow(),
+        error=f"the worker running this host stopped, and {why}: not run again"))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far an unfinished job is, as a lane about to hand over sees it."""
+
+    state: JobState
+    tally: dict[str, int]
+    #: when the first running unit's lease ends (epoch seconds), if any runs
+    earliest_lease: float | None
+
+
+def heartbeat(session: Session, job_id: int) -> Progress | None:
+    """A lane is alive: note it, and say how far the job is (``None`` if finished)."""
+    job = session.get(Job, job_id)
+    if job is None or job.finished_at is not None:
+        return None
+    job.heartbeat_at = time.time()
+    earliest = session.scalar(select(func.min(JobHost.lease_until)).where(
+        JobHost.job_id == job_id, JobHost.status == UnitState.RUNNING.value))
+    return Progress(JobState(job.status), counts(session, job_id), earliest)
+
+
+def silent_jobs(session: Session, silent_since: float) -> list[int]:
+    """Unfinished jobs no lane has been heard from since ``silent_since``; each is marked
+    as heard from now (so one sweep re-queues it once)."""
+    stale = list(session.scalars(select(Job.id).where(
+        Job.finished_at.is_(None), Job.status.in_(ACTIVE_JOB_STATES),
+        Job.heartbeat_at < silent_since)))
+    if stale:
+        session.execute(update(Job).where(Job.id.in_(stale)).values(heartbeat_at=time.time()))
+    return stale
+
+
+# -- ending ------------------------------------------------------------------------------
+
+def counts(session: Session, job_id: int) -> dict[str, int]:
+    """How many of the job's hosts are in each state (and ``total``)."""
+    result = dict.fromkeys((state.value for state in UnitState), 0)
+    for state, number in session.execute(
+            select(JobHost.status, func.count()).where(JobHost.job_id == job_id)
+            .group_by(JobHost.status)):
+        result[state] = number
+    result["total"] = sum(result.values())
+    return result
+
+
+def derive_status(job_status: str, tally: dict[str, int]) -> JobState:
+    """The job's status from its units (a cancelled job stays cancelled)."""
+    if job_status == JobState.CANCELLED:
+        return JobState.CANCELLED
+    if tally[UnitState.PENDING] or tally[UnitState.RUNNING]:
+        return JobState(job_status) if job_status in ACTIVE_JOB_STATES else JobState.RUNNING
+    if tally[UnitState.SUCCEEDED] == tally["total"]:
+        return JobState.SUCCEEDED
+    if tally[UnitState.SUCCEEDED] == 0:
+        return JobState.FAILED
+    return JobState.PARTIAL
+
+
+def finish(session: Session, job_id: int) -> JobState | None:
+    """End the job if none of its hosts is pending or running: its final state, once (the
+    call that ended it gets the state; every other call gets ``None``)."""
+    job = session.get(Job, job_id)
+    if job is None or job.finished_at is not None:
+        return None
+    tally = counts(session, job_id)
+    if tally[UnitState.PENDING] or tally[UnitState.RUNNING]:
+        return None
+    final = derive_status(job.status, tally)
+    done = session.execute(update(Job).where(Job.id == job_id, Job.finished_at.is_(None))
+                           .values(status=final.value, finished_at=utcnow()))
+    return final if _rowcount(done) == 1 else None
+
+
+def finish_job(database: Database, job_id: int) -> JobState | None:
+    """:func:`finish` in a transaction of its own; the job's callback is queued once that
+    commits."""
+    with database.transaction() as session:
+        final = finish(session, job_id)
+        url = session.scalar(select(Job.callback_url).where(Job.id == job_id))
+        if final is not None and url is not None:
+            def not_queued() -> None:
+                with database.transaction() as own:
+                    note_callback(own, job_id, "not sent: the job queue was unreachable")
+
+            dispatch.send_after_commit(session, dispatch.SEND_CALLBACK, job_id,
+                                       on_failure=not_queued, required=False)
+    return final
+
+
+def cancel(session: Session, job_id: int) -> bool:
+    """Start no more hosts of the job; ``False`` if it had already finished."""
+    # Conditional, so that a job a worker finishes at this very moment stays finished.
+    done = session.execute(update(Job).where(Job.id == job_id, Job.finished_at.is_(None))
+                           .values(status=JobState.CANCELLED.value))
+    if _rowcount(done) != 1:
+        return False
+    skip_pending(session, job_id, SkipReason.CANCELLED)
+    return True
+
+
+def note_callback(session: Session, job_id: int, state: str) -> None:
+    """How the job's callback delivery went (shown as ``callback_state``)."""
+    session.execute(update(Job).where(Job.id == job_id).values(callback_state=state[:200]))

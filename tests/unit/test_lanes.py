@@ -1,0 +1,228 @@
+"""Lanes and the ledger on SQLite with fake transports: fast, no root, no Redis.
+
+The broker is kombu's in-memory transport, so accepting a job through the API really
+queues its lanes; the lanes are then run here, in the test, against scripted hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from controller import dispatch, ledger
+from controller.db import db
+from controller.lanes import Lane
+from controller.ledger import JobState, SkipReason, UnitState
+from controller.models import Host, Job, JobHost
+from controller.testing import Call, FakeTransports
+from shared.errors import HostUnreachable, OperationError
+from shared.results import OperationResult, Step
+from tests.controller_client import Controller
+
+TEST_KEY = "x" * 43 + "="
+
+
+@pytest.fixture
+def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Controller]:
+    """A controller on a fresh SQLite file and an in-memory broker."""
+    from controller.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'relayfleet.db'}"
+    upgrade(url)
+    for key, value in {"RELAYFLEET_DATABASE_URL": url, "RELAYFLEET_BROKER_URL": "memory://",
+                       "RELAYFLEET_SECRET_KEY": TEST_KEY,
+                       "RELAYFLEET_DATA_DIR": str(tmp_path / "data")}.items():
+        monkeypatch.setenv(key, value)
+    yield Controller.create()
+
+
+@pytest.fixture
+def hosts(controller: Controller) -> list[int]:
+    """Four agent hosts on one site."""
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    return [int(controller.host(site, f"pbx-{n}")["id"]) for n in range(4)]
+
+
+class Sent:
+    """Records the tasks a lane queues instead of sending them."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[str, tuple[Any, ...], float | None]] = []
+
+    def __call__(self, task: str, *args: Any, countdown: float | None = None) -> None:
+        self.tasks.append((task, args, countdown))
+
+
+def run_lane(controller: Controller, job_id: int, transports: FakeTransports,
+             sent: Sent | None = None) -> Sent:
+    """Run lane 0 of the job to the end in this thread."""
+    sent = sent or Sent()
+    with controller.app.app_context():
+        Lane(job_id, 0, transports=transports, send=sent).run()
+    return sent
+
+
+def test_a_lane_runs_every_host_once_and_finishes_the_job(
+        controller: Controller, hosts: list[int]) -> None:
+    job = controller.start_job({"action": "flush_queue", "target": {"all": True},
+                                "params": {"recipient": "example.com"}})
+    data = {"before": 3, "after": 0, "deliveries": [], "remaining": []}
+    fake = FakeTransports(default=OperationResult(
+        "flush_queue", steps=[Step("flush", ["sendmail", "-q"], 0, 0.1, True, "")], data=data))
+    sent = run_lane(controller, job, fake)
+    assert sorted(fake.hosts_called()) == [f"pbx-{n}" for n in range(4)]
+    call = fake.calls[0]
+    assert call.action == "flush_queue" and call.request.recipient == "example.com"
+    assert call.lock_owner and call.lock_owner.startswith(f"relayfleet-job-{job}-host-")
+    assert sent.tasks == []  # finished by the lane itself: nothing handed over
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert doc["status"] == "succeeded" and doc["finished_at"]
+    assert doc["counts"]["succeeded"] == 4
+    assert doc["results"][0]["data"] == data
+    assert doc["results"][0]["steps"][0]["argv"] == ["sendmail", "-q"]
+    fleet = controller.ok("GET", "/v1/fleet")
+    assert {item["last"]["queue_count"] for item in fleet["items"]} == {0}
+
+
+def test_results_per_host_keep_partial_success(controller: Controller,
+                                               hosts: list[int]) -> None:
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    fake = FakeTransports(answers={
+        "pbx-1": HostUnreachable("pbx-1: cannot reach the agent"),
+        "pbx-2": OperationResult("collect_status", ok=False, error="mailq failed"),
+        "pbx-3": OperationError("pbx-3: the agent answered 500"),
+    })
+    run_lane(controller, job, fake)
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    by_host = {r["host"]: r for r in doc["results"]}
+    assert doc["status"] == "partial"
+    assert by_host["pbx-0"]["status"] == "succeeded"
+    assert by_host["pbx-1"]["status"] == "unreachable"
+    assert by_host["pbx-2"]["status"] == "failed" and by_host["pbx-2"]["error"] == "mailq failed"
+    assert by_host["pbx-3"]["error"] == "pbx-3: the agent answered 500"
+
+
+def test_a_bug_in_one_host_costs_that_host_only(controller: Controller,
+                                                hosts: list[int]) -> None:
+    def boom(call: Call) -> OperationResult:
+        raise KeyError("bug")
+
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    run_lane(controller, job, FakeTransports(answers={"pbx-0": boom}))
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert doc["counts"]["succeeded"] == 3
+    assert doc["results"][0]["error"] == "internal error (KeyError); see the worker log"
+
+
+def test_max_failures_skips_the_rest_with_one_reason(controller: Controller,
+                                                     hosts: list[int]) -> None:
+    job = controller.start_job({"action": "collect_status", "target": {"all": True},
+                                "options": {"max_failures": 0, "concurrency": 1}})
+    fake = FakeTransports(default=HostUnreachable("down"))
+    run_lane(controller, job, fake)
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert len(fake.calls) == 1
+    assert doc["status"] == "failed"
+    skipped = [r["error"] for r in doc["results"] if r["status"] == "skipped"]
+    assert skipped == [SkipReason.TOO_MANY_FAILURES.text(max_failures=0)] * 3
+
+
+def test_dry_run_and_secret_reach_the_transport_typed(controller: Controller,
+                                                      hosts: list[int]) -> None:
+    job = controller.start_job({
+        "action": "set_smarthost", "target": {"hosts": [hosts[0]]},
+        "params": {"host": "relay.example.net", "port": 587,
+                   "auth": {"username": "pbx", "password": "s3cret!"}},
+        "options": {"dry_run": True}})
+    fake = FakeTransports()
+    run_lane(controller, job, fake)
+    (call,) = fake.calls
+    assert call.dry_run is True
+    assert call.request.host == "relay.example.net" and call.request.port == 587
+    assert call.request.auth.password == "s3cret!"
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert "s3cret" not in str(doc)
+
+
+def test_a_lane_out_of_budget_hands_over_to_a_continuation(controller: Controller,
+                                                           hosts: list[int]) -> None:
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    with controller.app.app_context():
+        settings = controller.app.config["RELAYFLEET_SETTINGS"]
+        sent = Sent()
+        lane = Lane(job, 0, settings=settings.with_overrides({"lane_budget_s": 0}),
+                    transports=FakeTransports(), send=sent)
+        lane.run()
+    assert sent.tasks == [(dispatch.RUN_LANE, (job, 0), None)]
+    assert controller.ok("GET", f"/v1/jobs/{job}")["counts"]["pending"] == 4
+
+
+def test_cancel_skips_pending_hosts_and_finishes_the_job(controller: Controller,
+                                                         hosts: list[int]) -> None:
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    doc = controller.ok("POST", f"/v1/jobs/{job}/cancel")
+    assert doc["status"] == "cancelled" and doc["finished_at"]
+    assert {r["error"] for r in doc["results"]} == {SkipReason.CANCELLED.text()}
+    fake = FakeTransports()
+    run_lane(controller, job, fake)
+    assert fake.calls == []
+    assert controller.call("POST", f"/v1/jobs/{job}/cancel").status == 409
+
+
+def test_retry_runs_only_the_failed_hosts(controller: Controller, hosts: list[int]) -> None:
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    run_lane(controller, job, FakeTransports(answers={"pbx-2": HostUnreachable("down")}))
+    retry = controller.ok("POST", f"/v1/jobs/{job}/retry", expect=202)
+    fake = FakeTransports()
+    run_lane(controller, int(retry["id"]), fake)
+    assert fake.hosts_called() == ["pbx-2"]
+    assert controller.ok("GET", f"/v1/jobs/{retry['id']}")["retry_of"] == job
+
+
+def test_queue_down_fails_the_job_and_keeps_its_key(controller: Controller,
+                                                    hosts: list[int]) -> None:
+    controller.app.extensions["celery"].conf.broker_url = "redis://127.0.0.1:1/0"
+    controller.app.extensions["celery"].conf.broker_connection_retry = False
+    controller.app.extensions["celery"].conf.broker_connection_max_retries = 0
+    headers = {"Idempotency-Key": "down-1"}
+    body = {"action": "collect_status", "target": {"all": True}}
+    first = controller.post("/v1/jobs", body, headers=headers)
+    assert first.status == 503 and "RELAYFLEET_BROKER_URL" in first.json["message"]
+    again = controller.post("/v1/jobs", body, headers=headers)
+    assert again.status == 503
+    with controller.app.app_context():
+        jobs = db.session.scalars(select(Job)).all()
+        assert len(jobs) == 1 and jobs[0].status == JobState.FAILED
+        units = db.session.scalars(select(JobHost)).all()
+        assert {u.error for u in units} == {SkipReason.QUEUE_UNREACHABLE.text()}
+
+
+def test_the_ledger_finishes_a_job_once(controller: Controller, hosts: list[int]) -> None:
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    with controller.app.app_context():
+        with db.transaction() as session:
+            ledger.cancel(session, job)
+        assert ledger.finish_job(db, job) == JobState.CANCELLED
+        assert ledger.finish_job(db, job) is None
+        with db.transaction() as session:
+            assert ledger.counts(session, job)[UnitState.SKIPPED] == 4
+            host = session.get(Host, hosts[0])
+            assert host is not None and host.last_job_id is None
+
+
+@pytest.mark.parametrize(("job", "tally", "expected"), [
+    ("running", {"pending": 1}, JobState.RUNNING),
+    ("queued", {"running": 1}, JobState.QUEUED),
+    ("running", {"succeeded": 2}, JobState.SUCCEEDED),
+    ("running", {"succeeded": 1, "failed": 1}, JobState.PARTIAL),
+    ("running", {"unreachable": 2}, JobState.FAILED),
+    ("cancelled", {"skipped": 2}, JobState.CANCELLED),
+])
+def test_derive_status(job: str, tally: dict[str, int], expected: JobState) -> None:
+    full = {state.value: 0 for state in UnitState} | tally
+    full["total"] = sum(tally.values())
+    assert ledger.derive_status(job, full) is expected
