@@ -157,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + "; it is shown only now:")
             print(text)
         elif args.command == "callback-secret":
+            from controller.callbacks import callback_key
             from controller.config import load_settings
-            from controller.tasks import callback_key
 
             print(callback_key(load_settings()).decode())
     except (ConfigError, RelayfleetError) as exc:

@@ -242,32 +242,6 @@ def host_query(who: Principal, filters: dict[str, Any]) -> Any:
     return query
 
 
-def host_document(host: Host) -> dict[str, Any]:
-    """A host as the API shows it (no secret, only whether one is stored)."""
-    agent = ssh = None
-    if host.agent_url:
-        agent = {"url": host.agent_url, "ca_cert": host.agent_ca_cert,
-                 "has_token": host.agent_token_sealed is not None}
-    if host.ssh_username:
-        ssh = {"port": host.ssh_port, "username": host.ssh_username,
-               "host_key": host.ssh_host_key, "sudo": host.ssh_sudo,
-               "auth": "password" if host.ssh_password_sealed else "key"}
-    return {"id": host.id, "name": host.name, "tenant_id": host.tenant_id,
-            "site_id": host.site_id, "address": host.address, "transport": host.transport,
-            "agent": agent, "ssh": ssh,
-            "mta": {"kind": host.mta_kind, "flavour": host.mta_flavour,
-                    "overrides": host.mta_overrides},
-            "tags": host.tags, "created_at": host.created_at, "last": last_known(host)}
-
-
-def last_known(host: Host) -> dict[str, Any]:
-    """What the controller last learnt about a host."""
-    return {"seen_at": host.last_seen_at, "reachable": host.last_reachable,
-            "error": host.last_error, "job_id": host.last_job_id,
-            "queue_count": host.queue_count, "smarthost": host.smarthost,
-            "config_in_sync": host.config_in_sync, "mta_running": host.mta_running}
-
-
 def fleet_summary(session: Session, who: Principal) -> dict[str, int]:
     """Counts over every host the principal sees."""
     base = scoped(select(Host), Host, who).subquery()
@@ -286,6 +260,22 @@ def fleet_summary(session: Session, who: Principal) -> dict[str, int]:
 
 
 # -- tokens ----------------------------------------------------------------------------
+
+class IssuedToken:
+    """A token just made, with its secret: what ``POST /v1/tokens`` answers (the only
+    answer that shows the secret). Every other attribute is the row's."""
+
+    def __init__(self, row: Token, secret: str) -> None:
+        self.row = row
+        self.token = secret
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names not set in __init__ (the row's columns); "row" itself is
+        # refused so that a half-built object (copy, pickle) cannot recurse
+        if name == "row":
+            raise AttributeError(name)
+        return getattr(self.row, name)
+
 
 def create_token(session: Session, who: Principal, *, name: str, role: str,
                  tenant_id: int | None) -> tuple[Token, str]:

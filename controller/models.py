@@ -25,11 +25,6 @@ from controller.db import Base, UtcDateTime, utcnow
 
 ROLES = ("viewer", "operator", "admin")
 TRANSPORTS = ("agent", "ssh")
-ACTIONS = ("set_smarthost", "remove_smarthost", "flush_queue", "collect_status", "diagnose",
-           "read_log")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "partial", "cancelled")
-UNIT_STATES = ("pending", "running", "succeeded", "failed", "unreachable", "skipped")
-FINISHED_UNIT_STATES = ("succeeded", "failed", "unreachable", "skipped")
 #: SQLite would hand a deleted row's id to the next row (a new tenant inheriting an old
 #: one's audit trail or tokens' keys); AUTOINCREMENT stops that. PostgreSQL never reuses.
 NEVER_REUSE_IDS: Any = {"sqlite_autoincrement": True}
@@ -141,7 +136,8 @@ class Job(Base):
                                                   index=True)
     token_id: Mapped[int | None] = mapped_column(Integer)
     action: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    #: a :class:`controller.ledger.JobState`, changed only by the ledger
+    status: Mapped[str] = mapped_column(String(16), index=True)
     target: Mapped[dict[str, Any]] = mapped_column(JSON(none_as_null=True))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # the part of params that is secret (SMTP AUTH password), sealed
@@ -169,7 +165,8 @@ class JobHost(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
     host_name: Mapped[str] = mapped_column(String(253))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    #: a :class:`controller.ledger.UnitState`, changed only by the ledger
+    status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: epoch seconds until which the worker that claimed the unit owns it
     lease_until: Mapped[float | None] = mapped_column(Float)

@@ -8,14 +8,25 @@ schemas (:mod:`shared.schemas`), so a value the agent would refuse is refused he
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    missing,
+    validate,
+    validates,
+    validates_schema,
+)
 
-from controller.models import ACTIONS, JOB_STATES, ROLES, TRANSPORTS, UNIT_STATES
+from controller.ledger import JobState, UnitState
+from controller.models import ROLES, TRANSPORTS, Host
 from shared import errors as rf_errors
 from shared import validation as rules
+from shared.actions import JOB_ACTIONS
 from shared.profile import FLAVOURS, MTA_KINDS
 from shared.schemas import ErrorSchema, StepSchema, StrictSchema
 
@@ -40,6 +51,9 @@ def _name(**kwargs: Any) -> fields.String:
                        "letter or digit"), **kwargs)
 
 
+_JOB_STATES = [state.value for state in JobState]
+_UNIT_STATES = [state.value for state in UnitState]
+
 class PageQuerySchema(StrictSchema):
     """Paging for every list."""
 
@@ -53,6 +67,25 @@ class PageSchema(Schema):
     total = fields.Integer(required=True)
     limit = fields.Integer(required=True)
     offset = fields.Integer(required=True)
+
+
+class NestedFrom(fields.Nested):
+    """A nested object that ``source`` builds from the object being dumped (for answers).
+
+    Like ``fields.Function``, but the value is dumped through ``nested`` and documented as
+    that schema's ``$ref``; a ``Function`` field would be documented as an untyped value.
+    """
+
+    def __init__(self, nested: type[Schema], source: Callable[[Any], Any],
+                 **kwargs: Any) -> None:
+        super().__init__(nested, **kwargs)
+        self.source = source
+
+    def get_value(self, obj: Any, attr: str,
+                  accessor: Callable[[Any, str, Any], Any] | None = None,
+                  default: Any = missing) -> Any:
+        """The nested object, built from the whole of ``obj``."""
+        return self.source(obj)
 
 
 # -- tenants and sites -----------------------------------------------------------------
@@ -199,10 +232,11 @@ class MtaSchema(StrictSchema):
 class HostLastSchema(Schema):
     """What the controller last learnt about the host."""
 
-    seen_at = fields.DateTime(allow_none=True)
-    reachable = fields.Boolean(allow_none=True)
-    error = fields.String(allow_none=True)
-    job_id = fields.Integer(allow_none=True)
+    # dumped from the Host row itself, whose columns say ``last_*``
+    seen_at = fields.DateTime(allow_none=True, attribute="last_seen_at")
+    reachable = fields.Boolean(allow_none=True, attribute="last_reachable")
+    error = fields.String(allow_none=True, attribute="last_error")
+    job_id = fields.Integer(allow_none=True, attribute="last_job_id")
     queue_count = fields.Integer(allow_none=True)
     smarthost = fields.Dict(allow_none=True)
     config_in_sync = fields.Boolean(allow_none=True)
@@ -259,8 +293,36 @@ class HostUpdateSchema(HostCreateSchema):
 HOST_FIELDS = ("name", "site_id", "address", "transport", "agent", "ssh", "mta", "tags")
 
 
+def _agent_access(host: Host) -> dict[str, Any] | None:
+    """The host's agent settings; the token only as whether one is stored."""
+    if not host.agent_url:
+        return None
+    return {"url": host.agent_url, "ca_cert": host.agent_ca_cert,
+            "has_token": host.agent_token_sealed is not None}
+
+
+def _ssh_access(host: Host) -> dict[str, Any] | None:
+    """The host's SSH settings; the key or password only as which of them is stored."""
+    if not host.ssh_username:
+        return None
+    return {"port": host.ssh_port, "username": host.ssh_username,
+            "host_key": host.ssh_host_key, "sudo": host.ssh_sudo,
+            "auth": "password" if host.ssh_password_sealed else "key"}
+
+
+def _mta(host: Host) -> dict[str, Any]:
+    """The host's MTA profile keys."""
+    return {"kind": host.mta_kind, "flavour": host.mta_flavour,
+            "overrides": host.mta_overrides}
+
+
+def _itself(host: Host) -> Host:
+    """The host (for nested schemas that read its columns directly)."""
+    return host
+
+
 class HostSchema(Schema):
-    """A host as the API shows it: never a secret."""
+    """A host as the API shows it (dumped from a Host row): never a secret."""
 
     id = fields.Integer(required=True)
     name = fields.String(required=True)
@@ -268,12 +330,14 @@ class HostSchema(Schema):
     site_id = fields.Integer(required=True)
     address = fields.String(required=True)
     transport = fields.String(required=True)
-    agent = fields.Nested(AgentAccessSchema, allow_none=True)
-    ssh = fields.Nested(SshAccessSchema, allow_none=True)
-    mta = fields.Nested(MtaSchema, required=True)
+    # The nested schemas are also the request schemas, whose field names are not the
+    # row's column names: their objects are built from the row (secrets never are).
+    agent = NestedFrom(AgentAccessSchema, _agent_access, allow_none=True)
+    ssh = NestedFrom(SshAccessSchema, _ssh_access, allow_none=True)
+    mta = NestedFrom(MtaSchema, _mta, required=True)
     tags = fields.List(fields.String(), required=True)
     created_at = fields.DateTime(required=True)
-    last = fields.Nested(HostLastSchema, required=True)
+    last = NestedFrom(HostLastSchema, _itself, required=True)
 
 
 class HostQuerySchema(PageQuerySchema):
@@ -408,7 +472,7 @@ class OptionsSchema(StrictSchema):
 class JobCreateSchema(StrictSchema):
     """POST /v1/jobs (send an Idempotency-Key header)."""
 
-    action = fields.String(required=True, validate=validate.OneOf(ACTIONS))
+    action = fields.String(required=True, validate=validate.OneOf(JOB_ACTIONS))
     target = fields.Nested(TargetSchema, required=True)
     params = fields.Dict(keys=fields.String(), load_default=dict, metadata={
         "description": "set_smarthost: {host, port?, mx?, mailer?, auth?}; flush_queue: "
@@ -445,11 +509,14 @@ class HostResultSchema(Schema):
 
     host_id = fields.Integer(required=True)
     host = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(UNIT_STATES))
+    status = fields.String(required=True, validate=validate.OneOf(_UNIT_STATES))
     error = fields.String(allow_none=True, required=True)
     changed = fields.Boolean(allow_none=True, required=True)
     attempts = fields.Integer(required=True)
-    data = fields.Dict(allow_none=True, required=True)
+    data = fields.Dict(allow_none=True, required=True, metadata={
+        "description": "the action's answer, the same over the agent and SSH: the fields of "
+                       "its result schema (SetSmarthostResult, FlushQueueResult, ...) other "
+                       "than ok, error, error_kind, steps, changed and rolled_back"})
     steps = fields.List(fields.Nested(StepSchema), allow_none=True, required=True)
     started_at = fields.DateTime(allow_none=True, required=True)
     finished_at = fields.DateTime(allow_none=True, required=True)
@@ -469,7 +536,7 @@ class JobSchema(Schema):
 
     id = fields.Integer(required=True)
     action = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
+    status = fields.String(required=True, validate=validate.OneOf(_JOB_STATES))
     tenant_id = fields.Integer(allow_none=True, required=True)
     target = fields.Dict(required=True)
     params = fields.Dict(required=True)
@@ -495,8 +562,8 @@ class JobGetQuerySchema(StrictSchema):
 class JobQuerySchema(PageQuerySchema):
     """GET /v1/jobs filters."""
 
-    status = fields.String(validate=validate.OneOf(JOB_STATES))
-    action = fields.String(validate=validate.OneOf(ACTIONS))
+    status = fields.String(validate=validate.OneOf(_JOB_STATES))
+    action = fields.String(validate=validate.OneOf(JOB_ACTIONS))
 
 
 class JobPageSchema(PageSchema):
@@ -508,14 +575,14 @@ class JobPageSchema(PageSchema):
 # -- fleet and audit -------------------------------------------------------------------
 
 class FleetHostSchema(Schema):
-    """One host's last known state."""
+    """One host's last known state (dumped from a Host row)."""
 
-    host_id = fields.Integer(required=True)
+    host_id = fields.Integer(required=True, attribute="id")
     name = fields.String(required=True)
     tenant_id = fields.Integer(required=True)
     site_id = fields.Integer(required=True)
     transport = fields.String(required=True)
-    last = fields.Nested(HostLastSchema, required=True)
+    last = NestedFrom(HostLastSchema, _itself, required=True)
 
 
 class FleetSummarySchema(Schema):

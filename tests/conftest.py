@@ -17,6 +17,15 @@ from tests.lab.lab import Lab, LabHost
 _names = itertools.count(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs against PostgreSQL are slow (a cluster of their own, started as its own
+    user, so root): the fast subset keeps their SQLite twins."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "postgresql" in callspec.params.values():
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """One lab (bridge, DNS, sinks) for the whole session, torn down even on failure."""

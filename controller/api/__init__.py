@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, current_app, g, jsonify, make_response, request
 
 from controller.auth import Principal
-from controller.jobs import request_fingerprint
+from controller.idempotency import request_fingerprint
 
 
 def who() -> Principal:

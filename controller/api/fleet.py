@@ -32,9 +32,6 @@ class Fleet(MethodView):
         ``holding_mail=true`` lists only hosts with queued mail."""
         result = inv.page(db.session, inv.host_query(who(), query), query["limit"],
                           query["offset"])
-        result["items"] = [{"host_id": h.id, "name": h.name, "tenant_id": h.tenant_id,
-                            "site_id": h.site_id, "transport": h.transport,
-                            "last": inv.last_known(h)} for h in result["items"]]
         result["summary"] = inv.fleet_summary(db.session, who())
         return result
 

@@ -14,7 +14,7 @@ from controller import schemas as s
 from controller.api import audit_target, fingerprint, stored_answer, who
 from controller.crypto import SecretBox
 from controller.db import db
-from controller.jobs import Created, idempotent
+from controller.idempotency import Created, idempotent
 from controller.models import Host, Site, Tenant, Token
 
 blp = Blueprint("inventory", __name__, url_prefix="/v1",
@@ -118,10 +118,8 @@ class Hosts(MethodView):
     @blp.response(200, s.HostPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """List hosts (filter by tenant_id, site_id, tag, transport, name)."""
-        result = inv.page(db.session, inv.host_query(who(), query), query["limit"],
-                          query["offset"])
-        result["items"] = [inv.host_document(host) for host in result["items"]]
-        return result
+        return inv.page(db.session, inv.host_query(who(), query), query["limit"],
+                        query["offset"])
 
     @blp.arguments(s.HostCreateSchema)
     @blp.response(201, s.HostSchema)
@@ -131,7 +129,7 @@ class Hosts(MethodView):
 
         def create() -> Created:
             host, = inv.create_hosts(db.session, principal, [body], _box())
-            return 201, s.HostSchema().dump(inv.host_document(host)), None
+            return 201, s.HostSchema().dump(host)
 
         status, doc = idempotent(db.session, principal, request.headers.get("Idempotency-Key"),
                                  fingerprint(),
@@ -153,7 +151,7 @@ class HostImport(MethodView):
         hosts = inv.create_hosts(db.session, who(), rows, _box(),
                                  field_prefix="hosts.{index}.", errors=errors)
         audit_target("hosts:import", created=len(hosts))
-        return {"created": len(hosts), "items": [inv.host_document(h) for h in hosts]}
+        return {"created": len(hosts), "items": hosts}
 
 
 @blp.route("/hosts/<int(max=2147483647):host_id>")
@@ -161,16 +159,16 @@ class HostById(MethodView):
     """One host."""
 
     @blp.response(200, s.HostSchema)
-    def get(self, host_id: int) -> dict[str, Any]:
+    def get(self, host_id: int) -> Host:
         """Read a host (never its secrets)."""
-        return inv.host_document(inv.get_scoped(db.session, Host, host_id, who()))
+        return inv.get_scoped(db.session, Host, host_id, who())
 
     @blp.arguments(s.HostUpdateSchema(partial=s.HOST_FIELDS))
     @blp.response(200, s.HostSchema)
-    def patch(self, body: dict[str, Any], host_id: int) -> dict[str, Any]:
+    def patch(self, body: dict[str, Any], host_id: int) -> Host:
         """Change a host."""
         audit_target(f"host:{host_id}")
-        return inv.host_document(inv.update_host(db.session, who(), host_id, body, _box()))
+        return inv.update_host(db.session, who(), host_id, body, _box())
 
     @blp.response(204)
     def delete(self, host_id: int) -> None:
@@ -193,13 +191,12 @@ class Tokens(MethodView):
 
     @blp.arguments(s.TokenCreateSchema)
     @blp.response(201, s.TokenSchema)
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def post(self, body: dict[str, Any]) -> inv.IssuedToken:
         """Make a token; its secret is in this answer only."""
         row, text = inv.create_token(db.session, who(), name=body["name"], role=body["role"],
                                      tenant_id=body["tenant_id"])
         audit_target(f"token:{row.id}", name=row.name, role=row.role)
-        fields = ("id", "name", "role", "tenant_id", "created_at", "last_used_at", "revoked_at")
-        return {**{name: getattr(row, name) for name in fields}, "token": text}
+        return inv.IssuedToken(row, text)
 
 
 @blp.route("/tokens/<int(max=2147483647):token_id>")

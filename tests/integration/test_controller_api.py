@@ -212,7 +212,7 @@ def test_idempotency_key(controller: Controller, fleet: dict[str, Any]) -> None:
     assert mine.status == 202 and mine.json["id"] != first.json["id"]
     # a request still being handled under the key: 409
     from controller.db import db
-    from controller.jobs import request_fingerprint
+    from controller.idempotency import request_fingerprint
     from controller.models import IdempotencyKey, Token
 
     with controller.app.app_context(), db.transaction() as session:
@@ -411,8 +411,8 @@ def test_lanes_claim_each_host_once_and_stop_past_max_failures(
     from sqlalchemy import update
 
     from controller.db import db
+    from controller.lanes import Lane, finish_job
     from controller.models import JobHost
-    from controller.tasks import Lane, finish_job
 
     job = controller.start_job({"action": "collect_status", "target": {"all": True},
                                 "options": {"max_failures": 1, "timeout_s": 30}})
@@ -461,8 +461,8 @@ def test_a_dead_workers_host_does_not_hold_a_cancelled_job_open(
     from sqlalchemy import update
 
     from controller.db import db
+    from controller.lanes import MAX_ATTEMPTS, Lane, finish_job
     from controller.models import JobHost
-    from controller.tasks import MAX_ATTEMPTS, Lane, finish_job
 
     job = controller.start_job({"action": "collect_status", "target": {"all": True},
                                 "options": {"timeout_s": 30}})

@@ -202,7 +202,7 @@ def test_seed_story_across_the_fleet(stack: Stack, fleet_hosts: list[FleetHost],
         assert len(receiver.calls) == 2
         headers, body = receiver.calls[-1]
         from controller.config import load_settings
-        from controller.tasks import callback_key
+        from controller.callbacks import callback_key
 
         key = callback_key(load_settings())
         expected = "sha256=" + hmac.new(

@@ -11,8 +11,10 @@ from controller.auth import Principal
 from controller.config import LANE_MARGIN_S, Settings
 from controller.crypto import SecretBox, derive_key, sign_callback
 from controller.errors import PermissionDenied
-from controller.jobs import derive_status, request_fingerprint, validate_params
-from controller.tasks import lanes_for
+from controller.idempotency import request_fingerprint
+from controller.job_params import validate_params
+from controller.jobs import lanes_for
+from controller.ledger import derive_status
 from shared.errors import ConfigError, ValidationError
 
 
