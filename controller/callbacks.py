@@ -11,7 +11,7 @@ from controller import ledger
 from controller.config import Settings
 from controller.crypto import derive_key, sign_callback
 from controller.db import Database
-from controller.jobs import job_document
+from controller.jobs import report
 from controller.models import Job
 
 #: attempts after the first (2 s doubling: the last waits 256 s)
@@ -39,7 +39,7 @@ def deliver(database: Database, settings: Settings, job_id: int, attempt: int) -
         job = session.get(Job, job_id)
         if job is None or job.callback_url is None:
             return True
-        body = json.dumps(JobSchema().dump(job_document(session, job))).encode()
+        body = json.dumps(JobSchema().dump(report(session, job))).encode()
         url = job.callback_url
     stamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": "relayfleet-controller",

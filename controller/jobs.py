@@ -109,24 +109,39 @@ def job_links(job_id: int) -> dict[str, str]:
     return {"self": base, "cancel": f"{base}/cancel", "retry": f"{base}/retry"}
 
 
-def job_document(session: Session, job: Job, *, with_results: bool = True) -> dict[str, Any]:
-    """The job as the API (and the callback) shows it."""
-    doc: dict[str, Any] = {
-        "id": job.id, "action": job.action, "status": job.status, "tenant_id": job.tenant_id,
-        "target": job.target, "params": job.params, "options": job.options,
-        "callback_url": job.callback_url, "callback_state": job.callback_state,
-        "retry_of": job.retry_of, "counts": ledger.counts(session, job.id),
-        "created_at": job.created_at, "started_at": job.started_at,
-        "finished_at": job.finished_at, "links": job_links(job.id)}
+class JobReport:
+    """A job as the API (and its callback) shows it: the row, its counts, its links, and
+    its units when asked for (the schema leaves ``results`` out otherwise)."""
+
+    def __init__(self, job: Job, counts: dict[str, int],
+                 units: list[JobHost] | None = None) -> None:
+        self.job = job
+        self.counts = counts
+        self._units = units
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.job, name)
+
+    @property
+    def links(self) -> dict[str, str]:
+        """Where to look at and act on the job."""
+        return job_links(self.job.id)
+
+    @property
+    def results(self) -> list[JobHost]:
+        """Every host's unit, in the order they were targeted."""
+        if self._units is None:
+            raise AttributeError("results")
+        return self._units
+
+
+def report(session: Session, job: Job, *, with_results: bool = True) -> JobReport:
+    """The job, its counts and (``with_results``) its units, ready for ``JobSchema``."""
+    units = None
     if with_results:
-        units = session.scalars(select(JobHost).where(JobHost.job_id == job.id)
-                                .order_by(JobHost.id))
-        doc["results"] = [{
-            "host_id": unit.host_id, "host": unit.host_name, "status": unit.status,
-            "error": unit.error, "changed": unit.changed, "attempts": unit.attempts,
-            "data": unit.data, "steps": unit.steps, "started_at": unit.started_at,
-            "finished_at": unit.finished_at} for unit in units]
-    return doc
+        units = list(session.scalars(select(JobHost).where(JobHost.job_id == job.id)
+                                     .order_by(JobHost.id)))
+    return JobReport(job, ledger.counts(session, job.id), units)
 
 
 def get_job(session: Session, who: Principal, job_id: int) -> Job:

@@ -508,7 +508,7 @@ class HostResultSchema(Schema):
     """One host's part of a job."""
 
     host_id = fields.Integer(required=True)
-    host = fields.String(required=True)
+    host = fields.String(required=True, attribute="host_name")
     status = fields.String(required=True, validate=validate.OneOf(_UNIT_STATES))
     error = fields.String(allow_none=True, required=True)
     changed = fields.Boolean(allow_none=True, required=True)

@@ -53,7 +53,7 @@ class Jobs(MethodView):
         stmt = filtered(scoped(select(Job), Job, who()).order_by(Job.id.desc()), Job, query,
                         "status", "action")
         result = page(db.session, stmt, query["limit"], query["offset"])
-        result["items"] = [svc.job_document(db.session, job, with_results=False)
+        result["items"] = [svc.report(db.session, job, with_results=False)
                            for job in result["items"]]
         return result
 
@@ -81,11 +81,11 @@ class JobById(MethodView):
 
     @blp.arguments(s.JobGetQuerySchema, location="query")
     @blp.response(200, s.JobSchema)
-    def get(self, query: dict[str, Any], job_id: int) -> dict[str, Any]:
+    def get(self, query: dict[str, Any], job_id: int) -> svc.JobReport:
         """The job, its counts and every host's result with its steps
         (``results=false``: without the per-host results)."""
-        return svc.job_document(db.session, svc.get_job(db.session, who(), job_id),
-                                with_results=query["results"])
+        return svc.report(db.session, svc.get_job(db.session, who(), job_id),
+                          with_results=query["results"])
 
 
 @blp.route("/jobs/<int(max=2147483647):job_id>/cancel")
@@ -93,11 +93,11 @@ class JobCancel(MethodView):
     """Stop a job."""
 
     @blp.response(200, s.JobSchema)
-    def post(self, job_id: int) -> dict[str, Any]:
+    def post(self, job_id: int) -> svc.JobReport:
         """Start no more hosts (those running finish); the job ends ``cancelled``."""
         audit_target(f"job:{job_id}")
         job = svc.cancel_job(db.session, who(), job_id, db)
-        return svc.job_document(db.session, job)
+        return svc.report(db.session, job)
 
 
 @blp.route("/jobs/<int(max=2147483647):job_id>/retry")
