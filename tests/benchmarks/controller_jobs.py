@@ -218,7 +218,7 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                 sizes: list[int]) -> None:
     """flush_queue on N agent lab hosts through the controller vs direct agent calls."""
     from controller.transports import AgentTransport, HostSpec
-    from shared.fanout import run_per_host
+    from tests.lab.fanout import run_per_host
     from tests.lab.lab import Lab
 
     print("== fleet: flush_queue on agent lab hosts, POST to final status "

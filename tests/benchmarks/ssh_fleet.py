@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.fanout import run_per_host
 from shared.mta import FlushRequest, operations_for
 from shared.profile import build_profile
 from shared.results import OperationResult
 from shared.ssh import SshExecutor, SshPool, SshTarget
+from tests.lab.fanout import run_per_host
 from tests.lab.lab import Lab, LabHost, sh
 
 COMMAND = "sendmail -OTimeout.hoststatus=0m -q; mailq"

@@ -201,8 +201,8 @@ def test_seed_story_across_the_fleet(stack: Stack, fleet_hosts: list[FleetHost],
             time.sleep(0.2)
         assert len(receiver.calls) == 2
         headers, body = receiver.calls[-1]
-        from controller.config import load_settings
         from controller.callbacks import callback_key
+        from controller.config import load_settings
 
         key = callback_key(load_settings())
         expected = "sha256=" + hmac.new(

@@ -12,13 +12,13 @@ import pytest
 from shared.cli import run as run_ops
 from shared.errors import HostKeyMismatch
 from shared.executor import LocalExecutor
-from shared.fanout import run_per_host
 from shared.mta import operations_for
 from shared.profile import build_profile
 from shared.results import OperationResult
 from shared.ssh import SshExecutor, SshPool, SshTarget, fetch_host_key
 from shared.validation import parse_smarthost_request
 from tests.conftest import OpsRunner, ssh_target_for
+from tests.lab.fanout import run_per_host
 from tests.lab.lab import SINK_PORT, LabHost
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

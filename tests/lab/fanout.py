@@ -1,5 +1,8 @@
 """Run one piece of work on many hosts at once, keeping every host's outcome.
 
+For the SSH tests and the benchmarks: the controller's lanes do their own fan-out, so
+this stays out of ``shared/`` (what the agent installs on a host).
+
 A host that cannot be reached is ``unreachable``, one whose operation failed is ``failed``,
 and neither holds the others back. Past ``max_failures`` no new host is started (the
 rest are ``skipped``); hosts already running finish.

@@ -1,0 +1,262 @@
+"""Host checks: the host's name, /etc/hosts, the MTA daemon, the smarthost's name.
+
+Every fact comes through the :class:`~shared.executor.Executor`, with tools an old CentOS 6
+box has: ``hostname``/``hostname -f`` (``uname -n`` as fallback), ``getent hosts``, ``cat``
+(``read_file_if_exists``) and the shell's builtins (``read``, ``kill -0``). Each check is a
+judge of command results (``hostname_check``, ``hosts_file_check``, ``mta_running_check``)
+that ``status`` feeds from one batch of commands, and a ``check_*`` front that runs the
+same commands through the executor and hands them to that judge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from shared.diagnose.check import COMMAND_TIMEOUT_S, Check, first_line, run_soft, unbracket
+from shared.errors import ExecutorError, HostUnreachable
+from shared.executor import CommandResult, Executor
+
+HOSTS_FILE = "/etc/hosts"
+
+
+# -- hostname -------------------------------------------------------------------------------
+
+#: ``(label, argv)`` of the name commands (short name, fqdn): :func:`check_hostname` runs
+#: them, ``status`` batches them with its other reads; both judge with :func:`hostname_check`
+HOSTNAME_COMMANDS: tuple[tuple[str, list[str]], ...] = (
+    ("hostname", ["hostname"]), ("fqdn", ["hostname", "-f"]))
+#: the short name when ``hostname`` gives none (an extra round trip: the check only)
+FALLBACK_NAME_COMMAND = ("uname", "-n")
+
+
+def check_hostname(executor: Executor) -> Check:
+    """Is the host's name fully qualified (``hostname -f``; ``hostname``, ``uname -n``)?"""
+    try:
+        short, full = executor.run_many([argv for _, argv in HOSTNAME_COMMANDS],
+                                        timeout=COMMAND_TIMEOUT_S)
+    except HostUnreachable:
+        raise
+    except ExecutorError as exc:  # a local host without the hostname program
+        failed = CommandResult(("hostname",), 127, b"", exc.message.encode(), 0.0)
+        short, full = failed, failed
+    if not first_line(short):
+        short = run_soft(executor, FALLBACK_NAME_COMMAND, COMMAND_TIMEOUT_S)
+    return hostname_check(short, full)
+
+
+def _not_qualified_reason(fqdn: str) -> str | None:
+    """Why ``fqdn`` is not a usable fully qualified name, or None if it is."""
+    labels = fqdn.split(".")
+    if not fqdn:
+        return "the host reports no name"
+    if len(labels) < 2 or not all(labels):
+        return f"the host calls itself {fqdn!r}, which is not fully qualified"
+    if labels[0] == "localhost" or labels[-1] == "localdomain":
+        return f"the host calls itself {fqdn!r}, a placeholder name other hosts cannot use"
+    return None
+
+
+def hostname_check(short: CommandResult, full: CommandResult) -> Check:
+    """Judge the short-name command's and ``hostname -f``'s results."""
+    name = first_line(short).split()[0].lower().rstrip(".") if first_line(short) else ""
+    fqdn_out = first_line(full)
+    fqdn = fqdn_out.split()[0].lower().rstrip(".") if fqdn_out else ""
+    source = "hostname -f"
+    if not fqdn:
+        fqdn, source = name, short.argv[0] if short.argv else "hostname"
+    data: dict[str, Any] = {"hostname": name.split(".")[0], "fqdn": fqdn, "source": source}
+    reason = _not_qualified_reason(fqdn)
+    if reason is None:
+        return Check("hostname_fqdn", True, f"fully qualified as {fqdn}", data)
+    if not full.ok and name:
+        reason += (f" ('hostname -f' failed: the name {name} does not resolve on the host;"
+                   " /etc/hosts should map it)")
+    return Check("hostname_fqdn", False,
+                 f"{reason}: give the host a name like pbx1.example.com (hostname, and "
+                 "'<address> pbx1.example.com pbx1' in /etc/hosts)", data)
+
+
+# -- /etc/hosts ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _HostsLine:
+    number: int
+    address: str
+    names: tuple[str, ...]
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+
+def _parse_hosts(text: str) -> list[_HostsLine]:
+    lines = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        fields_ = raw.split("#", 1)[0].split()
+        if len(fields_) < 2:
+            continue
+        try:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = (
+                ipaddress.ip_address(fields_[0].split("%", 1)[0]))
+        except ValueError:
+            ip = None
+        lines.append(_HostsLine(number, fields_[0], tuple(n.lower().rstrip(".")
+                                                          for n in fields_[1:]), ip))
+    return lines
+
+
+def hosts_file_problems(hosts_text: str, hostname: str, fqdn: str) -> list[str]:
+    """What is wrong with /etc/hosts for this host, as sentences saying what to fix."""
+    hostname, fqdn = hostname.lower().rstrip("."), fqdn.lower().rstrip(".")
+    if _not_qualified_reason(fqdn) is not None:
+        return [f"cannot check /etc/hosts without a fully qualified host name (the host calls "
+                f"itself {fqdn or hostname!r}): fix the host name first"]
+    short = (hostname or fqdn).split(".")[0]
+    example = f"'192.0.2.10 {fqdn} {short}' (with this host's own address)"
+    lines = _parse_hosts(hosts_text)
+    ours = {fqdn, short}
+    problems: list[str] = []
+    for line in lines:
+        if line.ip is None and ours & set(line.names):
+            problems.append(f"line {line.number}: {line.address!r} is not an IP address: "
+                            f"fix or remove the line")
+    with_fqdn = [ln for ln in lines if ln.ip is not None and fqdn in ln.names]
+    if not with_fqdn:
+        return [*problems, f"/etc/hosts has no line for {fqdn}: add {example}"]
+    public = [ln for ln in with_fqdn if ln.ip is not None and not ln.ip.is_loopback]
+    if not public:
+        where = ", ".join(ln.address for ln in with_fqdn)
+        problems.append(f"{fqdn} is only mapped to the loopback address {where}: map it to the "
+                        f"host's own address instead, e.g. {example}")
+        return problems
+    for line in public:
+        if line.names[0] != fqdn:
+            problems.append(f"on the line for {line.address} (line {line.number}), put {fqdn} "
+                            f"first, then {short}: sendmail takes the host's canonical name "
+                            f"from the first name")
+        if short not in line.names:
+            problems.append(f"add the short name {short} to the line for {line.address} "
+                            f"(line {line.number})")
+    first = next(ln for ln in lines if ln.ip is not None and ours & set(ln.names))
+    if first not in public:
+        named = " and ".join(n for n in (fqdn, short) if n in first.names)
+        problems.append(f"line {first.number} ({first.address}) names {named} before the line "
+                        f"for {public[0].address}: name lookups take the first matching line, "
+                        f"so move the {public[0].address} line above it")
+    return problems
+
+
+def check_hosts_file(executor: Executor, hostname: str, fqdn: str) -> Check:
+    """Does /etc/hosts map the FQDN to a real address, FQDN first, short name too?"""
+    try:
+        text = executor.read_file_if_exists(HOSTS_FILE)
+    except HostUnreachable:
+        raise
+    except ExecutorError as exc:
+        return Check("hosts_file", False, f"cannot read {HOSTS_FILE}: {exc.message}",
+                     {"problems": [exc.message]})
+    return hosts_file_check(text, hostname, fqdn)
+
+
+def hosts_file_check(text: bytes | None, hostname: str, fqdn: str) -> Check:
+    """Judge /etc/hosts (None when missing)."""
+    if text is None:
+        problem = f"{HOSTS_FILE} is missing: create it with a line '<address> {fqdn} {hostname}'"
+        return Check("hosts_file", False, problem, {"problems": [problem]})
+    problems = hosts_file_problems(text.decode("utf-8", "replace"), hostname, fqdn)
+    detail = "; ".join(problems) if problems else f"{HOSTS_FILE} maps {fqdn} correctly"
+    return Check("hosts_file", not problems, detail, {"problems": problems})
+
+
+# -- MTA daemon ------------------------------------------------------------------------------
+
+#: exit codes of ALIVE_SCRIPT besides kill's own 0 (alive) and 1 (no such process, EPERM)
+NO_PID_CODE, NO_PID_FILE_CODE, UNREADABLE_CODE = 3, 4, 5
+#: the one liveness probe, for the check and for ``status``'s batch alike: prints the pid
+#: file's ($1) first two lines (pid, command) and ends with ``kill -0`` on that pid. Only
+#: shell builtins (``read``, ``kill``; no ``exec``): minimal systems may lack /bin/kill.
+#: The pid is checked here as well as in Python so ``kill -0`` never sees -1 or a word.
+ALIVE_SCRIPT = (
+    f'[ -e "$1" ] || exit {NO_PID_FILE_CODE}; l1=; l2=; '
+    f'{{ IFS= read -r l1; IFS= read -r l2; :; }} < "$1" || exit {UNREADABLE_CODE}; '
+    'printf "%s\\n%s\\n" "$l1" "$l2"; set -f; set -- $l1; '
+    f'[ $# -eq 1 ] || exit {NO_PID_CODE}; '
+    f'case "$1" in 0*|*[!0-9]*) exit {NO_PID_CODE} ;; esac; '
+    f'[ ${{#1}} -le 10 ] || exit {NO_PID_CODE}; kill -0 "$1"')
+_PID = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def alive_command(pid_file: str) -> list[str]:
+    """An argv that says whether the daemon in ``pid_file`` runs (see ALIVE_SCRIPT)."""
+    return ["sh", "-c", ALIVE_SCRIPT, "sh", pid_file]
+
+
+def check_mta_running(executor: Executor, pid_file: str) -> Check:
+    """Is the MTA's daemon alive (first line of the pid file, then ``kill -0``)?"""
+    return mta_running_check(run_soft(executor, alive_command(pid_file), COMMAND_TIMEOUT_S),
+                             pid_file)
+
+
+def mta_running_check(result: CommandResult, pid_file: str) -> Check:
+    """Judge the result of :func:`alive_command`."""
+    data: dict[str, Any] = {"pid": None, "pid_file": pid_file}
+    if result.exit_code == NO_PID_FILE_CODE:
+        return Check("mta_running", False, f"there is no pid file {pid_file}: the MTA is not "
+                     "running (start it: service sendmail start), or the profile's pid_file "
+                     "is wrong", data)
+    lines = result.stdout_text().split("\n")
+    if result.exit_code == UNREADABLE_CODE or len(lines) < 3:  # the script did not get far
+        return Check("mta_running", False, f"cannot read {pid_file}: "
+                     f"{result.output_text().strip()[:200]}", data)
+    first, command = lines[0].strip(), lines[1].strip()
+    if command:
+        data["command"] = command
+    if result.exit_code == NO_PID_CODE or not _PID.fullmatch(first):
+        return Check("mta_running", False, f"{pid_file} holds no process id ({first[:40]!r}): "
+                     "restart the MTA", data)
+    pid = data["pid"] = int(first)
+    if result.ok:
+        return Check("mta_running", True, f"running as pid {pid}", data)
+    if "not permitted" in result.stderr.decode("utf-8", "replace").lower():
+        # EPERM: the process exists but belongs to another user.
+        return Check("mta_running", True, f"running as pid {pid} (owned by another user)", data)
+    return Check("mta_running", False, f"pid {pid} from {pid_file} is not running (a stale pid "
+                 "file): start the MTA (service sendmail start)", data)
+
+
+# -- smarthost name ------------------------------------------------------------------------
+
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+
+
+def _address_literal(name: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return None
+
+
+def check_resolves(executor: Executor, host: str) -> Check:
+    """Does the host resolve the smarthost's name (``getent hosts``)? Address literals pass."""
+    name, _ = unbracket(host)
+    literal = _address_literal(name)
+    if literal is not None:
+        return Check("smarthost_resolves", True, f"{host} is an address literal",
+                     {"host": host, "addresses": [literal]})
+    if not _NAME_CHARS.fullmatch(name):
+        return Check("smarthost_resolves", False, f"{host!r} is not a host name: set the "
+                     "smarthost again", {"host": host, "addresses": []})
+    out = run_soft(executor, ["getent", "hosts", name], COMMAND_TIMEOUT_S)
+    addresses: list[str] = []
+    for line in out.stdout_text().splitlines() if out.ok else []:
+        parts = line.split()
+        if parts and _address_literal(parts[0]) and parts[0] not in addresses:
+            addresses.append(parts[0])
+    data = {"host": name, "addresses": addresses}
+    if out.exit_code == 127:
+        return Check("smarthost_resolves", False, f"cannot look up {name}: "
+                     f"{out.output_text().strip()[:200]}", data)
+    if not addresses:
+        return Check("smarthost_resolves", False, f"{name} does not resolve on this host: check "
+                     "the name and the host's DNS (/etc/resolv.conf)", data)
+    return Check("smarthost_resolves", True, f"{name} resolves to {', '.join(addresses)}", data)
