@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, g, request
@@ -24,10 +24,10 @@ from agent.config import AgentConfig
 from shared import __version__
 from shared import errors as rf_errors
 from shared import schemas as s
-from shared.executor import LocalExecutor
-from shared.mta import FlushRequest, MtaOperations, operations_for
+from shared.actions import ACTIONS, Action
+from shared.executor import Executor, LocalExecutor
+from shared.mta import MtaOperations, operations_for
 from shared.results import OperationResult
-from shared.validation import parse_smarthost_request
 from shared.webapi import EnvelopeApi, register_error_handler
 
 log = logging.getLogger("relayfleet.agent")
@@ -42,42 +42,22 @@ _STATUS_FOR = {
 }
 
 
+#: the catalogue action each route serves, by (method, URL rule)
+_BY_ROUTE: dict[tuple[str, str], Action[Any]] = {
+    (action.route.method, action.route.path): action for action in ACTIONS.values()}
+
 blp = Blueprint("agent", __name__, url_prefix="/v1",
                 description="Drive this host's MTA: smarthost, queue, log, diagnose.")
 
 
 def _ops() -> MtaOperations:
     config: AgentConfig = g.config
-    return operations_for(LocalExecutor(), config.profile)
+    make_executor: Callable[[], Executor] = g.make_executor
+    return operations_for(make_executor(), config.profile)
 
 
-def _fail_on(result: OperationResult) -> None:
-    """Turn an operation that could not start into the matching HTTP error."""
-    if result.error_kind == "conflict":
-        abort(409, message=result.error or "another configuration change is running")
-
-
-def _operation_doc(result: OperationResult) -> dict[str, Any]:
-    for step in result.steps:
-        # Names, exit codes and timings only: outputs stay in the answer (redacted there).
-        log.info("%s step %s exit=%s %.3fs%s", result.operation, step.name, step.exit_code,
-                 step.duration_s, "" if step.ok else " FAILED")
-    return {"ok": result.ok, "error": result.error, "error_kind": result.error_kind,
-            "steps": [step.to_dict() for step in result.steps]}
-
-
-def _change_doc(result: OperationResult) -> dict[str, Any]:
-    data = result.data
-    return {**_operation_doc(result), "changed": result.changed, "diff": data.get("diff", ""),
-            "smarthost": data.get("smarthost"), "config_in_sync": data.get("config_in_sync", False),
-            "rolled_back": result.rolled_back, "dry_run": bool(data.get("dry_run")),
-            "backup": data.get("backup")}
-
-
-def _one_change_at_a_time(run: Callable[[], OperationResult], dry_run: bool) -> OperationResult:
+def _one_change_at_a_time(run: Callable[[], OperationResult]) -> OperationResult:
     lock: threading.Lock = g.change_lock
-    if dry_run:
-        return run()
     if not lock.acquire(blocking=False):
         abort(409, message="another configuration change is running on this host; "
                            "try again when it has finished")
@@ -85,6 +65,32 @@ def _one_change_at_a_time(run: Callable[[], OperationResult], dry_run: bool) -> 
         return run()
     finally:
         lock.release()
+
+
+def _perform(body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the catalogue action this route serves on the request its schema loaded, and
+    answer the action's document.
+
+    A change (not a dry run) holds the agent's change lock; one that could not start
+    because another change holds the host's lock answers 409 too.
+    """
+    action = _BY_ROUTE[(request.method, request.url_rule.rule if request.url_rule else "")]
+    loaded = dict(body) if body is not None else action.params_schema().load({})
+    dry_run = bool(loaded.get("dry_run", False))
+    request_obj = action.from_loaded(loaded)
+    ops = _ops()
+
+    def run() -> OperationResult:
+        return action.run(ops, request_obj, dry_run=dry_run)
+
+    result = _one_change_at_a_time(run) if action.changes_host and not dry_run else run()
+    if result.error_kind == "conflict":
+        abort(409, message=result.error or "another configuration change is running")
+    for step in result.steps:
+        # Names, exit codes and timings only: outputs stay in the answer (redacted there).
+        log.info("%s step %s exit=%s %.3fs%s", result.operation, step.name, step.exit_code,
+                 step.duration_s, "" if step.ok else " FAILED")
+    return action.answer(result)
 
 
 @blp.route("/health")
@@ -104,7 +110,7 @@ class Status(MethodView):
     @blp.response(200, s.StatusSchema)
     def get(self) -> dict[str, Any]:
         """Hostname, MTA state, smarthost, config sync, queue size, /etc/hosts health."""
-        return _ops().status().data
+        return _perform()
 
 
 @blp.route("/smarthost")
@@ -114,32 +120,21 @@ class Smarthost(MethodView):
     @blp.response(200, s.SmarthostReadSchema)
     def get(self) -> dict[str, Any]:
         """The configured smarthost and whether sendmail.mc and sendmail.cf agree."""
-        data = _ops().read_smarthost().data
-        return {"smarthost": data["smarthost"], "config_in_sync": data["config_in_sync"]}
+        return _perform()
 
     @blp.arguments(s.SmarthostRequestSchema)
     @blp.response(200, s.ChangeResultSchema)
     @blp.alt_response(409, schema=s.ErrorSchema, description="another change is running")
     def put(self, body: dict[str, Any]) -> dict[str, Any]:
         """Set the smarthost: validate, compile, check, swap, make, restart, verify."""
-        dry_run = body.pop("dry_run")
-        if body.get("auth") is None:
-            body.pop("auth", None)
-        request_obj = parse_smarthost_request(body)
-        result = _one_change_at_a_time(
-            lambda: _ops().set_smarthost(request_obj, dry_run=dry_run), dry_run)
-        _fail_on(result)
-        return _change_doc(result)
+        return _perform(body)
 
     @blp.arguments(s.DryRunSchema, required=False)
     @blp.response(200, s.ChangeResultSchema)
     @blp.alt_response(409, schema=s.ErrorSchema, description="another change is running")
     def delete(self, body: dict[str, Any] | None) -> dict[str, Any]:
         """Remove the smarthost (back to direct delivery), with the same safety."""
-        dry_run = bool((body or {}).get("dry_run", False))
-        result = _one_change_at_a_time(lambda: _ops().remove_smarthost(dry_run=dry_run), dry_run)
-        _fail_on(result)
-        return _change_doc(result)
+        return _perform(body)
 
 
 @blp.route("/queue")
@@ -149,7 +144,7 @@ class Queue(MethodView):
     @blp.response(200, s.QueueSchema)
     def get(self) -> dict[str, Any]:
         """Every queued message with its recipients and deferral reason."""
-        return _ops().queue_list().data
+        return _perform()
 
 
 @blp.route("/queue/flush")
@@ -160,18 +155,7 @@ class QueueFlush(MethodView):
     @blp.response(200, s.FlushResultSchema)
     def post(self, body: dict[str, Any] | None) -> dict[str, Any]:
         """``sendmail -OTimeout.hoststatus=0m -q -v`` (or by queue id, recipient, sender)."""
-        body = body or {}
-        chosen = [k for k in ("queue_id", "recipient", "sender") if body.get(k)]
-        if len(chosen) > 1:
-            abort(422, errors={"json": {chosen[1]: ["give at most one of queue_id, recipient, "
-                                                    "sender"]}})
-        result = _ops().queue_flush(FlushRequest(
-            reset_host_status=body.get("reset_host_status", True),
-            queue_id=body.get("queue_id"), recipient=body.get("recipient"),
-            sender=body.get("sender")))
-        return {**_operation_doc(result), "before": result.data["before"],
-                "after": result.data["after"], "deliveries": result.data["deliveries"],
-                "remaining": result.data["remaining"]}
+        return _perform(body)
 
 
 @blp.route("/log")
@@ -182,7 +166,7 @@ class Log(MethodView):
     @blp.response(200, s.LogSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """The last ``lines`` maillog lines, parsed, and a summary by stat."""
-        return _ops().read_log(query["lines"]).data
+        return _perform(query)
 
 
 @blp.route("/diagnose")
@@ -193,13 +177,13 @@ class Diagnose(MethodView):
     @blp.response(200, s.DiagnoseSchema)
     def post(self, body: dict[str, Any] | None) -> dict[str, Any]:
         """Hostname, /etc/hosts, MTA, config sync, smarthost DNS + SMTP, SPF."""
-        body = body or {}
-        result = _ops().diagnose(domain=body.get("domain"), public_ip=body.get("public_ip"))
-        return {**_operation_doc(result), "checks": result.data["checks"]}
+        return _perform(body)
 
 
-def create_app(config: AgentConfig) -> Flask:
-    """Build the agent's Flask app for ``config``."""
+def create_app(config: AgentConfig, *,
+               executor_factory: Callable[[], Executor] = LocalExecutor) -> Flask:
+    """Build the agent's Flask app for ``config``; operations run through executors made
+    by ``executor_factory`` (this machine; tests pass :class:`shared.testing.FakeExecutor`)."""
     app = Flask("relayfleet.agent")
     app.config.update(
         API_TITLE="relayfleet agent", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
@@ -211,6 +195,12 @@ def create_app(config: AgentConfig) -> Flask:
     )
     api = EnvelopeApi(app)
     api.register_blueprint(blp)
+    served = {(method, rule.rule) for rule in app.url_map.iter_rules()
+              for method in rule.methods or ()}
+    missing = sorted(f"{a.name}: {a.route.method} {a.route.path}" for a in ACTIONS.values()
+                     if (a.route.method, a.route.path) not in served)
+    if missing:
+        raise RuntimeError(f"no agent route for {', '.join(missing)}")
     change_lock = threading.Lock()
 
     @app.before_request
@@ -218,6 +208,7 @@ def create_app(config: AgentConfig) -> Flask:
         g.started = time.monotonic()
         g.config = config
         g.change_lock = change_lock
+        g.make_executor = executor_factory
         if request.path in OPEN_PATHS:
             return
         header = request.headers.get("Authorization", "")

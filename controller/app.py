@@ -1,6 +1,6 @@
 """The controller's Flask app factory: API, auth, audit, metrics, Celery.
 
-Views only validate and enqueue; jobs run in Celery workers (:mod:`controller.tasks`).
+Views only validate and enqueue; jobs run in Celery workers (:mod:`controller.lanes`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from controller.models import AuditEvent
 from shared import __version__
 from shared import errors as rf_errors
 from shared import schemas as agent_schemas
+from shared.actions import ACTIONS, JOB_ACTIONS, result_component_name
 from shared.webapi import EnvelopeApi, register_error_handler
 
 log = logging.getLogger("relayfleet.controller")
@@ -77,6 +78,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["relayfleet_api"] = api
     for blueprint in (health, inventory.blp, jobs.blp, fleet.blp, fleet.meta):
         api.register_blueprint(blueprint)
+    _publish_action_results(api)
     celery_init_app(app)
 
     @app.before_request
@@ -110,6 +112,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     register_error_handler(app, api, _STATUS_FOR, log)
     return app
+
+
+def _publish_action_results(api: EnvelopeApi) -> None:
+    """Publish each job action's result schema (the data of its host results) as a
+    component named after the action, e.g. ``SetSmarthostResult``."""
+    published: dict[type, str] = {}
+    for name in JOB_ACTIONS:
+        schema, component = ACTIONS[name].result_schema, result_component_name(name)
+        if schema in published:
+            # Actions that share a schema (set and remove) point at its one component:
+            # apispec warns, and may resolve references wrongly, if a schema is added twice.
+            api.spec.components.schema(
+                component, {"$ref": f"#/components/schemas/{published[schema]}"})
+        else:
+            api.spec.components.schema(component, schema=schema)
+            published[schema] = component
 
 
 def _refuse_nul() -> None:

@@ -1,8 +1,9 @@
 """How a worker reaches one host: through its agent (HTTP) or over SSH.
 
-Both transports take an action name and validated params and return the same
-:class:`~shared.results.OperationResult`, so a job's results look alike whichever way the
-host is managed. Third-party errors (requests, paramiko) are mapped here to the shared
+Both transports take an action name and its typed request (see :mod:`shared.actions`) and
+return the same :class:`~shared.results.OperationResult`, built from the agent's answer
+document for the action either way, so a job's results look alike whichever way the host
+is managed. Third-party errors (requests, paramiko) are mapped here to the shared
 exception tree: :class:`HostUnreachable` when the host could not be reached at all.
 """
 
@@ -20,14 +21,12 @@ from typing import Any
 
 import requests
 
+from shared.actions import Request, action_named, result_from_document
 from shared.errors import ChangeInProgress, CommandTimeout, HostUnreachable, OperationError
-from shared.mta import FlushRequest, MtaOperations, operations_for
+from shared.mta import operations_for
 from shared.profile import build_profile
-from shared.results import OperationResult, Step
-from shared.validation import parse_smarthost_request
+from shared.results import OperationResult
 
-#: keys of an agent answer that are the operation's outcome rather than its data
-_OUTCOME_KEYS = ("ok", "error", "error_kind", "steps", "changed", "rolled_back")
 #: how long to keep asking an agent that is busy with another change (409)
 _BUSY_RETRY_S = 2.0
 
@@ -65,31 +64,13 @@ class HostTransport(abc.ABC):
         self.close()
 
     @abc.abstractmethod
-    def run(self, action: str, params: dict[str, Any], *, dry_run: bool,
+    def run(self, action: str, request: Request, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
-        """Run ``action`` within ``timeout_s`` seconds."""
+        """Run ``action`` with its typed ``request`` within ``timeout_s`` seconds."""
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections (idempotent)."""
-
-
-def run_operation(ops: MtaOperations, action: str, params: dict[str, Any],
-                  dry_run: bool) -> OperationResult:
-    """Call the operation an action names with its (already validated) params."""
-    if action == "set_smarthost":
-        return ops.set_smarthost(parse_smarthost_request(params), dry_run=dry_run)
-    if action == "remove_smarthost":
-        return ops.remove_smarthost(dry_run=dry_run)
-    if action == "flush_queue":
-        return ops.queue_flush(FlushRequest(**params))
-    if action == "collect_status":
-        return ops.status()
-    if action == "diagnose":
-        return ops.diagnose(domain=params.get("domain"), public_ip=params.get("public_ip"))
-    if action == "read_log":
-        return ops.read_log(params.get("lines", 200))
-    raise OperationError(f"unknown action {action!r}")
 
 
 class SshTransport(HostTransport):
@@ -106,9 +87,14 @@ class SshTransport(HostTransport):
                            sudo=spec.ssh_sudo, connect_timeout_s=10.0, label=spec.name)
         self.executor = SshExecutor(target, pool)
 
-    def run(self, action: str, params: dict[str, Any], *, dry_run: bool,
+    def run(self, action: str, request: Request, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
-        """Run the operation; past ``timeout_s`` the connection is cut and the host fails."""
+        """Run the operation; past ``timeout_s`` the connection is cut and the host fails.
+
+        The result goes through the agent's answer document, so it has the same shape as
+        one from :class:`AgentTransport`.
+        """
+        entry = action_named(action)
         profile = build_profile(self.spec.mta_kind, self.spec.mta_flavour,
                                 self.spec.mta_overrides)
         ops = operations_for(self.executor, profile, self.lock_owner)
@@ -122,7 +108,7 @@ class SshTransport(HostTransport):
         timer.daemon = True
         timer.start()
         try:
-            return run_operation(ops, action, params, dry_run)
+            result = entry.run(ops, request, dry_run=dry_run)
         except Exception as exc:
             if expired.is_set():
                 raise CommandTimeout(f"{self.spec.name}: no answer within the job's "
@@ -130,6 +116,7 @@ class SshTransport(HostTransport):
             raise
         finally:
             timer.cancel()
+        return result_from_document(action, entry.document(result))
 
     def close(self) -> None:
         """Give the connection back to the pool."""
@@ -198,32 +185,16 @@ class AgentTransport(HostTransport):
         raise OperationError(f"{self.spec.name}: the agent answered {answer.status_code}"
                              + (f": {message}" if message else ""))
 
-    def run(self, action: str, params: dict[str, Any], *, dry_run: bool,
+    def run(self, action: str, request: Request, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
         """Call the agent route for ``action`` and turn its answer into a result."""
-        if action == "set_smarthost":
-            doc = self._call("PUT", "/v1/smarthost", json_body={**params, "dry_run": dry_run},
-                             timeout_s=timeout_s)
-        elif action == "remove_smarthost":
-            doc = self._call("DELETE", "/v1/smarthost", json_body={"dry_run": dry_run},
-                             timeout_s=timeout_s)
-        elif action == "flush_queue":
-            doc = self._call("POST", "/v1/queue/flush", json_body=params, timeout_s=timeout_s)
-        elif action == "collect_status":
-            doc = self._call("GET", "/v1/status", timeout_s=timeout_s)
-        elif action == "diagnose":
-            doc = self._call("POST", "/v1/diagnose", json_body=params, timeout_s=timeout_s)
-        elif action == "read_log":
-            doc = self._call("GET", "/v1/log", params={"lines": params.get("lines", 200)},
-                             timeout_s=timeout_s)
-        else:
-            raise OperationError(f"unknown action {action!r}")
-        steps = [Step(**step) for step in doc.get("steps", [])]
-        data = {key: value for key, value in doc.items() if key not in _OUTCOME_KEYS}
-        return OperationResult(action, ok=bool(doc.get("ok", True)), steps=steps, data=data,
-                               changed=bool(doc.get("changed", False)),
-                               rolled_back=bool(doc.get("rolled_back", False)),
-                               error=doc.get("error"), error_kind=doc.get("error_kind"))
+        entry = action_named(action)
+        route = entry.route
+        sent = entry.http_input(request, dry_run)
+        doc = self._call(route.method, route.path, timeout_s=timeout_s,
+                         json_body=sent if route.location == "json" else None,
+                         params=sent if route.location == "query" else None)
+        return result_from_document(action, doc)
 
     def close(self) -> None:
         """Remove the CA file and close our own HTTP session."""

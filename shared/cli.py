@@ -13,15 +13,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from shared.actions import ACTIONS, Action
 from shared.errors import RelayfleetError, ValidationError
 from shared.executor import Executor, LocalExecutor
-from shared.mta import operations_for, parse_flush_request, validate_log_lines
+from shared.mta import DEFAULT_LOG_LINES, operations_for
 from shared.profile import build_profile
-from shared.results import OperationResult
-from shared.validation import parse_smarthost_request
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
+#: sub-commands in the order --help lists them
+_COMMANDS = ("read-smarthost", "set-smarthost", "remove-smarthost", "queue", "flush", "log",
+             "diagnose", "status")
+_BY_COMMAND: dict[str, Action[Any]] = {action.command: action for action in ACTIONS.values()}
 
 
 def _body(raw: str | None) -> Any:
@@ -47,26 +50,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help='profile overrides, e.g. \'{"restart": ["systemctl", "restart", '
                              '"sendmail"]}\'')
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("read-smarthost", help="show the smarthost in sendmail.mc and sendmail.cf")
-    for name, text in (("set-smarthost", "point outbound mail at a smarthost"),
-                       ("remove-smarthost", "go back to direct delivery")):
-        cmd = sub.add_parser(name, help=text)
-        if name == "set-smarthost":
-            cmd.add_argument("--json", required=True, metavar="BODY",
-                             help='{"host": ..., "port": 2525, "mx": false, "auth": {...}} '
-                                  "or - to read it from standard input")
-        cmd.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
-    sub.add_parser("queue", help="list queued messages")
-    flush = sub.add_parser("flush", help="run the queue now")
-    flush.add_argument("--json", metavar="BODY",
-                       help='{"reset_host_status": true, "queue_id"|"recipient"|"sender": ...}')
-    log = sub.add_parser("log", help="parse the tail of the maillog")
-    log.add_argument("--lines", type=int, default=200)
-    diag = sub.add_parser("diagnose", help="run the delivery checklist")
-    diag.add_argument("--domain", help="check this domain's SPF record covers --public-ip")
-    diag.add_argument("--public-ip")
-    sub.add_parser("status", help="hostname, MTA, smarthost, queue and /etc/hosts in one look")
+    commands = {name: sub.add_parser(name, help=_BY_COMMAND[name].summary)
+                for name in _COMMANDS}
+    commands["set-smarthost"].add_argument(
+        "--json", required=True, metavar="BODY",
+        help='{"host": ..., "port": 2525, "mx": false, "auth": {...}} '
+             "or - to read it from standard input")
+    for name, cmd in commands.items():
+        if _BY_COMMAND[name].changes_host:
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="print the diff, change nothing")
+    commands["flush"].add_argument(
+        "--json", metavar="BODY",
+        help='{"reset_host_status": true, "queue_id"|"recipient"|"sender": ...}')
+    # Options named after request fields go into the request (see _request_data).
+    commands["log"].add_argument("--lines", type=int, default=DEFAULT_LOG_LINES)
+    commands["diagnose"].add_argument(
+        "--domain", help="check this domain's SPF record covers --public-ip")
+    commands["diagnose"].add_argument("--public-ip")
     return parser
+
+
+def _request_data(args: argparse.Namespace, action: Action[Any]) -> Any:
+    """The request as JSON: the --json body, or the options named after its fields."""
+    if getattr(args, "json", None) is not None:
+        return _body(args.json)
+    fields = action.params_schema().fields
+    return {name: value for name, value in vars(args).items()
+            if name in fields and name != "dry_run" and value is not None}
 
 
 def run(argv: Sequence[str] | None = None,
@@ -76,29 +87,14 @@ def run(argv: Sequence[str] | None = None,
     The operation runs on this machine unless another ``executor`` (SSH) is given.
     """
     args = build_parser().parse_args(argv)
+    action = _BY_COMMAND[args.command]
     try:
         overrides = _body(args.profile_json)
         profile = build_profile(args.mta, args.flavour, overrides)
+        request = action.parse(_request_data(args, action))
         with executor or LocalExecutor() as host:
-            ops = operations_for(host, profile)
-            result: OperationResult
-            if args.command == "read-smarthost":
-                result = ops.read_smarthost()
-            elif args.command == "set-smarthost":
-                request = parse_smarthost_request(_body(args.json))
-                result = ops.set_smarthost(request, dry_run=args.dry_run)
-            elif args.command == "remove-smarthost":
-                result = ops.remove_smarthost(dry_run=args.dry_run)
-            elif args.command == "queue":
-                result = ops.queue_list()
-            elif args.command == "flush":
-                result = ops.queue_flush(parse_flush_request(_body(args.json)))
-            elif args.command == "log":
-                result = ops.read_log(validate_log_lines(args.lines))
-            elif args.command == "diagnose":
-                result = ops.diagnose(domain=args.domain, public_ip=args.public_ip)
-            else:
-                result = ops.status()
+            result = action.run(operations_for(host, profile), request,
+                                dry_run=getattr(args, "dry_run", False))
     except ValidationError as exc:
         return EXIT_INVALID, {"ok": False, "error_kind": exc.kind, "error": exc.message,
                               "errors": exc.errors}

@@ -15,12 +15,34 @@ from shared.errors import NotSupported, ValidationError
 from shared.executor import Executor
 from shared.profile import HostProfile
 from shared.results import OperationResult
-from shared.validation import SmarthostRequest
+from shared.validation import (
+    SmarthostRequest,
+    refusal,
+    validate_domain,
+    validate_ip_address,
+)
 
-_QUEUE_ID_RE = re.compile(r"[A-Za-z0-9]{6,32}")
+#: a flush selector's grammar; the schema publishes the same text as its OpenAPI pattern
+_QUEUE_ID = r"[A-Za-z0-9]{6,32}"
 #: a -qR/-qS match is a substring of an address: keep it to address characters
-_ADDRESS_PART_RE = re.compile(r"[A-Za-z0-9._%+=@-]{1,254}")
+_ADDRESS_PART = r"[A-Za-z0-9._%+=@-]{1,254}"
+QUEUE_ID_PATTERN = f"^{_QUEUE_ID}$"
+ADDRESS_PART_PATTERN = f"^{_ADDRESS_PART}$"
+#: the flush request fields that pick part of the queue (sendmail -qI, -qR, -qS)
+FLUSH_SELECTORS = ("queue_id", "recipient", "sender")
+_SELECTOR_RULES = (("queue_id", re.compile(_QUEUE_ID), "6-32 letters and digits"),
+                   ("recipient", re.compile(_ADDRESS_PART), "address characters only"),
+                   ("sender", re.compile(_ADDRESS_PART), "address characters only"))
 MAX_LOG_LINES = 10000
+DEFAULT_LOG_LINES = 200
+
+
+def flush_selector_errors(values: Mapping[str, object]) -> dict[str, list[str]]:
+    """The at-most-one rule of a flush request: every selector given, when more than one is."""
+    chosen = [key for key in FLUSH_SELECTORS if values.get(key) is not None]
+    if len(chosen) <= 1:
+        return {}
+    return {key: [f"give at most one of {', '.join(FLUSH_SELECTORS)}"] for key in chosen}
 
 
 @dataclass(frozen=True)
@@ -32,34 +54,51 @@ class FlushRequest:
     recipient: str | None = None
     sender: str | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse values that break the grammars (they become sendmail arguments)."""
+        errors: dict[str, list[str]] = {}
+        if not isinstance(self.reset_host_status, bool):
+            errors["reset_host_status"] = ["must be true or false"]
+        for key, regex, what in _SELECTOR_RULES:
+            value = getattr(self, key)
+            # fullmatch: a pattern's "$" would let a trailing newline through
+            if value is not None and (not isinstance(value, str) or not regex.fullmatch(value)):
+                errors[key] = [f"must be {what}"]
+        for key, reasons in flush_selector_errors(vars(self)).items():
+            errors.setdefault(key, []).extend(reasons)
+        if errors:
+            raise refusal("flush request", errors)
 
-def parse_flush_request(data: Mapping[str, object] | None) -> FlushRequest:
-    """Validate a flush request; at most one of queue_id, recipient, sender."""
-    data = dict(data or {})
-    errors: dict[str, list[str]] = {}
-    allowed = {"reset_host_status", "queue_id", "recipient", "sender"}
-    for key in sorted(set(data) - allowed):
-        errors[key] = ["unknown field"]
-    reset = data.get("reset_host_status", True)
-    if not isinstance(reset, bool):
-        errors["reset_host_status"] = ["must be true or false"]
-    values: dict[str, str | None] = {}
-    for key, regex, what in (("queue_id", _QUEUE_ID_RE, "6-32 letters and digits"),
-                             ("recipient", _ADDRESS_PART_RE, "address characters only"),
-                             ("sender", _ADDRESS_PART_RE, "address characters only")):
-        value = data.get(key)
-        if value is None:
-            values[key] = None
-        elif not isinstance(value, str) or not regex.fullmatch(value):
-            errors[key] = [f"must be {what}"]
-        else:
-            values[key] = value
-    if sum(v is not None for v in values.values()) > 1:
-        errors.setdefault("queue_id", []).append(
-            "give at most one of queue_id, recipient, sender")
-    if errors:
-        raise ValidationError("invalid flush request", errors)
-    return FlushRequest(reset_host_status=bool(reset), **values)
+
+@dataclass(frozen=True)
+class LogRequest:
+    """How many maillog lines to read."""
+
+    lines: int = DEFAULT_LOG_LINES
+
+    def __post_init__(self) -> None:
+        """Refuse a count outside 1 to MAX_LOG_LINES."""
+        validate_log_lines(self.lines)
+
+
+@dataclass(frozen=True)
+class DiagnoseRequest:
+    """What the delivery checklist checks beyond the host itself (SPF needs both)."""
+
+    domain: str | None = None
+    public_ip: str | None = None
+
+    def __post_init__(self) -> None:
+        """Normalise the domain and the address, refusing bad ones."""
+        if self.domain is not None:
+            object.__setattr__(self, "domain", validate_domain(self.domain))
+        if self.public_ip is not None:
+            object.__setattr__(self, "public_ip", validate_ip_address(self.public_ip))
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The request of an action that takes no input."""
 
 
 def validate_log_lines(value: object) -> int:
@@ -103,7 +142,7 @@ class MtaOperations(abc.ABC):
         """Run the queue (or part of it) now and report counts before and after."""
 
     @abc.abstractmethod
-    def read_log(self, lines: int = 200) -> OperationResult:
+    def read_log(self, lines: int = DEFAULT_LOG_LINES) -> OperationResult:
         """Parse the last ``lines`` lines of the mail log and summarise them."""
 
     @abc.abstractmethod

@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from shared import errors as rf_errors
 from shared import validation as rules
-from shared.mta import MAX_LOG_LINES
+from shared.mta import (
+    ADDRESS_PART_PATTERN,
+    DEFAULT_LOG_LINES,
+    MAX_LOG_LINES,
+    QUEUE_ID_PATTERN,
+    flush_selector_errors,
+)
 
 
 class StrictSchema(Schema):
@@ -77,17 +91,24 @@ class FlushRequestSchema(StrictSchema):
 
     reset_host_status = fields.Boolean(load_default=True)
     queue_id = fields.String(load_default=None, allow_none=True,
-                             validate=validate.Regexp(r"^[A-Za-z0-9]{6,32}$"))
+                             validate=validate.Regexp(QUEUE_ID_PATTERN))
     recipient = fields.String(load_default=None, allow_none=True,
-                              validate=validate.Regexp(r"^[A-Za-z0-9._%+=@-]{1,254}$"))
+                              validate=validate.Regexp(ADDRESS_PART_PATTERN))
     sender = fields.String(load_default=None, allow_none=True,
-                           validate=validate.Regexp(r"^[A-Za-z0-9._%+=@-]{1,254}$"))
+                           validate=validate.Regexp(ADDRESS_PART_PATTERN))
+
+    @validates_schema
+    def _one_selector(self, data: dict[str, Any], **_: Any) -> None:
+        errors = flush_selector_errors(data)
+        if errors:
+            raise ValidationError(errors)
 
 
 class LogQuerySchema(StrictSchema):
     """GET /v1/log query."""
 
-    lines = fields.Integer(load_default=200, validate=validate.Range(1, MAX_LOG_LINES))
+    lines = fields.Integer(load_default=DEFAULT_LOG_LINES,
+                           validate=validate.Range(1, MAX_LOG_LINES))
 
 
 class DiagnoseRequestSchema(StrictSchema):
@@ -101,17 +122,25 @@ class DiagnoseRequestSchema(StrictSchema):
     @validates("domain")
     def _domain(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            _grammar(rules.validate_hostname, value, "domain")
+            _grammar(rules.validate_domain, value, "domain")
 
     @validates("public_ip")
     def _ip(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            import ipaddress
+            _grammar(rules.validate_ip_address, value, "public_ip")
 
-            try:
-                ipaddress.ip_address(value)
-            except ValueError:
-                raise ValidationError("must be an IPv4 or IPv6 address") from None
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested error messages as ``{"auth.password": [reasons]}``."""
+    out: dict[str, list[str]] = {}
+    items = messages.items() if isinstance(messages, dict) else [("_schema", messages)]
+    for key, value in items:
+        if isinstance(value, dict):
+            out.update(flatten_errors(value, f"{prefix}{key}."))
+        else:
+            reasons = value if isinstance(value, list) else [value]
+            out.setdefault(f"{prefix}{key}", []).extend(str(reason) for reason in reasons)
+    return out
 
 
 # -- answers ---------------------------------------------------------------------------

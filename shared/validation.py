@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -161,6 +161,24 @@ def validate_port(value: object, field: str = "port") -> int:
     return value
 
 
+def validate_domain(value: object, field: str = "domain") -> str:
+    """Return a lowercase RFC 1123 domain name; refuse address literals and bad names."""
+    name = validate_hostname(value, field)
+    if name.startswith("["):
+        raise ValidationError.for_field(field, "must be a domain name, not an address")
+    return name
+
+
+def validate_ip_address(value: object, field: str = "public_ip") -> str:
+    """Return an IPv4 or IPv6 address in its normal form (no zone id such as ``%eth0``)."""
+    if not isinstance(value, str) or "%" in value:
+        raise ValidationError.for_field(field, "must be an IPv4 or IPv6 address")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValidationError.for_field(field, "must be an IPv4 or IPv6 address") from None
+
+
 def _credential(value: object, field: str) -> str:
     """Check the type and length shared by user names and passwords."""
     if not isinstance(value, str):
@@ -267,6 +285,12 @@ class SmarthostRequest:
         return target if self.mailer == "relay" else f"{self.mailer}:{target}"
 
 
+def refusal(what: str, errors: Mapping[str, Sequence[str]]) -> ValidationError:
+    """One error naming every bad field of a request (``invalid WHAT: field: reason; ...``)."""
+    return ValidationError(f"invalid {what}: " + "; ".join(
+        f"{key}: {reason}" for key, reasons in errors.items() for reason in reasons), errors)
+
+
 def _field_name(prefix: str, key: object) -> str:
     """A printable, bounded field name for an unknown key."""
     if isinstance(key, str) and _SIMPLE_KEY.fullmatch(key):
@@ -338,6 +362,5 @@ def parse_smarthost_request(data: object) -> SmarthostRequest:
                 auth = SmtpAuth(user, password)
 
     if errors or host is None:
-        raise ValidationError("invalid smarthost request: " + "; ".join(
-            f"{key}: {reason}" for key, reasons in errors.items() for reason in reasons), errors)
+        raise refusal("smarthost request", errors)
     return SmarthostRequest(host=host, port=port, mx=mx is True, mailer=str(mailer), auth=auth)

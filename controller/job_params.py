@@ -1,0 +1,54 @@
+"""Action rules the controller applies: params checked at the API edge, the typed request
+rebuilt from what a job stores, and what a host's result teaches about its last known
+state. The rules themselves are the catalogue's (:mod:`shared.actions`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.db import utcnow
+from shared.actions import CHANGE_ACTIONS, Request, action_named
+from shared.errors import ValidationError
+from shared.results import OperationResult
+from shared.validation import refusal
+
+
+def _prefixed(exc: ValidationError, prefix: str) -> ValidationError:
+    """The same refusal with every field named inside the job document (``params.host``)."""
+    return refusal("params", {f"{prefix}{key}": reasons for key, reasons in exc.errors.items()})
+
+
+def validate_params(action: str, params: dict[str, Any],
+                    options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Check an action's params with the agent's own rules; return (public, secret) parts."""
+    entry = action_named(action, job=True)
+    if "dry_run" in params:
+        raise ValidationError.for_field("params.dry_run", "use options.dry_run")
+    if options.get("dry_run") and not entry.changes_host:
+        raise ValidationError.for_field(
+            "options.dry_run", f"only {' and '.join(CHANGE_ACTIONS)} have a dry run")
+    try:
+        request = entry.parse(params)
+    except ValidationError as exc:
+        raise _prefixed(exc, "params.") from None
+    return entry.split(request)
+
+
+def stored_request(action: str, public: dict[str, Any],
+                   secret: dict[str, Any] | None) -> Request:
+    """The typed request of a stored job, from its public params and decrypted secret."""
+    request: Request = action_named(action, job=True).stored(public, secret)
+    return request
+
+
+def learned(job_id: int, job: dict[str, Any], *, status: str, error: str | None,
+            result: OperationResult | None) -> dict[str, Any]:
+    """What one result says about its host's last known state (for ``GET /v1/fleet``)."""
+    if status == "unreachable":
+        return {"last_job_id": job_id, "last_reachable": False, "last_error": error}
+    values: dict[str, Any] = {"last_job_id": job_id, "last_reachable": True,
+                              "last_seen_at": utcnow(),
+                              "last_error": error if status == "failed" else None}
+    values.update(action_named(job["action"]).learn(
+        status, result.data if result else {}, bool(job["options"].get("dry_run"))))
+    return values

@@ -1,0 +1,330 @@
+"""The catalogue of actions: everything relayfleet knows about each thing it can do to a host.
+
+One :class:`Action` per action, in :data:`ACTIONS`, says how its request is checked (the
+agent's request schema, then a typed request built once at the edge), stored (its JSON
+form, with secrets kept apart), run (:class:`~shared.mta.MtaOperations`), carried to an
+agent (HTTP method, path, body or query), answered (the agent's result schema and the one
+function that builds that document) and learnt from (the host's last known state).
+
+The agent's routes, both controller transports, the controller's job checks and
+``relayfleet-ops`` all read this table, so an action name appears only here. A request
+travels typed: parsed once where it enters (API, CLI, stored job), then passed as is.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
+
+from marshmallow import Schema
+from marshmallow import ValidationError as SchemaError
+
+from shared import schemas as s
+from shared.errors import OperationError, ValidationError
+from shared.mta import DiagnoseRequest, FlushRequest, LogRequest, MtaOperations, NoParams
+from shared.results import OperationResult, Step
+from shared.validation import SmarthostRequest, parse_smarthost_request, refusal
+
+R = TypeVar("R")
+#: a typed request of any action
+Request = SmarthostRequest | FlushRequest | DiagnoseRequest | LogRequest | NoParams
+#: the keys of an answer document that are the operation's outcome rather than its data
+OUTCOME_KEYS = ("ok", "error", "error_kind", "steps", "changed", "rolled_back")
+#: what a result may teach about a host's last known state
+HOST_STATE_KEYS = ("queue_count", "smarthost", "config_in_sync", "mta_running")
+
+
+def _fields(request: Any) -> dict[str, Any]:
+    """A dataclass request's JSON form: its fields."""
+    return asdict(request)
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """How the controller reaches an action on a host's agent."""
+
+    method: str
+    path: str
+    #: where the request travels: "json" (body), "query" (string), or None (no input)
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class Action(Generic[R]):
+    """One action: its request, how it runs and travels, its answer, what it teaches."""
+
+    name: str
+    #: ``relayfleet-ops`` sub-command
+    command: str
+    summary: str
+    #: the agent's request schema (for changes it also carries ``dry_run``)
+    params_schema: type[Schema]
+    #: builds the typed request from what ``params_schema`` loaded (without ``dry_run``)
+    build: Callable[[dict[str, Any]], R]
+    #: calls the operation (the SSH transport, the agent and ``relayfleet-ops`` use it)
+    operation: Callable[[MtaOperations, R, bool], OperationResult]
+    route: HttpRoute
+    #: the agent's answer schema, and the one function building that document
+    result_schema: type[Schema]
+    answer: Callable[[OperationResult], dict[str, Any]]
+    #: (status, result data, dry_run) -> a subset of HOST_STATE_KEYS
+    learn: Callable[[str, Mapping[str, Any], bool], dict[str, Any]]
+    #: the request's JSON form (secrets included)
+    to_json: Callable[[R], dict[str, Any]] = _fields
+    #: paths in that JSON form that are secret: stored apart, keyed by their last name
+    secret_paths: tuple[tuple[str, ...], ...] = ()
+    #: changes the host: takes the change lock and has a dry run
+    changes_host: bool = False
+    #: may be run as a controller job
+    job: bool = True
+
+    def parse(self, data: object) -> R:
+        """Check a request (a JSON object) with the action's schema; return it typed."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValidationError.for_field("body", "must be a JSON object")
+        if "dry_run" in data:
+            # dry_run is how to run a request, not part of it: never let it pass silently
+            raise ValidationError.for_field("dry_run", "is not part of the request; "
+                                                       "ask for a dry run separately")
+        try:
+            loaded = self.params_schema().load(data)
+        except SchemaError as exc:
+            raise refusal("request", s.flatten_errors(exc.messages)) from None
+        return self.from_loaded(loaded)
+
+    def from_loaded(self, loaded: Mapping[str, Any]) -> R:
+        """The typed request from what ``params_schema`` loaded (``dry_run`` is left out)."""
+        return self.build({key: value for key, value in loaded.items() if key != "dry_run"})
+
+    def run(self, ops: MtaOperations, request: R, *, dry_run: bool = False) -> OperationResult:
+        """Run the action on a host through its operations."""
+        if dry_run and not self.changes_host:
+            raise OperationError(f"{self.name} has no dry run")
+        return self.operation(ops, request, dry_run)
+
+    def split(self, request: R) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The request's JSON form as (public part, secret part or None) for storage."""
+        public = copy.deepcopy(self.to_json(request))
+        secret: dict[str, Any] = {}
+        for path in self.secret_paths:
+            parent = _walk(public, path[:-1])
+            if parent is not None and path[-1] in parent:
+                secret[path[-1]] = parent.pop(path[-1])
+        return public, secret or None
+
+    def join(self, public: Mapping[str, Any], secret: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The JSON form again from its stored public and secret parts."""
+        joined = copy.deepcopy(dict(public))
+        for path in self.secret_paths:
+            if secret and path[-1] in secret:
+                parent = joined
+                for key in path[:-1]:
+                    parent = parent.setdefault(key, {})
+                parent[path[-1]] = secret[path[-1]]
+        return joined
+
+    def stored(self, public: Mapping[str, Any], secret: Mapping[str, Any] | None) -> R:
+        """Rebuild (and check again) the typed request from its stored parts."""
+        return self.parse(self.join(public, secret))
+
+    def http_input(self, request: R, dry_run: bool) -> dict[str, Any] | None:
+        """The body or query that carries ``request`` to the agent."""
+        if self.route.location is None:
+            return None
+        data = self.to_json(request)
+        if self.changes_host:
+            data["dry_run"] = dry_run
+        return data
+
+    def document(self, result: OperationResult) -> dict[str, Any]:
+        """The agent's answer document for ``result``, exactly as the agent sends it."""
+        return dict(self.result_schema().dump(self.answer(result)))
+
+
+def _walk(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    for key in path:
+        inner = doc.get(key)
+        if not isinstance(inner, dict):
+            return None
+        doc = inner
+    return doc
+
+
+def result_from_document(action: str, doc: Mapping[str, Any]) -> OperationResult:
+    """An agent answer as a result: outcome keys become the outcome, the rest its data."""
+    return OperationResult(
+        action, ok=bool(doc.get("ok", True)), steps=[Step(**step) for step in doc.get("steps", [])],
+        data={key: value for key, value in doc.items() if key not in OUTCOME_KEYS},
+        changed=bool(doc.get("changed", False)), rolled_back=bool(doc.get("rolled_back", False)),
+        error=doc.get("error"), error_kind=doc.get("error_kind"))
+
+
+# -- answers ------------------------------------------------------------------------------
+
+def _outcome(result: OperationResult) -> dict[str, Any]:
+    return {"ok": result.ok, "error": result.error, "error_kind": result.error_kind,
+            "steps": [step.to_dict() for step in result.steps]}
+
+
+def _data(result: OperationResult) -> dict[str, Any]:
+    return result.data
+
+
+def _change_answer(result: OperationResult) -> dict[str, Any]:
+    data = result.data
+    return {**_outcome(result), "changed": result.changed, "diff": data.get("diff", ""),
+            "smarthost": data.get("smarthost"), "config_in_sync": data.get("config_in_sync", False),
+            "rolled_back": result.rolled_back, "dry_run": bool(data.get("dry_run")),
+            "backup": data.get("backup")}
+
+
+def _outcome_and(*keys: str) -> Callable[[OperationResult], dict[str, Any]]:
+    def answer(result: OperationResult) -> dict[str, Any]:
+        return {**_outcome(result), **{key: result.data[key] for key in keys}}
+    return answer
+
+
+# -- what results teach about a host ---------------------------------------------------------
+
+def _learn_nothing(status: str, data: Mapping[str, Any], dry_run: bool) -> dict[str, Any]:
+    return {}
+
+
+def _learn_change(status: str, data: Mapping[str, Any], dry_run: bool) -> dict[str, Any]:
+    # A change re-reads the configuration after whatever happened (done, refused, rolled
+    # back), so its answer is the host's smarthost now; a dry run reads nothing after.
+    if dry_run or "smarthost" not in data:
+        return {}
+    return {"smarthost": data["smarthost"], "config_in_sync": data.get("config_in_sync")}
+
+
+def _learn_flush(status: str, data: Mapping[str, Any], dry_run: bool) -> dict[str, Any]:
+    return {} if data.get("after") is None else {"queue_count": data["after"]}
+
+
+def _learn_status(status: str, data: Mapping[str, Any], dry_run: bool) -> dict[str, Any]:
+    if status != "succeeded":
+        return {}
+    return {"queue_count": (data.get("queue") or {}).get("count"),
+            "smarthost": data.get("smarthost"), "config_in_sync": data.get("config_in_sync"),
+            "mta_running": (data.get("mta") or {}).get("running")}
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+def _smarthost_json(request: SmarthostRequest) -> dict[str, Any]:
+    doc: dict[str, Any] = {"host": request.host, "port": request.port, "mx": request.mx,
+                           "mailer": request.mailer}
+    if request.auth is not None:
+        doc["auth"] = {"username": request.auth.username, "password": request.auth.password}
+    return doc
+
+
+def _no_params(loaded: dict[str, Any]) -> NoParams:
+    return NoParams()
+
+
+def _no_json(request: NoParams) -> dict[str, Any]:
+    return {}
+
+
+def _build_flush(loaded: dict[str, Any]) -> FlushRequest:
+    return FlushRequest(**loaded)
+
+
+def _build_diagnose(loaded: dict[str, Any]) -> DiagnoseRequest:
+    return DiagnoseRequest(**loaded)
+
+
+def _build_log(loaded: dict[str, Any]) -> LogRequest:
+    return LogRequest(**loaded)
+
+
+# -- the catalogue ----------------------------------------------------------------------------
+
+_CATALOGUE: tuple[Action[Any], ...] = (
+    Action[SmarthostRequest](
+        name="set_smarthost", command="set-smarthost",
+        summary="point outbound mail at a smarthost",
+        params_schema=s.SmarthostRequestSchema, build=parse_smarthost_request,
+        operation=lambda ops, request, dry_run: ops.set_smarthost(request, dry_run=dry_run),
+        route=HttpRoute("PUT", "/v1/smarthost", "json"),
+        result_schema=s.ChangeResultSchema, answer=_change_answer, learn=_learn_change,
+        to_json=_smarthost_json, secret_paths=(("auth", "password"),), changes_host=True),
+    Action[NoParams](
+        name="remove_smarthost", command="remove-smarthost", summary="go back to direct delivery",
+        params_schema=s.DryRunSchema, build=_no_params,
+        operation=lambda ops, _request, dry_run: ops.remove_smarthost(dry_run=dry_run),
+        route=HttpRoute("DELETE", "/v1/smarthost", "json"),
+        result_schema=s.ChangeResultSchema, answer=_change_answer, learn=_learn_change,
+        to_json=_no_json, changes_host=True),
+    Action[FlushRequest](
+        name="flush_queue", command="flush", summary="run the queue now",
+        params_schema=s.FlushRequestSchema, build=_build_flush,
+        operation=lambda ops, request, _dry_run: ops.queue_flush(request),
+        route=HttpRoute("POST", "/v1/queue/flush", "json"),
+        result_schema=s.FlushResultSchema,
+        answer=_outcome_and("before", "after", "deliveries", "remaining"), learn=_learn_flush),
+    Action[NoParams](
+        name="collect_status", command="status",
+        summary="hostname, MTA, smarthost, queue and /etc/hosts in one look",
+        params_schema=s.StrictSchema, build=_no_params,
+        operation=lambda ops, _request, _dry_run: ops.status(),
+        route=HttpRoute("GET", "/v1/status"),
+        result_schema=s.StatusSchema, answer=_data, learn=_learn_status, to_json=_no_json),
+    Action[DiagnoseRequest](
+        name="diagnose", command="diagnose", summary="run the delivery checklist",
+        params_schema=s.DiagnoseRequestSchema, build=_build_diagnose,
+        operation=lambda ops, request, _dry_run: ops.diagnose(domain=request.domain,
+                                                              public_ip=request.public_ip),
+        route=HttpRoute("POST", "/v1/diagnose", "json"),
+        result_schema=s.DiagnoseSchema, answer=_outcome_and("checks"), learn=_learn_nothing),
+    Action[LogRequest](
+        name="read_log", command="log", summary="parse the tail of the maillog",
+        params_schema=s.LogQuerySchema, build=_build_log,
+        operation=lambda ops, request, _dry_run: ops.read_log(request.lines),
+        route=HttpRoute("GET", "/v1/log", "query"),
+        result_schema=s.LogSchema, answer=_data, learn=_learn_nothing),
+    # Reads the agent and relayfleet-ops offer but jobs do not (collect_status covers them).
+    Action[NoParams](
+        name="read_smarthost", command="read-smarthost",
+        summary="show the smarthost in sendmail.mc and sendmail.cf",
+        params_schema=s.StrictSchema, build=_no_params,
+        operation=lambda ops, _request, _dry_run: ops.read_smarthost(),
+        route=HttpRoute("GET", "/v1/smarthost"),
+        result_schema=s.SmarthostReadSchema, answer=_data, learn=_learn_nothing,
+        to_json=_no_json, job=False),
+    Action[NoParams](
+        name="queue_list", command="queue", summary="list queued messages",
+        params_schema=s.StrictSchema, build=_no_params,
+        operation=lambda ops, _request, _dry_run: ops.queue_list(),
+        route=HttpRoute("GET", "/v1/queue"),
+        result_schema=s.QueueSchema, answer=_data, learn=_learn_nothing,
+        to_json=_no_json, job=False),
+)
+
+#: every action by name
+ACTIONS: Mapping[str, Action[Any]] = {action.name: action for action in _CATALOGUE}
+#: the actions a controller job may run, in the order the API lists them
+JOB_ACTIONS: tuple[str, ...] = tuple(action.name for action in _CATALOGUE if action.job)
+#: the actions that change a host (change lock, dry run)
+CHANGE_ACTIONS: tuple[str, ...] = tuple(action.name for action in _CATALOGUE
+                                        if action.changes_host)
+
+
+def action_named(name: str, *, job: bool = False) -> Action[Any]:
+    """The catalogue entry for ``name`` (only job actions when ``job``)."""
+    action = ACTIONS.get(name)
+    if action is None or (job and not action.job):
+        raise ValidationError.for_field("action", f"unknown action {name!r}; one of "
+                                                  f"{', '.join(JOB_ACTIONS if job else ACTIONS)}")
+    return action
+
+
+def result_component_name(name: str) -> str:
+    """The OpenAPI component an action's result schema is published as (SetSmarthostResult)."""
+    return "".join(part.capitalize() for part in name.split("_")) + "Result"
