@@ -26,7 +26,7 @@ from controller.ledger import JobState, UnitState
 from controller.models import ROLES, TRANSPORTS, Host
 from shared import errors as rf_errors
 from shared import validation as rules
-from shared.actions import JOB_ACTIONS
+from shared.actions import JOB_ACTIONS, params_summary
 from shared.profile import FLAVOURS, MTA_KINDS
 from shared.schemas import ErrorSchema, StepSchema, StrictSchema
 
@@ -474,10 +474,8 @@ class JobCreateSchema(StrictSchema):
 
     action = fields.String(required=True, validate=validate.OneOf(JOB_ACTIONS))
     target = fields.Nested(TargetSchema, required=True)
-    params = fields.Dict(keys=fields.String(), load_default=dict, metadata={
-        "description": "set_smarthost: {host, port?, mx?, mailer?, auth?}; flush_queue: "
-                       "{reset_host_status?, queue_id?, recipient?, sender?}; read_log: "
-                       "{lines?}; diagnose: {domain?, public_ip?}; the others: {}"})
+    params = fields.Dict(keys=fields.String(), load_default=dict,
+                         metadata={"description": params_summary()})
     options = fields.Nested(OptionsSchema, load_default=lambda: OptionsSchema().load({}))
     callback_url = fields.String(load_default=None, allow_none=True, metadata={
         "description": "gets the final job document, signed (X-Relayfleet-Signature)"})

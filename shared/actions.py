@@ -104,7 +104,10 @@ class Action(Generic[R]):
         """Run the action on a host through its operations."""
         if dry_run and not self.changes_host:
             raise OperationError(f"{self.name} has no dry run")
-        return self.operation(ops, request, dry_run)
+        result = self.operation(ops, request, dry_run)
+        # Results are named by the action that asked for them, wherever they ran.
+        result.operation = self.name
+        return result
 
     def split(self, request: R) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The request's JSON form as (public part, secret part or None) for storage."""
@@ -323,6 +326,18 @@ def action_named(name: str, *, job: bool = False) -> Action[Any]:
         raise ValidationError.for_field("action", f"unknown action {name!r}; one of "
                                                   f"{', '.join(JOB_ACTIONS if job else ACTIONS)}")
     return action
+
+
+def params_summary() -> str:
+    """Each job action's params in one line (``set_smarthost: {host, port?, ...}``)."""
+    described = []
+    for name in JOB_ACTIONS:
+        keys = [key + ("" if field.required else "?")
+                for key, field in ACTIONS[name].params_schema().fields.items()
+                if key != "dry_run"]
+        if keys:
+            described.append(f"{name}: {{{', '.join(keys)}}}")
+    return "; ".join([*described, "the others: {}"])
 
 
 def result_component_name(name: str) -> str:

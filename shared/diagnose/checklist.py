@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
 from shared.diagnose.check import Check
@@ -21,29 +20,18 @@ from shared.diagnose.resolver import (
 )
 from shared.diagnose.smtp import check_smtp
 from shared.diagnose.spf import check_spf
-from shared.errors import HostUnreachable, RelayfleetError, ValidationError
+from shared.errors import HostUnreachable, RelayfleetError
 from shared.executor import Executor
 from shared.profile import HostProfile
-from shared.validation import validate_hostname
+from shared.validation import validate_domain, validate_ip_address
 
 NO_SMARTHOST = "no smarthost is configured"
 
 def validate_diagnose_input(domain: str | None,
                             public_ip: str | None) -> tuple[str | None, str | None]:
     """Normalise ``domain`` (RFC 1123) and ``public_ip``; raise ValidationError on bad ones."""
-    if domain is not None:
-        domain = validate_hostname(domain, "domain")
-        if domain.startswith("["):
-            raise ValidationError.for_field("domain", "must be a domain name, not an address")
-    if public_ip is not None:
-        if not isinstance(public_ip, str) or "%" in public_ip:
-            raise ValidationError.for_field("public_ip", "must be an IPv4 or IPv6 address")
-        try:
-            public_ip = str(ipaddress.ip_address(public_ip))
-        except ValueError:
-            raise ValidationError.for_field("public_ip", "must be an IPv4 or IPv6 address"
-                                            ) from None
-    return domain, public_ip
+    return (None if domain is None else validate_domain(domain),
+            None if public_ip is None else validate_ip_address(public_ip))
 
 
 def _guarded(name: str, run: Callable[[], Check]) -> Check:
