@@ -22,11 +22,13 @@ from shared.errors import (
     CommandFailed,
     CommandTimeout,
     CompileError,
+    ConfigError,
     ExecutorError,
+    HostUnreachable,
     OperationError,
     RelayfleetError,
 )
-from shared.executor import CommandResult, read_command
+from shared.executor import MISSING_CODE, CommandResult, FileMissing, read_command
 from shared.mta import FlushRequest, MtaOperations
 from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail import authinfo as authmap
@@ -50,6 +52,8 @@ BACKUPS_KEPT = 5
 STALE_LOCK_S = 1800
 #: exit codes of ``sendmail -q`` that mean it could not run at all (usage, permission, config)
 _FLUSH_OK_CODES = frozenset(range(256)) - {64, 77, 78}
+#: why a file that is not there cannot be read, in an error message
+NO_SUCH_FILE = "no such file"
 
 
 @dataclass
@@ -80,32 +84,74 @@ class SendmailOperations(MtaOperations):
     def _authinfo_db(self) -> str:
         return f"{self.profile.authinfo_path}.db"
 
-    def _config_sync(self, mc_text: str, cf_text: str) -> bool:
-        return read_mc(mc_text).smarthost == read_cf(cf_text)
+    def _unreadable(self, path: str, reason: str) -> ConfigError:
+        """The error for a sendmail.mc or sendmail.cf that cannot be read: which, why, and
+        what to do about it."""
+        prof = self.profile
+        if path == prof.cf_path:
+            todo = (f"run make in {prof.mail_dir} to compile it from {prof.mc}, or check the "
+                    "profile's cf path")
+        else:
+            backups = posixpath.join(prof.mail_dir, BACKUP_DIR)
+            todo = (f"restore it (relayfleet keeps copies in {backups}), or check the "
+                    "profile's mc path")
+        return ConfigError(f"cannot read {path}: {reason}: {todo}")
 
-    def _read_config(self) -> tuple[str, str, bytes | None]:
-        """sendmail.mc, sendmail.cf and the authinfo map source (None if absent)."""
-        return (self.executor.read_text(self.profile.mc_path),
-                self.executor.read_text(self.profile.cf_path),
-                self.executor.read_file_if_exists(self.profile.authinfo_path))
+    def _read_config_file(self, path: str) -> str:
+        """sendmail.mc or sendmail.cf; ConfigError (see _unreadable) if absent or unreadable."""
+        try:
+            return self.executor.read_text(path)
+        except FileMissing:
+            raise self._unreadable(path, NO_SUCH_FILE) from None
+        except (HostUnreachable, CommandTimeout):
+            raise  # about reaching the host, not about the file
+        except ExecutorError as exc:
+            # Executors say "cannot read PATH: why"; the path is in our message already.
+            raise self._unreadable(path, exc.message.removeprefix(f"cannot read {path}: ")
+                                   ) from exc
+
+    def _read_mc_cf(self) -> tuple[str | None, str | None, list[ConfigError]]:
+        """sendmail.mc and sendmail.cf (None for one that cannot be read), and why not."""
+        texts: list[str | None] = []
+        problems: list[ConfigError] = []
+        for path in (self.profile.mc_path, self.profile.cf_path):
+            try:
+                texts.append(self._read_config_file(path))
+            except ConfigError as exc:
+                texts.append(None)
+                problems.append(exc)
+        return texts[0], texts[1], problems
+
+    def _current_smarthost(self) -> tuple[dict[str, Any], list[ConfigError]]:
+        """The smarthost facts as far as the files can be read, and what could not be."""
+        mc_text, cf_text, problems = self._read_mc_cf()
+        auth = (self.executor.read_file_if_exists(self.profile.authinfo_path)
+                if mc_text is not None else None)
+        return self._smarthost_data(mc_text, cf_text, auth), problems
 
     @staticmethod
-    def _smarthost_data(mc_text: str, cf_text: str, auth_text: bytes | None) -> dict[str, Any]:
-        """Smarthost facts from mc, cf and authinfo (only the user name is read out of it)."""
-        state = read_mc(mc_text)
+    def _smarthost_data(mc_text: str | None, cf_text: str | None,
+                        auth_text: bytes | None) -> dict[str, Any]:
+        """Smarthost facts from mc, cf and authinfo (only the user name is read out of it).
+
+        A file that could not be read is None: without sendmail.mc there is no smarthost to
+        report; without either file mc and cf cannot be in sync.
+        """
+        state = read_mc(mc_text) if mc_text is not None else None
         smarthost: dict[str, Any] | None = None
-        if state.smarthost is not None:
+        if state is not None and state.smarthost is not None:
             smarthost = state.smarthost.to_dict()
             user = (authmap.username_for(auth_text.decode("utf-8", "replace"),
                                          state.smarthost.host)
                     if auth_text is not None and state.authinfo_feature else None)
             smarthost["auth"] = {"username": user} if user else None
-        cf_smarthost = read_cf(cf_text)
+        cf_smarthost = read_cf(cf_text) if cf_text is not None else None
         return {
             "smarthost": smarthost,
-            "config_in_sync": state.smarthost == cf_smarthost,
+            "config_in_sync": (state is not None and cf_text is not None
+                               and state.smarthost == cf_smarthost),
             "compiled": cf_smarthost.to_dict() if cf_smarthost else None,
-            "active_defines": state.active_defines,
+            "active_defines": state.active_defines if state is not None else 0,
         }
 
     @contextlib.contextmanager
@@ -152,7 +198,8 @@ class SendmailOperations(MtaOperations):
     def read_smarthost(self) -> OperationResult:
         """Parse sendmail.mc and sendmail.cf and say whether they agree."""
         result = OperationResult("read_smarthost")
-        result.data = self._smarthost_data(*self._read_config())
+        result.data, problems = self._current_smarthost()
+        _fail(result, *problems)
         return result
 
     # -- change ---------------------------------------------------------------------
@@ -161,7 +208,7 @@ class SendmailOperations(MtaOperations):
         redactor = Redactor([request.auth.password] if request.auth else [])
 
         def plan() -> _Change:
-            mc_old = self.executor.read_text(self.profile.mc_path)
+            mc_old = self._read_config_file(self.profile.mc_path)
             auth_old_b = self.executor.read_file_if_exists(self.profile.authinfo_path)
             auth_old = auth_old_b.decode("utf-8", "replace") if auth_old_b is not None else None
             auth_new = None
@@ -171,7 +218,7 @@ class SendmailOperations(MtaOperations):
                 if auth_new == auth_old and not self.executor.exists(self._authinfo_db()):
                     auth_old = None  # the map source is right but was never compiled
             return _Change(mc_old, set_smarthost_mc(mc_old, request), auth_old, auth_new,
-                           self.executor.read_text(self.profile.cf_path))
+                           self._read_config_file(self.profile.cf_path))
 
         wanted = Smarthost.from_request(request)
         return self._change("set_smarthost", plan, dry_run, redactor, wanted)
@@ -180,7 +227,7 @@ class SendmailOperations(MtaOperations):
         """Go back to direct delivery (DNS MX lookups)."""
 
         def plan() -> _Change:
-            mc_old = self.executor.read_text(self.profile.mc_path)
+            mc_old = self._read_config_file(self.profile.mc_path)
             state = read_mc(mc_old)
             auth_old_b = self.executor.read_file_if_exists(self.profile.authinfo_path)
             auth_old = auth_old_b.decode("utf-8", "replace") if auth_old_b is not None else None
@@ -189,7 +236,7 @@ class SendmailOperations(MtaOperations):
                 stripped = authmap.remove_entry(auth_old, state.smarthost.host)
                 auth_new = stripped if stripped != auth_old else None
             return _Change(mc_old, remove_smarthost_mc(mc_old), auth_old, auth_new,
-                           self.executor.read_text(self.profile.cf_path))
+                           self._read_config_file(self.profile.cf_path))
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
 
@@ -212,10 +259,13 @@ class SendmailOperations(MtaOperations):
                     rec.note("compare", "configuration already as requested; no file touched")
                     self._ensure_running(rec, result, wanted)
         except RelayfleetError as exc:
-            result.ok = False
-            result.error = redactor(exc.message)
-            result.error_kind = exc.kind
-        result.data.update(self._smarthost_data(*self._read_config()))
+            _fail(result, exc, redact=redactor)
+        # Done, refused or rolled back: the answer says what the files say now. Reading them
+        # must not fail the answer (a missing sendmail.cf is reported, not raised).
+        state, problems = self._current_smarthost()
+        result.data.update(state)
+        if result.ok:
+            _fail(result, *problems)
         return result
 
     def _ensure_running(self, rec: StepRecorder, result: OperationResult,
@@ -487,15 +537,17 @@ class SendmailOperations(MtaOperations):
                     ("mailq", list(prof.mailq))]
         short, full, hosts, alive, version, mc, cf, auth, mailq = rec.run_many(
             commands, timeout=prof.validate_timeout_s, quiet=reads)
-        for name, read in ((prof.mc_path, mc), (prof.cf_path, cf)):
-            if not read.ok:
-                raise OperationError(f"cannot read {name}: {read.output_text().strip()[:200]}")
+        # An unreadable mc or cf fails the result but not the look: the rest is still worth
+        # reporting, and the answer says config_in_sync false.
+        problems = [self._unreadable(path, _read_failure(path, read))
+                    for path, read in ((prof.mc_path, mc), (prof.cf_path, cf)) if not read.ok]
         name_check = diag.hostname_check(short, full)
         hostname = str(name_check.data.get("hostname", ""))
         fqdn = str(name_check.data.get("fqdn", ""))
         hosts_check = diag.hosts_file_check(hosts.stdout if hosts.ok else None, hostname, fqdn)
         match = re.search(r"^Version (\S+)", version.stdout_text(), re.MULTILINE)
-        smarthost = self._smarthost_data(mc.stdout_text(), cf.stdout_text(),
+        smarthost = self._smarthost_data(mc.stdout_text() if mc.ok else None,
+                                         cf.stdout_text() if cf.ok else None,
                                          auth.stdout if auth.ok else None)
         report = self._parse_mailq(mailq)
         now = datetime.now(UTC)
@@ -512,30 +564,50 @@ class SendmailOperations(MtaOperations):
             "hosts_file": {"ok": bool(hosts_check.ok),
                            "problems": list(hosts_check.data.get("problems", []))},
         }
+        _fail(result, *problems)
         return result
 
     def diagnose(self, *, domain: str | None = None,
                  public_ip: str | None = None) -> OperationResult:
         """The seed story's checklist, each check with ok and a detail saying what to fix."""
         result = OperationResult("diagnose")
-        mc_text = self.executor.read_text(self.profile.mc_path)
-        cf_text = self.executor.read_text(self.profile.cf_path)
-        smarthost = read_mc(mc_text).smarthost
-        in_sync = self._config_sync(mc_text, cf_text)
-        config_check = diag.Check(
-            "config_in_sync", in_sync,
-            f"{self.profile.mc} and {self.profile.cf} agree" if in_sync else
-            f"{self.profile.cf} is not compiled from the current {self.profile.mc}: "
-            "set the smarthost again (or run m4 and make) and restart sendmail")
+        mc_text, cf_text, problems = self._read_mc_cf()
+        # No authinfo: the checks probe the smarthost, not the credentials for it.
+        facts = self._smarthost_data(mc_text, cf_text, None)
+        smarthost, in_sync = facts["smarthost"], facts["config_in_sync"]
+        if problems:  # an unreadable mc or cf is a failed check, not a failed diagnose
+            detail = "; ".join(p.message for p in problems)
+        elif in_sync:
+            detail = f"{self.profile.mc} and {self.profile.cf} agree"
+        else:
+            detail = (f"{self.profile.cf} is not compiled from the current {self.profile.mc}: "
+                      "set the smarthost again (or run m4 and make) and restart sendmail")
+        config_check = diag.Check("config_in_sync", in_sync, detail)
         checks = diag.run_checks(
             self.executor, self.profile,
-            smarthost_host=smarthost.host if smarthost else None,
-            smarthost_port=smarthost.port if smarthost else 25,
+            smarthost_host=smarthost["host"] if smarthost else None,
+            smarthost_port=smarthost["port"] if smarthost else 25,
             domain=domain, public_ip=public_ip, config_check=config_check)
         result.data = {"checks": [c.to_dict() for c in checks]}
         result.ok = all(c.ok is not False for c in checks)
         return result
 
+
+def _fail(result: OperationResult, *problems: RelayfleetError,
+          redact: Callable[[str], str] = str) -> None:
+    """Mark ``result`` failed by ``problems`` (the first gives the kind); none: no change."""
+    if problems:
+        result.ok, result.error_kind = False, problems[0].kind
+        result.error = redact("; ".join(p.message for p in problems))
+
+
+def _read_failure(path: str, read: CommandResult) -> str:
+    """Why a batched :func:`read_command` of ``path`` failed, in words."""
+    if read.exit_code == MISSING_CODE:
+        return NO_SUCH_FILE  # the read script prints nothing for a missing file
+    # cat names the path, which the message names already
+    return (read.output_text().strip().removeprefix(f"cat: {path}: ")[:200]
+            or f"exit {read.exit_code}")
 
 
 def _age_s(queued_at: str | None, now: datetime) -> int | None:

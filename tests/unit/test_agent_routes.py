@@ -20,6 +20,7 @@ from agent.app import create_app
 from agent.config import AgentConfig
 from shared import __version__
 from shared.profile import build_profile
+from shared.schemas import StatusSchema
 from shared.testing import FakeSendmailHost, debian_sendmail_host
 
 TOKEN = "fake-agent-token-0123456789abcdef"
@@ -27,6 +28,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SMARTHOST = {"host": "smarthost.lab.test", "port": 2525, "mx": False}
 PASSWORD = "Route-S3cret!pw"
 HOSTILE_HOST = "x')esyscmd(`id')dnl(`"
+CF = "/etc/mail/sendmail.cf"
+#: the error an operation gives when sendmail.cf is not there
+NO_CF = (f"cannot read {CF}: no such file: run make in /etc/mail to compile it from "
+         "sendmail.mc, or check the profile's cf path")
 #: every route but /v1/health, with a body that would be valid
 ROUTES = [("GET", "/v1/status", None), ("GET", "/v1/smarthost", None),
           ("PUT", "/v1/smarthost", SMARTHOST), ("DELETE", "/v1/smarthost", {}),
@@ -118,6 +123,39 @@ def test_a_failed_change_is_200_with_ok_false(client: FlaskClient,
     code, doc = call(client, "PUT", "/v1/smarthost", SMARTHOST)
     assert code == 200 and doc["ok"] is False and doc["rolled_back"] is True
     assert doc["smarthost"] is None and "restored" in doc["error"]
+
+
+@pytest.mark.parametrize("method, body", [("PUT", SMARTHOST), ("DELETE", {}),
+                                          ("PUT", {**SMARTHOST, "dry_run": True})],
+                         ids=["put", "delete", "dry-run"])
+def test_a_change_on_a_host_without_sendmail_cf_is_200_with_ok_false(
+        client: FlaskClient, host: FakeSendmailHost, method: str, body: Any) -> None:
+    host.remove(CF)
+    code, doc = call(client, method, "/v1/smarthost", body)
+    assert code == 200, doc
+    assert doc["ok"] is False and doc["error_kind"] == "config" and doc["error"] == NO_CF
+    assert (doc["changed"], doc["rolled_back"], doc["smarthost"], doc["config_in_sync"]) == (
+        False, False, None, False)
+    assert not host.ran("m4") and not host.exists(CF)
+
+
+def test_reads_of_a_host_without_sendmail_cf_say_it_is_out_of_sync(
+        client: FlaskClient, host: FakeSendmailHost) -> None:
+    assert call(client, "PUT", "/v1/smarthost", SMARTHOST)[0] == 200
+    host.remove(CF)
+    # GET /v1/smarthost and /v1/status have no ok or error: they answer 200 with what
+    # sendmail.mc configures and config_in_sync false, in their documented shape.
+    configured = {**SMARTHOST, "mailer": "relay", "auth": None}
+    code, read = call(client, "GET", "/v1/smarthost")
+    assert (code, read) == (200, {"smarthost": configured, "config_in_sync": False})
+    code, status = call(client, "GET", "/v1/status")
+    assert code == 200 and StatusSchema().validate(status) == {}, status
+    assert status["smarthost"] == configured and status["config_in_sync"] is False
+    assert status["mta"]["running"] is True and status["queue"]["count"] == 4
+    code, diagnose = call(client, "POST", "/v1/diagnose", {})
+    checks = {c["name"]: c for c in diagnose["checks"]}
+    assert code == 200 and diagnose["ok"] is False
+    assert checks["config_in_sync"]["ok"] is False and checks["config_in_sync"]["detail"] == NO_CF
 
 
 def test_queue_and_flush(client: FlaskClient, host: FakeSendmailHost) -> None:

@@ -1,9 +1,9 @@
 """Diagnose checks.
 
-SPF evaluation is pure logic over an in-memory resolver; the dnspython resolver, the SMTP
-probe, ``kill -0`` and ``getent`` run for real (loopback UDP/TCP servers in this process,
-the local executor). Only the host's *names and /etc files* are swapped, by a real
-LocalExecutor that answers ``hostname`` itself and reads chosen paths from a temp dir.
+SPF evaluation is pure logic over an in-memory resolver. The dnspython resolver, the SMTP
+probe's time boxes, ``kill -0`` and ``getent`` run for real (loopback UDP/TCP servers in
+this process, the local executor). The seed story's PBX (its names, /etc files, daemon and
+smarthost) is a :class:`shared.testing.FakeExecutor`.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ from shared.diagnose import (
     spf_covers,
     validate_diagnose_input,
 )
-from shared.errors import ExecutorError, ValidationError
+from shared.errors import ValidationError
 from shared.executor import CommandResult, LocalExecutor
 from shared.profile import HostProfile
+from shared.testing import FakeExecutor, SmtpScript
 
 # -- an in-memory DNS for the SPF logic ---------------------------------------------------
 
@@ -407,31 +408,7 @@ def test_spf_over_real_dns(dns_stub: DnsStub) -> None:
     assert spf_covers("broken.example", "192.0.2.9", resolver).result == "temperror"
 
 
-# -- a LocalExecutor with a PBX's names and /etc files ------------------------------------------
-
-
-class PbxExecutor(LocalExecutor):
-    """The real local executor, answering name commands itself and reading mapped paths."""
-
-    def __init__(self, files: Mapping[str, Path],
-                 names: Mapping[tuple[str, ...], tuple[int, str] | None]) -> None:
-        self.files = dict(files)
-        self.names = dict(names)
-
-    def run(self, argv: Sequence[str], *, input: bytes | None = None,
-            timeout: float | None = 60.0, env: Mapping[str, str] | None = None
-            ) -> CommandResult:
-        key = tuple(argv)
-        if key in self.names:
-            answer = self.names[key]
-            if answer is None:
-                raise ExecutorError(f"cannot run {argv[0]}: No such file or directory")
-            code, out = answer
-            return CommandResult(key, code, out.encode(), b"" if code == 0 else b"error\n", 0.0)
-        return super().run(argv, input=input, timeout=timeout, env=env)
-
-    def read_file(self, path: str) -> bytes:
-        return super().read_file(str(self.files.get(path, path)))
+# -- the seed story's PBX, in memory ------------------------------------------------------
 
 
 SEED_HOSTS = """192.168.10.10 sipserver1.ourtest.com sipserver1
@@ -439,18 +416,18 @@ SEED_HOSTS = """192.168.10.10 sipserver1.ourtest.com sipserver1
 127.0.1.1   sipserver1
 ::1         localhost localhost.localdomain localhost6 localhost6.localdomain6
 """
-SEED_NAMES: dict[tuple[str, ...], tuple[int, str] | None] = {
-    ("hostname",): (0, "sipserver1\n"), ("hostname", "-f"): (0, "sipserver1.ourtest.com\n")}
 
 
-def _pbx(tmp_path: Path, hosts: str | None = SEED_HOSTS,
-         names: Mapping[tuple[str, ...], tuple[int, str] | None] = SEED_NAMES,
-         resolv: str = "nameserver 192.0.2.53\n") -> PbxExecutor:
-    (tmp_path / "resolv.conf").write_text(resolv)
+def _pbx(hosts: str | None = SEED_HOSTS, resolv: str = "nameserver 192.0.2.53\n", *,
+         hostname: str = "sipserver1",
+         fqdn: str | None = "sipserver1.ourtest.com") -> FakeExecutor:
+    """sipserver1 with its names, /etc/resolv.conf and /etc/hosts (None: no such file);
+    ``fqdn=None``: ``hostname -f`` fails, as when the name does not resolve on the host."""
+    fake = FakeExecutor(label="sipserver1", hostname=hostname, fqdn=fqdn)
+    fake.add_file("/etc/resolv.conf", resolv)
     if hosts is not None:
-        (tmp_path / "hosts").write_text(hosts)
-    return PbxExecutor({"/etc/hosts": tmp_path / "hosts",
-                        "/etc/resolv.conf": tmp_path / "resolv.conf"}, names)
+        fake.add_file("/etc/hosts", hosts)
+    return fake
 
 
 # -- hostname ---------------------------------------------------------------------------
@@ -479,18 +456,18 @@ def test_hostname_check(short: str, full: str, ok: bool, fqdn: str) -> None:
         assert "give the host a name like" in check.detail
 
 
-def test_check_hostname_through_the_executor(tmp_path: Path) -> None:
-    check = check_hostname(_pbx(tmp_path))
+def test_check_hostname_through_the_executor() -> None:
+    check = check_hostname(_pbx())
     assert check.ok is True and check.data == {
         "hostname": "sipserver1", "fqdn": "sipserver1.ourtest.com", "source": "hostname -f"}
-    unresolvable = {("hostname",): (0, "sipserver1\n"), ("hostname", "-f"): (1, "")}
-    check = check_hostname(_pbx(tmp_path, names=unresolvable))
+    check = check_hostname(_pbx(fqdn=None))
     assert check.ok is False and "'hostname -f' failed" in check.detail
-    # No hostname program at all: uname -n (really run) names the host.
-    check = check_hostname(_pbx(tmp_path, names={("hostname",): None,
-                                                 ("hostname", "-f"): None}))
-    assert check.data["hostname"] == os.uname().nodename.lower().split(".")[0]
-    assert check.data["source"] == "uname"
+    # No hostname program at all: uname -n names the host.
+    pbx = _pbx()
+    pbx.script(["hostname"], missing=True)
+    check = check_hostname(pbx)
+    assert check.data == {"hostname": "sipserver1", "fqdn": "sipserver1", "source": "uname"}
+    assert pbx.ran("uname", "-n")
 
 
 def test_check_hostname_on_this_machine() -> None:
@@ -545,14 +522,13 @@ def test_hosts_file_needs_a_qualified_name() -> None:
     assert "fix the host name first" in problem
 
 
-def test_check_hosts_file(tmp_path: Path) -> None:
-    good = check_hosts_file(_pbx(tmp_path), "sipserver1", "sipserver1.ourtest.com")
+def test_check_hosts_file() -> None:
+    good = check_hosts_file(_pbx(), "sipserver1", "sipserver1.ourtest.com")
     assert good.ok is True and good.data == {"problems": []}
-    bad = check_hosts_file(_pbx(tmp_path, hosts="127.0.0.1 localhost sipserver1\n"),
+    bad = check_hosts_file(_pbx(hosts="127.0.0.1 localhost sipserver1\n"),
                            "sipserver1", "sipserver1.ourtest.com")
     assert bad.ok is False and bad.detail == bad.data["problems"][0]
-    missing = check_hosts_file(PbxExecutor({"/etc/hosts": tmp_path / "absent"}, {}),
-                               "sipserver1", "sipserver1.ourtest.com")
+    missing = check_hosts_file(_pbx(hosts=None), "sipserver1", "sipserver1.ourtest.com")
     assert missing.ok is False and "/etc/hosts is missing" in missing.detail
 
 
@@ -836,39 +812,41 @@ def test_diagnose_input_is_normalised() -> None:
     assert validate_diagnose_input(None, None) == (None, None)
 
 
-def test_resolver_nameservers(tmp_path: Path) -> None:
-    executor = _pbx(tmp_path, resolv=(
+def test_resolver_nameservers() -> None:
+    executor = _pbx(resolv=(
         "# generated\nsearch ourtest.com\nnameserver 192.0.2.53 # primary\n"
         "nameserver  2001:db8::53\nnameserver bogus\nnameserver 192.0.2.54\n"
         "nameserver 192.0.2.55\noptions timeout:1\n"))
     assert resolver_nameservers(executor) == ["192.0.2.53", "2001:db8::53", "192.0.2.54"]
-    assert resolver_nameservers(PbxExecutor({"/etc/resolv.conf": tmp_path / "none"}, {})) == []
+    assert resolver_nameservers(FakeExecutor()) == []  # no /etc/resolv.conf at all
 
 
-@pytest.mark.parametrize("smtp_server", [esmtp(["AUTH PLAIN LOGIN", "STARTTLS"])],
-                         indirect=True)
-def test_run_checks_on_the_seed_host(tmp_path: Path, smtp_server: SmtpStub) -> None:
-    pid_file = tmp_path / "sendmail.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
-    profile = HostProfile(pid_file=str(pid_file))
+def test_run_checks_on_the_seed_host() -> None:
+    pbx = _pbx()
+    pid = pbx.spawn()
+    pbx.add_file("/run/sendmail.pid", f"{pid}\n")
+    relay = pbx.listen_smtp("127.0.0.1", 2525, script=SmtpScript(
+        name="smtp-relay.test", capabilities=("AUTH PLAIN LOGIN", "STARTTLS")))
+    profile = HostProfile(pid_file="/run/sendmail.pid")
     dns_ = FakeDns(txt={"ourtest.com": ["v=spf1 ip4:198.51.100.0/24 ~all"]})
     config = Check("config_in_sync", True, "sendmail.mc and sendmail.cf agree")
-    checks = run_checks(_pbx(tmp_path), profile, smarthost_host="127.0.0.1",
-                        smarthost_port=smtp_server.port, domain="OurTest.com",
-                        public_ip="198.51.100.9", config_check=config, resolver=dns_,
-                        timeout_s=3)
+    checks = run_checks(pbx, profile, smarthost_host="127.0.0.1", smarthost_port=2525,
+                        domain="OurTest.com", public_ip="198.51.100.9", config_check=config,
+                        resolver=dns_, timeout_s=3)
     assert [c.name for c in checks] == ["hostname_fqdn", "hosts_file", "mta_running",
                                         "config_in_sync", "smarthost_resolves",
                                         "smarthost_smtp", "spf"]
     assert all(c.ok for c in checks), [c.to_dict() for c in checks]
-    assert smtp_server.heard[0] == "EHLO sipserver1.ourtest.com"
+    assert checks[2].data["pid"] == pid
+    (stream,) = pbx.streams
+    assert stream.script is relay and stream.closed
+    assert stream.received == ["EHLO sipserver1.ourtest.com", "QUIT"]
     assert checks[-1].data["domain"] == "ourtest.com"
 
 
-def test_run_checks_on_a_broken_host(tmp_path: Path) -> None:
-    names = {("hostname",): (0, "localhost\n"), ("hostname", "-f"): (0, "localhost\n")}
-    checks = run_checks(_pbx(tmp_path, hosts=None, names=names),
-                        HostProfile(pid_file=str(tmp_path / "no.pid")),
+def test_run_checks_on_a_broken_host() -> None:
+    checks = run_checks(_pbx(hosts=None, hostname="localhost", fqdn="localhost"),
+                        HostProfile(pid_file="/run/sendmail.pid"),
                         smarthost_host=None, smarthost_port=25, domain=None, public_ip=None,
                         config_check=None, resolver=FakeDns())
     by_name = {c.name: c for c in checks}
@@ -879,15 +857,17 @@ def test_run_checks_on_a_broken_host(tmp_path: Path) -> None:
     assert all(isinstance(c.to_dict()["detail"], str) for c in checks)
 
 
-def test_run_checks_skips_smtp_when_the_name_does_not_resolve(tmp_path: Path) -> None:
-    checks = run_checks(_pbx(tmp_path), HostProfile(pid_file=str(tmp_path / "no.pid")),
+def test_run_checks_skips_smtp_when_the_name_does_not_resolve() -> None:
+    pbx = _pbx()
+    checks = run_checks(pbx, HostProfile(pid_file="/run/sendmail.pid"),
                         smarthost_host="no-such-host.invalid", smarthost_port=25, domain=None,
                         public_ip=None, config_check=None)
     smtp = next(c for c in checks if c.name == "smarthost_smtp")
     assert smtp.ok is False and smtp.detail.startswith("not tried")
+    assert pbx.ran("getent", "hosts", "no-such-host.invalid") and pbx.connections == []
 
 
-def test_run_checks_refuses_bad_input(tmp_path: Path) -> None:
+def test_run_checks_refuses_bad_input() -> None:
     with pytest.raises(ValidationError):
-        run_checks(_pbx(tmp_path), HostProfile(), smarthost_host=None, smarthost_port=25,
+        run_checks(_pbx(), HostProfile(), smarthost_host=None, smarthost_port=25,
                    domain="ourtest.com", public_ip="not-an-ip", config_check=None)

@@ -45,6 +45,9 @@ LOCK = "/etc/mail/.relayfleet.lock"
 RESTART = ("/etc/init.d/sendmail", "restart")
 SMARTHOST = {"host": "smarthost.lab.test", "port": 2525, "mx": False}
 PASSWORD = "Fake-S3cret!pw"
+#: what every operation says when sendmail.cf is not there
+NO_CF = (f"cannot read {CF}: no such file: run make in /etc/mail to compile it from "
+         "sendmail.mc, or check the profile's cf path")
 CF_M4 = "include(`/usr/share/sendmail/cf/m4/cf.m4')dnl\n"
 
 
@@ -317,17 +320,59 @@ def test_a_change_in_progress_elsewhere_is_a_conflict() -> None:
     assert not host.ran("m4") and host.exists(LOCK)
 
 
-@pytest.mark.xfail(strict=True, raises=FileMissing, reason=(
-    "bug: _change re-reads mc/cf/authinfo after its except clause, so a missing "
-    "sendmail.cf escapes the operation (the agent answers 500, not 200 with ok: false)"))
+@pytest.mark.parametrize("dry_run", [False, True], ids=["apply", "dry-run"])
 @pytest.mark.parametrize("change", ["set", "remove"])
-def test_a_host_without_sendmail_cf_gets_a_failed_result(change: str) -> None:
+def test_a_host_without_sendmail_cf_gets_a_failed_result(change: str, dry_run: bool) -> None:
     host = debian_sendmail_host()
     host.remove(CF)
+    before = config_state(host)
     ops = ops_for(host)
-    result = ops.set_smarthost(set_request()) if change == "set" else ops.remove_smarthost()
-    assert result.ok is False and "sendmail.cf" in (result.error or "")
-    assert not host.exists(LOCK)
+    result = (ops.set_smarthost(set_request(), dry_run=dry_run) if change == "set"
+              else ops.remove_smarthost(dry_run=dry_run))
+    assert result.ok is False and result.error_kind == "config" and result.error == NO_CF
+    assert result.changed is False and result.rolled_back is False
+    assert result.data["smarthost"] is None and result.data["config_in_sync"] is False
+    # Refused before anything ran: nothing compiled or restarted, no file touched, no lock.
+    assert config_state(host) == before and not host.exists(LOCK)
+    assert not host.ran("m4") and host.restarts == 1
+
+
+def test_an_unreadable_sendmail_cf_says_why() -> None:
+    host = debian_sendmail_host()
+    host.remove(CF)
+    host.add_dir(CF)
+    ops = ops_for(host)
+    for result in (ops.set_smarthost(set_request()), ops.remove_smarthost(),
+                   ops.read_smarthost(), ops.status()):
+        assert result.ok is False and result.error_kind == "config", result.operation
+        assert (result.error or "").startswith(f"cannot read {CF}: ")
+        assert "Is a directory" in (result.error or "") and (result.error or "").endswith(
+            "or check the profile's cf path")
+        assert result.data["config_in_sync"] is False
+
+
+def test_a_profile_cf_path_that_does_not_exist_is_named() -> None:
+    host = debian_sendmail_host()
+    cf = "/etc/mail/main.cf"
+    ops = operations_for(host, build_profile("sendmail", "debian", {"cf": cf}))
+    for result in (ops.set_smarthost(set_request()), ops.remove_smarthost(),
+                   ops.read_smarthost(), ops.status()):
+        assert result.ok is False and result.error == NO_CF.replace(CF, cf), result.operation
+        assert result.data["config_in_sync"] is False
+    assert not host.ran("m4") and not host.exists(cf)
+
+
+def test_a_missing_sendmail_mc_is_named_too() -> None:
+    host = debian_sendmail_host()
+    host.remove(MC)
+    ops = ops_for(host)
+    for result in (ops.set_smarthost(set_request()), ops.remove_smarthost(),
+                   ops.read_smarthost(), ops.status()):
+        assert result.ok is False and result.error_kind == "config", result.operation
+        assert result.error == (f"cannot read {MC}: no such file: restore it (relayfleet keeps "
+                                f"copies in {BACKUPS}), or check the profile's mc path")
+        assert result.data["smarthost"] is None and result.data["config_in_sync"] is False
+    assert not host.ran("m4") and not host.exists(LOCK)
 
 
 # -- remove smarthost ------------------------------------------------------------------------
@@ -425,6 +470,32 @@ def test_status_reads_everything_in_one_batch() -> None:
     host.add_file(CF, host.read_text(CF).replace("DS\n", "DS[elsewhere.example]\n"))
     data = ops_for(host).status().data
     assert data["mta"]["running"] is False and data["config_in_sync"] is False
+
+
+def test_read_smarthost_status_and_diagnose_report_a_missing_sendmail_cf() -> None:
+    host = debian_sendmail_host()
+    ops = ops_for(host)
+    assert ops.set_smarthost(set_request()).ok
+    host.remove(CF)
+    read = ops.read_smarthost()
+    assert read.ok is False and read.error_kind == "config" and read.error == NO_CF
+    # sendmail.mc still says which smarthost is configured; no compiled cf agrees with it.
+    assert read.data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": None}
+    assert read.data["config_in_sync"] is False and read.data["compiled"] is None
+    status = ops.status()
+    assert status.ok is False and status.error_kind == "config" and status.error == NO_CF
+    data = status.data
+    assert data["smarthost"] == read.data["smarthost"] and data["config_in_sync"] is False
+    # The rest of the look is still reported.
+    assert (data["hostname"], data["mta"]["running"], data["queue"]["count"]) == ("lab1", True, 4)
+    assert data["hosts_file"] == {"ok": True, "problems": []}
+    diagnose = ops.diagnose()
+    checks = {c["name"]: c for c in diagnose.data["checks"]}
+    assert diagnose.ok is False
+    assert checks["config_in_sync"] == {"name": "config_in_sync", "ok": False, "detail": NO_CF,
+                                        "data": {}}
+    # The smarthost sendmail.mc names is still probed.
+    assert checks["smarthost_resolves"]["data"]["host"] == "smarthost.lab.test"
 
 
 def test_read_log_parses_the_maillog_and_sees_new_deliveries() -> None:
