@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     serve.add_argument("--listen", metavar="ADDR:PORT", help="override the config's listen")
     serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
-    check = sub.add_parser("check", help="validate the config and print the resolved profile")
+    check = sub.add_parser("check", help="validate the config, print the resolved profile "
+                                         "and the TLS certificate's SHA-256 fingerprint")
     check.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     return parser
 
@@ -68,9 +69,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"relayfleet-agent: {exc.message}", file=sys.stderr)
         sys.exit(2)
+    refusal = config.refusal_to_serve()
     if args.command == "check":
-        print(json.dumps(config.describe(), indent=2))
+        description = config.describe()
+        print(json.dumps(description, indent=2))
+        if description["tls_fingerprint"]:
+            # What the controller pins: agent.tls_fingerprint of this host.
+            print(f"certificate fingerprint: {description['tls_fingerprint']}",
+                  file=sys.stderr)
+        if refusal:
+            print(f"relayfleet-agent: warning: serve will refuse this: {refusal}",
+                  file=sys.stderr)
         return
+    if refusal:
+        print(f"relayfleet-agent: {refusal}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(config, args.threads)

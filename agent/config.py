@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
+import ssl
 import stat
 import tomllib
 from dataclasses import dataclass
@@ -16,7 +18,8 @@ from shared.errors import ConfigError
 from shared.profile import HostProfile, build_profile
 
 DEFAULT_LISTEN = "0.0.0.0:8587"
-_KEYS = {"listen", "token_file", "token_sha256", "tls_cert", "tls_key", "mta", "log_level"}
+_KEYS = {"listen", "token_file", "token_sha256", "tls_cert", "tls_key", "insecure_http",
+         "mta", "log_level"}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -31,17 +34,54 @@ class AgentConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: str = "INFO"
+    insecure_http: bool = False
 
     def token_matches(self, presented: str) -> bool:
         """Constant-time check of a presented bearer token."""
         digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
         return hmac.compare_digest(digest, self.token_sha256)
 
+    def tls_fingerprint(self) -> str | None:
+        """SHA-256 of the certificate (DER), as the controller pins it; ``None`` without TLS."""
+        if not self.tls_cert:
+            return None
+        return certificate_fingerprint(Path(self.tls_cert).read_text())
+
+    def refusal_to_serve(self) -> str | None:
+        """Why ``serve`` refuses this configuration (plain HTTP off loopback), or ``None``."""
+        if self.tls_cert or self.insecure_http or _loopback_only(self.listen_host):
+            return None
+        # The controller sends the token and SMTP AUTH passwords: never in clear by default.
+        return (f"listening on {self.listen_host}:{self.listen_port} without TLS would send "
+                "the token and SMTP passwords in clear: set tls_cert and tls_key (install.sh "
+                "makes a self-signed pair), listen on loopback only, or say "
+                "insecure_http = true")
+
     def describe(self) -> dict[str, Any]:
         """The resolved configuration without the token (for ``relayfleet-agent check``)."""
         return {"listen": f"{self.listen_host}:{self.listen_port}",
-                "tls": bool(self.tls_cert), "log_level": self.log_level,
+                "tls": bool(self.tls_cert), "tls_fingerprint": self.tls_fingerprint(),
+                "insecure_http": self.insecure_http, "log_level": self.log_level,
                 "mta": self.profile.to_dict()}
+
+
+def certificate_fingerprint(pem: str) -> str:
+    """``sha256:`` and the SHA-256 of a PEM certificate's DER form, in hex."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem)
+    except ValueError as exc:
+        raise ConfigError(f"tls_cert is not a PEM certificate: {exc}") from None
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def _loopback_only(host: str) -> bool:
+    """Whether ``listen`` binds loopback only (plain HTTP cannot leave the machine)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -92,6 +132,9 @@ def load_config(path: str | Path, listen: str | None = None) -> AgentConfig:
     for item in (tls_cert, tls_key):
         if item and not os.path.exists(item):
             raise ConfigError(f"{item} does not exist")
+    insecure_http = data.get("insecure_http", False)
+    if not isinstance(insecure_http, bool):
+        raise ConfigError("insecure_http must be true or false")
     mta = dict(data.get("mta", {}))
     if not isinstance(data.get("mta", {}), dict):
         raise ConfigError("[mta] must be a table")
@@ -100,4 +143,8 @@ def load_config(path: str | Path, listen: str | None = None) -> AgentConfig:
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
-    return AgentConfig(host, port, token_sha256, profile, tls_cert, tls_key, level)
+    config = AgentConfig(host, port, token_sha256, profile, tls_cert, tls_key, level,
+                         insecure_http)
+    if tls_cert:
+        config.tls_fingerprint()  # a certificate that is not one fails here, not at serve
+    return config

@@ -5,13 +5,16 @@ Views only validate and enqueue; jobs run in Celery workers (:mod:`controller.la
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy import insert
@@ -35,6 +38,8 @@ log = logging.getLogger("relayfleet.controller")
 OPEN_PATHS = frozenset({"/v1/health"})
 _ROUTE_ARG = re.compile(r"<(?:[^:<>]+:)?(\w+)>")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: unauthenticated calls from one address are audited one by one only once per this
+UNAUTHENTICATED_WINDOW_S = 60.0
 
 _STATUS_FOR: dict[type[rf_errors.RelayfleetError], int] = {
     ctl_errors.NotFound: 404,
@@ -71,7 +76,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "security": [{"bearer": []}]},
     )
     db.init_app(app)
-    app.extensions["relayfleet_secrets"] = SecretBox(settings.secret_key)
+    app.extensions["relayfleet_unauthenticated"] = UnauthenticatedTally()
+    app.extensions["relayfleet_secrets"] = SecretBox(settings.secret_key,
+                                                     settings.old_secret_keys)
     app.extensions["relayfleet_fingerprint_key"] = derive_key(settings.secret_key,
                                                               "idempotency v1")
     api = EnvelopeApi(app)
@@ -143,24 +150,91 @@ def _braced(match: re.Match[str]) -> str:
     return "{" + match.group(1) + "}"
 
 
+@dataclass
+class _RefusedWindow:
+    """Unauthenticated calls from one address, counted from ``start`` on."""
+
+    start: float
+    started_at: dt.datetime
+    counted: int = 0
+
+
+class UnauthenticatedTally:
+    """Refused (401) mutating calls per remote address and window (per process).
+
+    The first refused call of a window is audited as it happens (auditors see it at once);
+    the rest are only counted, and written as one summary row once the window is over. A
+    flood of bad tokens thus costs the database (SQLite: its one write lock) two rows per
+    address per minute, not one per request. Past ``max_addresses`` addresses at once,
+    the others share one entry (``*``), so that the memory used stays bounded.
+    """
+
+    def __init__(self, window_s: float = UNAUTHENTICATED_WINDOW_S,
+                 max_addresses: int = 10_000) -> None:
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._lock = threading.Lock()
+        self._windows: dict[str, _RefusedWindow] = {}
+
+    def refused(self, address: str, now: float) -> bool:
+        """Count a refused call; ``True`` if it opens a window (audit it as it is).
+        Call :meth:`ended` first: a window found here that is already over (another
+        thread's) takes the call into the summary the next :meth:`ended` writes."""
+        with self._lock:
+            if address not in self._windows and len(self._windows) >= self.max_addresses:
+                address = "*"
+            window = self._windows.get(address)
+            if window is None:
+                self._windows[address] = _RefusedWindow(now, utcnow())
+                return True
+            window.counted += 1
+            return False
+
+    def ended(self, now: float) -> list[tuple[str, _RefusedWindow]]:
+        """Windows that are over and counted calls not yet written (they are forgotten)."""
+        with self._lock:
+            over = [(address, window) for address, window in self._windows.items()
+                    if now - window.start >= self.window_s]
+            for address, _window in over:
+                del self._windows[address]
+        return [(address, window) for address, window in over if window.counted]
+
+
+def _summary_row(address: str, window: _RefusedWindow, window_s: float) -> dict[str, Any]:
+    return dict(at=utcnow(), action="unauthenticated calls (summary)", target=None,
+                outcome=401, remote_addr=None if address == "*" else address,
+                detail={"count": window.counted, "since": window.started_at.isoformat(),
+                        "window_s": window_s,
+                        "note": "refused calls after the first of the window, counted"})
+
+
 def _audit(route: str, status: int) -> None:
-    """Record a mutating call in its own transaction (whatever became of the request's)."""
+    """Record a mutating call in its own transaction (whatever became of the request's);
+    unauthenticated calls are rate-limited into summaries (:class:`UnauthenticatedTally`)."""
     principal = g.get("principal")
-    target = g.get("audit_target") or (
-        ",".join(f"{k}={v}" for k, v in (request.view_args or {}).items()) or None)
-    event = dict(
-        at=utcnow(), token_id=principal.token_id if principal else None,
-        token_name=principal.name if principal else None,
-        tenant_id=principal.tenant_id if principal else None,
-        action=f"{request.method} {_ROUTE_ARG.sub(_braced, route)}",
-        target=target, outcome=status, detail=g.get("audit_detail"),
-        remote_addr=request.remote_addr)
+    tally: UnauthenticatedTally = current_app.extensions["relayfleet_unauthenticated"]
+    now = time.monotonic()
+    rows = [_summary_row(address, window, tally.window_s)
+            for address, window in tally.ended(now)]
+    if principal is not None or status != 401 or tally.refused(request.remote_addr or "?",
+                                                               now):
+        target = g.get("audit_target") or (
+            ",".join(f"{k}={v}" for k, v in (request.view_args or {}).items()) or None)
+        rows.append(dict(
+            at=utcnow(), token_id=principal.token_id if principal else None,
+            token_name=principal.name if principal else None,
+            tenant_id=principal.tenant_id if principal else None,
+            action=f"{request.method} {_ROUTE_ARG.sub(_braced, route)}",
+            target=target, outcome=status, detail=g.get("audit_detail"),
+            remote_addr=request.remote_addr))
+    if not rows:
+        return
     try:
         # The request's own session: on SQLite a second connection would wait for this
         # one's transaction. Whatever the view left uncommitted is not kept.
         session = db.session
         session.rollback()
-        session.execute(insert(AuditEvent).values(**event))
+        session.execute(insert(AuditEvent), rows)
         session.commit()
     except Exception:
         log.exception("could not write the audit record for %s %s", request.method, route)

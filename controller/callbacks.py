@@ -3,26 +3,49 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
-import requests
+from sqlalchemy.orm import Session
 
 from controller import ledger
 from controller.config import Settings
-from controller.crypto import derive_key, sign_callback
+from controller.crypto import SecretBox, derive_key, sign_callback
 from controller.db import Database
+from controller.egress import DeadlineExceeded, EgressError, HttpClient
+from controller.inventory import tenant_callback_key
 from controller.jobs import report
 from controller.models import Job
+from shared.errors import ConfigError
 
 #: attempts after the first (2 s doubling: the last waits 256 s)
 CALLBACK_RETRIES = 8
+#: one attempt, connection to last byte: a receiver that drips cannot hold a worker
+CALLBACK_DEADLINE_S = 10.0
+#: how much of a receiver's answer is read (only its status matters)
+CALLBACK_ANSWER_BYTES = 64 * 1024
+
+log = logging.getLogger("relayfleet.callbacks")
 
 
 def callback_key(settings: Settings) -> bytes:
-    """The key callbacks are signed with."""
+    """The controller-wide key: it signs the callbacks of jobs that belong to no tenant
+    (made with MSP-wide tokens); a tenant's jobs are signed with the tenant's own key."""
     if settings.callback_secret:
         return settings.callback_secret.encode()
     return derive_key(settings.secret_key, "callbacks v1").hex().encode()
+
+
+def job_callback_key(session: Session, settings: Settings, job: Job) -> bytes:
+    """The key ``job``'s callback is signed with: its tenant's, so that no tenant can get
+    a signature another tenant's webhook would accept."""
+    if job.tenant_id is None:
+        return callback_key(settings)
+    box = SecretBox(settings.secret_key, settings.old_secret_keys)
+    key = tenant_callback_key(session, box, job.tenant_id)
+    if key is None:  # the tenant went between the job's read and this one
+        raise ConfigError(f"job {job.id}: its tenant {job.tenant_id} no longer exists")
+    return key
 
 
 def retry_delay_s(retries: int) -> int:
@@ -41,17 +64,12 @@ def deliver(database: Database, settings: Settings, job_id: int, attempt: int) -
             return True
         body = json.dumps(JobSchema().dump(report(session, job))).encode()
         url = job.callback_url
+        key = job_callback_key(session, settings, job)
     stamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": "relayfleet-controller",
                "X-Relayfleet-Event": "job.finished", "X-Relayfleet-Timestamp": stamp,
-               "X-Relayfleet-Signature": sign_callback(callback_key(settings), stamp, body)}
-    try:
-        answer = requests.post(url, data=body, headers=headers, timeout=10,
-                               allow_redirects=False)
-        outcome = f"HTTP {answer.status_code}"
-        delivered = 200 <= answer.status_code < 300
-    except requests.exceptions.RequestException as exc:
-        outcome, delivered = type(exc).__name__, False
+               "X-Relayfleet-Signature": sign_callback(key, stamp, body)}
+    delivered, outcome = post(settings, url, body, headers)
     state = (f"delivered on attempt {attempt} ({outcome})" if delivered
              else f"attempt {attempt} failed ({outcome})")
     if not delivered and attempt > CALLBACK_RETRIES:
@@ -59,3 +77,21 @@ def deliver(database: Database, settings: Settings, job_id: int, attempt: int) -
     with database.transaction() as session:
         ledger.note_callback(session, job_id, state)
     return delivered
+
+
+def post(settings: Settings, url: str, body: bytes,
+         headers: dict[str, str]) -> tuple[bool, str]:
+    """POST ``body`` to ``url`` under the egress policy; whether a 2xx came back, and what
+    the tenant may see of the outcome (a status, "refused by egress policy",
+    "unreachable" or "timed out" — never a socket error)."""
+    client = HttpClient(settings.egress_policy)
+    try:
+        answer = client.request("POST", url, body=body, headers=headers,
+                                deadline_s=CALLBACK_DEADLINE_S,
+                                max_body=CALLBACK_ANSWER_BYTES, truncate=True)
+    except DeadlineExceeded:
+        return False, f"timed out after {CALLBACK_DEADLINE_S:g} s"
+    except EgressError as exc:
+        log.info("callback to %s: %s", url, exc)
+        return False, str(exc)
+    return 200 <= answer.status < 300, f"HTTP {answer.status}"

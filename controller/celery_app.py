@@ -16,8 +16,6 @@ from flask import Flask
 from controller.config import Settings
 
 QUEUE = "relayfleet"
-#: how often ``relayfleet-controller beat`` runs the sweeper
-SWEEP_EVERY_S = 60.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -48,7 +46,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "beat_schedule": {"relayfleet-sweep": {"task": "relayfleet.sweep",
-                                               "schedule": SWEEP_EVERY_S}},
+                                               "schedule": float(settings.sweep_every_s)}},
     }
 
 

@@ -18,6 +18,8 @@ ENVIRONMENT = """environment:
   RELAYFLEET_BROKER_URL     Redis for the job queue (default redis://127.0.0.1:6379/0)
   RELAYFLEET_SECRET_KEY     encrypts stored secrets; keep it safe and the same everywhere
                             (default: a key generated once in the data directory)
+  RELAYFLEET_SECRET_KEY_OLD the previous key(s), comma-separated, while rotating: set the
+                            new key and this everywhere, run rotate-secret-key, then drop it
 """
 
 
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
                         help="lane tasks run at once (each runs up to 25 hosts in threads)")
     worker.add_argument("--loglevel", default="INFO")
-    beat = sub.add_parser("beat", help="run the scheduler (the sweeper, every minute)")
+    beat = sub.add_parser("beat", help="run the scheduler (the sweeper, every few seconds)")
     beat.add_argument("--loglevel", default="INFO")
     sub.add_parser("init-db", help="create or migrate the database schema")
     token = sub.add_parser("token", help="manage API tokens")
@@ -52,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="limit the token to this tenant (created if missing)")
     create.add_argument("--name", default=None, help="a label for the token")
     sub.add_parser("callback-secret",
-                   help="print the key job callbacks are signed with (HMAC-SHA256)")
+                   help="print the key callbacks of MSP-wide jobs (no tenant) are signed "
+                        "with (HMAC-SHA256); tenants' jobs use the tenant's own key")
+    sub.add_parser("rotate-secret-key",
+                   help="re-seal every stored secret with RELAYFLEET_SECRET_KEY (the old "
+                        "key in RELAYFLEET_SECRET_KEY_OLD); safe to run again")
     return parser
 
 
@@ -114,6 +120,7 @@ def token_create(role: str, tenant: str | None, name: str | None) -> str:
 
     from controller.auth import issue_token
     from controller.db import db
+    from controller.inventory import new_tenant
     from controller.models import Tenant
 
     app = _app()
@@ -122,13 +129,61 @@ def token_create(role: str, tenant: str | None, name: str | None) -> str:
         if tenant:
             row = session.scalar(select(Tenant).where(Tenant.name == tenant))
             if row is None:
-                row = Tenant(name=tenant)
+                row, secret = new_tenant(tenant, app.extensions["relayfleet_secrets"])
                 session.add(row)
                 session.flush()
+                print(f"made tenant {tenant}; its callback secret (shown only now): {secret}")
             tenant_id = row.id
         _row, text = issue_token(session, name=name or f"{role} (cli)", role=role,
                                  tenant_id=tenant_id)
     return text
+
+
+def _sealed_columns() -> list[Any]:
+    """Every column that holds a secret sealed with the controller's key."""
+    from controller.models import Host, Job, Tenant
+
+    return [Host.agent_token_sealed, Host.ssh_private_key_sealed, Host.ssh_passphrase_sealed,
+            Host.ssh_password_sealed, Job.params_sealed, Tenant.callback_key_sealed]
+
+
+def rotate_secret_key(settings: Any, batch: int = 500) -> dict[str, int]:
+    """Re-seal every stored secret with the current key; how many were re-sealed per
+    column (and ``already current``). Batches commit on their own: an interrupted run is
+    finished by running it again, which leaves secrets already re-sealed alone."""
+    from sqlalchemy import select, update
+
+    from controller.crypto import SecretBox
+    from controller.db import make_engine
+
+    box = SecretBox(settings.secret_key, settings.old_secret_keys)
+    counts: dict[str, int] = {"already current": 0}
+    engine = make_engine(settings.database_url)
+    try:
+        for column in _sealed_columns():
+            model, name = column.class_, f"{column.class_.__tablename__}.{column.key}"
+            counts[name], last = 0, 0
+            while True:
+                with engine.begin() as conn:
+                    rows = conn.execute(select(model.id, column).where(
+                        model.id > last, column.is_not(None)).order_by(model.id)
+                        .limit(batch)).all()
+                    for row_id, sealed in rows:
+                        fresh = box.reseal(sealed)
+                        if fresh is None:
+                            counts["already current"] += 1
+                            continue
+                        # Only the sealed form changes, not what it holds (no job state).
+                        conn.execute(update(model).where(model.id == row_id,
+                                                         column == sealed)
+                                     .values({column.key: fresh}))
+                        counts[name] += 1
+                if len(rows) < batch:
+                    break
+                last = rows[-1][0]
+    finally:
+        engine.dispose()
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from controller.config import load_settings
 
             print(callback_key(load_settings()).decode())
+        elif args.command == "rotate-secret-key":
+            from controller.config import load_settings
+
+            counts = rotate_secret_key(load_settings())
+            current = counts.pop("already current")
+            for name, count in counts.items():
+                print(f"{name}: {count} re-sealed")
+            print(f"re-sealed {sum(counts.values())} secrets with the current key; "
+                  f"{current} already were")
     except (ConfigError, RelayfleetError) as exc:
         print(f"relayfleet-controller: {exc.message}", file=sys.stderr)
         return 2

@@ -4,25 +4,38 @@
 ``RELAYFLEET_BROKER_URL``     Celery broker (default ``redis://127.0.0.1:6379/0``)
 ``RELAYFLEET_SECRET_KEY``     encrypts stored secrets and signs callbacks (default: a random
                               key kept in ``secret.key`` in the data directory, mode 0600)
+``RELAYFLEET_SECRET_KEY_OLD`` keys secrets were sealed with before a rotation, comma-separated
+                              (read until ``relayfleet-controller rotate-secret-key`` has
+                              re-sealed every secret with the current key)
 ``RELAYFLEET_DATA_DIR``       where the defaults live (``~/.local/share/relayfleet``)
 ``RELAYFLEET_CALLBACK_SECRET`` key for the callbacks' HMAC (default: derived from the secret key)
 ``RELAYFLEET_VISIBILITY_TIMEOUT_S`` how long Redis keeps a task a dead worker held before it
                               hands it to another worker (default 900)
 ``RELAYFLEET_LANE_BUDGET_S``  how long one job lane claims new hosts before it hands over to
                               its own continuation (default 30)
+``RELAYFLEET_EGRESS_ALLOW``   narrows where agent calls and callbacks may go: comma-separated
+                              CIDRs and host names, plus ``loopback`` to permit loopback (a
+                              same-box setup); unset: anything but loopback, link-local,
+                              unspecified and multicast (see :mod:`controller.egress`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from controller.egress import EgressPolicy
 from shared.errors import ConfigError
 
+#: the shortest secret key accepted (it is all that protects the stored secrets)
+MIN_SECRET_KEY_CHARS = 16
 #: room for claiming, recording and the broker round trip on top of a host's own time box
 LANE_MARGIN_S = 15
 
@@ -43,12 +56,25 @@ class Settings:
     database_url: str
     broker_url: str = "redis://127.0.0.1:6379/0"
     secret_key: str = field(default="", repr=False)
+    #: keys secrets were sealed with before the last rotation (still read, never written)
+    old_secret_keys: tuple[str, ...] = field(default=(), repr=False)
     callback_secret: str = field(default="", repr=False)
     visibility_timeout_s: int = 900
     lane_budget_s: int = 30
+    #: a claimed host's lease, renewed while it runs: a dead worker's hosts are free again
+    #: within this, and the sweeper (every ``sweep_every_s``) gives their job a lane
+    lease_s: int = 30
+    sweep_every_s: int = 10
     #: hosts one lane works on at once (a job with concurrency C runs ceil(C / this) lanes)
     lane_threads: int = 25
     max_body_bytes: int = 4 * 1024 * 1024
+    #: ``RELAYFLEET_EGRESS_ALLOW`` as given ("": the default policy)
+    egress_allow: str = ""
+
+    @property
+    def egress_policy(self) -> EgressPolicy:
+        """Where agent calls and callbacks may go."""
+        return EgressPolicy.parse(self.egress_allow)
 
     @property
     def max_timeout_s(self) -> int:
@@ -81,20 +107,57 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _checked_key(key: str, where: str) -> str:
+    """``key`` if it is long enough to protect every stored secret, else a clear error."""
+    if len(key) < MIN_SECRET_KEY_CHARS:
+        problem = "empty" if not key else "too short"
+        raise ConfigError(f"{where} is {problem}: use at least {MIN_SECRET_KEY_CHARS} "
+                          "characters (e.g. the output of `openssl rand -base64 32`)")
+    return key
+
+
+def _create_key_file(path: Path) -> None:
+    """Put a new random key at ``path`` unless another process already has.
+
+    The API, worker and beat may start together and all find no key: each writes a key to
+    a temporary file and hard-links it into place, which fails if the name exists. The
+    name therefore only ever holds a complete key, the first link wins, and every starter
+    then reads that one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret.key.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+
+
 def _secret_key(env: Mapping[str, str], data_dir: Path) -> str:
     key = env.get("RELAYFLEET_SECRET_KEY")
     if key:
-        if len(key) < 16:
-            raise ConfigError("RELAYFLEET_SECRET_KEY is too short: use at least 16 characters "
-                              "(e.g. the output of `openssl rand -base64 32`)")
-        return key
+        return _checked_key(key, "RELAYFLEET_SECRET_KEY")
     path = data_dir / "secret.key"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+        _create_key_file(path)
+    return _checked_key(path.read_text().strip(), str(path))
+
+
+def _old_secret_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``RELAYFLEET_SECRET_KEY_OLD``: keys secrets may still be sealed with (comma- or
+    space-separated), read until ``rotate-secret-key`` has re-sealed them."""
+    keys = [key for key in re.split(r"[,\s]+", env.get("RELAYFLEET_SECRET_KEY_OLD", "")) if key]
+    return tuple(_checked_key(key, "a key in RELAYFLEET_SECRET_KEY_OLD") for key in keys)
+
+
+def _egress_allow(env: Mapping[str, str]) -> str:
+    raw = env.get("RELAYFLEET_EGRESS_ALLOW") or ""
+    EgressPolicy.parse(raw)  # a mistake stops the process at start, not at the first job
+    return raw
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -110,7 +173,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         broker_url=env.get("RELAYFLEET_BROKER_URL") or Settings.broker_url,
         secret_key=secret,
+        old_secret_keys=_old_secret_keys(env),
         callback_secret=env.get("RELAYFLEET_CALLBACK_SECRET") or "",
         visibility_timeout_s=_int_env(env, "RELAYFLEET_VISIBILITY_TIMEOUT_S", 900),
         lane_budget_s=_int_env(env, "RELAYFLEET_LANE_BUDGET_S", 30),
+        lease_s=_int_env(env, "RELAYFLEET_LEASE_S", 30),
+        sweep_every_s=_int_env(env, "RELAYFLEET_SWEEP_EVERY_S", 10),
+        egress_allow=_egress_allow(env),
     )

@@ -29,7 +29,9 @@ from shared.errors import ValidationError
 
 #: how long an Idempotency-Key is remembered (the contract says at least 24 h)
 IDEMPOTENCY_TTL = dt.timedelta(hours=48)
-#: a key whose first request never finished (the API process died) may be reused after this
+#: a key whose first request never finished may be taken over after this, and only if that
+#: request is gone (its transaction no longer holds the key: :func:`_owner_gone`), so a
+#: create that takes longer than this is never run twice
 IDEMPOTENCY_ABANDONED = dt.timedelta(seconds=120)
 
 #: what an idempotent create returns: the HTTP status and the answer (plain JSON)
@@ -68,6 +70,11 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
     if taken:
         return _replay(session, who, key, fingerprint, now=now, create=create)
     try:
+        # Hold the key's row for as long as the create works (PostgreSQL: a row lock; SQLite:
+        # the database's write lock that BEGIN IMMEDIATE takes): a retry can only take the
+        # key over once this transaction is gone, i.e. its request has ended or died.
+        session.execute(select(IdempotencyKey.id).where(IdempotencyKey.id == row.id)
+                        .with_for_update())
         status, response = create()
         session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
             state="done", status_code=status,
@@ -103,13 +110,29 @@ def _replay(session: Session, who: Principal, key: str, fingerprint: str, *, now
             "Idempotency-Key", "this key was already used with a different request; "
                                "use a new key for a new request")
     if existing.state != "done":
-        if now - existing.created_at < IDEMPOTENCY_ABANDONED:
+        if now - existing.created_at < IDEMPOTENCY_ABANDONED or not _owner_gone(session,
+                                                                                 existing):
             raise Conflict("a request with this Idempotency-Key is still being handled; "
                            "retry in a moment")
         session.delete(existing)
         session.commit()
         return idempotent(session, who, key, fingerprint, create)
     return existing.status_code or 200, existing.response or {}
+
+
+def _owner_gone(session: Session, existing: IdempotencyKey) -> bool:
+    """Has the request that holds this in-progress key ended (its process died)?
+
+    Its transaction holds the key's row (see :func:`idempotent`) for as long as it works,
+    however long that is: a row we can lock without waiting has no live owner. (SQLite
+    has one writer: this transaction began, so the owner's has ended.) The state is re-read
+    under the lock: an owner that has just finished is not taken over (the 409 it gets
+    makes the client retry, and the retry replays the answer).
+    """
+    state = session.scalar(select(IdempotencyKey.state)
+                           .where(IdempotencyKey.id == existing.id)
+                           .with_for_update(skip_locked=True))
+    return state is not None and state != "done"
 
 
 def purge_expired(session: Session) -> int:

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.auth import Principal, issue_token
-from controller.crypto import SecretBox
+from controller.crypto import SecretBox, new_callback_secret
 from controller.db import utcnow
+from controller.egress import normalise_fingerprint
 from controller.errors import Conflict, NotFound, PermissionDenied
-from controller.models import AuditEvent, Host, HostTag, Job, Site, Tenant, Token
+from controller.models import AuditEvent, Host, HostTag, Job, JobHost, Site, Tenant, Token
 from shared.errors import ValidationError
 
 M = TypeVar("M", Tenant, Site, Host, Token, Job, AuditEvent)
@@ -31,7 +32,11 @@ def page(session: Session, query: Any, limit: int, offset: int) -> dict[str, Any
 
 
 def scoped(query: Any, model: Any, who: Principal) -> Any:
-    """``query`` cut down to the principal's tenant (a no-op for MSP-wide tokens)."""
+    """``query`` cut down to what the principal sees: its tenant (every tenant for
+    MSP-wide tokens) and, of hosts, those not deleted (a deleted host stays only for the
+    results past jobs keep of it)."""
+    if model is Host:
+        query = query.where(Host.deleted_at.is_(None))
     if who.tenant_id is None:
         return query
     column = model.id if model is Tenant else model.tenant_id
@@ -64,15 +69,52 @@ def commit_unique(session: Session, what: str) -> None:
 
 # -- tenants ---------------------------------------------------------------------------
 
-def create_tenant(session: Session, who: Principal, name: str) -> Tenant:
-    """Add a customer (MSP-wide admins only)."""
+def new_tenant(name: str, box: SecretBox) -> tuple[Tenant, str]:
+    """A tenant row with a callback signing key of its own, and that key (to show once)."""
+    secret = new_callback_secret()
+    return Tenant(name=name, callback_key_sealed=box.seal(secret)), secret
+
+
+def create_tenant(session: Session, who: Principal, name: str,
+                  box: SecretBox) -> tuple[Tenant, str]:
+    """Add a customer (MSP-wide admins only); also answer its callback secret."""
     who.require("admin")
     if who.tenant_id is not None:
         raise PermissionDenied("a tenant-scoped token cannot create tenants")
-    tenant = Tenant(name=name)
+    tenant, secret = new_tenant(name, box)
     session.add(tenant)
     commit_unique(session, f"tenant {name!r}")
-    return tenant
+    return tenant, secret
+
+
+def rotate_callback_secret(session: Session, who: Principal, tenant_id: int,
+                           box: SecretBox) -> str:
+    """Give a tenant a new callback signing key and answer it (MSP-wide admins only: a
+    tenant's admin could otherwise take its callbacks' key from the MSP's ticketing)."""
+    who.require("admin")
+    if who.tenant_id is not None:
+        raise PermissionDenied("only an MSP-wide admin token can rotate a tenant's "
+                               "callback secret")
+    tenant = get_scoped(session, Tenant, tenant_id, who)
+    secret = new_callback_secret()
+    tenant.callback_key_sealed = box.seal(secret)
+    session.commit()
+    return secret
+
+
+def tenant_callback_key(session: Session, box: SecretBox, tenant_id: int) -> bytes | None:
+    """The key a tenant's callbacks are signed with (``None``: no such tenant).
+
+    Tenants made before keys were per tenant get one here, at their first callback: it was
+    never shown, so an MSP-wide admin rotates it to hand it to the tenant. Conditional, so
+    that two workers doing this at once end with the same key.
+    """
+    session.execute(update(Tenant).where(Tenant.id == tenant_id,
+                                         Tenant.callback_key_sealed.is_(None))
+                    .values(callback_key_sealed=box.seal(new_callback_secret())))
+    sealed = session.scalar(select(Tenant.callback_key_sealed).where(Tenant.id == tenant_id))
+    secret = box.open(sealed)
+    return None if secret is None else secret.encode()
 
 
 def delete_tenant(session: Session, who: Principal, tenant_id: int) -> None:
@@ -104,16 +146,22 @@ def delete_site(session: Session, who: Principal, site_id: int) -> None:
     """Remove a site that has no hosts left."""
     who.require("admin")
     site = get_scoped(session, Site, site_id, who)
-    if session.scalar(select(func.count()).where(Host.site_id == site.id)):
+    if session.scalar(select(func.count()).where(Host.site_id == site.id,
+                                                 Host.deleted_at.is_(None))):
         raise Conflict(f"site {site_id} still has hosts: delete or move them first")
+    # Deleted hosts no job names can go for good; the others hold past jobs' results.
+    session.execute(delete(Host).where(Host.site_id == site.id, Host.deleted_at.is_not(None),
+                                       Host.id.not_in(select(JobHost.host_id))))
+    if session.scalar(select(func.count()).where(Host.site_id == site.id)):
+        session.rollback()
+        raise Conflict(f"site {site_id} had hosts whose results past jobs keep: it stays, "
+                       "so that those results stay readable")
     session.delete(site)
     session.commit()
 
 
 # -- hosts -----------------------------------------------------------------------------
 
-#: profile keys that name programs the host runs as root (SSH: through the MSP's sudo)
-COMMAND_OVERRIDES = frozenset({"restart", "mailq", "make", "sendmail", "m4", "makemap"})
 
 
 def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox,
@@ -132,6 +180,11 @@ def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox,
         host.agent_url = url
         if "ca_cert" in agent:
             host.agent_ca_cert = agent["ca_cert"]
+        if "tls_fingerprint" in agent:
+            pin = agent["tls_fingerprint"]
+            host.agent_tls_fingerprint = normalise_fingerprint(pin) if pin else None
+        if "insecure_http" in agent:
+            host.agent_insecure_http = bool(agent["insecure_http"])
         if agent.get("token"):
             host.agent_token_sealed = box.seal(agent["token"])
     if data.get("ssh") is not None:
@@ -145,14 +198,17 @@ def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox,
         host.ssh_password_sealed = box.seal(ssh.get("password"))
     if "mta" in data:
         mta = data["mta"]
-        commands = sorted(set(mta.get("overrides") or {}) & COMMAND_OVERRIDES)
-        if commands and who_tenant is not None:
+        overrides = mta.get("overrides") or {}
+        # Every override is root-level power: programs run as root, and paths root reads,
+        # writes and compiles (an mc pointed at authinfo ran a password through m4). A
+        # tenant admin may send back what an MSP-wide admin set, but not set anything.
+        if who_tenant is not None and overrides and overrides != (host.mta_overrides or {}):
             raise PermissionDenied(
-                f"mta.overrides {', '.join(commands)} name programs run as root on the host; "
-                "only an MSP-wide admin token may set them")
+                f"mta.overrides ({', '.join(sorted(overrides))}) name programs and files the "
+                "host runs, reads and writes as root; an MSP-wide admin must set them")
         host.mta_kind = mta.get("kind", "sendmail")
         host.mta_flavour = mta.get("flavour", "debian")
-        host.mta_overrides = mta.get("overrides") or {}
+        host.mta_overrides = overrides
     if "tags" in data:
         host.tag_rows = [HostTag(tag=tag) for tag in sorted(set(data["tags"]))]
     if host.transport == "agent" and (not host.agent_url or not host.agent_token_sealed):
@@ -221,9 +277,10 @@ def update_host(session: Session, who: Principal, host_id: int, data: dict[str, 
 
 
 def delete_host(session: Session, who: Principal, host_id: int) -> None:
-    """Remove a host from the inventory."""
+    """Remove a host from the inventory, targets and the fleet; past jobs keep its
+    results, and a new host may take its name."""
     who.require("admin")
-    session.delete(get_scoped(session, Host, host_id, who))
+    get_scoped(session, Host, host_id, who).deleted_at = utcnow()
     session.commit()
 
 

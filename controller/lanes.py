@@ -11,11 +11,17 @@ How a job scales (10,000 hosts and more) without one message per host:
   at once, however many workers there are.
 - A lane stops claiming after ``lane_budget_s`` and queues its own continuation, so no
   task outlives the broker's visibility timeout and long jobs interleave with others.
-- A claimed unit carries a lease (``timeout_s`` plus a margin). If its worker dies, the lane
-  task comes back (``acks_late`` + ``reject_on_worker_lost``) and the unit is claimed again
-  once the lease has run out. A finished unit is never claimed again, and the operations
-  themselves are idempotent (the same smarthost again is ``changed: false`` and touches no
-  file), so a redelivered unit never applies a change twice.
+- A claimed unit carries a short lease (:data:`controller.ledger.LEASE_S`) that its lane
+  renews while the host runs (up to ``timeout_s`` plus a margin; the transport cuts the
+  host at ``timeout_s``). If the worker dies, the lease lapses within ``LEASE_S`` and the
+  sweeper (every few seconds, on beat) queues a lane that claims the unit again as its
+  next attempt: recovery runs on the lease's clock, not the broker's visibility timeout
+  (the dead worker's own message comes back much later and finds nothing to do). Each
+  attempt holds the host's change lock under its own name; a later attempt of the same
+  unit takes over what an earlier one left, and an attempt that loses its unit is cut.
+  A finished unit is never claimed again, and the operations themselves are idempotent
+  (the same smarthost again is ``changed: false`` and touches no file), so a unit run
+  again never applies a change twice.
 - The lane that sees no pending and no running unit left finishes the job (once: the
   ledger's transition is conditional), which queues the callback.
 
@@ -108,9 +114,12 @@ class Lane:
         self.lane = lane
         self.db = database or _app_database()
         self.settings = settings or _app_settings()
-        self.box = SecretBox(self.settings.secret_key)
+        self.box = SecretBox(self.settings.secret_key, self.settings.old_secret_keys)
         self.transports = transports
         self.send = send
+        self._held_lock = threading.Lock()
+        #: units this lane runs now: unit id -> (attempt, renew until (monotonic), transport)
+        self._held: dict[int, tuple[int, float, HostTransport | None]] = {}
 
     def load(self) -> JobPlan | None:
         """The job's plan (marking it running), or ``None`` when it has finished."""
@@ -126,7 +135,8 @@ class Lane:
         """Take the next unit and read its host, in one transaction."""
         with self.db.transaction() as session:
             return ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
-                                max_failures=plan.options.get("max_failures"))
+                                max_failures=plan.options.get("max_failures"),
+                                lease_s=self.settings.lease_s)
 
     def _spec(self, host: Any) -> HostSpec:
         open_ = self.box.open
@@ -161,8 +171,10 @@ class Lane:
                 status, error = UnitState.FAILED, exc.message
         if spec is not None:
             try:
-                owner = f"relayfleet-job-{self.job_id}-host-{spec.host_id}"
-                with self.transports(spec, _ssh_pool(), lock_owner=owner) as transport:
+                with self.transports(spec, _ssh_pool(),
+                                     lock_owner=lock_owner(self.job_id, spec.host_id,
+                                                           claim.attempt)) as transport:
+                    self._hold(claim, plan, transport)
                     result = transport.run(plan.action, plan.request, dry_run=plan.dry_run,
                                            timeout_s=plan.timeout_s)
                 status = UnitState.SUCCEEDED if result.ok else UnitState.FAILED
@@ -175,7 +187,46 @@ class Lane:
                 log.exception("job %s host %s: unexpected error", self.job_id, claim.host_id)
                 status, error = UnitState.FAILED, (f"internal error ({type(exc).__name__}); "
                                                    "see the worker log")
+        self._release(claim)
         self.record(plan, claim, status=status, error=error, result=result)
+
+    # -- leases -----------------------------------------------------------------------------
+    def _hold(self, claim: Claim, plan: JobPlan, transport: HostTransport | None) -> None:
+        """Keep the unit's lease alive while it runs, up to its time box and a margin."""
+        until = time.monotonic() + plan.timeout_s + ledger.LEASE_MARGIN_S
+        with self._held_lock:
+            self._held[claim.unit_id] = (claim.attempt, until, transport)
+
+    def _release(self, claim: Claim) -> None:
+        with self._held_lock:
+            self._held.pop(claim.unit_id, None)
+
+    def renew(self) -> None:
+        """Renew the leases of the units running now; cut the ones another attempt took."""
+        now = time.monotonic()
+        with self._held_lock:
+            due = {unit: (attempt, transport)
+                   for unit, (attempt, until, transport) in self._held.items() if until > now}
+        if not due:
+            return
+        with self.db.transaction() as session:
+            kept = ledger.renew_leases(session, self.job_id,
+                                       [(unit, attempt) for unit, (attempt, _) in due.items()],
+                                       self.settings.lease_s)
+        for unit, (attempt, transport) in due.items():
+            if unit not in kept and transport is not None:
+                log.warning("job %s unit %s: attempt %s was taken over; cutting it",
+                            self.job_id, unit, attempt)
+                transport.cut()
+
+    def _keep_leases(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.lease_s / 3):
+            try:
+                self.renew()
+            except Exception:
+                # A database hiccup: the next tick tries again (the lease outlives two).
+                log.exception("job %s lane %s: renewing leases failed", self.job_id,
+                              self.lane)
 
     def record(self, plan: JobPlan, claim: Claim, *, status: str, error: str | None,
                result: OperationResult | None) -> None:
@@ -221,9 +272,17 @@ class Lane:
                     log.exception("job %s lane %s: a thread stopped", self.job_id, self.lane)
                     return
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for future in [pool.submit(loop) for _ in range(threads)]:
-                future.result()
+        stop = threading.Event()
+        keeper = threading.Thread(target=self._keep_leases, args=(stop,), daemon=True,
+                                  name=f"lease-keeper-{self.job_id}-{self.lane}")
+        keeper.start()
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for future in [pool.submit(loop) for _ in range(threads)]:
+                    future.result()
+        finally:
+            stop.set()
+            keeper.join()
         self.hand_over()
 
     def hand_over(self) -> None:
@@ -250,12 +309,23 @@ def finish_job(database: Database, job_id: int) -> None:
         log.info("job %s finished: %s", job_id, final.value)
 
 
+def lock_owner(job_id: int, host_id: int, attempt: int) -> str:
+    """The name one attempt holds a host's change lock under (a later attempt of the same
+    job and host may take over what an earlier one left)."""
+    return f"relayfleet-job-{job_id}-host-{host_id}-attempt-{attempt}"
+
+
 def sweep(database: Database, settings: Settings) -> list[int]:
-    """Jobs whose lanes went silent (the API died between storing a job and queueing it,
-    or a broker lost a message), each now due a lane; expired Idempotency-Keys go."""
-    silent_since = time.time() - settings.visibility_timeout_s - 2 * settings.lane_budget_s
+    """Jobs no live lane works on, each now due a lane: a unit whose worker died (its
+    lease lapsed), a running job silent for a lane's budget and two leases, a queued job
+    never started within the broker's visibility timeout (the API died between storing it
+    and queueing it, or a message was lost). Expired Idempotency-Keys go too."""
+    now = time.time()
     with database.transaction() as session:
-        stale = ledger.silent_jobs(session, silent_since)
+        stale = ledger.jobs_needing_lanes(
+            session, silent_since=now - settings.lane_budget_s - 2 * settings.lease_s,
+            never_started_since=now - settings.visibility_timeout_s
+            - 2 * settings.lane_budget_s, lease_s=settings.lease_s)
         purged = purge_expired(session)
     if purged:
         log.info("forgot %s expired idempotency keys", purged)

@@ -32,8 +32,12 @@ from controller import dispatch
 from controller.db import Database, utcnow
 from controller.models import Host, Job, JobHost
 
-#: added to a unit's timeout for its lease: claiming, recording and clock slack
+#: added to a unit's timeout: claiming, recording and clock slack
 LEASE_MARGIN_S = 10
+#: how long a claim lasts unless its lane renews it (``Settings.lease_s``): a lane renews
+#: the leases of the units it runs every third of this, so a dead worker's units are free
+#: again within this time
+LEASE_S = 30
 #: a host whose worker died this many times is not tried again (it may be what kills it)
 MAX_ATTEMPTS = 3
 
@@ -158,8 +162,8 @@ def start(session: Session, job_id: int) -> Job | None:
     return job
 
 
-def claim(session: Session, job_id: int, *, timeout_s: float,
-          max_failures: int | None) -> Claim | None:
+def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int | None,
+          lease_s: float = LEASE_S) -> Claim | None:
     """Take the next unit (pending, or running with a lapsed lease) and read its host.
 
     ``None`` when there is nothing to take, or the job may start no more hosts (cancelled,
@@ -188,12 +192,13 @@ def claim(session: Session, job_id: int, *, timeout_s: float,
     row = session.execute(
         update(JobHost).where(JobHost.id == candidate)
         .values(status=UnitState.RUNNING.value, attempts=JobHost.attempts + 1,
-                lease_until=now + timeout_s + LEASE_MARGIN_S,
+                lease_until=now + min(lease_s, timeout_s + LEASE_MARGIN_S),
                 started_at=func.coalesce(JobHost.started_at, utcnow()))
         .returning(JobHost.id, JobHost.attempts, JobHost.host_id)).first()
     if row is None:
         return None
-    host = session.execute(select(*HOST_COLUMNS).where(Host.id == row[2])).first()
+    host = session.execute(select(*HOST_COLUMNS).where(
+        Host.id == row[2], Host.deleted_at.is_(None))).first()
     return Claim(int(row[0]), int(row[1]), int(row[2]),
                  dict(host._mapping) if host is not None else None)
 
@@ -213,6 +218,24 @@ def record(session: Session, claim_: Claim, outcome: Outcome,
         return False
     session.execute(update(Host).where(Host.id == claim_.host_id).values(**host_state))
     return True
+
+
+def renew_leases(session: Session, job_id: int, held: list[tuple[int, int]],
+                 lease_s: float = LEASE_S) -> set[int]:
+    """Extend the leases of the units a live lane runs, given as (unit id, attempt); the
+    ids still held come back (a unit missing was taken over: its runner must stop). The
+    job is heard from too."""
+    if not held:
+        return set()
+    now = time.time()
+    rows = session.execute(
+        update(JobHost).where(
+            JobHost.job_id == job_id, JobHost.status == UnitState.RUNNING.value,
+            or_(*(and_(JobHost.id == unit, JobHost.attempts == attempt)
+                  for unit, attempt in held)))
+        .values(lease_until=now + lease_s).returning(JobHost.id)).all()
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
+    return {int(row[0]) for row in rows}
 
 
 def skip_pending(session: Session, job_id: int, reason: SkipReason, **facts: object) -> None:
@@ -253,15 +276,26 @@ def heartbeat(session: Session, job_id: int) -> Progress | None:
     return Progress(JobState(job.status), counts(session, job_id), earliest)
 
 
-def silent_jobs(session: Session, silent_since: float) -> list[int]:
-    """Unfinished jobs no lane has been heard from since ``silent_since``; each is marked
-    as heard from now (so one sweep re-queues it once)."""
-    stale = list(session.scalars(select(Job.id).where(
+def jobs_needing_lanes(session: Session, *, silent_since: float, never_started_since: float,
+                       lease_s: float = LEASE_S) -> list[int]:
+    """Unfinished jobs that no live lane is working on, each marked as heard from now (so
+    one sweep queues one lane for it): a running unit whose lease lapsed (its worker
+    died) in a job not heard from for a lease, a running job no lane has been heard from
+    since ``silent_since``, or a queued job never started since ``never_started_since``
+    (its first lanes were lost)."""
+    now = time.time()
+    lapsed = select(JobHost.job_id).where(JobHost.status == UnitState.RUNNING.value,
+                                          JobHost.lease_until < now)
+    due = list(session.scalars(select(Job.id).where(
         Job.finished_at.is_(None), Job.status.in_(ACTIVE_JOB_STATES),
-        Job.heartbeat_at < silent_since)))
-    if stale:
-        session.execute(update(Job).where(Job.id.in_(stale)).values(heartbeat_at=time.time()))
-    return stale
+        # (a live lane of the job renews its heartbeat and claims lapsed units itself)
+        or_(and_(Job.id.in_(lapsed), Job.heartbeat_at < now - lease_s),
+            and_(Job.status == JobState.RUNNING.value, Job.heartbeat_at < silent_since),
+            and_(Job.status == JobState.QUEUED.value,
+                 Job.heartbeat_at < never_started_since)))))
+    if due:
+        session.execute(update(Job).where(Job.id.in_(due)).values(heartbeat_at=now))
+    return due
 
 
 # -- ending ------------------------------------------------------------------------------
@@ -314,7 +348,7 @@ def finish_job(database: Database, job_id: int) -> JobState | None:
         if final is not None and url is not None:
             def not_queued() -> None:
                 with database.transaction() as own:
-                    note_callback(own, job_id, "not sent: the job queue was unreachable")
+                    note_callback(own, job_id, CALLBACK_NOT_QUEUED)
 
             dispatch.send_after_commit(session, dispatch.SEND_CALLBACK, job_id,
                                        on_failure=not_queued, required=False)
@@ -335,3 +369,15 @@ def cancel(session: Session, job_id: int) -> bool:
 def note_callback(session: Session, job_id: int, state: str) -> None:
     """How the job's callback delivery went (shown as ``callback_state``)."""
     session.execute(update(Job).where(Job.id == job_id).values(callback_state=state[:200]))
+
+
+#: the ``callback_state`` of a finished job whose callback message never reached the queue
+CALLBACK_NOT_QUEUED = "not sent: the job queue was unreachable"
+
+
+def callbacks_not_queued(session: Session, limit: int = 500) -> list[int]:
+    """Finished jobs whose callback could not be queued (the sweeper queues it again)."""
+    return list(session.scalars(
+        select(Job.id).where(Job.finished_at.is_not(None), Job.callback_url.is_not(None),
+                             Job.callback_state == CALLBACK_NOT_QUEUED)
+        .order_by(Job.id).limit(limit)))

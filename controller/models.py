@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -38,6 +39,9 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: the key this tenant's job callbacks are signed with, sealed; ``None`` for tenants
+    #: made before keys were per tenant (one is made at their first callback)
+    callback_key_sealed: Mapped[str | None] = mapped_column(Text)
 
 
 class Site(Base):
@@ -56,7 +60,11 @@ class Host(Base):
     """A managed mail/PBX host and how to reach it."""
 
     __tablename__ = "hosts"
-    __table_args__ = (UniqueConstraint("site_id", "name"), NEVER_REUSE_IDS)
+    # Names are unique among the hosts not deleted: a deleted host's name can be reused.
+    __table_args__ = (Index("uq_hosts_site_name_live", "site_id", "name", unique=True,
+                            sqlite_where=text("deleted_at IS NULL"),
+                            postgresql_where=text("deleted_at IS NULL")),
+                      NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # The tenant is the site's; kept here too so that every scoped query is one index away.
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"),
@@ -69,6 +77,10 @@ class Host(Base):
     agent_url: Mapped[str | None] = mapped_column(String(500))
     agent_token_sealed: Mapped[str | None] = mapped_column(Text)
     agent_ca_cert: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the agent's DER certificate (64 hex digits): pinned like an SSH host key
+    agent_tls_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # plain http:// to the agent, on the operator's explicit say-so
+    agent_insecure_http: Mapped[bool] = mapped_column(Boolean, default=False)
     ssh_port: Mapped[int] = mapped_column(Integer, default=22)
     ssh_username: Mapped[str | None] = mapped_column(String(64))
     ssh_private_key_sealed: Mapped[str | None] = mapped_column(Text)
@@ -89,6 +101,9 @@ class Host(Base):
     smarthost: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     config_in_sync: Mapped[bool | None] = mapped_column(Boolean)
     mta_running: Mapped[bool | None] = mapped_column(Boolean)
+    #: set when the host is deleted: it leaves inventory, targets and the fleet, and past
+    #: jobs keep their results for it
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
     tag_rows: Mapped[list[HostTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="HostTag.tag")

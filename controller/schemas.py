@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from flask import current_app, has_app_context
 from marshmallow import (
     Schema,
     ValidationError,
@@ -22,13 +23,20 @@ from marshmallow import (
     validates_schema,
 )
 
+from controller.egress import EgressPolicy, normalise_fingerprint
 from controller.ledger import JobState, UnitState
 from controller.models import ROLES, TRANSPORTS, Host
 from shared import errors as rf_errors
 from shared import validation as rules
 from shared.actions import JOB_ACTIONS, params_summary
 from shared.profile import FLAVOURS, MTA_KINDS
-from shared.schemas import ErrorSchema, StepSchema, StrictSchema
+from shared.schemas import (
+    ErrorSchema,
+    FullRegexp,
+    StepSchema,
+    StrictSchema,
+    WholeInteger,
+)
 
 __all__ = ["ErrorSchema"]
 
@@ -42,11 +50,11 @@ MAX_ID = 2**31 - 1
 
 
 def _id(**kwargs: Any) -> fields.Integer:
-    return fields.Integer(validate=validate.Range(1, MAX_ID), **kwargs)
+    return WholeInteger(validate=validate.Range(1, MAX_ID), **kwargs)
 
 
 def _name(**kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.Regexp(
+    return fields.String(validate=FullRegexp(
         NAME_RE, error="1-100 letters, digits, spaces, '.', '_' or '-', starting with a "
                        "letter or digit"), **kwargs)
 
@@ -57,16 +65,16 @@ _UNIT_STATES = [state.value for state in UnitState]
 class PageQuerySchema(StrictSchema):
     """Paging for every list."""
 
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(0, 10**9))
+    limit = WholeInteger(load_default=100, validate=validate.Range(1, 1000))
+    offset = WholeInteger(load_default=0, validate=validate.Range(0, 10**9))
 
 
 class PageSchema(Schema):
     """A page of a list: ``items`` and where it sits in the whole."""
 
-    total = fields.Integer(required=True)
-    limit = fields.Integer(required=True)
-    offset = fields.Integer(required=True)
+    total = WholeInteger(required=True)
+    limit = WholeInteger(required=True)
+    offset = WholeInteger(required=True)
 
 
 class NestedFrom(fields.Nested):
@@ -99,9 +107,24 @@ class TenantCreateSchema(StrictSchema):
 class TenantSchema(Schema):
     """A tenant."""
 
-    id = fields.Integer(required=True)
+    id = WholeInteger(required=True)
     name = fields.String(required=True)
     created_at = fields.DateTime(required=True)
+
+
+class TenantCreatedSchema(TenantSchema):
+    """POST /v1/tenants: the tenant, and its callback secret (shown in this answer only)."""
+
+    callback_secret = fields.String(required=True, metadata={
+        "description": "the key this tenant's job callbacks are signed with "
+                       "(X-Relayfleet-Signature); shown only now"})
+
+
+class CallbackSecretSchema(Schema):
+    """POST /v1/tenants/{id}/callback-secret: the tenant's new key, shown only now."""
+
+    tenant_id = WholeInteger(required=True)
+    callback_secret = fields.String(required=True)
 
 
 class TenantPageSchema(PageSchema):
@@ -126,8 +149,8 @@ class SiteUpdateSchema(StrictSchema):
 class SiteSchema(Schema):
     """A site."""
 
-    id = fields.Integer(required=True)
-    tenant_id = fields.Integer(required=True)
+    id = WholeInteger(required=True)
+    tenant_id = WholeInteger(required=True)
     name = fields.String(required=True)
     created_at = fields.DateTime(required=True)
 
@@ -146,6 +169,16 @@ class SitePageSchema(PageSchema):
 
 # -- hosts -----------------------------------------------------------------------------
 
+def _check_egress(url: str) -> None:
+    """Refuse a URL the egress policy refuses without a lookup (an IP literal, localhost);
+    names are checked again, resolved, each time they are used."""
+    policy = (current_app.config["RELAYFLEET_SETTINGS"].egress_policy
+              if has_app_context() else EgressPolicy())
+    why = policy.check_literal(url)
+    if why is not None:
+        raise ValidationError(f"refused by egress policy ({why} address)")
+
+
 class AgentAccessSchema(StrictSchema):
     """How to reach the host's agent; ``token`` is write-only."""
 
@@ -153,6 +186,13 @@ class AgentAccessSchema(StrictSchema):
     token = fields.String(load_only=True, validate=validate.Length(16, 512))
     ca_cert = fields.String(allow_none=True, validate=validate.Length(max=20000), metadata={
         "description": "PEM CA certificate the agent's TLS certificate must chain to"})
+    tls_fingerprint = fields.String(allow_none=True, metadata={
+        "description": "SHA-256 fingerprint of the agent's certificate (what `relayfleet-agent "
+                       "check` prints): pins it, like an SSH host key; a different "
+                       "certificate is refused before anything is sent"})
+    insecure_http = fields.Boolean(metadata={
+        "description": "allow a plain http:// URL: the token and SMTP AUTH passwords then "
+                       "cross the network in clear (a lab, a loopback agent)"})
     has_token = fields.Boolean(dump_only=True)
 
     @validates("url")
@@ -166,6 +206,15 @@ class AgentAccessSchema(StrictSchema):
             _port = parts.port
         except ValueError:
             raise ValidationError("the port must be a number from 1 to 65535") from None
+        _check_egress(value)
+
+    @validates("tls_fingerprint")
+    def _fingerprint(self, value: str | None, **_: Any) -> None:
+        if value is not None:
+            try:
+                normalise_fingerprint(value)
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
 
     @validates("ca_cert")
     def _ca(self, value: str | None, **_: Any) -> None:
@@ -173,12 +222,47 @@ class AgentAccessSchema(StrictSchema):
             raise ValidationError("must be a PEM certificate")
 
 
+#: bcrypt rounds an encrypted OpenSSH key may ask for (ssh-keygen's default is 16; each
+#: round costs tens of milliseconds, and the key is opened while the request waits)
+MAX_KEY_KDF_ROUNDS = 64
+
+
+def _bcrypt_rounds(text: str) -> int | None:
+    """The bcrypt rounds an OpenSSH-format private key's passphrase asks for, read from
+    its header without decrypting (``None``: not that format, or not encrypted)."""
+    import base64
+    import binascii
+    import struct
+
+    begin, end = "-----BEGIN OPENSSH PRIVATE KEY-----", "-----END OPENSSH PRIVATE KEY-----"
+    if begin not in text or end not in text:
+        return None
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    try:
+        blob = base64.b64decode("".join(body.split()), validate=True)
+        magic = b"openssh-key-v1\x00"
+        if not blob.startswith(magic):
+            return None
+        offset, strings = len(magic), []
+        for _ in range(3):  # cipher name, KDF name, KDF options
+            (length,) = struct.unpack_from(">I", blob, offset)
+            strings.append(blob[offset + 4:offset + 4 + length])
+            offset += 4 + length
+        if strings[1] != b"bcrypt":
+            return None
+        (salt_length,) = struct.unpack_from(">I", strings[2], 0)
+        (rounds,) = struct.unpack_from(">I", strings[2], 4 + salt_length)
+    except (binascii.Error, struct.error, ValueError):
+        return None  # not readable here: paramiko refuses it with its own reason
+    return int(rounds)
+
+
 class SshAccessSchema(StrictSchema):
     """How to log in over SSH; ``private_key``, ``passphrase`` and ``password`` are
     write-only. ``host_key`` pins the host's key (``ssh-ed25519 AAAA...``)."""
 
-    port = fields.Integer(load_default=22, validate=validate.Range(1, 65535))
-    username = fields.String(required=True, validate=validate.Regexp(
+    port = WholeInteger(load_default=22, validate=validate.Range(1, 65535))
+    username = fields.String(required=True, validate=FullRegexp(
         r"^[a-z_][a-z0-9_.-]{0,31}$", error="must be a POSIX user name"))
     private_key = fields.String(load_only=True, validate=validate.Length(max=20000))
     passphrase = fields.String(load_only=True, validate=validate.Length(max=1024))
@@ -205,6 +289,12 @@ class SshAccessSchema(StrictSchema):
         if data.get("private_key"):
             from shared.ssh import load_private_key
 
+            rounds = _bcrypt_rounds(data["private_key"])
+            if rounds is not None and rounds > MAX_KEY_KDF_ROUNDS:
+                raise ValidationError(
+                    f"the key's passphrase is stretched with {rounds} bcrypt rounds; at most "
+                    f"{MAX_KEY_KDF_ROUNDS} are accepted (ssh-keygen -p -a 16 re-encrypts it)",
+                    "private_key")
             try:
                 load_private_key(data["private_key"], data.get("passphrase"))
             except rf_errors.RelayfleetError as exc:
@@ -236,8 +326,8 @@ class HostLastSchema(Schema):
     seen_at = fields.DateTime(allow_none=True, attribute="last_seen_at")
     reachable = fields.Boolean(allow_none=True, attribute="last_reachable")
     error = fields.String(allow_none=True, attribute="last_error")
-    job_id = fields.Integer(allow_none=True, attribute="last_job_id")
-    queue_count = fields.Integer(allow_none=True)
+    job_id = WholeInteger(allow_none=True, attribute="last_job_id")
+    queue_count = WholeInteger(allow_none=True)
     smarthost = fields.Dict(allow_none=True)
     config_in_sync = fields.Boolean(allow_none=True)
     mta_running = fields.Boolean(allow_none=True)
@@ -246,7 +336,7 @@ class HostLastSchema(Schema):
 class HostCreateSchema(StrictSchema):
     """POST /v1/hosts: give ``agent`` for the agent transport, ``ssh`` for SSH."""
 
-    name = fields.String(required=True, validate=validate.Regexp(
+    name = fields.String(required=True, validate=FullRegexp(
         HOST_NAME_RE, error="1-253 letters, digits, '.', '_' or '-'"),
         metadata={"example": "pbx01.acme.example"})
     site_id = _id(required=True, strict=True)
@@ -257,7 +347,7 @@ class HostCreateSchema(StrictSchema):
     mta = fields.Nested(MtaSchema, load_default=lambda: {"kind": "sendmail",
                                                          "flavour": "debian",
                                                          "overrides": {}})
-    tags = fields.List(fields.String(validate=validate.Regexp(
+    tags = fields.List(fields.String(validate=FullRegexp(
         TAG_RE, error="1-64 letters, digits or '_.:=-'")), load_default=list,
         validate=validate.Length(max=50))
 
@@ -297,8 +387,14 @@ def _agent_access(host: Host) -> dict[str, Any] | None:
     """The host's agent settings; the token only as whether one is stored."""
     if not host.agent_url:
         return None
-    return {"url": host.agent_url, "ca_cert": host.agent_ca_cert,
-            "has_token": host.agent_token_sealed is not None}
+    access: dict[str, Any] = {"url": host.agent_url, "ca_cert": host.agent_ca_cert,
+                              "has_token": host.agent_token_sealed is not None}
+    # Shown when set only: most hosts have neither, and the answer stays as it was.
+    if host.agent_tls_fingerprint:
+        access["tls_fingerprint"] = host.agent_tls_fingerprint
+    if host.agent_insecure_http:
+        access["insecure_http"] = True
+    return access
 
 
 def _ssh_access(host: Host) -> dict[str, Any] | None:
@@ -324,10 +420,10 @@ def _itself(host: Host) -> Host:
 class HostSchema(Schema):
     """A host as the API shows it (dumped from a Host row): never a secret."""
 
-    id = fields.Integer(required=True)
+    id = WholeInteger(required=True)
     name = fields.String(required=True)
-    tenant_id = fields.Integer(required=True)
-    site_id = fields.Integer(required=True)
+    tenant_id = WholeInteger(required=True)
+    site_id = WholeInteger(required=True)
     address = fields.String(required=True)
     transport = fields.String(required=True)
     # The nested schemas are also the request schemas, whose field names are not the
@@ -345,7 +441,7 @@ class HostQuerySchema(PageQuerySchema):
 
     tenant_id = _id()
     site_id = _id()
-    tag = fields.String(validate=validate.Regexp(TAG_RE))
+    tag = fields.String(validate=FullRegexp(TAG_RE))
     transport = fields.String(validate=validate.OneOf(TRANSPORTS))
     name = fields.String(validate=validate.Length(1, 253),
                          metadata={"description": "names containing this text"})
@@ -394,7 +490,7 @@ def _flatten_into(out: dict[str, list[str]], messages: Any, prefix: str) -> None
 class HostImportResultSchema(Schema):
     """What an import created."""
 
-    created = fields.Integer(required=True)
+    created = WholeInteger(required=True)
     items = fields.List(fields.Nested(HostSchema), required=True)
 
 
@@ -411,10 +507,10 @@ class TokenCreateSchema(StrictSchema):
 class TokenSchema(Schema):
     """A token; ``token`` (the secret) is only in the answer to its creation."""
 
-    id = fields.Integer(required=True)
+    id = WholeInteger(required=True)
     name = fields.String(required=True)
     role = fields.String(required=True)
-    tenant_id = fields.Integer(allow_none=True, required=True)
+    tenant_id = WholeInteger(allow_none=True, required=True)
     created_at = fields.DateTime(required=True)
     last_used_at = fields.DateTime(allow_none=True)
     revoked_at = fields.DateTime(allow_none=True)
@@ -438,7 +534,7 @@ class TargetSchema(StrictSchema):
     hosts = fields.List(_REF, validate=validate.Length(1, MAX_TARGET_ITEMS))
     sites = fields.List(_REF, validate=validate.Length(1, 1000))
     tenants = fields.List(_REF, validate=validate.Length(1, 1000))
-    tags = fields.List(fields.String(validate=validate.Regexp(TAG_RE)),
+    tags = fields.List(fields.String(validate=FullRegexp(TAG_RE)),
                        validate=validate.Length(1, 100))
     all = fields.Boolean(validate=validate.Equal(True, error="all must be true when given"))
 
@@ -458,14 +554,14 @@ class TargetSchema(StrictSchema):
 class OptionsSchema(StrictSchema):
     """How to run a job."""
 
-    concurrency = fields.Integer(load_default=20, strict=True, validate=validate.Range(1, 1000),
+    concurrency = WholeInteger(load_default=20, strict=True, validate=validate.Range(1, 1000),
                                  metadata={"description": "hosts worked on at once"})
-    max_failures = fields.Integer(load_default=None, allow_none=True, strict=True,
+    max_failures = WholeInteger(load_default=None, allow_none=True, strict=True,
                                   validate=validate.Range(0, 10**6), metadata={
         "description": "start no new host once more hosts than this failed"})
     dry_run = fields.Boolean(load_default=False, metadata={
         "description": "set/remove_smarthost: report the diff, change nothing"})
-    timeout_s = fields.Integer(load_default=120, strict=True, validate=validate.Range(5, 3600),
+    timeout_s = WholeInteger(load_default=120, strict=True, validate=validate.Range(5, 3600),
                                metadata={"description": "time box for each host"})
 
 
@@ -488,29 +584,30 @@ class JobCreateSchema(StrictSchema):
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
                 or parts.password or len(value) > 2000:
             raise ValidationError("must be an http(s) URL without user or password")
+        _check_egress(value)
 
 
 class CountsSchema(Schema):
     """How many hosts are in each state."""
 
-    total = fields.Integer(required=True)
-    pending = fields.Integer(required=True)
-    running = fields.Integer(required=True)
-    succeeded = fields.Integer(required=True)
-    failed = fields.Integer(required=True)
-    unreachable = fields.Integer(required=True)
-    skipped = fields.Integer(required=True)
+    total = WholeInteger(required=True)
+    pending = WholeInteger(required=True)
+    running = WholeInteger(required=True)
+    succeeded = WholeInteger(required=True)
+    failed = WholeInteger(required=True)
+    unreachable = WholeInteger(required=True)
+    skipped = WholeInteger(required=True)
 
 
 class HostResultSchema(Schema):
     """One host's part of a job."""
 
-    host_id = fields.Integer(required=True)
+    host_id = WholeInteger(required=True)
     host = fields.String(required=True, attribute="host_name")
     status = fields.String(required=True, validate=validate.OneOf(_UNIT_STATES))
     error = fields.String(allow_none=True, required=True)
     changed = fields.Boolean(allow_none=True, required=True)
-    attempts = fields.Integer(required=True)
+    attempts = WholeInteger(required=True)
     data = fields.Dict(allow_none=True, required=True, metadata={
         "description": "the action's answer, the same over the agent and SSH: the fields of "
                        "its result schema (SetSmarthostResult, FlushQueueResult, ...) other "
@@ -523,25 +620,25 @@ class HostResultSchema(Schema):
 class JobAcceptedSchema(Schema):
     """202 answer to POST /v1/jobs."""
 
-    id = fields.Integer(required=True)
+    id = WholeInteger(required=True)
     status = fields.String(required=True)
-    total = fields.Integer(required=True)
+    total = WholeInteger(required=True)
     links = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
 
 
 class JobSchema(Schema):
     """A job, its counts and (on GET /v1/jobs/{id}) every host's result."""
 
-    id = fields.Integer(required=True)
+    id = WholeInteger(required=True)
     action = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(_JOB_STATES))
-    tenant_id = fields.Integer(allow_none=True, required=True)
+    tenant_id = WholeInteger(allow_none=True, required=True)
     target = fields.Dict(required=True)
     params = fields.Dict(required=True)
     options = fields.Dict(required=True)
     callback_url = fields.String(allow_none=True, required=True)
     callback_state = fields.String(allow_none=True, required=True)
-    retry_of = fields.Integer(allow_none=True, required=True)
+    retry_of = WholeInteger(allow_none=True, required=True)
     counts = fields.Nested(CountsSchema, required=True)
     created_at = fields.DateTime(required=True)
     started_at = fields.DateTime(allow_none=True, required=True)
@@ -575,10 +672,10 @@ class JobPageSchema(PageSchema):
 class FleetHostSchema(Schema):
     """One host's last known state (dumped from a Host row)."""
 
-    host_id = fields.Integer(required=True, attribute="id")
+    host_id = WholeInteger(required=True, attribute="id")
     name = fields.String(required=True)
-    tenant_id = fields.Integer(required=True)
-    site_id = fields.Integer(required=True)
+    tenant_id = WholeInteger(required=True)
+    site_id = WholeInteger(required=True)
     transport = fields.String(required=True)
     last = NestedFrom(HostLastSchema, _itself, required=True)
 
@@ -586,13 +683,13 @@ class FleetHostSchema(Schema):
 class FleetSummarySchema(Schema):
     """Counts over the caller's whole fleet."""
 
-    hosts = fields.Integer(required=True)
-    never_seen = fields.Integer(required=True)
-    unreachable = fields.Integer(required=True)
-    holding_mail = fields.Integer(required=True)
-    queued_messages = fields.Integer(required=True)
-    without_smarthost = fields.Integer(required=True)
-    out_of_sync = fields.Integer(required=True)
+    hosts = WholeInteger(required=True)
+    never_seen = WholeInteger(required=True)
+    unreachable = WholeInteger(required=True)
+    holding_mail = WholeInteger(required=True)
+    queued_messages = WholeInteger(required=True)
+    without_smarthost = WholeInteger(required=True)
+    out_of_sync = WholeInteger(required=True)
 
 
 class FleetQuerySchema(HostQuerySchema):
@@ -611,14 +708,14 @@ class FleetSchema(PageSchema):
 class AuditEventSchema(Schema):
     """One audited call."""
 
-    id = fields.Integer(required=True)
+    id = WholeInteger(required=True)
     at = fields.DateTime(required=True)
-    token_id = fields.Integer(allow_none=True, required=True)
+    token_id = WholeInteger(allow_none=True, required=True)
     token_name = fields.String(allow_none=True, required=True)
-    tenant_id = fields.Integer(allow_none=True, required=True)
+    tenant_id = WholeInteger(allow_none=True, required=True)
     action = fields.String(required=True)
     target = fields.String(allow_none=True, required=True)
-    outcome = fields.Integer(required=True, metadata={"description": "HTTP status answered"})
+    outcome = WholeInteger(required=True, metadata={"description": "HTTP status answered"})
     detail = fields.Dict(allow_none=True, required=True)
 
 

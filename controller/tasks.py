@@ -9,12 +9,13 @@ Every task takes ids, re-reads state, and is safe to run twice: ``acks_late`` wi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
 from flask import current_app
 
-from controller import callbacks, dispatch, lanes
+from controller import callbacks, dispatch, lanes, ledger
 from controller.config import Settings
 from controller.db import Database
 
@@ -41,13 +42,28 @@ def run_lane(job_id: int, lane: int) -> None:
 
 @shared_task(name=dispatch.SWEEP, **_ONCE_AT_LEAST)
 def sweep() -> None:
-    """Periodic (beat): give a lane back to unfinished jobs whose lanes went silent, and
-    forget expired Idempotency-Keys."""
-    settings = _settings()
-    for job_id in lanes.sweep(_db(), settings):
-        log.warning("job %s: no lane heard from since %.0f s; queueing one", job_id,
-                    settings.visibility_timeout_s)
+    """Periodic (beat): give a lane back to unfinished jobs whose lanes went silent, queue
+    callbacks that never reached the queue, and forget expired Idempotency-Keys."""
+    for job_id in lanes.sweep(_db(), _settings()):
+        log.warning("job %s: no live lane (a worker died or a message was lost); "
+                    "queueing one", job_id)
         dispatch.send(dispatch.RUN_LANE, job_id, 0)
+    database = _db()
+
+    def still_not_queued(job_id: int) -> Callable[[], None]:
+        def note() -> None:
+            with database.transaction() as own:
+                ledger.note_callback(own, job_id, ledger.CALLBACK_NOT_QUEUED)
+        return note
+
+    # Callbacks whose message never reached the queue (finish_job noted it): queue them
+    # now. Marked first, so that the next sweep does not queue one a second time.
+    with database.transaction() as session:
+        for job_id in ledger.callbacks_not_queued(session):
+            log.warning("job %s: its callback never reached the queue; queueing it", job_id)
+            ledger.note_callback(session, job_id, "queued again by the sweeper")
+            dispatch.send_after_commit(session, dispatch.SEND_CALLBACK, job_id,
+                                       on_failure=still_not_queued(job_id), required=False)
 
 
 @shared_task(name=dispatch.SEND_CALLBACK, bind=True, max_retries=callbacks.CALLBACK_RETRIES,

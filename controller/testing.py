@@ -74,6 +74,7 @@ class FakeTransport(HostTransport):
         self.spec = spec
         self.lock_owner = lock_owner
         self.closed = False
+        self.cut_at_least_once = False
 
     def run(self, action: str, request: Any, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
@@ -84,3 +85,7 @@ class FakeTransport(HostTransport):
     def close(self) -> None:
         """Nothing to release (idempotent)."""
         self.closed = True
+
+    def cut(self) -> None:
+        """Note that the lane cut this host (its unit was taken over)."""
+        self.cut_at_least_once = True

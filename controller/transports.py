@@ -3,32 +3,49 @@
 Both transports take an action name and its typed request (see :mod:`shared.actions`) and
 return the same :class:`~shared.results.OperationResult`, built from the agent's answer
 document for the action either way, so a job's results look alike whichever way the host
-is managed. Third-party errors (requests, paramiko) are mapped here to the shared
+is managed. Agent calls go through :mod:`controller.egress` (policy, pinned address and
+certificate, whole-request deadline, body cap). Third-party errors are mapped here to the shared
 exception tree: :class:`HostUnreachable` when the host could not be reached at all.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import os
-import ssl
-import tempfile
+import json
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
-
+from controller.egress import (
+    Answer,
+    AnswerTooLarge,
+    CertificateMismatch,
+    CertificateNotTrusted,
+    DeadlineExceeded,
+    EgressError,
+    EgressPolicy,
+    HttpClient,
+    TlsTrust,
+    normalise_fingerprint,
+)
 from shared.actions import Request, action_named, result_from_document
-from shared.errors import ChangeInProgress, CommandTimeout, HostUnreachable, OperationError
+from shared.errors import (
+    ChangeInProgress,
+    CommandTimeout,
+    HostKeyMismatch,
+    HostUnreachable,
+    OperationError,
+)
 from shared.mta import operations_for
 from shared.profile import build_profile
 from shared.results import OperationResult
 
 #: how long to keep asking an agent that is busy with another change (409)
 _BUSY_RETRY_S = 2.0
+#: the largest agent answer read (a long log or queue fits many times over)
+MAX_AGENT_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,10 @@ class HostSpec:
     agent_url: str | None = None
     agent_token: str | None = field(default=None, repr=False)
     agent_ca_cert: str | None = None
+    #: SHA-256 of the agent's DER certificate; when set, it alone decides trust
+    agent_tls_fingerprint: str | None = None
+    #: plain http:// to the agent allowed (the host said so explicitly)
+    agent_insecure_http: bool = False
     ssh_port: int = 22
     ssh_username: str | None = None
     ssh_private_key: str | None = field(default=None, repr=False)
@@ -72,6 +93,11 @@ class HostTransport(abc.ABC):
     def close(self) -> None:
         """Release connections (idempotent)."""
 
+    def cut(self) -> None:
+        """Stop talking to the host now, from another thread (its unit was lost); what is
+        in flight fails and nothing more is sent."""
+        self.close()
+
 
 class SshTransport(HostTransport):
     """The shared operations over paramiko, with a pool of warm connections."""
@@ -86,6 +112,7 @@ class SshTransport(HostTransport):
                            passphrase=spec.ssh_passphrase, password=spec.ssh_password,
                            sudo=spec.ssh_sudo, connect_timeout_s=10.0, label=spec.name)
         self.executor = SshExecutor(target, pool)
+        self._cut = threading.Event()
 
     def run(self, action: str, request: Request, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
@@ -98,25 +125,31 @@ class SshTransport(HostTransport):
         profile = build_profile(self.spec.mta_kind, self.spec.mta_flavour,
                                 self.spec.mta_overrides)
         ops = operations_for(self.executor, profile, self.lock_owner)
-        expired = threading.Event()
-
-        def cut() -> None:
-            expired.set()
-            self.executor.abort()
-
-        timer = threading.Timer(timeout_s, cut)
+        timer = threading.Timer(timeout_s, self.cut)
         timer.daemon = True
         timer.start()
         try:
             result = entry.run(ops, request, dry_run=dry_run)
         except Exception as exc:
-            if expired.is_set():
-                raise CommandTimeout(f"{self.spec.name}: no answer within the job's "
-                                     f"timeout_s ({timeout_s:g} s)") from exc
+            if self._cut.is_set():
+                raise self._timed_out(timeout_s) from exc
             raise
         finally:
             timer.cancel()
+        if self._cut.is_set():
+            # The operation caught the cut itself; nothing after it ran on the host.
+            raise self._timed_out(timeout_s)
         return result_from_document(action, entry.document(result))
+
+    def _timed_out(self, timeout_s: float) -> CommandTimeout:
+        return CommandTimeout(f"{self.spec.name}: cut after the job's timeout_s "
+                              f"({timeout_s:g} s); a change may be half done: the next "
+                              "attempt on this host takes over its lock and finishes it")
+
+    def cut(self) -> None:
+        """Cut the connection: the command in flight fails and nothing more runs."""
+        self._cut.set()
+        self.executor.abort()
 
     def close(self) -> None:
         """Give the connection back to the pool."""
@@ -124,66 +157,77 @@ class SshTransport(HostTransport):
 
 
 class AgentTransport(HostTransport):
-    """The host's relayfleet agent over HTTP(S), authenticated with the host's token."""
+    """The host's relayfleet agent over HTTPS (HTTP only when the host says so),
+    authenticated with the host's token, through the egress policy."""
 
-    def __init__(self, spec: HostSpec, session: requests.Session | None = None) -> None:
+    def __init__(self, spec: HostSpec, http: HttpClient | None = None) -> None:
         self.spec = spec
         self.base = (spec.agent_url or "").rstrip("/")
-        self.session = session or requests.Session()
-        self._own_session = session is None
-        self._ca_file: str | None = None
-        if spec.agent_ca_cert:
-            fd, self._ca_file = tempfile.mkstemp(prefix="relayfleet-ca-", suffix=".pem")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(spec.agent_ca_cert)
+        self.http = http or HttpClient(EgressPolicy.from_environ())
+        pin = spec.agent_tls_fingerprint
+        self.tls = TlsTrust(fingerprint=normalise_fingerprint(pin) if pin else None,
+                            ca_cert=spec.agent_ca_cert)
+
+    def _refuse_plain_http(self) -> None:
+        # The token and SMTP AUTH passwords travel in this request: in clear only on the
+        # host's explicit say-so (a lab, a loopback agent).
+        if urlsplit(self.base).scheme != "https" and not self.spec.agent_insecure_http:
+            raise HostUnreachable(f"{self.spec.name}: refused to send the agent's token over "
+                                  "plain HTTP: use an https agent URL (pin agent."
+                                  "tls_fingerprint) or set agent.insecure_http: true")
 
     def _call(self, method: str, path: str, *, json_body: Any = None,
               params: dict[str, Any] | None = None, timeout_s: float) -> dict[str, Any]:
+        self._refuse_plain_http()
         deadline = time.monotonic() + timeout_s
+        headers = {"Authorization": f"Bearer {self.spec.agent_token}",
+                   "Accept": "application/json", "User-Agent": "relayfleet-controller"}
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        name = self.spec.name
         while True:
-            remaining = max(1.0, deadline - time.monotonic())
             try:
-                answer = self.session.request(
-                    method, self.base + path, json=json_body, params=params,
-                    headers={"Authorization": f"Bearer {self.spec.agent_token}"},
-                    timeout=(min(10.0, remaining), remaining), allow_redirects=False,
-                    verify=self._ca_file or True)
-            except requests.exceptions.SSLError as exc:
-                raise HostUnreachable(f"{self.spec.name}: the agent's TLS certificate was "
-                                      f"not accepted ({_reason(exc)}); check agent.ca_cert"
-                                      ) from exc
-            except (requests.exceptions.ConnectionError,
-                    requests.exceptions.ConnectTimeout) as exc:
-                if isinstance(exc, requests.exceptions.ReadTimeout):
-                    raise CommandTimeout(f"{self.spec.name}: the agent did not answer within "
-                                         f"{timeout_s:g} s") from exc
-                raise HostUnreachable(f"{self.spec.name}: cannot reach the agent at "
-                                      f"{self.base} ({_reason(exc)})") from exc
-            except requests.exceptions.Timeout as exc:
-                raise CommandTimeout(f"{self.spec.name}: the agent did not answer within "
-                                     f"{timeout_s:g} s") from exc
-            except requests.exceptions.RequestException as exc:
-                raise HostUnreachable(f"{self.spec.name}: {_reason(exc)}") from exc
-            if answer.status_code == 409 and time.monotonic() + _BUSY_RETRY_S < deadline:
+                answer = self.http.request(
+                    method, self.base + path, params=params, headers=headers, body=body,
+                    deadline_s=max(0.1, deadline - time.monotonic()),
+                    max_body=MAX_AGENT_ANSWER_BYTES, tls=self.tls)
+            except CertificateMismatch as exc:
+                raise HostKeyMismatch(f"{name}: {exc}; if the agent's certificate was "
+                                      "replaced, pin the new fingerprint "
+                                      "(relayfleet-agent check prints it)") from None
+            except CertificateNotTrusted as exc:
+                raise HostUnreachable(f"{name}: {exc}: pin agent.tls_fingerprint (relayfleet-"
+                                      "agent check prints it) or give agent.ca_cert") from None
+            except DeadlineExceeded:
+                raise CommandTimeout(f"{name}: the agent did not answer within "
+                                     f"{timeout_s:g} s") from None
+            except AnswerTooLarge as exc:
+                raise OperationError(f"{name}: {exc}") from None
+            except EgressError as exc:
+                # "refused by egress policy" or "unreachable": the detail is in the log.
+                raise HostUnreachable(f"{name}: cannot reach the agent: {exc}") from None
+            if answer.status == 409 and time.monotonic() + _BUSY_RETRY_S < deadline:
                 time.sleep(_BUSY_RETRY_S)
                 continue
             return self._decode(answer)
 
-    def _decode(self, answer: requests.Response) -> dict[str, Any]:
+    def _decode(self, answer: Answer) -> dict[str, Any]:
         try:
-            doc = answer.json()
+            doc = json.loads(answer.body)
         except ValueError:
             doc = None
-        if answer.status_code == 200 and isinstance(doc, dict):
+        if answer.status == 200 and isinstance(doc, dict):
             return doc
         message = doc.get("message") if isinstance(doc, dict) else None
-        if answer.status_code == 401:
+        if answer.status == 401:
             raise OperationError(f"{self.spec.name}: the agent refused the stored token "
                                  "(401): update the host's agent.token")
-        if answer.status_code == 409:
+        if answer.status == 409:
             raise ChangeInProgress(f"{self.spec.name}: {message or 'another change is running'}")
-        raise OperationError(f"{self.spec.name}: the agent answered {answer.status_code}"
-                             + (f": {message}" if message else ""))
+        raise OperationError(f"{self.spec.name}: the agent answered {answer.status}"
+                             + (f": {str(message)[:200]}" if message else ""))
 
     def run(self, action: str, request: Request, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
@@ -197,25 +241,10 @@ class AgentTransport(HostTransport):
         return result_from_document(action, doc)
 
     def close(self) -> None:
-        """Remove the CA file and close our own HTTP session."""
-        if self._ca_file:
-            with contextlib.suppress(OSError):
-                os.unlink(self._ca_file)
-            self._ca_file = None
-        if self._own_session:
-            self.session.close()
+        """Nothing to release: every call has its own connection."""
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost useful reason of a requests error, without URLs or headers."""
-    inner: BaseException = exc
-    while inner.__context__ is not None and not isinstance(inner, ssl.SSLError | OSError):
-        inner = inner.__context__
-    text = str(inner).split(": ", 1)[-1] if str(inner) else type(inner).__name__
-    return text[:200]
-
-
-def transport_for(spec: HostSpec, ssh_pool: Any = None, http: requests.Session | None = None,
+def transport_for(spec: HostSpec, ssh_pool: Any = None, http: HttpClient | None = None,
                   lock_owner: str | None = None) -> HostTransport:
     """The transport a host is managed with; ``lock_owner`` names the change on the host
     (over SSH, a retry of the same owner may take over the lock a dead attempt left)."""

@@ -178,11 +178,15 @@ def _data(result: OperationResult) -> dict[str, Any]:
 
 
 def _change_answer(result: OperationResult) -> dict[str, Any]:
+    """A change's answer (ChangeResultSchema): mta_running, restored and not_restored say
+    what state a rollback left the host in."""
     data = result.data
     return {**_outcome(result), "changed": result.changed, "diff": data.get("diff", ""),
             "smarthost": data.get("smarthost"), "config_in_sync": data.get("config_in_sync", False),
             "rolled_back": result.rolled_back, "dry_run": bool(data.get("dry_run")),
-            "backup": data.get("backup")}
+            "backup": data.get("backup"), "mta_running": data.get("mta_running"),
+            "restored": list(data.get("restored", [])),
+            "not_restored": list(data.get("not_restored", []))}
 
 
 def _outcome_and(*keys: str) -> Callable[[OperationResult], dict[str, Any]]:

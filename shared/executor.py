@@ -154,6 +154,15 @@ class Executor(abc.ABC):
     def remove_dir(self, path: str) -> None:
         """Remove a directory and its content; missing is not an error."""
 
+    @abc.abstractmethod
+    def real_paths(self, paths: Sequence[str]) -> list[str]:
+        """Each path with every symbolic link resolved (``realpath``), in one round trip;
+        missing components are kept as they are, so a file not there yet resolves too."""
+
+    def real_path(self, path: str) -> str:
+        """One path with every symbolic link resolved (see :meth:`real_paths`)."""
+        return self.real_paths([path])[0]
+
     # -- network --------------------------------------------------------------------
     @abc.abstractmethod
     def open_tcp(self, host: str, port: int, timeout: float) -> ByteStream:
@@ -328,6 +337,10 @@ class LocalExecutor(Executor):
         result = self.run(["rm", "-rf", "--", path], timeout=30)
         if not result.ok:
             raise ExecutorError(f"cannot remove {path}: {result.output_text().strip()}")
+
+    def real_paths(self, paths: Sequence[str]) -> list[str]:
+        """os.path.realpath of each."""
+        return [os.path.realpath(path) for path in paths]
 
     def open_tcp(self, host: str, port: int, timeout: float) -> ByteStream:
         """Connect from this machine."""

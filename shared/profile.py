@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ValidationError
 
 MTA_KINDS = ("sendmail", "postfix")
 FLAVOURS = ("debian", "rhel")
@@ -58,6 +58,16 @@ class HostProfile:
         """Absolute path of the authinfo map source."""
         return self.path("authinfo")
 
+    def confined_paths(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Each confined file of the profile: key -> (absolute path, the roots it must stay
+        under). ``authinfo.db`` (the compiled map) is the map source's companion."""
+        out: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for key, roots in _ROOTS.items():
+            path = self.path(key) if key in _MAIL_DIR_FILES else getattr(self, key)
+            out[key] = (path, tuple(self.mail_dir if r == MAIL_DIR else r for r in roots))
+        out["authinfo.db"] = (f"{self.authinfo_path}.db", out["authinfo"][1])
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (argv tuples as lists)."""
         out: dict[str, Any] = {}
@@ -83,19 +93,81 @@ _PATH_KEYS = {"mail_dir", "mc", "cf", "queue_dir", "client_queue_dir", "maillog"
 _ARGV_KEYS = {"restart", "mailq", "make"}
 _NUMBER_KEYS = {"command_timeout_s", "validate_timeout_s"}
 
+#: stands for the profile's mail directory in :data:`_ROOTS`
+MAIL_DIR = "<mail_dir>"
+#: files named relative to the mail directory (a bare name is taken from there)
+_MAIL_DIR_FILES = frozenset({"mc", "cf", "authinfo"})
+#: where each file or directory key may point. Operations run as root and read, write, or
+#: feed these to m4: a path is root-level power, so each stays where its key means it to be.
+#: Program keys (sendmail, m4, makemap) are not confined here: only MSP-wide admins set them.
+_ROOTS: dict[str, tuple[str, ...]] = {
+    "mail_dir": ("/etc",),
+    "mc": (MAIL_DIR,),
+    "cf": (MAIL_DIR,),
+    "authinfo": (MAIL_DIR,),
+    "queue_dir": ("/var/spool",),
+    "client_queue_dir": ("/var/spool",),
+    "maillog": ("/var/log",),
+    "pid_file": ("/run", "/var/run", MAIL_DIR),
+}
+#: files no two keys may share: m4 must never read the authinfo map (it holds passwords a
+#: caller chose) as sendmail.mc, nor a compile overwrite the map or the pid file
+DISTINCT_FILES = ("mc", "cf", "authinfo", "authinfo.db", "pid_file")
+
+
+class ProfileError(ValidationError, ConfigError):
+    """A profile setting is refused; ``errors`` maps its key (``mc``, ``pid_file``) to why.
+
+    Both a ValidationError (the controller answers 422) and a ConfigError (the agent's and
+    relayfleet-ops' configuration loaders report it as a bad setting).
+    """
+
+
+def _refuse(key: str, reason: str) -> ProfileError:
+    return ProfileError(f"mta.{key} {reason}", {key: [reason]})
+
 
 def _check_path(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value or "\x00" in value or "\n" in value:
-        raise ConfigError(f"mta.{key} must be a non-empty path string")
+    if (not isinstance(value, str) or not value
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)):
+        raise _refuse(key, "must be a non-empty path string (no NUL, newline or control "
+                           "characters)")
     if ".." in value.split("/"):
-        raise ConfigError(f"mta.{key} must not contain '..'")
+        raise _refuse(key, "must not contain '..'")
     return value
+
+
+def is_under(path: str, root: str) -> bool:
+    """True if ``path`` is strictly inside the directory ``root`` (both normalised)."""
+    return path != root and path.startswith(root.rstrip("/") + "/")
+
+
+def _confine(profile: HostProfile, overridden: Collection[str] = ()) -> None:
+    """Refuse a profile whose files point outside what their keys mean (see _ROOTS);
+    a clash between two keys is blamed on the one that was ``overridden``."""
+    paths = profile.confined_paths()
+    for key, (path, roots) in paths.items():
+        if key == "authinfo.db":
+            continue  # follows authinfo
+        if not path.startswith("/") or path.startswith("//") or posixpath.normpath(path) != path:
+            raise _refuse(key, f"must be a normalised absolute path, not {path!r}")
+        if not any(is_under(path, root) for root in roots):
+            where = " or ".join(roots)
+            raise _refuse(key, f"must be under {where} (it is {path})")
+    seen: dict[str, str] = {}
+    for key in DISTINCT_FILES:
+        path = paths[key][0]
+        if path in seen:
+            blamed, other = ((seen[path], key) if seen[path] in overridden and key not in overridden
+                             else (key, seen[path]))
+            raise _refuse(blamed, f"must not be the same file as mta.{other} ({path})")
+        seen[path] = key
 
 
 def _check_argv(key: str, value: Any) -> tuple[str, ...]:
     if (not isinstance(value, list | tuple) or not value
             or not all(isinstance(v, str) and v and "\x00" not in v for v in value)):
-        raise ConfigError(f"mta.{key} must be a non-empty list of strings (an argv)")
+        raise _refuse(key, "must be a non-empty list of strings (an argv)")
     return tuple(value)
 
 
@@ -103,9 +175,9 @@ def build_profile(kind: str = "sendmail", flavour: str = "debian",
                   overrides: Mapping[str, Any] | None = None) -> HostProfile:
     """Build a profile from the flavour's defaults and explicit overrides."""
     if kind not in MTA_KINDS:
-        raise ConfigError(f"mta.kind must be one of {', '.join(MTA_KINDS)}, not {kind!r}")
+        raise _refuse("kind", f"must be one of {', '.join(MTA_KINDS)}, not {kind!r}")
     if flavour not in FLAVOURS:
-        raise ConfigError(f"mta.flavour must be one of {', '.join(FLAVOURS)}, not {flavour!r}")
+        raise _refuse("flavour", f"must be one of {', '.join(FLAVOURS)}, not {flavour!r}")
     values: dict[str, Any] = dict(_FLAVOUR_DEFAULTS[flavour])
     for key, value in (overrides or {}).items():
         if key in ("kind", "flavour"):
@@ -116,11 +188,14 @@ def build_profile(kind: str = "sendmail", flavour: str = "debian",
             values[key] = _check_argv(key, value)
         elif key in _NUMBER_KEYS:
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"mta.{key} must be a positive number")
+                raise _refuse(key, "must be a positive number")
             values[key] = float(value)
         else:
             known = ", ".join(sorted(_PATH_KEYS | _ARGV_KEYS | _NUMBER_KEYS))
-            raise ConfigError(f"unknown mta setting {key!r}; known settings: {known}")
+            raise ProfileError(f"unknown mta setting {key!r}; known settings: {known}",
+                               {key: ["unknown setting"]})
     if kind != "sendmail":
         values.setdefault("mail_dir", "/etc/postfix")
-    return replace(HostProfile(kind=kind, flavour=flavour), **values)
+    profile = replace(HostProfile(kind=kind, flavour=flavour), **values)
+    _confine(profile, values)
+    return profile

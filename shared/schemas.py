@@ -14,6 +14,7 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
+    pre_load,
     validate,
     validates,
     validates_schema,
@@ -30,11 +31,54 @@ from shared.mta import (
 )
 
 
+class FullRegexp(validate.Regexp):
+    """A pattern the whole value must match (``Regexp`` uses ``re.match``, whose ``$`` also
+    matches before a final newline: ``"pbx\\n"`` would pass ``^[a-z]+$``)."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class WholeInteger(fields.Integer):
+    """An integer that refuses fractions (``Integer`` would turn 1.5 into 1)."""
+
+    def _validated(self, value: Any) -> Any:
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+def _text_errors(value: Any, path: str = "") -> dict[str, list[str]]:
+    """Fields holding text that is not valid Unicode (lone surrogates cannot be stored,
+    encrypted or sent anywhere)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return {path or "_schema": ["must be valid UTF-8 text"]}
+        return {}
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    errors: dict[str, list[str]] = {}
+    for key, item in items:
+        errors.update(_text_errors(item, f"{path}.{key}" if path else str(key)))
+    return errors
+
+
 class StrictSchema(Schema):
-    """Unknown fields are an error."""
+    """Unknown fields and text that is not valid Unicode are errors."""
 
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def _valid_text(self, data: Any, **_: Any) -> Any:
+        errors = _text_errors(data)
+        if errors:
+            raise ValidationError(errors)
+        return data
 
 
 def _grammar(check: Any, value: Any, field: str) -> None:
@@ -62,11 +106,11 @@ class AuthSchema(StrictSchema):
 class SmarthostRequestSchema(StrictSchema):
     """PUT /v1/smarthost."""
 
-    host = fields.String(required=True, validate=validate.Regexp(
+    host = fields.String(required=True, validate=FullRegexp(
         r"^(\[[0-9A-Za-z:.]{2,60}\]|[0-9A-Za-z:.-]{1,253})$"), metadata={
         "description": "RFC 1123 host name, or an address literal like [192.0.2.1]",
         "example": "smtp-relay.gmail.com"})
-    port = fields.Integer(load_default=None, allow_none=True, strict=True,
+    port = WholeInteger(load_default=None, allow_none=True, strict=True,
                           validate=validate.Range(1, 65535),
                           metadata={"description": "port; 25 (or none) is the default"})
     mx = fields.Boolean(load_default=False, metadata={
@@ -91,11 +135,11 @@ class FlushRequestSchema(StrictSchema):
 
     reset_host_status = fields.Boolean(load_default=True)
     queue_id = fields.String(load_default=None, allow_none=True,
-                             validate=validate.Regexp(QUEUE_ID_PATTERN))
+                             validate=FullRegexp(QUEUE_ID_PATTERN))
     recipient = fields.String(load_default=None, allow_none=True,
-                              validate=validate.Regexp(ADDRESS_PART_PATTERN))
+                              validate=FullRegexp(ADDRESS_PART_PATTERN))
     sender = fields.String(load_default=None, allow_none=True,
-                           validate=validate.Regexp(ADDRESS_PART_PATTERN))
+                           validate=FullRegexp(ADDRESS_PART_PATTERN))
 
     @validates_schema
     def _one_selector(self, data: dict[str, Any], **_: Any) -> None:
@@ -107,7 +151,7 @@ class FlushRequestSchema(StrictSchema):
 class LogQuerySchema(StrictSchema):
     """GET /v1/log query."""
 
-    lines = fields.Integer(load_default=DEFAULT_LOG_LINES,
+    lines = WholeInteger(load_default=DEFAULT_LOG_LINES,
                            validate=validate.Range(1, MAX_LOG_LINES))
 
 
@@ -150,7 +194,7 @@ class StepSchema(Schema):
 
     name = fields.String(required=True)
     argv = fields.List(fields.String(), required=True)
-    exit_code = fields.Integer(allow_none=True, required=True)
+    exit_code = WholeInteger(allow_none=True, required=True)
     duration_s = fields.Float(required=True)
     ok = fields.Boolean(required=True)
     output = fields.String(required=True)
@@ -166,7 +210,7 @@ class SmarthostSchema(Schema):
     """A configured smarthost."""
 
     host = fields.String(required=True)
-    port = fields.Integer(required=True)
+    port = WholeInteger(required=True)
     mx = fields.Boolean(required=True)
     mailer = fields.String(required=True)
     auth = fields.Nested(SmarthostAuthSchema, allow_none=True, required=True)
@@ -195,16 +239,29 @@ class ChangeResultSchema(OperationSchema):
     diff = fields.String(required=True)
     smarthost = fields.Nested(SmarthostSchema, allow_none=True, required=True)
     config_in_sync = fields.Boolean(required=True)
-    rolled_back = fields.Boolean(required=True)
+    rolled_back = fields.Boolean(required=True, metadata={
+        "description": "a change failed after its swap and every file it had replaced is "
+                       "back, byte-identical to the backup (see restored, not_restored)"})
     dry_run = fields.Boolean(required=True)
-    backup = fields.String(allow_none=True, required=True)
+    backup = fields.String(allow_none=True, required=True, metadata={
+        "description": "the backup made before the swap (also when the change then failed)"})
+    mta_running = fields.Boolean(allow_none=True, load_default=None, metadata={
+        "description": "whether the MTA runs at the end: true after a verified restart, the "
+                       "state found after a rollback's restart (retried once); null when the "
+                       "change did not restart it or it could not be checked"})
+    restored = fields.List(fields.String(), load_default=list, metadata={
+        "description": "after a rollback: the files put back byte-identical to the backup "
+                       "(or removed, when they did not exist before)"})
+    not_restored = fields.List(fields.String(), load_default=list, metadata={
+        "description": "after a rollback: the files it could not put back (the error says "
+                       "why and what to do); empty when rolled_back is true"})
 
 
 class QueuedMessageSchema(Schema):
     """One queued message."""
 
     id = fields.String(required=True)
-    size = fields.Integer(required=True)
+    size = WholeInteger(required=True)
     queued_at = fields.String(allow_none=True, required=True)
     sender = fields.String(required=True)
     recipients = fields.List(fields.String(), required=True)
@@ -218,8 +275,8 @@ class QueuedMessageSchema(Schema):
 class QueueSchema(Schema):
     """GET /v1/queue."""
 
-    count = fields.Integer(required=True)
-    sections = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    count = WholeInteger(required=True)
+    sections = fields.Dict(keys=fields.String(), values=WholeInteger(), required=True)
     messages = fields.List(fields.Nested(QueuedMessageSchema), required=True)
 
 
@@ -235,9 +292,9 @@ class DeliverySchema(Schema):
 class FlushResultSchema(OperationSchema):
     """POST /v1/queue/flush."""
 
-    before = fields.Integer(required=True, allow_none=True,
+    before = WholeInteger(required=True, allow_none=True,
                             metadata={"description": "null when the run timed out"})
-    after = fields.Integer(required=True)
+    after = WholeInteger(required=True)
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
     remaining = fields.List(fields.Nested(QueuedMessageSchema), required=True)
 
@@ -248,7 +305,7 @@ class LogRecordSchema(Schema):
     timestamp = fields.String(required=True)
     host = fields.String(required=True)
     program = fields.String(required=True)
-    pid = fields.Integer(allow_none=True, required=True)
+    pid = WholeInteger(allow_none=True, required=True)
     queue_id = fields.String(allow_none=True, required=True)
     kind = fields.String(required=True)
     fields_ = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
@@ -260,13 +317,13 @@ class LogRecordSchema(Schema):
 class LogSummarySchema(Schema):
     """Counts by stat and by outcome."""
 
-    deliveries = fields.Integer(required=True)
-    by_stat = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
-    sent = fields.Integer(required=True)
-    deferred = fields.Integer(required=True)
-    bounced = fields.Integer(required=True)
-    other = fields.Integer(required=True)
-    local_handoffs = fields.Integer(required=True, metadata={
+    deliveries = WholeInteger(required=True)
+    by_stat = fields.Dict(keys=fields.String(), values=WholeInteger(), required=True)
+    sent = WholeInteger(required=True)
+    deferred = WholeInteger(required=True)
+    bounced = WholeInteger(required=True)
+    other = WholeInteger(required=True)
+    local_handoffs = WholeInteger(required=True, metadata={
         "description": "sends that only passed mail from the submission program to the MTA"})
 
 
@@ -303,8 +360,8 @@ class MtaStateSchema(Schema):
 class QueueSummarySchema(Schema):
     """Queue size and the age of its oldest message."""
 
-    count = fields.Integer(required=True)
-    oldest_age_s = fields.Integer(allow_none=True, required=True)
+    count = WholeInteger(required=True)
+    oldest_age_s = WholeInteger(allow_none=True, required=True)
 
 
 class HostsFileSchema(Schema):
@@ -336,7 +393,7 @@ class HealthSchema(Schema):
 class ErrorSchema(Schema):
     """The one error envelope of every relayfleet API."""
 
-    code = fields.Integer(required=True)
+    code = WholeInteger(required=True)
     status = fields.String(required=True)
     message = fields.String(required=True)
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))

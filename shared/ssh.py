@@ -68,9 +68,12 @@ def parse_public_key(line: str) -> paramiko.PKey:
     if len(parts) < 2:
         raise ConfigError("a host key must read 'TYPE BASE64' (e.g. 'ssh-ed25519 AAAA...')")
     try:
-        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
-    except (ValueError, paramiko.SSHException, TypeError) as exc:
-        raise ConfigError(f"unreadable host key of type {parts[0]!r}") from exc
+        # validate=True: a stray character is an error, not silently dropped
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1],
+                                                                         validate=True))
+    except (ValueError, paramiko.SSHException, TypeError,
+            paramiko.pkey.UnknownKeyType) as exc:
+        raise ConfigError(f"unreadable host key of type {parts[0][:40]!r}") from exc
 
 
 def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
@@ -248,9 +251,15 @@ class SshExecutor(Executor):
         self._pool = pool
         self._transport: paramiko.Transport | None = None
         self._broken = False
+        self._cut = False
 
     # -- connection -------------------------------------------------------------------
     def _conn(self) -> paramiko.Transport:
+        if self._cut:
+            # A cut is final: nothing more runs on this host in this attempt (not even a
+            # rollback or an unlock); the next attempt takes over the lock and converges.
+            raise CommandTimeout(f"{self.target.name}: the connection was cut when the time "
+                                 "box ran out; nothing more runs in this attempt")
         if self._transport is None or not self._transport.is_active():
             self._transport = (self._pool.acquire(self.target) if self._pool
                                else connect(self.target))
@@ -268,8 +277,10 @@ class SshExecutor(Executor):
 
     def abort(self) -> None:
         """Cut the connection now (from another thread, when a time box runs out); the
-        command in flight fails and the connection is not pooled again."""
+        command in flight fails, every later one fails at once, and the connection is not
+        pooled again."""
         self._broken = True
+        self._cut = True
         transport = self._transport
         if transport is not None:
             transport.close()
@@ -452,6 +463,22 @@ class SshExecutor(Executor):
     def remove_dir(self, path: str) -> None:
         """``rm -rf``."""
         self._check(self.run(["rm", "-rf", "--", path], timeout=60), f"remove {path}")
+
+    def real_paths(self, paths: Sequence[str]) -> list[str]:
+        """``readlink -m`` of every path by one fixed script (one round trip)."""
+        if not paths:
+            return []
+        # readlink -m allows missing components; -f where it is missing (busybox). Each
+        # answer ends with a NUL: a link target may hold any byte but that one.
+        script = ('for p; do r=$(readlink -m -- "$p" 2>/dev/null || readlink -f -- "$p") '
+                  '|| { echo "cannot resolve $p" >&2; exit 1; }; printf "%s\\0" "$r"; done')
+        result = self._check(self._sh(script, *paths, timeout=30),
+                             "resolve " + ", ".join(paths))
+        answers = result.stdout.split(b"\0")[:-1]
+        if len(answers) != len(paths):
+            raise ExecutorError(f"{self.target.name}: cannot resolve {', '.join(paths)}: "
+                                "unexpected answer")
+        return [a.decode("utf-8", "surrogateescape") for a in answers]
 
     # -- network ------------------------------------------------------------------------
     def open_tcp(self, host: str, port: int, timeout: float) -> ByteStream:

@@ -5,11 +5,12 @@ Imported only by the web apps (it needs Flask and flask-smorest, the ``agent`` e
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from flask_smorest import Api, abort
 from werkzeug.exceptions import HTTPException
 
@@ -55,10 +56,27 @@ def _flatten(fields: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
+def _refuse_unreadable_json() -> None:
+    """A JSON body the parser cannot hold (an integer of thousands of digits, nesting
+    thousands deep) is a 400, not an error escaping the request parser as a 500."""
+    if not request.is_json or not request.content_length:
+        return
+    try:
+        json.loads(request.get_data(cache=True))
+    except json.JSONDecodeError:
+        return  # webargs answers these itself (400, "Invalid JSON body.")
+    except (ValueError, RecursionError) as exc:
+        reason = ("nested too deeply" if isinstance(exc, RecursionError)
+                  else "holds a number too long to read")
+        abort(400, message=f"the JSON body {reason}")
+
+
 def register_error_handler(app: Flask, api: EnvelopeApi,
                            status_for: Mapping[type[rf_errors.RelayfleetError], int],
                            log: logging.Logger) -> None:
-    """Answer every uncaught relayfleet error with the envelope and its mapped status."""
+    """Answer every uncaught relayfleet error with the envelope and its mapped status, and
+    refuse JSON bodies the parser cannot hold (400)."""
+    app.before_request(_refuse_unreadable_json)
 
     @app.errorhandler(rf_errors.RelayfleetError)
     def relayfleet_error(exc: rf_errors.RelayfleetError) -> Any:

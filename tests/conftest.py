@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,15 +147,27 @@ def postgres_server() -> Iterator[Any]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated to the newest schema; tests get copies (running every
+    migration for each test is most of a fast API test's time)."""
+    from controller.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("schema") / "relayfleet.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, migrated database of each kind."""
     from controller.migrate import upgrade
 
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'relayfleet.db'}"
-    else:
-        url = request.getfixturevalue("postgres_server").new_database()
+        path = tmp_path / "relayfleet.db"
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_server").new_database()
     upgrade(url)
     return str(url)
 
@@ -166,7 +179,10 @@ def controller_env(database_url: str, redis_server: Any, tmp_path: Path,
     redis_server.flush()
     env = {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": redis_server.url,
            "RELAYFLEET_SECRET_KEY": TEST_SECRET_KEY,
-           "RELAYFLEET_DATA_DIR": str(tmp_path / "data")}
+           "RELAYFLEET_DATA_DIR": str(tmp_path / "data"),
+           # Test receivers and agents listen on loopback; everything else keeps the
+           # default egress policy (tests of the default override this).
+           "RELAYFLEET_EGRESS_ALLOW": "loopback"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -38,12 +38,14 @@ class Tenants(MethodView):
         return inv.page(db.session, stmt, query["limit"], query["offset"])
 
     @blp.arguments(s.TenantCreateSchema)
-    @blp.response(201, s.TenantSchema)
-    def post(self, body: dict[str, Any]) -> Tenant:
-        """Add a tenant (MSP-wide admin tokens only)."""
-        tenant = inv.create_tenant(db.session, who(), body["name"])
+    @blp.response(201, s.TenantCreatedSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Add a tenant (MSP-wide admin tokens only); the answer holds its callback secret,
+        shown only now."""
+        tenant, secret = inv.create_tenant(db.session, who(), body["name"], _box())
         audit_target(f"tenant:{tenant.id}", name=tenant.name)
-        return tenant
+        return {"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at,
+                "callback_secret": secret}
 
 
 @blp.route("/tenants/<int(max=2147483647):tenant_id>")
@@ -60,6 +62,19 @@ class TenantById(MethodView):
         """Delete a tenant that has no sites."""
         audit_target(f"tenant:{tenant_id}")
         inv.delete_tenant(db.session, who(), tenant_id)
+
+
+@blp.route("/tenants/<int(max=2147483647):tenant_id>/callback-secret")
+class TenantCallbackSecret(MethodView):
+    """The key a tenant's job callbacks are signed with."""
+
+    @blp.response(200, s.CallbackSecretSchema)
+    def post(self, tenant_id: int) -> dict[str, Any]:
+        """Give the tenant a new callback secret (MSP-wide admins only); the answer holds
+        it, shown only now. Callbacks signed from now on use it."""
+        audit_target(f"tenant:{tenant_id}", change="callback secret rotated")
+        secret = inv.rotate_callback_secret(db.session, who(), tenant_id, _box())
+        return {"tenant_id": tenant_id, "callback_secret": secret}
 
 
 @blp.route("/sites")

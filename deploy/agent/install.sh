@@ -2,7 +2,8 @@
 # Install the relayfleet agent on a mail/PBX host (as root): a virtualenv in
 # /opt/relayfleet, /etc/relayfleet/agent.toml, a random token, and the systemd unit.
 #   sh install.sh [--flavour debian|rhel] [--listen ADDR:PORT] [--source PATH_OR_PIP_SPEC]
-# Prints the token once, on its last line: give it to the controller and keep no copy.
+# Prints the certificate's fingerprint (pin it: agent.tls_fingerprint) and the token, once,
+# on its last line: give it to the controller and keep no copy.
 set -eu
 flavour=""
 listen="0.0.0.0:8587"
@@ -12,7 +13,7 @@ while [ $# -gt 0 ]; do
         --flavour) flavour=$2; shift 2 ;;
         --listen) listen=$2; shift 2 ;;
         --source) source=$2; shift 2 ;;
-        -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -33,17 +34,25 @@ if [ ! -f /etc/relayfleet/agent.token ]; then
         > /etc/relayfleet/agent.token
 fi
 chmod 600 /etc/relayfleet/agent.token
+# TLS by default: a key (0600) and a self-signed certificate; the controller pins the
+# certificate's fingerprint (printed at the end), as it pins SSH host keys.
+sh "$(dirname "$0")/make-cert.sh" /etc/relayfleet/agent.crt /etc/relayfleet/agent.key \
+    "$(hostname -f 2>/dev/null || hostname)"
 if [ ! -f /etc/relayfleet/agent.toml ]; then
     cat > /etc/relayfleet/agent.toml <<CONF
 listen = "$listen"
 token_file = "/etc/relayfleet/agent.token"
+tls_cert = "/etc/relayfleet/agent.crt"
+tls_key = "/etc/relayfleet/agent.key"
 
 [mta]
 kind = "sendmail"
 flavour = "$flavour"
 CONF
 fi
-/opt/relayfleet/bin/relayfleet-agent check --config /etc/relayfleet/agent.toml >/dev/null
+checked=$(/opt/relayfleet/bin/relayfleet-agent check --config /etc/relayfleet/agent.toml \
+    2>&1 >/dev/null) || { printf '%s\n' "$checked" >&2; exit 1; }
+fingerprint=$(printf '%s\n' "$checked" | sed -n 's/^certificate fingerprint: //p')
 
 if [ -d /run/systemd/system ]; then
     here=$(dirname "$0")
@@ -51,5 +60,7 @@ if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable --now relayfleet-agent
 fi
-echo "relayfleet agent installed; token:"
+echo "relayfleet agent installed; pin its certificate in the controller (agent.tls_fingerprint):"
+echo "  ${fingerprint:-(no TLS configured in /etc/relayfleet/agent.toml)}"
+echo "token:"
 cat /etc/relayfleet/agent.token

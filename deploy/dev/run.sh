@@ -9,6 +9,9 @@ cd "$(dirname "$0")/../.."
 bash deploy/dev/bootstrap.sh
 export RELAYFLEET_DATA_DIR=${RELAYFLEET_DATA_DIR:-$HOME/.local/share/relayfleet}
 export RELAYFLEET_BROKER_URL=${RELAYFLEET_BROKER_URL:-redis://127.0.0.1:6379/0}
+# Where the worker may send agent calls and callbacks: the demo's lab hosts live on
+# 10.N.0.0/24 bridges, and a callback receiver you try out may be on this machine.
+export RELAYFLEET_EGRESS_ALLOW=${RELAYFLEET_EGRESS_ALLOW:-loopback,10.0.0.0/8}
 mkdir -p "$RELAYFLEET_DATA_DIR"
 bin=.venv/bin
 if ! redis-cli -p 6379 ping >/dev/null 2>&1; then

@@ -172,17 +172,18 @@ def hosts_file_check(text: bytes | None, hostname: str, fqdn: str) -> Check:
 
 #: exit codes of ALIVE_SCRIPT besides kill's own 0 (alive) and 1 (no such process, EPERM)
 NO_PID_CODE, NO_PID_FILE_CODE, UNREADABLE_CODE = 3, 4, 5
-#: the one liveness probe, for the check and for ``status``'s batch alike: prints the pid
-#: file's ($1) first two lines (pid, command) and ends with ``kill -0`` on that pid. Only
-#: shell builtins (``read``, ``kill``; no ``exec``): minimal systems may lack /bin/kill.
-#: The pid is checked here as well as in Python so ``kill -0`` never sees -1 or a word.
+#: the one liveness probe, for the check and for ``status``'s batch alike: reads the pid
+#: file's ($1) first line, prints it only if it is a process id, and ends with ``kill -0``
+#: on that pid. Nothing else of the file is ever printed: whatever file a profile names,
+#: the answer is a pid or "no pid". Only shell builtins (``read``, ``kill``; no ``exec``):
+#: minimal systems may lack /bin/kill. The pid is checked here as well as in Python so
+#: ``kill -0`` never sees -1 or a word.
 ALIVE_SCRIPT = (
-    f'[ -e "$1" ] || exit {NO_PID_FILE_CODE}; l1=; l2=; '
-    f'{{ IFS= read -r l1; IFS= read -r l2; :; }} < "$1" || exit {UNREADABLE_CODE}; '
-    'printf "%s\\n%s\\n" "$l1" "$l2"; set -f; set -- $l1; '
+    f'[ -e "$1" ] || exit {NO_PID_FILE_CODE}; l1=; '
+    f'{{ IFS= read -r l1; :; }} < "$1" || exit {UNREADABLE_CODE}; set -f; set -- $l1; '
     f'[ $# -eq 1 ] || exit {NO_PID_CODE}; '
     f'case "$1" in 0*|*[!0-9]*) exit {NO_PID_CODE} ;; esac; '
-    f'[ ${{#1}} -le 10 ] || exit {NO_PID_CODE}; kill -0 "$1"')
+    f'[ ${{#1}} -le 10 ] || exit {NO_PID_CODE}; printf "%s\\n" "$1"; kill -0 "$1"')
 _PID = re.compile(r"[1-9][0-9]{0,9}")
 
 
@@ -200,24 +201,24 @@ def check_mta_running(executor: Executor, pid_file: str) -> Check:
 def mta_running_check(result: CommandResult, pid_file: str) -> Check:
     """Judge the result of :func:`alive_command`."""
     data: dict[str, Any] = {"pid": None, "pid_file": pid_file}
+    why = result.stderr.decode("utf-8", "replace").strip()[:200]
     if result.exit_code == NO_PID_FILE_CODE:
         return Check("mta_running", False, f"there is no pid file {pid_file}: the MTA is not "
                      "running (start it: service sendmail start), or the profile's pid_file "
                      "is wrong", data)
-    lines = result.stdout_text().split("\n")
-    if result.exit_code == UNREADABLE_CODE or len(lines) < 3:  # the script did not get far
-        return Check("mta_running", False, f"cannot read {pid_file}: "
-                     f"{result.output_text().strip()[:200]}", data)
-    first, command = lines[0].strip(), lines[1].strip()
-    if command:
-        data["command"] = command
-    if result.exit_code == NO_PID_CODE or not _PID.fullmatch(first):
-        return Check("mta_running", False, f"{pid_file} holds no process id ({first[:40]!r}): "
-                     "restart the MTA", data)
+    if result.exit_code == UNREADABLE_CODE:  # the shell's reason, never the file's content
+        return Check("mta_running", False, f"cannot read {pid_file}: {why}", data)
+    if result.exit_code == NO_PID_CODE:
+        return Check("mta_running", False, f"{pid_file} holds no process id: restart the MTA",
+                     data)
+    first = result.stdout_text().split("\n")[0].strip()
+    if not _PID.fullmatch(first):  # the script did not get as far as the pid
+        return Check("mta_running", False,
+                     f"cannot check {pid_file} (exit {result.exit_code}): {why}", data)
     pid = data["pid"] = int(first)
     if result.ok:
         return Check("mta_running", True, f"running as pid {pid}", data)
-    if "not permitted" in result.stderr.decode("utf-8", "replace").lower():
+    if "not permitted" in why.lower():
         # EPERM: the process exists but belongs to another user.
         return Check("mta_running", True, f"running as pid {pid} (owned by another user)", data)
     return Check("mta_running", False, f"pid {pid} from {pid_file} is not running (a stale pid "

@@ -11,14 +11,13 @@ import contextlib
 import posixpath
 import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from shared import diagnose as diag
 from shared.errors import (
-    ChangeInProgress,
     CommandFailed,
     CommandTimeout,
     CompileError,
@@ -29,7 +28,9 @@ from shared.errors import (
     RelayfleetError,
 )
 from shared.executor import MISSING_CODE, CommandResult, FileMissing, read_command
+from shared.hostlock import HostLock
 from shared.mta import FlushRequest, MtaOperations
+from shared.profile import DISTINCT_FILES, is_under
 from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail import authinfo as authmap
 from shared.sendmail.flush import parse_flush_output, strip_auth_transcript
@@ -45,15 +46,14 @@ from shared.sendmail.mc import (
 )
 from shared.validation import SmarthostRequest
 
-LOCK_NAME = ".relayfleet.lock"
 BACKUP_DIR = ".relayfleet-backup"
 BACKUPS_KEPT = 5
-#: a lock older than this is left over from a crash and may be broken
-STALE_LOCK_S = 1800
 #: exit codes of ``sendmail -q`` that mean it could not run at all (usage, permission, config)
 _FLUSH_OK_CODES = frozenset(range(256)) - {64, 77, 78}
 #: why a file that is not there cannot be read, in an error message
 NO_SUCH_FILE = "no such file"
+#: the profile files a smarthost change reads or writes (see SendmailOperations._confine)
+_CHANGE_FILES = ("mail_dir", "mc", "cf", "authinfo", "authinfo.db", "pid_file")
 
 
 @dataclass
@@ -69,6 +69,32 @@ class _Change:
     @property
     def auth_changed(self) -> bool:
         return self.auth_new is not None and self.auth_new != self.auth_old
+
+
+@dataclass
+class _Rollback:
+    """What a rollback did: the state the host is in afterwards, exactly."""
+
+    #: files put back byte-identical to the backup (or removed, when the backup had none)
+    restored: list[str] = field(default_factory=list)
+    #: files left as the failed change made them: path -> why
+    not_restored: dict[str, str] = field(default_factory=dict)
+    #: make and restart failures after the files were put back
+    problems: list[str] = field(default_factory=list)
+    #: whether the MTA runs afterwards (None: not known)
+    mta_running: bool | None = None
+    #: the host was lost: nothing after that was tried
+    unreachable: bool = False
+
+    @property
+    def files_back(self) -> bool:
+        """Every file is as it was before the change."""
+        return not self.not_restored
+
+    def to_data(self) -> dict[str, Any]:
+        """The answer's fields for it."""
+        return {"mta_running": self.mta_running, "restored": list(self.restored),
+                "not_restored": sorted(self.not_restored)}
 
 
 class SendmailOperations(MtaOperations):
@@ -122,8 +148,38 @@ class SendmailOperations(MtaOperations):
                 problems.append(exc)
         return texts[0], texts[1], problems
 
+    def _confine(self, *keys: str) -> None:
+        """Refuse (ConfigError) when a profile file's real path leaves its root, e.g. a
+        symbolic link out of the mail directory, or when two of them are one file.
+
+        The profile's paths are checked as written when it is built; this checks what they
+        are on the host, in one round trip, before an operation reads or writes them.
+        """
+        confined = self.profile.confined_paths()
+        wanted = {key: confined[key] for key in keys}
+        names = sorted({path for path, _ in wanted.values()}
+                       | {root for _, roots in wanted.values() for root in roots})
+        real = dict(zip(names, self.executor.real_paths(names), strict=True))
+        seen: dict[str, str] = {}
+        for key, (path, roots) in wanted.items():
+            if not any(is_under(real[path], real[root]) for root in roots):
+                raise ConfigError(
+                    f"mta.{key}: {path} leads to {real[path]}, outside {' or '.join(roots)}: "
+                    "relayfleet does not follow links out of where a file belongs; fix the "
+                    "link on the host or the profile")
+            if key in DISTINCT_FILES:
+                if real[path] in seen:
+                    raise ConfigError(f"mta.{key}: {path} is the same file as "
+                                      f"mta.{seen[real[path]]} ({real[path]}) on the host: "
+                                      "fix the link on the host or the profile")
+                seen[real[path]] = key
+
     def _current_smarthost(self) -> tuple[dict[str, Any], list[ConfigError]]:
         """The smarthost facts as far as the files can be read, and what could not be."""
+        try:
+            self._confine("mc", "cf", "authinfo")
+        except ConfigError as exc:
+            return self._smarthost_data(None, None, None), [exc]
         mc_text, cf_text, problems = self._read_mc_cf()
         auth = (self.executor.read_file_if_exists(self.profile.authinfo_path)
                 if mc_text is not None else None)
@@ -154,37 +210,9 @@ class SendmailOperations(MtaOperations):
             "active_defines": state.active_defines if state is not None else 0,
         }
 
-    @contextlib.contextmanager
-    def _change_lock(self) -> Iterator[None]:
-        """Hold the host-wide lock for one configuration change (a directory: mkdir is atomic).
-
-        The lock names its owner (``lock_owner``, e.g. a controller's job and host): when a
-        change is retried after its runner died, the retry takes over its own stale lock
-        instead of waiting for it to age out.
-        """
-        lock = posixpath.join(self._mail_dir, LOCK_NAME)
-        info = posixpath.join(lock, "since")
-        owner_file = posixpath.join(lock, "owner")
-        if not self.executor.make_dir(lock):
-            since = self.executor.read_file_if_exists(info)
-            owner = (self.executor.read_file_if_exists(owner_file) or b"").decode(
-                "utf-8", "replace").strip()
-            started = float(since or 0) if (since or b"").strip().isdigit() else 0.0
-            ours = bool(self.lock_owner) and owner == self.lock_owner
-            if ours or (started and time.time() - started > STALE_LOCK_S):
-                self.executor.remove_dir(lock)
-                if not self.executor.make_dir(lock):
-                    raise ChangeInProgress("another configuration change is running on this host")
-            else:
-                raise ChangeInProgress("another configuration change is running on this host; "
-                                       "try again when it has finished")
-        try:
-            self.executor.write_file(info, str(int(time.time())).encode(), mode=0o600)
-            if self.lock_owner:
-                self.executor.write_file(owner_file, self.lock_owner.encode(), mode=0o600)
-            yield
-        finally:
-            self.executor.remove_dir(lock)
+    def _change_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the host-wide change lock (see :mod:`shared.hostlock`) under ``lock_owner``."""
+        return HostLock(self.executor, self._mail_dir, self.lock_owner).held()
 
     def _mta_running(self) -> tuple[bool, int | None]:
         # One round trip (pid file and kill -0 in one shell): it is polled after restarts.
@@ -245,6 +273,7 @@ class SendmailOperations(MtaOperations):
         rec = StepRecorder(self.executor, redactor)
         result = OperationResult(name, steps=rec.steps)
         try:
+            self._confine(*_CHANGE_FILES)
             if dry_run:
                 change = plan()
                 self._describe(change, result, wanted)
@@ -327,29 +356,32 @@ class SendmailOperations(MtaOperations):
                 rec.run("build authinfo map", [prof.makemap, "hash", auth_tmp],
                         input=change.auth_new.encode(), timeout=prof.command_timeout_s)
                 ex.set_owner_mode(auth_db_tmp, mode=0o600, uid=0, gid=0)
-            backup = self._backup(rec)
-            # Swap: each rename is atomic; sendmail.cf is whole before and after each.
+            backup = result.data["backup"] = self._backup(rec)
+            # Swap: each rename is atomic; sendmail.cf is whole before and after each. From
+            # the first rename on, a failure rolls back: the authinfo map and its source are
+            # a pair, and one renamed without the other must not stay.
+            swapped = True
             if auth_tmp is not None and auth_db_tmp is not None:
                 ex.rename(auth_db_tmp, self._authinfo_db())
                 ex.rename(auth_tmp, prof.authinfo_path)
-            swapped = True
             ex.rename(mc_tmp, prof.mc_path)
             ex.rename(cf_tmp, prof.cf_path)
             rec.note("swap", f"installed new {prof.mc}, {prof.cf}"
                      + (f", {prof.authinfo}" if auth_tmp else ""))
             self._make_restart_verify(rec, wanted)
+            result.data["mta_running"] = True  # verified above
         except RelayfleetError as exc:
             if swapped and backup is not None:
-                self._rollback(rec, backup)
-                result.rolled_back = True
-                raise OperationError(f"{exc.message}; the previous configuration was restored"
+                undo = self._rollback(rec, backup)
+                result.rolled_back = undo.files_back
+                result.data.update(undo.to_data())
+                raise OperationError(f"{exc.message}; {self._rollback_summary(undo, backup)}"
                                      ) from exc
             raise
         finally:
             for tmp in temps:
                 with contextlib.suppress(ExecutorError):
                     ex.remove(tmp)
-        result.data["backup"] = backup
 
     def _write_like(self, reference: str, path: str, data: bytes) -> None:
         """Write ``path`` with the mode and owner of ``reference``."""
@@ -391,23 +423,119 @@ class SendmailOperations(MtaOperations):
         rec.note("backup", target)
         return target
 
-    def _rollback(self, rec: StepRecorder, backup: str) -> None:
+    def _rollback(self, rec: StepRecorder, backup: str) -> _Rollback:
+        """Put the backed-up files back, make, restart (once more if that fails), and say
+        exactly what that left: which files are byte-identical to the backup, what failed,
+        whether the MTA runs. Never raises: what went wrong here is part of the answer."""
         ex, prof = self.executor, self.profile
         started = time.monotonic()
-        saved = set(ex.list_dir(backup))
-        for path in (prof.mc_path, prof.cf_path, prof.authinfo_path, self._authinfo_db()):
+        undo = _Rollback()
+        files = [prof.mc_path, prof.cf_path, prof.authinfo_path, self._authinfo_db()]
+        saved: set[str] = set()
+        try:
+            saved.update(ex.list_dir(backup))
+        except RelayfleetError as exc:
+            undo.not_restored = {p: f"cannot list {backup}: {exc.message}" for p in files}
+            undo.unreachable = isinstance(exc, HostUnreachable)
+        for path in files if undo.files_back else []:
             name = posixpath.basename(path)
-            if name in saved:
-                tmp = ex.temp_path_for(path, "restore")
-                ex.copy_file(posixpath.join(backup, name), tmp)
-                ex.rename(tmp, path)
-            else:
-                ex.remove(path)
-        rec.note("rollback", f"restored files from {backup}", started=started)
-        with contextlib.suppress(RelayfleetError):
+            try:
+                self._restore(path, posixpath.join(backup, name) if name in saved else None)
+                undo.restored.append(path)
+            except HostUnreachable as exc:  # the rest cannot be done either
+                undo.unreachable = True
+                undo.not_restored.update({p: exc.message for p in files[files.index(path):]})
+                break
+            except RelayfleetError as exc:
+                undo.not_restored[path] = exc.message
+        detail = f"restored {', '.join(undo.restored) or 'nothing'} from {backup}" + "".join(
+            f"; could not restore {p}: {why}" for p, why in undo.not_restored.items())
+        rec.note("rollback", detail, ok=undo.files_back, started=started)
+        if undo.unreachable:
+            return undo
+        if not undo.files_back:
+            # make would compile whatever half is there (a new mc over a restored cf): leave
+            # the files as the answer lists them, for a person to finish from the backup.
+            undo.problems.append("make and restart were not run over the half-restored files")
+            undo.mta_running = self._running_or_none(wait=False)
+            return undo
+        try:
             self._make(rec)
-        with contextlib.suppress(RelayfleetError):
-            self._restart(rec)
+        except RelayfleetError as exc:
+            undo.problems.append(f"make failed: {exc.message}")
+        undo.mta_running = self._restart_checked(rec, undo)
+        return undo
+
+    def _restore(self, path: str, source: str | None) -> None:
+        """Put ``source`` back at ``path`` (None: the file was not there; remove it), and
+        check it is byte-identical to the backup."""
+        ex = self.executor
+        if source is None:
+            ex.remove(path)
+            if ex.exists(path):
+                raise OperationError(f"{path} is still there after removing it")
+            return
+        tmp = ex.temp_path_for(path, "restore")
+        try:
+            ex.copy_file(source, tmp)
+            ex.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(ExecutorError):
+                ex.remove(tmp)
+            raise
+        if ex.read_file(path) != ex.read_file(source):
+            raise OperationError(f"{path} differs from its backup {source} after the copy")
+
+    def _restart_checked(self, rec: StepRecorder, undo: _Rollback) -> bool | None:
+        """Restart after a rollback, once more if the restart fails or the MTA does not
+        come up; True/False: whether it runs, None: it could not be checked."""
+        why = ""
+        running: bool | None = None
+        for _attempt in range(2):
+            try:
+                self._restart(rec)
+            except RelayfleetError as exc:
+                why = exc.message
+                running = self._running_or_none(wait=False)
+                continue
+            running = self._running_or_none(wait=True)
+            if running:
+                return True
+            why = "the MTA was not running after the restart"
+        undo.problems.append(f"restart failed twice: {why}")
+        return running
+
+    def _running_or_none(self, *, wait: bool) -> bool | None:
+        """Whether the MTA runs (``wait``: give a fresh restart time); None if unknown."""
+        try:
+            return (self._wait_running() if wait else self._mta_running())[0]
+        except RelayfleetError:
+            return None
+
+    def _rollback_summary(self, undo: _Rollback, backup: str) -> str:
+        """What a rollback left, in words, and what to do about it."""
+        prof = self.profile
+        restart = " ".join(prof.restart)
+        if undo.files_back and not undo.problems and undo.mta_running:
+            return "the previous configuration was restored and sendmail runs it"
+        if undo.files_back:
+            said = "the previous configuration files were restored byte for byte"
+        else:
+            said = ("rolling back failed: " + "; ".join(
+                f"{p} not restored ({why})" for p, why in undo.not_restored.items())
+                + f". Restore those files from {backup} by hand (cp -p), run make in "
+                f"{prof.mail_dir} and restart sendmail ({restart})")
+        said += "".join(f"; {problem}" for problem in undo.problems)
+        if undo.unreachable:
+            return f"{said}; the host could not be reached to finish: check it by hand"
+        if undo.mta_running is False:
+            said += f"; sendmail is NOT running: fix the cause and start it ({restart})"
+        elif undo.mta_running is None:
+            said += "; whether sendmail runs could not be checked"
+        elif undo.problems:
+            said += ("; sendmail is running, maybe with the configuration it had before "
+                     f"(run make in {prof.mail_dir} and {restart} to be sure)")
+        return said
 
     def _make(self, rec: StepRecorder) -> None:
         rec.run("make", [*self.profile.make, "-C", self.profile.mail_dir],
@@ -506,6 +634,7 @@ class SendmailOperations(MtaOperations):
     # -- log ------------------------------------------------------------------------
     def read_log(self, lines: int = 200) -> OperationResult:
         """Parse the tail of the maillog."""
+        self._confine("maillog")
         rec = StepRecorder(self.executor)
         result = OperationResult("read_log", steps=rec.steps)
         out = rec.run("tail maillog", ["tail", "-n", str(lines), self.profile.maillog],
@@ -523,6 +652,7 @@ class SendmailOperations(MtaOperations):
 
         Everything is read in one batch: over SSH that is a single round trip.
         """
+        self._confine("mc", "cf", "authinfo", "pid_file")
         rec = StepRecorder(self.executor)
         result = OperationResult("status", steps=rec.steps)
         prof = self.profile
@@ -570,6 +700,7 @@ class SendmailOperations(MtaOperations):
     def diagnose(self, *, domain: str | None = None,
                  public_ip: str | None = None) -> OperationResult:
         """The seed story's checklist, each check with ok and a detail saying what to fix."""
+        self._confine("mc", "cf", "pid_file")
         result = OperationResult("diagnose")
         mc_text, cf_text, problems = self._read_mc_cf()
         # No authinfo: the checks probe the smarthost, not the credentials for it.

@@ -157,6 +157,8 @@ class FakeExecutor(Executor):
         self._last_time = 0.0
         self._next_pid = 4000
         self._nodes: dict[str, FileState] = {"/": FileState(None, 0o755, 0, 0, self.now())}
+        #: symbolic links: path -> target (see add_symlink)
+        self.links: dict[str, str] = {}
 
     # -- clock and processes --------------------------------------------------------------
     def now(self) -> float:
@@ -196,6 +198,15 @@ class FakeExecutor(Executor):
                 self.add_dir(posixpath.dirname(path))
             self._nodes[path] = FileState(_text(data), mode, uid, gid,
                                           self.now() if mtime is None else mtime)
+
+    def add_symlink(self, path: str, target: str) -> None:
+        """Make ``path`` a symbolic link to ``target`` (relative: from the link's directory).
+
+        Only :meth:`real_paths` follows the fake's links: enough to show that an operation
+        refuses a file that leads out of where it belongs before it touches it.
+        """
+        with self._lock:
+            self.links[norm_path(path)] = target
 
     def state(self, path: str) -> FileState | None:
         """The state of one path, or None."""
@@ -418,6 +429,27 @@ class FakeExecutor(Executor):
             return self._children(norm)
 
     remove_dir = LocalExecutor.remove_dir
+
+    def real_paths(self, paths: Sequence[str]) -> list[str]:
+        """Each path with the fake's symbolic links resolved (as ``realpath`` does)."""
+        with self._lock:
+            return [self._resolve(path) for path in paths]
+
+    def _resolve(self, path: str, depth: int = 0) -> str:
+        if depth > 40:
+            raise ExecutorError(f"cannot resolve {path}: Too many levels of symbolic links")
+        done = "/"
+        parts = [p for p in norm_path(path).split("/") if p]
+        for index, part in enumerate(parts):
+            here = posixpath.join(done, part)
+            target = self.links.get(here)
+            if target is not None:
+                rest = "/".join(parts[index + 1:])
+                joined = posixpath.join(done, target, rest) if rest else posixpath.join(done,
+                                                                                        target)
+                return self._resolve(joined, depth + 1)
+            done = here
+        return done
 
     # -- Executor: network -------------------------------------------------------------------
     def open_tcp(self, host: str, port: int, timeout: float) -> ByteStream:

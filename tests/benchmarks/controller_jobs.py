@@ -46,8 +46,11 @@ def median(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:
 
 
 def _env(database_url: str, redis: RedisServer, data: Path) -> dict[str, str]:
+    # Egress: lab bridges (10.N.0.0/24), the documentation hosts of the accept figures and
+    # loopback; nothing else.
     return {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": redis.url,
-            "RELAYFLEET_SECRET_KEY": SECRET, "RELAYFLEET_DATA_DIR": str(data)}
+            "RELAYFLEET_SECRET_KEY": SECRET, "RELAYFLEET_DATA_DIR": str(data),
+            "RELAYFLEET_EGRESS_ALLOW": "loopback,10.0.0.0/8,192.0.2.0/24"}
 
 
 def _controller(env: dict[str, str]) -> Any:

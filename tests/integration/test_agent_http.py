@@ -1,9 +1,13 @@
-"""The agent over HTTP, running inside lab hosts against real sendmail."""
+"""The agent over HTTP(S), running inside lab hosts against real sendmail (over TLS with
+the installer's self-signed certificate unless a test is about something else)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.lab.lab import SINK_PORT, LabHost
+from agent.config import certificate_fingerprint
+from tests.lab.lab import REPO_ROOT, SINK_PORT, LabHost
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -25,12 +30,16 @@ class Agent:
     def __init__(self, host: LabHost) -> None:
         self.host = host
         self.token = secrets.token_urlsafe(32)
-        self.url = host.start_agent(self.token)
+        self.url = host.start_agent(self.token, tls=True)
+        # The self-signed certificate is its own CA (the lab address is in its SAN).
+        self.verify = str(host.root / "agent.crt")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self.token}"
 
     def call(self, method: str, path: str, **kw: Any) -> requests.Response:
-        return self.session.request(method, self.url + path, timeout=240, **kw)
+        # verify per request: REQUESTS_CA_BUNDLE in the environment beats session.verify
+        return self.session.request(method, self.url + path, timeout=240,
+                                    verify=self.verify, **kw)
 
 
 @pytest.fixture
@@ -45,7 +54,8 @@ def debian_agent(make_host: Callable[..., LabHost]) -> Iterator[Agent]:
 
 def test_seed_story_over_http(agent: Agent) -> None:
     host = agent.host
-    assert requests.get(agent.url + "/v1/health", timeout=10).json()["status"] == "ok"
+    assert requests.get(agent.url + "/v1/health", timeout=10,
+                        verify=agent.verify).json()["status"] == "ok"
     host.send_mail(["me@ourtest.com"])
     host.wait_deferred()
     queue = agent.call("GET", "/v1/queue").json()
@@ -125,7 +135,7 @@ def test_auth_required(debian_agent: Agent) -> None:
         for method, path in (("GET", "/v1/status"), ("PUT", "/v1/smarthost"),
                              ("GET", "/openapi.json")):
             r = requests.request(method, debian_agent.url + path, headers=headers, timeout=10,
-                                 json=SMARTHOST)
+                                 json=SMARTHOST, verify=debian_agent.verify)
             assert r.status_code == 401, (method, path, r.text)
             body = r.json()
             assert body["code"] == 401 and body["status"] == "Unauthorized"
@@ -235,3 +245,10 @@ def test_tls(make_host: Callable[..., LabHost], tmp_path: Path) -> None:
     assert answer.status_code == 200 and answer.json()["smarthost"] is None
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(url + "/v1/health", timeout=10)  # not trusted without the pinned cert
+    # The certificate served is the one `relayfleet-agent check` fingerprints.
+    served = ssl.get_server_certificate((host.address, int(url.rsplit(":", 1)[1])))
+    assert certificate_fingerprint(served) == host.agent_fingerprint
+    checked = subprocess.run([sys.executable, "-m", "agent.cli", "check", "--config",
+                              str(host.root / "agent.toml")], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True)
+    assert f"certificate fingerprint: {host.agent_fingerprint}" in checked.stderr

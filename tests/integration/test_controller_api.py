@@ -461,7 +461,8 @@ def test_a_dead_workers_host_does_not_hold_a_cancelled_job_open(
     from sqlalchemy import update
 
     from controller.db import db
-    from controller.lanes import MAX_ATTEMPTS, Lane, finish_job
+    from controller.lanes import Lane, finish_job
+    from controller.ledger import MAX_ATTEMPTS
     from controller.models import JobHost
 
     job = controller.start_job({"action": "collect_status", "target": {"all": True},
@@ -580,9 +581,165 @@ def test_tenant_admins_cannot_set_commands_or_see_everyones_http_metrics(
             "mta": {"overrides": {"restart": ["/bin/sh", "-c", "id"]}}}
     answer = controller.post("/v1/hosts", body, admin)
     assert answer.status == 403 and "restart" in answer.json["message"]
-    allowed = {**body, "mta": {"overrides": {"maillog": "/var/log/maillog"}}}
+    # no overrides at all: paths are root-level power too (test_tenant_admins_cannot_set_paths)
+    allowed = {**body, "mta": {"overrides": {}}}
     assert controller.post("/v1/hosts", allowed, admin).status == 201
     assert controller.post("/v1/hosts", {**body, "name": "pbx-cmd2"}).status == 201
     scoped = controller.client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
     assert b"relayfleet_http_requests_total" not in scoped.data
     assert b'relayfleet_fleet{measure="hosts"} 5.0' in scoped.data
+
+
+def test_tenant_admins_cannot_set_paths(controller: Controller, fleet: dict[str, Any]) -> None:
+    """Profile paths are root-level power (finding 1): an mc pointed at the authinfo file
+    ran a password through m4 as root; only MSP-wide admins set any override."""
+    admin = fleet["acme_admin"]
+    chain = {"mc": "/etc/mail/authinfo"}
+    paths = [{"maillog": "/var/log/maillog"}, {"pid_file": "/run/sendmail.pid"},
+             {"mail_dir": "/etc/mail2"}]
+    body = {"name": "pbx-paths", "site_id": fleet["sites"]["leeds"], "address": "192.0.2.8",
+            "transport": "agent", "agent": {"url": "http://192.0.2.8:8587", "token": "t" * 32}}
+    for overrides in paths:
+        created = controller.post("/v1/hosts", {**body, "mta": {"overrides": overrides}}, admin)
+        assert created.status == 403, (overrides, created)
+        assert "MSP-wide admin" in created.json["message"]
+        imported = controller.post("/v1/hosts/import",
+                                   {"hosts": [{**body, "mta": {"overrides": overrides}}]}, admin)
+        assert imported.status == 403, (overrides, imported)
+    host = fleet["hosts"]["a1"]
+    patched = controller.call("PATCH", f"/v1/hosts/{host}", admin,
+                              {"mta": {"overrides": paths[0]}})
+    assert patched.status == 403 and "MSP-wide admin" in patched.json["message"]
+    # An MSP-wide admin may set them; the tenant admin may then send them back unchanged.
+    set_by_msp = controller.ok("PATCH", f"/v1/hosts/{host}", {"mta": {"overrides": paths[0]}})
+    assert set_by_msp["mta"]["overrides"] == paths[0]
+    controller.ok("PATCH", f"/v1/hosts/{host}", {"mta": {"overrides": paths[0]},
+                                                 "tags": ["kept"]}, admin)
+    # Nobody may point a path outside what its key means: 422 naming the key.
+    for overrides, key in ((chain, "mc"), ({"pid_file": "/etc/shadow"}, "pid_file"),
+                           ({"cf": "/etc/cron.d/x"}, "cf"), ({"mail_dir": "/tmp/mail"},
+                                                             "mail_dir"),
+                           ({"maillog": "/var/log/../../etc/shadow"}, "maillog"),
+                           ({"queue_dir": "/var/spool/mqueue\n"}, "queue_dir")):
+        for token in (None, admin):
+            refused = controller.post("/v1/hosts", {**body, "mta": {"overrides": overrides}},
+                                      token)
+            assert refused.status == 422, (overrides, refused)
+            assert f"mta.{key}" in json.dumps(refused.json["errors"]), refused.json
+    assert controller.ok("GET", "/v1/hosts?name=pbx-paths")["total"] == 0
+
+
+def test_deleted_hosts_leave_inventory_and_targets_but_keep_their_job_results(
+        controller: Controller, fleet: dict[str, Any]) -> None:
+    a1 = fleet["hosts"]["a1"]
+    job = controller.start_job({"action": "collect_status", "target": {"hosts": [a1]}})
+    controller.ok("DELETE", f"/v1/hosts/{a1}")
+    assert controller.get(f"/v1/hosts/{a1}").status == 404
+    assert a1 not in [h["id"] for h in controller.ok("GET", "/v1/hosts?limit=100")["items"]]
+    fleet_doc = controller.ok("GET", "/v1/fleet?limit=100")
+    assert a1 not in [h["host_id"] for h in fleet_doc["items"]]
+    assert fleet_doc["summary"]["hosts"] == 4
+    targeted = controller.post("/v1/jobs", {"action": "collect_status",
+                                            "target": {"hosts": ["pbx-a1"]}})
+    assert targeted.status == 422
+    everything = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    assert len(controller.ok("GET", f"/v1/jobs/{everything}")["results"]) == 4
+    results = controller.ok("GET", f"/v1/jobs/{job}")["results"]
+    assert [(r["host_id"], r["host"]) for r in results] == [(a1, "pbx-a1")]
+    again = controller.host(fleet["sites"]["leeds"], "pbx-a1")
+    assert again["id"] != a1
+
+
+def test_an_idempotency_key_is_not_taken_over_while_its_request_works(
+        controller: Controller, fleet: dict[str, Any], database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: a second request waits for the first one")
+    body = {"action": "flush_queue", "target": {"all": True}}
+    first = controller.post("/v1/jobs", body, headers={"Idempotency-Key": "long"})
+    assert first.status == 202
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:  # a first request that started long ago, still working
+            conn.execute(text("UPDATE idempotency_keys SET state = 'in_progress', "
+                              "created_at = created_at - interval '1 hour' WHERE key = 'long'"))
+        with engine.connect() as owner:
+            owner.begin()
+            owner.execute(text("SELECT id FROM idempotency_keys WHERE key = 'long' "
+                               "FOR UPDATE"))
+            assert controller.post("/v1/jobs", body,
+                                   headers={"Idempotency-Key": "long"}).status == 409
+            owner.rollback()
+        # its owner gone (the lock went with its connection): the key is taken over
+        taken = controller.post("/v1/jobs", body, headers={"Idempotency-Key": "long"})
+        assert taken.status == 202 and taken.json["id"] != first.json["id"]
+    finally:
+        engine.dispose()
+
+
+# -- egress policy and agent TLS (issue 10, findings 2 and 3) ----------------------------
+
+REFUSED_URLS = ["http://127.0.0.1:8587", "https://127.1:8587", "http://localhost:8587",
+                "http://169.254.169.254", "https://[fe80::1]:8587",
+                "https://[::ffff:169.254.169.254]:8587", "http://0.0.0.0:8587",
+                "http://[::1]:8587", "http://224.0.0.1:8587"]
+
+
+@pytest.mark.parametrize("url", REFUSED_URLS)
+def test_internal_addresses_are_refused_as_agent_and_callback_urls(
+        controller: Controller, url: str) -> None:
+    strict = Controller.create(egress_allow="")  # the default policy, not the tests' own
+    site = strict.site(strict.tenant("Acme"), "Leeds")
+    body = {"name": "pbx1", "site_id": site, "address": "192.0.2.10", "transport": "agent",
+            "agent": {"url": url, "token": "t" * 32}}
+    created = strict.post("/v1/hosts", body)
+    assert created.status == 422, created
+    assert "refused by egress policy" in created.json["errors"]["agent.url"][0]
+    imported = strict.post("/v1/hosts/import", {"hosts": [body]})
+    assert imported.status == 422 and "hosts.0.agent.url" in imported.json["errors"]
+    host = strict.host(site, "pbx2")
+    patched = strict.call("PATCH", f"/v1/hosts/{host['id']}",
+                          body={"agent": {"url": url, "token": "t" * 32}})
+    assert patched.status == 422 and "agent.url" in patched.json["errors"]
+    job = strict.post("/v1/jobs", {"action": "collect_status", "target": {"all": True},
+                                   "callback_url": url + "/hook"},
+                      headers={"Idempotency-Key": "egress"})
+    assert job.status == 422, job
+    assert "refused by egress policy" in job.json["errors"]["callback_url"][0]
+
+
+def test_private_addresses_stay_allowed_and_the_allow_list_narrows(
+        controller: Controller) -> None:
+    strict = Controller.create(egress_allow="")
+    site = strict.site(strict.tenant("Acme"), "Leeds")
+    for n, url in enumerate(["https://10.1.2.3:8587", "https://192.168.7.7:8587",
+                             "https://pbx.customer.example:8587"]):
+        strict.host(site, f"pbx{n}", agent={"url": url, "token": "t" * 32})
+    narrow = Controller.create(egress_allow="10.8.0.0/16,hooks.example.net")
+    body = {"action": "collect_status", "target": {"all": True}}
+    outside = narrow.post("/v1/jobs", {**body, "callback_url": "https://203.0.113.5/h"},
+                          headers={"Idempotency-Key": "narrow"})
+    assert outside.status == 422
+    assert "refused by egress policy" in outside.json["errors"]["callback_url"][0]
+    # loopback needs the word itself; the tests' own controller has it
+    assert controller.host(controller.site(controller.tenant("Local"), "Box"), "pbx-local",
+                           agent={"url": "http://127.0.0.1:8587", "token": "t" * 32,
+                                  "insecure_http": True})["agent"]["insecure_http"] is True
+
+
+def test_the_agents_certificate_fingerprint_is_pinned_per_host(
+        controller: Controller) -> None:
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    pin = "AB:" * 31 + "CD"
+    host = controller.host(site, "pbx1", agent={"url": "https://10.9.0.5:8587",
+                                                "token": "t" * 32,
+                                                "tls_fingerprint": f"sha256:{pin}"})
+    assert host["agent"]["tls_fingerprint"] == "ab" * 31 + "cd"
+    assert "insecure_http" not in host["agent"]
+    bad = controller.call("PATCH", f"/v1/hosts/{host['id']}",
+                          body={"agent": {"url": "https://10.9.0.5:8587",
+                                          "tls_fingerprint": "not-a-fingerprint"}})
+    assert bad.status == 422 and "agent.tls_fingerprint" in bad.json["errors"]
+    cleared = controller.ok("PATCH", f"/v1/hosts/{host['id']}",
+                            {"agent": {"url": "https://10.9.0.5:8587",
+                                       "tls_fingerprint": None}})
+    assert "tls_fingerprint" not in cleared["agent"]

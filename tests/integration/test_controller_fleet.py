@@ -71,9 +71,15 @@ def fleet_hosts(lab: Lab, client_keys: dict[str, tuple[str, str]]) -> Iterator[l
                                     "tags": [transport, layout]}
             entry = FleetHost(host, transport, site, body)
             if transport == "agent":
+                # The real path: https with the installer's self-signed certificate, pinned
+                # by its fingerprint (the certificate is also its own CA: the lab address
+                # is in its subjectAltName).
                 entry.agent_token = secrets.token_urlsafe(24)
-                url = host.start_agent(entry.agent_token)
-                body["agent"] = {"url": url, "token": entry.agent_token}
+                url = host.start_agent(entry.agent_token, tls=True)
+                assert url.startswith("https://")
+                body["agent"] = {"url": url, "token": entry.agent_token,
+                                 "tls_fingerprint": host.agent_fingerprint,
+                                 "ca_cert": host.agent_cert_pem}
             else:
                 sudo = layout == "centos"
                 target = ssh_target_for(host, client_keys, user=user if sudo else "root",
@@ -90,14 +96,16 @@ def fleet_hosts(lab: Lab, client_keys: dict[str, tuple[str, str]]) -> Iterator[l
 
 
 def _stack(database_url: str, tmp: Path, redis: Any, monkeypatch: pytest.MonkeyPatch,
-           redis_db: int = 0, **extra_env: str) -> Stack:
+           lab: Lab, redis_db: int = 0, **extra_env: str) -> Stack:
     from controller.migrate import upgrade
 
     upgrade(database_url)
     broker = redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
+    # Agents on the lab bridge and the callback receiver on loopback: let exactly those
+    # through (the default egress policy refuses loopback).
     env = {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": broker,
            "RELAYFLEET_SECRET_KEY": TEST_SECRET_KEY, "RELAYFLEET_DATA_DIR": str(tmp),
-           **extra_env}
+           "RELAYFLEET_EGRESS_ALLOW": f"loopback,{lab.network}", **extra_env}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     controller = Controller.create()
@@ -115,12 +123,12 @@ def _enrol(controller: Controller, hosts: list[FleetHost]) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(fleet_hosts: list[FleetHost], postgres_server: Any, redis_server: Any,
+def stack(fleet_hosts: list[FleetHost], postgres_server: Any, redis_server: Any, lab: Lab,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The controller on PostgreSQL with the six hosts enrolled, and a worker."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         built = _stack(postgres_server.new_database(), tmp_path_factory.mktemp("stack"),
-                       redis_server, monkeypatch)
+                       redis_server, monkeypatch, lab)
         try:
             _enrol(built.controller, fleet_hosts)
             yield built
@@ -212,7 +220,12 @@ def test_seed_story_across_the_fleet(stack: Stack, fleet_hosts: list[FleetHost],
         sent = json.loads(body)
         assert sent["id"] == job and sent["status"] == "succeeded" and len(sent["results"]) == 6
         assert "password" not in body.decode() and "token" not in json.dumps(sent["params"])
-        state = controller.ok("GET", f"/v1/jobs/{job}")["callback_state"]
+        # The receiver records a call before it answers: the worker notes the outcome after.
+        deadline = time.monotonic() + 10
+        state = ""
+        while not state.startswith("delivered") and time.monotonic() < deadline:
+            state = controller.ok("GET", f"/v1/jobs/{job}")["callback_state"] or ""
+            time.sleep(0.1)
         assert state.startswith("delivered on attempt 2"), state
     finally:
         receiver.close()
@@ -252,7 +265,7 @@ def test_stopped_hosts_make_the_job_partial_and_retry_targets_only_them(
     fleet = controller.ok("GET", "/v1/fleet")
     assert fleet["summary"]["unreachable"] == 3
     # bring them back; retry targets only the three
-    agent_host.lab_host.start_agent(agent_host.agent_token)
+    agent_host.lab_host.start_agent(agent_host.agent_token, tls=True)  # same certificate
     sshd_host.lab_host.ssh_host_key = sshd_host.lab_host.start_sshd()
     retry = controller.post(f"/v1/jobs/{job}/retry")
     assert retry.status == 202 and retry.json["total"] == 3
@@ -269,7 +282,7 @@ def test_worker_killed_mid_job_loses_nothing_and_applies_nothing_twice(
     # SQLite this time (the PostgreSQL stack ran the tests above); short broker timeouts
     # so that the dead worker's task comes back within the test.
     built = _stack(f"sqlite:///{tmp_path / 'relayfleet.db'}", tmp_path, redis_server,
-                   monkeypatch, redis_db=1, RELAYFLEET_VISIBILITY_TIMEOUT_S="40",
+                   monkeypatch, lab, redis_db=1, RELAYFLEET_VISIBILITY_TIMEOUT_S="40",
                    RELAYFLEET_LANE_BUDGET_S="5")
     controller = built.controller
     try:

@@ -70,7 +70,11 @@ def build(lab: Lab) -> list[tuple[LabHost, dict[str, Any]]]:
                                 "mta": {"kind": "sendmail", "flavour": host.flavour}}
         if transport == "agent":
             token = secrets.token_urlsafe(24)
-            body["agent"] = {"url": host.start_agent(token), "token": token}
+            # https with the installer's self-signed certificate, pinned by fingerprint
+            url = host.start_agent(token, tls=True)
+            body["agent"] = {"url": url, "token": token,
+                             "tls_fingerprint": host.agent_fingerprint,
+                             "ca_cert": host.agent_cert_pem}
         else:
             host.ssh_host_key = host.start_sshd()
             host.authorize("root", public)

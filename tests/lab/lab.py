@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config import certificate_fingerprint
+
 FILES = Path(__file__).parent / "files"
 STATE_ROOT = Path("/run/relayfleet-lab")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +111,9 @@ class LabHost:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     sshd: subprocess.Popen[bytes] | None = None
     agent: subprocess.Popen[bytes] | None = None
+    #: the TLS agent's certificate (PEM) and its ``sha256:`` fingerprint, once started
+    agent_cert_pem: str | None = None
+    agent_fingerprint: str | None = None
     ssh_host_key: str = ""
 
     @property
@@ -278,12 +283,26 @@ class LabHost:
 
     # -- agent ---------------------------------------------------------------------
     def start_agent(self, token: str, port: int = 8587, extra_config: str = "",
-                    tls: tuple[Path, Path] | None = None, mta_config: str = "") -> str:
-        """Run ``relayfleet-agent serve`` inside the host; return its base URL once healthy."""
+                    tls: tuple[Path, Path] | bool | None = None, mta_config: str = "") -> str:
+        """Run ``relayfleet-agent serve`` inside the host; return its base URL once healthy.
+
+        ``tls=True`` serves https with a key and self-signed certificate made by the
+        installer's ``make-cert.sh`` (its fingerprint in :attr:`agent_fingerprint`, its PEM
+        in :attr:`agent_cert_pem`); without TLS the agent says ``insecure_http = true``.
+        """
         token_file = self.root / "agent.token"
         token_file.write_text(token + "\n")
         token_file.chmod(0o600)
-        tls_lines = f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n' if tls else ""
+        if tls is True:
+            tls = (self.root / "agent.crt", self.root / "agent.key")
+            sh(["sh", str(REPO_ROOT / "deploy" / "agent" / "make-cert.sh"), str(tls[0]),
+                str(tls[1]), self.fqdn, self.address])
+        if tls:
+            self.agent_cert_pem = tls[0].read_text()
+            self.agent_fingerprint = certificate_fingerprint(self.agent_cert_pem)
+            tls_lines = f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n'
+        else:
+            tls_lines = "insecure_http = true\n"
         config = self.root / "agent.toml"
         config.write_text(
             f'listen = "{self.address}:{port}"\ntoken_file = "{token_file}"\n{tls_lines}'
@@ -362,6 +381,11 @@ class Lab:
         self.dnsmasq: subprocess.Popen[bytes] | None = None
 
     # -- addresses -----------------------------------------------------------------
+    @property
+    def network(self) -> str:
+        """The lab subnet (CIDR): what a controller's RELAYFLEET_EGRESS_ALLOW lets in."""
+        return f"10.{self.net}.0.0/24"
+
     def ip(self, last: int) -> str:
         """An address on the lab subnet."""
         return f"10.{self.net}.0.{last}"

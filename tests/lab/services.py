@@ -139,10 +139,13 @@ class ControllerWorker:
     """``relayfleet-controller worker`` as a real process (its own session, so that a test
     can SIGKILL the whole worker, pool children included)."""
 
-    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 4) -> None:
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 4,
+                 beat: bool = False) -> None:
         self.env = env
         self.log = log
         self.concurrency = concurrency
+        #: run ``relayfleet-controller beat`` (the sweeper) instead of a worker
+        self.beat = beat
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> ControllerWorker:
@@ -151,9 +154,10 @@ class ControllerWorker:
 
         offset = self.log.stat().st_size if self.log.exists() else 0
         handle = open(self.log, "ab")  # noqa: SIM115 (kept for the process)
+        command = ["beat"] if self.beat else ["worker", f"--concurrency={self.concurrency}"]
+        ready = b"beat: Starting" if self.beat else b" ready."
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "worker",
-             f"--concurrency={self.concurrency}"],
+            [sys.executable, "-m", "controller.cli", *command],
             env={**os.environ, **self.env}, stdout=handle, stderr=handle,
             start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -162,7 +166,7 @@ class ControllerWorker:
                 raise RuntimeError(f"worker exited: {self.log.read_text()[-2000:]}")
             with open(self.log, "rb") as text:
                 text.seek(offset)
-                if b" ready." in text.read():
+                if ready in text.read():
                     return self
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready within {timeout} s")

@@ -236,7 +236,8 @@ def test_answer_document_validates_against_the_result_schema(name: str) -> None:
 def test_change_document_has_the_agents_keys_only() -> None:
     doc = ACTIONS["set_smarthost"].document(RESULTS["set_smarthost"])
     assert set(doc) == {"ok", "error", "error_kind", "steps", "changed", "diff", "smarthost",
-                        "config_in_sync", "rolled_back", "dry_run", "backup"}
+                        "config_in_sync", "rolled_back", "dry_run", "backup", "mta_running",
+                        "restored", "not_restored"}
     dry = ACTIONS["remove_smarthost"].document(RESULTS["remove_smarthost"])
     assert dry["dry_run"] is True and dry["smarthost"] is None and dry["backup"] is None
 

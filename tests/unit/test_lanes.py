@@ -6,12 +6,13 @@ queues its lanes; the lanes are then run here, in the test, against scripted hos
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from controller import dispatch, ledger
 from controller.db import db
@@ -226,3 +227,61 @@ def test_derive_status(job: str, tally: dict[str, int], expected: JobState) -> N
     full = {state.value: 0 for state in UnitState} | tally
     full["total"] = sum(tally.values())
     assert ledger.derive_status(job, full) is expected
+
+
+def test_a_lane_renews_its_leases_and_cuts_a_unit_another_attempt_took(
+        controller: Controller, hosts: list[int]) -> None:
+    job = controller.start_job({"action": "collect_status", "target": {"hosts": hosts[:2]}})
+    fake = FakeTransports()
+    with controller.app.app_context():
+        lane = Lane(job, 0, transports=fake, send=Sent())
+        plan = lane.load()
+        assert plan is not None
+        kept, lost = lane.claim(plan), lane.claim(plan)
+        assert kept is not None and lost is not None and kept.host and lost.host
+        transports = {claim.unit_id: fake(lane._spec(claim.host)) for claim in (kept, lost)}
+        for claim in (kept, lost):
+            lane._hold(claim, plan, transports[claim.unit_id])
+        with db.transaction() as session:  # a second attempt took the other unit over
+            session.execute(update(JobHost).where(JobHost.id == lost.unit_id)
+                            .values(attempts=JobHost.attempts + 1, lease_until=0))
+        before = time.time()
+        lane.renew()
+        with db.transaction() as session:
+            lease = session.scalar(select(JobHost.lease_until)
+                                   .where(JobHost.id == kept.unit_id))
+            heard = session.scalar(select(Job.heartbeat_at).where(Job.id == job))
+    assert lease is not None and lease >= before + ledger.LEASE_S - 1
+    assert heard is not None and heard >= before
+    assert transports[lost.unit_id].cut_at_least_once  # type: ignore[attr-defined]
+    assert not transports[kept.unit_id].cut_at_least_once  # type: ignore[attr-defined]
+
+
+def test_the_sweep_gives_a_dead_workers_unit_a_lane_within_a_lease(
+        controller: Controller, hosts: list[int]) -> None:
+    from controller.lanes import sweep
+
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    with controller.app.app_context():
+        settings = controller.app.config["RELAYFLEET_SETTINGS"]
+        lane = Lane(job, 0, transports=FakeTransports(), send=Sent())
+        plan = lane.load()
+        assert plan is not None
+        dead = lane.claim(plan)  # its worker is SIGKILLed: nothing renews the lease
+        assert dead is not None
+        assert sweep(db, settings) == []  # the lease still runs, the job was just heard from
+        with db.transaction() as session:  # a lease later
+            session.execute(update(JobHost).where(JobHost.id == dead.unit_id)
+                            .values(lease_until=time.time() - 1))
+            session.execute(update(Job).where(Job.id == job)
+                            .values(heartbeat_at=time.time() - ledger.LEASE_S - 1))
+        assert sweep(db, settings) == [job]
+        assert sweep(db, settings) == []  # one lane per lease, not one per sweep
+        fake = FakeTransports()
+        Lane(job, 0, transports=fake, send=Sent()).run()
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert doc["status"] == "succeeded" and len(fake.calls) == 4
+    again = next(r for r in doc["results"] if r["host_id"] == dead.host_id)
+    assert again["attempts"] == 2
+    owners = {call.lock_owner for call in fake.calls}
+    assert f"relayfleet-job-{job}-host-{dead.host_id}-attempt-2" in owners

@@ -1,0 +1,434 @@
+"""Where the controller's own HTTP requests (agent calls, job callbacks) may go.
+
+Agent URLs and callback URLs are chosen by tenants, and the worker that follows them sits
+inside the MSP's network: left alone it is a way to POST to internal services and, through
+the errors it reports, a port scanner. Every outbound request therefore goes through
+:class:`HttpClient`, which
+
+- resolves the URL's host name once and checks *every* address against the
+  :class:`EgressPolicy` (refused: loopback, link-local — 169.254.169.254 included —,
+  unspecified and multicast, in IPv4, IPv6 and IPv4-mapped forms; private ranges are
+  allowed unless ``RELAYFLEET_EGRESS_ALLOW`` narrows egress to an allow-list);
+- connects to the address it checked (no second lookup, so no DNS-rebinding window) while
+  keeping the URL's host name for the Host header, TLS SNI and the certificate check;
+- checks a pinned certificate fingerprint right after the TLS handshake, before a byte of
+  the request (token, passwords) is sent;
+- holds the whole request to one deadline (a server dripping one byte a second is cut
+  off) and reads at most a given number of answer bytes.
+
+Errors keep the socket detail in the worker log; their messages say only "refused by
+egress policy", "unreachable" or "timed out", which is what tenants get to see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from shared.errors import ConfigError
+
+log = logging.getLogger("relayfleet.egress")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: the word in ``RELAYFLEET_EGRESS_ALLOW`` that permits loopback (a same-box setup)
+LOOPBACK_WORD = "loopback"
+#: how long a TCP connect (and TLS handshake) may take within a request's deadline
+CONNECT_TIMEOUT_S = 10.0
+
+
+class EgressError(Exception):
+    """An outbound request did not happen or did not finish; ``str()`` is safe to show."""
+
+
+class EgressRefused(EgressError):
+    """The policy refuses the destination; nothing was sent."""
+
+
+class Unreachable(EgressError):
+    """The destination could not be reached (the detail is in the log only)."""
+
+
+class DeadlineExceeded(EgressError):
+    """The whole request took longer than its deadline."""
+
+
+class AnswerTooLarge(EgressError):
+    """The answer's body is larger than the caller accepts."""
+
+
+class CertificateMismatch(EgressError):
+    """The server's certificate is not the pinned one; nothing was sent."""
+
+    def __init__(self, presented: str, pinned: str) -> None:
+        super().__init__(f"the TLS certificate presented has fingerprint sha256:{presented}, "
+                         f"but sha256:{pinned} is pinned: nothing was sent")
+        self.presented = presented
+        self.pinned = pinned
+
+
+class CertificateNotTrusted(EgressError):
+    """The server's certificate did not verify against the trust anchor; nothing was sent."""
+
+
+def _plain(address: IPAddress) -> IPAddress:
+    """The IPv4 address behind an IPv4-mapped (``::ffff:a.b.c.d``) IPv6 address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _always_refused(address: IPAddress) -> str | None:
+    """Why ``address`` is never a destination (whatever the allow-list), or ``None``."""
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_multicast:
+        return "multicast"
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast"
+    return None
+
+
+def _is_loopback_name(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host == "localhost" or host.endswith(".localhost")
+
+
+def normalise_fingerprint(value: str) -> str:
+    """A SHA-256 certificate fingerprint as 64 lowercase hex digits.
+
+    Accepts ``sha256:``-prefixed, colon-separated and upper-case forms (what
+    ``relayfleet-agent check`` and ``openssl x509 -fingerprint -sha256`` print).
+    """
+    text = value.strip().lower()
+    for prefix in ("sha256:", "sha256 fingerprint=", "sha256="):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    text = text.replace(":", "")
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError("must be a SHA-256 fingerprint: 64 hex digits (colons allowed)")
+    return text
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """The SHA-256 fingerprint of a DER certificate (64 lowercase hex digits)."""
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """Which addresses outbound requests may reach.
+
+    Without an allow-list: anything but loopback, link-local, unspecified and multicast.
+    With one: only its networks and host names (loopback only if it says ``loopback``);
+    link-local, unspecified and multicast stay refused either way.
+    """
+
+    networks: tuple[IPNetwork, ...] = ()
+    names: frozenset[str] = frozenset()
+    loopback: bool = False
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether an allow-list is in force."""
+        return bool(self.networks or self.names)
+
+    @classmethod
+    def parse(cls, text: str | None) -> EgressPolicy:
+        """The policy ``RELAYFLEET_EGRESS_ALLOW`` describes (comma-separated CIDRs, host
+        names and the word ``loopback``; empty: the default policy)."""
+        networks: list[IPNetwork] = []
+        names: set[str] = set()
+        loopback = False
+        for raw in (text or "").split(","):
+            item = raw.strip().lower()
+            if not item:
+                continue
+            if item == LOOPBACK_WORD:
+                loopback = True
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+                continue
+            except ValueError:
+                pass
+            label = item.rstrip(".")
+            if not label or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-." for c in label):
+                raise ConfigError(f"RELAYFLEET_EGRESS_ALLOW: {raw.strip()!r} is neither a "
+                                  "network (CIDR), a host name nor 'loopback'")
+            names.add(label)
+        return cls(tuple(networks), frozenset(names), loopback)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> EgressPolicy:
+        """The policy of ``RELAYFLEET_EGRESS_ALLOW`` in ``environ`` (default os.environ)."""
+        import os
+
+        env = os.environ if environ is None else environ
+        return cls.parse(env.get("RELAYFLEET_EGRESS_ALLOW"))
+
+    def refusal(self, host: str, address: IPAddress) -> str | None:
+        """Why ``address`` (which ``host`` resolved to) may not be reached, or ``None``."""
+        address = _plain(address)
+        why = _always_refused(address)
+        if why is not None:
+            return why
+        if address.is_loopback:
+            return None if self.loopback else "loopback"
+        if not self.narrowed:
+            return None
+        if host.lower().rstrip(".") in self.names:
+            return None
+        if any(address in net for net in self.networks
+               if net.version == address.version):
+            return None
+        return "not in RELAYFLEET_EGRESS_ALLOW"
+
+    def check_literal(self, url: str) -> str | None:
+        """Why ``url`` is refused without resolving anything (its host is an IP literal
+        or a loopback name), or ``None`` (a name is checked again when it is used)."""
+        host = urlsplit(url).hostname or ""
+        if _is_loopback_name(host):
+            return None if self.loopback else "loopback"
+        try:
+            address: IPAddress = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                # The forms only the C resolver knows (127.1, 0x7f.1, 2130706433): no lookup.
+                address = ipaddress.IPv4Address(socket.inet_aton(host))
+            except OSError:
+                return None
+        return self.refusal(host, address)
+
+    def resolve(self, host: str, port: int) -> list[IPAddress]:
+        """Every address ``host`` resolves to, all allowed; else :class:`EgressRefused`."""
+        if _is_loopback_name(host) and not self.loopback:
+            raise EgressRefused("refused by egress policy")
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            log.warning("egress: cannot resolve %s: %s", host, exc)
+            raise Unreachable("unreachable") from None
+        addresses: list[IPAddress] = []
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            why = self.refusal(host, address)
+            if why is not None:
+                # One refused address refuses the name: which one a client would pick is
+                # not ours to guess, and a name mixing both is what rebinding looks like.
+                log.warning("egress: refused %s:%s -> %s (%s)", host, port, address, why)
+                raise EgressRefused("refused by egress policy")
+            if address not in addresses:
+                addresses.append(address)
+        if not addresses:
+            raise Unreachable("unreachable")
+        return addresses
+
+
+@dataclass(frozen=True)
+class TlsTrust:
+    """How to accept an https server: a pinned SHA-256 certificate fingerprint, a PEM CA
+    certificate it must chain to, or (neither) the system's CAs."""
+
+    fingerprint: str | None = None
+    ca_cert: str | None = field(default=None, repr=False)
+
+    def context(self) -> ssl.SSLContext:
+        """The client TLS context for this trust."""
+        if self.fingerprint:
+            # The pin is the trust, as with SSH host keys: chain and name are not asked for
+            # (a self-signed certificate is the normal case); checked after the handshake.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        if self.ca_cert:
+            return ssl.create_default_context(cadata=self.ca_cert)
+        return ssl.create_default_context()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: status, headers (lower-case names) and at most the capped body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class _Watchdog:
+    """Shuts a socket down when the request's deadline passes (a read then returns)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = threading.Event()
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired.is_set():
+                self._shut()
+
+    def _shut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                # The raw socket's shutdown, also under TLS: unblocks a pending read.
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired.set()
+            self._shut()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """An HTTP(S) connection to a checked address, named by the URL's host name."""
+
+    def __init__(self, host: str, port: int, *, address: IPAddress, tls: TlsTrust | None,
+                 watchdog: _Watchdog) -> None:
+        context = tls.context() if tls is not None else None
+        super().__init__(host, port, timeout=CONNECT_TIMEOUT_S, context=context)
+        self._tls_context = context
+        self._address = address
+        self._tls = tls
+        self._watchdog = watchdog
+
+    def connect(self) -> None:
+        remaining = self._watchdog.remaining()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed before connecting")
+        # A socket of our own rather than create_connection, which would look the
+        # (checked) address up again.
+        family = socket.AF_INET6 if self._address.version == 6 else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_STREAM)
+        self._watchdog.watch(raw)
+        try:
+            raw.settimeout(min(CONNECT_TIMEOUT_S, remaining))
+            raw.connect((str(self._address), self.port))
+        except BaseException:
+            raw.close()
+            raise
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is None or self._tls_context is None:
+            self.sock = raw
+        else:
+            # SNI and the certificate check use the URL's name, not the pinned address.
+            self.sock = self._tls_context.wrap_socket(raw, server_hostname=self.host)
+            if self._tls.fingerprint:
+                der = self.sock.getpeercert(binary_form=True) or b""
+                presented = certificate_fingerprint(der)
+                if presented != self._tls.fingerprint:
+                    self.sock.close()
+                    raise CertificateMismatch(presented, self._tls.fingerprint)
+        # Each read may wait at most what is left; the watchdog ends a slow drip.
+        self.sock.settimeout(max(0.1, self._watchdog.remaining()))
+
+
+@dataclass(frozen=True)
+class HttpClient:
+    """Outbound HTTP under an egress policy, a whole-request deadline and a body cap."""
+
+    policy: EgressPolicy = field(default_factory=EgressPolicy)
+
+    def request(self, method: str, url: str, *, deadline_s: float, max_body: int,
+                headers: Mapping[str, str] | None = None, body: bytes | None = None,
+                params: Mapping[str, Any] | None = None, tls: TlsTrust | None = None,
+                truncate: bool = False) -> Answer:
+        """Send one request and read its answer within ``deadline_s`` seconds.
+
+        A body over ``max_body`` bytes is :class:`AnswerTooLarge`, or (``truncate``) cut
+        there. ``tls`` applies to https URLs (default: the system's CAs).
+        """
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(dict(params), doseq=True)
+        watchdog = _Watchdog(time.monotonic() + deadline_s)
+        try:
+            addresses = self.policy.resolve(host, port)
+            return self._exchange(host, port, addresses, watchdog, method=method, path=path,
+                                  headers=dict(headers or {}), body=body,
+                                  tls=(tls or TlsTrust()) if https else None,
+                                  max_body=max_body, truncate=truncate)
+        finally:
+            watchdog.cancel()
+
+    def _exchange(self, host: str, port: int, addresses: Iterable[IPAddress],
+                  watchdog: _Watchdog, *, method: str, path: str, headers: dict[str, str],
+                  body: bytes | None, tls: TlsTrust | None, max_body: int,
+                  truncate: bool) -> Answer:
+        for address in addresses:
+            connection = _PinnedConnection(host, port, address=address, tls=tls,
+                                           watchdog=watchdog)
+            try:
+                try:
+                    connection.connect()
+                except EgressError:
+                    raise
+                except ssl.SSLCertVerificationError as exc:
+                    log.warning("egress: %s (%s): certificate not trusted: %s", host,
+                                address, exc)
+                    raise CertificateNotTrusted(
+                        f"the TLS certificate was not trusted ({exc.verify_message})"
+                    ) from None
+                except OSError as exc:
+                    # Refused, filtered or slow to connect all read "unreachable": which
+                    # one it was would tell a tenant how a port is firewalled.
+                    log.warning("egress: cannot connect to %s (%s) port %s: %s", host,
+                                address, port, exc)
+                    continue
+                return self._send(connection, watchdog, method=method, path=path,
+                                  headers=headers, body=body, max_body=max_body,
+                                  truncate=truncate, where=f"{host} ({address})")
+            finally:
+                connection.close()
+        raise Unreachable("unreachable") from None
+
+    @staticmethod
+    def _send(connection: _PinnedConnection, watchdog: _Watchdog, *, method: str, path: str,
+              headers: dict[str, str], body: bytes | None, max_body: int, truncate: bool,
+              where: str) -> Answer:
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            answer = connection.getresponse()
+            data = answer.read(max_body + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            if watchdog.fired.is_set() or isinstance(exc, TimeoutError):
+                raise DeadlineExceeded("timed out") from None
+            log.warning("egress: %s: the exchange failed: %r", where, exc)
+            raise Unreachable("unreachable") from None
+        if watchdog.fired.is_set():
+            raise DeadlineExceeded("timed out")
+        if len(data) > max_body:
+            if not truncate:
+                raise AnswerTooLarge(f"the answer is larger than {max_body} bytes")
+            data = data[:max_body]
+        return Answer(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
