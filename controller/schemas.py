@@ -378,6 +378,11 @@ class HostUpdateSchema(HostCreateSchema):
     ``mta`` object is checked whole and replaces the stored one (``ssh`` needs its key or
     password again; ``agent`` keeps its stored token unless the URL changes)."""
 
+    @validates_schema
+    def _something(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("give at least one field to change", "_schema")
+
 
 #: the top-level host fields a PATCH may leave out (nested objects are never partial)
 HOST_FIELDS = ("name", "site_id", "address", "transport", "agent", "ssh", "mta", "tags")

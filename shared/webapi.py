@@ -57,10 +57,13 @@ def _flatten(fields: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
 
 
 def _refuse_unreadable_json() -> None:
-    """A JSON body the parser cannot hold (an integer of thousands of digits, nesting
-    thousands deep) is a 400, not an error escaping the request parser as a 500."""
-    if not request.is_json or not request.content_length:
+    """A body that is not JSON is a 415 (it would otherwise be read as no body at all),
+    and a JSON body the parser cannot hold (an integer of thousands of digits, nesting
+    thousands deep) a 400, not an error escaping the request parser as a 500."""
+    if not request.content_length:
         return
+    if not request.is_json:
+        abort(415, message="send the body as JSON (Content-Type: application/json)")
     try:
         json.loads(request.get_data(cache=True))
     except json.JSONDecodeError:

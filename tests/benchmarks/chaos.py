@@ -1,6 +1,6 @@
-"""Chaos figures for issue 10: prints them, asserts nothing.
+"""Chaos figures: prints them, asserts nothing.
 
-``python -m tests.benchmarks.chaos [hostile] [--full] [--agent-only|--controller-only]``
+``python -m tests.benchmarks.chaos [hostile|worker-kills|all] [options]``
 
 - **hostile**: the hostile-input sweep of ``tests/integration/test_hostile_inputs.py`` (its
   generator and drivers, imported, not copied): generated hostile values in every field of
@@ -10,11 +10,15 @@
   failure. Needs no root. ``--full`` gives every controller field every curated string (the
   test gives each 60 of them), which takes a few minutes.
 
-The other chaos figures — worker kills (kills survived, recovery time, hosts changed twice,
-jobs lost), Redis and PostgreSQL restarts mid-job, agent kills (torn configs) and the API
-killed mid-``POST /v1/jobs`` — are added here by the chaos suite (``tests/lab/chaos.py``,
-``tests/integration/test_chaos.py``) as further sub-commands: register a function in
-:data:`COMMANDS` and its arguments in :func:`parser`; ``all`` runs every registered one.
+- **worker-kills**: ``--kills`` (30) SIGKILLs of the worker's whole process group at random
+  points of set_smarthost jobs on ``--hosts`` (20) agent lab hosts, the worker restarted
+  each time (real worker and beat, Redis, PostgreSQL; a 4 s lease and a 1 s sweep): kills
+  survived, jobs lost, hosts changed twice, torn configs, and how long a job took to move
+  again after each kill (median, max; reference: 2 x the job's timeout_s). Needs root.
+
+Further figures (Redis and PostgreSQL restarts mid-job, agent kills, the API killed
+mid-``POST /v1/jobs``) go here as sub-commands: register a function in :data:`COMMANDS`
+and its arguments in :func:`parser`; ``all`` runs every registered one.
 """
 
 from __future__ import annotations
@@ -54,9 +58,56 @@ def hostile(args: argparse.Namespace) -> int:
     return 1 if total.failures else 0
 
 
+def worker_kills(args: argparse.Namespace) -> int:
+    """SIGKILL the worker ``--kills`` times during set_smarthost jobs on ``--hosts`` agent
+    lab hosts (real worker and beat, Redis, PostgreSQL); print what it cost. Needs root."""
+    import os
+
+    from controller.migrate import upgrade
+    from tests.controller_client import Controller
+    from tests.lab.chaos import (
+        FAST_RECOVERY_ENV,
+        agent_hosts,
+        kill_workers_during_changes,
+        start_stack,
+    )
+    from tests.lab.lab import Lab
+    from tests.lab.services import PostgresServer, RedisServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="relayfleet-chaos-"))
+    redis = RedisServer(workdir / "redis").start()
+    pg = PostgresServer().start()
+    try:
+        env = {"RELAYFLEET_DATABASE_URL": pg.new_database(), "RELAYFLEET_BROKER_URL": redis.url,
+               "RELAYFLEET_SECRET_KEY": "relayfleet-chaos-secret-key-0123456789",
+               "RELAYFLEET_DATA_DIR": str(workdir), **FAST_RECOVERY_ENV}
+        os.environ.update(env)
+        upgrade(env["RELAYFLEET_DATABASE_URL"])
+        controller = Controller.create()
+        with Lab(workdir / "lab") as lab:
+            hosts = agent_hosts(lab, controller, args.hosts)
+            worker, beat = start_stack(env, workdir)
+            try:
+                result = kill_workers_during_changes(
+                    controller, worker, hosts,
+                    [f"[{lab.smarthost.address}]", "smarthost.lab.test"], kills=args.kills)
+            finally:
+                worker.stop()
+                beat.stop()
+        print(f"== worker kills ({FAST_RECOVERY_ENV['RELAYFLEET_LEASE_S']} s lease, "
+              f"{FAST_RECOVERY_ENV['RELAYFLEET_SWEEP_EVERY_S']} s sweep)")
+        print("\n".join(result.lines()))
+        broken = result.jobs_lost or result.changed_twice or result.torn_configs
+        return 1 if broken else 0
+    finally:
+        redis.stop()
+        pg.stop()
+
+
 #: sub-command name -> function(args) -> exit status; the chaos suite adds its own here
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "hostile": hostile,
+    "worker-kills": worker_kills,
 }
 
 
@@ -67,6 +118,11 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command")
     sub.add_parser("all", help="every figure")
     one = sub.add_parser("hostile", help="the hostile-input sweep (agent and controller)")
+    kills = sub.add_parser("worker-kills", help="SIGKILL the worker during changes (root)")
+    for target in (top, kills):
+        target.add_argument("--kills", type=int, default=30, help="how many (default 30)")
+        target.add_argument("--hosts", type=int, default=20,
+                            help="agent lab hosts (default 20)")
     for target in (top, one):
         target.add_argument("--full", action="store_true",
                             help="every curated hostile string in every controller field")

@@ -237,13 +237,16 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                 while len(specs) < size:
                     host = lab.add_host(f"a{len(specs)}", "debian")
                     token = secrets.token_urlsafe(24)
-                    url = host.start_agent(token)
+                    url = host.start_agent(token, tls=True)
+                    pin = host.agent_fingerprint
                     doc = controller.ok("POST", "/v1/hosts", {
                         "name": host.fqdn, "site_id": site, "address": host.address,
-                        "transport": "agent", "agent": {"url": url, "token": token},
+                        "transport": "agent",
+                        "agent": {"url": url, "token": token, "tls_fingerprint": pin},
                         "tags": ["bench"]})
                     specs.append(HostSpec(doc["id"], host.fqdn, host.address, "agent",
-                                          agent_url=url, agent_token=token))
+                                          agent_url=url, agent_token=token,
+                                          agent_tls_fingerprint=pin))
                 target = {"hosts": [s.host_id for s in specs[:size]]}
 
                 cpu_per_host: list[float] = []

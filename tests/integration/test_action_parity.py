@@ -69,10 +69,11 @@ def pair(request: pytest.FixtureRequest, make_host: Callable[..., LabHost],
          client_keys: dict[str, tuple[str, str]]) -> Iterator[Pair]:
     host = make_host(request.param)
     token = secrets.token_urlsafe(24)
-    url = host.start_agent(token)
+    url = host.start_agent(token, tls=True)
     target = ssh_target_for(host, client_keys)
     by_agent = HostSpec(1, host.fqdn, host.address, "agent", mta_flavour=host.flavour,
-                        agent_url=url, agent_token=token)
+                        agent_url=url, agent_token=token,
+                        agent_tls_fingerprint=host.agent_fingerprint)
     yield Pair(host, by_agent, replace(by_agent, transport="ssh", ssh_username=target.username,
                                        ssh_private_key=target.private_key,
                                        ssh_host_key=target.host_key))

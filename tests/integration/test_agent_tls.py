@@ -1,4 +1,4 @@
-"""The agent over TLS by default, its certificate pinned by the controller (finding 3).
+"""The agent over TLS by default, its certificate pinned by the controller.
 
 Everything runs on loopback: the installer's certificate script, the agent's configuration
 rules, a real ``relayfleet-agent serve`` over https, and a TLS server that records what

@@ -18,7 +18,7 @@ from tests.controller_client import Controller
 from tests.lab.chaos import FAST_RECOVERY_ENV, agent_hosts, kill_workers_during_changes, start_stack
 from tests.lab.lab import Lab
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_worker_sigkilled_30_times_loses_no_job_and_changes_no_host_twice(

@@ -591,7 +591,7 @@ def test_tenant_admins_cannot_set_commands_or_see_everyones_http_metrics(
 
 
 def test_tenant_admins_cannot_set_paths(controller: Controller, fleet: dict[str, Any]) -> None:
-    """Profile paths are root-level power (finding 1): an mc pointed at the authinfo file
+    """Profile paths are root-level power: an mc pointed at the authinfo file
     ran a password through m4 as root; only MSP-wide admins set any override."""
     admin = fleet["acme_admin"]
     chain = {"mc": "/etc/mail/authinfo"}
@@ -676,7 +676,7 @@ def test_an_idempotency_key_is_not_taken_over_while_its_request_works(
         engine.dispose()
 
 
-# -- egress policy and agent TLS (issue 10, findings 2 and 3) ----------------------------
+# -- egress policy and agent TLS ----------------------------------------------------------
 
 REFUSED_URLS = ["http://127.0.0.1:8587", "https://127.1:8587", "http://localhost:8587",
                 "http://169.254.169.254", "https://[fe80::1]:8587",

@@ -1,4 +1,4 @@
-"""Hostile-input sweep (issue 10's chaos suite): every field of every route of the agent and
+"""Hostile-input sweep (part of the chaos suite): every field of every route of the agent and
 the controller gets generated hostile values; each must be refused with a 4xx in the error
 envelope ``{code, status, message, errors?}``, never a 5xx, and nothing may reach m4 or a
 shell.
@@ -309,7 +309,7 @@ def ignored(_: Any) -> bool:
 
 
 def http_url(v: Any) -> bool:
-    """URL-shaped strings may be accepted (the egress policy is issue 10's item 2)."""
+    """URL-shaped strings may be accepted (the egress policy refuses internal ones)."""
     return isinstance(v, str) and "\x00" not in v and bool(
         re.match(r"https?://[^/?#@\s]+", v))
 
@@ -927,8 +927,8 @@ OVERRIDE_KEYS = ("mc", "cf", "mail_dir", "authinfo", "pid_file", "maillog", "que
 
 
 def _override_fields() -> tuple[Field, ...]:
-    # An MSP-wide admin may set any profile key (programs run as root by design); what a
-    # tenant admin may set is issue 10's item 1. Strings may be accepted, other types not.
+    # An MSP-wide admin may set any profile key (programs run as root by design); a tenant
+    # admin may set none of them (403). Strings may be accepted, other types not.
     def path(v: Any) -> bool:
         return isinstance(v, str) and "\x00" not in v
 

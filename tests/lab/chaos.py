@@ -60,10 +60,12 @@ def agent_hosts(lab: Lab, controller: Controller, count: int, prefix: str = "k")
     for index in range(count):
         host = lab.add_host(f"{prefix}{index}", "debian")
         token = secrets.token_urlsafe(24)
-        agent = host.start_agent(token)
-        body: dict[str, Any] = {"name": host.fqdn, "site_id": site, "address": host.address,
-                                "transport": "agent", "tags": [f"chaos-{prefix}"]}
-        body["agent"] = agent if isinstance(agent, dict) else {"url": agent, "token": token}
+        url = host.start_agent(token, tls=True)  # https, its certificate pinned below
+        body: dict[str, Any] = {
+            "name": host.fqdn, "site_id": site, "address": host.address,
+            "transport": "agent", "tags": [f"chaos-{prefix}"],
+            "agent": {"url": url, "token": token,
+                      "tls_fingerprint": host.agent_fingerprint}}
         made.append((host, int(controller.ok("POST", "/v1/hosts", body)["id"])))
     return made
 

@@ -444,6 +444,7 @@ class Lab:
                  "--spool", str(spool), "--mode", mode, "--auth"],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(sink.process)
+        self._note_root_process(sink.process.pid)
         self.sinks[name] = sink
         _wait_port(address, SINK_PORT, sink.process)
 
@@ -477,7 +478,15 @@ class Lab:
         self.dnsmasq = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         self.processes.append(self.dnsmasq)
+        self._note_root_process(self.dnsmasq.pid)
         _wait_port(self.gateway, 53, self.dnsmasq, udp=True)
+
+    def _note_root_process(self, pid: int) -> None:
+        """Remember a process of the root namespace (a sink, dnsmasq), so that the next lab
+        kills it if this one dies without tearing down: an orphaned sink still bound to the
+        lab's address would take the next lab's mail."""
+        with open(self.state / "pids", "a") as pids:
+            pids.write(f"{pid} {_start_ticks(pid)}\n")
 
     def ensure_ssh_user(self) -> tuple[str, str]:
         """A non-root login (``rflab``) with passwordless ``sudo`` and a fresh password.
@@ -650,7 +659,22 @@ def reap_stale_labs() -> None:
         _teardown_state(state)
 
 
+def _start_ticks(pid: int) -> str:
+    """A process's start time since boot (so a recycled pid is not mistaken for it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
 def _teardown_state(state: Path) -> None:
+    pids_file = state / "pids"
+    if pids_file.exists():
+        for line in pids_file.read_text().splitlines():
+            pid, _, started = line.partition(" ")
+            if pid.isdigit() and _start_ticks(int(pid)) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(pid), signal.SIGKILL)
     netns_file = state / "netns"
     if netns_file.exists():
         for line in netns_file.read_text().splitlines():

@@ -1,4 +1,4 @@
-"""Controller hardening (issue 10, findings 8 and 9): per-tenant callback keys, the secret
+"""Controller hardening: per-tenant callback keys, the secret
 key file, key rotation, rate-limited audit of unauthenticated calls, callbacks the sweeper
 queues again, soft-deleted hosts, and encrypted SSH keys with too many bcrypt rounds."""
 
@@ -62,7 +62,7 @@ def _job_with_callback(controller: Controller, tenant: int, token: str) -> int:
                                 token)
 
 
-# -- finding 8: per-tenant callback keys -------------------------------------------------
+# -- per-tenant callback keys -------------------------------------------------
 
 def test_each_tenant_signs_its_callbacks_with_its_own_key(
         controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +132,7 @@ def test_a_tenant_made_before_per_tenant_keys_gets_its_own(
     assert sign_callback(secret.encode(), stamp, body) == signature
 
 
-# -- finding 9: unauthenticated calls ------------------------------------------------------
+# -- unauthenticated calls ------------------------------------------------------
 
 def test_a_flood_of_bad_tokens_writes_one_row_per_window(controller: Controller) -> None:
     def audit_rows() -> int:
@@ -167,7 +167,7 @@ def test_the_tally_bounds_the_addresses_it_tracks() -> None:
     assert set(ended) == {"*"} and ended["*"].counted == 1
 
 
-# -- finding 9: the secret key -------------------------------------------------------------
+# -- the secret key -------------------------------------------------------------
 
 def test_an_empty_or_short_secret_key_is_refused(tmp_path: Path) -> None:
     from controller.config import _secret_key
@@ -209,7 +209,7 @@ def test_starters_racing_for_the_key_file_all_end_with_one_key(tmp_path: Path) -
         assert [p.name for p in data.iterdir()] == ["secret.key"]
 
 
-# -- finding 9: key rotation ---------------------------------------------------------------
+# -- key rotation ---------------------------------------------------------------
 
 def test_rotate_secret_key_reseals_every_secret_and_is_idempotent(
         controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,7 +248,7 @@ def test_old_keys_still_open_secrets_until_rotated() -> None:
         SecretBox("n" * 32).open(sealed)
 
 
-# -- finding 9: callbacks that never reached the queue -----------------------------------
+# -- callbacks that never reached the queue -----------------------------------
 
 def test_the_sweeper_queues_again_a_callback_that_never_reached_the_queue(
         controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,7 +272,7 @@ def test_the_sweeper_queues_again_a_callback_that_never_reached_the_queue(
     assert ledger.CALLBACK_NOT_QUEUED == "not sent: the job queue was unreachable"
 
 
-# -- finding 9: encrypted SSH keys -----------------------------------------------------------
+# -- encrypted SSH keys -----------------------------------------------------------
 
 def test_ssh_keys_with_too_many_bcrypt_rounds_are_refused_before_decrypting(
         tmp_path: Path) -> None:

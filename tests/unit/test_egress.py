@@ -1,4 +1,4 @@
-"""The egress policy (finding 2, SSRF) and whole-request limits (finding 7) of the
+"""The egress policy (SSRF) and whole-request limits of the
 controller's outbound HTTP: agent calls and job callbacks.
 
 Refused destinations are proven refused *without connecting*: a guard fails the test if
@@ -216,7 +216,7 @@ def test_plain_http_agent_needs_the_hosts_explicit_say_so(
     assert status(AgentTransport(agent(f"http://127.0.0.1:{port}"))).data["hostname"] == "x"
 
 
-# -- whole-request deadline and body cap (finding 7) ---------------------------------
+# -- whole-request deadline and body cap ---------------------------------
 
 def drip(handler: Recorder) -> None:
     """Send a valid answer one byte a second (for about 8 s)."""

@@ -1,4 +1,4 @@
-"""Profile paths are confined to what their keys mean (issue 10, finding 1).
+"""Profile paths are confined to what their keys mean.
 
 A tenant admin pointed ``mc`` at the authinfo file, whose password held ``esyscmd(...)``:
 the next change ran it through m4 as root. ``pid_file`` at /etc/shadow made diagnose echo

@@ -1,4 +1,4 @@
-"""A rollback tells the truth (issue 10, finding 6).
+"""A rollback tells the truth.
 
 Before: make and restart failures inside the rollback were swallowed and the answer said
 "the previous configuration was restored" whatever happened; a failing copy or rename in
