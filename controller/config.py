@@ -13,6 +13,9 @@
                               hands it to another worker (default 900)
 ``RELAYFLEET_LANE_BUDGET_S``  how long one job lane claims new hosts before it hands over to
                               its own continuation (default 30)
+``RELAYFLEET_TENANT_MAX_RUNNING`` how many hosts one tenant's jobs (all of them together;
+                              MSP-wide jobs count as one tenant) run at once (default 100),
+                              so one tenant's huge job cannot take every worker from the rest
 ``RELAYFLEET_EGRESS_ALLOW``   narrows where agent calls and callbacks may go: comma-separated
                               CIDRs and host names, plus ``loopback`` to permit loopback (a
                               same-box setup); unset: anything but loopback, link-local,
@@ -67,6 +70,9 @@ class Settings:
     sweep_every_s: int = 10
     #: hosts one lane works on at once (a job with concurrency C runs ceil(C / this) lanes)
     lane_threads: int = 25
+    #: hosts one tenant's jobs run at once, all together (MSP-wide jobs: one tenant); a lane
+    #: of a tenant at its share claims nothing and looks again a moment later
+    tenant_max_running: int = 100
     max_body_bytes: int = 4 * 1024 * 1024
     #: ``RELAYFLEET_EGRESS_ALLOW`` as given ("": the default policy)
     egress_allow: str = ""
@@ -179,5 +185,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         lane_budget_s=_int_env(env, "RELAYFLEET_LANE_BUDGET_S", 30),
         lease_s=_int_env(env, "RELAYFLEET_LEASE_S", 30),
         sweep_every_s=_int_env(env, "RELAYFLEET_SWEEP_EVERY_S", 10),
+        tenant_max_running=_int_env(env, "RELAYFLEET_TENANT_MAX_RUNNING",
+                                    Settings.tenant_max_running),
         egress_allow=_egress_allow(env),
     )

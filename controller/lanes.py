@@ -58,6 +58,9 @@ log = logging.getLogger("relayfleet.worker")
 #: makes the transport for one host (tests pass :class:`controller.testing.FakeTransports`)
 TransportFactory = Callable[..., HostTransport]
 
+#: how long a lane that could claim nothing (its tenant at its share) waits to look again
+SHARE_WAIT_S = 2.0
+
 _pool_lock = threading.Lock()
 _pools: dict[int, Any] = {}
 
@@ -73,12 +76,14 @@ def _ssh_pool() -> Any:
         return _pools[pid]
 
 
-def _app_database() -> Database:
+def app_database() -> Database:
+    """The current Flask app's database (in a worker: the app the task runs in)."""
     database: Database = current_app.extensions["relayfleet_db"]
     return database
 
 
-def _app_settings() -> Settings:
+def app_settings() -> Settings:
+    """The current Flask app's settings."""
     settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
     return settings
 
@@ -112,8 +117,8 @@ class Lane:
                  send: Callable[..., None] = dispatch.send) -> None:
         self.job_id = job_id
         self.lane = lane
-        self.db = database or _app_database()
-        self.settings = settings or _app_settings()
+        self.db = database or app_database()
+        self.settings = settings or app_settings()
         self.box = SecretBox(self.settings.secret_key, self.settings.old_secret_keys)
         self.transports = transports
         self.send = send
@@ -136,7 +141,8 @@ class Lane:
         with self.db.transaction() as session:
             return ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
                                 max_failures=plan.options.get("max_failures"),
-                                lease_s=self.settings.lease_s)
+                                lease_s=self.settings.lease_s,
+                                tenant_max_running=self.settings.tenant_max_running)
 
     def _spec(self, host: Any) -> HostSpec:
         open_ = self.box.open
@@ -260,13 +266,17 @@ class Lane:
                              concurrency - self.lane * self.settings.lane_threads,
                              plan.total))
         deadline = time.monotonic() + self.settings.lane_budget_s
+        took: list[int] = []  # units claimed in this run
+        refused: list[bool] = []  # a claim found nothing to take now
 
         def loop() -> None:
             while time.monotonic() < deadline:
                 try:
                     claimed = self.claim(plan)
                     if claimed is None:
+                        refused.append(True)
                         return
+                    took.append(claimed.unit_id)
                     self.run_unit(plan, claimed)
                 except Exception:
                     # The database hiccupped: this thread stops; the lease brings the unit
@@ -285,16 +295,20 @@ class Lane:
         finally:
             stop.set()
             keeper.join()
-        self.hand_over()
+        self.hand_over(idle=bool(refused) and not took)
 
-    def hand_over(self) -> None:
-        """Continue (work left), look again later (others still running), or finish."""
+    def hand_over(self, idle: bool = False) -> None:
+        """Continue (work left), look again later (others still running, or this run could
+        claim nothing: its tenant is at its share), or finish."""
         with self.db.transaction() as session:
             progress = ledger.heartbeat(session, self.job_id)
         if progress is None:
             return
         if progress.tally[UnitState.PENDING] and progress.state in ledger.ACTIVE_JOB_STATES:
-            self.send(dispatch.RUN_LANE, self.job_id, self.lane)
+            # A run that took nothing though hosts wait (its tenant is at its share) looks
+            # again a moment later: no busy loop through the broker.
+            self.send(dispatch.RUN_LANE, self.job_id, self.lane,
+                      countdown=SHARE_WAIT_S if idle else None)
         elif progress.tally[UnitState.RUNNING]:
             # Another lane is still on it, or a dead worker's lease has to run out first.
             wait = (progress.earliest_lease or time.time()) - time.time() + 1

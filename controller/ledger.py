@@ -163,13 +163,25 @@ def start(session: Session, job_id: int) -> Job | None:
     return job
 
 
+def tenant_running(session: Session, job_id: int, now: float) -> int:
+    """Units running now (lease not lapsed) in all jobs of this job's tenant (MSP-wide jobs,
+    tenant ``None``, count as one tenant)."""
+    tenant = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
+    same_tenant = select(Job.id).where(or_(Job.tenant_id == tenant,
+                                           and_(Job.tenant_id.is_(None), tenant.is_(None))))
+    return int(session.scalar(select(func.count()).where(
+        JobHost.status == UnitState.RUNNING.value, JobHost.lease_until >= now,
+        JobHost.job_id.in_(same_tenant))) or 0)
+
+
 def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int | None,
-          lease_s: float = LEASE_S) -> Claim | None:
+          lease_s: float = LEASE_S, tenant_max_running: int | None = None) -> Claim | None:
     """Take the next unit (pending, or running with a lapsed lease) and read its host.
 
     ``None`` when there is nothing to take, or the job may start no more hosts (cancelled,
     or more than ``max_failures`` failed: then its pending units are skipped, and units
-    whose worker died are given up).
+    whose worker died are given up), or nothing *now*: the job's tenant already runs
+    ``tenant_max_running`` units (its fair share; a lane looks again a moment later).
     """
     now = time.time()
     state = session.scalar(select(Job.status).where(Job.id == job_id))
@@ -184,6 +196,9 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
                          max_failures=max_failures)
             abandon_lapsed(session, job_id, now, f"more than {max_failures} hosts failed")
             return None
+    if (tenant_max_running is not None
+            and tenant_running(session, job_id, now) >= tenant_max_running):
+        return None
     candidate = (select(JobHost.id).where(
         JobHost.job_id == job_id,
         or_(JobHost.status == UnitState.PENDING.value,
@@ -283,12 +298,16 @@ def jobs_needing_lanes(session: Session, *, silent_since: float, never_started_s
     one sweep queues one lane for it): a running unit whose lease lapsed (its worker
     died) in a job not heard from for a lease, a running job no lane has been heard from
     since ``silent_since``, or a queued job never started since ``never_started_since``
-    (its first lanes were lost)."""
+    (its first lanes were lost). A cancelled job whose worker died is due one too: its
+    lane gives the lapsed units up and finishes it."""
     now = time.time()
     lapsed = select(JobHost.job_id).where(JobHost.status == UnitState.RUNNING.value,
                                           JobHost.lease_until < now)
     due = list(session.scalars(select(Job.id).where(
-        Job.finished_at.is_(None), Job.status.in_(ACTIVE_JOB_STATES),
+        Job.finished_at.is_(None),
+        # (a cancelled job whose lane was lost waits for a lane to give up its lapsed units)
+        or_(Job.status.in_(ACTIVE_JOB_STATES),
+            and_(Job.status == JobState.CANCELLED.value, Job.id.in_(lapsed))),
         # (a live lane of the job renews its heartbeat and claims lapsed units itself)
         or_(and_(Job.id.in_(lapsed), Job.heartbeat_at < now - lease_s),
             and_(Job.status == JobState.RUNNING.value, Job.heartbeat_at < silent_since),

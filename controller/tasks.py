@@ -13,25 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
-from flask import current_app
 
 from controller import callbacks, dispatch, lanes, ledger
-from controller.config import Settings
-from controller.db import Database
 
 log = logging.getLogger("relayfleet.worker")
 
 _ONCE_AT_LEAST = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
 
 
-def _db() -> Database:
-    database: Database = current_app.extensions["relayfleet_db"]
-    return database
-
-
-def _settings() -> Settings:
-    settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
-    return settings
 
 
 @shared_task(name=dispatch.RUN_LANE, **_ONCE_AT_LEAST)
@@ -44,11 +33,11 @@ def run_lane(job_id: int, lane: int) -> None:
 def sweep() -> None:
     """Periodic (beat): give a lane back to unfinished jobs whose lanes went silent, queue
     callbacks that never reached the queue, and forget expired Idempotency-Keys."""
-    for job_id in lanes.sweep(_db(), _settings()):
+    for job_id in lanes.sweep(lanes.app_database(), lanes.app_settings()):
         log.warning("job %s: no live lane (a worker died or a message was lost); "
                     "queueing one", job_id)
         dispatch.send(dispatch.RUN_LANE, job_id, 0)
-    database = _db()
+    database = lanes.app_database()
 
     def still_not_queued(job_id: int) -> Callable[[], None]:
         def note() -> None:
@@ -71,6 +60,7 @@ def sweep() -> None:
 def send_callback(self: Any, job_id: int) -> None:
     """POST the final job document to its ``callback_url``, signed; retry with backoff."""
     retries = self.request.retries
-    delivered = callbacks.deliver(_db(), _settings(), job_id, attempt=retries + 1)
+    delivered = callbacks.deliver(lanes.app_database(), lanes.app_settings(), job_id,
+                                  attempt=retries + 1)
     if not delivered and retries < callbacks.CALLBACK_RETRIES:
         raise self.retry(countdown=callbacks.retry_delay_s(retries))

@@ -47,6 +47,9 @@ from shared.executor import (
 )
 
 _EXISTS = 45
+# What one command may print per stream (stdout, stderr) before it is cut: the same 16 MiB
+# as an agent's answer (controller/transports.py), far beyond any mc, cf, mailq or log tail.
+MAX_STREAM_BYTES = 16 * 1024 * 1024
 _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (
     paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 
@@ -373,19 +376,28 @@ class SshExecutor(Executor):
         """Read stdout to EOF (blocking, no polling), then stderr; both within the deadline.
 
         stderr waits in paramiko's buffer meanwhile; the channel window (2 MiB) is far
-        beyond what these commands print on stderr.
+        beyond what these commands print on stderr. Each stream keeps at most
+        MAX_STREAM_BYTES: past it the channel is closed and ExecutorError raised, so a
+        hostile or broken host cannot make the worker hold more.
         """
         deadline = None if timeout is None else start + timeout
         out, err = bytearray(), bytearray()
         try:
-            for recv, buffer in ((chan.recv, out), (chan.recv_stderr, err)):
+            for recv, buffer, stream in ((chan.recv, out, "stdout"),
+                                         (chan.recv_stderr, err, "stderr")):
                 while True:
                     if deadline is not None:
                         chan.settimeout(max(0.01, deadline - time.monotonic()))
-                    chunk = recv(65536)
+                    chunk = recv(min(65536, MAX_STREAM_BYTES + 1 - len(buffer)))
                     if not chunk:
                         break
                     buffer.extend(chunk)
+                    if len(buffer) > MAX_STREAM_BYTES:
+                        chan.close()
+                        raise ExecutorError(
+                            f"{self.target.name}: {argv[0]} printed more than "
+                            f"{MAX_STREAM_BYTES // (1024 * 1024)} MiB on {stream}; stopped "
+                            "reading and closed its channel")
             if deadline is not None and not chan.status_event.wait(
                     max(0.01, deadline - time.monotonic())):
                 raise TimeoutError

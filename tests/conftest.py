@@ -173,6 +173,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def memory_controller(migrated_sqlite: Path, tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A controller on a fresh SQLite file and kombu's in-memory broker: accepting a job
+    really queues its lanes, and nothing needs Redis or root."""
+    from tests.controller_client import Controller
+
+    path = tmp_path / "relayfleet.db"
+    shutil.copyfile(migrated_sqlite, path)
+    for key, value in {"RELAYFLEET_DATABASE_URL": f"sqlite:///{path}",
+                       "RELAYFLEET_BROKER_URL": "memory://",
+                       "RELAYFLEET_SECRET_KEY": TEST_SECRET_KEY,
+                       "RELAYFLEET_DATA_DIR": str(tmp_path / "data")}.items():
+        monkeypatch.setenv(key, value)
+    return Controller.create()
+
+
+@pytest.fixture
 def controller_env(database_url: str, redis_server: Any, tmp_path: Path,
                    monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The environment a controller process (API or worker) of this test runs with."""

@@ -73,6 +73,19 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def restart(self, down_s: float = 2.5) -> float:
+        """Stop it as an operator's restart does (``SHUTDOWN SAVE``: the queued messages
+        are written to ``dump.rdb`` first), stay down ``down_s`` seconds, start it again on
+        the same port and directory (it loads the dump). Return the seconds it was down."""
+        went_down = time.monotonic()
+        subprocess.run(["redis-cli", "-p", str(self.port), "SHUTDOWN", "SAVE"], check=False,
+                       capture_output=True)
+        if self.proc is not None:
+            self.proc.wait(10)
+        time.sleep(down_s)
+        self.start()
+        return time.monotonic() - went_down
+
 
 class PostgresServer:
     """A private PostgreSQL cluster (or the one ``RELAYFLEET_TEST_POSTGRES_URL`` names)."""
@@ -124,6 +137,23 @@ class PostgresServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def restart(self, down_s: float = 2.5) -> float:
+        """``pg_ctl stop -m fast`` (clients are disconnected), stay down ``down_s`` seconds,
+        start the same cluster on the same port. Return the seconds it was down."""
+        if self.external:
+            raise RuntimeError("cannot restart an external PostgreSQL server")
+        as_pg = ["runuser", "-u", "postgres", "--", str(self._bindir / "pg_ctl"), "-D",
+                 str(self._data)]
+        went_down = time.monotonic()
+        subprocess.run([*as_pg, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+        time.sleep(down_s)
+        subprocess.run([*as_pg, "-w", "-l", str(self.workdir / "postgres.log"), "-o",
+                        f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off -c max_connections=300", "start"],
+                       check=True, capture_output=True)
+        _wait_tcp(self.port, None, "postgres")
+        return time.monotonic() - went_down
 
     def stop(self) -> None:
         """Stop the private cluster."""

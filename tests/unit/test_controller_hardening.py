@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +15,16 @@ from sqlalchemy import func, select, update
 from controller.db import db
 from controller.models import AuditEvent, Job, Tenant
 from shared.errors import ConfigError
+from tests.conftest import TEST_SECRET_KEY
 from tests.controller_client import Controller
 
-TEST_KEY = "h" * 43 + "="
+TEST_KEY = TEST_SECRET_KEY  # what the memory_controller fixture seals with
 
 
 @pytest.fixture
-def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Controller]:
+def controller(memory_controller: Controller) -> Controller:
     """A controller on a fresh SQLite file and an in-memory broker."""
-    from controller.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'relayfleet.db'}"
-    upgrade(url)
-    for key, value in {"RELAYFLEET_DATABASE_URL": url, "RELAYFLEET_BROKER_URL": "memory://",
-                       "RELAYFLEET_SECRET_KEY": TEST_KEY,
-                       "RELAYFLEET_DATA_DIR": str(tmp_path / "data")}.items():
-        monkeypatch.setenv(key, value)
-    yield Controller.create()
+    return memory_controller
 
 
 def _signed_callback(controller: Controller, job_id: int,

@@ -7,8 +7,6 @@ queues its lanes; the lanes are then run here, in the test, against scripted hos
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,21 +22,11 @@ from shared.errors import HostUnreachable, OperationError
 from shared.results import OperationResult, Step
 from tests.controller_client import Controller
 
-TEST_KEY = "x" * 43 + "="
-
 
 @pytest.fixture
-def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Controller]:
+def controller(memory_controller: Controller) -> Controller:
     """A controller on a fresh SQLite file and an in-memory broker."""
-    from controller.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'relayfleet.db'}"
-    upgrade(url)
-    for key, value in {"RELAYFLEET_DATABASE_URL": url, "RELAYFLEET_BROKER_URL": "memory://",
-                       "RELAYFLEET_SECRET_KEY": TEST_KEY,
-                       "RELAYFLEET_DATA_DIR": str(tmp_path / "data")}.items():
-        monkeypatch.setenv(key, value)
-    yield Controller.create()
+    return memory_controller
 
 
 @pytest.fixture
@@ -285,3 +273,71 @@ def test_the_sweep_gives_a_dead_workers_unit_a_lane_within_a_lease(
     assert again["attempts"] == 2
     owners = {call.lock_owner for call in fake.calls}
     assert f"relayfleet-job-{job}-host-{dead.host_id}-attempt-2" in owners
+
+
+def test_one_tenant_at_its_share_does_not_stop_another_tenants_hosts(
+        controller: Controller) -> None:
+    """Before, a tenant's lanes claimed as many hosts as its jobs' concurrency allowed,
+    however many of the workers' slots that took from the other tenants."""
+    from controller import lanes
+
+    tokens, jobs = {}, {}
+    for name, count in (("Acme", 4), ("Brill", 2)):
+        tenant = controller.tenant(name)
+        site = controller.site(tenant, "Leeds")
+        for n in range(count):
+            controller.host(site, f"{name.lower()}-{n}")
+        tokens[name] = controller.issue("operator", tenant)
+        jobs[name] = controller.start_job(
+            {"action": "collect_status", "target": {"all": True}}, token=tokens[name])
+    msp_job = controller.start_job({"action": "collect_status",
+                                    "target": {"hosts": ["acme-0"]}})
+    with controller.app.app_context():
+        settings = controller.app.config["RELAYFLEET_SETTINGS"].with_overrides(
+            {"tenant_max_running": 2})
+        big = Lane(jobs["Acme"], 0, settings=settings, transports=FakeTransports(),
+                   send=Sent())
+        plan = big.load()
+        assert plan is not None
+        running = [big.claim(plan), big.claim(plan)]  # Acme's hosts at work: its share
+        assert all(claim is not None for claim in running)
+        assert big.claim(plan) is None  # nothing more for Acme now
+        sent = Sent()  # a second lane of Acme's job waits instead of spinning
+        Lane(jobs["Acme"], 1, settings=settings, transports=FakeTransports(),
+             send=sent).run()
+        assert sent.tasks == [(dispatch.RUN_LANE, (jobs["Acme"], 1), lanes.SHARE_WAIT_S)]
+        for job in (jobs["Brill"], msp_job):  # another tenant, and MSP-wide jobs, go on
+            Lane(job, 0, settings=settings, transports=FakeTransports(), send=Sent()).run()
+    for job in (jobs["Brill"], msp_job):
+        assert controller.ok("GET", f"/v1/jobs/{job}")["status"] == "succeeded"
+    assert controller.ok("GET", f"/v1/jobs/{jobs['Acme']}")["counts"]["pending"] == 2
+
+
+def test_the_sweep_finishes_a_cancelled_job_whose_worker_died(
+        controller: Controller, hosts: list[int]) -> None:
+    """Before, the sweeper looked at queued and running jobs only: a job cancelled while a
+    dead worker's host was running stayed unfinished for ever."""
+    from controller.lanes import sweep
+
+    job = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    with controller.app.app_context():
+        settings = controller.app.config["RELAYFLEET_SETTINGS"]
+        lane = Lane(job, 0, transports=FakeTransports(), send=Sent())
+        plan = lane.load()
+        assert plan is not None
+        dead = lane.claim(plan)  # its worker is SIGKILLed, and with it the job's lane
+        assert dead is not None
+    assert controller.ok("POST", f"/v1/jobs/{job}/cancel")["finished_at"] is None
+    with controller.app.app_context():
+        with db.transaction() as session:  # a lease later
+            session.execute(update(JobHost).where(JobHost.id == dead.unit_id)
+                            .values(lease_until=time.time() - 1))
+            session.execute(update(Job).where(Job.id == job)
+                            .values(heartbeat_at=time.time() - ledger.LEASE_S - 1))
+        assert sweep(db, settings) == [job]
+        fake = FakeTransports()
+        Lane(job, 0, transports=fake, send=Sent()).run()
+    doc = controller.ok("GET", f"/v1/jobs/{job}")
+    assert doc["status"] == "cancelled" and doc["finished_at"] and fake.calls == []
+    gone = next(r for r in doc["results"] if r["host_id"] == dead.host_id)
+    assert gone["status"] == "failed" and "cancelled" in gone["error"]
