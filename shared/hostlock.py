@@ -12,7 +12,9 @@ in one of two forms —
   differs) — and the lock is taken over at once: a SIGKILLed agent or a power cut
   mid-change does not block the host.
 
-Anything else (an unnamed holder) is broken only when older than :data:`STALE_LOCK_S`.
+A lock that names nobody for :data:`OWNERLESS_GRACE_S` (its holder was killed between
+making it and naming itself) is taken over too. Anything else (a holder of unknown kind)
+is broken only when older than :data:`STALE_LOCK_S`.
 A holder releases the lock only while it still owns it, so an attempt that was overtaken
 never deletes its successor's lock. The taker then runs its change as usual; the change
 converges from whatever files it finds (a change cut between its swap and its restart is
@@ -38,6 +40,9 @@ log = logging.getLogger("relayfleet.lock")
 LOCK_NAME = ".relayfleet.lock"
 #: an unnamed lock older than this is left over from a crash and may be broken
 STALE_LOCK_S = 1800
+#: a holder names itself right after making the lock: a lock still naming nobody after this
+#: long was left by a holder killed in between
+OWNERLESS_GRACE_S = 5
 _JOB_OWNER = re.compile(r"(relayfleet-job-\d+-host-\d+)(?:-attempt-(\d+))?")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -116,6 +121,11 @@ class HostLock:
             return
         held, since = self._held_by()
         why = holder_gone(self.executor, held, self.owner) if held else None
+        if why is None and not held:
+            info = self.executor.file_info(self.path)
+            if info is not None and time.time() - info.mtime > OWNERLESS_GRACE_S:
+                why = (f"it has named no holder for over {OWNERLESS_GRACE_S} s (its holder "
+                       "was stopped while taking it)")
         if why is None and since and time.time() - since > STALE_LOCK_S:
             why = f"it is older than {STALE_LOCK_S // 60} minutes"
         if why is None:

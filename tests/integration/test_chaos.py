@@ -132,3 +132,30 @@ def test_api_sigkilled_mid_post_jobs_makes_one_job_per_idempotency_key(
     assert report.jobs_per_key and set(report.jobs_per_key.values()) == {1}
     assert report.stray_jobs == 0
     assert not report.odd_answers
+
+
+@pytest.mark.lab
+def test_agent_sigkilled_50_times_mid_change_never_tears_a_config(lab: Lab) -> None:
+    """The agent killed at random points of PUT /v1/smarthost: sendmail.cf is always the
+    old or the new one whole, status tells the truth after each restart, and a dead
+    agent's change lock never blocks the host past the grace of a lock naming nobody."""
+    import secrets
+
+    from tests.lab.chaos import kill_agent_during_changes
+
+    host = lab.add_host("akill", "debian")
+    try:
+        token = secrets.token_urlsafe(24)
+        url = host.start_agent(token, tls=True)
+        report = kill_agent_during_changes(
+            host, token, url, [f"[{lab.smarthost.address}]", "smarthost.lab.test"],
+            kills=50, max_rounds=150)
+        host.stop_agent()
+        print("\n".join(report.lines()))
+        assert report.kills >= 50
+        assert report.torn_configs == 0
+        assert report.lies == 0 and report.named_mc_not_cf == 0
+        assert report.refused_after_kill == 0, report.details
+        assert not (host.mail_dir / ".relayfleet.lock").exists()
+    finally:
+        host.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -110,3 +111,16 @@ def test_a_retried_job_attempt_takes_over_and_converges() -> None:
     result = ops.set_smarthost(parse_smarthost_request({"host": "relay.example.net"}))
     assert result.ok and result.changed, result.error
     assert not host.exists(LOCK)  # type: ignore[attr-defined]
+
+
+def test_a_lock_whose_holder_died_before_naming_itself_is_taken_over(tmp_path: Path) -> None:
+    """Killed between mkdir and writing its name, a holder left an empty lock that blocked
+    the host for ever (found by the agent-kill chaos driver)."""
+    lock_dir = tmp_path / LOCK_NAME
+    lock_dir.mkdir()
+    with pytest.raises(ChangeInProgress), HostLock(LocalExecutor(), str(tmp_path)).held():
+        pass  # just made: its holder may be writing its name right now
+    old = time.time() - 60
+    os.utime(lock_dir, (old, old))
+    with HostLock(LocalExecutor(), str(tmp_path)).held():
+        assert (lock_dir / "owner").read_text() == process_owner(LocalExecutor())
