@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 packages=(sendmail-bin sendmail-cf m4 make openssh-server iproute2 dnsmasq-base redis-server
-          postgresql sensible-mda procmail sudo procps curl python3-venv)
+          postgresql sensible-mda procmail sudo procps curl python3-venv openssl)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
