@@ -18,8 +18,8 @@ from shared.errors import ConfigError
 from shared.profile import HostProfile, build_profile
 
 DEFAULT_LISTEN = "0.0.0.0:8587"
-_KEYS = {"listen", "token_file", "token_sha256", "tls_cert", "tls_key", "insecure_http",
-         "mta", "log_level"}
+_KEYS = {"listen", "token_file", "token_sha256", "tls_cert", "tls_key", "plain_http",
+         "insecure_http", "mta", "log_level"}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -132,9 +132,10 @@ def load_config(path: str | Path, listen: str | None = None) -> AgentConfig:
     for item in (tls_cert, tls_key):
         if item and not os.path.exists(item):
             raise ConfigError(f"{item} does not exist")
-    insecure_http = data.get("insecure_http", False)
+    # ``plain_http`` is the contract's name (SPEC); ``insecure_http`` is accepted as well.
+    insecure_http = data.get("plain_http", data.get("insecure_http", False))
     if not isinstance(insecure_http, bool):
-        raise ConfigError("insecure_http must be true or false")
+        raise ConfigError("plain_http must be true or false")
     mta = dict(data.get("mta", {}))
     if not isinstance(data.get("mta", {}), dict):
         raise ConfigError("[mta] must be a table")

@@ -78,3 +78,12 @@ def test_check_command(tmp_path: Path, token_file: Path) -> None:
                           str(tmp_path / "missing.toml")], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 2 and "cannot read" in bad.stderr
+
+
+def test_plain_http_is_the_contracts_name_for_serving_without_tls(
+        tmp_path: Path, token_file: Path) -> None:
+    body = f'listen = "0.0.0.0:8587"\ntoken_file = "{token_file}"\n'
+    assert load_config(write(tmp_path, body + "plain_http = true\n")).insecure_http
+    assert load_config(write(tmp_path, body + "insecure_http = true\n")).insecure_http
+    with pytest.raises(ConfigError, match="plain_http"):
+        load_config(write(tmp_path, body + 'plain_http = "yes"\n'))
