@@ -1,0 +1,423 @@
+"""The safe-change machinery every MTA's operations share.
+
+A smarthost change is the same transaction whatever the MTA: under the host's change
+lock, plan the new files, show their diff (and stop there on a dry run), build them
+beside the live ones, validate, back the live ones up, swap them in with renames, make
+the MTA take them (sendmail: make + restart; Postfix: reload), verify, and on any failure
+after the swap put every file back byte for byte and bring the MTA back up. What differs
+per MTA — which files, how they are built, validated, activated and verified — is in the
+hooks :class:`ConfigChangeOperations` leaves abstract.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import posixpath
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from shared.errors import (
+    CommandTimeout,
+    ConfigError,
+    ExecutorError,
+    HostUnreachable,
+    OperationError,
+    RelayfleetError,
+)
+from shared.executor import MISSING_CODE, CommandResult, FileMissing
+from shared.hostlock import HostLock
+from shared.mta import MtaOperations
+from shared.profile import is_under
+from shared.results import OperationResult, Redactor, StepRecorder
+
+BACKUP_DIR = ".relayfleet-backup"
+BACKUPS_KEPT = 5
+#: why a file that is not there cannot be read, in an error message
+NO_SUCH_FILE = "no such file"
+
+ChangeT = TypeVar("ChangeT")
+WantedT = TypeVar("WantedT")
+
+
+@dataclass
+class RollbackReport:
+    """What a rollback did: the state the host is in afterwards, exactly."""
+
+    #: files put back byte-identical to the backup (or removed, when the backup had none)
+    restored: list[str] = field(default_factory=list)
+    #: files left as the failed change made them: path -> why
+    not_restored: dict[str, str] = field(default_factory=dict)
+    #: rebuild and restart failures after the files were put back
+    problems: list[str] = field(default_factory=list)
+    #: whether the MTA runs afterwards (None: not known)
+    mta_running: bool | None = None
+    #: the host was lost: nothing after that was tried
+    unreachable: bool = False
+
+    @property
+    def files_back(self) -> bool:
+        """Every file is as it was before the change."""
+        return not self.not_restored
+
+    def to_data(self) -> dict[str, Any]:
+        """The answer's fields for it."""
+        return {"mta_running": self.mta_running, "restored": list(self.restored),
+                "not_restored": sorted(self.not_restored)}
+
+
+class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
+    """An MTA whose smarthost lives in files: the change transaction, backups, rollback.
+
+    ``ChangeT`` is what a plan computes (old and new file contents); ``WantedT`` what the
+    running configuration must say afterwards (checked by :meth:`_activate_verify`).
+    """
+
+    #: the MTA's name in messages ("sendmail", "Postfix")
+    label: str
+    #: what rebuilds compiled files from sources after a rollback ("make"), for messages
+    rebuild_label: str = "rebuild"
+    #: profile keys a change reads or writes, confined before it starts
+    change_files: tuple[str, ...]
+
+    # -- hooks ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _managed_files(self) -> list[str]:
+        """Absolute paths a change may rewrite: backed up before, restored on failure."""
+
+    @abc.abstractmethod
+    def _current_smarthost(self) -> tuple[dict[str, Any], list[ConfigError]]:
+        """The smarthost facts as far as the files can be read, and what could not be."""
+
+    @abc.abstractmethod
+    def _describe(self, change: ChangeT, result: OperationResult, wanted: WantedT | None) -> None:
+        """Put the diff in ``result`` and set ``result.changed``."""
+
+    @abc.abstractmethod
+    def _apply(self, change: ChangeT, rec: StepRecorder, result: OperationResult,
+               wanted: WantedT | None) -> None:
+        """Build, validate, back up, swap, activate and verify (rolling back on failure)."""
+
+    @abc.abstractmethod
+    def _activate_verify(self, rec: StepRecorder, wanted: WantedT | None) -> None:
+        """Make the MTA run the installed files and check that it does."""
+
+    @abc.abstractmethod
+    def _mta_running(self) -> tuple[bool, int | None]:
+        """Whether the MTA runs, and its pid when known (one round trip)."""
+
+    @abc.abstractmethod
+    def _restart(self, rec: StepRecorder) -> None:
+        """Make the MTA (re)load its configuration, starting it if it is down."""
+
+    @abc.abstractmethod
+    def _rebuild(self, rec: StepRecorder, undo: RollbackReport) -> None:
+        """After a rollback put the files back: rebuild what is compiled from them."""
+
+    @abc.abstractmethod
+    def _running_stale(self) -> bool:
+        """The MTA runs but started before the installed configuration was written."""
+
+    @abc.abstractmethod
+    def _finish_by_hand(self) -> str:
+        """What a person runs to make the MTA take restored files (for messages)."""
+
+    @abc.abstractmethod
+    def _start_by_hand(self) -> str:
+        """How a person starts the MTA (for messages)."""
+
+    # -- the transaction --------------------------------------------------------------
+    def _change(self, name: str, plan: Callable[[StepRecorder], ChangeT], dry_run: bool,
+                redactor: Redactor, wanted: WantedT | None) -> OperationResult:
+        rec = StepRecorder(self.executor, redactor)
+        result = OperationResult(name, steps=rec.steps)
+        try:
+            self._confine(*self.change_files)
+            if dry_run:
+                change = plan(rec)
+                self._describe(change, result, wanted)
+                result.data["dry_run"] = True
+                return result
+            with self._change_lock():
+                change = plan(rec)
+                self._describe(change, result, wanted)
+                if result.changed:
+                    self._apply(change, rec, result, wanted)
+                else:
+                    rec.note("compare", "configuration already as requested; no file touched")
+                    self._ensure_running(rec, result, wanted)
+        except RelayfleetError as exc:
+            fail(result, exc, redact=redactor)
+        # Done, refused or rolled back: the answer says what the files say now. Reading them
+        # must not fail the answer (a missing file is reported, not raised).
+        state, problems = self._current_smarthost()
+        result.data.update(state)
+        if result.ok:
+            fail(result, *problems)
+        return result
+
+    def _ensure_running(self, rec: StepRecorder, result: OperationResult,
+                        wanted: WantedT | None) -> None:
+        """Finish a change that was interrupted between its swap and its activation (and is
+        now retried): activate if the MTA is down, or if it runs an older configuration."""
+        running, _pid = self._mta_running()
+        if not running:
+            result.data["note"] = "the configuration was in place but the MTA was not running"
+        elif self._running_stale():
+            result.data["note"] = (f"{self.label} was started before the current configuration "
+                                   "was installed; restarted so that it runs it")
+        else:
+            return
+        self._activate_verify(rec, wanted)
+
+    def _run_swapped(self, rec: StepRecorder, result: OperationResult, backup: str,
+                     swap: Callable[[], None], wanted: WantedT | None) -> None:
+        """Swap the new files in and activate them; on failure roll back and raise."""
+        try:
+            swap()
+            self._activate_verify(rec, wanted)
+            result.data["mta_running"] = True  # verified above
+        except RelayfleetError as exc:
+            undo = self._rollback(rec, backup)
+            result.rolled_back = undo.files_back
+            result.data.update(undo.to_data())
+            raise OperationError(f"{exc.message}; {self._rollback_summary(undo, backup)}"
+                                 ) from exc
+
+    # -- files ------------------------------------------------------------------------
+    def _change_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the host-wide change lock (see :mod:`shared.hostlock`) under ``lock_owner``."""
+        return HostLock(self.executor, self.profile.home, self.lock_owner).held()
+
+    def _confine(self, *keys: str) -> None:
+        """Refuse (ConfigError) when a profile file's real path leaves its root, e.g. a
+        symbolic link out of the configuration directory, or when two of them are one file.
+
+        The profile's paths are checked as written when it is built; this checks what they
+        are on the host, in one round trip, before an operation reads or writes them.
+        """
+        confined = self.profile.confined_paths()
+        wanted = {key: confined[key] for key in keys}
+        names = sorted({path for path, _ in wanted.values()}
+                       | {root for _, roots in wanted.values() for root in roots})
+        real = dict(zip(names, self.executor.real_paths(names), strict=True))
+        seen: dict[str, str] = {}
+        for key, (path, roots) in wanted.items():
+            if not any(is_under(real[path], real[root]) for root in roots):
+                raise ConfigError(
+                    f"mta.{key}: {path} leads to {real[path]}, outside {' or '.join(roots)}: "
+                    "relayfleet does not follow links out of where a file belongs; fix the "
+                    "link on the host or the profile")
+            if key in self.profile.layout.distinct:
+                if real[path] in seen:
+                    raise ConfigError(f"mta.{key}: {path} is the same file as "
+                                      f"mta.{seen[real[path]]} ({real[path]}) on the host: "
+                                      "fix the link on the host or the profile")
+                seen[real[path]] = key
+
+    def _unreadable_todo(self, path: str) -> str:
+        """What to do about a configuration file that cannot be read."""
+        backups = posixpath.join(self.profile.home, BACKUP_DIR)
+        return (f"restore it (relayfleet keeps copies in {backups}), or check the profile's "
+                "paths")
+
+    def _read_config_file(self, path: str) -> str:
+        """A configuration file; ConfigError (which, why, what to do) if absent or unreadable."""
+        try:
+            return self.executor.read_text(path)
+        except FileMissing:
+            raise ConfigError(f"cannot read {path}: {NO_SUCH_FILE}: "
+                              f"{self._unreadable_todo(path)}") from None
+        except (HostUnreachable, CommandTimeout):
+            raise  # about reaching the host, not about the file
+        except ExecutorError as exc:
+            # Executors say "cannot read PATH: why"; the path is in our message already.
+            why = exc.message.removeprefix(f"cannot read {path}: ")
+            raise ConfigError(f"cannot read {path}: {why}: {self._unreadable_todo(path)}"
+                              ) from exc
+
+    def _write_like(self, reference: str, path: str, data: bytes) -> None:
+        """Write ``path`` with the mode and owner of ``reference``."""
+        info = self.executor.file_info(reference)
+        self.executor.write_file(path, data, mode=0o600)
+        if info is not None:
+            self.executor.set_owner_mode(path, mode=info.mode, uid=info.uid, gid=info.gid)
+        else:
+            self.executor.set_owner_mode(path, mode=0o644, uid=-1, gid=-1)
+
+    def _backup(self, rec: StepRecorder) -> str:
+        """Copy every managed file that exists into a fresh dated backup directory."""
+        ex = self.executor
+        root = posixpath.join(self.profile.home, BACKUP_DIR)
+        ex.make_dir(root, mode=0o700)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = posixpath.join(root, stamp)
+        ex.make_dir(target, mode=0o700)
+        for path in self._managed_files():
+            if ex.exists(path):
+                ex.copy_file(path, posixpath.join(target, posixpath.basename(path)))
+        for old in ex.list_dir(root)[:-BACKUPS_KEPT]:
+            ex.remove_dir(posixpath.join(root, old))
+        rec.note("backup", target)
+        return target
+
+    # -- rollback -----------------------------------------------------------------------
+    def _rollback(self, rec: StepRecorder, backup: str) -> RollbackReport:
+        """Put the backed-up files back, rebuild, restart (once more if that fails), and say
+        exactly what that left: which files are byte-identical to the backup, what failed,
+        whether the MTA runs. Never raises: what went wrong here is part of the answer."""
+        ex = self.executor
+        started = time.monotonic()
+        undo = RollbackReport()
+        files = self._managed_files()
+        saved: set[str] = set()
+        try:
+            saved.update(ex.list_dir(backup))
+        except RelayfleetError as exc:
+            undo.not_restored = {p: f"cannot list {backup}: {exc.message}" for p in files}
+            undo.unreachable = isinstance(exc, HostUnreachable)
+        for path in files if undo.files_back else []:
+            name = posixpath.basename(path)
+            try:
+                self._restore(path, posixpath.join(backup, name) if name in saved else None)
+                undo.restored.append(path)
+            except HostUnreachable as exc:  # the rest cannot be done either
+                undo.unreachable = True
+                undo.not_restored.update({p: exc.message for p in files[files.index(path):]})
+                break
+            except RelayfleetError as exc:
+                undo.not_restored[path] = exc.message
+        detail = f"restored {', '.join(undo.restored) or 'nothing'} from {backup}" + "".join(
+            f"; could not restore {p}: {why}" for p, why in undo.not_restored.items())
+        rec.note("rollback", detail, ok=undo.files_back, started=started)
+        if undo.unreachable:
+            return undo
+        if not undo.files_back:
+            # A rebuild would compile whatever half is there: leave the files as the answer
+            # lists them, for a person to finish from the backup.
+            undo.problems.append(f"{self.rebuild_label} and restart were not run over the "
+                                 "half-restored files")
+            undo.mta_running = self._running_or_none(wait=False)
+            return undo
+        self._rebuild(rec, undo)
+        undo.mta_running = self._restart_checked(rec, undo)
+        return undo
+
+    def _restore(self, path: str, source: str | None) -> None:
+        """Put ``source`` back at ``path`` (None: the file was not there; remove it), and
+        check it is byte-identical to the backup."""
+        ex = self.executor
+        if source is None:
+            ex.remove(path)
+            if ex.exists(path):
+                raise OperationError(f"{path} is still there after removing it")
+            return
+        tmp = ex.temp_path_for(path, "restore")
+        try:
+            ex.copy_file(source, tmp)
+            ex.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(ExecutorError):
+                ex.remove(tmp)
+            raise
+        if ex.read_file(path) != ex.read_file(source):
+            raise OperationError(f"{path} differs from its backup {source} after the copy")
+
+    def _restart_checked(self, rec: StepRecorder, undo: RollbackReport) -> bool | None:
+        """Restart after a rollback, once more if the restart fails or the MTA does not
+        come up; True/False: whether it runs, None: it could not be checked."""
+        why = ""
+        running: bool | None = None
+        for _attempt in range(2):
+            try:
+                self._restart(rec)
+            except RelayfleetError as exc:
+                why = exc.message
+                running = self._running_or_none(wait=False)
+                continue
+            running = self._running_or_none(wait=True)
+            if running:
+                return True
+            why = "the MTA was not running after the restart"
+        undo.problems.append(f"restart failed twice: {why}")
+        return running
+
+    def _running_or_none(self, *, wait: bool) -> bool | None:
+        """Whether the MTA runs (``wait``: give a fresh restart time); None if unknown."""
+        try:
+            return (self._wait_running() if wait else self._mta_running())[0]
+        except RelayfleetError:
+            return None
+
+    def _wait_running(self, wait_s: float = 10.0) -> tuple[bool, int | None]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            running, pid = self._mta_running()
+            if running or time.monotonic() > deadline:
+                return running, pid
+            time.sleep(0.2)
+
+    def _rollback_summary(self, undo: RollbackReport, backup: str) -> str:
+        """What a rollback left, in words, and what to do about it."""
+        label = self.label
+        if undo.files_back and not undo.problems and undo.mta_running:
+            return f"the previous configuration was restored and {label} runs it"
+        if undo.files_back:
+            said = "the previous configuration files were restored byte for byte"
+        else:
+            said = ("rolling back failed: " + "; ".join(
+                f"{p} not restored ({why})" for p, why in undo.not_restored.items())
+                + f". Restore those files from {backup} by hand (cp -p), "
+                + self._finish_by_hand())
+        said += "".join(f"; {problem}" for problem in undo.problems)
+        if undo.unreachable:
+            return f"{said}; the host could not be reached to finish: check it by hand"
+        if undo.mta_running is False:
+            said += (f"; {label} is NOT running: fix the cause and start it "
+                     f"({self._start_by_hand()})")
+        elif undo.mta_running is None:
+            said += f"; whether {label} runs could not be checked"
+        elif undo.problems:
+            said += (f"; {label} is running, maybe with the configuration it had before "
+                     f"({self._finish_by_hand()} to be sure)")
+        return said
+
+
+def fail(result: OperationResult, *problems: RelayfleetError,
+         redact: Callable[[str], str] = str) -> None:
+    """Mark ``result`` failed by ``problems`` (the first gives the kind); none: no change."""
+    if problems:
+        result.ok, result.error_kind = False, problems[0].kind
+        result.error = redact("; ".join(p.message for p in problems))
+
+
+def read_failure(path: str, read: CommandResult) -> str:
+    """Why a batched :func:`read_command` of ``path`` failed, in words."""
+    if read.exit_code == MISSING_CODE:
+        return NO_SUCH_FILE  # the read script prints nothing for a missing file
+    # cat names the path, which the message names already
+    return (read.output_text().strip().removeprefix(f"cat: {path}: ")[:200]
+            or f"exit {read.exit_code}")
+
+
+def age_s(queued_at: str | None, now: datetime) -> int | None:
+    """Seconds since an ISO-8601 queue time (naive times are taken as UTC)."""
+    if not queued_at:
+        return None
+    try:
+        when = datetime.fromisoformat(queued_at)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0, int((now - when).total_seconds()))
+
+
+def oldest_age_s(queued: Sequence[str | None], now: datetime | None = None) -> int | None:
+    """The age of the oldest of these queue times, in seconds (None when none is known)."""
+    moment = now or datetime.now(UTC)
+    ages = [a for a in (age_s(q, moment) for q in queued) if a is not None]
+    return max(ages, default=None)
