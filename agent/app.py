@@ -20,7 +20,7 @@ from flask import Flask, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, MtaUndetected, ProfileResolver
 from shared import __version__
 from shared import errors as rf_errors
 from shared import schemas as s
@@ -34,7 +34,9 @@ log = logging.getLogger("relayfleet.agent")
 OPEN_PATHS = frozenset({"/v1/health"})
 MAX_BODY = 64 * 1024
 
+#: first match wins: MtaUndetected before its base NotSupported
 _STATUS_FOR = {
+    MtaUndetected: 503,
     rf_errors.ValidationError: 422,
     rf_errors.ChangeInProgress: 409,
     rf_errors.NotSupported: 501,
@@ -51,9 +53,9 @@ blp = Blueprint("agent", __name__, url_prefix="/v1",
 
 
 def _ops() -> MtaOperations:
-    config: AgentConfig = g.config
+    profiles: ProfileResolver = g.profiles
     make_executor: Callable[[], Executor] = g.make_executor
-    return operations_for(make_executor(), config.profile)
+    return operations_for(make_executor(), profiles.profile())
 
 
 def _one_change_at_a_time(run: Callable[[], OperationResult]) -> OperationResult:
@@ -183,7 +185,12 @@ class Diagnose(MethodView):
 def create_app(config: AgentConfig, *,
                executor_factory: Callable[[], Executor] = LocalExecutor) -> Flask:
     """Build the agent's Flask app for ``config``; operations run through executors made
-    by ``executor_factory`` (this machine; tests pass :class:`shared.testing.FakeExecutor`)."""
+    by ``executor_factory`` (this machine; tests pass :class:`shared.testing.FakeExecutor`).
+
+    The app's :class:`~agent.config.ProfileResolver` (``app.extensions["relayfleet_profiles"]``)
+    makes the host profile once; with ``[mta] kind = "auto"`` it detects the MTA at first use
+    through the same executors, and until it can, operations answer 503 saying what to fix.
+    """
     app = Flask("relayfleet.agent")
     app.config.update(
         API_TITLE="relayfleet agent", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
@@ -202,12 +209,15 @@ def create_app(config: AgentConfig, *,
     if missing:
         raise RuntimeError(f"no agent route for {', '.join(missing)}")
     change_lock = threading.Lock()
+    profiles = ProfileResolver(config.mta, executor_factory)
+    app.extensions["relayfleet_profiles"] = profiles
 
     @app.before_request
     def authenticate() -> None:
         g.started = time.monotonic()
         g.config = config
         g.change_lock = change_lock
+        g.profiles = profiles
         g.make_executor = executor_factory
         if request.path in OPEN_PATHS:
             return

@@ -10,8 +10,9 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, MtaUndetected, ProfileResolver, load_config
 from shared.errors import ConfigError
+from shared.executor import LocalExecutor
 
 DEFAULT_CONFIG = "/etc/relayfleet/agent.toml"
 
@@ -27,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     serve.add_argument("--listen", metavar="ADDR:PORT", help="override the config's listen")
     serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
-    check = sub.add_parser("check", help="validate the config, print the resolved profile "
-                                         "and the TLS certificate's SHA-256 fingerprint")
+    check = sub.add_parser("check", help="validate the config, print the MTA kind configured "
+                                         "and detected, the resolved profile and the TLS "
+                                         "certificate's SHA-256 fingerprint")
     check.add_argument("--config", default=DEFAULT_CONFIG, help=f"(default {DEFAULT_CONFIG})")
     return parser
 
@@ -39,7 +41,8 @@ def serve(config: AgentConfig, threads: int) -> None:
 
     from agent.app import create_app
 
-    server = wsgi.Server((config.listen_host, config.listen_port), create_app(config),
+    app = create_app(config)
+    server = wsgi.Server((config.listen_host, config.listen_port), app,
                          numthreads=threads, server_name="relayfleet-agent")
     if config.tls_cert and config.tls_key:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -53,12 +56,46 @@ def serve(config: AgentConfig, threads: int) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     scheme = "https" if config.tls_cert else "http"
-    logging.getLogger("relayfleet.agent").info(
-        "listening on %s://%s:%s", scheme, config.listen_host, config.listen_port)
+    log = logging.getLogger("relayfleet.agent")
+    _resolve_profile(app.extensions["relayfleet_profiles"], log)
+    log.info("listening on %s://%s:%s", scheme, config.listen_host, config.listen_port)
     try:
         server.start()
     finally:
         server.stop()
+
+
+def _resolve_profile(profiles: ProfileResolver, log: logging.Logger) -> None:
+    """Resolve the host profile before serving (``auto`` detects the MTA now); the agent
+    serves even when detection fails: operations then answer 503 saying what to fix."""
+    try:
+        profile = profiles.profile()
+    except MtaUndetected as exc:
+        log.warning("%s", exc.message)
+        return
+    log.info("MTA: %s (%s)%s", profile.kind, profile.flavour,
+             ", detected" if profiles.settings.auto else "")
+
+
+def _check(config: AgentConfig, refusal: str | None) -> None:
+    """``relayfleet-agent check``: the resolved configuration on stdout (JSON), warnings
+    and the certificate fingerprint on stderr."""
+    description = config.describe(LocalExecutor)
+    print(json.dumps(description, indent=2))
+    kinds = description["mta_kind"]
+    print(f"mta kind: configured {kinds['configured']}, detected "
+          f"{kinds['detected'] or 'nothing'}, using {kinds['resolved'] or 'nothing yet'}",
+          file=sys.stderr)
+    if kinds.get("detection_error") and config.mta.auto:
+        print(f"relayfleet-agent: warning: {kinds['detection_error']}", file=sys.stderr)
+    elif kinds["detected"] not in (None, kinds["resolved"]):
+        print(f"relayfleet-agent: warning: this host runs {kinds['detected']}, but agent.toml "
+              f"says [mta] kind = \"{kinds['configured']}\"", file=sys.stderr)
+    if description["tls_fingerprint"]:
+        # What the controller pins: agent.tls_fingerprint of this host.
+        print(f"certificate fingerprint: {description['tls_fingerprint']}", file=sys.stderr)
+    if refusal:
+        print(f"relayfleet-agent: warning: serve will refuse this: {refusal}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -71,15 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     refusal = config.refusal_to_serve()
     if args.command == "check":
-        description = config.describe()
-        print(json.dumps(description, indent=2))
-        if description["tls_fingerprint"]:
-            # What the controller pins: agent.tls_fingerprint of this host.
-            print(f"certificate fingerprint: {description['tls_fingerprint']}",
-                  file=sys.stderr)
-        if refusal:
-            print(f"relayfleet-agent: warning: serve will refuse this: {refusal}",
-                  file=sys.stderr)
+        _check(config, refusal)
         return
     if refusal:
         print(f"relayfleet-agent: {refusal}", file=sys.stderr)

@@ -5,32 +5,123 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import re
 import ssl
 import stat
+import threading
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError
-from shared.profile import HostProfile, build_profile
+from shared.errors import ConfigError, ExecutorError, NotSupported
+from shared.executor import Executor, LocalExecutor
+from shared.mta import detect_kind
+from shared.mta_kind import resolve_profile
+from shared.profile import AUTO_KIND, HostProfile, check_settings
 
 DEFAULT_LISTEN = "0.0.0.0:8587"
 _KEYS = {"listen", "token_file", "token_sha256", "tls_cert", "tls_key", "plain_http",
          "insecure_http", "mta", "log_level"}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+#: ``[mta] kind`` when agent.toml does not say (what agents before Postfix support ran)
+DEFAULT_MTA_KIND = "sendmail"
+log = logging.getLogger("relayfleet.agent")
+
+
+class MtaUndetected(NotSupported):
+    """``[mta] kind = "auto"`` and this host's MTA could not be told (the agent answers 503)."""
+
+    kind = "mta_undetected"
+
+
+@dataclass(frozen=True)
+class MtaSettings:
+    """agent.toml's ``[mta]`` table: the kind (``sendmail``, ``postfix`` or ``auto``), the
+    flavour and the profile overrides, checked when made (``auto``: against every kind)."""
+
+    kind: str = DEFAULT_MTA_KIND
+    flavour: str = "debian"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse bad settings (a ProfileError names the key)."""
+        check_settings(self.kind, self.flavour, self.overrides)
+
+    @property
+    def auto(self) -> bool:
+        """Whether the kind is detected on the host rather than configured."""
+        return self.kind == AUTO_KIND
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as agent.toml says them (argv tuples as lists)."""
+        return {"kind": self.kind, "flavour": self.flavour,
+                **{key: list(value) if isinstance(value, tuple) else value
+                   for key, value in self.overrides.items()}}
+
+
+class ProfileResolver:
+    """The one place the agent turns its ``[mta]`` settings into a host profile.
+
+    A configured kind gives its profile at once. ``auto`` detects the running MTA at
+    first use (:func:`shared.mta.detect_kind`, one shell command through the agent's
+    executor) and keeps the answer; concurrent first uses detect once. A failed detection
+    is not kept: the next use tries again (the MTA may have been started meanwhile).
+    """
+
+    def __init__(self, settings: MtaSettings,
+                 executor_factory: Callable[[], Executor] = LocalExecutor) -> None:
+        self.settings = settings
+        self._executor_factory = executor_factory
+        self._lock = threading.Lock()
+        self._profile = None if settings.auto else self._resolve()
+        #: the kind the last detection found (None until one has)
+        self.detected: str | None = None
+
+    def profile(self) -> HostProfile:
+        """The host profile; MtaUndetected, saying what to fix, when ``auto`` cannot tell."""
+        profile = self._profile
+        if profile is not None:
+            return profile
+        with self._lock:
+            if self._profile is None:
+                self._profile = self._resolve()
+                log.info("[mta] kind = \"auto\": this host runs %s", self._profile.kind)
+            return self._profile
+
+    def _resolve(self) -> HostProfile:
+        settings = self.settings
+        return resolve_profile(settings.kind, settings.flavour, settings.overrides,
+                               lambda: self.detected or self.detect())
+
+    def detect(self) -> str:
+        """Which MTA this host runs, asked now and kept in ``detected`` (MtaUndetected when
+        that cannot be told)."""
+        try:
+            kind = detect_kind(self._executor_factory())
+        except (NotSupported, ExecutorError) as exc:
+            reason = (exc.message if isinstance(exc, NotSupported)
+                      else f"cannot tell which MTA this host runs: {exc.message}")
+            fix = ("; agent.toml's [mta] kind is \"auto\": set it to \"sendmail\" or "
+                   "\"postfix\", or start the MTA (the agent detects it again on its next "
+                   "request)") if self.settings.auto else ""
+            raise MtaUndetected(reason + fix) from None
+        self.detected = kind
+        return kind
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """What the agent needs: where to listen, the token's hash, TLS, and the host profile."""
+    """What the agent needs: where to listen, the token's hash, TLS, and the ``[mta]``
+    settings (:class:`ProfileResolver` makes the host profile of them)."""
 
     listen_host: str
     listen_port: int
     token_sha256: str
-    profile: HostProfile
+    mta: MtaSettings
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: str = "INFO"
@@ -57,12 +148,36 @@ class AgentConfig:
                 "makes a self-signed pair), listen on loopback only, or say "
                 "insecure_http = true")
 
-    def describe(self) -> dict[str, Any]:
-        """The resolved configuration without the token (for ``relayfleet-agent check``)."""
-        return {"listen": f"{self.listen_host}:{self.listen_port}",
-                "tls": bool(self.tls_cert), "tls_fingerprint": self.tls_fingerprint(),
-                "insecure_http": self.insecure_http, "log_level": self.log_level,
-                "mta": self.profile.to_dict()}
+    def describe(self, executor_factory: Callable[[], Executor] | None = None
+                 ) -> dict[str, Any]:
+        """The resolved configuration without the token (for ``relayfleet-agent check``).
+
+        With an ``executor_factory`` the host is asked which MTA it runs: ``mta_kind`` says
+        the configured kind, the detected one (or why there is none) and the kind the
+        agent drives; ``mta`` is the resolved profile (the settings, when ``auto`` could
+        not tell).
+        """
+        described = {"listen": f"{self.listen_host}:{self.listen_port}",
+                     "tls": bool(self.tls_cert), "tls_fingerprint": self.tls_fingerprint(),
+                     "insecure_http": self.insecure_http, "log_level": self.log_level}
+        return {**described, **describe_mta(self.mta, executor_factory)}
+
+
+def describe_mta(settings: MtaSettings,
+                 executor_factory: Callable[[], Executor] | None) -> dict[str, Any]:
+    """The ``mta_kind`` and ``mta`` parts of :meth:`AgentConfig.describe`."""
+    resolver = ProfileResolver(settings, executor_factory or LocalExecutor)
+    kinds: dict[str, Any] = {"configured": settings.kind}
+    if executor_factory is not None:
+        try:
+            resolver.detect()
+        except MtaUndetected as exc:
+            kinds["detection_error"] = exc.message
+    kinds["detected"] = resolver.detected
+    if settings.auto and resolver.detected is None:
+        return {"mta_kind": {**kinds, "resolved": None}, "mta": settings.to_dict()}
+    profile = resolver.profile()
+    return {"mta_kind": {**kinds, "resolved": profile.kind}, "mta": profile.to_dict()}
 
 
 def certificate_fingerprint(pem: str) -> str:
@@ -136,15 +251,15 @@ def load_config(path: str | Path, listen: str | None = None) -> AgentConfig:
     insecure_http = data.get("plain_http", data.get("insecure_http", False))
     if not isinstance(insecure_http, bool):
         raise ConfigError("plain_http must be true or false")
-    mta = dict(data.get("mta", {}))
     if not isinstance(data.get("mta", {}), dict):
         raise ConfigError("[mta] must be a table")
-    profile = build_profile(str(mta.pop("kind", "sendmail")), str(mta.pop("flavour", "debian")),
-                            mta)
+    mta = dict(data.get("mta", {}))
+    settings = MtaSettings(str(mta.pop("kind", DEFAULT_MTA_KIND)),
+                           str(mta.pop("flavour", "debian")), mta)
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
-    config = AgentConfig(host, port, token_sha256, profile, tls_cert, tls_key, level,
+    config = AgentConfig(host, port, token_sha256, settings, tls_cert, tls_key, level,
                          insecure_http)
     if tls_cert:
         config.tls_fingerprint()  # a certificate that is not one fails here, not at serve

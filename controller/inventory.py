@@ -167,6 +167,11 @@ def delete_site(session: Session, who: Principal, site_id: int) -> None:
 def _apply_host_fields(host: Host, data: dict[str, Any], box: SecretBox,
                        who_tenant: int | None = None) -> None:
     """Copy validated fields onto a host row, sealing secrets on the way."""
+    if "mta" in data or any(key in data and data[key] != getattr(host, key)
+                            for key in ("address", "transport")):
+        # What the host was found running may not hold for what it is told now: an SSH run
+        # of an "auto" host detects again (sending mta again is how to ask for that).
+        host.mta_detected_kind = None
     for key in ("name", "address", "transport"):
         if key in data:
             setattr(host, key, data[key])

@@ -9,6 +9,7 @@ from typing import Any
 from controller.db import utcnow
 from shared.actions import CHANGE_ACTIONS, Request, action_named
 from shared.errors import ValidationError
+from shared.profile import PROFILE_KINDS
 from shared.results import OperationResult
 from shared.validation import refusal
 
@@ -42,13 +43,16 @@ def stored_request(action: str, public: dict[str, Any],
 
 
 def learned(job_id: int, job: dict[str, Any], *, status: str, error: str | None,
-            result: OperationResult | None) -> dict[str, Any]:
-    """What one result says about its host's last known state (for ``GET /v1/fleet``)."""
+            result: OperationResult | None, mta_kind: str | None = None) -> dict[str, Any]:
+    """What one result says about its host's last known state (for ``GET /v1/fleet``);
+    ``mta_kind`` is the kind the transport drove the host as, when it knows (SSH)."""
     if status == "unreachable":
         return {"last_job_id": job_id, "last_reachable": False, "last_error": error}
     values: dict[str, Any] = {"last_job_id": job_id, "last_reachable": True,
                               "last_seen_at": utcnow(),
                               "last_error": error if status == "failed" else None}
+    if mta_kind in PROFILE_KINDS:
+        values["mta_detected_kind"] = mta_kind
     values.update(action_named(job["action"]).learn(
         status, result.data if result else {}, bool(job["options"].get("dry_run"))))
     return values

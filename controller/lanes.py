@@ -150,6 +150,7 @@ class Lane:
             host_id=host["id"], name=host["name"], address=host["address"],
             transport=host["transport"], mta_kind=host["mta_kind"],
             mta_flavour=host["mta_flavour"], mta_overrides=dict(host["mta_overrides"] or {}),
+            mta_detected_kind=host["mta_detected_kind"],
             agent_url=host["agent_url"], agent_token=open_(host["agent_token_sealed"]),
             agent_ca_cert=host["agent_ca_cert"],
             agent_tls_fingerprint=host["agent_tls_fingerprint"],
@@ -166,6 +167,7 @@ class Lane:
         status: str
         error: str | None
         spec = None
+        mta_kind: str | None = None
         if claim.host is None:
             status, error = UnitState.FAILED, "the host was deleted from the inventory"
         elif claim.attempt > MAX_ATTEMPTS:
@@ -183,8 +185,11 @@ class Lane:
                                      lock_owner=lock_owner(self.job_id, spec.host_id,
                                                            claim.attempt)) as transport:
                     self._hold(claim, plan, transport)
-                    result = transport.run(plan.action, plan.request, dry_run=plan.dry_run,
-                                           timeout_s=plan.timeout_s)
+                    try:
+                        result = transport.run(plan.action, plan.request,
+                                               dry_run=plan.dry_run, timeout_s=plan.timeout_s)
+                    finally:
+                        mta_kind = transport.mta_kind
                 status = UnitState.SUCCEEDED if result.ok else UnitState.FAILED
                 error = result.error
             except HostUnreachable as exc:
@@ -196,7 +201,7 @@ class Lane:
                 status, error = UnitState.FAILED, (f"internal error ({type(exc).__name__}); "
                                                    "see the worker log")
         self._release(claim)
-        self.record(plan, claim, status=status, error=error, result=result)
+        self.record(plan, claim, status=status, error=error, result=result, mta_kind=mta_kind)
 
     # -- leases -----------------------------------------------------------------------------
     def _hold(self, claim: Claim, plan: JobPlan, transport: HostTransport | None) -> None:
@@ -237,8 +242,9 @@ class Lane:
                               self.lane)
 
     def record(self, plan: JobPlan, claim: Claim, *, status: str, error: str | None,
-               result: OperationResult | None) -> None:
-        """Store a unit's outcome and what it taught us about the host (one transaction)."""
+               result: OperationResult | None, mta_kind: str | None = None) -> None:
+        """Store a unit's outcome and what it taught us about the host (one transaction);
+        ``mta_kind``: the kind the transport drove the host as, when it knows."""
         outcome = Outcome(
             UnitState(status), error=_text(error),
             changed=result.changed if result else None,
@@ -246,7 +252,7 @@ class Lane:
             steps=_jsonable({"s": [s.to_dict() for s in result.steps]})["s"]
             if result else None)
         host_state = learned(self.job_id, {"action": plan.action, "options": plan.options},
-                             status=status, error=error, result=result)
+                             status=status, error=error, result=result, mta_kind=mta_kind)
         with self.db.transaction() as session:
             stored = ledger.record(session, claim, outcome, host_state)
         if not stored:

@@ -111,9 +111,9 @@ class Outcome:
 
 #: the host columns a worker needs (no relationship loads)
 HOST_COLUMNS = (Host.id, Host.name, Host.address, Host.transport, Host.mta_kind,
-                Host.mta_flavour, Host.mta_overrides, Host.agent_url, Host.agent_token_sealed,
-                Host.agent_ca_cert, Host.agent_tls_fingerprint, Host.agent_insecure_http,
-                Host.ssh_port, Host.ssh_username,
+                Host.mta_flavour, Host.mta_overrides, Host.mta_detected_kind, Host.agent_url,
+                Host.agent_token_sealed, Host.agent_ca_cert, Host.agent_tls_fingerprint,
+                Host.agent_insecure_http, Host.ssh_port, Host.ssh_username,
                 Host.ssh_private_key_sealed, Host.ssh_passphrase_sealed,
                 Host.ssh_password_sealed, Host.ssh_host_key, Host.ssh_sudo)
 

@@ -101,6 +101,10 @@ class Host(Base):
     smarthost: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     config_in_sync: Mapped[bool | None] = mapped_column(Boolean)
     mta_running: Mapped[bool | None] = mapped_column(Boolean)
+    #: the MTA kind the host was last found running (the agent's status, or what the SSH
+    #: transport detected for kind ``auto`` and drove it as); NULL until a job has told.
+    #: SSH runs of an ``auto`` host reuse it instead of detecting again.
+    mta_detected_kind: Mapped[str | None] = mapped_column(String(20))
     #: set when the host is deleted: it leaves inventory, targets and the fleet, and past
     #: jobs keep their results for it
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

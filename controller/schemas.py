@@ -29,7 +29,7 @@ from controller.models import ROLES, TRANSPORTS, Host
 from shared import errors as rf_errors
 from shared import validation as rules
 from shared.actions import JOB_ACTIONS, params_summary
-from shared.profile import FLAVOURS, MTA_KINDS
+from shared.profile import FLAVOURS, MTA_KINDS, PROFILE_KINDS, check_settings
 from shared.schemas import (
     ErrorSchema,
     FullRegexp,
@@ -302,19 +302,25 @@ class SshAccessSchema(StrictSchema):
 
 
 class MtaSchema(StrictSchema):
-    """Which MTA the host runs and where its files are (SPEC §2 profile keys)."""
+    """Which MTA the host runs and where its files are (SPEC §2 profile keys), as
+    configured; what the host was found running is ``last.mta_kind``."""
 
-    kind = fields.String(load_default="sendmail", validate=validate.OneOf(MTA_KINDS))
+    kind = fields.String(load_default="sendmail", validate=validate.OneOf(MTA_KINDS), metadata={
+        "description": "the host's MTA. auto: detected at first contact (the running one, "
+                       "else the only one configured); over SSH the kind found is remembered "
+                       "(last.mta_kind) and reused until the host's mta, transport or "
+                       "address changes; an agent host runs what its agent.toml says"})
     flavour = fields.String(load_default="debian", validate=validate.OneOf(FLAVOURS))
-    overrides = fields.Dict(keys=fields.String(), load_default=dict)
+    overrides = fields.Dict(keys=fields.String(), load_default=dict, metadata={
+        "description": "profile keys of the kind (sendmail: mail_dir, mc, cf, restart, ...; "
+                       "postfix: config_dir, main_cf, sasl_passwd, reload, ...); auto takes "
+                       "both kinds' keys and each kind reads its own"})
 
     @validates_schema
     def _profile(self, data: dict[str, Any], **_: Any) -> None:
-        from shared.profile import build_profile
-
         try:
-            build_profile(data.get("kind", "sendmail"), data.get("flavour", "debian"),
-                          data.get("overrides") or {})
+            check_settings(data.get("kind", "sendmail"), data.get("flavour", "debian"),
+                           data.get("overrides") or {})
         except rf_errors.RelayfleetError as exc:
             raise ValidationError(exc.message, "overrides") from None
 
@@ -331,6 +337,12 @@ class HostLastSchema(Schema):
     smarthost = fields.Dict(allow_none=True)
     config_in_sync = fields.Boolean(allow_none=True)
     mta_running = fields.Boolean(allow_none=True)
+    mta_kind = fields.String(
+        allow_none=True, attribute="mta_detected_kind",
+        validate=validate.OneOf(PROFILE_KINDS), metadata={
+            "description": "the MTA the host was last found running: reported by its agent "
+                           "(GET /v1/status mta.kind), or detected over SSH for mta.kind "
+                           "auto; null until a job has told"})
 
 
 class HostCreateSchema(StrictSchema):
@@ -682,6 +694,9 @@ class FleetHostSchema(Schema):
     tenant_id = WholeInteger(required=True)
     site_id = WholeInteger(required=True)
     transport = fields.String(required=True)
+    mta_kind = fields.String(required=True, validate=validate.OneOf(MTA_KINDS), metadata={
+        "description": "the MTA kind as configured (the host's mta.kind: sendmail, postfix "
+                       "or auto); the kind found running is last.mta_kind"})
     last = NestedFrom(HostLastSchema, _itself, required=True)
 
 

@@ -38,10 +38,12 @@ def succeeded(call: Call) -> OperationResult:
 
 @dataclass
 class FakeTransports:
-    """A transport factory whose hosts answer from ``answers`` (by host name)."""
+    """A transport factory whose hosts answer from ``answers`` (by host name); ``kinds``
+    names the MTA kind a host's transport reports it drove (as SSH does), by host name."""
 
     answers: Mapping[str, Answer] = field(default_factory=dict)
     default: Answer = succeeded
+    kinds: Mapping[str, str] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -79,6 +81,7 @@ class FakeTransport(HostTransport):
     def run(self, action: str, request: Any, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
         """Answer as scripted for this host."""
+        self.mta_kind = self.owner.kinds.get(self.spec.name)
         return self.owner.answer(Call(self.spec.name, action, request, dry_run, timeout_s,
                                       self.lock_owner))
 

@@ -38,8 +38,9 @@ from shared.errors import (
     HostUnreachable,
     OperationError,
 )
-from shared.mta import operations_for
-from shared.profile import build_profile
+from shared.mta import detect_kind, operations_for
+from shared.mta_kind import resolve_profile
+from shared.profile import HostProfile
 from shared.results import OperationResult
 
 #: how long to keep asking an agent that is busy with another change (409)
@@ -56,9 +57,12 @@ class HostSpec:
     name: str
     address: str
     transport: str
+    #: as configured: sendmail, postfix or auto
     mta_kind: str = "sendmail"
     mta_flavour: str = "debian"
     mta_overrides: dict[str, Any] = field(default_factory=dict)
+    #: the kind the host was last found running (an ``auto`` host over SSH runs as it)
+    mta_detected_kind: str | None = None
     agent_url: str | None = None
     agent_token: str | None = field(default=None, repr=False)
     agent_ca_cert: str | None = None
@@ -77,6 +81,11 @@ class HostSpec:
 
 class HostTransport(abc.ABC):
     """Runs one action on one host; a context manager that closes what it opened."""
+
+    #: the MTA kind the action drove the host as, once known (SSH: the configured kind, or
+    #: the one detected for ``auto``); None when the transport cannot tell (the agent
+    #: reports its kind in its status answer instead)
+    mta_kind: str | None = None
 
     def __enter__(self) -> HostTransport:
         return self
@@ -122,13 +131,11 @@ class SshTransport(HostTransport):
         one from :class:`AgentTransport`.
         """
         entry = action_named(action)
-        profile = build_profile(self.spec.mta_kind, self.spec.mta_flavour,
-                                self.spec.mta_overrides)
-        ops = operations_for(self.executor, profile, self.lock_owner)
         timer = threading.Timer(timeout_s, self.cut)
         timer.daemon = True
         timer.start()
         try:
+            ops = operations_for(self.executor, self._profile(), self.lock_owner)
             result = entry.run(ops, request, dry_run=dry_run)
         except Exception as exc:
             if self._cut.is_set():
@@ -140,6 +147,15 @@ class SshTransport(HostTransport):
             # The operation caught the cut itself; nothing after it ran on the host.
             raise self._timed_out(timeout_s)
         return result_from_document(action, entry.document(result))
+
+    def _profile(self) -> HostProfile:
+        """The host's profile; for kind ``auto``, of the kind detected before (remembered
+        in the inventory) or detected now, at first contact (one shell command)."""
+        spec = self.spec
+        profile = resolve_profile(spec.mta_kind, spec.mta_flavour, spec.mta_overrides,
+                                  lambda: spec.mta_detected_kind or detect_kind(self.executor))
+        self.mta_kind = profile.kind
+        return profile
 
     def _timed_out(self, timeout_s: float) -> CommandTimeout:
         return CommandTimeout(f"{self.spec.name}: cut after the job's timeout_s "

@@ -24,6 +24,7 @@ from marshmallow import ValidationError as SchemaError
 from shared import schemas as s
 from shared.errors import OperationError, ValidationError
 from shared.mta import DiagnoseRequest, FlushRequest, LogRequest, MtaOperations, NoParams
+from shared.profile import PROFILE_KINDS
 from shared.results import OperationResult, Step
 from shared.validation import SmarthostRequest, parse_smarthost_request, refusal
 
@@ -33,7 +34,8 @@ Request = SmarthostRequest | FlushRequest | DiagnoseRequest | LogRequest | NoPar
 #: the keys of an answer document that are the operation's outcome rather than its data
 OUTCOME_KEYS = ("ok", "error", "error_kind", "steps", "changed", "rolled_back")
 #: what a result may teach about a host's last known state
-HOST_STATE_KEYS = ("queue_count", "smarthost", "config_in_sync", "mta_running")
+HOST_STATE_KEYS = ("queue_count", "smarthost", "config_in_sync", "mta_running",
+                   "mta_detected_kind")
 
 
 def _fields(request: Any) -> dict[str, Any]:
@@ -216,9 +218,14 @@ def _learn_flush(status: str, data: Mapping[str, Any], dry_run: bool) -> dict[st
 def _learn_status(status: str, data: Mapping[str, Any], dry_run: bool) -> dict[str, Any]:
     if status != "succeeded":
         return {}
-    return {"queue_count": (data.get("queue") or {}).get("count"),
-            "smarthost": data.get("smarthost"), "config_in_sync": data.get("config_in_sync"),
-            "mta_running": (data.get("mta") or {}).get("running")}
+    mta = data.get("mta") or {}
+    learnt = {"queue_count": (data.get("queue") or {}).get("count"),
+              "smarthost": data.get("smarthost"), "config_in_sync": data.get("config_in_sync"),
+              "mta_running": mta.get("running")}
+    if mta.get("kind") in PROFILE_KINDS:
+        # the kind the host runs as (an agent configured "auto" reports what it detected)
+        learnt["mta_detected_kind"] = mta["kind"]
+    return learnt
 
 
 # -- requests ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from shared import diagnose as diag
 from shared.errors import (
     CommandTimeout,
     ConfigError,
@@ -105,9 +106,6 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
     def _activate_verify(self, rec: StepRecorder, wanted: WantedT | None) -> None:
         """Make the MTA run the installed files and check that it does."""
 
-    @abc.abstractmethod
-    def _mta_running(self) -> tuple[bool, int | None]:
-        """Whether the MTA runs, and its pid when known (one round trip)."""
 
     @abc.abstractmethod
     def _restart(self, rec: StepRecorder) -> None:
@@ -263,6 +261,15 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             ex.remove_dir(posixpath.join(root, old))
         rec.note("backup", target)
         return target
+
+    def _mta_running(self) -> tuple[bool, int | None]:
+        """Whether the MTA's daemon runs, and its pid when known."""
+        # One round trip (pid file and kill -0 in one shell): it is polled after restarts.
+        pid_file = self.profile.daemon_pid_file
+        check = diag.mta_running_check(self.executor.run(diag.alive_command(pid_file),
+                                                         timeout=10), pid_file)
+        pid = check.data.get("pid")
+        return bool(check.ok), pid if isinstance(pid, int) else None
 
     # -- rollback -----------------------------------------------------------------------
     def _rollback(self, rec: StepRecorder, backup: str) -> RollbackReport:

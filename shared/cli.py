@@ -16,8 +16,9 @@ from typing import Any
 from shared.actions import ACTIONS, Action
 from shared.errors import RelayfleetError, ValidationError
 from shared.executor import Executor, LocalExecutor
-from shared.mta import DEFAULT_LOG_LINES, operations_for
-from shared.profile import build_profile
+from shared.mta import DEFAULT_LOG_LINES, detect_kind, operations_for
+from shared.mta_kind import resolve_profile
+from shared.profile import FLAVOURS, MTA_KINDS, check_settings
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -43,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="relayfleet-ops",
         description="Run one relayfleet MTA operation on this host and print the JSON result.",
     )
-    parser.add_argument("--flavour", default="debian", choices=["debian", "rhel"],
+    parser.add_argument("--flavour", default="debian", choices=FLAVOURS,
                         help="host profile defaults (paths, restart command, maillog)")
-    parser.add_argument("--mta", default="sendmail", choices=["sendmail", "postfix"])
+    parser.add_argument("--mta", default="sendmail", choices=MTA_KINDS,
+                        help="the host's MTA; auto: the one running (else the only one "
+                             "configured), detected before the operation")
     parser.add_argument("--profile-json", metavar="JSON",
                         help='profile overrides, e.g. \'{"restart": ["systemctl", "restart", '
                              '"sendmail"]}\'')
@@ -90,9 +93,13 @@ def run(argv: Sequence[str] | None = None,
     action = _BY_COMMAND[args.command]
     try:
         overrides = _body(args.profile_json)
-        profile = build_profile(args.mta, args.flavour, overrides)
+        if not isinstance(overrides, dict):
+            raise ValidationError.for_field("profile_json", "must be a JSON object")
+        check_settings(args.mta, args.flavour, overrides)
         request = action.parse(_request_data(args, action))
         with executor or LocalExecutor() as host:
+            profile = resolve_profile(args.mta, args.flavour, overrides,
+                                      lambda: detect_kind(host))
             result = action.run(operations_for(host, profile), request,
                                 dry_run=getattr(args, "dry_run", False))
     except ValidationError as exc:

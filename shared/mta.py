@@ -1,7 +1,8 @@
 """The MTA-neutral interface every mail system's operations implement.
 
-Sendmail is the first implementation (:mod:`shared.sendmail.operations`); Postfix will
-be the second behind the same methods and the same result shapes.
+Sendmail (:mod:`shared.sendmail.operations`) and Postfix (:mod:`shared.postfix.operations`)
+implement the same methods with the same result shapes. :func:`detect_kind` tells which
+one a host runs, for hosts configured ``kind = "auto"``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from shared.errors import NotSupported, ValidationError
 from shared.executor import Executor
-from shared.profile import HostProfile
+from shared.profile import PROFILE_KINDS, HostProfile
 from shared.results import OperationResult
 from shared.validation import (
     SmarthostRequest,
@@ -162,4 +163,48 @@ def operations_for(executor: Executor, profile: HostProfile,
         from shared.sendmail.operations import SendmailOperations
 
         return SendmailOperations(executor, profile, lock_owner)
-    raise NotSupported(f"MTA kind {profile.kind!r} is not supported yet")
+    if profile.kind == "postfix":
+        from shared.postfix.operations import PostfixOperations
+
+        return PostfixOperations(executor, profile, lock_owner)
+    raise NotSupported(f"MTA kind {profile.kind!r} is not supported")
+
+
+#: prints one fact per line about each MTA: running (its master or daemon answers), and
+#: configured (its main configuration file exists). Only a POSIX shell and the MTAs' own
+#: tools: it runs over SSH on hosts without Python. ``postfix status`` exits 0 when the
+#: master runs; sendmail's pid file is checked with kill -0 (Debian's and RHEL's paths).
+_DETECT_SCRIPT = r"""
+if command -v postfix >/dev/null 2>&1 && postfix status >/dev/null 2>&1; then
+  echo postfix-running; fi
+for f in /run/sendmail/mta/sendmail.pid /var/run/sendmail.pid; do
+  if [ -r "$f" ] && kill -0 "$(head -n 1 "$f")" 2>/dev/null; then
+    echo sendmail-running; break; fi
+done
+[ -f /etc/postfix/main.cf ] && command -v postconf >/dev/null 2>&1 && echo postfix-configured
+[ -f /etc/mail/sendmail.mc ] && echo sendmail-configured
+exit 0
+"""
+
+
+def detect_command() -> list[str]:
+    """The argv that prints what :func:`kind_from_facts` reads."""
+    return ["sh", "-c", _DETECT_SCRIPT]
+
+
+def kind_from_facts(output: str) -> str:
+    """The MTA a host runs, from :func:`detect_command`'s output: the running one; when
+    none (or both) runs, the only one configured; NotSupported when that cannot tell."""
+    facts = set(output.split())
+    for evidence in ("running", "configured"):
+        found = [kind for kind in PROFILE_KINDS if f"{kind}-{evidence}" in facts]
+        if len(found) == 1:
+            return found[0]
+    raise NotSupported("cannot tell which MTA this host runs (" + (
+        ", ".join(sorted(facts)) or "neither sendmail nor Postfix is running or configured")
+        + "): set mta.kind to sendmail or postfix")
+
+
+def detect_kind(executor: Executor, timeout_s: float = 20.0) -> str:
+    """Which MTA the host runs (see :func:`kind_from_facts`); one command, one round trip."""
+    return kind_from_facts(executor.run(detect_command(), timeout=timeout_s).stdout_text())

@@ -70,6 +70,14 @@ class HostProfile:
         lock and the backups live there."""
         return str(getattr(self, self.layout.home_key))
 
+    @property
+    def daemon_pid_file(self) -> str:
+        """The file holding the pid of the MTA's daemon (Postfix's master keeps it in its
+        queue directory)."""
+        if self.kind == "postfix":
+            return posixpath.join(self.queue_dir, "pid", "master.pid")
+        return self.pid_file
+
     def path(self, name: str) -> str:
         """Absolute path of a file in the home directory (``mc``, ``main_cf``, ...)."""
         value = getattr(self, name)

@@ -269,6 +269,9 @@ class QueuedMessageSchema(Schema):
     flags = fields.String(required=True)
     section = fields.String(required=True)
     quarantine = fields.String(allow_none=True, required=True)
+    reasons = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict,
+                          metadata={"description": "recipient address -> its delay reason, "
+                                                   "for the recipients that have one"})
     processing = fields.Boolean(required=True)
 
 

@@ -101,7 +101,7 @@ class OpsRunner:
                  profile: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         if self.target is None:
             return self.host.ops(command, *args, body=body, timeout=timeout, profile=profile)
-        argv = ["--flavour", self.host.flavour]
+        argv = ["--flavour", self.host.flavour, "--mta", self.host.mta]
         if profile:
             argv += ["--profile-json", json.dumps(profile)]
         argv += [command, *args]

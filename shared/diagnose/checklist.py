@@ -55,7 +55,7 @@ def run_checks(executor: Executor, profile: HostProfile, *, smarthost_host: str 
     fqdn = str(name.data.get("fqdn", ""))
     checks = [name,
               _guarded("hosts_file", lambda: check_hosts_file(executor, hostname, fqdn)),
-              _guarded("mta_running", lambda: check_mta_running(executor, profile.pid_file))]
+              _guarded("mta_running", lambda: check_mta_running(executor, profile.daemon_pid_file))]
     if config_check is not None:
         checks.append(config_check)
     if not smarthost_host:

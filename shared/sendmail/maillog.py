@@ -129,6 +129,33 @@ def is_sendmail_program(program: str) -> bool:
     return name in SENDMAIL_PROGRAMS or name.startswith(("sm-", "sendmail"))
 
 
+@dataclass(frozen=True)
+class SyslogLine:
+    """The parts of ``TIME [HOST] PROG[PID]: MESSAGE``, whatever program logged it."""
+
+    timestamp: str
+    """ISO-8601, as LogRecord.timestamp"""
+    host: str
+    program: str
+    pid: int | None
+    message: str
+
+
+def split_syslog_line(line: str, now: datetime | None = None) -> SyslogLine | None:
+    """Split one syslog line (traditional or RFC 3339 time stamp); None if it is not one.
+
+    ``now`` picks the year of a traditional time stamp, as in parse_maillog_line.
+    """
+    line = line.rstrip("\r\n")
+    match = _TRADITIONAL_RE.match(line) or _RFC3339_RE.match(line)
+    if not match:
+        return None
+    pid = match.group("pid")
+    return SyslogLine(timestamp=_timestamp(match, now), host=match.group("host") or "",
+                      program=match.group("prog"), pid=int(pid) if pid else None,
+                      message=match.group("msg"))
+
+
 def _timestamp(match: re.Match[str], now: datetime | None) -> str:
     if match.re is _RFC3339_RE:
         return match.group("ts").replace(" ", "T", 1)
@@ -167,11 +194,10 @@ def parse_maillog_line(line: str, now: datetime | None = None) -> LogRecord | No
     ``now`` (default: this machine's local time) picks the year of a traditional time
     stamp: the latest one that does not put the line in the future.
     """
-    line = line.rstrip("\r\n")
-    match = _TRADITIONAL_RE.match(line) or _RFC3339_RE.match(line)
-    if not match or not is_sendmail_program(match.group("prog")):
+    parts = split_syslog_line(line, now)
+    if parts is None or not is_sendmail_program(parts.program):
         return None
-    msg = match.group("msg")
+    msg = parts.message
     queue_id: str | None = None
     rest = msg
     qid_match = _QID_RE.match(msg)
@@ -186,10 +212,8 @@ def parse_maillog_line(line: str, now: datetime | None = None) -> LogRecord | No
         kind = "dsn"
     else:
         kind = _kind(rest, fields)
-    pid = match.group("pid")
-    return LogRecord(timestamp=_timestamp(match, now), host=match.group("host") or "",
-                     program=match.group("prog"), pid=int(pid) if pid else None,
-                     queue_id=queue_id, kind=kind, fields=fields, message=rest)
+    return LogRecord(timestamp=parts.timestamp, host=parts.host, program=parts.program,
+                     pid=parts.pid, queue_id=queue_id, kind=kind, fields=fields, message=rest)
 
 
 def outcome(stat: str, dsn: str | None = None) -> str:

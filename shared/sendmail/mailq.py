@@ -64,23 +64,31 @@ _DENIED_RE = re.compile(r"not permitted to see the queue", re.I)
 
 @dataclass
 class QueuedMessage:
-    """One queued message as mailq shows it."""
+    """One queued message as mailq (sendmail or Postfix) or ``postqueue -j`` shows it."""
 
     id: str
     size: int
-    """bytes of the body (df file); -1 when sendmail could not tell"""
+    """bytes of the body (sendmail's df file; Postfix counts header and body); -1 when
+    the MTA could not tell"""
     queued_at: str | None
-    """host-local ISO-8601 time, no zone (mailq prints none); None when unknown"""
+    """ISO-8601; host-local with no zone when read from a mailq listing (it prints none),
+    UTC with ``+00:00`` from ``postqueue -j`` (epoch seconds); None when unknown"""
     sender: str
     recipients: list[str] = field(default_factory=list)
     reason: str | None = None
-    """the last delivery error, e.g. "Deferred: Connection refused by mx.ourtest.com." """
+    """the last delivery error, e.g. "Deferred: Connection refused by mx.ourtest.com."
+    (Postfix: the first recipient's that has one)"""
     flags: str = ""
-    """status characters: ``*`` being delivered, ``X`` load too high, ``-`` too young,
-    ``?`` lost, ``+`` delay warning sent (``mailq -v`` only)"""
+    """status characters. sendmail: ``*`` being delivered, ``X`` load too high, ``-`` too
+    young, ``?`` lost, ``+`` delay warning sent (``mailq -v`` only). Postfix: ``*`` in the
+    active queue (being delivered), ``!`` on hold, ``#`` forced to expire"""
     section: str = "mta"
-    """``msp`` (client queue) or ``mta``"""
+    """sendmail: ``msp`` (client queue) or ``mta``; Postfix: the queue's name (``maildrop``,
+    ``incoming``, ``active``, ``deferred``, ``hold``)"""
     quarantine: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+    """recipient address -> its delay reason, for the recipients that have one (sendmail
+    gives every recipient the message's one reason; Postfix keeps one per recipient)"""
 
     @property
     def processing(self) -> bool:
@@ -132,13 +140,21 @@ def resolve_year(month: int, day: int, hour: int, minute: int, second: int = 0, 
     return None
 
 
-def _queued_at(when: str, weekday: str | None, now: datetime) -> str | None:
-    """``Nov 25 04:48`` (+ ``Wed``) as an ISO-8601 string, year chosen by resolve_year."""
-    month_name, day, clock = when.split()
-    hour, minute = clock.split(":")
-    resolved = resolve_year(
-        _MONTHS.index(month_name) + 1, int(day), int(hour), int(minute), now=now,
-        weekday=_WEEKDAYS.index(weekday) if weekday else None)
+def listing_time(when: str, weekday: str | None, now: datetime) -> str | None:
+    """``Nov 25 04:48`` or ``Dec  2 09:00:01`` (+ ``Wed``) as ISO-8601, year by resolve_year.
+
+    For the year-less times queue listings print (sendmail's mailq, Postfix's asctime);
+    None for a name that is not an English month or weekday, or a date that cannot be.
+    """
+    try:
+        month_name, day, clock = when.split()
+        hour, minute, *second = (int(part) for part in clock.split(":"))
+        month = _MONTHS.index(month_name) + 1
+        day_of_week = _WEEKDAYS.index(weekday) if weekday else None
+        resolved = resolve_year(month, int(day), hour, minute, second[0] if second else 0,
+                                now=now, weekday=day_of_week)
+    except ValueError:  # an unknown name, a clock that is not numbers, hour 25...
+        return None
     return resolved.isoformat() if resolved else None
 
 
@@ -204,7 +220,7 @@ def parse_mailq(text: str, now: datetime | None = None) -> MailqReport:
             flags = fields["flags"] + ("+" if fields.get("warned") == "+" else "")
             current = QueuedMessage(
                 id=fields["id"], size=int(fields["size"]),
-                queued_at=_queued_at(fields["when"], fields.get("wday"), now),
+                queued_at=listing_time(fields["when"], fields.get("wday"), now),
                 sender=_address(fields["sender"] or ""), flags=flags, section=section)
             report.messages.append(current)
             if blocks:
@@ -246,6 +262,9 @@ def parse_mailq(text: str, now: datetime | None = None) -> MailqReport:
     if not recognised:
         excerpt = text.strip()[:200]
         raise ParseError(f"not mailq output: {excerpt!r}" if excerpt else "mailq printed nothing")
+    for message in report.messages:
+        if message.reason is not None:  # sendmail keeps one reason per message
+            message.reasons = dict.fromkeys(message.recipients, message.reason)
     unlisted = sum(max(0, block.printed - block.seen) for block in blocks)
     report.count = len(report.messages) + unlisted
     return report

@@ -147,14 +147,6 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
             "active_defines": state.active_defines if state is not None else 0,
         }
 
-    def _mta_running(self) -> tuple[bool, int | None]:
-        # One round trip (pid file and kill -0 in one shell): it is polled after restarts.
-        pid_file = self.profile.pid_file
-        check = diag.mta_running_check(self.executor.run(diag.alive_command(pid_file),
-                                                         timeout=10), pid_file)
-        pid = check.data.get("pid")
-        return bool(check.ok), pid if isinstance(pid, int) else None
-
     # -- read -----------------------------------------------------------------------
     def read_smarthost(self) -> OperationResult:
         """Parse sendmail.mc and sendmail.cf and say whether they agree."""

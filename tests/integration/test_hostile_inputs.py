@@ -716,8 +716,7 @@ class AgentSweep:
 
     def __init__(self) -> None:
         from agent.app import create_app
-        from agent.config import AgentConfig
-        from shared.profile import build_profile
+        from agent.config import AgentConfig, MtaSettings
         from shared.testing import debian_sendmail_host
 
         self._new_host = debian_sendmail_host
@@ -728,7 +727,7 @@ class AgentSweep:
         self._scripts: set[str] | None = None
         config = AgentConfig("127.0.0.1", 8587,
                              hashlib.sha256(AGENT_TOKEN.encode()).hexdigest(),
-                             build_profile("sendmail", "debian", {}))
+                             MtaSettings("sendmail", "debian"))
         self.app = create_app(config, executor_factory=lambda: self.host)
 
     def fresh_host(self) -> None:

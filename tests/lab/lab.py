@@ -1,4 +1,4 @@
-"""Lab hosts: real sendmail boxes on this machine, each in its own namespaces.
+"""Lab hosts: real sendmail and Postfix boxes on this machine, each in its own namespaces.
 
 A :class:`Lab` owns a bridge in the root network namespace, a DNS server for the lab
 (dnsmasq: A, MX and SPF TXT records), and SMTP sinks acting as smarthosts: one that
@@ -9,6 +9,18 @@ namespaces; per-host files are bind-mounted over ``/etc/mail``, ``/etc/hosts``,
 real sendmail runs inside with default paths and its own hostname. A syslog receiver
 per host turns ``/dev/log`` datagrams into that host's real maillog.
 
+A Postfix host (``add_host(..., mta="postfix")``) runs Debian's real ``postfix`` package,
+unpacked (never installed: it conflicts with ``sendmail-bin``) into
+``/var/cache/relayfleet-lab/postfix-VERSION/``. Its mount namespace overlays that tree on
+``/usr`` (so postfix's ``/usr/sbin/sendmail``, ``postconf``, ``postqueue`` and
+``/usr/lib/postfix/sbin/*`` replace sendmail's) and gives the host a writable ``/etc``,
+``/var/spool`` and ``/var/lib`` of its own (overlayfs, upper directories in the host's
+directory); sendmail's files are removed from its view. The host gets the ``postfix``
+user and ``postdrop`` group in its own ``/etc``, a Debian- or RHEL-style main.cf and
+master.cf, ``postfix set-permissions`` and ``postfix check``, then ``postfix start``.
+Files inside such a host are read from the root namespace through
+``/proc/HOLDER/root`` (:meth:`LabHost.fs`).
+
 Everything a lab creates is recorded under ``/run/relayfleet-lab/<pid>/`` and removed
 by :meth:`Lab.close`, and also by the next lab if the process that made it died.
 """
@@ -18,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -38,17 +51,71 @@ SINK_PORT = 2525
 DOMAIN = "lab.test"
 #: the seed story's domain: its MX refuses connections, so mail to it is deferred
 SEED_DOMAIN = "ourtest.com"
+MTAS = ("sendmail", "postfix")
+#: where the lab keeps Debian's postfix .deb and its unpacked tree (bootstrap.sh fills it)
+CACHE_DIR = Path(os.environ.get("RELAYFLEET_LAB_CACHE", "/var/cache/relayfleet-lab"))
+#: a Postfix host's queues that hold mail (what :meth:`LabHost.queue_files` lists)
+POSTFIX_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+#: the Debian packages whose files a Postfix host must not see (it is a Postfix box)
+SENDMAIL_PACKAGES = ("sendmail", "sendmail-bin", "sendmail-base", "sendmail-cf")
+#: a Postfix host's private, writable trees: (mount point, the package's part, upper name)
+_POSTFIX_OVERLAYS = (("/usr", "usr", "usr"), ("/etc", "etc", "etc"),
+                     ("/var/spool", "var/spool", "spool"), ("/var/lib", "var/lib", "lib"))
 
 
 class LabError(RuntimeError):
     """The lab could not be built or driven."""
 
 
+_BOOTSTRAP_HINT = ("run `bash deploy/dev/bootstrap.sh` as root (it downloads Debian's postfix "
+                   f"package into {CACHE_DIR}), or `cd {CACHE_DIR} && apt-get download postfix`")
+
+
+def postfix_package() -> Path:
+    """The unpacked tree of Debian's postfix package (unpacked once, from the cached .deb;
+    the .deb is downloaded with ``apt-get download postfix`` if the cache has none)."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    debs = sorted(CACHE_DIR.glob("postfix_*.deb"))
+    if not debs:
+        proc = sh(["apt-get", "download", "postfix"], check=False, timeout=300, cwd=CACHE_DIR)
+        debs = sorted(CACHE_DIR.glob("postfix_*.deb"))
+        if not debs:
+            raise LabError(f"Debian's postfix package is not in {CACHE_DIR} and `apt-get "
+                           f"download postfix` failed ({proc.returncode}: "
+                           f"{proc.stderr.decode(errors='replace').strip()[-300:]}); "
+                           f"{_BOOTSTRAP_HINT}")
+    deb = debs[0]
+    for other in debs[1:]:
+        if sh(["dpkg", "--compare-versions", _deb_version(other), "gt", _deb_version(deb)],
+              check=False).returncode == 0:
+            deb = other
+    target = CACHE_DIR / f"postfix-{_deb_version(deb)}"
+    if (target / ".unpacked").exists():
+        return target
+    staging = CACHE_DIR / f".{target.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    sh(["dpkg-deb", "-x", str(deb), str(staging)], timeout=300)
+    (staging / ".unpacked").write_text(deb.name + "\n")
+    if target.exists() and not (target / ".unpacked").exists():
+        shutil.rmtree(target, ignore_errors=True)  # a crashed unpack
+    try:
+        staging.rename(target)
+    except OSError:  # another lab unpacked it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+    if not (target / "usr" / "sbin" / "postfix").exists():
+        raise LabError(f"{target} holds no usr/sbin/postfix; remove it and {_BOOTSTRAP_HINT}")
+    return target
+
+
+def _deb_version(deb: Path) -> str:
+    return sh(["dpkg-deb", "-f", str(deb), "Version"]).stdout.decode().strip()
+
+
 def sh(argv: Sequence[str], *, check: bool = True, input: bytes | None = None,
-       timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+       timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a command in the root namespaces."""
     proc = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout,
-                          check=False)
+                          check=False, cwd=cwd)
     if check and proc.returncode != 0:
         raise LabError(f"{shlex.join(argv)} exited {proc.returncode}: "
                        f"{proc.stderr.decode(errors='replace').strip()}")
@@ -115,6 +182,8 @@ class LabHost:
     agent_cert_pem: str | None = None
     agent_fingerprint: str | None = None
     ssh_host_key: str = ""
+    #: the MTA the host runs: ``sendmail`` or ``postfix``
+    mta: str = "sendmail"
 
     @property
     def fqdn(self) -> str:
@@ -131,10 +200,34 @@ class LabHost:
         """The maillog file as seen from the root namespace."""
         return self.root / "log" / ("maillog" if self.layout == "centos" else "mail.log")
 
+    def fs(self, path: str) -> Path:
+        """A path inside the host (its mounts: overlays, binds) seen from the root namespace,
+        through the namespace holder's ``/proc/PID/root``. Valid while the host is up."""
+        if not self.holder_pid:
+            raise LabError(f"{self.name}: the host has no namespaces yet")
+        return Path(f"/proc/{self.holder_pid}/root") / path.lstrip("/")
+
+    @property
+    def config_dir(self) -> Path:
+        """The MTA's configuration directory (``/etc/mail`` or ``/etc/postfix``) as seen from
+        the root namespace."""
+        if self.mta == "postfix":
+            return self.fs("/etc/postfix")
+        return self.root / "etc-mail"
+
     @property
     def mail_dir(self) -> Path:
-        """The host's /etc/mail as seen from the root namespace."""
-        return self.root / "etc-mail"
+        """The host's /etc/mail (sendmail) or /etc/postfix (Postfix) seen from the root
+        namespace: the same as :attr:`config_dir`."""
+        return self.config_dir
+
+    @property
+    def queue_dir(self) -> Path:
+        """The MTA queue (``/var/spool/mqueue`` or ``/var/spool/postfix``) seen from the
+        root namespace."""
+        if self.mta == "postfix":
+            return self.fs("/var/spool/postfix")
+        return self.root / "mqueue"
 
     def nsenter(self, argv: Sequence[str]) -> list[str]:
         """``argv`` prefixed to run inside this host's namespaces."""
@@ -158,12 +251,14 @@ class LabHost:
                   body: str = "You have a new voicemail.", queue_only: bool = False) -> None:
         """Submit a message the way a PBX does: ``sendmail -oi -f sender rcpt...``.
 
-        ``queue_only`` puts it straight into the MTA queue without a delivery attempt
-        (``-Am -odq``), so that only a queue run will try it.
+        ``queue_only`` puts it straight into the sendmail queue without a delivery attempt
+        (``-Am -odq``), so that only a queue run will try it. Postfix's sendmail ignores both
+        flags and Postfix has no such mode: its queue manager tries the message at once
+        (mail to the seed domain is deferred all the same), so it is not passed there.
         """
         message = (f"From: voicemail@{self.fqdn}\nTo: {', '.join(to)}\nSubject: {subject}\n\n"
                    f"{body}\n").encode()
-        mode = ["-Am", "-odq"] if queue_only else []
+        mode = ["-Am", "-odq"] if queue_only and self.mta == "sendmail" else []
         self.run(["/usr/sbin/sendmail", *mode, "-oi", "-f", f"voicemail@{self.fqdn}", *to],
                  input=message, timeout=60)
 
@@ -172,8 +267,28 @@ class LabHost:
         return self.run(["mailq"], check=False).stdout.decode(errors="replace")
 
     def queue_files(self) -> list[str]:
-        """Queue control files (``qf*``) in the MTA queue."""
+        """The messages in the MTA queue: sendmail's control files (``qf*``), or Postfix's
+        queue files as ``QUEUE/ID`` (``deferred/4Yx...``) in its maildrop, incoming, active,
+        deferred and hold queues."""
+        if self.mta == "postfix":
+            spool = self.queue_dir
+            return sorted(f"{queue}/{p.name}" for queue in POSTFIX_QUEUES
+                          for p in (spool / queue).rglob("*") if p.is_file())
         return sorted(p.name for p in (self.root / "mqueue").glob("qf*"))
+
+    def postqueue(self) -> list[dict[str, Any]]:
+        """Postfix's queue as ``postqueue -j`` prints it: one dict per message (``queue_name``,
+        ``queue_id``, ``arrival_time``, ``message_size``, ``forced_expire``, ``sender``,
+        ``recipients: [{address, delay_reason?}]``)."""
+        proc = self.run(["postqueue", "-j"], check=False, timeout=30)
+        if proc.returncode != 0:
+            raise LabError(f"{self.name}: postqueue -j exited {proc.returncode}: "
+                           f"{proc.stderr.decode(errors='replace').strip()}")
+        return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
+
+    def postconf(self, *args: str) -> str:
+        """Run ``postconf ARGS...`` inside a Postfix host; return its output."""
+        return self.run(["postconf", *args], timeout=30).stdout.decode()
 
     def wait_for(self, predicate: Any, timeout: float = 30, what: str = "condition") -> None:
         """Poll ``predicate()`` until true or fail with ``what``."""
@@ -184,8 +299,15 @@ class LabHost:
             time.sleep(0.2)
 
     def wait_deferred(self, count: int = 1, timeout: float = 30) -> str:
-        """Wait until ``count`` messages sit in the MTA queue marked deferred; return mailq."""
+        """Wait until ``count`` messages sit in the MTA queue marked deferred; return mailq.
+
+        Postfix: messages in its ``deferred`` queue, from ``postqueue -j``."""
         def ready() -> bool:
+            if self.mta == "postfix":
+                with contextlib.suppress(LabError, json.JSONDecodeError):
+                    deferred = [m for m in self.postqueue() if m.get("queue_name") == "deferred"]
+                    return len(deferred) >= count
+                return False
             return self.mailq().count("(Deferred") >= count
         self.wait_for(ready, timeout, f"{count} deferred message(s)")
         return self.mailq()
@@ -196,9 +318,12 @@ class LabHost:
 
     # -- relayfleet ----------------------------------------------------------------
     def ops(self, command: str, *args: str, body: Any = None, timeout: float = 240,
-            profile: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        """Run ``relayfleet-ops COMMAND`` inside the host (LocalExecutor, real sendmail)."""
-        argv = [sys.executable, "-m", "shared.cli", "--flavour", self.flavour]
+            profile: dict[str, Any] | None = None,
+            kind: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Run ``relayfleet-ops COMMAND`` inside the host (LocalExecutor, the real MTA);
+        ``--mta`` is the host's MTA unless ``kind`` says otherwise."""
+        argv = [sys.executable, "-m", "shared.cli", "--flavour", self.flavour,
+                "--mta", kind or self.mta]
         if profile:
             argv += ["--profile-json", json.dumps(profile)]
         argv += [command, *args]
@@ -215,10 +340,11 @@ class LabHost:
         return proc.returncode, doc
 
     def file_snapshot(self, *names: str) -> dict[str, bytes | None]:
-        """The bytes of files in the host's /etc/mail (None if absent)."""
+        """The bytes of files in the MTA's configuration directory (/etc/mail or
+        /etc/postfix: ``sendmail.mc``, ``main.cf``, ``sasl_passwd.db``...; None if absent)."""
         out: dict[str, bytes | None] = {}
         for name in names:
-            path = self.mail_dir / name
+            path = self.config_dir / name
             out[name] = path.read_bytes() if path.exists() else None
         return out
 
@@ -283,12 +409,15 @@ class LabHost:
 
     # -- agent ---------------------------------------------------------------------
     def start_agent(self, token: str, port: int = 8587, extra_config: str = "",
-                    tls: tuple[Path, Path] | bool | None = None, mta_config: str = "") -> str:
+                    tls: tuple[Path, Path] | bool | None = None, mta_config: str = "",
+                    kind: str | None = None) -> str:
         """Run ``relayfleet-agent serve`` inside the host; return its base URL once healthy.
 
         ``tls=True`` serves https with a key and self-signed certificate made by the
         installer's ``make-cert.sh`` (its fingerprint in :attr:`agent_fingerprint`, its PEM
         in :attr:`agent_cert_pem`); without TLS the agent says ``insecure_http = true``.
+        agent.toml's ``[mta] kind`` is the host's MTA unless ``kind`` (e.g. ``"auto"``) says
+        otherwise; ``mta_config`` adds lines to that table.
         """
         token_file = self.root / "agent.token"
         token_file.write_text(token + "\n")
@@ -306,7 +435,7 @@ class LabHost:
         config = self.root / "agent.toml"
         config.write_text(
             f'listen = "{self.address}:{port}"\ntoken_file = "{token_file}"\n{tls_lines}'
-            f'{extra_config}\n[mta]\nkind = "sendmail"\nflavour = "{self.flavour}"\n'
+            f'{extra_config}\n[mta]\nkind = "{kind or self.mta}"\nflavour = "{self.flavour}"\n'
             f"{mta_config}")
         self.popen(["env", f"PYTHONPATH={REPO_ROOT}", sys.executable, "-m", "agent.cli",
                     "serve", "--config", str(config)], self.root / "agent.log")
@@ -325,15 +454,29 @@ class LabHost:
 
     # -- lifecycle -----------------------------------------------------------------
     def start_mta(self) -> None:
-        """Start sendmail the way the layout's init system does."""
-        if self.layout == "centos":
+        """Start the MTA the way the layout's init system does: sendmail's init script or
+        ``service``; Postfix through Debian's init script (it copies the chroot's files,
+        then ``postfix start``) or, RHEL-style, ``postfix start``."""
+        if self.mta == "postfix":
+            if self.layout == "centos":
+                self.run(["postfix", "start"])
+            else:
+                self.run(["/etc/init.d/postfix", "start"])
+            # `master -t` exits 0 when no master holds the lock (`postfix status` would log).
+            master = "/usr/lib/postfix/sbin/master"
+            self.wait_for(lambda: self.run([master, "-t"], check=False).returncode != 0,
+                          15, "postfix to run")
+        elif self.layout == "centos":
             self.run(["service", "sendmail", "start"])
         else:
             self.run(["/etc/init.d/sendmail", "start"])
 
     def stop_mta(self) -> None:
-        """Stop sendmail."""
-        self.run(["/etc/init.d/sendmail", "stop"], check=False, timeout=60)
+        """Stop the MTA."""
+        if self.mta == "postfix":
+            self.run(["postfix", "stop"], check=False, timeout=60)
+        else:
+            self.run(["/etc/init.d/sendmail", "stop"], check=False, timeout=60)
 
     def link_down(self) -> None:
         """Cut the host off the lab network (its veth's root side goes down)."""
@@ -379,6 +522,7 @@ class Lab:
         self.state = STATE_ROOT / str(os.getpid())
         self.bridge = ""
         self.dnsmasq: subprocess.Popen[bytes] | None = None
+        self._sendmail_paths: list[str] | None = None
 
     # -- addresses -----------------------------------------------------------------
     @property
@@ -502,20 +646,31 @@ class Lab:
         sudoers = Path("/etc/sudoers.d/relayfleet-lab")
         sudoers.write_text(f"{user} ALL=(root) NOPASSWD: ALL\n")
         sudoers.chmod(0o440)
+        for host in self.hosts:
+            if host.mta == "postfix" and host.holder_pid and _pid_alive(host.holder_pid):
+                _sync_account(host, user, sudoers)
         return user, password
 
-    def add_host(self, name: str, layout: str = "debian", start: bool = True) -> LabHost:
-        """Create, boot and register a lab host (``layout``: ``debian`` or ``centos``)."""
+    def add_host(self, name: str, layout: str = "debian", start: bool = True,
+                 mta: str = "sendmail") -> LabHost:
+        """Create, boot and register a lab host (``layout``: ``debian`` or ``centos``;
+        ``mta``: ``sendmail`` or ``postfix``)."""
         if layout not in ("debian", "centos"):
             raise LabError(f"unknown layout {layout!r}")
+        if mta not in MTAS:
+            raise LabError(f"unknown mta {mta!r} (one of {', '.join(MTAS)})")
+        package = postfix_package() if mta == "postfix" else None
         index = len(self.hosts)
         address = self.ip(10 + index)
         host = LabHost(self, name, layout, address, index, self.workdir / "hosts" / name,
-                       netns=f"rf{self.net}-{name}"[:15], veth=f"rf{self.net}v{index}")
+                       netns=f"rf{self.net}-{name}"[:15], veth=f"rf{self.net}v{index}", mta=mta)
         self.hosts.append(host)
-        (self.state / "netns").open("a").write(f"{host.netns} {host.veth}\n")
+        with (self.state / "netns").open("a") as netns:
+            netns.write(f"{host.netns} {host.veth}\n")
         self._build_files(host)
-        self._build_namespaces(host)
+        self._build_namespaces(host, package)
+        if package is not None:
+            self._setup_postfix(host, package)
         self._write_dns_hosts()
         if self.dnsmasq is not None:
             self.dnsmasq.send_signal(signal.SIGHUP)
@@ -528,6 +683,18 @@ class Lab:
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
+        (root / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n{host.address}\t{host.fqdn} {host.name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+        (root / "resolv.conf").write_text(f"search {DOMAIN}\nnameserver {self.gateway}\n")
+        if host.mta == "postfix":
+            for sub in ("run/lock", "run/sshd", "log"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            for _, _, upper in _POSTFIX_OVERLAYS:
+                (root / "overlay" / "upper" / upper).mkdir(parents=True)
+                (root / "overlay" / "work" / upper).mkdir(parents=True)
+            (root / "log" / ("maillog" if host.layout == "centos" else "mail.log")).touch()
+            return
         etc_mail = root / "etc-mail"
         shutil.copytree("/etc/mail", etc_mail, symlinks=True)
         for stale in ("sendmail.cf.errors", ".relayfleet.lock", ".relayfleet-backup"):
@@ -536,10 +703,6 @@ class Lab:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-        (root / "hosts").write_text(
-            f"127.0.0.1\tlocalhost\n{host.address}\t{host.fqdn} {host.name}\n"
-            "::1\tlocalhost ip6-localhost ip6-loopback\n")
-        (root / "resolv.conf").write_text(f"search {DOMAIN}\nnameserver {self.gateway}\n")
         for sub in ("run/sendmail", "run/lock", "run/sshd", "log", "mqueue", "mqueue-client"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         if host.layout == "centos":
@@ -562,7 +725,7 @@ class Lab:
         shutil.chown(root / "mqueue-client", "smmsp", "smmsp")
         os.chmod(root / "mqueue-client", 0o2770)
 
-    def _build_namespaces(self, host: LabHost) -> None:
+    def _build_namespaces(self, host: LabHost, package: Path | None = None) -> None:
         peer = f"{host.veth}p"
         sh(["ip", "netns", "add", host.netns])
         sh(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", peer])
@@ -598,22 +761,117 @@ class Lab:
                 raise LabError(f"{host.name}: syslog receiver did not start")
             time.sleep(0.02)
         root = host.root
-        binds = [
-            (root / "etc-mail", "/etc/mail"),
+        script = "set -e\n"
+        if package is not None:
+            # The package on top of the real tree; the host's changes in its own upper dir.
+            for target, part, upper in _POSTFIX_OVERLAYS:
+                dirs = (package / part, Path(target), root / "overlay" / "upper" / upper,
+                        root / "overlay" / "work" / upper)
+                if any(ch in str(d) for d in dirs for ch in ":,="):
+                    raise LabError(f"{host.name}: overlayfs cannot take a path with ':', ',' "
+                                   f"or '=' ({', '.join(map(str, dirs))})")
+                options = (f"lowerdir={dirs[0]}:{dirs[1]},upperdir={dirs[2]},"
+                           f"workdir={dirs[3]}")
+                script += (f"mount -t overlay -o {shlex.quote(options)} "
+                           f"relayfleet-lab {shlex.quote(target)}\n")
+            binds = []
+        else:
+            binds = [(root / "etc-mail", "/etc/mail"),
+                     (root / "mqueue", "/var/spool/mqueue"),
+                     (root / "mqueue-client", "/var/spool/mqueue-client")]
+        binds += [
             (root / "hosts", "/etc/hosts"),
             (root / "resolv.conf", "/etc/resolv.conf"),
-            (root / "mqueue", "/var/spool/mqueue"),
-            (root / "mqueue-client", "/var/spool/mqueue-client"),
             (root / "run", "/run"),
             (root / "log", "/var/log"),
             (root / "log.sock", "/dev/log"),
         ]
-        if host.layout == "centos":
+        if host.layout == "centos" and package is None:
             binds.append((root / "init-sendmail", "/etc/init.d/sendmail"))
-        script = "set -e\n" + "".join(
+        script += "".join(
             f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}\n" for src, dst in binds)
         script += f"hostname {shlex.quote(host.name)}\n"
         host.run(["sh", "-c", script])
+
+    # -- Postfix hosts -------------------------------------------------------------
+    def _sendmail_leftovers(self, package: Path) -> list[str]:
+        """What the sendmail packages put under the host's writable trees (files, sendmail's
+        own directories, the alternatives that lead into them and the links to those), less
+        what the postfix package itself provides: a Postfix host must not look like a
+        sendmail one (no /etc/mail, no /etc/init.d/sendmail, no sendmail's newaliases)."""
+        if self._sendmail_paths is not None:
+            return self._sendmail_paths
+        installed = [p for p in SENDMAIL_PACKAGES
+                     if b"ok installed" in sh(["dpkg-query", "-W", "-f=${Status}", p],
+                                               check=False).stdout]
+        listed = sh(["dpkg", "-L", *installed]).stdout.decode().splitlines() if installed else []
+        listed += ["/var/lib/sendmail", "/etc/mail", "/var/spool/mqueue",
+                   "/var/spool/mqueue-client"]
+        paths: set[str] = set()
+        dirs: list[str] = []
+        writable = (*(f"{target}/" for target, _, _ in _POSTFIX_OVERLAYS), "/lib/")
+        for path in listed:
+            if not path.startswith(writable) or os.path.lexists(package / path.lstrip("/")):
+                continue
+            if os.path.islink(path) or os.path.isfile(path):
+                paths.add(path)
+            elif os.path.isdir(path) and ("sendmail" in path or "mqueue" in path
+                                          or path == "/etc/mail"):
+                paths.add(path)
+                dirs.append(path + "/")
+        gone: set[str] = set()
+        for alt in Path("/etc/alternatives").iterdir():
+            target = os.readlink(alt) if alt.is_symlink() else ""
+            if target in paths or target.startswith(tuple(dirs)):
+                gone.add(str(alt))
+        paths |= gone
+        for where in ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/share/man/man1",
+                      "/usr/share/man/man5", "/usr/share/man/man8"):
+            with os.scandir(where) as entries:
+                for entry in entries:
+                    if (entry.is_symlink() and os.readlink(entry.path) in gone
+                            and not os.path.lexists(package / entry.path.lstrip("/"))):
+                        paths.add(entry.path)
+        self._sendmail_paths = sorted(paths)
+        return self._sendmail_paths
+
+    def _setup_postfix(self, host: LabHost, package: Path) -> None:
+        """Install Postfix in the host's own trees the way its distribution's package does."""
+        host.run(["xargs", "-0", "rm", "-rf", "--"],
+                 input="\0".join(self._sendmail_leftovers(package)).encode())
+        share = package / "usr" / "share" / "postfix"
+        config = host.fs("/etc/postfix")
+        (config / "dynamicmaps.cf").write_text(_dynamicmaps(package))
+        master = (share / "master.cf.dist").read_text()
+        for name in ("main.cf", "master.cf"):  # for postmulti; both distributions ship them
+            (config / f"{name}.proto").write_text((share / f"{name}.dist").read_text())
+        if host.layout == "centos":
+            host.run(["sh", "-c", _RHEL_POSTFIX_SETUP])
+            # RHEL ships upstream's master.cf: no service chrooted.
+            (config / "master.cf").write_text(_CHROOT_COLUMN.sub(r"\1n\2", master))
+            shutil.copy(FILES / "centos-postfix-main.cf", config / "main.cf")
+        else:
+            (config / "master.cf").write_text(master)
+            host.run(["sh", "-c", _debian_postfix_setup(host)])
+        host.run(["newaliases"])
+        # Debian's postfix-files lists $meta_directory/makedefs.out, but the package keeps it
+        # in /usr/share/postfix: `postfix set-permissions` stops at "chown: cannot access
+        # '/etc/postfix/makedefs.out'" on a real Debian 12 too. RHEL ships it in /etc/postfix.
+        makedefs = config / "makedefs.out"
+        shutil.copy(share / "makedefs.out", makedefs)
+        host.run(["postfix", "set-permissions"])
+        if host.layout != "centos":
+            makedefs.unlink()
+        check = host.run(["postfix", "check"], check=False)
+        output = check.stdout + check.stderr
+        (host.root / "postfix-check.log").write_bytes(output)
+        if check.returncode != 0:
+            raise LabError(f"{host.name}: postfix check exited {check.returncode}: "
+                           f"{output.decode(errors='replace').strip()}")
+        # The receiver takes every facility: groupadd's and useradd's lines (auth) are not
+        # maillog lines. The log starts with Postfix's own start.
+        with host.maillog.open("r+b") as log:
+            log.truncate(0)
 
     def close(self) -> None:
         """Tear the lab down, whatever state it is in."""
@@ -628,6 +886,104 @@ class Lab:
         if self.bridge:
             sh(["ip", "link", "del", self.bridge], check=False)
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+#: a master.cf service line's chroot column (the fifth) when it says ``y``
+_CHROOT_COLUMN = re.compile(r"^((?:[^#\s]\S*)\s+(?:\S+\s+){3})y(\s)", re.MULTILINE)
+
+#: RHEL's postfix package, done over Debian's binaries: its users and groups (%pre, fixed ids
+#: 89/90 when free), its file names (sendmail.postfix & co behind the ``mta``
+#: alternative, /usr/libexec/postfix, /usr/lib64/postfix) and its TLS files
+_RHEL_POSTFIX_SETUP = r"""set -e
+if getent group 89 >/dev/null; then groupadd -r postfix; else groupadd -g 89 -r postfix; fi
+if getent group 90 >/dev/null; then groupadd -r postdrop; else groupadd -g 90 -r postdrop; fi
+if getent passwd 89 >/dev/null; then uid=; else uid="-u 89"; fi
+useradd -d /var/spool/postfix -s /sbin/nologin -g postfix -G mail -M -r $uid postfix
+rm -f /etc/init.d/postfix /etc/insserv.conf.d/postfix
+mkdir -p /usr/libexec /usr/lib64 /etc/pki/tls/certs /etc/pki/tls/private
+ln -s /usr/lib/postfix/sbin /usr/libexec/postfix
+ln -s /usr/lib/postfix /usr/lib64/postfix
+mv /usr/sbin/sendmail /usr/sbin/sendmail.postfix
+ln -s ../../usr/sbin/sendmail.postfix /usr/bin/mailq.postfix
+ln -s ../../usr/sbin/sendmail.postfix /usr/bin/newaliases.postfix
+ln -s ../sbin/sendmail.postfix /usr/lib/sendmail.postfix
+rm -f /usr/bin/mailq /usr/bin/newaliases /usr/lib/sendmail
+ln -s /etc/alternatives/mta /usr/sbin/sendmail
+ln -s /etc/alternatives/mta-mailq /usr/bin/mailq
+ln -s /etc/alternatives/mta-newaliases /usr/bin/newaliases
+ln -s /etc/alternatives/mta-sendmail /usr/lib/sendmail
+ln -s /usr/sbin/sendmail.postfix /etc/alternatives/mta
+ln -s /usr/bin/mailq.postfix /etc/alternatives/mta-mailq
+ln -s /usr/bin/newaliases.postfix /etc/alternatives/mta-newaliases
+ln -s /usr/lib/sendmail.postfix /etc/alternatives/mta-sendmail
+ln -s /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt
+umask 077
+openssl req -new -x509 -nodes -newkey rsa:2048 -days 365 -subj "/CN=$(hostname)" \
+    -keyout /etc/pki/tls/private/postfix.key -out /etc/pki/tls/certs/postfix.pem 2>/dev/null
+chmod 644 /etc/pki/tls/certs/postfix.pem
+"""
+
+
+def _debian_postfix_setup(host: LabHost) -> str:
+    """What Debian's postfix postinst does for an "Internet Site" on a fresh machine:
+    ``adduser --system``, the snakeoil certificate (ssl-cert's postinst), /etc/mailname,
+    main.cf from main.cf.debian (+ main.cf.tls) and its ``postconf -e`` calls in order."""
+    fqdn = host.fqdn
+    settings = [
+        "smtpd_relay_restrictions=permit_mynetworks permit_sasl_authenticated "
+        "defer_unauth_destination",
+        f"myhostname={fqdn}", "alias_maps=hash:/etc/aliases",
+        "alias_database=hash:/etc/aliases", "myorigin=/etc/mailname",
+        f"mydestination=$myhostname, {fqdn}, localhost.{DOMAIN}, , localhost",
+        "relayhost=", "mynetworks=127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
+        "mailbox_size_limit=0", "recipient_delimiter=+", "inet_interfaces=all",
+        "inet_protocols=all",
+    ]
+    snakeoil = "/etc/ssl/private/ssl-cert-snakeoil.key"
+    return "\n".join([
+        "set -e",
+        "addgroup --system postfix >/dev/null 2>&1",
+        "adduser --system --home /var/spool/postfix --no-create-home --disabled-password "
+        "--ingroup postfix postfix >/dev/null 2>&1",
+        "addgroup --system postdrop >/dev/null 2>&1",
+        f"[ -f {snakeoil} ] || make-ssl-cert generate-default-snakeoil",
+        f"echo {shlex.quote(fqdn)} > /etc/mailname",
+        "cd /etc/postfix",
+        "cp /usr/share/postfix/main.cf.debian main.cf",
+        f"if [ -f {snakeoil} ]; then cat /usr/share/postfix/main.cf.tls >> main.cf; fi",
+        *(f"postconf -e {shlex.quote(s)}" for s in settings),
+        "",
+    ])
+
+
+def _dynamicmaps(package: Path) -> str:
+    """/etc/postfix/dynamicmaps.cf as Debian's postinst writes it: the comments, and the
+    rows whose map plugin is installed."""
+    rows = []
+    for row in (package / "usr" / "share" / "postfix" / "dynamicmaps.cf").read_text().splitlines():
+        name = row.split()[0] if row.split() else ""
+        if row.startswith("#") or (package / "usr" / "lib" / "postfix" /
+                                   f"postfix-{name}.so").exists():
+            rows.append(row)
+    return "\n".join(rows) + "\n"
+
+
+def _sync_account(host: LabHost, user: str, sudoers: Path) -> None:
+    """Give a Postfix host (its own /etc) the root namespace's entries for ``user`` and the
+    lab's sudoers file, as they are now."""
+    for name in ("passwd", "shadow", "group", "gshadow"):
+        real = Path("/etc") / name
+        if not real.exists():
+            continue
+        wanted = [line for line in real.read_text().splitlines()
+                  if line.split(":", 1)[0] == user]
+        path = host.fs(f"/etc/{name}")
+        kept = [line for line in path.read_text().splitlines()
+                if line.split(":", 1)[0] != user]
+        path.write_text("\n".join(kept + wanted) + "\n")
+    copy = host.fs(str(sudoers))
+    copy.write_bytes(sudoers.read_bytes())
+    copy.chmod(0o440)
 
 
 def _wait_port(address: str, port: int, proc: subprocess.Popen[bytes], udp: bool = False,

@@ -248,7 +248,8 @@ def _data(name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("name", "status", "dry_run", "expected"), [
     ("collect_status", "succeeded", False, {"queue_count": 3, "smarthost": SMARTHOST,
-                                            "config_in_sync": True, "mta_running": True}),
+                                            "config_in_sync": True, "mta_running": True,
+                                            "mta_detected_kind": "sendmail"}),
     ("collect_status", "failed", False, {}),
     ("flush_queue", "succeeded", False, {"queue_count": 0}),
     ("flush_queue", "failed", False, {"queue_count": 0}),
@@ -343,11 +344,9 @@ def test_each_action_runs_its_operation() -> None:
 
 def test_the_agent_serves_every_catalogue_route() -> None:
     from agent.app import create_app
-    from agent.config import AgentConfig
-    from shared.profile import build_profile
+    from agent.config import AgentConfig, MtaSettings
 
-    app = create_app(AgentConfig("127.0.0.1", 8587, "0" * 64,
-                                 build_profile("sendmail", "debian", {})))
+    app = create_app(AgentConfig("127.0.0.1", 8587, "0" * 64, MtaSettings("sendmail")))
     served = {(method, rule.rule) for rule in app.url_map.iter_rules()
               for method in rule.methods or ()}
     for action in ACTIONS.values():

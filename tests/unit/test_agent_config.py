@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import ProfileResolver, load_config
 from shared.errors import ConfigError
 
 TOKEN = "t0ken-for-tests-0123456789"
@@ -33,7 +33,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_and_token_compare(tmp_path: Path, token_file: Path) -> None:
     config = load_config(write(tmp_path, f'token_file = "{token_file}"\n[mta]\nflavour = "rhel"\n'))
     assert (config.listen_host, config.listen_port) == ("0.0.0.0", 8587)
-    assert config.profile.maillog == "/var/log/maillog"
+    assert ProfileResolver(config.mta).profile().maillog == "/var/log/maillog"
     assert config.token_matches(TOKEN) and not config.token_matches(TOKEN + "x")
     assert TOKEN not in json.dumps(config.describe())
 
@@ -44,7 +44,7 @@ def test_token_sha256_and_overrides(tmp_path: Path) -> None:
                                          '[mta]\nrestart = ["systemctl", "restart", "sendmail"]\n'),
                          listen="127.0.0.1:8600")
     assert config.token_matches(TOKEN) and config.listen_port == 8600
-    assert config.profile.restart == ("systemctl", "restart", "sendmail")
+    assert ProfileResolver(config.mta).profile().restart == ("systemctl", "restart", "sendmail")
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -17,9 +17,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from agent.app import create_app
-from agent.config import AgentConfig
+from agent.config import AgentConfig, MtaSettings
 from shared import __version__
-from shared.profile import build_profile
 from shared.schemas import StatusSchema
 from shared.testing import FakeSendmailHost, debian_sendmail_host
 
@@ -48,7 +47,7 @@ def host() -> FakeSendmailHost:
 @pytest.fixture
 def app(host: FakeSendmailHost) -> Flask:
     config = AgentConfig("127.0.0.1", 8587, hashlib.sha256(TOKEN.encode()).hexdigest(),
-                         build_profile("sendmail", "debian", {}))
+                         MtaSettings("sendmail", "debian"))
     return create_app(config, executor_factory=lambda: host)
 
 

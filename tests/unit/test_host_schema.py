@@ -13,7 +13,7 @@ NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 WHEN = "2024-05-01T12:00:00+00:00"
 NEVER_SEEN = {"seen_at": None, "reachable": None, "error": None, "job_id": None,
               "queue_count": None, "smarthost": None, "config_in_sync": None,
-              "mta_running": None}
+              "mta_running": None, "mta_kind": None}
 
 
 def make_host(**columns: Any) -> Host:
@@ -66,20 +66,22 @@ def test_ssh_host_shows_key_or_password_auth_never_the_secret() -> None:
 
 
 def test_last_known_state_and_profile_come_from_the_row() -> None:
-    host = make_host(agent_url="https://a", agent_token_sealed="t", mta_kind="postfix",
+    host = make_host(agent_url="https://a", agent_token_sealed="t", mta_kind="auto",
                      mta_flavour="rhel", mta_overrides={"restart": "/bin/true"},
                      last_seen_at=NOW, last_reachable=False, last_error="timed out",
                      last_job_id=4, queue_count=3, smarthost={"host": "relay.example.net"},
-                     config_in_sync=True, mta_running=False)
+                     config_in_sync=True, mta_running=False, mta_detected_kind="postfix")
     last = {"seen_at": WHEN, "reachable": False, "error": "timed out", "job_id": 4,
             "queue_count": 3, "smarthost": {"host": "relay.example.net"},
-            "config_in_sync": True, "mta_running": False}
+            "config_in_sync": True, "mta_running": False, "mta_kind": "postfix"}
     doc = HostSchema().dump(host)
-    assert doc["mta"] == {"kind": "postfix", "flavour": "rhel",
+    # configured in mta.kind, found running in last.mta_kind
+    assert doc["mta"] == {"kind": "auto", "flavour": "rhel",
                           "overrides": {"restart": "/bin/true"}}
     assert doc["last"] == last
     assert FleetHostSchema().dump(host) == {"host_id": 7, "name": "pbx01", "tenant_id": 2,
-                                            "site_id": 3, "transport": "agent", "last": last}
+                                            "site_id": 3, "transport": "agent",
+                                            "mta_kind": "auto", "last": last}
 
 
 def test_a_page_dumps_its_rows() -> None:

@@ -1,0 +1,1 @@
+"""Postfix support: parsers for its queue listings and maillog lines, and its operations."""

@@ -1,0 +1,573 @@
+"""Postfix's implementation of the MTA operations, driven through an executor.
+
+Like sendmail's, nothing here needs Python on the managed host: main.cf is edited by
+Postfix's own editor (``postconf -e``/``-X``, on a staged copy so that the diff is known
+before anything changes), the credentials map is built by ``postmap``, the result is
+checked by ``postfix check`` and taken live by the profile's ``reload`` argv. The change
+transaction (lock, backup, atomic swap, byte-identical rollback) is shared with sendmail
+(:mod:`shared.change`).
+
+A change that was swapped in but not yet reloaded (the agent or the SSH session died in
+between) leaves a marker, ``.relayfleet-reload-pending``, in the configuration directory:
+Postfix gives no other sign of which main.cf its master last read, and a retry that finds
+the files already right must still reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shared import diagnose as diag
+from shared.change import (
+    NO_SUCH_FILE,
+    ConfigChangeOperations,
+    RollbackReport,
+    fail,
+    oldest_age_s,
+    read_failure,
+)
+from shared.errors import (
+    CommandFailed,
+    CommandTimeout,
+    CompileError,
+    ConfigError,
+    ExecutorError,
+    OperationError,
+    RelayfleetError,
+)
+from shared.executor import CommandResult, read_command
+from shared.mta import FlushRequest
+from shared.postfix import config as pfconf
+from shared.postfix.maillog import parse_postfix_line
+from shared.postfix.queue import parse_postfix_queue
+from shared.results import OperationResult, Redactor, StepRecorder
+from shared.sendmail.maillog import LogRecord, outcome, summarize
+from shared.sendmail.mailq import MailqReport
+from shared.sendmail.mc import Smarthost, unified_diff
+from shared.validation import SmarthostRequest
+
+RELOAD_PENDING = ".relayfleet-reload-pending"
+#: prints the queue as JSON (Postfix >= 3.1), or as text on older Postfix
+_QUEUE_SCRIPT = '"$1" -c "$2" -j 2>/dev/null || exec "$1" -c "$2" -p'
+#: prints the first SASL PLAIN/LOGIN client plugin found (Debian multiarch, RHEL lib64, others)
+_SASL_PLUGINS_SCRIPT = ("for f in /usr/lib/*/sasl2/libplain.so* /usr/lib/*/sasl2/liblogin.so* "
+                        "/usr/lib64/sasl2/libplain.so* /usr/lib64/sasl2/liblogin.so* "
+                        "/usr/lib/sasl2/libplain.so* /usr/lib/sasl2/liblogin.so*; do "
+                        '[ -e "$f" ] && { echo "$f"; exit 0; }; done; exit 1')
+SASL_PACKAGES = "libsasl2-modules (Debian, Ubuntu) or cyrus-sasl-plain (RHEL, CentOS)"
+#: how long a flush waits for Postfix to try the flushed messages (seconds)
+FLUSH_SETTLE_S = 30.0
+
+
+@dataclass
+class _Change:
+    """The files a smarthost change rewrites: current and wanted content."""
+
+    main_old: str
+    main_new: str
+    sasl_old: str | None
+    sasl_new: str | None
+    map_type: str
+
+    @property
+    def sasl_changed(self) -> bool:
+        return self.sasl_new is not None and self.sasl_new != self.sasl_old
+
+
+class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
+    """Read, set and remove the relayhost; list, flush and log the queue; diagnose."""
+
+    kind = "postfix"
+    label = "Postfix"
+    rebuild_label = "reload"
+    change_files = ("config_dir", "main_cf", "sasl_passwd", "sasl_passwd.db")
+
+    #: the database type maps are built with (the host's default_database_type)
+    _map_type = "hash"
+
+    # -- helpers --------------------------------------------------------------------
+    def _postconf(self, *args: str) -> list[str]:
+        return [self.profile.postconf, "-c", self.profile.config_dir, *args]
+
+    def _map_file(self) -> str:
+        """The compiled SASL map (``sasl_passwd.db`` for hash, ``.lmdb`` for lmdb)."""
+        return self.profile.sasl_passwd_path + pfconf.MAP_SUFFIXES.get(self._map_type, ".db")
+
+    def _marker(self) -> str:
+        return posixpath.join(self.profile.config_dir, RELOAD_PENDING)
+
+    def _managed_files(self) -> list[str]:
+        prof = self.profile
+        return [prof.main_cf_path, prof.sasl_passwd_path, self._map_file()]
+
+    def _values(self, rec: StepRecorder | None = None) -> dict[str, str]:
+        """The smarthost parameters as Postfix reads them from main.cf."""
+        argv = self._postconf(*pfconf.SMARTHOST_PARAMETERS)
+        out = (rec.run("postconf", argv, timeout=self.profile.validate_timeout_s, check=False)
+               if rec is not None else
+               self.executor.run(argv, timeout=self.profile.validate_timeout_s))
+        if not out.ok:
+            raise ConfigError(f"postconf cannot read {self.profile.main_cf_path}: "
+                              f"{out.output_text().strip()[:300]}")
+        values = pfconf.parse_postconf(out.stdout_text())
+        self._map_type = values.get("default_database_type") or "hash"
+        return values
+
+    def _smarthost_data(self, values: dict[str, str] | None,
+                        sasl_text: bytes | None) -> dict[str, Any]:
+        """Smarthost facts from postconf's values and the SASL map (the user name only).
+
+        ``config_in_sync``: main.cf reads, and when SASL is on, the compiled map is not
+        older than its source (Postfix reads main.cf itself; the map is what can lag).
+        """
+        if values is None:
+            return {"smarthost": None, "config_in_sync": False, "compiled": None,
+                    "active_defines": 0}
+        relay = values.get("relayhost", "")
+        smarthost_obj = pfconf.parse_relayhost(relay)
+        smarthost: dict[str, Any] | None = None
+        sasl_on = values.get("smtp_sasl_auth_enable", "no").lower() == "yes"
+        if smarthost_obj is not None:
+            smarthost = smarthost_obj.to_dict()
+            user = (pfconf.username_for(sasl_text.decode("utf-8", "replace"), relay.split()[0])
+                    if sasl_text is not None and sasl_on else None)
+            smarthost["auth"] = {"username": user} if user else None
+        in_sync = True
+        if sasl_on and sasl_text is not None:
+            source = self.executor.file_info(self.profile.sasl_passwd_path)
+            built = self.executor.file_info(self._map_file())
+            in_sync = built is not None and (source is None or built.mtime >= source.mtime)
+        return {"smarthost": smarthost, "config_in_sync": in_sync,
+                "compiled": smarthost_obj.to_dict() if smarthost_obj else None,
+                "active_defines": 0}
+
+    def _current_smarthost(self) -> tuple[dict[str, Any], list[ConfigError]]:
+        try:
+            self._confine("main_cf", "sasl_passwd")
+            values = self._values()
+        except ConfigError as exc:
+            return self._smarthost_data(None, None), [exc]
+        sasl = self.executor.read_file_if_exists(self.profile.sasl_passwd_path)
+        return self._smarthost_data(values, sasl), []
+
+    # -- read -----------------------------------------------------------------------
+    def read_smarthost(self) -> OperationResult:
+        """Read relayhost and the SASL settings through postconf."""
+        result = OperationResult("read_smarthost")
+        result.data, problems = self._current_smarthost()
+        fail(result, *problems)
+        return result
+
+    # -- change ---------------------------------------------------------------------
+    def set_smarthost(self, request: SmarthostRequest, *, dry_run: bool = False) -> OperationResult:
+        """Point relayhost at ``request``'s smarthost (with SASL and TLS when it has auth)."""
+        redactor = Redactor([request.auth.password] if request.auth else [])
+        wanted = pfconf.wanted_smarthost(request)
+        key = pfconf.relayhost_value(wanted)
+
+        def plan(rec: StepRecorder) -> _Change:
+            if request.mailer != "relay":
+                rec.note("mailer", f"mailer {request.mailer!r} is a sendmail setting; Postfix "
+                                   "always speaks ESMTP to its relayhost")
+            main_old = self._read_config_file(self.profile.main_cf_path)
+            values = self._values(rec)
+            sasl_old = sasl_new = None
+            if request.auth is not None:
+                self._preflight_sasl(rec)
+                sasl_old_b = self.executor.read_file_if_exists(self.profile.sasl_passwd_path)
+                sasl_old = sasl_old_b.decode("utf-8", "replace") if sasl_old_b else None
+                sasl_new = pfconf.set_entry(sasl_old or "", key, request.auth.username,
+                                            request.auth.password)
+                if sasl_new == sasl_old and not self.executor.exists(self._map_file()):
+                    sasl_old = None  # the source is right but was never compiled
+            edits = pfconf.smarthost_edits(request, values, self._map_type,
+                                           self.profile.sasl_passwd_path)
+            return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
+                           self._map_type)
+
+        return self._change("set_smarthost", plan, dry_run, redactor, wanted)
+
+    def remove_smarthost(self, *, dry_run: bool = False) -> OperationResult:
+        """Take relayhost (and its SASL settings and map entry) out: direct delivery."""
+
+        def plan(rec: StepRecorder) -> _Change:
+            main_old = self._read_config_file(self.profile.main_cf_path)
+            values = self._values(rec)
+            relay = values.get("relayhost", "").split()
+            sasl_old_b = self.executor.read_file_if_exists(self.profile.sasl_passwd_path)
+            sasl_old = sasl_old_b.decode("utf-8", "replace") if sasl_old_b else None
+            sasl_new = None
+            if sasl_old is not None and relay:
+                stripped = pfconf.remove_entry(sasl_old, relay[0])
+                sasl_new = stripped if stripped != sasl_old else None
+            edits = pfconf.smarthost_edits(None, values, self._map_type,
+                                           self.profile.sasl_passwd_path)
+            return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
+                           self._map_type)
+
+        return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
+
+    def _stage(self, rec: StepRecorder, main_old: str, edits: pfconf.MainCfEdits) -> str:
+        """main.cf as ``postconf`` edits it, on a copy in a private staging directory."""
+        ex = self.executor
+        stage = ex.temp_path_for(self.profile.main_cf_path, "stage")
+        ex.make_dir(stage, mode=0o700)
+        try:
+            copy = posixpath.join(stage, "main.cf")
+            ex.write_file(copy, main_old.encode(), mode=0o644)
+            for args in edits.postconf_args():
+                rec.run(f"postconf {args[0]} (staged copy)",
+                        [self.profile.postconf, "-c", stage, *args],
+                        timeout=self.profile.validate_timeout_s)
+            return ex.read_text(copy)
+        finally:
+            with contextlib.suppress(ExecutorError):
+                ex.remove_dir(stage)
+
+    def _preflight_sasl(self, rec: StepRecorder) -> None:
+        """Refuse credentials when the host has no SASL client mechanisms to send them."""
+        found = rec.run("sasl plugins", ["sh", "-c", _SASL_PLUGINS_SCRIPT],
+                        timeout=self.profile.validate_timeout_s, check=False)
+        if not found.ok:
+            raise ConfigError("SMTP AUTH needs the Cyrus SASL PLAIN/LOGIN plugins, which this "
+                              f"host lacks: install {SASL_PACKAGES}, then set the smarthost "
+                              "again; nothing was changed")
+
+    def _describe(self, change: _Change, result: OperationResult,
+                  wanted: Smarthost | None) -> None:
+        diff = unified_diff(change.main_old, change.main_new, self.profile.main_cf_path)
+        if change.sasl_changed:
+            # The map holds the secret: say that it changes, never how.
+            path = self.profile.sasl_passwd_path
+            diff += (f"--- {path} (current)\n+++ {path} (new)\n"
+                     "@@ credentials entry written (content not shown) @@\n")
+        result.changed = bool(diff)
+        result.data["diff"] = diff
+
+    def _apply(self, change: _Change, rec: StepRecorder, result: OperationResult,
+               wanted: Smarthost | None) -> None:
+        ex, prof = self.executor, self.profile
+        temps: list[str] = []
+        try:
+            main_tmp = ex.temp_path_for(prof.main_cf_path)
+            temps.append(main_tmp)
+            self._write_like(prof.main_cf_path, main_tmp, change.main_new.encode())
+            rec.note("write main.cf (temporary)", main_tmp)
+            sasl_tmp = map_tmp = None
+            if change.sasl_changed and change.sasl_new is not None:
+                sasl_tmp = ex.temp_path_for(prof.sasl_passwd_path)
+                map_tmp = sasl_tmp + pfconf.MAP_SUFFIXES.get(change.map_type, ".db")
+                temps += [sasl_tmp, map_tmp]
+                ex.write_file(sasl_tmp, change.sasl_new.encode(), mode=0o600)
+                ex.set_owner_mode(sasl_tmp, mode=0o600, uid=0, gid=0)
+                rec.run("build sasl_passwd map",
+                        [prof.postmap, "-c", prof.config_dir, f"{change.map_type}:{sasl_tmp}"],
+                        timeout=prof.command_timeout_s)
+                ex.set_owner_mode(map_tmp, mode=0o600, uid=0, gid=0)
+            backup = result.data["backup"] = self._backup(rec)
+
+            def swap() -> None:
+                # The marker first: from here on a retry must reload even if it finds the
+                # files right. Then the map before its source, and main.cf last, so that
+                # main.cf never names a map that is not there.
+                ex.write_file(self._marker(), b"", mode=0o600)
+                if sasl_tmp is not None and map_tmp is not None:
+                    ex.rename(map_tmp, self._map_file())
+                    ex.rename(sasl_tmp, prof.sasl_passwd_path)
+                ex.rename(main_tmp, prof.main_cf_path)
+                rec.note("swap", f"installed new {prof.main_cf}"
+                         + (f", {prof.sasl_passwd}" if sasl_tmp else ""))
+
+            self._run_swapped(rec, result, backup, swap, wanted)
+        finally:
+            for tmp in temps:
+                with contextlib.suppress(ExecutorError):
+                    ex.remove(tmp)
+
+    def _check(self, rec: StepRecorder) -> None:
+        """``postfix check``: Postfix's own verdict on the installed configuration."""
+        argv = [self.profile.postfix, "-c", self.profile.config_dir, "check"]
+        try:
+            checked = rec.run("postfix check", argv, timeout=self.profile.validate_timeout_s,
+                              check=False)
+        except CommandTimeout as exc:
+            raise CompileError(f"postfix check timed out after "
+                               f"{self.profile.validate_timeout_s:g}s") from exc
+        lines = checked.output_text().strip().splitlines()
+        fatal = [ln for ln in lines if "fatal:" in ln or "error:" in ln]
+        if not checked.ok or fatal:
+            raise CompileError(f"postfix check refused the new configuration (exit "
+                               f"{checked.exit_code}): {'; '.join((fatal or lines)[:3])}")
+
+    def _restart(self, rec: StepRecorder) -> None:
+        """Reload Postfix (``postfix start`` when it is not running: reload would fail)."""
+        running, _pid = self._mta_running()
+        if running:
+            rec.run("reload", list(self.profile.reload), timeout=self.profile.command_timeout_s)
+        else:
+            rec.run("start", [self.profile.postfix, "-c", self.profile.config_dir, "start"],
+                    timeout=self.profile.command_timeout_s)
+
+    def _activate_verify(self, rec: StepRecorder, wanted: Smarthost | None) -> None:
+        self._check(rec)
+        self._restart(rec)
+        started = time.monotonic()
+        values = self._values()
+        now = pfconf.parse_relayhost(values.get("relayhost", ""))
+        if now != wanted:
+            raise OperationError(f"after reload relayhost says {values.get('relayhost')!r}, "
+                                 f"expected {pfconf.relayhost_value(wanted) if wanted else ''!r}")
+        running, pid = self._wait_running()
+        if not running:
+            raise OperationError("Postfix is not running after the reload")
+        self._clear_marker()
+        rec.note("verify", f"relayhost is {values.get('relayhost') or '(none)'}; Postfix "
+                 f"running (master pid {pid})", started=started)
+
+    def _clear_marker(self) -> None:
+        with contextlib.suppress(ExecutorError):
+            self.executor.remove(self._marker())
+
+    def _rollback(self, rec: StepRecorder, backup: str) -> RollbackReport:
+        undo = super()._rollback(rec, backup)
+        if undo.files_back and undo.mta_running:
+            self._clear_marker()  # the running Postfix reloaded the restored files
+        return undo
+
+    def _rebuild(self, rec: StepRecorder, undo: RollbackReport) -> None:
+        """Nothing to rebuild: the compiled map came back from the backup with its source."""
+
+    def _running_stale(self) -> bool:
+        return self.executor.exists(self._marker())
+
+    def _finish_by_hand(self) -> str:
+        return f"run postfix check and reload Postfix ({' '.join(self.profile.reload)})"
+
+    def _start_by_hand(self) -> str:
+        return f"{self.profile.postfix} start"
+
+    # -- queue ----------------------------------------------------------------------
+    def _queue_command(self) -> list[str]:
+        return ["sh", "-c", _QUEUE_SCRIPT, "sh", self.profile.postqueue,
+                self.profile.config_dir]
+
+    @staticmethod
+    def _parse_queue(out: CommandResult) -> MailqReport:
+        if not out.ok:
+            raise CommandFailed(f"postqueue failed: {out.output_text().strip()[:300]}",
+                                exit_code=out.exit_code)
+        return parse_postfix_queue(out.stdout_text())
+
+    def _queue(self, rec: StepRecorder, name: str = "postqueue") -> MailqReport:
+        return self._parse_queue(rec.run(name, self._queue_command(), check=False,
+                                         timeout=self.profile.command_timeout_s))
+
+    def queue_list(self) -> OperationResult:
+        """List queued messages with each recipient's delay reason."""
+        rec = StepRecorder(self.executor)
+        result = OperationResult("queue_list", steps=rec.steps)
+        result.data = self._queue(rec).to_dict()
+        return result
+
+    def queue_flush(self, request: FlushRequest) -> OperationResult:
+        """Ask Postfix to retry the queue (or part of it), wait for the outcome, report.
+
+        ``postqueue -f`` flushes everything, ``postqueue -i ID`` one message. A recipient
+        or sender selects messages by substring like sendmail's ``-qR``/``-qS`` and flushes
+        them by id: ``postqueue -s`` only serves domains in fast_flush_domains, which is
+        empty by default. Postfix keeps no host-status cache to reset (reset_host_status
+        has nothing to do). Postfix delivers asynchronously: the outcome of each flushed
+        message is read from the maillog lines written after the flush.
+        """
+        self._confine("maillog")
+        rec = StepRecorder(self.executor)
+        result = OperationResult("queue_flush", steps=rec.steps)
+        prof = self.profile
+        sized, queued = rec.run_many(
+            [("maillog size", ["sh", "-c", 'wc -c < "$1" 2>/dev/null || echo 0', "sh",
+                               prof.maillog]),
+             ("postqueue (before)", self._queue_command())],
+            timeout=prof.command_timeout_s, quiet=("maillog size",))
+        before = self._parse_queue(queued)
+        offset = int(sized.stdout_text().strip() or 0) if sized.ok else 0
+        ids = _selected(before, request)
+        postqueue = [prof.postqueue, "-c", prof.config_dir]
+        if request.queue_id is None and request.recipient is None and request.sender is None:
+            rec.run("flush", [*postqueue, "-f"], timeout=prof.command_timeout_s)
+        elif ids:
+            rec.run_many([(f"flush {qid}", [*postqueue, "-i", qid]) for qid in ids],
+                         timeout=prof.command_timeout_s)
+        else:
+            rec.note("flush", "no queued message matches; nothing to flush")
+        deliveries, after = self._settle(rec, offset, ids)
+        result.data = {"before": before.count, "after": after.count,
+                       "deliveries": deliveries, "remaining": after.to_dict()["messages"]}
+        return result
+
+    def _settle(self, rec: StepRecorder, offset: int,
+                ids: list[str]) -> tuple[list[dict[str, Any]], MailqReport]:
+        """Poll the maillog and the queue until each flushed message was tried (or left the
+        queue) or FLUSH_SETTLE_S passed; the delivery lines and the queue then."""
+        prof = self.profile
+        deadline = time.monotonic() + min(FLUSH_SETTLE_S, prof.command_timeout_s)
+        started = time.monotonic()
+        tail = ["sh", "-c", 'tail -c +"$2" "$1" 2>/dev/null; exit 0', "sh", prof.maillog,
+                str(offset + 1)]
+        while True:
+            log, queued = self.executor.run_many([tail, self._queue_command()],
+                                                 timeout=prof.command_timeout_s)
+            after = self._parse_queue(queued)
+            records = [r for r in (parse_postfix_line(ln) for ln in
+                                   log.stdout_text().splitlines()) if r is not None]
+            tried = {r.queue_id for r in records if _is_attempt(r)}
+            waiting = {m.id for m in after.messages} & set(ids)
+            if not (waiting - tried) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        deliveries = [_delivery(r) for r in records if _is_attempt(r) and r.queue_id in ids]
+        rec.note("postqueue (after)", f"{after.count} queued; {len(deliveries)} delivery "
+                 "attempts logged", started=started)
+        return deliveries, after
+
+    # -- log ------------------------------------------------------------------------
+    def read_log(self, lines: int = 200) -> OperationResult:
+        """Parse the tail of the maillog (Postfix's lines)."""
+        self._confine("maillog")
+        rec = StepRecorder(self.executor)
+        result = OperationResult("read_log", steps=rec.steps)
+        out = rec.run("tail maillog", ["tail", "-n", str(lines), self.profile.maillog],
+                      timeout=30)
+        records = [r for r in (parse_postfix_line(ln) for ln in out.stdout_text().splitlines())
+                   if r is not None]
+        rec.steps[-1].output = f"{len(out.stdout_text().splitlines())} lines read"
+        result.data = {"records": [r.to_dict() for r in records], "summary": summarize(records)}
+        return result
+
+    # -- status and diagnose ----------------------------------------------------------
+    def status(self) -> OperationResult:
+        """One look at the host, in one batch (one round trip over SSH)."""
+        self._confine("main_cf", "sasl_passwd")
+        rec = StepRecorder(self.executor)
+        result = OperationResult("status", steps=rec.steps)
+        prof = self.profile
+        reads = ("read /etc/hosts", f"read {prof.sasl_passwd}")
+        commands = [*diag.HOSTNAME_COMMANDS,
+                    (reads[0], read_command("/etc/hosts")),
+                    ("mta running", diag.alive_command(prof.daemon_pid_file)),
+                    ("version", self._postconf("-h", "mail_version")),
+                    ("postconf", self._postconf(*pfconf.SMARTHOST_PARAMETERS)),
+                    (reads[1], read_command(prof.sasl_passwd_path)),
+                    ("postqueue", self._queue_command())]
+        short, full, hosts, alive, version, values, sasl, queued = rec.run_many(
+            commands, timeout=prof.validate_timeout_s, quiet=reads)
+        problems: list[ConfigError] = []
+        parsed: dict[str, str] | None = None
+        if values.ok:
+            parsed = pfconf.parse_postconf(values.stdout_text())
+            self._map_type = parsed.get("default_database_type") or "hash"
+        else:
+            problems.append(ConfigError(f"postconf cannot read {prof.main_cf_path}: "
+                                        f"{values.output_text().strip()[:300]}"))
+        if not sasl.ok and read_failure(prof.sasl_passwd_path, sasl) != NO_SUCH_FILE:
+            problems.append(ConfigError(f"cannot read {prof.sasl_passwd_path}: "
+                                        f"{read_failure(prof.sasl_passwd_path, sasl)}"))
+        name_check = diag.hostname_check(short, full)
+        hostname = str(name_check.data.get("hostname", ""))
+        fqdn = str(name_check.data.get("fqdn", ""))
+        hosts_check = diag.hosts_file_check(hosts.stdout if hosts.ok else None, hostname, fqdn)
+        facts = self._smarthost_data(parsed, sasl.stdout if sasl.ok else None)
+        report = self._parse_queue(queued)
+        result.data = {
+            "hostname": hostname,
+            "fqdn": fqdn,
+            "mta": {"kind": self.kind,
+                    "version": version.stdout_text().strip() or None if version.ok else None,
+                    "running": bool(diag.mta_running_check(alive, prof.daemon_pid_file).ok)},
+            "smarthost": facts["smarthost"],
+            "config_in_sync": facts["config_in_sync"],
+            "queue": {"count": report.count,
+                      "oldest_age_s": oldest_age_s([m.queued_at for m in report.messages])},
+            "hosts_file": {"ok": bool(hosts_check.ok),
+                           "problems": list(hosts_check.data.get("problems", []))},
+        }
+        fail(result, *problems)
+        return result
+
+    def diagnose(self, *, domain: str | None = None,
+                 public_ip: str | None = None) -> OperationResult:
+        """The seed story's checklist on a Postfix host (myhostname, relayhost, master)."""
+        result = OperationResult("diagnose")
+        facts, problems = self._current_smarthost()
+        smarthost = facts["smarthost"]
+        if problems:
+            config_check = diag.Check("config_in_sync", False,
+                                      "; ".join(p.message for p in problems))
+        elif facts["config_in_sync"]:
+            config_check = diag.Check("config_in_sync", True,
+                                      f"{self.profile.main_cf} reads and its maps are built")
+        else:
+            config_check = diag.Check(
+                "config_in_sync", False,
+                f"{self.profile.sasl_passwd} is newer than its compiled map: set the smarthost "
+                f"again (or run postmap {self._map_type}:{self.profile.sasl_passwd_path})")
+        checks = diag.run_checks(
+            self.executor, self.profile,
+            smarthost_host=smarthost["host"] if smarthost else None,
+            smarthost_port=smarthost["port"] if smarthost else 25,
+            domain=domain, public_ip=public_ip, config_check=config_check)
+        checks.insert(1, self._myhostname_check(checks[0]))
+        result.data = {"checks": [c.to_dict() for c in checks]}
+        result.ok = all(c.ok is not False for c in checks)
+        return result
+
+    def _myhostname_check(self, hostname: diag.Check) -> diag.Check:
+        """Postfix greets with myhostname, not the system's name: it must be qualified."""
+        try:
+            out = self.executor.run(self._postconf("-h", "myhostname", "mydomain"),
+                                    timeout=self.profile.validate_timeout_s)
+        except RelayfleetError as exc:
+            return diag.Check("myhostname", False, f"could not check: {exc.message}")
+        names = out.stdout_text().split()
+        myhostname = names[0] if names else ""
+        data = {"myhostname": myhostname, "mydomain": names[1] if len(names) > 1 else ""}
+        if not out.ok or not myhostname:
+            return diag.Check("myhostname", False, "postconf cannot tell myhostname", data)
+        if "." not in myhostname:
+            return diag.Check("myhostname", False,
+                              f"Postfix greets relays as {myhostname!r}, which is not fully "
+                              "qualified: relays refuse it; set myhostname in main.cf (or fix "
+                              "the host name and /etc/hosts)", data)
+        fqdn = str(hostname.data.get("fqdn", ""))
+        detail = f"Postfix greets relays as {myhostname}"
+        if fqdn and fqdn != myhostname:
+            detail += f" (the system's name is {fqdn})"
+        return diag.Check("myhostname", True, detail, data)
+
+
+def _selected(queue: MailqReport, request: FlushRequest) -> list[str]:
+    """The ids of the messages a flush request picks (all of them when it picks none)."""
+    if request.queue_id is not None:
+        return [m.id for m in queue.messages if m.id == request.queue_id] or [request.queue_id]
+    if request.recipient is not None:
+        needle = request.recipient.lower()
+        return [m.id for m in queue.messages if any(needle in r.lower() for r in m.recipients)]
+    if request.sender is not None:
+        needle = request.sender.lower()
+        return [m.id for m in queue.messages if needle in m.sender.lower()]
+    return [m.id for m in queue.messages]
+
+
+def _is_attempt(record: LogRecord) -> bool:
+    """A delivery attempt's line (``to=... status=...``), not a handoff to a local pipe."""
+    return record.kind == "delivery" and "status" in record.fields
+
+
+def _delivery(record: LogRecord) -> dict[str, Any]:
+    """A maillog delivery line in the shape sendmail's ``-v`` transcript lines have."""
+    stat = record.fields.get("stat", "")
+    return {"queue_id": record.queue_id, "recipient": (record.recipients or [""])[0],
+            "outcome": outcome(stat, record.fields.get("dsn")), "text": stat}
