@@ -1,19 +1,22 @@
 #!/bin/sh
 # Install the relayfleet agent on a mail/PBX host (as root): a virtualenv in
 # /opt/relayfleet, /etc/relayfleet/agent.toml, a random token, and the systemd unit.
-#   sh install.sh [--flavour debian|rhel] [--listen ADDR:PORT] [--source PATH_OR_PIP_SPEC]
+#   sh install.sh [--flavour debian|rhel] [--mta auto|sendmail|postfix] [--listen ADDR:PORT]
+#                 [--source PATH_OR_PIP_SPEC]
 # Prints the certificate's fingerprint (pin it: agent.tls_fingerprint) and the token, once,
 # on its last line: give it to the controller and keep no copy.
 set -eu
 flavour=""
+mta="auto"
 listen="0.0.0.0:8587"
 source="relayfleet[agent]"
 while [ $# -gt 0 ]; do
     case "$1" in
         --flavour) flavour=$2; shift 2 ;;
+        --mta) mta=$2; shift 2 ;;
         --listen) listen=$2; shift 2 ;;
         --source) source=$2; shift 2 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -21,6 +24,7 @@ if [ -z "$flavour" ]; then
     if [ -f /etc/redhat-release ]; then flavour=rhel; else flavour=debian; fi
 fi
 case "$flavour" in debian|rhel) ;; *) echo "install.sh: --flavour must be debian or rhel" >&2; exit 2 ;; esac
+case "$mta" in auto|sendmail|postfix) ;; *) echo "install.sh: --mta must be auto, sendmail or postfix" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
 python3 -m venv /opt/relayfleet
@@ -46,7 +50,7 @@ tls_cert = "/etc/relayfleet/agent.crt"
 tls_key = "/etc/relayfleet/agent.key"
 
 [mta]
-kind = "sendmail"
+kind = "$mta"
 flavour = "$flavour"
 CONF
 fi
