@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_SECRET_KEY, ssh_target_for
 from tests.controller_client import Controller
+from tests.lab.enrol import SshLogin, host_body
 from tests.lab.lab import SINK_PORT, Lab, LabHost
-from tests.lab.services import ControllerWorker
+from tests.lab.services import ControllerStack, ControllerWorker, controller_stack
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -44,15 +44,6 @@ class FleetHost:
     host_id: int = 0
 
 
-@dataclass
-class Stack:
-    """One controller (API in-process, worker as a process) over one database."""
-
-    controller: Controller
-    worker: ControllerWorker
-    env: dict[str, str]
-
-
 @pytest.fixture(scope="module")
 def fleet_hosts(lab: Lab, client_keys: dict[str, tuple[str, str]]) -> Iterator[list[FleetHost]]:
     """Six lab hosts: three with an agent, three over SSH (one as a sudo user, one with
@@ -65,52 +56,18 @@ def fleet_hosts(lab: Lab, client_keys: dict[str, tuple[str, str]]) -> Iterator[l
     try:
         for index, (transport, layout, site) in enumerate(plan):
             host = lab.add_host(f"f{transport[0]}{layout[0]}{index}", layout)
-            mta = {"kind": "sendmail", "flavour": host.flavour, "overrides": {}}
-            body: dict[str, Any] = {"name": host.fqdn, "address": host.address,
-                                    "transport": transport, "mta": mta,
-                                    "tags": [transport, layout]}
-            entry = FleetHost(host, transport, site, body)
-            if transport == "agent":
-                # The real path: https with the installer's self-signed certificate, pinned
-                # by its fingerprint (the certificate is also its own CA: the lab address
-                # is in its subjectAltName).
-                entry.agent_token = secrets.token_urlsafe(24)
-                url = host.start_agent(entry.agent_token, tls=True)
-                assert url.startswith("https://")
-                body["agent"] = {"url": url, "token": entry.agent_token,
-                                 "tls_fingerprint": host.agent_fingerprint,
-                                 "ca_cert": host.agent_cert_pem}
-            else:
-                sudo = layout == "centos"
-                target = ssh_target_for(host, client_keys, user=user if sudo else "root",
-                                        sudo=sudo)
-                body["ssh"] = {"username": target.username, "private_key": target.private_key,
-                               "host_key": target.host_key, "sudo": sudo}
-                if index == 5:
-                    host.disable_python()
-            made.append(entry)
+            sudo = layout == "centos"
+            private, public = client_keys["ed25519"]
+            login = SshLogin(user if sudo else "root", private, public, sudo=sudo)
+            body = host_body(host, transport, login=login, tags=[transport, layout])
+            if transport == "ssh" and index == 5:
+                host.disable_python()
+            made.append(FleetHost(host, transport, site, body, body.get("agent", {}).get(
+                "token", "")))
         yield made
     finally:
         for entry in made:
             entry.lab_host.close()
-
-
-def _stack(database_url: str, tmp: Path, redis: Any, monkeypatch: pytest.MonkeyPatch,
-           lab: Lab, redis_db: int = 0, **extra_env: str) -> Stack:
-    from controller.migrate import upgrade
-
-    upgrade(database_url)
-    broker = redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
-    # Agents on the lab bridge and the callback receiver on loopback: let exactly those
-    # through (the default egress policy refuses loopback).
-    env = {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": broker,
-           "RELAYFLEET_SECRET_KEY": TEST_SECRET_KEY, "RELAYFLEET_DATA_DIR": str(tmp),
-           "RELAYFLEET_EGRESS_ALLOW": f"loopback,{lab.network}", **extra_env}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    controller = Controller.create()
-    worker = ControllerWorker(env, tmp / "worker.log").start()
-    return Stack(controller, worker, env)
 
 
 def _enrol(controller: Controller, hosts: list[FleetHost]) -> None:
@@ -124,11 +81,12 @@ def _enrol(controller: Controller, hosts: list[FleetHost]) -> None:
 
 @pytest.fixture(scope="module")
 def stack(fleet_hosts: list[FleetHost], postgres_server: Any, redis_server: Any, lab: Lab,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerStack]:
     """The controller on PostgreSQL with the six hosts enrolled, and a worker."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        built = _stack(postgres_server.new_database(), tmp_path_factory.mktemp("stack"),
-                       redis_server, monkeypatch, lab)
+        built = controller_stack(postgres_server.new_database(),
+                                 tmp_path_factory.mktemp("stack"), redis_server, monkeypatch,
+                                 lab.network)
         try:
             _enrol(built.controller, fleet_hosts)
             yield built
@@ -161,7 +119,7 @@ class CallbackReceiver:
         self.server.shutdown()
 
 
-def test_seed_story_across_the_fleet(stack: Stack, fleet_hosts: list[FleetHost],
+def test_seed_story_across_the_fleet(stack: ControllerStack, fleet_hosts: list[FleetHost],
                                      lab: Lab) -> None:
     controller = stack.controller
     stamp = secrets.token_hex(4)
@@ -237,7 +195,7 @@ def _subject(message: dict[str, Any]) -> str:
 
 
 def test_stopped_hosts_make_the_job_partial_and_retry_targets_only_them(
-        stack: Stack, fleet_hosts: list[FleetHost]) -> None:
+        stack: ControllerStack, fleet_hosts: list[FleetHost]) -> None:
     controller = stack.controller
     agent_host = fleet_hosts[0]
     sshd_host = fleet_hosts[3]
@@ -281,9 +239,9 @@ def test_worker_killed_mid_job_loses_nothing_and_applies_nothing_twice(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # SQLite this time (the PostgreSQL stack ran the tests above); short broker timeouts
     # so that the dead worker's task comes back within the test.
-    built = _stack(f"sqlite:///{tmp_path / 'relayfleet.db'}", tmp_path, redis_server,
-                   monkeypatch, lab, redis_db=1, RELAYFLEET_VISIBILITY_TIMEOUT_S="40",
-                   RELAYFLEET_LANE_BUDGET_S="5")
+    built = controller_stack(f"sqlite:///{tmp_path / 'relayfleet.db'}", tmp_path, redis_server,
+                             monkeypatch, lab.network, redis_db=1,
+                             RELAYFLEET_VISIBILITY_TIMEOUT_S="40", RELAYFLEET_LANE_BUDGET_S="5")
     controller = built.controller
     try:
         _enrol(controller, fleet_hosts)

@@ -17,7 +17,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+from tests.controller_client import Controller
 
 
 def free_port() -> int:
@@ -221,3 +226,32 @@ class ControllerWorker:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class ControllerStack:
+    """One controller (API in-process, worker as a process) over one database."""
+
+    controller: Controller
+    worker: ControllerWorker
+    env: dict[str, str]
+
+
+def controller_stack(database_url: str, workdir: Path, redis: RedisServer,
+                     monkeypatch: pytest.MonkeyPatch, lab_network: str, redis_db: int = 0,
+                     **extra_env: str) -> ControllerStack:
+    """Migrate the database, point this process's controller and a worker process at it and
+    at Redis, and let exactly the lab network and loopback (callbacks) through egress."""
+    from controller.migrate import upgrade
+    from tests.conftest import TEST_SECRET_KEY
+
+    upgrade(database_url)
+    broker = redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
+    env = {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": broker,
+           "RELAYFLEET_SECRET_KEY": TEST_SECRET_KEY, "RELAYFLEET_DATA_DIR": str(workdir),
+           "RELAYFLEET_EGRESS_ALLOW": f"loopback,{lab_network}", **extra_env}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    controller = Controller.create()
+    worker = ControllerWorker(env, workdir / "worker.log").start()
+    return ControllerStack(controller, worker, env)
