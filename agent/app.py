@@ -27,6 +27,7 @@ from shared import schemas as s
 from shared.actions import ACTIONS, Action
 from shared.executor import Executor, LocalExecutor
 from shared.mta import MtaOperations, operations_for
+from shared.mta_kind import MTA_HEADER
 from shared.results import OperationResult
 from shared.webapi import EnvelopeApi, register_error_handler
 
@@ -230,6 +231,11 @@ def create_app(config: AgentConfig, *,
 
     @app.after_request
     def access_log(response: Any) -> Any:
+        # Every answer says which MTA the agent drives, so that the controller learns a
+        # host's kind from whatever it asked (an auto host's kind once it was detected).
+        kind = profiles.known_kind
+        if kind is not None:
+            response.headers[MTA_HEADER] = kind
         started = g.get("started", time.monotonic())
         log.info("%s %s %s %.1fms", request.method, request.path, response.status_code,
                  (time.monotonic() - started) * 1000)

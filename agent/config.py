@@ -81,6 +81,12 @@ class ProfileResolver:
         #: the kind the last detection found (None until one has)
         self.detected: str | None = None
 
+    @property
+    def known_kind(self) -> str | None:
+        """The kind operations run as, once resolved (never detects: None until then)."""
+        profile = self._profile
+        return profile.kind if profile is not None else None
+
     def profile(self) -> HostProfile:
         """The host profile; MtaUndetected, saying what to fix, when ``auto`` cannot tell."""
         profile = self._profile

@@ -39,8 +39,8 @@ from shared.errors import (
     OperationError,
 )
 from shared.mta import detect_kind, operations_for
-from shared.mta_kind import resolve_profile
-from shared.profile import HostProfile
+from shared.mta_kind import MTA_HEADER, resolve_profile
+from shared.profile import PROFILE_KINDS, HostProfile
 from shared.results import OperationResult
 
 #: how long to keep asking an agent that is busy with another change (409)
@@ -83,8 +83,8 @@ class HostTransport(abc.ABC):
     """Runs one action on one host; a context manager that closes what it opened."""
 
     #: the MTA kind the action drove the host as, once known (SSH: the configured kind, or
-    #: the one detected for ``auto``); None when the transport cannot tell (the agent
-    #: reports its kind in its status answer instead)
+    #: the one detected for ``auto``; agent: the kind its answer's X-Relayfleet-Mta header
+    #: names); None when the transport cannot tell
     mta_kind: str | None = None
 
     def __enter__(self) -> HostTransport:
@@ -230,6 +230,9 @@ class AgentTransport(HostTransport):
             return self._decode(answer)
 
     def _decode(self, answer: Answer) -> dict[str, Any]:
+        kind = answer.headers.get(MTA_HEADER.lower())
+        if kind in PROFILE_KINDS:
+            self.mta_kind = kind
         try:
             doc = json.loads(answer.body)
         except ValueError:

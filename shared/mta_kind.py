@@ -20,3 +20,8 @@ def resolve_profile(kind: str, flavour: str, overrides: Mapping[str, Any] | None
     auto = kind == AUTO_KIND
     return build_profile(detect() if auto else kind, flavour, overrides,
                          other_kinds_keys=auto)
+
+
+#: the agent's answer header naming the MTA kind it drives (the controller learns an auto
+#: host's kind from any answer)
+MTA_HEADER = "X-Relayfleet-Mta"

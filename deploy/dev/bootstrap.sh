@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Install what relayfleet's lab, tests and demo need on a fresh Debian 12 machine (as root):
-# Debian packages (sendmail, m4, make, sshd, iproute2, dnsmasq, redis, postgresql) and a
-# virtualenv
+# Debian packages (sendmail, m4, make, sshd, iproute2, dnsmasq, redis, postgresql), Debian's
+# postfix package downloaded (never installed) for the lab's Postfix hosts, and a virtualenv
 # with the project installed in it. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 packages=(sendmail-bin sendmail-cf m4 make openssh-server iproute2 dnsmasq-base redis-server
           postgresql sensible-mda procmail sudo procps curl python3-venv openssl)
+# Postfix lab hosts run the postfix package unpacked over /usr in their own mount namespace
+# (installing it would remove sendmail-bin): its runtime libraries and what its scripts use
+# (the chroot set-up copies CA files with cpio; Debian's main.cf names the snakeoil cert).
+packages+=(libicu72 libnsl2 libdb5.3 libsasl2-2 libsasl2-modules libssl3 cpio ssl-cert netbase
+           adduser)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -19,6 +24,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # the lab runs its own copies inside each host, so a failed start is harmless.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/tmp/relayfleet-apt.log 2>&1 || {
+        tail -30 /tmp/relayfleet-apt.log; exit 1; }
+fi
+
+# The postfix .deb for the lab (tests/lab/lab.py unpacks it into $lab_cache/postfix-VERSION).
+lab_cache=${RELAYFLEET_LAB_CACHE:-/var/cache/relayfleet-lab}
+if ! compgen -G "$lab_cache/postfix_*.deb" >/dev/null; then
+    echo "bootstrap: downloading Debian's postfix package into $lab_cache (not installing it)"
+    mkdir -p "$lab_cache"
+    download() { (cd "$lab_cache" && apt-get download postfix) >/tmp/relayfleet-apt.log 2>&1; }
+    download || { apt-get update -qq && download; } || {
         tail -30 /tmp/relayfleet-apt.log; exit 1; }
 fi
 

@@ -1,6 +1,6 @@
 """Parse Postfix's syslog lines into the LogRecords sendmail's parser makes.
 
-A line is ``TIME [HOST] postfix[-INSTANCE][/SERVICE...]/DAEMON[PID]: [QUEUE-ID: ]TEXT``
+A line is ``TIME [HOST] postfix[-INSTANCE][/SERVICE...][/DAEMON][PID]: [QUEUE-ID: ]TEXT``
 (traditional or RFC 3339 time stamps, read by sendmail's ``split_syslog_line``)::
 
     Dec  2 09:00:05 pbx1 postfix/smtp[1234]: 4F1C2A0B3C: to=<me@ourtest.com>,
@@ -46,9 +46,9 @@ from datetime import datetime
 
 from shared.sendmail.maillog import LogRecord, parse_fields, parse_maillog_line, split_syslog_line
 
-#: ``postfix``, ``postfix-out`` (multi-instance), ``postfix/submission`` (syslog_name), then
-#: the daemon
-_PROGRAM_RE = re.compile(r"^postfix(?:-[\w.-]+)?(?:/[\w.-]+)+$")
+#: ``postfix`` (the postfix command itself), ``postfix-out`` (multi-instance),
+#: ``postfix/submission`` (syslog_name), then the daemon: ``postfix-out/smtp``
+_PROGRAM_RE = re.compile(r"^postfix(?:-[\w.-]+)?(?:/[\w.-]+)*$")
 #: short (hex) or long (base 52 time, ``z``, base 51 inode number) queue ids
 _QID_RE = re.compile(r"^(?P<qid>[0-9A-F]{5,}|[0-9A-Za-y]{10,}z[0-9A-Za-y]+): (?P<rest>.*)$")
 _NOQUEUE = "NOQUEUE: "

@@ -182,9 +182,27 @@ def parse_postqueue_json(text: str, now: datetime | None = None) -> MailqReport:
 
 # -- mailq / postqueue -p -------------------------------------------------------------
 
-def _closed(reason: str) -> bool:
-    """True when a ``(reason`` text read so far ends with its closing parenthesis."""
-    return reason.endswith(")") and reason.count("(") - reason.count(")") <= 0
+#: how many lines a wrapped reason may run over (Postfix prints each on one line; a
+#: bound keeps a listing full of unclosed ``(`` lines linear)
+MAX_REASON_LINES = 8
+
+
+def _reason_at(body: list[str], start: int) -> tuple[str, int]:
+    """The ``(reason)`` starting at ``body[start]`` and the index of the line after it.
+
+    A reason wrapped over lines runs on until its parentheses balance at the end of a
+    line; one that never does is only its own line.
+    """
+    parts: list[str] = []
+    depth = 0
+    for index in range(start, min(len(body), start + MAX_REASON_LINES)):
+        part = body[index].strip()
+        parts.append(part)
+        depth += part.count("(") - part.count(")")
+        if part.endswith(")") and depth <= 0:
+            return " ".join(parts)[1:-1], index + 1
+    text = parts[0]
+    return (text[1:-1] if text.endswith(")") else text[1:]), start + 1
 
 
 @dataclass
@@ -202,16 +220,7 @@ class _Entry:
         while i < len(body):
             text = body[i].strip()
             if text.startswith("("):
-                # A reason; one that was wrapped runs on until its parentheses close.
-                end, joined = i, text
-                while not _closed(joined) and end + 1 < len(body):
-                    end += 1
-                    joined = f"{joined} {body[end].strip()}"
-                if _closed(joined):
-                    text, i = joined, end + 1
-                else:  # never closed: only its own line is the reason
-                    i += 1
-                inner = text[1:-1] if text.endswith(")") else text[1:]
+                inner, i = _reason_at(body, i)
                 reason = None if inner.strip() == _REASON_UNAVAILABLE else inner.strip() or None
                 if reason is not None and message.reason is None:
                     message.reason = reason

@@ -94,6 +94,12 @@ def test_one_fleet_of_sendmail_and_postfix_hosts(
         expected = {"postfix check", "reload"} if host.mta == "postfix" else {"compile", "make"}
         assert expected | {"backup", "swap", "verify"} <= names, (host.name, names)
 
+    # Every host's kind is known from the change itself (SSH: detected at first contact;
+    # agent: named in its answers).
+    found = {item["host_id"]: item["last"]["mta_kind"]
+             for item in controller.ok("GET", "/v1/fleet")["items"]}
+    assert [found[host_id] for _, host_id in enrolled] == [host.mta for host, _ in enrolled]
+
     flush = controller.wait_job(controller.start_job(
         {"action": "flush_queue", "target": {"hosts": ids}}))
     assert flush["status"] == "succeeded", json.dumps(flush["results"], indent=1)[:4000]

@@ -1,9 +1,11 @@
 """The seed story across a small fleet, through a running controller's REST API.
 
-``python -m tests.lab.fleet_demo --api URL --token TOKEN`` (root): builds four lab hosts
-(agent and SSH, Debian and CentOS layouts), queues a voicemail on each (deferred: the MX
-refuses), enrols them, runs ``set_smarthost`` and ``flush_queue`` jobs on ``{all: true}``,
-and prints each job's per-host results, the fleet view and what reached the smarthost.
+``python -m tests.lab.fleet_demo --api URL --token TOKEN`` (root): builds a mixed fleet of
+six lab hosts (sendmail and Postfix, agent and SSH, Debian and CentOS/RHEL layouts; the
+Postfix ones enrolled with ``kind = "auto"``), queues a voicemail on each (deferred: the MX
+refuses), enrols them, runs ``set_smarthost`` and ``flush_queue`` jobs on them, and prints
+each job's per-host results, the fleet view (with each host's MTA) and what reached the
+smarthost.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import requests
 
 from tests.lab.demo import SMARTHOST, say, table
+from tests.lab.enrol import SshLogin, host_body
 from tests.lab.lab import Lab, LabHost
 
 
@@ -54,33 +57,24 @@ class Api:
             time.sleep(0.5)
 
 
+#: (name, layout, transport, MTA) of the demo's hosts
+FLEET = (("pbx-leeds", "debian", "agent", "sendmail"), ("pbx-york", "centos", "agent", "sendmail"),
+         ("mail-paris", "debian", "ssh", "sendmail"), ("pbx-lyon", "centos", "ssh", "sendmail"),
+         ("freepbx-bath", "debian", "agent", "postfix"),
+         ("freepbx-nice", "centos", "ssh", "postfix"))
+
+
 def build(lab: Lab) -> list[tuple[LabHost, dict[str, Any]]]:
-    """Four lab hosts and the POST /v1/hosts body for each."""
+    """The demo's lab hosts and the POST /v1/hosts body for each."""
     key = Path(tempfile.mkdtemp()) / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    public = " ".join(Path(f"{key}.pub").read_text().split()[:2])
+    login = SshLogin("root", key.read_text(),
+                     " ".join(Path(f"{key}.pub").read_text().split()[:2]))
     hosts = []
-    for name, layout, transport in (("pbx-leeds", "debian", "agent"),
-                                    ("pbx-york", "centos", "agent"),
-                                    ("mail-paris", "debian", "ssh"),
-                                    ("pbx-lyon", "centos", "ssh")):
-        host = lab.add_host(name, layout)
-        body: dict[str, Any] = {"name": host.fqdn, "address": host.address,
-                                "transport": transport,
-                                "mta": {"kind": "sendmail", "flavour": host.flavour}}
-        if transport == "agent":
-            token = secrets.token_urlsafe(24)
-            # https with the installer's self-signed certificate, pinned by fingerprint
-            url = host.start_agent(token, tls=True)
-            body["agent"] = {"url": url, "token": token,
-                             "tls_fingerprint": host.agent_fingerprint,
-                             "ca_cert": host.agent_cert_pem}
-        else:
-            host.ssh_host_key = host.start_sshd()
-            host.authorize("root", public)
-            body["ssh"] = {"username": "root", "private_key": key.read_text(),
-                           "host_key": host.ssh_host_key}
-        hosts.append((host, body))
+    for name, layout, transport, mta in FLEET:
+        host = lab.add_host(name, layout, mta=mta)
+        kind = "auto" if mta == "postfix" else mta
+        hosts.append((host, host_body(host, transport, kind=kind, login=login)))
     return hosts
 
 
@@ -94,20 +88,23 @@ def story(lab: Lab, api: Api) -> int:
     say(f"1. voicemail deferred on {len(hosts)} hosts (the MX of ourtest.com refuses)")
     acme = api.call("POST", "/v1/tenants", {"name": f"Acme {secrets.token_hex(2)}"})
     globex = api.call("POST", "/v1/tenants", {"name": f"Globex {secrets.token_hex(2)}"})
-    sites = [api.call("POST", "/v1/sites", {"tenant_id": acme["id"], "name": "UK"}),
-             api.call("POST", "/v1/sites", {"tenant_id": globex["id"], "name": "France"})]
+    sites = {"UK": api.call("POST", "/v1/sites", {"tenant_id": acme["id"], "name": "UK"}),
+             "France": api.call("POST", "/v1/sites", {"tenant_id": globex["id"],
+                                                      "name": "France"})}
     ids = []
-    for index, (_host, body) in enumerate(hosts):
-        ids.append(api.call("POST", "/v1/hosts", {**body, "site_id": sites[index // 2]["id"]})[
-            "id"])
-    say("2. enrolled: 2 tenants, 2 sites, 2 agent hosts and 2 SSH hosts\n")
+    for host, body in hosts:
+        site = sites["France" if host.name.endswith(("paris", "lyon", "nice")) else "UK"]
+        ids.append(api.call("POST", "/v1/hosts", {**body, "site_id": site["id"]})["id"])
+    say(f"2. enrolled {len(hosts)} hosts in 2 tenants: sendmail and Postfix (kind auto), "
+        "agent and SSH\n")
     say(f"3. set_smarthost {SMARTHOST} on every host:")
     target = {"hosts": ids}
     doc = api.run_job({"action": "set_smarthost", "target": target, "params": SMARTHOST})
     table([[r["host"], r["status"], str(r["changed"]),
             " > ".join(s["name"] for s in r["steps"] or []), r["error"] or ""]
            for r in doc["results"]], ["host", "status", "changed", "steps", "error"])
-    say("\n4. flush_queue (sendmail -OTimeout.hoststatus=0m -q -v) on every host:")
+    say("\n4. flush_queue on every host (sendmail -OTimeout.hoststatus=0m -q -v; "
+        "postqueue -f):")
     doc = api.run_job({"action": "flush_queue", "target": target})
     table([[r["host"], r["status"], str((r["data"] or {}).get("before")),
             str((r["data"] or {}).get("after"))] for r in doc["results"]],
@@ -117,10 +114,11 @@ def story(lab: Lab, api: Api) -> int:
         time.sleep(0.3)
     say("\n5. GET /v1/fleet:")
     fleet = api.call("GET", "/v1/fleet")
-    table([[i["name"], i["transport"], str(i["last"]["queue_count"]),
-            (i["last"]["smarthost"] or {}).get("host", "-"), str(i["last"]["reachable"])]
+    table([[i["name"], i["transport"], f"{i['mta_kind']} -> {i['last']['mta_kind'] or '?'}",
+            str(i["last"]["queue_count"]), (i["last"]["smarthost"] or {}).get("host", "-"),
+            str(i["last"]["reachable"])]
            for i in fleet["items"] if i["host_id"] in ids],
-          ["host", "transport", "queued", "smarthost", "reachable"])
+          ["host", "transport", "mta (enrolled -> found)", "queued", "smarthost", "reachable"])
     say(f"\n6. the smarthost received {len(lab.smarthost.messages())} message(s):")
     table([[m["peer"], ",".join(m["rcpts"]),
             next((ln[9:] for ln in m["data"].splitlines() if ln.startswith("Subject: ")), "")]

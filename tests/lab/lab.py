@@ -688,8 +688,12 @@ class Lab:
             "::1\tlocalhost ip6-localhost ip6-loopback\n")
         (root / "resolv.conf").write_text(f"search {DOMAIN}\nnameserver {self.gateway}\n")
         if host.mta == "postfix":
-            for sub in ("run/lock", "run/sshd", "log"):
+            for sub in ("run/lock", "run/sshd", "log", "mail"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
+            # Postfix's local(8) delivers to /var/mail/USER: the host's own, not the machine's.
+            real = os.stat("/var/mail")
+            os.chown(root / "mail", real.st_uid, real.st_gid)
+            os.chmod(root / "mail", real.st_mode & 0o7777)
             for _, _, upper in _POSTFIX_OVERLAYS:
                 (root / "overlay" / "upper" / upper).mkdir(parents=True)
                 (root / "overlay" / "work" / upper).mkdir(parents=True)
@@ -755,6 +759,8 @@ class Lab:
              "--out", str(host.maillog), "--hostname", host.name],
             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
         host.processes.append(syslog)
+        # It lives in the root namespaces: the next lab kills it if this one dies untidily.
+        self._note_root_process(syslog.pid)
         deadline = time.monotonic() + 10
         while not (host.root / "log.sock").exists():
             if time.monotonic() > deadline:
@@ -774,7 +780,7 @@ class Lab:
                            f"workdir={dirs[3]}")
                 script += (f"mount -t overlay -o {shlex.quote(options)} "
                            f"relayfleet-lab {shlex.quote(target)}\n")
-            binds = []
+            binds = [(root / "mail", "/var/mail")]
         else:
             binds = [(root / "etc-mail", "/etc/mail"),
                      (root / "mqueue", "/var/spool/mqueue"),

@@ -209,9 +209,14 @@ def test_agent_status_reports_the_detected_kind() -> None:
 def test_agent_auto_on_a_postfix_host_drives_postfix() -> None:
     host = runs(FakeExecutor(), "postfix-running", "sendmail-configured")
     host.add_file("/var/log/mail.log", SENT)
-    answer = agent_app(host).get("/v1/log?lines=5", headers=AUTH)
+    client = agent_app(host)
+    assert "X-Relayfleet-Mta" not in client.get("/v1/health").headers  # not detected yet
+    answer = client.get("/v1/log?lines=5", headers=AUTH)
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["summary"]["sent"] == 1
+    # every answer names the kind, so that the controller learns it from any action
+    assert answer.headers["X-Relayfleet-Mta"] == "postfix"
+    assert client.get("/v1/health").headers["X-Relayfleet-Mta"] == "postfix"
     assert host.ran("tail", "-n", "5", "/var/log/mail.log")
 
 

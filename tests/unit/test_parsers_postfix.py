@@ -9,14 +9,18 @@ log lines (smtp, qmgr, cleanup, pickup, bounce, master, postfix-script, smtpd).
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from shared.errors import ParseError
 from shared.postfix.maillog import is_postfix_program, parse_any_line, parse_postfix_line
 from shared.postfix.queue import (
+    MAX_REASON_LINES,
     parse_postfix_mailq,
     parse_postfix_queue,
     parse_postqueue_json,
@@ -30,7 +34,7 @@ from shared.sendmail.maillog import (
     summarize,
     summary_key,
 )
-from shared.sendmail.mailq import QueuedMessage, listing_time, parse_mailq
+from shared.sendmail.mailq import MailqReport, QueuedMessage, listing_time, parse_mailq
 
 #: Wed Dec 2 2026, noon (host-local, like the listings' times)
 NOW = datetime(2026, 12, 2, 12, 0)
@@ -401,6 +405,24 @@ def test_text_unclosed_reason_does_not_swallow_recipients() -> None:
                           why("said: 550 ;-) bye"), rcpt("a@x.test")])
     assert parse_postfix_mailq(unbalanced, now=NOW).messages[0].reasons == {
         "a@x.test": "said: 550 ;-) bye"}
+
+
+def test_text_reason_wrapped_too_far_is_only_its_line() -> None:
+    text = listing([first("4F1C2A0B3C", 10, "Wed Dec  2 09:00:01", "a@x.test"),
+                    "(unclosed", *(rcpt(f"r{n}@x.test") for n in range(MAX_REASON_LINES)),
+                    "    closed at last)"])
+    (msg,) = parse_postfix_mailq(text, now=NOW).messages
+    assert msg.reason == "unclosed"
+    assert msg.recipients[:MAX_REASON_LINES] == [f"r{n}@x.test" for n in range(MAX_REASON_LINES)]
+
+
+def test_text_hostile_listing_stays_linear() -> None:
+    lines = [first("4F1C2A0B3C", 10, "Wed Dec  2 09:00:01", "a@x.test")]
+    text = listing(lines + ["  (never closed"] * 20_000 + [rcpt("a@x.test")] * 20_000)
+    started = time.monotonic()
+    (msg,) = parse_postfix_mailq(text, now=NOW).messages
+    assert time.monotonic() - started < 5
+    assert msg.recipients == ["a@x.test"] * 20_000 and msg.reason == "never closed"
 
 
 def test_text_empty_queue() -> None:
@@ -782,9 +804,9 @@ def test_other_programs_and_garbage_give_none(line: str) -> None:
 
 def test_is_postfix_program() -> None:
     for name in ("postfix/smtp", "postfix-out/qmgr", "postfix/submission/smtpd",
-                 "postfix/postfix-script", "postfix/sendmail"):
+                 "postfix/postfix-script", "postfix/sendmail", "postfix"):
         assert is_postfix_program(name), name
-    for name in ("postfix", "postfixadmin", "sendmail", "sm-mta", "smtp", "postfix/"):
+    for name in ("postfixadmin", "sendmail", "sm-mta", "smtp", "postfix/", "xpostfix/smtp"):
         assert not is_postfix_program(name), name
 
 
@@ -838,3 +860,223 @@ def test_split_syslog_line() -> None:
         "2026-12-02T09:00:05", "pbx1", "postfix/smtp", 1234)
     assert parts.message.startswith("4F1C2A0B3C: to=<me@ourtest.com>")
     assert split_syslog_line("garbage") is None
+
+
+# -- captured output: Postfix 3.7.11 on the lab's Debian and CentOS hosts (UTC) -------------
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "postfix"
+#: the captures were taken on Wed Dec 2 2026, around 09:30
+CAPTURED = datetime(2026, 12, 2, 12, 0)
+LISTINGS = ("empty", "one-deferred", "multi-recipient", "long-reason", "hold", "active",
+            "several-deferred", "flushed-deferred")
+LAB_REFUSED = "connect to mx.ourtest.com[10.201.0.2]:25: Connection refused"
+SUSPENDED = f"delivery temporarily suspended: {LAB_REFUSED}"
+SENDER = "voicemail@pbx-deb.lab.test"
+
+
+def captured(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def both(stem: str) -> tuple[MailqReport, MailqReport]:
+    """The JSON and the text listing of one capture."""
+    return (parse_postqueue_json(captured(f"{stem}.postqueue-j.jsonl")),
+            parse_postfix_mailq(captured(f"{stem}.mailq.txt"), now=CAPTURED))
+
+
+@pytest.mark.parametrize("stem", LISTINGS)
+def test_captured_json_and_text_agree(stem: str) -> None:
+    json_report, text_report = both(stem)
+    json_doc, text_doc = json_report.to_dict(), text_report.to_dict()
+    # the lab hosts run on UTC: the text's host-local time is the JSON's UTC one
+    for json_msg, text_msg in zip(json_doc["messages"], text_doc["messages"], strict=True):
+        assert json_msg["queued_at"] == text_msg["queued_at"] + "+00:00"
+        json_msg["queued_at"] = text_msg["queued_at"] = None
+    assert json_doc == text_doc
+    assert QueueSchema().validate(json.loads(json.dumps(json_report.to_dict()))) == {}
+    # and the dispatcher picks each one's parser
+    assert parse_postfix_queue(captured(f"{stem}.postqueue-j.jsonl")).to_dict() == (
+        json_report.to_dict())
+    assert parse_postfix_queue(captured(f"{stem}.mailq.txt"), now=CAPTURED).to_dict() == (
+        text_report.to_dict())
+
+
+def test_captured_empty() -> None:
+    assert captured("empty.postqueue-j.jsonl") == ""  # postqueue -j prints nothing
+    for report in both("empty"):
+        assert (report.count, report.sections, report.messages) == (0, {}, [])
+
+
+def test_captured_one_deferred() -> None:
+    json_report, text_report = both("one-deferred")
+    assert json_report.messages == [QueuedMessage(
+        id="CE32320E7C5", size=324, queued_at="2026-12-02T09:30:04+00:00", sender=SENDER,
+        recipients=["someone@ourtest.com"], reason=LAB_REFUSED, flags="", section="deferred",
+        reasons={"someone@ourtest.com": LAB_REFUSED})]
+    assert (json_report.count, json_report.sections) == (1, {"deferred": 1})
+    assert text_report.messages[0].queued_at == "2026-12-02T09:30:04"
+
+
+def test_captured_multi_recipient() -> None:
+    for report in both("multi-recipient"):
+        (msg,) = report.messages
+        assert (msg.id, msg.size, msg.sender) == ("19C1920E7C9", 381, SENDER)
+        assert msg.recipients == ["pager@closed.lab.test", "alice@ourtest.com",
+                                  "bob@ourtest.com", "carol@ourtest.com"]
+        closed = "connect to closed.lab.test[10.201.0.2]:25: Connection refused"
+        assert msg.reason == closed
+        assert msg.reasons == {"pager@closed.lab.test": closed, "alice@ourtest.com": LAB_REFUSED,
+                               "bob@ourtest.com": LAB_REFUSED, "carol@ourtest.com": LAB_REFUSED}
+
+
+def test_captured_long_reasons_start_at_column_zero() -> None:
+    text = captured("long-reason.mailq.txt")
+    assert "\n(Host or domain name not found." in text
+    for report in both("long-reason"):
+        (msg,) = report.messages
+        assert (msg.id, msg.size, report.count) == ("5810220E7C9", 389, 1)
+        assert msg.recipients == ["someone@example.org", "voicemail@pbx.customer-site.invalid"]
+        assert msg.reasons == {
+            "someone@example.org": "Host or domain name not found. Name service error for "
+                                   "name=example.org type=MX: Host not found, try again",
+            "voicemail@pbx.customer-site.invalid":
+                "Host or domain name not found. Name service error for "
+                "name=pbx.customer-site.invalid type=MX: Host not found, try again"}
+        assert msg.reason == msg.reasons["someone@example.org"]
+
+
+def test_captured_hold() -> None:
+    for report in both("hold"):
+        assert (report.count, report.sections) == (4, {"deferred": 3, "hold": 1})
+        assert [(m.id, m.flags, m.section) for m in report.messages] == [
+            ("9B6C620E7CD", "", "deferred"), ("9880D20E7CC", "", "deferred"),
+            ("9E51620E7CE", "", "deferred"), ("9574420E7CB", "!", "hold")]
+        held = report.messages[3]
+        assert held.reason == SUSPENDED and not held.processing
+        assert held.reasons == {"someone@ourtest.com": SUSPENDED}
+        assert [m.reason for m in report.messages[:3]] == [SUSPENDED, LAB_REFUSED, LAB_REFUSED]
+
+
+def test_captured_active_message_has_no_reason_yet() -> None:
+    for report in both("active"):
+        (msg,) = report.messages
+        assert (msg.id, msg.flags, msg.section, msg.processing) == (
+            "88CA220E048", "*", "active", True)
+        assert (msg.recipients, msg.reason, msg.reasons) == (["someone@ourtest.com"], None, {})
+        assert report.sections == {"active": 1}
+
+
+@pytest.mark.parametrize("stem, reasons", [
+    ("several-deferred", [LAB_REFUSED] * 4),
+    ("flushed-deferred", [SUSPENDED, SUSPENDED, LAB_REFUSED, LAB_REFUSED]),
+])
+def test_captured_several_deferred(stem: str, reasons: list[str]) -> None:
+    for report in both(stem):
+        assert (report.count, report.sections) == (4, {"deferred": 4})
+        assert [m.id for m in report.messages] == [
+            "9574420E7CB", "9B6C620E7CD", "9880D20E7CC", "9E51620E7CE"]
+        assert [m.reason for m in report.messages] == reasons
+        assert {m.size for m in report.messages} == {326}
+        assert {m.sender for m in report.messages} == {SENDER}
+
+
+@pytest.mark.parametrize("name", ["postqueue-s-not-fast-flush.stderr.txt",
+                                  "sendmail-qS.stderr.txt"])
+def test_captured_fatal_errors(name: str) -> None:
+    # as they would read if the caller merged stderr into the listing
+    with pytest.raises(ParseError, match="fatal"):
+        parse_postfix_queue(captured(name), now=CAPTURED)
+
+
+def maillog(name: str) -> list[LogRecord]:
+    lines = captured(name).splitlines()
+    parsed = [parse_postfix_line(line, now=CAPTURED) for line in lines]
+    assert all(r is not None for r in parsed), "every captured line is Postfix's"
+    return [r for r in parsed if r is not None]
+
+
+def test_captured_debian_maillog_kinds_and_summary() -> None:
+    records = maillog("debian-mail.log")
+    assert len(records) == 98
+    assert Counter(r.kind for r in records) == {
+        "other": 36, "received": 26, "delivery": 21, "daemon": 12, "syserr": 2, "dsn": 1}
+    assert summarize(records) == {
+        "deliveries": 21,
+        "by_stat": {
+            f"Deferred: {LAB_REFUSED}": 13,
+            f"Deferred: {SUSPENDED}": 2,
+            "Deferred: connect to closed.lab.test[10.201.0.2]:25: Connection refused": 1,
+            "Deferred: Host or domain name not found. Name service error for name=example.org "
+            "type=MX: Host not found, try again": 1,
+            "Bounced: Host or domain name not found. Name service error for "
+            "name=nowhere.ourtest.com type=AAAA: Host not found": 1,
+            "Deferred: Host or domain name not found. Name service error for "
+            "name=pbx.customer-site.invalid type=MX: Host not found, try again": 1,
+            'Bounced: unknown user: "voicemail"': 1,
+            "Sent (Ok: queued)": 1,
+        },
+        "sent": 1, "deferred": 18, "bounced": 2, "other": 0, "local_handoffs": 0,
+    }
+
+
+def test_captured_debian_maillog_records() -> None:
+    records = maillog("debian-mail.log")
+    first_delivery = next(r for r in records if r.kind == "delivery")
+    assert (first_delivery.queue_id, first_delivery.program, first_delivery.pid) == (
+        "CE32320E7C5", "postfix/smtp", 31185)
+    assert first_delivery.timestamp == "2026-12-02T09:30:04"
+    assert first_delivery.fields == {
+        "to": "<someone@ourtest.com>", "relay": "none", "delay": "0.04",
+        "delays": "0.02/0.02/0/0", "dsn": "4.4.1", "status": "deferred",
+        "reason": LAB_REFUSED, "stat": f"Deferred: {LAB_REFUSED}"}
+    sent = next(r for r in records if r.fields.get("status") == "sent")
+    assert sent.fields["relay"] == "smarthost.lab.test[10.201.0.3]:2525"
+    assert sent.fields["stat"] == "Sent (2.0.0 Ok: queued)"
+    suspended = next(r for r in records if r.program == "postfix/error")
+    assert (suspended.kind, suspended.fields["reason"]) == ("delivery", SUSPENDED)
+    pickup = next(r for r in records if r.program == "postfix/pickup")
+    assert (pickup.kind, pickup.fields) == ("received", {"uid": "0", "from": f"<{SENDER}>"})
+    bounce_in = next(r for r in records if r.fields.get("from") == "<>")
+    assert bounce_in.fields == {"from": "<>", "size": "2481", "nrcpt": "1", "queue": "active"}
+    (notice,) = [r for r in records if r.kind == "dsn"]
+    assert (notice.queue_id, notice.fields["dsn_queue_id"]) == ("5810220E7C9", "5D50220E7CB")
+    fatal = [r for r in records if r.kind == "syserr"]
+    assert [(r.program, r.message) for r in fatal] == [
+        ("postfix/postqueue",
+         'fatal: Flush service is not configured for destination "ourtest.com"'),
+        ("postfix/sendmail", "fatal: -qS is not implemented")]
+    held = next(r for r in records if r.message == "placed on hold")
+    assert (held.kind, held.queue_id, held.program) == ("other", "9574420E7CB",
+                                                        "postfix/postsuper")
+    daemon = [r for r in records if r.kind == "daemon"]
+    assert daemon[1].fields == {"version": "3.7.11", "configuration": "/etc/postfix"}
+    assert daemon[-2].message == "terminating on signal 15"
+
+
+def test_captured_centos_maillog() -> None:
+    records = maillog("centos-maillog")
+    assert len(records) == 23
+    assert Counter(r.kind for r in records) == {
+        "other": 12, "daemon": 6, "received": 3, "delivery": 2}
+    # the postfix command itself logs as "postfix"
+    notes = [r for r in records if r.program == "postfix"]
+    assert len(notes) == 9 and {r.kind for r in notes} == {"other"}
+    assert notes[0].message == "Postfix is using backwards-compatible default settings"
+    assert summarize(records) == {
+        "deliveries": 2, "by_stat": {f"Deferred: {LAB_REFUSED}": 1, "Sent (Ok: queued)": 1},
+        "sent": 1, "deferred": 1, "bounced": 0, "other": 0, "local_handoffs": 0}
+    sent = next(r for r in records if r.fields.get("status") == "sent")
+    assert (sent.host, sent.queue_id, sent.fields["relay"]) == (
+        "pbx-rhel", "8ACE6212140", "smarthost.lab.test[10.201.0.3]:2525")
+
+
+def test_captured_logs_of_both_mtas_summarised_together() -> None:
+    sendmail_lines = (Path(__file__).parent.parent / "fixtures" / "sendmail" / "mail.log")
+    mixed = [r for r in (parse_any_line(line, now=CAPTURED)
+                         for line in [*sendmail_lines.read_text().splitlines(),
+                                      *captured("centos-maillog").splitlines()])
+             if r is not None]
+    summary = summarize(mixed)
+    assert summary["deliveries"] == 15 + 2
+    assert summary["by_stat"]["Sent (Ok: queued)"] == 2 + 1
+    assert summary["by_stat"][f"Deferred: {LAB_REFUSED}"] == 1
