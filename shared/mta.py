@@ -170,16 +170,15 @@ def operations_for(executor: Executor, profile: HostProfile,
     raise NotSupported(f"MTA kind {profile.kind!r} is not supported")
 
 
-#: prints one fact per line about each MTA: running (its master or daemon answers), and
-#: configured (its main configuration file exists). Only a POSIX shell and the MTAs' own
-#: tools: it runs over SSH on hosts without Python. ``postfix status`` exits 0 when the
-#: master runs; sendmail's pid file is checked with kill -0 (Debian's and RHEL's paths).
+#: prints one fact per line about each MTA: running (its daemon's pid file names a live
+#: process: Postfix's master.pid in its queue directory, sendmail's on Debian's and RHEL's
+#: paths), and configured (its main configuration file exists). Only a POSIX shell: it runs
+#: over SSH on hosts without Python. (``postfix status`` would log a line per look.)
 _DETECT_SCRIPT = r"""
-if command -v postfix >/dev/null 2>&1 && postfix status >/dev/null 2>&1; then
-  echo postfix-running; fi
+alive() { [ -r "$1" ] && kill -0 $(head -n 1 "$1") 2>/dev/null; }
+alive /var/spool/postfix/pid/master.pid && echo postfix-running
 for f in /run/sendmail/mta/sendmail.pid /var/run/sendmail.pid; do
-  if [ -r "$f" ] && kill -0 "$(head -n 1 "$f")" 2>/dev/null; then
-    echo sendmail-running; break; fi
+  alive "$f" && { echo sendmail-running; break; }
 done
 [ -f /etc/postfix/main.cf ] && command -v postconf >/dev/null 2>&1 && echo postfix-configured
 [ -f /etc/mail/sendmail.mc ] && echo sendmail-configured

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,9 @@ _SASL_PLUGINS_SCRIPT = ("for f in /usr/lib/*/sasl2/libplain.so* /usr/lib/*/sasl2
                         "/usr/lib/sasl2/libplain.so* /usr/lib/sasl2/liblogin.so*; do "
                         '[ -e "$f" ] && { echo "$f"; exit 0; }; done; exit 1')
 SASL_PACKAGES = "libsasl2-modules (Debian, Ubuntu) or cyrus-sasl-plain (RHEL, CentOS)"
+#: what Postfix appends to a host name it cannot qualify (RHEL's main.cf leaves myhostname
+#: to the system's name): no relay takes it for a real domain
+_PLACEHOLDER_DOMAINS = (".localdomain", ".localhost", ".local")
 #: how long a flush waits for Postfix to try the flushed messages (seconds)
 FLUSH_SETTLE_S = 30.0
 
@@ -211,22 +215,59 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
 
-    def _stage(self, rec: StepRecorder, main_old: str, edits: pfconf.MainCfEdits) -> str:
-        """main.cf as ``postconf`` edits it, on a copy in a private staging directory."""
+    @contextlib.contextmanager
+    def _staged(self, main_cf: str) -> Iterator[str]:
+        """A private staging configuration directory holding ``main_cf`` (and a copy of
+        master.cf, for ``postfix check``), removed afterwards."""
         ex = self.executor
         stage = ex.temp_path_for(self.profile.main_cf_path, "stage")
         ex.make_dir(stage, mode=0o700)
         try:
-            copy = posixpath.join(stage, "main.cf")
-            ex.write_file(copy, main_old.encode(), mode=0o644)
+            ex.write_file(posixpath.join(stage, "main.cf"), main_cf.encode(), mode=0o644)
+            yield stage
+        finally:
+            with contextlib.suppress(ExecutorError):
+                ex.remove_dir(stage)
+
+    def _stage(self, rec: StepRecorder, main_old: str, edits: pfconf.MainCfEdits) -> str:
+        """main.cf as ``postconf`` edits it, on a copy in a staging directory."""
+        with self._staged(main_old) as stage:
             for args in edits.postconf_args():
                 rec.run(f"postconf {args[0]} (staged copy)",
                         [self.profile.postconf, "-c", stage, *args],
                         timeout=self.profile.validate_timeout_s)
-            return ex.read_text(copy)
-        finally:
-            with contextlib.suppress(ExecutorError):
-                ex.remove_dir(stage)
+            return self.executor.read_text(posixpath.join(stage, "main.cf"))
+
+    def _validate(self, rec: StepRecorder, main_new: str) -> None:
+        """``postfix check`` on the new main.cf in a staging directory: Postfix's verdict
+        before anything goes live."""
+        master = posixpath.join(self.profile.config_dir, "master.cf")
+        with self._staged(main_new) as stage:
+            if self.executor.exists(master):
+                self.executor.copy_file(master, posixpath.join(stage, "master.cf"))
+            argv = [self.profile.postfix, "-c", stage, "check"]
+            try:
+                checked = rec.run("postfix check", argv,
+                                  timeout=self.profile.validate_timeout_s, check=False)
+            except CommandTimeout as exc:
+                raise CompileError(f"postfix check timed out after "
+                                   f"{self.profile.validate_timeout_s:g}s") from exc
+            if not checked.ok:
+                why = self._why(stage) or checked.output_text().strip()[:300]
+                raise CompileError(f"postfix check refused the new main.cf (exit "
+                                   f"{checked.exit_code}): {why or 'see the maillog'}")
+
+    def _why(self, config_dir: str) -> str:
+        """Why Postfix refuses a configuration: ``postfix`` itself reports only to syslog
+        when its stderr is not a terminal, but ``postconf -n`` says it on stderr."""
+        try:
+            out = self.executor.run([self.profile.postconf, "-c", config_dir, "-n"],
+                                    timeout=self.profile.validate_timeout_s)
+        except RelayfleetError:
+            return ""
+        lines = out.stderr.decode("utf-8", "replace").strip().splitlines()
+        return "; ".join([ln for ln in lines if "fatal:" in ln or "error:" in ln][:3]
+                         or lines[:3])
 
     def _preflight_sasl(self, rec: StepRecorder) -> None:
         """Refuse credentials when the host has no SASL client mechanisms to send them."""
@@ -257,6 +298,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
             temps.append(main_tmp)
             self._write_like(prof.main_cf_path, main_tmp, change.main_new.encode())
             rec.note("write main.cf (temporary)", main_tmp)
+            self._validate(rec, change.main_new)
             sasl_tmp = map_tmp = None
             if change.sasl_changed and change.sasl_new is not None:
                 sasl_tmp = ex.temp_path_for(prof.sasl_passwd_path)
@@ -288,32 +330,19 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                 with contextlib.suppress(ExecutorError):
                     ex.remove(tmp)
 
-    def _check(self, rec: StepRecorder) -> None:
-        """``postfix check``: Postfix's own verdict on the installed configuration."""
-        argv = [self.profile.postfix, "-c", self.profile.config_dir, "check"]
-        try:
-            checked = rec.run("postfix check", argv, timeout=self.profile.validate_timeout_s,
-                              check=False)
-        except CommandTimeout as exc:
-            raise CompileError(f"postfix check timed out after "
-                               f"{self.profile.validate_timeout_s:g}s") from exc
-        lines = checked.output_text().strip().splitlines()
-        fatal = [ln for ln in lines if "fatal:" in ln or "error:" in ln]
-        if not checked.ok or fatal:
-            raise CompileError(f"postfix check refused the new configuration (exit "
-                               f"{checked.exit_code}): {'; '.join((fatal or lines)[:3])}")
-
     def _restart(self, rec: StepRecorder) -> None:
         """Reload Postfix (``postfix start`` when it is not running: reload would fail)."""
+        prof = self.profile
         running, _pid = self._mta_running()
-        if running:
-            rec.run("reload", list(self.profile.reload), timeout=self.profile.command_timeout_s)
-        else:
-            rec.run("start", [self.profile.postfix, "-c", self.profile.config_dir, "start"],
-                    timeout=self.profile.command_timeout_s)
+        name, argv = (("reload", list(prof.reload)) if running else
+                      ("start", [prof.postfix, "-c", prof.config_dir, "start"]))
+        done = rec.run(name, argv, timeout=prof.command_timeout_s, check=False)
+        if not done.ok:
+            why = self._why(prof.config_dir) or done.output_text().strip()[:300]
+            raise CommandFailed(f"{' '.join(argv)} exited {done.exit_code}: "
+                                f"{why or 'see the maillog'}", exit_code=done.exit_code)
 
     def _activate_verify(self, rec: StepRecorder, wanted: Smarthost | None) -> None:
-        self._check(rec)
         self._restart(rec)
         started = time.monotonic()
         values = self._values()
@@ -536,11 +565,12 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         data = {"myhostname": myhostname, "mydomain": names[1] if len(names) > 1 else ""}
         if not out.ok or not myhostname:
             return diag.Check("myhostname", False, "postconf cannot tell myhostname", data)
-        if "." not in myhostname:
+        if "." not in myhostname or myhostname.endswith(_PLACEHOLDER_DOMAINS):
             return diag.Check("myhostname", False,
-                              f"Postfix greets relays as {myhostname!r}, which is not fully "
-                              "qualified: relays refuse it; set myhostname in main.cf (or fix "
-                              "the host name and /etc/hosts)", data)
+                              f"Postfix greets relays as {myhostname!r}, which is not a fully "
+                              "qualified name: relays refuse it; set myhostname in main.cf "
+                              "(postconf -e myhostname=HOST.DOMAIN), or fix the host name and "
+                              "/etc/hosts", data)
         fqdn = str(hostname.data.get("fqdn", ""))
         detail = f"Postfix greets relays as {myhostname}"
         if fqdn and fqdn != myhostname:

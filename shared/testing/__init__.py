@@ -1,4 +1,4 @@
-"""In-memory hosts for tests: :class:`FakeExecutor` and a simulated sendmail host.
+"""In-memory hosts for tests: :class:`FakeExecutor`, a simulated sendmail host and a Postfix one.
 
 Shipped with the package (like ``fabric.testing`` or httpx's ``MockTransport``) so that the
 operations, the agent and anything built on them can be tested fast, without root and
@@ -34,6 +34,21 @@ a mail queue of :class:`FakeMessage` and a maillog that queue runs append to. It
 come from real captures (``shared/testing_fixtures``, copies of
 ``tests/fixtures/sendmail``), which :mod:`.fixtures` reads to build
 :func:`debian_sendmail_host` and :func:`rhel_sendmail_host`.
+
+:class:`FakePostfixHost` (:mod:`.postfix`) adds Postfix 3.7: ``postconf`` (show, ``-h``,
+``-e`` and ``-X`` editing main.cf's text as postconf does, Postfix's defaults),
+``postmap``, ``postfix`` (``check``, ``start``, ``stop``, ``reload``, ``status``) and a
+master that runs the main.cf it last read, ``postqueue`` (``-j`` and ``-p`` in the real
+formats, ``-f`` and ``-i`` delivering at once through the running relayhost to a sink, or
+deferring), a queue of :class:`FakePostfixMessage` and a maillog in Postfix's format.
+:func:`debian_postfix_host` and :func:`rhel_postfix_host` build it from the lab's
+captures (``tests/fixtures/postfix``)::
+
+    host = debian_postfix_host()
+    ops = operations_for(host, build_profile("postfix", "debian", {}))
+    host.script(["postfix", "reload"], exit_code=1, stderr="reload: broken", times=1)
+    result = ops.set_smarthost(parse_smarthost_request({"host": "relay.example.net"}))
+    assert result.rolled_back and host.running_config["relayhost"] == ""
 """
 
 from shared.testing.executor import (
@@ -48,12 +63,32 @@ from shared.testing.executor import (
     command_matches,
 )
 from shared.testing.fixtures import (
+    DEBIAN_POSTFIX_MAIN_CF,
+    POSTFIX_MASTER_CF,
+    RHEL_POSTFIX_MAIN_CF,
+    debian_postfix_host,
     debian_sendmail_host,
+    fixture_postfix_queue,
     fixture_queue,
     fixture_text,
+    rhel_postfix_host,
     rhel_sendmail_host,
 )
 from shared.testing.m4 import FakeM4, M4Error, M4Result, fake_m4
+from shared.testing.postfix import (
+    MAILQ_HEADINGS,
+    POSTFIX_DEFAULTS,
+    POSTFIX_VERSION,
+    SASL_PLUGINS,
+    FakePostfixHost,
+    FakePostfixMessage,
+    PostfixFatal,
+    Relayed,
+    edit_main_cf,
+    read_main_cf,
+    render_mailq,
+    render_postqueue_json,
+)
 from shared.testing.sendmail import (
     FAKE_DB_MAGIC,
     MAILQ_COLUMNS,
@@ -66,9 +101,16 @@ from shared.testing.sendmail import (
 from shared.testing.smtp import FakeSmtpStream, SmtpScript
 
 __all__ = [
+    "DEBIAN_POSTFIX_MAIN_CF",
     "DEFAULT_WAIT_S",
     "FAKE_DB_MAGIC",
     "MAILQ_COLUMNS",
+    "MAILQ_HEADINGS",
+    "POSTFIX_DEFAULTS",
+    "POSTFIX_MASTER_CF",
+    "POSTFIX_VERSION",
+    "RHEL_POSTFIX_MAIN_CF",
+    "SASL_PLUGINS",
     "SENDMAIL_VERSION",
     "SH_TIMEOUT_S",
     "SMMSP_GID",
@@ -76,20 +118,31 @@ __all__ = [
     "FakeExecutor",
     "FakeM4",
     "FakeMessage",
+    "FakePostfixHost",
+    "FakePostfixMessage",
     "FakeSendmailHost",
     "FakeSmtpStream",
     "FileState",
     "M4Error",
     "M4Result",
     "Outcome",
+    "PostfixFatal",
     "Program",
     "RanCommand",
+    "Relayed",
     "SmtpScript",
     "command_matches",
+    "debian_postfix_host",
     "debian_sendmail_host",
+    "edit_main_cf",
     "fake_m4",
+    "fixture_postfix_queue",
     "fixture_queue",
     "fixture_text",
+    "read_main_cf",
+    "render_mailq",
+    "render_postqueue_json",
     "render_queue",
+    "rhel_postfix_host",
     "rhel_sendmail_host",
 ]

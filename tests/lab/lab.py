@@ -184,6 +184,8 @@ class LabHost:
     ssh_host_key: str = ""
     #: the MTA the host runs: ``sendmail`` or ``postfix``
     mta: str = "sendmail"
+    #: closed (its holder may linger as a zombie a while: not a sign of life)
+    closed: bool = False
 
     @property
     def fqdn(self) -> str:
@@ -488,6 +490,7 @@ class LabHost:
 
     def close(self) -> None:
         """Stop everything inside the host and remove its namespaces and link."""
+        self.closed = True
         if self.holder_pid and _pid_alive(self.holder_pid):
             with contextlib.suppress(Exception):
                 self.stop_mta()
@@ -647,7 +650,8 @@ class Lab:
         sudoers.write_text(f"{user} ALL=(root) NOPASSWD: ALL\n")
         sudoers.chmod(0o440)
         for host in self.hosts:
-            if host.mta == "postfix" and host.holder_pid and _pid_alive(host.holder_pid):
+            if (host.mta == "postfix" and not host.closed and host.holder_pid
+                    and _pid_alive(host.holder_pid)):
                 _sync_account(host, user, sudoers)
         return user, password
 

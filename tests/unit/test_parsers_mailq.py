@@ -84,7 +84,9 @@ def test_to_dict_is_plain_json() -> None:
         "id": "6AP4jQbT009721", "size": 6, "queued_at": "2026-11-25T04:45:00",
         "sender": "root@lab1.lab.test", "recipients": ["me@ourtest.com"],
         "reason": "Deferred: Connection refused by mx.ourtest.com.", "flags": "",
-        "section": "mta", "quarantine": None, "processing": False}
+        "section": "mta", "quarantine": None,
+        "reasons": {"me@ourtest.com": "Deferred: Connection refused by mx.ourtest.com."},
+        "processing": False}
 
 
 # -- hand-written: layouts ----------------------------------------------------------
