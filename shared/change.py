@@ -34,13 +34,34 @@ from shared.hostlock import HostLock
 from shared.mta import MtaOperations
 from shared.profile import is_under
 from shared.results import OperationResult, Redactor, StepRecorder
+from shared.sendmail.maillog import LogRecord, summarize
+from shared.sendmail.mailq import MailqReport
+from shared.sendmail.mc import unified_diff
 
 BACKUP_DIR = ".relayfleet-backup"
 BACKUPS_KEPT = 5
 #: why a file that is not there cannot be read, in an error message
 NO_SUCH_FILE = "no such file"
 
-ChangeT = TypeVar("ChangeT")
+
+
+@dataclass
+class FileChange:
+    """What a smarthost change rewrites: the configuration file's current and wanted text,
+    and the credentials map's (None: the map is left as it is)."""
+
+    config_old: str
+    config_new: str
+    credentials_old: str | None
+    credentials_new: str | None
+
+    @property
+    def credentials_changed(self) -> bool:
+        """The credentials map is to be rewritten."""
+        return self.credentials_new is not None and self.credentials_new != self.credentials_old
+
+
+ChangeT = TypeVar("ChangeT", bound=FileChange)
 WantedT = TypeVar("WantedT")
 
 
@@ -127,6 +148,43 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
     def _start_by_hand(self) -> str:
         """How a person starts the MTA (for messages)."""
 
+    @abc.abstractmethod
+    def _parse_log_line(self, line: str) -> LogRecord | None:
+        """One maillog line as a record (None: not this MTA's, or not a log line)."""
+
+    @abc.abstractmethod
+    def _list_queue(self, rec: StepRecorder) -> MailqReport:
+        """The queue, read through ``rec``."""
+
+    # -- reads both MTAs answer alike ------------------------------------------------------
+    def read_smarthost(self) -> OperationResult:
+        """Report the configured smarthost and whether the configuration is in sync."""
+        result = OperationResult("read_smarthost")
+        result.data, problems = self._current_smarthost()
+        fail(result, *problems)
+        return result
+
+    def queue_list(self) -> OperationResult:
+        """List the queued messages with their recipients' delay reasons."""
+        rec = StepRecorder(self.executor)
+        result = OperationResult("queue_list", steps=rec.steps)
+        result.data = self._list_queue(rec).to_dict()
+        return result
+
+    def read_log(self, lines: int = 200) -> OperationResult:
+        """Parse the tail of the maillog and summarise it."""
+        self._confine("maillog")
+        rec = StepRecorder(self.executor)
+        result = OperationResult("read_log", steps=rec.steps)
+        out = rec.run("tail maillog", ["tail", "-n", str(lines), self.profile.maillog],
+                      timeout=30)
+        text = out.stdout_text().splitlines()
+        records = [r for r in (self._parse_log_line(ln) for ln in text) if r is not None]
+        # Step output would repeat the whole log: keep the parsed records only.
+        rec.steps[-1].output = f"{len(text)} lines read"
+        result.data = {"records": [r.to_dict() for r in records], "summary": summarize(records)}
+        return result
+
     # -- the transaction --------------------------------------------------------------
     def _change(self, name: str, plan: Callable[[StepRecorder], ChangeT], dry_run: bool,
                 redactor: Redactor, wanted: WantedT | None) -> OperationResult:
@@ -186,6 +244,39 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
                                  ) from exc
 
     # -- files ------------------------------------------------------------------------
+    def _read_credentials(self, path: str) -> str | None:
+        """The credentials map source (None when there is none)."""
+        data = self.executor.read_file_if_exists(path)
+        return data.decode("utf-8", "replace") if data is not None else None
+
+    def _credentials_set(self, path: str, compiled: str,
+                         edit: Callable[[str], str]) -> tuple[str | None, str]:
+        """(current, wanted) map source with ``edit`` applied. A source already right whose
+        compiled map is missing counts as absent, so that the change builds the map."""
+        old = self._read_credentials(path)
+        new = edit(old or "")
+        if new == old and not self.executor.exists(compiled):
+            old = None
+        return old, new
+
+    def _credentials_removed(self, path: str, edit: Callable[[str], str]
+                             ) -> tuple[str | None, str | None]:
+        """(current, wanted) map source after ``edit`` takes an entry out (None: no change)."""
+        old = self._read_credentials(path)
+        if old is None:
+            return None, None
+        new = edit(old)
+        return old, (new if new != old else None)
+
+    def _diff(self, change: FileChange, config_path: str, credentials_path: str) -> str:
+        """The unified diff of the configuration file; a changed credentials map is named,
+        never shown (it holds the secret)."""
+        diff = unified_diff(change.config_old, change.config_new, config_path)
+        if change.credentials_changed:
+            diff += (f"--- {credentials_path} (current)\n+++ {credentials_path} (new)\n"
+                     "@@ credentials entry written (content not shown) @@\n")
+        return diff
+
     def _change_lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the host-wide change lock (see :mod:`shared.hostlock`) under ``lock_owner``."""
         return HostLock(self.executor, self.profile.home, self.lock_owner).held()

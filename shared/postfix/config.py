@@ -106,13 +106,19 @@ def smarthost_edits(request: SmarthostRequest | None, current: Mapping[str, str]
     """The main.cf edits that point Postfix at ``request`` (None: back to direct delivery).
 
     With credentials: SASL on, the map, no anonymous mechanisms, and a TLS level that
-    encrypts (kept when it already does). Without: the SASL settings go; TLS is left alone.
+    encrypts (kept when it already does). Without: the SASL settings go, and a TLS level
+    of ``encrypt`` that came with them (relayfleet's map is configured) goes back to
+    ``may``, Debian's and RHEL's default: left at ``encrypt``, direct delivery would refuse
+    every MX that offers no STARTTLS.
     """
+    ours = (current.get("smtp_sasl_password_maps") == f"{map_type}:{map_path}"
+            and current.get("smtp_tls_security_level") == "encrypt")
+    relax = {"smtp_tls_security_level": "may"} if ours else {}
     if request is None:
-        return MainCfEdits({}, ("relayhost", *SASL_PARAMETERS))
+        return MainCfEdits(relax, ("relayhost", *SASL_PARAMETERS))
     wanted = {"relayhost": relayhost_value(wanted_smarthost(request))}
     if request.auth is None:
-        return MainCfEdits(wanted, SASL_PARAMETERS)
+        return MainCfEdits({**wanted, **relax}, SASL_PARAMETERS)
     wanted.update({"smtp_sasl_auth_enable": "yes",
                    "smtp_sasl_password_maps": f"{map_type}:{map_path}",
                    "smtp_sasl_security_options": "noanonymous"})
@@ -141,9 +147,9 @@ def set_entry(text: str, key: str, username: str, password: str) -> str:
     return "\n".join([*lines, entry]) + "\n"
 
 
-def remove_entry(text: str, key: str) -> str:
-    """The map without ``key``'s entry."""
-    lines = [ln for ln in text.splitlines() if not _is_entry_for(ln, key)]
+def remove_entry(text: str, *keys: str) -> str:
+    """The map without these keys' entries."""
+    lines = [ln for ln in text.splitlines() if not any(_is_entry_for(ln, k) for k in keys)]
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -26,6 +26,7 @@ from shared import diagnose as diag
 from shared.change import (
     NO_SUCH_FILE,
     ConfigChangeOperations,
+    FileChange,
     RollbackReport,
     fail,
     oldest_age_s,
@@ -46,9 +47,9 @@ from shared.postfix import config as pfconf
 from shared.postfix.maillog import parse_postfix_line
 from shared.postfix.queue import parse_postfix_queue
 from shared.results import OperationResult, Redactor, StepRecorder
-from shared.sendmail.maillog import LogRecord, outcome, summarize
+from shared.sendmail.maillog import LogRecord, outcome
 from shared.sendmail.mailq import MailqReport
-from shared.sendmail.mc import Smarthost, unified_diff
+from shared.sendmail.mc import Smarthost
 from shared.validation import SmarthostRequest
 
 RELOAD_PENDING = ".relayfleet-reload-pending"
@@ -68,18 +69,10 @@ FLUSH_SETTLE_S = 30.0
 
 
 @dataclass
-class _Change:
-    """The files a smarthost change rewrites: current and wanted content."""
+class _Change(FileChange):
+    """main.cf (config) and sasl_passwd (credentials), and the map type to build with."""
 
-    main_old: str
-    main_new: str
-    sasl_old: str | None
-    sasl_new: str | None
     map_type: str
-
-    @property
-    def sasl_changed(self) -> bool:
-        return self.sasl_new is not None and self.sasl_new != self.sasl_old
 
 
 class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
@@ -158,14 +151,6 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         sasl = self.executor.read_file_if_exists(self.profile.sasl_passwd_path)
         return self._smarthost_data(values, sasl), []
 
-    # -- read -----------------------------------------------------------------------
-    def read_smarthost(self) -> OperationResult:
-        """Read relayhost and the SASL settings through postconf."""
-        result = OperationResult("read_smarthost")
-        result.data, problems = self._current_smarthost()
-        fail(result, *problems)
-        return result
-
     # -- change ---------------------------------------------------------------------
     def set_smarthost(self, request: SmarthostRequest, *, dry_run: bool = False) -> OperationResult:
         """Point relayhost at ``request``'s smarthost (with SASL and TLS when it has auth)."""
@@ -179,15 +164,20 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                    "always speaks ESMTP to its relayhost")
             main_old = self._read_config_file(self.profile.main_cf_path)
             values = self._values(rec)
-            sasl_old = sasl_new = None
+            sasl_old: str | None
+            sasl_new: str | None
             if request.auth is not None:
                 self._preflight_sasl(rec)
-                sasl_old_b = self.executor.read_file_if_exists(self.profile.sasl_passwd_path)
-                sasl_old = sasl_old_b.decode("utf-8", "replace") if sasl_old_b else None
-                sasl_new = pfconf.set_entry(sasl_old or "", key, request.auth.username,
-                                            request.auth.password)
-                if sasl_new == sasl_old and not self.executor.exists(self._map_file()):
-                    sasl_old = None  # the source is right but was never compiled
+                auth = request.auth
+                sasl_old, sasl_new = self._credentials_set(
+                    self.profile.sasl_passwd_path, self._map_file(),
+                    lambda text: pfconf.set_entry(text, key, auth.username, auth.password))
+            else:
+                # No credentials any more: none stays behind for the old or the new relay.
+                sasl_old, sasl_new = self._credentials_removed(
+                    self.profile.sasl_passwd_path,
+                    lambda text: pfconf.remove_entry(text, key, *values.get(
+                        "relayhost", "").split()[:1]))
             edits = pfconf.smarthost_edits(request, values, self._map_type,
                                            self.profile.sasl_passwd_path)
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
@@ -202,12 +192,11 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
             main_old = self._read_config_file(self.profile.main_cf_path)
             values = self._values(rec)
             relay = values.get("relayhost", "").split()
-            sasl_old_b = self.executor.read_file_if_exists(self.profile.sasl_passwd_path)
-            sasl_old = sasl_old_b.decode("utf-8", "replace") if sasl_old_b else None
-            sasl_new = None
-            if sasl_old is not None and relay:
-                stripped = pfconf.remove_entry(sasl_old, relay[0])
-                sasl_new = stripped if stripped != sasl_old else None
+            sasl_old = sasl_new = None
+            if relay:
+                sasl_old, sasl_new = self._credentials_removed(
+                    self.profile.sasl_passwd_path,
+                    lambda text: pfconf.remove_entry(text, relay[0]))
             edits = pfconf.smarthost_edits(None, values, self._map_type,
                                            self.profile.sasl_passwd_path)
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
@@ -230,8 +219,10 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                 ex.remove_dir(stage)
 
     def _stage(self, rec: StepRecorder, main_old: str, edits: pfconf.MainCfEdits) -> str:
-        """main.cf as ``postconf`` edits it, on a copy in a staging directory."""
-        with self._staged(main_old) as stage:
+        """main.cf as ``postconf`` edits it, on a copy in a staging directory (ending in a
+        line end: postconf appends a new parameter right after the last byte)."""
+        base = main_old if not main_old or main_old.endswith("\n") else main_old + "\n"
+        with self._staged(base) as stage:
             for args in edits.postconf_args():
                 rec.run(f"postconf {args[0]} (staged copy)",
                         [self.profile.postconf, "-c", stage, *args],
@@ -280,12 +271,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     def _describe(self, change: _Change, result: OperationResult,
                   wanted: Smarthost | None) -> None:
-        diff = unified_diff(change.main_old, change.main_new, self.profile.main_cf_path)
-        if change.sasl_changed:
-            # The map holds the secret: say that it changes, never how.
-            path = self.profile.sasl_passwd_path
-            diff += (f"--- {path} (current)\n+++ {path} (new)\n"
-                     "@@ credentials entry written (content not shown) @@\n")
+        diff = self._diff(change, self.profile.main_cf_path, self.profile.sasl_passwd_path)
         result.changed = bool(diff)
         result.data["diff"] = diff
 
@@ -296,15 +282,15 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         try:
             main_tmp = ex.temp_path_for(prof.main_cf_path)
             temps.append(main_tmp)
-            self._write_like(prof.main_cf_path, main_tmp, change.main_new.encode())
+            self._write_like(prof.main_cf_path, main_tmp, change.config_new.encode())
             rec.note("write main.cf (temporary)", main_tmp)
-            self._validate(rec, change.main_new)
+            self._validate(rec, change.config_new)
             sasl_tmp = map_tmp = None
-            if change.sasl_changed and change.sasl_new is not None:
+            if change.credentials_changed and change.credentials_new is not None:
                 sasl_tmp = ex.temp_path_for(prof.sasl_passwd_path)
                 map_tmp = sasl_tmp + pfconf.MAP_SUFFIXES.get(change.map_type, ".db")
                 temps += [sasl_tmp, map_tmp]
-                ex.write_file(sasl_tmp, change.sasl_new.encode(), mode=0o600)
+                ex.write_file(sasl_tmp, change.credentials_new.encode(), mode=0o600)
                 ex.set_owner_mode(sasl_tmp, mode=0o600, uid=0, gid=0)
                 rec.run("build sasl_passwd map",
                         [prof.postmap, "-c", prof.config_dir, f"{change.map_type}:{sasl_tmp}"],
@@ -391,16 +377,9 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                 exit_code=out.exit_code)
         return parse_postfix_queue(out.stdout_text())
 
-    def _queue(self, rec: StepRecorder, name: str = "postqueue") -> MailqReport:
+    def _list_queue(self, rec: StepRecorder, name: str = "postqueue") -> MailqReport:
         return self._parse_queue(rec.run(name, self._queue_command(), check=False,
                                          timeout=self.profile.command_timeout_s))
-
-    def queue_list(self) -> OperationResult:
-        """List queued messages with each recipient's delay reason."""
-        rec = StepRecorder(self.executor)
-        result = OperationResult("queue_list", steps=rec.steps)
-        result.data = self._queue(rec).to_dict()
-        return result
 
     def queue_flush(self, request: FlushRequest) -> OperationResult:
         """Ask Postfix to retry the queue (or part of it), wait for the outcome, report.
@@ -426,12 +405,21 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         ids = _selected(before, request)
         postqueue = [prof.postqueue, "-c", prof.config_dir]
         if request.queue_id is None and request.recipient is None and request.sender is None:
-            rec.run("flush", [*postqueue, "-f"], timeout=prof.command_timeout_s)
-        elif ids:
-            rec.run_many([(f"flush {qid}", [*postqueue, "-i", qid]) for qid in ids],
-                         timeout=prof.command_timeout_s)
+            runs = [("flush", [*postqueue, "-f"])]
         else:
-            rec.note("flush", "no queued message matches; nothing to flush")
+            runs = [(f"flush {qid}", [*postqueue, "-i", qid]) for qid in ids]
+            if not ids:
+                rec.note("flush", "no queued message matches; nothing to flush")
+        flushed = rec.run_many(runs, timeout=prof.command_timeout_s) if runs else []
+        refused = [(argv, done) for (_name, argv), done in zip(runs, flushed, strict=True)
+                   if not done.ok]
+        if refused:
+            # e.g. "Cannot flush mail queue - mail system is down": nothing will be tried
+            argv, done = refused[0]
+            result.ok, result.error_kind = False, "command_failed"
+            result.error = (f"{' '.join(argv)} exited {done.exit_code}: "
+                            f"{done.output_text().strip()[-300:]}")
+            ids = []
         deliveries, after = self._settle(rec, offset, ids)
         result.data = {"before": before.count, "after": after.count,
                        "deliveries": deliveries, "remaining": after.to_dict()["messages"]}
@@ -463,18 +451,8 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         return deliveries, after
 
     # -- log ------------------------------------------------------------------------
-    def read_log(self, lines: int = 200) -> OperationResult:
-        """Parse the tail of the maillog (Postfix's lines)."""
-        self._confine("maillog")
-        rec = StepRecorder(self.executor)
-        result = OperationResult("read_log", steps=rec.steps)
-        out = rec.run("tail maillog", ["tail", "-n", str(lines), self.profile.maillog],
-                      timeout=30)
-        records = [r for r in (parse_postfix_line(ln) for ln in out.stdout_text().splitlines())
-                   if r is not None]
-        rec.steps[-1].output = f"{len(out.stdout_text().splitlines())} lines read"
-        result.data = {"records": [r.to_dict() for r in records], "summary": summarize(records)}
-        return result
+    def _parse_log_line(self, line: str) -> LogRecord | None:
+        return parse_postfix_line(line)
 
     # -- status and diagnose ----------------------------------------------------------
     def status(self) -> OperationResult:

@@ -16,6 +16,7 @@ from typing import Any
 from shared import diagnose as diag
 from shared.change import (
     ConfigChangeOperations,
+    FileChange,
     RollbackReport,
     fail,
     oldest_age_s,
@@ -35,7 +36,7 @@ from shared.mta import FlushRequest
 from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail import authinfo as authmap
 from shared.sendmail.flush import parse_flush_output, strip_auth_transcript
-from shared.sendmail.maillog import parse_maillog_line, summarize
+from shared.sendmail.maillog import LogRecord, parse_maillog_line
 from shared.sendmail.mailq import MailqReport, parse_mailq
 from shared.sendmail.mc import (
     Smarthost,
@@ -43,7 +44,6 @@ from shared.sendmail.mc import (
     read_mc,
     remove_smarthost_mc,
     set_smarthost_mc,
-    unified_diff,
 )
 from shared.validation import SmarthostRequest
 
@@ -52,18 +52,10 @@ _FLUSH_OK_CODES = frozenset(range(256)) - {64, 77, 78}
 
 
 @dataclass
-class _Change:
-    """The files a smarthost change rewrites: current and wanted content."""
+class _Change(FileChange):
+    """sendmail.mc (config) and authinfo (credentials), and the current sendmail.cf."""
 
-    mc_old: str
-    mc_new: str
-    auth_old: str | None
-    auth_new: str | None
     cf_text: str
-
-    @property
-    def auth_changed(self) -> bool:
-        return self.auth_new is not None and self.auth_new != self.auth_old
 
 
 class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
@@ -148,13 +140,6 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         }
 
     # -- read -----------------------------------------------------------------------
-    def read_smarthost(self) -> OperationResult:
-        """Parse sendmail.mc and sendmail.cf and say whether they agree."""
-        result = OperationResult("read_smarthost")
-        result.data, problems = self._current_smarthost()
-        fail(result, *problems)
-        return result
-
     # -- change ---------------------------------------------------------------------
     def set_smarthost(self, request: SmarthostRequest, *, dry_run: bool = False) -> OperationResult:
         """Point outbound mail at ``request``'s smarthost."""
@@ -162,14 +147,13 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
 
         def plan(_rec: StepRecorder) -> _Change:
             mc_old = self._read_config_file(self.profile.mc_path)
-            auth_old_b = self.executor.read_file_if_exists(self.profile.authinfo_path)
-            auth_old = auth_old_b.decode("utf-8", "replace") if auth_old_b is not None else None
-            auth_new = None
+            auth_old = auth_new = None
             if request.auth is not None:
-                auth_new = authmap.set_entry(auth_old or "", request.host,
-                                             request.auth.username, request.auth.password)
-                if auth_new == auth_old and not self.executor.exists(self._authinfo_db()):
-                    auth_old = None  # the map source is right but was never compiled
+                auth = request.auth
+                auth_old, auth_new = self._credentials_set(
+                    self.profile.authinfo_path, self._authinfo_db(),
+                    lambda text: authmap.set_entry(text, request.host, auth.username,
+                                                   auth.password))
             return _Change(mc_old, set_smarthost_mc(mc_old, request), auth_old, auth_new,
                            self._read_config_file(self.profile.cf_path))
 
@@ -181,13 +165,12 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
 
         def plan(_rec: StepRecorder) -> _Change:
             mc_old = self._read_config_file(self.profile.mc_path)
-            state = read_mc(mc_old)
-            auth_old_b = self.executor.read_file_if_exists(self.profile.authinfo_path)
-            auth_old = auth_old_b.decode("utf-8", "replace") if auth_old_b is not None else None
-            auth_new = None
-            if auth_old is not None and state.smarthost is not None:
-                stripped = authmap.remove_entry(auth_old, state.smarthost.host)
-                auth_new = stripped if stripped != auth_old else None
+            old_smarthost = read_mc(mc_old).smarthost
+            auth_old = auth_new = None
+            if old_smarthost is not None:
+                auth_old, auth_new = self._credentials_removed(
+                    self.profile.authinfo_path,
+                    lambda text: authmap.remove_entry(text, old_smarthost.host))
             return _Change(mc_old, remove_smarthost_mc(mc_old), auth_old, auth_new,
                            self._read_config_file(self.profile.cf_path))
 
@@ -200,12 +183,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         return cf is not None and pid is not None and cf.mtime > pid.mtime
 
     def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
-        diff = unified_diff(change.mc_old, change.mc_new, self.profile.mc_path)
-        if change.auth_changed:
-            # The map holds the secret: say that it changes, never how.
-            diff += (f"--- {self.profile.authinfo_path} (current)\n"
-                     f"+++ {self.profile.authinfo_path} (new)\n"
-                     "@@ credentials entry written (content not shown) @@\n")
+        diff = self._diff(change, self.profile.mc_path, self.profile.authinfo_path)
         in_sync = read_cf(change.cf_text) == wanted
         result.changed = bool(diff) or not in_sync
         result.data["diff"] = diff
@@ -220,7 +198,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
             mc_tmp = ex.temp_path_for(prof.mc_path)
             cf_tmp = ex.temp_path_for(prof.cf_path)
             temps += [mc_tmp, cf_tmp]
-            self._write_like(prof.mc_path, mc_tmp, change.mc_new.encode())
+            self._write_like(prof.mc_path, mc_tmp, change.config_new.encode())
             rec.note("write sendmail.mc (temporary)", mc_tmp)
             compiled = rec.run("compile", [prof.m4, mc_tmp], timeout=prof.command_timeout_s,
                                check=False, keep_stdout=False)
@@ -231,13 +209,13 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
             self._write_like(prof.cf_path, cf_tmp, compiled.stdout)
             self._validate_cf(rec, cf_tmp)
             auth_tmp = auth_db_tmp = None
-            if change.auth_new is not None:
+            if change.credentials_new is not None:
                 auth_tmp = ex.temp_path_for(prof.authinfo_path)
                 auth_db_tmp = f"{auth_tmp}.db"
                 temps += [auth_tmp, auth_db_tmp]
-                ex.write_file(auth_tmp, change.auth_new.encode(), mode=0o600)
+                ex.write_file(auth_tmp, change.credentials_new.encode(), mode=0o600)
                 rec.run("build authinfo map", [prof.makemap, "hash", auth_tmp],
-                        input=change.auth_new.encode(), timeout=prof.command_timeout_s)
+                        input=change.credentials_new.encode(), timeout=prof.command_timeout_s)
                 ex.set_owner_mode(auth_db_tmp, mode=0o600, uid=0, gid=0)
             backup = result.data["backup"] = self._backup(rec)
 
@@ -321,13 +299,8 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
                                 exit_code=out.exit_code)
         return parse_mailq(out.stdout_text())
 
-    def queue_list(self) -> OperationResult:
-        """List queued messages with their deferral reasons."""
-        rec = StepRecorder(self.executor)
-        result = OperationResult("queue_list", steps=rec.steps)
-        report = self._mailq(rec)
-        result.data = report.to_dict()
-        return result
+    def _list_queue(self, rec: StepRecorder) -> MailqReport:
+        return self._mailq(rec)
 
     def queue_flush(self, request: FlushRequest) -> OperationResult:
         """Run the queue now (``sendmail [-OTimeout.hoststatus=0m] -q -v``).
@@ -375,19 +348,8 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         return result
 
     # -- log ------------------------------------------------------------------------
-    def read_log(self, lines: int = 200) -> OperationResult:
-        """Parse the tail of the maillog."""
-        self._confine("maillog")
-        rec = StepRecorder(self.executor)
-        result = OperationResult("read_log", steps=rec.steps)
-        out = rec.run("tail maillog", ["tail", "-n", str(lines), self.profile.maillog],
-                      timeout=30)
-        records = [r for r in (parse_maillog_line(ln) for ln in out.stdout_text().splitlines())
-                   if r is not None]
-        # Step output would repeat the whole log: keep the parsed records only.
-        rec.steps[-1].output = f"{len(out.stdout_text().splitlines())} lines read"
-        result.data = {"records": [r.to_dict() for r in records], "summary": summarize(records)}
-        return result
+    def _parse_log_line(self, line: str) -> LogRecord | None:
+        return parse_maillog_line(line)
 
     # -- status and diagnose ----------------------------------------------------------
     def status(self) -> OperationResult:

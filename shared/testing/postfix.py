@@ -310,7 +310,7 @@ class FakePostfixHost(FakeExecutor):
             self.log("postfix/postfix-script", self.spawn(live=False),
                      "starting the Postfix mail system")
             pid = self.master_pid = self.spawn()
-            self.running_config, self.qmgr_pid = config, self.spawn()
+            self.running_config, self.qmgr_pid = config, self.spawn(live=False)
             # master writes its pid right-aligned ("%*lu")
             self.add_file(self.pid_file, f"{pid:>32}\n", mode=0o600)
             self.log("postfix/master", pid, f"daemon started -- version {POSTFIX_VERSION}, "
@@ -338,7 +338,7 @@ class FakePostfixHost(FakeExecutor):
                      "refreshing the Postfix mail system")
             self.log("postfix/master", self.master_pid or 0,
                      f"reload -- version {POSTFIX_VERSION}, configuration {self.config_dir}")
-            self.running_config, self.qmgr_pid = config, self.spawn()
+            self.running_config, self.qmgr_pid = config, self.spawn(live=False)
             self.reloads += 1
 
     def log(self, program: str, pid: int, message: str) -> None:

@@ -207,6 +207,12 @@ def test_auth_goes_only_over_tls_and_the_password_stays_secret(
         assert RELAY_PASSWORD not in text
     code, read = ops("read-smarthost")
     assert RELAY_PASSWORD not in json.dumps(read)
+    # Back to direct delivery: no credentials left, and TLS no longer required of every MX.
+    code, removed = ops("remove-smarthost")
+    assert code == 0 and removed["ok"], removed
+    assert postconf(host, "smtp_tls_security_level") == "may"
+    assert postconf(host, "smtp_sasl_auth_enable") == "no"
+    assert RELAY_PASSWORD not in (host.config_dir / "sasl_passwd").read_text()
 
 
 def _wrapper(host: LabHost, name: str, script: str) -> str:

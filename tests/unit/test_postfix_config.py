@@ -74,6 +74,23 @@ def test_edits_keep_a_stronger_tls_level() -> None:
     assert edits.set["smtp_sasl_password_maps"] == "lmdb:/etc/postfix/sasl_passwd"
 
 
+def test_tls_raised_with_relayfleets_credentials_goes_back_to_may_without_them() -> None:
+    ours = {"smtp_sasl_password_maps": "hash:/etc/postfix/sasl_passwd",
+            "smtp_tls_security_level": "encrypt"}
+    for request in (None, SmarthostRequest("relay.example.com")):
+        edits = pfconf.smarthost_edits(request, ours, "hash", "/etc/postfix/sasl_passwd")
+        assert edits.set.get("smtp_tls_security_level") == "may"
+    # an encrypt level someone else chose (no relayfleet map) is theirs to keep
+    theirs = {"smtp_tls_security_level": "encrypt"}
+    assert "smtp_tls_security_level" not in pfconf.smarthost_edits(
+        None, theirs, "hash", "/etc/postfix/sasl_passwd").set
+
+
+def test_removing_several_keys_from_the_map() -> None:
+    text = "[a]:1 u:p\n[b]:2 v:q\n[c]:3 w:r\n"
+    assert pfconf.remove_entry(text, "[a]:1", "[c]:3") == "[b]:2 v:q\n"
+
+
 def test_edits_without_auth_take_sasl_out_and_remove_takes_relayhost_out() -> None:
     plain = pfconf.smarthost_edits(SmarthostRequest("relay.example.com"), {}, "hash", "/x")
     assert dict(plain.set) == {"relayhost": "[relay.example.com]"}
