@@ -29,7 +29,7 @@ from shared.errors import (
     OperationError,
     RelayfleetError,
 )
-from shared.executor import MISSING_CODE, CommandResult, FileMissing
+from shared.executor import MISSING_CODE, CommandResult, FileMissing, read_command
 from shared.hostlock import HostLock
 from shared.mta import MtaOperations
 from shared.profile import is_under
@@ -59,6 +59,18 @@ class FileChange:
     def credentials_changed(self) -> bool:
         """The credentials map is to be rewritten."""
         return self.credentials_new is not None and self.credentials_new != self.credentials_old
+
+
+@dataclass
+class StatusFacts:
+    """The MTA's part of a ``status`` look."""
+
+    version: str | None
+    #: the smarthost facts (``smarthost``, ``config_in_sync``...) the MTA's files give
+    smarthost: dict[str, Any]
+    queue: MailqReport
+    #: files that could not be read
+    problems: list[ConfigError] = field(default_factory=list)
 
 
 ChangeT = TypeVar("ChangeT", bound=FileChange)
@@ -156,7 +168,55 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
     def _list_queue(self, rec: StepRecorder) -> MailqReport:
         """The queue, read through ``rec``."""
 
+    #: profile keys ``status`` reads, confined before it does
+    status_files: tuple[str, ...]
+
+    @abc.abstractmethod
+    def _status_commands(self) -> tuple[list[tuple[str, list[str]]], tuple[str, ...]]:
+        """The MTA's own reads for ``status`` (named argvs) and which of them are file
+        reads whose content must not be kept in the steps."""
+
+    @abc.abstractmethod
+    def _status_facts(self, answers: list[CommandResult]) -> StatusFacts:
+        """The MTA's part of ``status`` from the answers to :meth:`_status_commands`."""
+
     # -- reads both MTAs answer alike ------------------------------------------------------
+    def status(self) -> OperationResult:
+        """One look at the host: names, MTA, smarthost, config sync, queue, /etc/hosts.
+
+        Everything is read in one batch: over SSH that is a single round trip. A file that
+        cannot be read fails the result but not the look: the rest is still worth reporting.
+        """
+        self._confine(*self.status_files)
+        rec = StepRecorder(self.executor)
+        result = OperationResult("status", steps=rec.steps)
+        prof = self.profile
+        own, quiet = self._status_commands()
+        short, full, hosts, alive, *answers = rec.run_many(
+            [*diag.HOSTNAME_COMMANDS, ("read /etc/hosts", read_command("/etc/hosts")),
+             ("mta running", diag.alive_command(prof.daemon_pid_file)), *own],
+            timeout=prof.validate_timeout_s, quiet=("read /etc/hosts", *quiet))
+        facts = self._status_facts(answers)
+        name_check = diag.hostname_check(short, full)
+        hostname = str(name_check.data.get("hostname", ""))
+        fqdn = str(name_check.data.get("fqdn", ""))
+        hosts_check = diag.hosts_file_check(hosts.stdout if hosts.ok else None, hostname, fqdn)
+        queued = facts.queue.messages
+        result.data = {
+            "hostname": hostname,
+            "fqdn": fqdn,
+            "mta": {"kind": self.kind, "version": facts.version,
+                    "running": bool(diag.mta_running_check(alive, prof.daemon_pid_file).ok)},
+            "smarthost": facts.smarthost["smarthost"],
+            "config_in_sync": facts.smarthost["config_in_sync"],
+            "queue": {"count": facts.queue.count,
+                      "oldest_age_s": oldest_age_s([m.queued_at for m in queued])},
+            "hosts_file": {"ok": bool(hosts_check.ok),
+                           "problems": list(hosts_check.data.get("problems", []))},
+        }
+        fail(result, *facts.problems)
+        return result
+
     def read_smarthost(self) -> OperationResult:
         """Report the configured smarthost and whether the configuration is in sync."""
         result = OperationResult("read_smarthost")

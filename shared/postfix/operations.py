@@ -28,8 +28,7 @@ from shared.change import (
     ConfigChangeOperations,
     FileChange,
     RollbackReport,
-    fail,
-    oldest_age_s,
+    StatusFacts,
     read_failure,
 )
 from shared.errors import (
@@ -82,6 +81,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
     label = "Postfix"
     rebuild_label = "reload"
     change_files = ("config_dir", "main_cf", "sasl_passwd", "sasl_passwd.db")
+    status_files = ("main_cf", "sasl_passwd")
 
     #: the database type maps are built with (the host's default_database_type)
     _map_type = "hash"
@@ -455,22 +455,17 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         return parse_postfix_line(line)
 
     # -- status and diagnose ----------------------------------------------------------
-    def status(self) -> OperationResult:
-        """One look at the host, in one batch (one round trip over SSH)."""
-        self._confine("main_cf", "sasl_passwd")
-        rec = StepRecorder(self.executor)
-        result = OperationResult("status", steps=rec.steps)
+    def _status_commands(self) -> tuple[list[tuple[str, list[str]]], tuple[str, ...]]:
         prof = self.profile
-        reads = ("read /etc/hosts", f"read {prof.sasl_passwd}")
-        commands = [*diag.HOSTNAME_COMMANDS,
-                    (reads[0], read_command("/etc/hosts")),
-                    ("mta running", diag.alive_command(prof.daemon_pid_file)),
-                    ("version", self._postconf("-h", "mail_version")),
-                    ("postconf", self._postconf(*pfconf.SMARTHOST_PARAMETERS)),
-                    (reads[1], read_command(prof.sasl_passwd_path)),
-                    ("postqueue", self._queue_command())]
-        short, full, hosts, alive, version, values, sasl, queued = rec.run_many(
-            commands, timeout=prof.validate_timeout_s, quiet=reads)
+        read = f"read {prof.sasl_passwd}"
+        return [("version", self._postconf("-h", "mail_version")),
+                ("postconf", self._postconf(*pfconf.SMARTHOST_PARAMETERS)),
+                (read, read_command(prof.sasl_passwd_path)),
+                ("postqueue", self._queue_command())], (read,)
+
+    def _status_facts(self, answers: list[CommandResult]) -> StatusFacts:
+        prof = self.profile
+        version, values, sasl, queued = answers
         problems: list[ConfigError] = []
         parsed: dict[str, str] | None = None
         if values.ok:
@@ -479,30 +474,12 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         else:
             problems.append(ConfigError(f"postconf cannot read {prof.main_cf_path}: "
                                         f"{values.output_text().strip()[:300]}"))
-        if not sasl.ok and read_failure(prof.sasl_passwd_path, sasl) != NO_SUCH_FILE:
-            problems.append(ConfigError(f"cannot read {prof.sasl_passwd_path}: "
-                                        f"{read_failure(prof.sasl_passwd_path, sasl)}"))
-        name_check = diag.hostname_check(short, full)
-        hostname = str(name_check.data.get("hostname", ""))
-        fqdn = str(name_check.data.get("fqdn", ""))
-        hosts_check = diag.hosts_file_check(hosts.stdout if hosts.ok else None, hostname, fqdn)
-        facts = self._smarthost_data(parsed, sasl.stdout if sasl.ok else None)
-        report = self._parse_queue(queued)
-        result.data = {
-            "hostname": hostname,
-            "fqdn": fqdn,
-            "mta": {"kind": self.kind,
-                    "version": version.stdout_text().strip() or None if version.ok else None,
-                    "running": bool(diag.mta_running_check(alive, prof.daemon_pid_file).ok)},
-            "smarthost": facts["smarthost"],
-            "config_in_sync": facts["config_in_sync"],
-            "queue": {"count": report.count,
-                      "oldest_age_s": oldest_age_s([m.queued_at for m in report.messages])},
-            "hosts_file": {"ok": bool(hosts_check.ok),
-                           "problems": list(hosts_check.data.get("problems", []))},
-        }
-        fail(result, *problems)
-        return result
+        why = read_failure(prof.sasl_passwd_path, sasl) if not sasl.ok else NO_SUCH_FILE
+        if why != NO_SUCH_FILE:
+            problems.append(ConfigError(f"cannot read {prof.sasl_passwd_path}: {why}"))
+        return StatusFacts((version.stdout_text().strip() or None) if version.ok else None,
+                           self._smarthost_data(parsed, sasl.stdout if sasl.ok else None),
+                           self._parse_queue(queued), problems)
 
     def diagnose(self, *, domain: str | None = None,
                  public_ip: str | None = None) -> OperationResult:

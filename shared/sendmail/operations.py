@@ -18,8 +18,7 @@ from shared.change import (
     ConfigChangeOperations,
     FileChange,
     RollbackReport,
-    fail,
-    oldest_age_s,
+    StatusFacts,
     read_failure,
 )
 from shared.errors import (
@@ -65,6 +64,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
     label = "sendmail"
     rebuild_label = "make"
     change_files = ("mail_dir", "mc", "cf", "authinfo", "authinfo.db", "pid_file")
+    status_files = ("mc", "cf", "authinfo", "pid_file")
 
     # -- helpers --------------------------------------------------------------------
     @property
@@ -352,53 +352,27 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         return parse_maillog_line(line)
 
     # -- status and diagnose ----------------------------------------------------------
-    def status(self) -> OperationResult:
-        """One look at the host: names, MTA, smarthost, config sync, queue, /etc/hosts.
-
-        Everything is read in one batch: over SSH that is a single round trip.
-        """
-        self._confine("mc", "cf", "authinfo", "pid_file")
-        rec = StepRecorder(self.executor)
-        result = OperationResult("status", steps=rec.steps)
+    def _status_commands(self) -> tuple[list[tuple[str, list[str]]], tuple[str, ...]]:
         prof = self.profile
-        reads = ("read /etc/hosts", f"read {prof.mc}", f"read {prof.cf}", f"read {prof.authinfo}")
-        commands = [*diag.HOSTNAME_COMMANDS,
-                    (reads[0], read_command("/etc/hosts")),
-                    ("mta running", diag.alive_command(prof.pid_file)),
-                    ("version", [prof.sendmail, "-d0.1", "-bv", "root"]),
-                    (reads[1], read_command(prof.mc_path)),
-                    (reads[2], read_command(prof.cf_path)),
-                    (reads[3], read_command(prof.authinfo_path)),
-                    ("mailq", list(prof.mailq))]
-        short, full, hosts, alive, version, mc, cf, auth, mailq = rec.run_many(
-            commands, timeout=prof.validate_timeout_s, quiet=reads)
-        # An unreadable mc or cf fails the result but not the look: the rest is still worth
-        # reporting, and the answer says config_in_sync false.
+        reads = (f"read {prof.mc}", f"read {prof.cf}", f"read {prof.authinfo}")
+        return [("version", [prof.sendmail, "-d0.1", "-bv", "root"]),
+                (reads[0], read_command(prof.mc_path)),
+                (reads[1], read_command(prof.cf_path)),
+                (reads[2], read_command(prof.authinfo_path)),
+                ("mailq", list(prof.mailq))], reads
+
+    def _status_facts(self, answers: list[CommandResult]) -> StatusFacts:
+        prof = self.profile
+        version, mc, cf, auth, mailq = answers
+        # An unreadable mc or cf: the answer says config_in_sync false.
         problems = [self._unreadable(path, read_failure(path, read))
                     for path, read in ((prof.mc_path, mc), (prof.cf_path, cf)) if not read.ok]
-        name_check = diag.hostname_check(short, full)
-        hostname = str(name_check.data.get("hostname", ""))
-        fqdn = str(name_check.data.get("fqdn", ""))
-        hosts_check = diag.hosts_file_check(hosts.stdout if hosts.ok else None, hostname, fqdn)
         match = re.search(r"^Version (\S+)", version.stdout_text(), re.MULTILINE)
         smarthost = self._smarthost_data(mc.stdout_text() if mc.ok else None,
                                          cf.stdout_text() if cf.ok else None,
                                          auth.stdout if auth.ok else None)
-        report = self._parse_mailq(mailq)
-        result.data = {
-            "hostname": hostname,
-            "fqdn": fqdn,
-            "mta": {"kind": self.kind, "version": match.group(1) if match else None,
-                    "running": bool(diag.mta_running_check(alive, prof.pid_file).ok)},
-            "smarthost": smarthost["smarthost"],
-            "config_in_sync": smarthost["config_in_sync"],
-            "queue": {"count": report.count,
-                      "oldest_age_s": oldest_age_s([m.queued_at for m in report.messages])},
-            "hosts_file": {"ok": bool(hosts_check.ok),
-                           "problems": list(hosts_check.data.get("problems", []))},
-        }
-        fail(result, *problems)
-        return result
+        return StatusFacts(match.group(1) if match else None, smarthost,
+                           self._parse_mailq(mailq), problems)
 
     def diagnose(self, *, domain: str | None = None,
                  public_ip: str | None = None) -> OperationResult:
