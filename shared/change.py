@@ -180,7 +180,40 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
     def _status_facts(self, answers: list[CommandResult]) -> StatusFacts:
         """The MTA's part of ``status`` from the answers to :meth:`_status_commands`."""
 
+    @abc.abstractmethod
+    def _diagnose_facts(self) -> tuple[dict[str, Any], list[ConfigError]]:
+        """The smarthost facts diagnose checks (no credentials: the checks probe the
+        smarthost, not the password for it), and the files that could not be read."""
+
+    @abc.abstractmethod
+    def _in_sync_detail(self, in_sync: bool) -> str:
+        """What the config_in_sync check says, and what to do when it fails."""
+
+    def _mta_checks(self, hostname: diag.Check) -> list[diag.Check]:
+        """Checks only this MTA has, placed after the host name's."""
+        return []
+
     # -- reads both MTAs answer alike ------------------------------------------------------
+    def diagnose(self, *, domain: str | None = None,
+                 public_ip: str | None = None) -> OperationResult:
+        """The seed story's checklist, each check with ok and a detail saying what to fix."""
+        result = OperationResult("diagnose")
+        facts, problems = self._diagnose_facts()
+        smarthost, in_sync = facts["smarthost"], bool(facts["config_in_sync"])
+        # an unreadable file is a failed check, not a failed diagnose
+        detail = ("; ".join(p.message for p in problems) if problems
+                  else self._in_sync_detail(in_sync))
+        checks = diag.run_checks(
+            self.executor, self.profile,
+            smarthost_host=smarthost["host"] if smarthost else None,
+            smarthost_port=smarthost["port"] if smarthost else 25,
+            domain=domain, public_ip=public_ip,
+            config_check=diag.Check("config_in_sync", in_sync and not problems, detail))
+        checks[1:1] = self._mta_checks(checks[0])
+        result.data = {"checks": [c.to_dict() for c in checks]}
+        result.ok = all(c.ok is not False for c in checks)
+        return result
+
     def status(self) -> OperationResult:
         """One look at the host: names, MTA, smarthost, config sync, queue, /etc/hosts.
 

@@ -481,32 +481,18 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                            self._smarthost_data(parsed, sasl.stdout if sasl.ok else None),
                            self._parse_queue(queued), problems)
 
-    def diagnose(self, *, domain: str | None = None,
-                 public_ip: str | None = None) -> OperationResult:
-        """The seed story's checklist on a Postfix host (myhostname, relayhost, master)."""
-        result = OperationResult("diagnose")
-        facts, problems = self._current_smarthost()
-        smarthost = facts["smarthost"]
-        if problems:
-            config_check = diag.Check("config_in_sync", False,
-                                      "; ".join(p.message for p in problems))
-        elif facts["config_in_sync"]:
-            config_check = diag.Check("config_in_sync", True,
-                                      f"{self.profile.main_cf} reads and its maps are built")
-        else:
-            config_check = diag.Check(
-                "config_in_sync", False,
-                f"{self.profile.sasl_passwd} is newer than its compiled map: set the smarthost "
-                f"again (or run postmap {self._map_type}:{self.profile.sasl_passwd_path})")
-        checks = diag.run_checks(
-            self.executor, self.profile,
-            smarthost_host=smarthost["host"] if smarthost else None,
-            smarthost_port=smarthost["port"] if smarthost else 25,
-            domain=domain, public_ip=public_ip, config_check=config_check)
-        checks.insert(1, self._myhostname_check(checks[0]))
-        result.data = {"checks": [c.to_dict() for c in checks]}
-        result.ok = all(c.ok is not False for c in checks)
-        return result
+    def _diagnose_facts(self) -> tuple[dict[str, Any], list[ConfigError]]:
+        return self._current_smarthost()
+
+    def _in_sync_detail(self, in_sync: bool) -> str:
+        prof = self.profile
+        if in_sync:
+            return f"{prof.main_cf} reads and its maps are built"
+        return (f"{prof.sasl_passwd} is newer than its compiled map: set the smarthost again "
+                f"(or run postmap {self._map_type}:{prof.sasl_passwd_path})")
+
+    def _mta_checks(self, hostname: diag.Check) -> list[diag.Check]:
+        return [self._myhostname_check(hostname)]
 
     def _myhostname_check(self, hostname: diag.Check) -> diag.Check:
         """Postfix greets with myhostname, not the system's name: it must be qualified."""

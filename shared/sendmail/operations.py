@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from shared import diagnose as diag
 from shared.change import (
     ConfigChangeOperations,
     FileChange,
@@ -374,28 +373,14 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         return StatusFacts(match.group(1) if match else None, smarthost,
                            self._parse_mailq(mailq), problems)
 
-    def diagnose(self, *, domain: str | None = None,
-                 public_ip: str | None = None) -> OperationResult:
-        """The seed story's checklist, each check with ok and a detail saying what to fix."""
+    def _diagnose_facts(self) -> tuple[dict[str, Any], list[ConfigError]]:
         self._confine("mc", "cf", "pid_file")
-        result = OperationResult("diagnose")
         mc_text, cf_text, problems = self._read_mc_cf()
-        # No authinfo: the checks probe the smarthost, not the credentials for it.
-        facts = self._smarthost_data(mc_text, cf_text, None)
-        smarthost, in_sync = facts["smarthost"], facts["config_in_sync"]
-        if problems:  # an unreadable mc or cf is a failed check, not a failed diagnose
-            detail = "; ".join(p.message for p in problems)
-        elif in_sync:
-            detail = f"{self.profile.mc} and {self.profile.cf} agree"
-        else:
-            detail = (f"{self.profile.cf} is not compiled from the current {self.profile.mc}: "
-                      "set the smarthost again (or run m4 and make) and restart sendmail")
-        config_check = diag.Check("config_in_sync", in_sync, detail)
-        checks = diag.run_checks(
-            self.executor, self.profile,
-            smarthost_host=smarthost["host"] if smarthost else None,
-            smarthost_port=smarthost["port"] if smarthost else 25,
-            domain=domain, public_ip=public_ip, config_check=config_check)
-        result.data = {"checks": [c.to_dict() for c in checks]}
-        result.ok = all(c.ok is not False for c in checks)
-        return result
+        return self._smarthost_data(mc_text, cf_text, None), problems
+
+    def _in_sync_detail(self, in_sync: bool) -> str:
+        prof = self.profile
+        if in_sync:
+            return f"{prof.mc} and {prof.cf} agree"
+        return (f"{prof.cf} is not compiled from the current {prof.mc}: set the smarthost "
+                "again (or run m4 and make) and restart sendmail")
