@@ -131,9 +131,22 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         """Put the diff in ``result`` and set ``result.changed``."""
 
     @abc.abstractmethod
-    def _apply(self, change: ChangeT, rec: StepRecorder, result: OperationResult,
-               wanted: WantedT | None) -> None:
-        """Build, validate, back up, swap, activate and verify (rolling back on failure)."""
+    def _build_config(self, change: ChangeT, rec: StepRecorder,
+                      temps: list[str]) -> list[tuple[str, str]]:
+        """Write and validate the new configuration beside the live one (each temporary
+        file named in ``temps``); the (temporary, live) pairs to rename, in order."""
+
+    @abc.abstractmethod
+    def _credentials_paths(self) -> tuple[str, str]:
+        """The credentials map's source and its compiled file."""
+
+    @abc.abstractmethod
+    def _map_command(self, change: ChangeT, source: str) -> tuple[list[str], bytes | None]:
+        """The argv (and its stdin) that compiles the map source ``source``; the compiled
+        file lands beside it with the same suffix as the live one."""
+
+    def _before_swap(self) -> None:
+        """Runs just before the first rename."""
 
     @abc.abstractmethod
     def _activate_verify(self, rec: StepRecorder, wanted: WantedT | None) -> None:
@@ -149,8 +162,8 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         """After a rollback put the files back: rebuild what is compiled from them."""
 
     @abc.abstractmethod
-    def _running_stale(self) -> bool:
-        """The MTA runs but started before the installed configuration was written."""
+    def _stale_reason(self) -> str | None:
+        """Why the running MTA does not run the installed configuration (None: it does)."""
 
     @abc.abstractmethod
     def _finish_by_hand(self) -> str:
@@ -313,14 +326,64 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         """Finish a change that was interrupted between its swap and its activation (and is
         now retried): activate if the MTA is down, or if it runs an older configuration."""
         running, _pid = self._mta_running()
+        stale = self._stale_reason() if running else None
         if not running:
             result.data["note"] = "the configuration was in place but the MTA was not running"
-        elif self._running_stale():
-            result.data["note"] = (f"{self.label} was started before the current configuration "
-                                   "was installed; restarted so that it runs it")
+        elif stale is not None:
+            result.data["note"] = f"{stale}; restarted so that it runs it"
         else:
             return
         self._activate_verify(rec, wanted)
+
+    def _apply(self, change: ChangeT, rec: StepRecorder, result: OperationResult,
+               wanted: WantedT | None) -> None:
+        """Build and validate beside the live files, back up, swap, activate and verify;
+        roll back on a failure after the swap. Temporary files never outlive the change."""
+        ex = self.executor
+        temps: list[str] = []
+        try:
+            renames = self._build_config(change, rec, temps)
+            if change.credentials_changed:
+                # The map and its source are a pair, renamed before the configuration that
+                # names them (one renamed without the other never stays: a failure from the
+                # first rename on rolls back).
+                renames = [*self._build_credentials(change, rec, temps), *renames]
+            backup = result.data["backup"] = self._backup(rec)
+
+            def swap() -> None:
+                self._before_swap()
+                for tmp, live in renames:
+                    ex.rename(tmp, live)
+                names = [posixpath.basename(live) for _tmp, live in renames]
+                rec.note("swap", "installed new " + ", ".join(
+                    n for n in names if not n.endswith(self._compiled_suffix())))
+
+            self._run_swapped(rec, result, backup, swap, wanted)
+        finally:
+            for tmp in temps:
+                with contextlib.suppress(ExecutorError):
+                    ex.remove(tmp)
+
+    def _compiled_suffix(self) -> str:
+        source, compiled = self._credentials_paths()
+        return compiled[len(source):]
+
+    def _build_credentials(self, change: ChangeT, rec: StepRecorder,
+                           temps: list[str]) -> list[tuple[str, str]]:
+        """Write the new map source (0600 root) and compile it beside the live one."""
+        ex = self.executor
+        source, compiled = self._credentials_paths()
+        tmp = ex.temp_path_for(source)
+        compiled_tmp = tmp + self._compiled_suffix()
+        temps += [tmp, compiled_tmp]
+        text = (change.credentials_new or "").encode()
+        ex.write_file(tmp, text, mode=0o600)
+        ex.set_owner_mode(tmp, mode=0o600, uid=0, gid=0)
+        argv, stdin = self._map_command(change, tmp)
+        rec.run(f"build {posixpath.basename(source)} map", argv, input=stdin,
+                timeout=self.profile.command_timeout_s)
+        ex.set_owner_mode(compiled_tmp, mode=0o600, uid=0, gid=0)
+        return [(compiled_tmp, compiled), (tmp, source)]
 
     def _run_swapped(self, rec: StepRecorder, result: OperationResult, backup: str,
                      swap: Callable[[], None], wanted: WantedT | None) -> None:

@@ -43,8 +43,9 @@ def make_host(lab: Lab) -> Iterator[Callable[..., LabHost]]:
     """Build fresh lab hosts for one test; they are removed when the test ends."""
     made: list[LabHost] = []
 
-    def factory(layout: str = "debian", start: bool = True) -> LabHost:
-        host = lab.add_host(f"{layout[:3]}{next(_names)}", layout, start=start)
+    def factory(layout: str = "debian", start: bool = True, mta: str = "sendmail") -> LabHost:
+        prefix = layout[:3] if mta == "sendmail" else f"pf{layout[0]}"
+        host = lab.add_host(f"{prefix}{next(_names)}", layout, start=start, mta=mta)
         made.append(host)
         return host
 

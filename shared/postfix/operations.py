@@ -275,46 +275,27 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         result.changed = bool(diff)
         result.data["diff"] = diff
 
-    def _apply(self, change: _Change, rec: StepRecorder, result: OperationResult,
-               wanted: Smarthost | None) -> None:
+    def _build_config(self, change: _Change, rec: StepRecorder,
+                      temps: list[str]) -> list[tuple[str, str]]:
+        """main.cf beside the live one, checked by ``postfix check`` on a staged copy."""
         ex, prof = self.executor, self.profile
-        temps: list[str] = []
-        try:
-            main_tmp = ex.temp_path_for(prof.main_cf_path)
-            temps.append(main_tmp)
-            self._write_like(prof.main_cf_path, main_tmp, change.config_new.encode())
-            rec.note("write main.cf (temporary)", main_tmp)
-            self._validate(rec, change.config_new)
-            sasl_tmp = map_tmp = None
-            if change.credentials_changed and change.credentials_new is not None:
-                sasl_tmp = ex.temp_path_for(prof.sasl_passwd_path)
-                map_tmp = sasl_tmp + pfconf.MAP_SUFFIXES.get(change.map_type, ".db")
-                temps += [sasl_tmp, map_tmp]
-                ex.write_file(sasl_tmp, change.credentials_new.encode(), mode=0o600)
-                ex.set_owner_mode(sasl_tmp, mode=0o600, uid=0, gid=0)
-                rec.run("build sasl_passwd map",
-                        [prof.postmap, "-c", prof.config_dir, f"{change.map_type}:{sasl_tmp}"],
-                        timeout=prof.command_timeout_s)
-                ex.set_owner_mode(map_tmp, mode=0o600, uid=0, gid=0)
-            backup = result.data["backup"] = self._backup(rec)
+        main_tmp = ex.temp_path_for(prof.main_cf_path)
+        temps.append(main_tmp)
+        self._write_like(prof.main_cf_path, main_tmp, change.config_new.encode())
+        rec.note("write main.cf (temporary)", main_tmp)
+        self._validate(rec, change.config_new)
+        return [(main_tmp, prof.main_cf_path)]
 
-            def swap() -> None:
-                # The marker first: from here on a retry must reload even if it finds the
-                # files right. Then the map before its source, and main.cf last, so that
-                # main.cf never names a map that is not there.
-                ex.write_file(self._marker(), b"", mode=0o600)
-                if sasl_tmp is not None and map_tmp is not None:
-                    ex.rename(map_tmp, self._map_file())
-                    ex.rename(sasl_tmp, prof.sasl_passwd_path)
-                ex.rename(main_tmp, prof.main_cf_path)
-                rec.note("swap", f"installed new {prof.main_cf}"
-                         + (f", {prof.sasl_passwd}" if sasl_tmp else ""))
+    def _credentials_paths(self) -> tuple[str, str]:
+        return self.profile.sasl_passwd_path, self._map_file()
 
-            self._run_swapped(rec, result, backup, swap, wanted)
-        finally:
-            for tmp in temps:
-                with contextlib.suppress(ExecutorError):
-                    ex.remove(tmp)
+    def _map_command(self, change: _Change, source: str) -> tuple[list[str], bytes | None]:
+        prof = self.profile
+        return [prof.postmap, "-c", prof.config_dir, f"{change.map_type}:{source}"], None
+
+    def _before_swap(self) -> None:
+        # From here on a retry must reload even if it finds the files right.
+        self.executor.write_file(self._marker(), b"", mode=0o600)
 
     def _restart(self, rec: StepRecorder) -> None:
         """Reload Postfix (``postfix start`` when it is not running: reload would fail)."""
@@ -356,8 +337,11 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
     def _rebuild(self, rec: StepRecorder, undo: RollbackReport) -> None:
         """Nothing to rebuild: the compiled map came back from the backup with its source."""
 
-    def _running_stale(self) -> bool:
-        return self.executor.exists(self._marker())
+    def _stale_reason(self) -> str | None:
+        if self.executor.exists(self._marker()):
+            return ("a change was installed but Postfix was not reloaded (the change was "
+                    "interrupted)")
+        return None
 
     def _finish_by_hand(self) -> str:
         return f"run postfix check and reload Postfix ({' '.join(self.profile.reload)})"

@@ -7,7 +7,6 @@ the restart argv of the host profile, and core utilities.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from shared.errors import (
     CommandTimeout,
     CompileError,
     ConfigError,
-    ExecutorError,
     OperationError,
     RelayfleetError,
 )
@@ -175,11 +173,13 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
 
-    def _running_stale(self) -> bool:
+    def _stale_reason(self) -> str | None:
         """sendmail started before the current sendmail.cf was installed."""
         cf = self.executor.file_info(self.profile.cf_path)
         pid = self.executor.file_info(self.profile.pid_file)
-        return cf is not None and pid is not None and cf.mtime > pid.mtime
+        if cf is not None and pid is not None and cf.mtime > pid.mtime:
+            return "the MTA was started before the current sendmail.cf was installed"
+        return None
 
     def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
         diff = self._diff(change, self.profile.mc_path, self.profile.authinfo_path)
@@ -189,52 +189,31 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         if not diff and not in_sync:
             result.data["note"] = "sendmail.cf did not match sendmail.mc; it will be recompiled"
 
-    def _apply(self, change: _Change, rec: StepRecorder, result: OperationResult,
-               wanted: Smarthost | None) -> None:
+    def _build_config(self, change: _Change, rec: StepRecorder,
+                      temps: list[str]) -> list[tuple[str, str]]:
+        """sendmail.mc, compiled by m4 into sendmail.cf, which sendmail validates."""
         ex, prof = self.executor, self.profile
-        temps: list[str] = []
-        try:
-            mc_tmp = ex.temp_path_for(prof.mc_path)
-            cf_tmp = ex.temp_path_for(prof.cf_path)
-            temps += [mc_tmp, cf_tmp]
-            self._write_like(prof.mc_path, mc_tmp, change.config_new.encode())
-            rec.note("write sendmail.mc (temporary)", mc_tmp)
-            compiled = rec.run("compile", [prof.m4, mc_tmp], timeout=prof.command_timeout_s,
-                               check=False, keep_stdout=False)
-            # m4 warns on stderr (deprecated features) and still exits 0: only the exit counts.
-            if not compiled.ok:
-                raise CompileError(f"m4 could not compile the new sendmail.mc: "
-                                   f"{rec.redact(compiled.output_text()).strip()[:500]}")
-            self._write_like(prof.cf_path, cf_tmp, compiled.stdout)
-            self._validate_cf(rec, cf_tmp)
-            auth_tmp = auth_db_tmp = None
-            if change.credentials_new is not None:
-                auth_tmp = ex.temp_path_for(prof.authinfo_path)
-                auth_db_tmp = f"{auth_tmp}.db"
-                temps += [auth_tmp, auth_db_tmp]
-                ex.write_file(auth_tmp, change.credentials_new.encode(), mode=0o600)
-                rec.run("build authinfo map", [prof.makemap, "hash", auth_tmp],
-                        input=change.credentials_new.encode(), timeout=prof.command_timeout_s)
-                ex.set_owner_mode(auth_db_tmp, mode=0o600, uid=0, gid=0)
-            backup = result.data["backup"] = self._backup(rec)
+        mc_tmp = ex.temp_path_for(prof.mc_path)
+        cf_tmp = ex.temp_path_for(prof.cf_path)
+        temps += [mc_tmp, cf_tmp]
+        self._write_like(prof.mc_path, mc_tmp, change.config_new.encode())
+        rec.note("write sendmail.mc (temporary)", mc_tmp)
+        compiled = rec.run("compile", [prof.m4, mc_tmp], timeout=prof.command_timeout_s,
+                           check=False, keep_stdout=False)
+        # m4 warns on stderr (deprecated features) and still exits 0: only the exit counts.
+        if not compiled.ok:
+            raise CompileError(f"m4 could not compile the new sendmail.mc: "
+                               f"{rec.redact(compiled.output_text()).strip()[:500]}")
+        self._write_like(prof.cf_path, cf_tmp, compiled.stdout)
+        self._validate_cf(rec, cf_tmp)
+        # Each rename is atomic: sendmail.cf is whole before and after each.
+        return [(mc_tmp, prof.mc_path), (cf_tmp, prof.cf_path)]
 
-            def swap() -> None:
-                # Each rename is atomic; sendmail.cf is whole before and after each. From the
-                # first rename on, a failure rolls back: the authinfo map and its source are a
-                # pair, and one renamed without the other must not stay.
-                if auth_tmp is not None and auth_db_tmp is not None:
-                    ex.rename(auth_db_tmp, self._authinfo_db())
-                    ex.rename(auth_tmp, prof.authinfo_path)
-                ex.rename(mc_tmp, prof.mc_path)
-                ex.rename(cf_tmp, prof.cf_path)
-                rec.note("swap", f"installed new {prof.mc}, {prof.cf}"
-                         + (f", {prof.authinfo}" if auth_tmp else ""))
+    def _credentials_paths(self) -> tuple[str, str]:
+        return self.profile.authinfo_path, self._authinfo_db()
 
-            self._run_swapped(rec, result, backup, swap, wanted)
-        finally:
-            for tmp in temps:
-                with contextlib.suppress(ExecutorError):
-                    ex.remove(tmp)
+    def _map_command(self, change: _Change, source: str) -> tuple[list[str], bytes | None]:
+        return [self.profile.makemap, "hash", source], (change.credentials_new or "").encode()
 
     def _validate_cf(self, rec: StepRecorder, cf_path: str) -> None:
         """Have sendmail read the new cf; offline and time-boxed (``-bt`` may hang on DNS)."""

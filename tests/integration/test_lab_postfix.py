@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,12 @@ VOICEMAIL_TO = "me@ourtest.com"
 RELAY_PORT = 587
 RELAY_USER = "pbx-0042@customer.example"
 RELAY_PASSWORD = "Vm!x9#q:Zt&7+relay"
-_names = count(1)
 
 
 @pytest.fixture
-def make_postfix_host(lab: Lab) -> Iterator[Callable[[str], LabHost]]:
+def make_postfix_host(make_host: Callable[..., LabHost]) -> Callable[[str], LabHost]:
     """Fresh Postfix lab hosts for one test, removed when it ends."""
-    made: list[LabHost] = []
-
-    def factory(layout: str = "debian") -> LabHost:
-        host = lab.add_host(f"pf{layout[0]}{next(_names)}", layout, mta="postfix")
-        made.append(host)
-        return host
-
-    yield factory
-    for host in made:
-        host.close()
+    return lambda layout="debian": make_host(layout, mta="postfix")
 
 
 @pytest.fixture(params=["debian", "centos"])
