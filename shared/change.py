@@ -69,8 +69,8 @@ class StatusFacts:
     #: the smarthost facts (``smarthost``, ``config_in_sync``...) the MTA's files give
     smarthost: dict[str, Any]
     queue: MailqReport
-    #: files that could not be read
-    problems: list[ConfigError] = field(default_factory=list)
+    #: what could not be read
+    problems: Sequence[RelayfleetError] = field(default_factory=list)
 
 
 ChangeT = TypeVar("ChangeT", bound=FileChange)
@@ -123,7 +123,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         """Absolute paths a change may rewrite: backed up before, restored on failure."""
 
     @abc.abstractmethod
-    def _current_smarthost(self) -> tuple[dict[str, Any], list[ConfigError]]:
+    def _current_smarthost(self) -> tuple[dict[str, Any], Sequence[RelayfleetError]]:
         """The smarthost facts as far as the files can be read, and what could not be."""
 
     @abc.abstractmethod
@@ -194,7 +194,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         """The MTA's part of ``status`` from the answers to :meth:`_status_commands`."""
 
     @abc.abstractmethod
-    def _diagnose_facts(self) -> tuple[dict[str, Any], list[ConfigError]]:
+    def _diagnose_facts(self) -> tuple[dict[str, Any], Sequence[RelayfleetError]]:
         """The smarthost facts diagnose checks (no credentials: the checks probe the
         smarthost, not the password for it), and the files that could not be read."""
 
@@ -408,11 +408,13 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
     def _credentials_set(self, path: str, compiled: str,
                          edit: Callable[[str], str]) -> tuple[str | None, str]:
         """(current, wanted) map source with ``edit`` applied. A source already right whose
-        compiled map is missing counts as absent, so that the change builds the map."""
+        compiled map is missing or older counts as absent, so that the change builds it."""
         old = self._read_credentials(path)
         new = edit(old or "")
-        if new == old and not self.executor.exists(compiled):
-            old = None
+        if new == old:
+            source, built = self.executor.file_info(path), self.executor.file_info(compiled)
+            if built is None or (source is not None and built.mtime < source.mtime):
+                old = None
         return old, new
 
     def _credentials_removed(self, path: str, edit: Callable[[str], str]

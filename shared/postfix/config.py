@@ -81,11 +81,17 @@ def relayhost_value(smarthost: Smarthost) -> str:
     return target if smarthost.port == 25 else f"{target}:{smarthost.port}"
 
 
+def relayhosts(value: str) -> list[str]:
+    """The destinations a ``relayhost`` value lists (comma or blank separated)."""
+    return [v for v in re.split(r"[\s,]+", value.strip()) if v]
+
+
 def parse_relayhost(value: str) -> Smarthost | None:
     """The smarthost a ``relayhost`` value names (the first, when it lists several)."""
-    first = re.split(r"[\s,]+", value.strip(), maxsplit=1)[0]
-    if not first:
+    listed = relayhosts(value)
+    if not listed:
         return None
+    first = listed[0]
     match = _RELAYHOST.match(first)
     if match is None:
         return Smarthost(host=first.lower(), port=25, mx=True)

@@ -63,6 +63,12 @@ SASL_PACKAGES = "libsasl2-modules (Debian, Ubuntu) or cyrus-sasl-plain (RHEL, Ce
 #: what Postfix appends to a host name it cannot qualify (RHEL's main.cf leaves myhostname
 #: to the system's name): no relay takes it for a real domain
 _PLACEHOLDER_DOMAINS = (".localdomain", ".localhost", ".local")
+#: prints the maillog from byte ``$2`` on (from its start when it is now shorter: rotated);
+#: exits _NO_LOG_CODE when it cannot be read
+_NO_LOG_CODE = 3
+_LOG_SINCE_SCRIPT = (f'[ -r "$1" ] || exit {_NO_LOG_CODE}; size=$(wc -c < "$1") || exit '
+                     f'{_NO_LOG_CODE}; [ "$size" -lt "$2" ] && exec cat -- "$1"; '
+                     'exec tail -c +"$(($2 + 1))" -- "$1"')
 #: how long a flush waits for Postfix to try the flushed messages (seconds)
 FLUSH_SETTLE_S = 30.0
 
@@ -130,23 +136,26 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         sasl_on = values.get("smtp_sasl_auth_enable", "no").lower() == "yes"
         if smarthost_obj is not None:
             smarthost = smarthost_obj.to_dict()
-            user = (pfconf.username_for(sasl_text.decode("utf-8", "replace"), relay.split()[0])
+            user = (pfconf.username_for(sasl_text.decode("utf-8", "replace"),
+                                        pfconf.relayhosts(relay)[0])
                     if sasl_text is not None and sasl_on else None)
             smarthost["auth"] = {"username": user} if user else None
-        in_sync = True
+        # a change swapped in but never reloaded: Postfix still runs the old settings
+        in_sync = not self.executor.exists(self._marker())
         if sasl_on and sasl_text is not None:
             source = self.executor.file_info(self.profile.sasl_passwd_path)
             built = self.executor.file_info(self._map_file())
-            in_sync = built is not None and (source is None or built.mtime >= source.mtime)
+            in_sync = in_sync and built is not None and (source is None
+                                                          or built.mtime >= source.mtime)
         return {"smarthost": smarthost, "config_in_sync": in_sync,
                 "compiled": smarthost_obj.to_dict() if smarthost_obj else None,
                 "active_defines": 0}
 
-    def _current_smarthost(self) -> tuple[dict[str, Any], list[ConfigError]]:
+    def _current_smarthost(self) -> tuple[dict[str, Any], list[RelayfleetError]]:
         try:
             self._confine("main_cf", "sasl_passwd")
             values = self._values()
-        except ConfigError as exc:
+        except RelayfleetError as exc:
             return self._smarthost_data(None, None), [exc]
         sasl = self.executor.read_file_if_exists(self.profile.sasl_passwd_path)
         return self._smarthost_data(values, sasl), []
@@ -176,8 +185,8 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                 # No credentials any more: none stays behind for the old or the new relay.
                 sasl_old, sasl_new = self._credentials_removed(
                     self.profile.sasl_passwd_path,
-                    lambda text: pfconf.remove_entry(text, key, *values.get(
-                        "relayhost", "").split()[:1]))
+                    lambda text: pfconf.remove_entry(
+                        text, key, *pfconf.relayhosts(values.get("relayhost", ""))[:1]))
             edits = pfconf.smarthost_edits(request, values, self._map_type,
                                            self.profile.sasl_passwd_path)
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
@@ -191,7 +200,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         def plan(rec: StepRecorder) -> _Change:
             main_old = self._read_config_file(self.profile.main_cf_path)
             values = self._values(rec)
-            relay = values.get("relayhost", "").split()
+            relay = pfconf.relayhosts(values.get("relayhost", ""))
             sasl_old = sasl_new = None
             if relay:
                 sasl_old, sasl_new = self._credentials_removed(
@@ -301,9 +310,14 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         """Reload Postfix (``postfix start`` when it is not running: reload would fail)."""
         prof = self.profile
         running, _pid = self._mta_running()
-        name, argv = (("reload", list(prof.reload)) if running else
-                      ("start", [prof.postfix, "-c", prof.config_dir, "start"]))
+        start = [prof.postfix, "-c", prof.config_dir, "start"]
+        name, argv = ("reload", list(prof.reload)) if running else ("start", start)
         done = rec.run(name, argv, timeout=prof.command_timeout_s, check=False)
+        if not done.ok and running and not self._mta_running()[0]:
+            # master.pid named a live process that was not Postfix's master (a stale file,
+            # its pid reused): reload found no Postfix, so start it
+            name, argv = "start", start
+            done = rec.run(name, argv, timeout=prof.command_timeout_s, check=False)
         if not done.ok:
             why = self._why(prof.config_dir) or done.output_text().strip()[:300]
             raise CommandFailed(f"{' '.join(argv)} exited {done.exit_code}: "
@@ -330,7 +344,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     def _rollback(self, rec: StepRecorder, backup: str) -> RollbackReport:
         undo = super()._rollback(rec, backup)
-        if undo.files_back and undo.mta_running:
+        if undo.files_back and undo.mta_running and not undo.problems:
             self._clear_marker()  # the running Postfix reloaded the restored files
         return undo
 
@@ -387,6 +401,10 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         before = self._parse_queue(queued)
         offset = int(sized.stdout_text().strip() or 0) if sized.ok else 0
         ids = _selected(before, request)
+        held = sum(1 for m in before.messages if m.section == "hold")
+        if held:
+            rec.note("hold", f"{held} held message(s) left alone: a flush does not release "
+                             "them (postsuper -H ID does)")
         postqueue = [prof.postqueue, "-c", prof.config_dir]
         if request.queue_id is None and request.recipient is None and request.sender is None:
             runs = [("flush", [*postqueue, "-f"])]
@@ -411,27 +429,39 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     def _settle(self, rec: StepRecorder, offset: int,
                 ids: list[str]) -> tuple[list[dict[str, Any]], MailqReport]:
-        """Poll the maillog and the queue until each flushed message was tried (or left the
-        queue) or FLUSH_SETTLE_S passed; the delivery lines and the queue then."""
+        """Poll the queue and the maillog until each flushed message's attempt is logged,
+        or FLUSH_SETTLE_S passed; the delivery lines and the queue then.
+
+        The queue is read before the log, so a message that leaves the queue between the
+        two reads has its line in the log read; a message gone from the queue is waited for
+        until its line arrives (syslog may lag). A log rotated since ``offset`` is read
+        from its start; a log that cannot be read is said, and only the queue is waited on.
+        """
         prof = self.profile
         deadline = time.monotonic() + min(FLUSH_SETTLE_S, prof.command_timeout_s)
         started = time.monotonic()
-        tail = ["sh", "-c", 'tail -c +"$2" "$1" 2>/dev/null; exit 0', "sh", prof.maillog,
-                str(offset + 1)]
+        since = ["sh", "-c", _LOG_SINCE_SCRIPT, "sh", prof.maillog, str(offset)]
+        wanted = set(ids)
         while True:
-            log, queued = self.executor.run_many([tail, self._queue_command()],
+            queued, log = self.executor.run_many([self._queue_command(), since],
                                                  timeout=prof.command_timeout_s)
             after = self._parse_queue(queued)
+            log_read = log.exit_code != _NO_LOG_CODE
             records = [r for r in (parse_postfix_line(ln) for ln in
                                    log.stdout_text().splitlines()) if r is not None]
-            tried = {r.queue_id for r in records if _is_attempt(r)}
-            waiting = {m.id for m in after.messages} & set(ids)
-            if not (waiting - tried) or time.monotonic() > deadline:
+            if log_read:
+                done = wanted <= {r.queue_id for r in records if _is_attempt(r)}
+            else:  # nothing to read: wait until the queue manager lets go of them
+                active = {m.id for m in after.messages if m.section == "active"}
+                done = not (active & wanted) and time.monotonic() - started > 1.0
+            if done or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        deliveries = [_delivery(r) for r in records if _is_attempt(r) and r.queue_id in ids]
+        deliveries = [_delivery(r) for r in records if _is_attempt(r) and r.queue_id in wanted]
         rec.note("postqueue (after)", f"{after.count} queued; {len(deliveries)} delivery "
-                 "attempts logged", started=started)
+                 "attempts logged" + ("" if log_read else
+                                      f"; {prof.maillog} cannot be read: the outcome of each "
+                                      "message is not known"), started=started)
         return deliveries, after
 
     # -- log ------------------------------------------------------------------------
@@ -450,7 +480,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
     def _status_facts(self, answers: list[CommandResult]) -> StatusFacts:
         prof = self.profile
         version, values, sasl, queued = answers
-        problems: list[ConfigError] = []
+        problems: list[RelayfleetError] = []
         parsed: dict[str, str] | None = None
         if values.ok:
             parsed = pfconf.parse_postconf(values.stdout_text())
@@ -461,11 +491,16 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         why = read_failure(prof.sasl_passwd_path, sasl) if not sasl.ok else NO_SUCH_FILE
         if why != NO_SUCH_FILE:
             problems.append(ConfigError(f"cannot read {prof.sasl_passwd_path}: {why}"))
+        try:
+            queue = self._parse_queue(queued)
+        except RelayfleetError as exc:  # e.g. main.cf missing: every Postfix command stops
+            queue = MailqReport()
+            problems.append(exc)
         return StatusFacts((version.stdout_text().strip() or None) if version.ok else None,
                            self._smarthost_data(parsed, sasl.stdout if sasl.ok else None),
-                           self._parse_queue(queued), problems)
+                           queue, problems)
 
-    def _diagnose_facts(self) -> tuple[dict[str, Any], list[ConfigError]]:
+    def _diagnose_facts(self) -> tuple[dict[str, Any], list[RelayfleetError]]:
         return self._current_smarthost()
 
     def _in_sync_detail(self, in_sync: bool) -> str:
@@ -504,16 +539,18 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
 
 def _selected(queue: MailqReport, request: FlushRequest) -> list[str]:
-    """The ids of the messages a flush request picks (all of them when it picks none)."""
+    """The ids of the messages a flush request picks (all of them when it picks none);
+    held messages are never picked: a flush does not release them."""
+    messages = [m for m in queue.messages if m.section != "hold"]
     if request.queue_id is not None:
-        return [m.id for m in queue.messages if m.id == request.queue_id] or [request.queue_id]
+        return [m.id for m in messages if m.id == request.queue_id]
     if request.recipient is not None:
         needle = request.recipient.lower()
-        return [m.id for m in queue.messages if any(needle in r.lower() for r in m.recipients)]
+        return [m.id for m in messages if any(needle in r.lower() for r in m.recipients)]
     if request.sender is not None:
         needle = request.sender.lower()
-        return [m.id for m in queue.messages if needle in m.sender.lower()]
-    return [m.id for m in queue.messages]
+        return [m.id for m in messages if needle in m.sender.lower()]
+    return [m.id for m in messages]
 
 
 def _is_attempt(record: LogRecord) -> bool:

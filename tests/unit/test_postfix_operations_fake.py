@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -527,3 +528,45 @@ def test_diagnose_checks_myhostname() -> None:
     # RHEL's main.cf leaves myhostname to the system's short name: pbx-rhel.localdomain.
     rhel = {c["name"]: c for c in ops_for(rhel_postfix_host()).diagnose().data["checks"]}
     assert rhel["myhostname"]["data"]["myhostname"] == "pbx-rhel.localdomain"
+
+
+# -- what a review found ----------------------------------------------------------------------
+
+
+def test_a_flush_leaves_held_messages_alone_and_does_not_wait_for_them() -> None:
+    host = debian_postfix_host()
+    host.queue[0].queue_name = "hold"
+    ops = ops_for(host)
+    assert ops.set_smarthost(set_request()).ok
+    started = time.monotonic()
+    result = ops.queue_flush(FlushRequest())
+    assert result.ok and time.monotonic() - started < 10
+    assert any(s.name == "hold" and "1 held message" in s.output for s in result.steps)
+    assert result.data["after"] == 1 and result.data["remaining"][0]["section"] == "hold"
+
+
+def test_a_change_swapped_in_but_not_reloaded_is_not_in_sync() -> None:
+    host = debian_postfix_host()
+    ops = ops_for(host)
+    assert ops.read_smarthost().data["config_in_sync"] is True
+    host.add_file(MARKER, b"", mode=0o600)
+    assert ops.read_smarthost().data["config_in_sync"] is False
+
+
+def test_a_compiled_map_older_than_its_source_is_rebuilt() -> None:
+    host = debian_postfix_host()
+    ops = ops_for(host)
+    assert ops.set_smarthost(set_request(**AUTH)).ok
+    host.add_file(SASL, host.read_file(SASL), mode=0o600)  # edited after the map was built
+    assert ops.read_smarthost().data["config_in_sync"] is False
+    again = ops.set_smarthost(set_request(**AUTH))
+    assert again.ok and "build sasl_passwd map" in [s.name for s in again.steps], again.error
+    assert again.data["config_in_sync"] is True
+
+
+def test_status_without_main_cf_still_looks_at_the_host() -> None:
+    host = debian_postfix_host()
+    host.remove(MAIN_CF)
+    result = ops_for(host).status()
+    assert result.ok is False and result.error
+    assert result.data["hostname"] == "pbx-deb" and result.data["config_in_sync"] is False
