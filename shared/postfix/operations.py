@@ -458,6 +458,14 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                 break
             time.sleep(0.3)
         deliveries = [_delivery(r) for r in records if _is_attempt(r) and r.queue_id in wanted]
+        # qmgr removes a message just after its last recipient's line: give it a moment, so
+        # that "after" does not count what was just sent
+        final = ({d["queue_id"] for d in deliveries}
+                 - {d["queue_id"] for d in deliveries if d["outcome"] not in ("sent", "bounced")})
+        grace = time.monotonic() + 2.0
+        while final & {m.id for m in after.messages} and time.monotonic() < grace:
+            time.sleep(0.2)
+            after = self._list_queue(StepRecorder(self.executor))
         rec.note("postqueue (after)", f"{after.count} queued; {len(deliveries)} delivery "
                  "attempts logged" + ("" if log_read else
                                       f"; {prof.maillog} cannot be read: the outcome of each "
