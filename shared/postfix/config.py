@@ -33,7 +33,10 @@ ENCRYPTING_LEVELS = frozenset({"encrypt", "dane-only", "fingerprint", "verify", 
 MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "dbm": ".db"}
 
 _POSTCONF_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_]+) = ?(?P<value>.*)$")
-_RELAYHOST = re.compile(r"^(?:\[(?P<literal>[^\]]+)\]|(?P<name>[^:\[\]\s]+))(?::(?P<port>\d+))?$")
+_RELAYHOST = re.compile(r"^(?:\[(?P<literal>[^\]]+)\]|(?P<name>[^:\[\]\s]+))"
+                        r"(?::(?P<port>\d+|[a-z][a-z0-9-]*))?$")
+#: service names a relayhost may use for its port (/etc/services)
+_SERVICES = {"smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ def parse_relayhost(value: str) -> Smarthost | None:
     match = _RELAYHOST.match(first)
     if match is None:
         return Smarthost(host=first.lower(), port=25, mx=True)
-    port = int(match.group("port") or 25)
+    service = match.group("port") or "smtp"
+    port = int(service) if service.isdigit() else _SERVICES.get(service, 25)
     literal = match.group("literal")
     if literal is None:
         return Smarthost(host=match.group("name").lower(), port=port, mx=True)

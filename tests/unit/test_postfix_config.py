@@ -34,6 +34,8 @@ def test_relayhost_value_brackets_unless_mx_and_keeps_the_port(
     ("relay.example.com", Smarthost("relay.example.com", 25, mx=True)),
     ("[ipv6:2001:DB8::1]:25", Smarthost("[IPv6:2001:db8::1]", 25, mx=False)),
     ("[a.example]:26, [b.example]:27", Smarthost("a.example", 26, mx=False)),
+    ("[smtp.gmail.com]:submission", Smarthost("smtp.gmail.com", 587, mx=False)),
+    ("relay.example.com:smtps", Smarthost("relay.example.com", 465, mx=True)),
 ])
 def test_parse_relayhost_reads_what_postconf_prints(value: str, parsed: Smarthost | None) -> None:
     assert pfconf.parse_relayhost(value) == parsed
