@@ -863,6 +863,10 @@ class Lab:
         else:
             (config / "master.cf").write_text(master)
             host.run(["sh", "-c", _debian_postfix_setup(host)])
+        # Postfix pauses, 300 ms at a time, until a main.cf written in the last second has
+        # "cooled down": date the freshly built one a few seconds back (saves ~2 s a host).
+        cooled = time.time() - 5
+        os.utime(config / "main.cf", (cooled, cooled))
         host.run(["newaliases"])
         # Debian's postfix-files lists $meta_directory/makedefs.out, but the package keeps it
         # in /usr/share/postfix: `postfix set-permissions` stops at "chown: cannot access
