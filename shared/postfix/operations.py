@@ -113,6 +113,11 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         out = (rec.run("postconf", argv, timeout=self.profile.validate_timeout_s, check=False)
                if rec is not None else
                self.executor.run(argv, timeout=self.profile.validate_timeout_s))
+        return self._read_values(out)
+
+    def _read_values(self, out: CommandResult) -> dict[str, str]:
+        """postconf's answer for SMARTHOST_PARAMETERS (ConfigError when it could not read
+        main.cf); notes the map type it names."""
         if not out.ok:
             raise ConfigError(f"postconf cannot read {self.profile.main_cf_path}: "
                               f"{out.output_text().strip()[:300]}")
@@ -490,12 +495,10 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         version, values, sasl, queued = answers
         problems: list[RelayfleetError] = []
         parsed: dict[str, str] | None = None
-        if values.ok:
-            parsed = pfconf.parse_postconf(values.stdout_text())
-            self._map_type = parsed.get("default_database_type") or "hash"
-        else:
-            problems.append(ConfigError(f"postconf cannot read {prof.main_cf_path}: "
-                                        f"{values.output_text().strip()[:300]}"))
+        try:
+            parsed = self._read_values(values)
+        except ConfigError as exc:
+            problems.append(exc)
         why = read_failure(prof.sasl_passwd_path, sasl) if not sasl.ok else NO_SUCH_FILE
         if why != NO_SUCH_FILE:
             problems.append(ConfigError(f"cannot read {prof.sasl_passwd_path}: {why}"))

