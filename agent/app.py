@@ -183,6 +183,18 @@ class Diagnose(MethodView):
         return _perform(body)
 
 
+@blp.route("/hostname")
+class Hostname(MethodView):
+    """The host's own name, as the MTA greets relays with it."""
+
+    @blp.arguments(s.HostnameRequestSchema)
+    @blp.response(200, s.ChangeResultSchema)
+    @blp.alt_response(409, schema=s.ErrorSchema, description="another change is running")
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Make the name fully qualified in /etc/hosts (the seed's first step), tell the MTA."""
+        return _perform(body)
+
+
 def create_app(config: AgentConfig, *,
                executor_factory: Callable[[], Executor] = LocalExecutor) -> Flask:
     """Build the agent's Flask app for ``config``; operations run through executors made

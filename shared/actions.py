@@ -23,14 +23,22 @@ from marshmallow import ValidationError as SchemaError
 
 from shared import schemas as s
 from shared.errors import OperationError, ValidationError
-from shared.mta import DiagnoseRequest, FlushRequest, LogRequest, MtaOperations, NoParams
+from shared.mta import (
+    DiagnoseRequest,
+    FlushRequest,
+    HostnameRequest,
+    LogRequest,
+    MtaOperations,
+    NoParams,
+)
 from shared.profile import PROFILE_KINDS
 from shared.results import OperationResult, Step
 from shared.validation import SmarthostRequest, parse_smarthost_request, refusal
 
 R = TypeVar("R")
 #: a typed request of any action
-Request = SmarthostRequest | FlushRequest | DiagnoseRequest | LogRequest | NoParams
+Request = (SmarthostRequest | FlushRequest | DiagnoseRequest | LogRequest | HostnameRequest
+           | NoParams)
 #: the keys of an answer document that are the operation's outcome rather than its data
 OUTCOME_KEYS = ("ok", "error", "error_kind", "steps", "changed", "rolled_back")
 #: what a result may teach about a host's last known state
@@ -235,6 +243,9 @@ def _smarthost_json(request: SmarthostRequest) -> dict[str, Any]:
                            "mailer": request.mailer}
     if request.auth is not None:
         doc["auth"] = {"username": request.auth.username, "password": request.auth.password}
+    doc["tls"] = asdict(request.tls_policy)
+    if request.masquerade is not None:
+        doc["masquerade"] = asdict(request.masquerade)
     return doc
 
 
@@ -256,6 +267,10 @@ def _build_diagnose(loaded: dict[str, Any]) -> DiagnoseRequest:
 
 def _build_log(loaded: dict[str, Any]) -> LogRequest:
     return LogRequest(**loaded)
+
+
+def _build_hostname(loaded: dict[str, Any]) -> HostnameRequest:
+    return HostnameRequest(**loaded)
 
 
 # -- the catalogue ----------------------------------------------------------------------------
@@ -303,6 +318,14 @@ _CATALOGUE: tuple[Action[Any], ...] = (
         operation=lambda ops, request, _dry_run: ops.read_log(request.lines),
         route=HttpRoute("GET", "/v1/log", "query"),
         result_schema=s.LogSchema, answer=_data, learn=_learn_nothing),
+    Action[HostnameRequest](
+        name="fix_hostname", command="fix-hostname",
+        summary="make the host's name fully qualified (/etc/hosts), as relays expect",
+        params_schema=s.HostnameRequestSchema, build=_build_hostname,
+        operation=lambda ops, request, dry_run: ops.fix_hostname(request, dry_run=dry_run),
+        route=HttpRoute("POST", "/v1/hostname", "json"),
+        result_schema=s.ChangeResultSchema, answer=_change_answer, learn=_learn_nothing,
+        changes_host=True),
     # Reads the agent and relayfleet-ops offer but jobs do not (collect_status covers them).
     Action[NoParams](
         name="read_smarthost", command="read-smarthost",

@@ -26,12 +26,13 @@ from shared.errors import (
     ConfigError,
     ExecutorError,
     HostUnreachable,
+    NotSupported,
     OperationError,
     RelayfleetError,
 )
 from shared.executor import MISSING_CODE, CommandResult, FileMissing, read_command
 from shared.hostlock import HostLock
-from shared.mta import MtaOperations
+from shared.mta import HostnameRequest, MtaOperations
 from shared.profile import is_under
 from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail.maillog import LogRecord, summarize
@@ -290,6 +291,10 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         rec.steps[-1].output = f"{len(text)} lines read"
         result.data = {"records": [r.to_dict() for r in records], "summary": summarize(records)}
         return result
+
+    def fix_hostname(self, request: HostnameRequest, *, dry_run: bool = False) -> OperationResult:
+        """Make the host's name fully qualified (/etc/hosts, and the MTA told)."""
+        raise NotSupported("fix_hostname is not built yet")
 
     # -- the transaction --------------------------------------------------------------
     def _change(self, name: str, plan: Callable[[StepRecorder], ChangeT], dry_run: bool,

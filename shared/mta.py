@@ -20,6 +20,7 @@ from shared.validation import (
     SmarthostRequest,
     refusal,
     validate_domain,
+    validate_fqdn,
     validate_ip_address,
 )
 
@@ -97,6 +98,38 @@ class DiagnoseRequest:
             object.__setattr__(self, "public_ip", validate_ip_address(self.public_ip))
 
 
+def hostname_choice_errors(values: Mapping[str, object]) -> dict[str, list[str]]:
+    """The exactly-one rule of a fix_hostname request."""
+    given = [key for key in ("fqdn", "domain") if values.get(key) is not None]
+    if len(given) == 1:
+        return {}
+    reason = ("give fqdn or domain, not both" if given
+              else "give fqdn (the host's full name) or domain (to qualify its short name)")
+    return {key: [reason] for key in (given or ["fqdn"])}
+
+
+@dataclass(frozen=True)
+class HostnameRequest:
+    """Make the host's name fully qualified: ``fqdn`` as given, or ``SHORTNAME.domain``."""
+
+    fqdn: str | None = None
+    domain: str | None = None
+
+    def __post_init__(self) -> None:
+        """Normalise the names, refusing bad ones and anything but exactly one of them."""
+        errors = hostname_choice_errors(vars(self))
+        if errors:
+            raise refusal("hostname request", errors)
+        if self.fqdn is not None:
+            object.__setattr__(self, "fqdn", validate_fqdn(self.fqdn))
+        if self.domain is not None:
+            object.__setattr__(self, "domain", validate_domain(self.domain))
+
+    def fqdn_for(self, short_name: str) -> str:
+        """The full name wanted for a host whose short name is ``short_name``."""
+        return self.fqdn if self.fqdn is not None else f"{short_name}.{self.domain}"
+
+
 @dataclass(frozen=True)
 class NoParams:
     """The request of an action that takes no input."""
@@ -154,6 +187,10 @@ class MtaOperations(abc.ABC):
     @abc.abstractmethod
     def status(self) -> OperationResult:
         """Hostname, MTA state, smarthost, config sync, queue size and hosts-file health."""
+
+    @abc.abstractmethod
+    def fix_hostname(self, request: HostnameRequest, *, dry_run: bool = False) -> OperationResult:
+        """Make the host's name fully qualified (/etc/hosts, and the MTA told)."""
 
 
 def operations_for(executor: Executor, profile: HostProfile,

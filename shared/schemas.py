@@ -28,6 +28,7 @@ from shared.mta import (
     MAX_LOG_LINES,
     QUEUE_ID_PATTERN,
     flush_selector_errors,
+    hostname_choice_errors,
 )
 
 
@@ -103,6 +104,36 @@ class AuthSchema(StrictSchema):
         _grammar(rules.validate_password, value, "password")
 
 
+class TlsSchema(StrictSchema):
+    """TLS towards the smarthost."""
+
+    mode = fields.String(load_default="may", validate=validate.OneOf(rules.TLS_MODES), metadata={
+        "description": "may: STARTTLS when offered; encrypt: mail waits unless STARTTLS; "
+                       "verify: STARTTLS with a certificate that verifies and names the relay. "
+                       "Without tls: may, or encrypt when auth is given (may with auth is "
+                       "refused)"})
+    ca_file = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "CA bundle on the host to verify the relay with (default: the "
+                       "host's bundle)", "example": "/etc/ssl/certs/ca-certificates.crt"})
+
+    @validates("ca_file")
+    def _ca_file(self, value: str | None, **_: Any) -> None:
+        if value is not None:
+            _grammar(rules.validate_ca_file, value, "ca_file")
+
+
+class MasqueradeSchema(StrictSchema):
+    """Rewrite the host's own sender addresses to a customer domain."""
+
+    domain = fields.String(required=True, metadata={"example": "ourtest.com"})
+    envelope = fields.Boolean(load_default=True, metadata={
+        "description": "rewrite the envelope sender too (relays check it), not only headers"})
+
+    @validates("domain")
+    def _domain(self, value: str, **_: Any) -> None:
+        _grammar(rules.validate_domain, value, "domain")
+
+
 class SmarthostRequestSchema(StrictSchema):
     """PUT /v1/smarthost."""
 
@@ -117,11 +148,47 @@ class SmarthostRequestSchema(StrictSchema):
         "description": "look up MX records for host (false: [host], connect to it directly)"})
     mailer = fields.String(load_default="relay", validate=validate.OneOf(rules.MAILERS))
     auth = fields.Nested(AuthSchema, load_default=None, allow_none=True)
+    tls = fields.Nested(TlsSchema, load_default=None, allow_none=True)
+    masquerade = fields.Nested(MasqueradeSchema, load_default=None, allow_none=True)
     dry_run = fields.Boolean(load_default=False)
 
     @validates("host")
     def _host(self, value: str, **_: Any) -> None:
         _grammar(rules.validate_hostname, value, "host")
+
+    @validates_schema
+    def _no_clear_credentials(self, data: dict[str, Any], **_: Any) -> None:
+        tls = data.get("tls")
+        if data.get("auth") is not None and tls is not None and tls.get("mode") == "may":
+            raise ValidationError({"tls": {"mode": [rules.AUTH_NEEDS_TLS]}})
+
+
+class HostnameRequestSchema(StrictSchema):
+    """POST /v1/hostname: exactly one of fqdn or domain."""
+
+    fqdn = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "the host's fully qualified name; its first label must be the host's "
+                       "current short name", "example": "pbx1.ourtest.com"})
+    domain = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "qualify the host's current short name with this domain",
+        "example": "ourtest.com"})
+    dry_run = fields.Boolean(load_default=False)
+
+    @validates("fqdn")
+    def _fqdn(self, value: str | None, **_: Any) -> None:
+        if value is not None:
+            _grammar(rules.validate_fqdn, value, "fqdn")
+
+    @validates("domain")
+    def _domain(self, value: str | None, **_: Any) -> None:
+        if value is not None:
+            _grammar(rules.validate_domain, value, "domain")
+
+    @validates_schema
+    def _exactly_one(self, data: dict[str, Any], **_: Any) -> None:
+        errors = hostname_choice_errors(data)
+        if errors:
+            raise ValidationError(errors)
 
 
 class DryRunSchema(StrictSchema):
@@ -214,6 +281,10 @@ class SmarthostSchema(Schema):
     mx = fields.Boolean(required=True)
     mailer = fields.String(required=True)
     auth = fields.Nested(SmarthostAuthSchema, allow_none=True, required=True)
+    tls = fields.Nested(TlsSchema, allow_none=True, load_default=None, metadata={
+        "description": "the TLS policy towards the smarthost the configuration holds"})
+    masquerade = fields.Nested(MasqueradeSchema, allow_none=True, load_default=None, metadata={
+        "description": "the domain the host's own sender addresses are rewritten to"})
 
 
 class OperationSchema(Schema):

@@ -34,7 +34,12 @@ from shared.errors import ValidationError
 MAX_HOSTNAME: Final = 253
 MAX_LABEL: Final = 63
 MAX_CREDENTIAL: Final = 128
+MAX_PASSWORD: Final = 256
+MAX_PATH: Final = 255
 DEFAULT_PORT: Final = 25
+#: how the MTA treats TLS to the smarthost: "may" opportunistic, "encrypt" STARTTLS
+#: required, "verify" STARTTLS required with a certificate that verifies and names the relay
+TLS_MODES: Final = ("may", "encrypt", "verify")
 #: mailers SMART_HOST may name; "relay" is sendmail's default and is never written as a prefix
 MAILERS: Final = ("relay", "esmtp", "smtp")
 
@@ -47,6 +52,8 @@ _NOT_USERNAME_CHAR = re.compile(r"[^A-Za-z0-9._@+=-]")
 _M4_UNSAFE = frozenset("`'\n\r\x00")
 #: argument references m4 replaces in a macro's body whatever the quoting ($0-$9, $#, $*, $@)
 _M4_ARG_REF = re.compile(r"\$[0-9#*@]")
+#: an absolute path in a conservative alphabet (it is written into sendmail.mc and main.cf)
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._+-]+(?:/[A-Za-z0-9._+-]+)*")
 _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_UNKNOWN_REPORTED = 10
 
@@ -169,6 +176,15 @@ def validate_domain(value: object, field: str = "domain") -> str:
     return name
 
 
+def validate_fqdn(value: object, field: str = "fqdn") -> str:
+    """Return a fully qualified host name: a domain name of at least two labels."""
+    name = validate_domain(value, field)
+    if "." not in name:
+        raise ValidationError.for_field(field, "must be fully qualified (name.domain), "
+                                               "e.g. pbx1.ourtest.com")
+    return name
+
+
 def validate_ip_address(value: object, field: str = "public_ip") -> str:
     """Return an IPv4 or IPv6 address in its normal form (no zone id such as ``%eth0``)."""
     if not isinstance(value, str) or "%" in value:
@@ -201,28 +217,39 @@ def validate_username(value: object, field: str = "auth.username") -> str:
     return name
 
 
-def _char_kind(ch: str) -> str:
-    """Describe a refused password character without showing it."""
-    if ch == " ":
-        return "a blank"
-    if ch == '"':
-        return "a double quote"
-    if ch == "\\":
-        return "a backslash"
-    if ch.isascii():
-        return "a control character"
-    return "a non-ASCII character"
-
-
 def validate_password(value: object, field: str = "auth.password") -> str:
-    """Return an SMTP AUTH password (1-128 printable ASCII, no blank, '"' or '\\')."""
-    password = _credential(value, field)
-    for ch in password:
-        if not "!" <= ch <= "~" or ch in '"\\':
-            raise ValidationError.for_field(
-                field, f"contains {_char_kind(ch)}; allowed: printable ASCII characters "
-                       "except blanks, '\"' and '\\'")
-    return password
+    """Return an SMTP AUTH password: 1-256 printable characters (blanks, quotes and
+    backslashes included), without a blank at either end."""
+    if not isinstance(value, str):
+        raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
+    if not value:
+        raise ValidationError.for_field(field, "must not be empty")
+    if len(value) > MAX_PASSWORD:
+        raise ValidationError.for_field(field, f"is longer than {MAX_PASSWORD} characters")
+    if not value.isprintable():
+        # never show the character: it is part of a secret
+        raise ValidationError.for_field(
+            field, "contains a control character (tab, line end or similar); allowed: "
+                   "printable characters, blanks included")
+    if value != value.strip():
+        # Postfix's map source drops blanks at a line's ends, and so do most relays' forms
+        raise ValidationError.for_field(
+            field, "starts or ends with a blank; a relay password cannot (blanks inside "
+                   "are fine)")
+    return value
+
+
+def validate_ca_file(value: object, field: str = "tls.ca_file") -> str:
+    """Return an absolute path to a CA bundle on the host (letters, digits, ``._+-/``)."""
+    if not isinstance(value, str):
+        raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
+    if (len(value) > MAX_PATH or not _SAFE_PATH.fullmatch(value)
+            or any(part in (".", "..") for part in value.split("/"))):
+        raise ValidationError.for_field(
+            field, f"must be an absolute path of at most {MAX_PATH} characters made of "
+                   "letters, digits and . _ + - / without . or .. parts, e.g. "
+                   "/etc/ssl/certs/ca-certificates.crt")
+    return value
 
 
 def m4_quote(value: str) -> str:
@@ -257,6 +284,47 @@ class SmtpAuth:
 
 
 @dataclass(frozen=True)
+class TlsPolicy:
+    """How the MTA uses TLS towards the smarthost."""
+
+    mode: str = "may"
+    #: CA bundle to verify the relay with (None: the host's default bundle)
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse an unknown mode or a bad path."""
+        if self.mode not in TLS_MODES:
+            raise ValidationError.for_field("tls.mode", f"must be one of {', '.join(TLS_MODES)}")
+        if self.ca_file is not None:
+            validate_ca_file(self.ca_file)
+
+    @property
+    def required(self) -> bool:
+        """Whether mail must not leave without STARTTLS."""
+        return self.mode != "may"
+
+
+@dataclass(frozen=True)
+class Masquerade:
+    """Rewrite the host's own sender addresses to ``user@domain``."""
+
+    domain: str
+    #: the envelope sender too, not only the From:/header addresses
+    envelope: bool = True
+
+    def __post_init__(self) -> None:
+        """Normalise the domain."""
+        object.__setattr__(self, "domain", validate_domain(self.domain, "masquerade.domain"))
+        if not isinstance(self.envelope, bool):
+            raise ValidationError.for_field("masquerade.envelope", "must be true or false")
+
+
+#: why a request with auth cannot ask for opportunistic TLS
+AUTH_NEEDS_TLS = ("must be encrypt or verify when auth is given: relay credentials never "
+                  "cross the network in clear")
+
+
+@dataclass(frozen=True)
 class SmarthostRequest:
     """A validated set-smarthost request (host without brackets unless an address literal)."""
 
@@ -265,6 +333,9 @@ class SmarthostRequest:
     mx: bool = False
     mailer: str = "relay"
     auth: SmtpAuth | None = None
+    #: None: "may" without auth, "encrypt" with auth
+    tls: TlsPolicy | None = None
+    masquerade: Masquerade | None = None
 
     def __post_init__(self) -> None:
         """Validate and normalise every field, even when built directly."""
@@ -277,6 +348,20 @@ class SmarthostRequest:
             raise ValidationError.for_field("mailer", f"must be one of {', '.join(MAILERS)}")
         if self.auth is not None and not isinstance(self.auth, SmtpAuth):
             raise ValidationError.for_field("auth", "must be SmtpAuth credentials")
+        if self.tls is None:
+            object.__setattr__(self, "tls", TlsPolicy("encrypt" if self.auth else "may"))
+        elif not isinstance(self.tls, TlsPolicy):
+            raise ValidationError.for_field("tls", "must be a TlsPolicy")
+        elif self.auth is not None and not self.tls.required:
+            raise ValidationError.for_field("tls.mode", AUTH_NEEDS_TLS)
+        if self.masquerade is not None and not isinstance(self.masquerade, Masquerade):
+            raise ValidationError.for_field("masquerade", "must be a Masquerade")
+
+    @property
+    def tls_policy(self) -> TlsPolicy:
+        """The TLS policy in force (the default resolved)."""
+        assert self.tls is not None  # set by __post_init__
+        return self.tls
 
     def smart_host_value(self) -> str:
         """Return SMART_HOST's value: ``[host]`` (no MX lookup) or ``host``, mailer-prefixed."""
@@ -325,7 +410,8 @@ def parse_smarthost_request(data: object) -> SmarthostRequest:
     if not isinstance(data, Mapping):
         raise ValidationError.for_field("body", f"must be a JSON object, not {_json_type(data)}")
     errors: dict[str, list[str]] = {}
-    _unknown_keys(data, ("host", "port", "mx", "mailer", "auth"), "", errors)
+    _unknown_keys(data, ("host", "port", "mx", "mailer", "auth", "tls", "masquerade"), "",
+                  errors)
 
     host = _collect(errors, validate_hostname, data["host"], "host") if "host" in data else None
     if "host" not in data:
@@ -361,6 +447,57 @@ def parse_smarthost_request(data: object) -> SmarthostRequest:
             if user is not None and password is not None:
                 auth = SmtpAuth(user, password)
 
+    tls = _parse_tls(data.get("tls"), errors)
+    masquerade = _parse_masquerade(data.get("masquerade"), errors)
+    if tls is not None and raw_auth is not None and not tls.required:
+        errors.setdefault("tls.mode", []).append(AUTH_NEEDS_TLS)
     if errors or host is None:
         raise refusal("smarthost request", errors)
-    return SmarthostRequest(host=host, port=port, mx=mx is True, mailer=str(mailer), auth=auth)
+    return SmarthostRequest(host=host, port=port, mx=mx is True, mailer=str(mailer), auth=auth,
+                            tls=tls, masquerade=masquerade)
+
+
+def _object_fields(raw: object, name: str, keys: tuple[str, ...],
+                   errors: dict[str, list[str]]) -> Mapping[object, object] | None:
+    """``raw`` as an object holding only ``keys`` (None: absent or not an object)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        errors[name] = [f"must be an object, not {_json_type(raw)}"]
+        return None
+    _unknown_keys(raw, keys, f"{name}.", errors)
+    return raw
+
+
+def _parse_tls(raw: object, errors: dict[str, list[str]]) -> TlsPolicy | None:
+    found = _object_fields(raw, "tls", ("mode", "ca_file"), errors)
+    if found is None:
+        return None
+    mode = found.get("mode", "may")
+    if mode is None:
+        mode = "may"
+    if not isinstance(mode, str) or mode not in TLS_MODES:
+        errors["tls.mode"] = [f"must be one of {', '.join(TLS_MODES)}"]
+    ca_file = found.get("ca_file")
+    if ca_file is not None and _collect(errors, validate_ca_file, ca_file, "tls.ca_file") is None:
+        return None
+    if "tls.mode" in errors:
+        return None
+    return TlsPolicy(str(mode), None if ca_file is None else str(ca_file))
+
+
+def _parse_masquerade(raw: object, errors: dict[str, list[str]]) -> Masquerade | None:
+    found = _object_fields(raw, "masquerade", ("domain", "envelope"), errors)
+    if found is None:
+        return None
+    if "domain" not in found:
+        errors["masquerade.domain"] = ["is required"]
+        return None
+    domain = _collect(errors, validate_domain, found["domain"], "masquerade.domain")
+    envelope = found.get("envelope", True)
+    if envelope is None:
+        envelope = True
+    if not isinstance(envelope, bool):
+        errors["masquerade.envelope"] = [f"must be true or false, not {_json_type(envelope)}"]
+        return None
+    return None if domain is None else Masquerade(domain, envelope)
