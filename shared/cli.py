@@ -24,7 +24,7 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 #: sub-commands in the order --help lists them
 _COMMANDS = ("read-smarthost", "set-smarthost", "remove-smarthost", "queue", "flush", "log",
-             "diagnose", "status")
+             "diagnose", "status", "fix-hostname")
 _BY_COMMAND: dict[str, Action[Any]] = {action.command: action for action in ACTIONS.values()}
 
 
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands["diagnose"].add_argument(
         "--domain", help="check this domain's SPF record covers --public-ip")
     commands["diagnose"].add_argument("--public-ip")
+    commands["fix-hostname"].add_argument(
+        "--fqdn", help="the host's full name (its first label is the current short name)")
+    commands["fix-hostname"].add_argument(
+        "--domain", help="qualify the current short name with this domain instead")
     return parser
 
 

@@ -19,7 +19,14 @@ from shared.actions import (
     result_from_document,
 )
 from shared.errors import OperationError, ValidationError
-from shared.mta import DiagnoseRequest, FlushRequest, LogRequest, MtaOperations, NoParams
+from shared.mta import (
+    DiagnoseRequest,
+    FlushRequest,
+    HostnameRequest,
+    LogRequest,
+    MtaOperations,
+    NoParams,
+)
 from shared.results import OperationResult, Step
 from shared.validation import SmarthostRequest, SmtpAuth
 
@@ -76,7 +83,19 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("set_smarthost", {"host": "relay.example.net", "auth": {"username": "u"}},
      "auth.password"),
     ("set_smarthost", {"host": "relay.example.net",
-                       "auth": {"username": "u", "password": "a b"}}, "auth.password"),
+                       "auth": {"username": "u", "password": "a\tb"}}, "auth.password"),
+    ("set_smarthost", {"host": "relay.example.net", "tls": {"mode": "may"},
+                       "auth": {"username": "u", "password": "p w"}}, "tls.mode"),
+    ("set_smarthost", {"host": "relay.example.net", "tls": {"mode": "strict"}}, "tls.mode"),
+    ("set_smarthost", {"host": "relay.example.net", "tls": {"ca_file": "../ca.pem"}},
+     "tls.ca_file"),
+    ("set_smarthost", {"host": "relay.example.net", "masquerade": {"domain": "a b"}},
+     "masquerade.domain"),
+    ("set_smarthost", {"host": "relay.example.net", "masquerade": {}}, "masquerade.domain"),
+    ("fix_hostname", {}, "fqdn"),
+    ("fix_hostname", {"fqdn": "pbx"}, "fqdn"),
+    ("fix_hostname", {"fqdn": "pbx.example.com", "domain": "example.com"}, "domain"),
+    ("fix_hostname", {"domain": "x')esyscmd(`id')dnl(`"}, "domain"),
     ("remove_smarthost", {"x": 1}, "x"),
     ("flush_queue", {"queue_id": "abc"}, "queue_id"),
     ("flush_queue", {"recipient": "a;rm -rf /"}, "recipient"),
@@ -158,7 +177,7 @@ def test_validate_params_keeps_the_secret_apart_and_prefixes_fields() -> None:
     assert validate_params("remove_smarthost", {}, {"dry_run": True}) == ({}, None)
     with pytest.raises(ValidationError) as caught:
         validate_params("set_smarthost", {"host": "relay.example.net",
-                                          "auth": {"username": "u", "password": "a b"}}, {})
+                                          "auth": {"username": "u", "password": " ab"}}, {})
     assert list(caught.value.errors) == ["params.auth.password"]
     assert caught.value.message.startswith("invalid params: params.auth.password: ")
     with pytest.raises(ValidationError) as caught:
@@ -170,7 +189,8 @@ def test_http_input_carries_the_request_and_dry_run() -> None:
     request = SmarthostRequest("relay.example.net", auth=SmtpAuth("pbx", "s3cret!"))
     assert ACTIONS["set_smarthost"].http_input(request, True) == {
         "host": "relay.example.net", "port": None, "mx": False, "mailer": "relay",
-        "auth": {"username": "pbx", "password": "s3cret!"}, "dry_run": True}
+        "auth": {"username": "pbx", "password": "s3cret!"},
+        "tls": {"mode": "encrypt", "ca_file": None}, "dry_run": True}
     assert ACTIONS["remove_smarthost"].http_input(NoParams(), False) == {"dry_run": False}
     assert ACTIONS["collect_status"].http_input(NoParams(), False) is None
     assert ACTIONS["read_log"].route.location == "query"
@@ -191,6 +211,9 @@ RESULTS: dict[str, OperationResult] = {
         "note": "extra keys are not part of the answer"}, changed=True),
     "remove_smarthost": _result("remove_smarthost", {"dry_run": True, "diff": "-define"},
                                 changed=True),
+    "fix_hostname": _result("fix_hostname", {
+        "diff": "-127.0.1.1 lab1\n+127.0.1.1 lab1.ourtest.com lab1\n", "smarthost": SMARTHOST,
+        "config_in_sync": True, "backup": "/etc/mail/.relayfleet-backup/2"}, changed=True),
     "flush_queue": _result("flush_queue", {"before": 1, "after": 0, "deliveries": [
         {"queue_id": "6AP4mD19010500", "recipient": "me@ourtest.com", "outcome": "sent",
          "text": "Sent"}], "remaining": []}),
@@ -321,6 +344,10 @@ class _Ops(MtaOperations):
     def status(self) -> OperationResult:
         return self._note("status")
 
+    def fix_hostname(self, request: HostnameRequest, *, dry_run: bool = False
+                     ) -> OperationResult:
+        return self._note("fix_hostname", (request, dry_run))
+
 
 def test_each_action_runs_its_operation() -> None:
     ops = _Ops()
@@ -333,11 +360,13 @@ def test_each_action_runs_its_operation() -> None:
     ACTIONS["read_log"].run(ops, LogRequest(5))
     ACTIONS["read_smarthost"].run(ops, NoParams())
     ACTIONS["queue_list"].run(ops, NoParams())
+    ACTIONS["fix_hostname"].run(ops, HostnameRequest(domain="ourtest.com"), dry_run=True)
     assert ops.calls == [
         ("set_smarthost", (request, True)), ("remove_smarthost", False),
         ("queue_flush", FlushRequest(queue_id="abcdef12")), ("status", None),
         ("diagnose", ("ourtest.com", "192.0.2.10")), ("read_log", 5),
-        ("read_smarthost", None), ("queue_list", None)]
+        ("read_smarthost", None), ("queue_list", None),
+        ("fix_hostname", (HostnameRequest(domain="ourtest.com"), True))]
     with pytest.raises(OperationError, match="no dry run"):
         ACTIONS["flush_queue"].run(ops, FlushRequest(), dry_run=True)
 

@@ -76,7 +76,7 @@ def test_set_smarthost_params_split_out_the_password() -> None:
                           "auth": {"username": "pbx", "password": "s3cret!"}},
         {"dry_run": False})
     assert public == {"host": "relay.example.net", "port": 587, "mx": False, "mailer": "relay",
-                      "auth": {"username": "pbx"}}
+                      "auth": {"username": "pbx"}, "tls": {"mode": "encrypt", "ca_file": None}}
     assert secret == {"password": "s3cret!"}
 
 

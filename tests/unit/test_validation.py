@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ValidationError
+from shared.mta import HostnameRequest
 from shared.validation import (
+    Masquerade,
     SmarthostRequest,
     SmtpAuth,
+    TlsPolicy,
     m4_quote,
     parse_smarthost_request,
     validate_hostname,
@@ -160,18 +163,19 @@ def test_bad_usernames(value: object, reason: str) -> None:
 
 
 @pytest.mark.parametrize("value", [
-    SECRET, "S3cret!#$%&'()*+,-./:;<=>?@[]^_`{|}~", "x" * 128, "x')esyscmd(`id')dnl(`",
+    SECRET, "S3cret!#$%&'()*+,-./:;<=>?@[]^_`{|}~", "x" * 256, "x')esyscmd(`id')dnl(`",
+    'p@ss "w rd\\x', "pass word", 'a"b', "back\\slash", "Grüße-ünïcödé",
 ])
 def test_good_passwords(value: str) -> None:
     assert validate_password(value) == value
 
 
 @pytest.mark.parametrize("value, kind", [
-    (f'{SECRET}"', "a double quote"), (f"{SECRET}\\", "a backslash"),
-    (f"{SECRET} x", "a blank"), (f"{SECRET}\n", "a control character"),
-    (f"{SECRET}\t", "a control character"), (f"{SECRET}\x00", "a control character"),
-    (f"{SECRET}\x7f", "a control character"), (f"{SECRET}ä", "a non-ASCII character"),
-    (SECRET * 20, "longer than 128"), ("", "must not be empty"),
+    (f"{SECRET} ", "ends with a blank"), (f" {SECRET}", "ends with a blank"),
+    (f"{SECRET}\n", "a control character"), (f"{SECRET}\tx", "a control character"),
+    (f"{SECRET}\x00x", "a control character"), (f"{SECRET}\x7fx", "a control character"),
+    (f"{SECRET}\u2028x", "a control character"),
+    (SECRET * 40, "longer than 256"), ("", "must not be empty"),
 ])
 def test_bad_passwords_never_echo_the_value(value: str, kind: str) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -195,7 +199,7 @@ def test_smtp_auth_hides_the_password() -> None:
     assert "username='u'" in repr(auth)
     assert SECRET not in repr(SmarthostRequest(host="r.example", auth=auth))
     with pytest.raises(ValidationError):
-        SmtpAuth("u", 'a"b')
+        SmtpAuth("u", "a\nb")
 
 
 # -- m4_quote -----------------------------------------------------------------------------
@@ -218,7 +222,7 @@ def test_m4_quote_refuses_quotes_and_newlines(bad: str) -> None:
 def test_request_collects_every_error_at_once() -> None:
     with pytest.raises(ValidationError) as caught:
         parse_smarthost_request({"host": "a b", "port": 0, "mx": "no", "mailer": "uucp",
-                                 "auth": {"username": "", "password": f'{SECRET}"', "x": 1},
+                                 "auth": {"username": "", "password": f"{SECRET}\n", "x": 1},
                                  "extra": True})
     assert set(caught.value.errors) == {"host", "port", "mx", "mailer", "auth.username",
                                         "auth.password", "auth.x", "extra"}
@@ -311,3 +315,61 @@ def test_request_dataclass_validates_when_built_directly() -> None:
                 {"host": "r.example", "mx": "yes"}):
         with pytest.raises(ValidationError):
             SmarthostRequest(**bad)
+
+
+# -- TLS, masquerade, host names ---------------------------------------------------------------
+
+def test_tls_defaults_to_may_and_to_encrypt_with_auth() -> None:
+    assert parse_smarthost_request({"host": "r.example"}).tls == TlsPolicy("may")
+    with_auth = parse_smarthost_request({"host": "r.example",
+                                         "auth": {"username": "u", "password": SECRET}})
+    assert with_auth.tls == TlsPolicy("encrypt")
+    assert SmarthostRequest("r.example", auth=SmtpAuth("u", SECRET)).tls_policy.required
+
+
+def test_auth_with_opportunistic_tls_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_smarthost_request({"host": "r.example", "tls": {"mode": "may"},
+                                 "auth": {"username": "u", "password": SECRET}})
+    assert "never cross the network in clear" in reasons(caught, "tls.mode")
+    with pytest.raises(ValidationError):
+        SmarthostRequest("r.example", auth=SmtpAuth("u", SECRET), tls=TlsPolicy("may"))
+
+
+def test_tls_and_masquerade_are_parsed_and_normalised() -> None:
+    req = parse_smarthost_request({
+        "host": "r.example", "tls": {"mode": "verify", "ca_file": "/etc/mail/lab-ca.pem"},
+        "masquerade": {"domain": "OurTest.COM", "envelope": False}})
+    assert req.tls == TlsPolicy("verify", "/etc/mail/lab-ca.pem")
+    assert req.masquerade == Masquerade("ourtest.com", envelope=False)
+    assert parse_smarthost_request({"host": "r.example", "masquerade": {
+        "domain": "ourtest.com"}}).masquerade == Masquerade("ourtest.com", envelope=True)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"tls": {"mode": "always"}}, "tls.mode"),
+    ({"tls": "encrypt"}, "tls"),
+    ({"tls": {"mode": "verify", "ca_file": "relative.pem"}}, "tls.ca_file"),
+    ({"tls": {"ca_file": "/etc/ssl/../shadow"}}, "tls.ca_file"),
+    ({"tls": {"ca_file": "/etc/ssl/a b.pem"}}, "tls.ca_file"),
+    ({"tls": {"ca_file": "/etc/ssl/x`id`.pem"}}, "tls.ca_file"),
+    ({"tls": {"mode": "verify", "extra": 1}}, "tls.extra"),
+    ({"masquerade": {"domain": "x')esyscmd(`id')dnl(`"}}, "masquerade.domain"),
+    ({"masquerade": {"domain": "[192.0.2.1]"}}, "masquerade.domain"),
+    ({"masquerade": {"domain": "ourtest.com", "envelope": "yes"}}, "masquerade.envelope"),
+    ({"masquerade": {}}, "masquerade.domain"),
+])
+def test_bad_tls_and_masquerade_values_name_their_field(body: dict[str, object],
+                                                        field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_smarthost_request({"host": "r.example", **body})
+    assert reasons(caught, field)
+
+
+def test_hostname_request_takes_exactly_one_of_fqdn_and_domain() -> None:
+    assert HostnameRequest(fqdn="PBX1.OurTest.com").fqdn_for("pbx1") == "pbx1.ourtest.com"
+    assert HostnameRequest(domain="ourtest.com").fqdn_for("pbx2") == "pbx2.ourtest.com"
+    for bad in ({}, {"fqdn": "pbx1.ourtest.com", "domain": "ourtest.com"}, {"fqdn": "pbx1"},
+                {"domain": "a b"}):
+        with pytest.raises(ValidationError):
+            HostnameRequest(**bad)  # type: ignore[arg-type]
