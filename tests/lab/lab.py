@@ -43,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import certificate_fingerprint
+from tests.lab.labca import CA_FILE_NAME, SYSTEM_BUNDLE, SYSTEM_CERTS, LabCA
+from tests.lab.relay import MODES as RELAY_MODES
+from tests.lab.relay import RELAY_PORT, Relay
 
 FILES = Path(__file__).parent / "files"
 STATE_ROOT = Path("/run/relayfleet-lab")
@@ -186,6 +189,8 @@ class LabHost:
     mta: str = "sendmail"
     #: closed (its holder may linger as a zombie a while: not a sign of life)
     closed: bool = False
+    #: the lab CA's trust directory is bound over the host's /etc/ssl/certs
+    trusts_lab_ca: bool = False
 
     @property
     def fqdn(self) -> str:
@@ -480,6 +485,25 @@ class LabHost:
         else:
             self.run(["/etc/init.d/sendmail", "stop"], check=False, timeout=60)
 
+    def trust_lab_ca(self) -> str:
+        """Make the host trust the lab CA: the lab's trust directory (the machine's
+        /etc/ssl/certs plus the CA, hashed and in the bundle) is bound read-only over the
+        host's ``/etc/ssl/certs``; the machine's own stays untouched. Return the bundle's path
+        inside the host (``/etc/ssl/certs/ca-certificates.crt``: the default, now with the lab
+        CA). An MTA already running reads it at its next restart or reload."""
+        if not self.trusts_lab_ca:
+            trust = shlex.quote(str(self.lab.ca.trust_dir()))
+            target = shlex.quote(str(SYSTEM_CERTS))
+            self.run(["sh", "-c", f"mount --bind {trust} {target} && "
+                      f"mount -o remount,bind,ro {target}"])
+            self.trusts_lab_ca = True
+        return str(SYSTEM_BUNDLE)
+
+    @property
+    def lab_ca_file(self) -> str:
+        """The lab CA alone as a file inside a host that trusts it."""
+        return str(SYSTEM_CERTS / CA_FILE_NAME)
+
     def link_down(self) -> None:
         """Cut the host off the lab network (its veth's root side goes down)."""
         sh(["ip", "link", "set", self.veth, "down"])
@@ -520,6 +544,9 @@ class Lab:
         self.workdir = workdir
         self.hosts: list[LabHost] = []
         self.sinks: dict[str, Sink] = {}
+        self.relays: dict[str, Relay] = {}
+        self._ca: LabCA | None = None
+        self._relays_started = 0
         self.processes: list[subprocess.Popen[bytes]] = []
         self.net = 0
         self.state = STATE_ROOT / str(os.getpid())
@@ -600,6 +627,7 @@ class Lab:
 
     def _write_dns_hosts(self) -> None:
         lines = [f"{h.address} {h.fqdn} {h.name}" for h in self.hosts]
+        lines += [f"{r.address} {r.fqdn}" for r in self.relays.values()]
         self._hosts_file().write_text("\n".join(lines) + "\n")
 
     def _start_dns(self) -> None:
@@ -635,6 +663,99 @@ class Lab:
         with open(self.state / "pids", "a") as pids:
             pids.write(f"{pid} {_start_ticks(pid)}\n")
 
+    @property
+    def ca(self) -> LabCA:
+        """The lab's certificate authority (``WORKDIR/ca``, made on first use)."""
+        if self._ca is None:
+            self._ca = LabCA(self.workdir / "ca")
+        return self._ca
+
+    def start_relay(self, name: str, mode: str = "gmail", *,
+                    credentials: tuple[str, str] | None = None,
+                    refuse_unqualified_ehlo: bool = False, senders_domain: str | None = None,
+                    port: int = RELAY_PORT) -> Relay:
+        """Start a relay-grade smarthost ``NAME.lab.test`` (see :mod:`tests.lab.relay` for
+        the modes) on an address of its own on the bridge, with a lab-CA certificate naming
+        it (``wrongname``: naming ``other.lab.test``); return once its port answers and DNS
+        knows it. :meth:`stop_relay` or :meth:`close` removes it."""
+        if mode not in RELAY_MODES:
+            raise LabError(f"unknown relay mode {mode!r} (one of {', '.join(RELAY_MODES)})")
+        taken = {*self.relays, *self.sinks, *(h.name for h in self.hosts), "other"}
+        if name in taken or not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name):
+            raise LabError(f"relay name {name!r} is taken or not a DNS label")
+        if mode == "cleartext-auth" and credentials is None:
+            raise LabError("a cleartext-auth relay needs credentials")
+        self._relays_started += 1
+        fqdn = f"{name}.{DOMAIN}"
+        relay = Relay(name, mode, self._free_relay_address(), port, fqdn,
+                      self.workdir / "relays" / f"{name}-{self._relays_started}",
+                      credentials=credentials, refuse_unqualified_ehlo=refuse_unqualified_ehlo,
+                      senders_domain=senders_domain)
+        if mode != "cleartext-auth":
+            relay.cert_names = [f"other.{DOMAIN}"] if mode == "wrongname" else [fqdn]
+            relay.cert, relay.key = self.ca.issue(f"{name}-{self._relays_started}",
+                                                  relay.cert_names)
+        sh(["ip", "addr", "add", f"{relay.address}/24", "dev", self.bridge])
+        self.relays[name] = relay
+        process = relay.launch(self.workdir / f"relay-{name}.log", REPO_ROOT)
+        self.processes.append(process)
+        self._note_root_process(process.pid)
+        self._write_dns_hosts()
+        if self.dnsmasq is not None:
+            self.dnsmasq.send_signal(signal.SIGHUP)
+        try:
+            _wait_port(relay.address, port, process)
+            self._wait_dns(fqdn, relay.address)
+        except LabError:
+            self.stop_relay(relay)
+            raise
+        return relay
+
+    def stop_relay(self, relay: Relay | str) -> None:
+        """Stop a relay and take its address and DNS name off the lab."""
+        found = self.relays.pop(relay if isinstance(relay, str) else relay.name, None)
+        if found is None:
+            return
+        process = found.process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+            if process in self.processes:
+                self.processes.remove(process)
+        sh(["ip", "addr", "del", f"{found.address}/24", "dev", self.bridge], check=False)
+        self._write_dns_hosts()
+        if self.dnsmasq is not None:
+            self.dnsmasq.send_signal(signal.SIGHUP)
+
+    def _free_relay_address(self) -> str:
+        """The highest address on the subnet no host, relay or test has taken: hosts count
+        up from .10, relays down from .254."""
+        on_bridge = sh(["ip", "-4", "-o", "addr", "show", "dev", self.bridge]).stdout.decode()
+        used = {h.address for h in self.hosts} | {r.address for r in self.relays.values()}
+        for last in range(254, 10 + len(self.hosts), -1):
+            address = self.ip(last)
+            if address not in used and f" {address}/" not in on_bridge:
+                return address
+        raise LabError("no free address on the lab subnet for a relay")
+
+    def _wait_dns(self, fqdn: str, address: str, timeout: float = 10) -> None:
+        """Wait until the lab's DNS answers ``fqdn`` with ``address`` (dnsmasq rereads its
+        hosts file on SIGHUP, a moment later)."""
+        import dns.exception
+        import dns.resolver
+
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [self.gateway]
+        resolver.lifetime = 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(dns.exception.DNSException):
+                if address in {a.to_text() for a in resolver.resolve(fqdn, "A")}:
+                    return
+            time.sleep(0.05)
+        raise LabError(f"the lab's DNS does not answer {fqdn} -> {address} after {timeout}s")
+
     def ensure_ssh_user(self) -> tuple[str, str]:
         """A non-root login (``rflab``) with passwordless ``sudo`` and a fresh password.
 
@@ -656,9 +777,10 @@ class Lab:
         return user, password
 
     def add_host(self, name: str, layout: str = "debian", start: bool = True,
-                 mta: str = "sendmail") -> LabHost:
+                 mta: str = "sendmail", trust_lab_ca: bool = False) -> LabHost:
         """Create, boot and register a lab host (``layout``: ``debian`` or ``centos``;
-        ``mta``: ``sendmail`` or ``postfix``)."""
+        ``mta``: ``sendmail`` or ``postfix``; ``trust_lab_ca``: see
+        :meth:`LabHost.trust_lab_ca`, done before the MTA starts)."""
         if layout not in ("debian", "centos"):
             raise LabError(f"unknown layout {layout!r}")
         if mta not in MTAS:
@@ -666,6 +788,8 @@ class Lab:
         package = postfix_package() if mta == "postfix" else None
         index = len(self.hosts)
         address = self.ip(10 + index)
+        if any(r.address == address for r in self.relays.values()):
+            raise LabError(f"{address} is a relay's: the lab subnet is full")
         host = LabHost(self, name, layout, address, index, self.workdir / "hosts" / name,
                        netns=f"rf{self.net}-{name}"[:15], veth=f"rf{self.net}v{index}", mta=mta)
         self.hosts.append(host)
@@ -678,6 +802,8 @@ class Lab:
         self._write_dns_hosts()
         if self.dnsmasq is not None:
             self.dnsmasq.send_signal(signal.SIGHUP)
+        if trust_lab_ca:
+            host.trust_lab_ca()
         if start:
             host.start_mta()
         return host
