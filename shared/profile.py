@@ -54,6 +54,9 @@ class HostProfile:
     maillog: str = "/var/log/mail.log"
     sendmail: str = "/usr/sbin/sendmail"
     mailq: tuple[str, ...] = ("mailq",)
+    #: the host's default CA bundle: what verifies a relay's certificate when a TLS policy
+    #: asks for verify without its own ca_file (RHEL: /etc/pki/tls/certs/ca-bundle.crt)
+    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     #: seconds a command may take before it is killed (restart, m4, make, validation)
     command_timeout_s: float = 120.0
     validate_timeout_s: float = 20.0
@@ -159,7 +162,7 @@ class Layout:
 
 
 _COMMON_KEYS = {"queue_dir", "maillog", "sendmail", "mailq", "command_timeout_s",
-                "validate_timeout_s"}
+                "validate_timeout_s", "ca_bundle"}
 LAYOUTS: dict[str, Layout] = {
     "sendmail": Layout(
         keys=frozenset(_COMMON_KEYS | {"mail_dir", "mc", "cf", "client_queue_dir", "pid_file",
@@ -193,13 +196,15 @@ _FLAVOUR_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
         "maillog": "/var/log/maillog",
         "restart": ("service", "sendmail", "restart"),
         "pid_file": "/var/run/sendmail.pid",
+        "ca_bundle": "/etc/pki/tls/certs/ca-bundle.crt",
     },
-    ("postfix", "rhel"): {"maillog": "/var/log/maillog"},
+    ("postfix", "rhel"): {"maillog": "/var/log/maillog",
+                          "ca_bundle": "/etc/pki/tls/certs/ca-bundle.crt"},
 }
 
 _PATH_KEYS = {"mail_dir", "mc", "cf", "queue_dir", "client_queue_dir", "maillog", "pid_file",
               "sendmail", "m4", "makemap", "authinfo", "config_dir", "main_cf", "sasl_passwd",
-              "postconf", "postfix", "postqueue", "postmap"}
+              "postconf", "postfix", "postqueue", "postmap", "ca_bundle"}
 _ARGV_KEYS = {"restart", "mailq", "make", "reload"}
 _NUMBER_KEYS = {"command_timeout_s", "validate_timeout_s"}
 #: every key any kind reads

@@ -1,13 +1,16 @@
 """Postfix's smarthost settings as text: ``relayhost`` values, ``postconf`` output, the
-SASL password map, and the main.cf edits a smarthost change makes.
+SASL password map, and the main.cf edits a smarthost change makes (relay, SMTP AUTH, TLS
+policy, sender masquerading).
 
 ``relayhost`` is ``host``, ``host:port``, ``[host]`` or ``[host]:port``: brackets turn MX
 lookups off, and (unlike sendmail's SMART_HOST) the port after the colon is honoured.
 The SASL map ``sasl_passwd`` has one ``KEY USER:PASSWORD`` line per relay; Postfix looks
 the relay up by the relayhost value itself, so the key is that value verbatim. Values
-reach this module validated (host names, ports and credentials have strict grammars in
-:mod:`shared.validation`): none can hold ``$`` (parameter expansion), ``,`` or blanks
-(lists), ``=`` or a line end.
+reach this module validated (host names, ports, domains, paths and credentials have strict
+grammars in :mod:`shared.validation`): no caller value written to main.cf can hold ``$``
+(parameter expansion), ``,`` or blanks (lists), ``=``, braces or a line end. A password
+never goes into main.cf, only into the map, where any printable character is itself (see
+:func:`set_entry`).
 """
 
 from __future__ import annotations
@@ -16,19 +19,38 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from shared.errors import ConfigError
 from shared.sendmail.mc import Smarthost
-from shared.validation import SmarthostRequest
+from shared.validation import Masquerade, SmarthostRequest, TlsPolicy
 
 #: the main.cf parameters a smarthost change reads
 SMARTHOST_PARAMETERS = ("relayhost", "smtp_sasl_auth_enable", "smtp_sasl_password_maps",
                         "smtp_sasl_security_options", "smtp_tls_security_level",
+                        "smtp_tls_CAfile", "smtp_tls_verify_cert_match",
+                        "smtp_tls_secure_cert_match", "smtp_generic_maps",
+                        "sender_canonical_maps", "sender_canonical_classes",
                         "default_database_type")
 #: the SASL settings a change without credentials takes out again
 SASL_PARAMETERS = ("smtp_sasl_auth_enable", "smtp_sasl_password_maps",
                    "smtp_sasl_security_options")
-#: TLS levels under which a password never crosses the wire in clear (``may`` and ``dane``
-#: fall back to plain text when the relay offers no TLS; ``none`` never encrypts)
-ENCRYPTING_LEVELS = frozenset({"encrypt", "dane-only", "fingerprint", "verify", "secure"})
+#: the TLS policy mode each smtp_tls_security_level relayfleet writes stands for
+TLS_MODE_OF_LEVEL = {"may": "may", "encrypt": "encrypt", "verify": "verify",
+                     "secure": "verify"}
+#: the levels that require TLS (what remove_smarthost takes back to ``may``)
+REQUIRED_LEVELS = frozenset({"encrypt", "verify", "secure"})
+#: how each verifying level matches the certificate to the relay, and Postfix's default
+CERT_MATCH = {"verify": ("smtp_tls_verify_cert_match", "hostname"),
+              "secure": ("smtp_tls_secure_cert_match", "nexthop, dot-nexthop")}
+#: smtp_tls_CAfile as each flavour's stock main.cf sets it (Debian's sets none): what it
+#: goes back to when a verify policy ends
+STOCK_CA_FILE = {"rhel": "/etc/pki/tls/certs/ca-bundle.crt"}
+#: the names Postfix gives the host's own mail (``$myhostname`` is expanded by Postfix
+#: when it reads main.cf, so the map follows a later change of the host name)
+OWN_NAMES = ("$myhostname", "localhost", "localhost.localdomain")
+#: the map parameter a masquerade is written to, by whether it covers the envelope
+#: (see masquerade_edits), and what else each one sets
+MASQUERADE_MAPS = {True: "smtp_generic_maps", False: "sender_canonical_maps"}
+_MASQUERADE_EXTRA = {True: {}, False: {"sender_canonical_classes": "header_sender"}}
 #: the file each indexed map type builds beside its source (``postmap TYPE:FILE``)
 MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "dbm": ".db"}
 
@@ -86,6 +108,11 @@ def relayhost_value(smarthost: Smarthost) -> str:
 
 def relayhosts(value: str) -> list[str]:
     """The destinations a ``relayhost`` value lists (comma or blank separated)."""
+    return _words(value)
+
+
+def _words(value: str) -> list[str]:
+    """The items of a Postfix list value (comma or blank separated)."""
     return [v for v in re.split(r"[\s,]+", value.strip()) if v]
 
 
@@ -111,30 +138,165 @@ def parse_relayhost(value: str) -> Smarthost | None:
     return Smarthost(host=literal.lower(), port=port, mx=False)
 
 
+def tls_level(policy: TlsPolicy, smarthost: Smarthost) -> str:
+    """The smtp_tls_security_level for ``policy`` towards ``smarthost``.
+
+    ``verify`` needs the certificate chain to verify and the certificate to name the relay.
+    For a bracketed relayhost (no MX lookup) Postfix's ``verify`` level does exactly that:
+    smtp_tls_verify_cert_match (default ``hostname``) matches the name written in
+    relayhost, and it takes an address literal too when the certificate names the address
+    (``secure`` refuses those: "hostname mismatch", checked on Postfix 3.7). With MX lookups
+    ``verify`` would accept whatever host name unauthenticated DNS returned; ``secure``
+    still insists on the relay's own domain (``nexthop, dot-nexthop``).
+    """
+    if policy.mode != "verify":
+        return policy.mode
+    return "secure" if smarthost.mx and not smarthost.host.startswith("[") else "verify"
+
+
+def masquerade_map(domain: str) -> str:
+    """An inline table rewriting the host's own names to ``@domain`` (the whole setting
+    stays in main.cf: in the diff, backed up and restored with it).
+
+    A result ``@domain`` keeps the local part (canonical(5), generic(5)), so
+    ``asterisk@pbx.localdomain`` becomes ``asterisk@domain``; a locally submitted bare
+    ``asterisk`` was qualified with myorigin (``$myhostname``, or Debian's /etc/mailname
+    naming the same host) when it was queued. Foreign addresses are left alone.
+    """
+    return "inline:{ " + ", ".join(f"{{@{name}=@{domain}}}" for name in OWN_NAMES) + " }"
+
+
+#: masquerade_map's value for any domain (the first mention captured, the others the same)
+_MASQUERADE_MAP = re.compile(re.escape(masquerade_map("DOMAIN")).replace(
+    "DOMAIN", "(?P<domain>[a-z0-9.-]+)", 1).replace("DOMAIN", "(?P=domain)") + "$")
+
+
+def _our_masquerade(values: Mapping[str, str], envelope: bool) -> str | None:
+    """The domain of relayfleet's masquerade in ``envelope``'s map parameter, if any."""
+    match = _MASQUERADE_MAP.match(values.get(MASQUERADE_MAPS[envelope], ""))
+    return match.group("domain") if match else None
+
+
+def parse_masquerade(values: Mapping[str, str]) -> Masquerade | None:
+    """The masquerade relayfleet set in main.cf (None: none, or a map that is not ours)."""
+    for envelope in (True, False):
+        domain = _our_masquerade(values, envelope)
+        if domain is not None:
+            return Masquerade(domain, envelope=envelope)
+    return None
+
+
+def masquerade_edits(masquerade: Masquerade | None,
+                     current: Mapping[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The main.cf edits for ``masquerade`` (None: relayfleet's masquerade taken out).
+
+    With the envelope: ``smtp_generic_maps``, applied by the SMTP client as each message
+    leaves, to the envelope and the headers alike, so the voicemail already queued under
+    ``asterisk@pbx.localdomain`` goes out masqueraded too, and mail delivered on the host
+    keeps its local names. Headers only: ``sender_canonical_maps`` with
+    ``sender_canonical_classes = header_sender`` (applied as a message is queued: mail
+    queued before keeps its headers). Not ``myorigin``: it also qualifies unqualified
+    *recipients* (cron's ``root`` would leave the host for the customer's domain); not
+    ``masquerade_domains``: it only strips subdomains of a listed domain and cannot turn
+    pbx.localdomain into another domain. Checked on Postfix 3.7: ``$myhostname`` in the
+    inline table is expanded, and a queued message's sender is rewritten by the generic map
+    but not by the canonical one. ConfigError when the parameter holds a map that is not
+    relayfleet's: a second rewrite of the same senders would fight it.
+    """
+    wanted: dict[str, str] = {}
+    if masquerade is not None:
+        name = MASQUERADE_MAPS[masquerade.envelope]
+        foreign = current.get(name, "")
+        if foreign and _our_masquerade(current, masquerade.envelope) is None:
+            raise ConfigError(
+                f"masquerade: main.cf already has {name} = {foreign} (not set by relayfleet); "
+                "take it out, or leave masquerade out of the request; nothing was changed")
+        wanted = {name: masquerade_map(masquerade.domain),
+                  **_MASQUERADE_EXTRA[masquerade.envelope]}
+    remove = tuple(p for envelope in (True, False)
+                   if _our_masquerade(current, envelope) is not None
+                   for p in (MASQUERADE_MAPS[envelope], *_MASQUERADE_EXTRA[envelope])
+                   if p not in wanted)
+    return wanted, remove
+
+
+def parse_tls(values: Mapping[str, str]) -> TlsPolicy | None:
+    """The TLS policy main.cf holds (None: a level relayfleet does not write, e.g. none)."""
+    mode = TLS_MODE_OF_LEVEL.get(values.get("smtp_tls_security_level", ""))
+    if mode is None:
+        return None
+    return TlsPolicy(mode, values.get("smtp_tls_CAfile") or None)
+
+
 def smarthost_edits(request: SmarthostRequest | None, current: Mapping[str, str],
-                    map_type: str, map_path: str) -> MainCfEdits:
+                    map_type: str, map_path: str, *, ca_file: str | None = None,
+                    flavour: str = "debian") -> MainCfEdits:
     """The main.cf edits that point Postfix at ``request`` (None: back to direct delivery).
 
-    With credentials: SASL on, the map, no anonymous mechanisms, and a TLS level that
-    encrypts (kept when it already does). Without: the SASL settings go, and a TLS level
-    of ``encrypt`` that came with them (relayfleet's map is configured) goes back to
-    ``may``, Debian's and RHEL's default: left at ``encrypt``, direct delivery would refuse
-    every MX that offers no STARTTLS.
+    A request is the whole relay configuration: credentials (SASL on, the map, no anonymous
+    mechanisms) or none (the SASL settings go); its TLS policy's level, and for ``verify``
+    ``smtp_tls_CAfile = ca_file`` (the bundle the caller resolved); its masquerade or none
+    (relayfleet's map goes; see masquerade_edits). Ending a verify policy puts
+    smtp_tls_CAfile back to the flavour's stock value. Removing goes back to ``may``
+    (Debian's and RHEL's default; left at ``encrypt``, direct delivery would refuse every MX
+    that offers no STARTTLS). ConfigError when main.cf holds settings the request cannot
+    coexist with.
     """
-    ours = (current.get("smtp_sasl_password_maps") == f"{map_type}:{map_path}"
-            and current.get("smtp_tls_security_level") == "encrypt")
-    relax = {"smtp_tls_security_level": "may"} if ours else {}
+    level_now = current.get("smtp_tls_security_level", "")
     if request is None:
-        return MainCfEdits(relax, ("relayhost", *SASL_PARAMETERS))
-    wanted = {"relayhost": relayhost_value(wanted_smarthost(request))}
+        tls_set = {"smtp_tls_security_level": "may"} if level_now in REQUIRED_LEVELS else {}
+        ca_set, ca_remove = _ca_edits(None, current, flavour)
+        _, masquerade_remove = masquerade_edits(None, current)
+        return MainCfEdits({**tls_set, **ca_set},
+                           ("relayhost", *SASL_PARAMETERS, *ca_remove, *masquerade_remove))
+    smarthost = wanted_smarthost(request)
+    policy = request.tls_policy
+    level = tls_level(policy, smarthost)
+    wanted = {"relayhost": relayhost_value(smarthost), "smtp_tls_security_level": level}
+    remove: list[str] = []
     if request.auth is None:
-        return MainCfEdits({**wanted, **relax}, SASL_PARAMETERS)
-    wanted.update({"smtp_sasl_auth_enable": "yes",
-                   "smtp_sasl_password_maps": f"{map_type}:{map_path}",
-                   "smtp_sasl_security_options": "noanonymous"})
-    if current.get("smtp_tls_security_level", "") not in ENCRYPTING_LEVELS:
-        wanted["smtp_tls_security_level"] = "encrypt"
-    return MainCfEdits(wanted)
+        remove += SASL_PARAMETERS
+    else:
+        wanted.update({"smtp_sasl_auth_enable": "yes",
+                       "smtp_sasl_password_maps": f"{map_type}:{map_path}",
+                       "smtp_sasl_security_options": "noanonymous"})
+    if level in CERT_MATCH:
+        _check_cert_match(level, current)
+    ca_set, ca_remove = _ca_edits(ca_file if level in CERT_MATCH else None, current, flavour)
+    wanted.update(ca_set)
+    remove += ca_remove
+    masquerade_set, masquerade_remove = masquerade_edits(request.masquerade, current)
+    wanted.update(masquerade_set)
+    remove += masquerade_remove
+    # postconf -e rewrites a parameter's line even when its value stays (Debian's
+    # "smtp_tls_security_level=may" would become "... = may"): set only what differs
+    return MainCfEdits({k: v for k, v in wanted.items() if current.get(k) != v}, tuple(remove))
+
+
+def _check_cert_match(level: str, current: Mapping[str, str]) -> None:
+    """Refuse a verifying level whose certificate match someone widened in main.cf."""
+    name, default = CERT_MATCH[level]
+    value = current.get(name, default)
+    if _words(value) != _words(default):
+        raise ConfigError(
+            f"tls.mode: verify needs Postfix to match the certificate to the relay ({name} = "
+            f"{default}, Postfix's default), but main.cf sets {name} = {value}: take it out "
+            f"(postconf -X {name}) or ask for encrypt; nothing was changed")
+
+
+def _ca_edits(ca_file: str | None, current: Mapping[str, str],
+              flavour: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """smtp_tls_CAfile for a verify policy (``ca_file``), or back to the flavour's stock
+    value when a verify policy ends (a CAfile under other levels is not relayfleet's)."""
+    now = current.get("smtp_tls_CAfile", "")
+    if ca_file is not None:
+        return ({"smtp_tls_CAfile": ca_file} if now != ca_file else {}), ()
+    if current.get("smtp_tls_security_level", "") not in CERT_MATCH:
+        return {}, ()
+    stock = STOCK_CA_FILE.get(flavour)
+    if stock is None:
+        return {}, (("smtp_tls_CAfile",) if now else ())
+    return ({"smtp_tls_CAfile": stock} if now != stock else {}), ()
 
 
 # -- the SASL password map --------------------------------------------------------------
@@ -151,7 +313,14 @@ def _entries(text: str) -> Iterable[tuple[str, str]]:
 
 
 def set_entry(text: str, key: str, username: str, password: str) -> str:
-    """The map with ``key``'s entry set to these credentials (other lines kept)."""
+    """The map with ``key``'s entry set to these credentials (other lines kept).
+
+    No quoting: ``postmap`` takes everything after the key's blanks as the value, blanks
+    inside, ``"`` and ``\\`` included, byte for byte, and trims only blanks at the line's
+    end (checked with ``postmap -q`` on Postfix 3.7; validation refuses a password with a
+    blank at either end). Postfix's SMTP client splits the value at its first ``:``, and
+    user names hold none, so the password may.
+    """
     entry = f"{key} {username}:{password}"
     lines = [ln for ln in text.splitlines() if not _is_entry_for(ln, key)]
     return "\n".join([*lines, entry]) + "\n"

@@ -19,7 +19,7 @@ import contextlib
 import posixpath
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared import diagnose as diag
@@ -145,6 +145,9 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                         pfconf.relayhosts(relay)[0])
                     if sasl_text is not None and sasl_on else None)
             smarthost["auth"] = {"username": user} if user else None
+            tls, masquerade = pfconf.parse_tls(values), pfconf.parse_masquerade(values)
+            smarthost["tls"] = asdict(tls) if tls else None
+            smarthost["masquerade"] = asdict(masquerade) if masquerade else None
         # a change swapped in but never reloaded: Postfix still runs the old settings
         in_sync = not self.executor.exists(self._marker())
         if sasl_on and sasl_text is not None:
@@ -167,7 +170,8 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     # -- change ---------------------------------------------------------------------
     def set_smarthost(self, request: SmarthostRequest, *, dry_run: bool = False) -> OperationResult:
-        """Point relayhost at ``request``'s smarthost (with SASL and TLS when it has auth)."""
+        """Point relayhost at ``request``'s smarthost with its SMTP AUTH, TLS policy and
+        masquerade (each absent one taken out: the request is the whole relay setting)."""
         redactor = Redactor([request.auth.password] if request.auth else [])
         wanted = pfconf.wanted_smarthost(request)
         key = pfconf.relayhost_value(wanted)
@@ -178,6 +182,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                    "always speaks ESMTP to its relayhost")
             main_old = self._read_config_file(self.profile.main_cf_path)
             values = self._values(rec)
+            ca_file = self._ca_file(request)
             sasl_old: str | None
             sasl_new: str | None
             if request.auth is not None:
@@ -193,14 +198,16 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                     lambda text: pfconf.remove_entry(
                         text, key, *pfconf.relayhosts(values.get("relayhost", ""))[:1]))
             edits = pfconf.smarthost_edits(request, values, self._map_type,
-                                           self.profile.sasl_passwd_path)
+                                           self.profile.sasl_passwd_path, ca_file=ca_file,
+                                           flavour=self.profile.flavour)
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
                            self._map_type)
 
         return self._change("set_smarthost", plan, dry_run, redactor, wanted)
 
     def remove_smarthost(self, *, dry_run: bool = False) -> OperationResult:
-        """Take relayhost (and its SASL settings and map entry) out: direct delivery."""
+        """Take relayhost (and its SASL settings and map entry, a required TLS level and its
+        CA file, the masquerade) out: direct delivery."""
 
         def plan(rec: StepRecorder) -> _Change:
             main_old = self._read_config_file(self.profile.main_cf_path)
@@ -212,11 +219,26 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                     self.profile.sasl_passwd_path,
                     lambda text: pfconf.remove_entry(text, relay[0]))
             edits = pfconf.smarthost_edits(None, values, self._map_type,
-                                           self.profile.sasl_passwd_path)
+                                           self.profile.sasl_passwd_path,
+                                           flavour=self.profile.flavour)
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
                            self._map_type)
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
+
+    def _ca_file(self, request: SmarthostRequest) -> str | None:
+        """The CA bundle a verify policy verifies the relay with (None: no verify policy);
+        ConfigError, before anything changes, when it is not on the host."""
+        policy = request.tls_policy
+        if policy.mode != "verify":
+            return None
+        path = policy.ca_file or self.profile.ca_bundle
+        if not self.executor.exists(path):
+            field = "tls.ca_file" if policy.ca_file else "mta.ca_bundle (the host's CA bundle)"
+            raise ConfigError(f"{field}: {path} is not on the host: Postfix could not verify "
+                              "the relay's certificate; install the bundle or give tls.ca_file; "
+                              "nothing was changed")
+        return path
 
     @contextlib.contextmanager
     def _staged(self, main_cf: str) -> Iterator[str]:

@@ -28,6 +28,10 @@ MAILQ_HEADINGS = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient---
 POSTFIX_DEFAULTS: Mapping[str, str] = {
     "relayhost": "", "smtp_sasl_auth_enable": "no", "smtp_sasl_password_maps": "",
     "smtp_sasl_security_options": "noplaintext, noanonymous", "smtp_tls_security_level": "",
+    "smtp_tls_CAfile": "", "smtp_tls_verify_cert_match": "hostname",
+    "smtp_tls_secure_cert_match": "nexthop, dot-nexthop", "smtp_generic_maps": "",
+    "sender_canonical_maps": "", "sender_canonical_classes": "envelope_sender, header_sender",
+    "myorigin": "$myhostname",
     "default_database_type": "hash", "mail_version": POSTFIX_VERSION,
     "config_directory": "/etc/postfix", "queue_directory": "/var/spool/postfix",
     "mydestination": "$myhostname, localhost.$mydomain, localhost",
@@ -41,6 +45,13 @@ SASL_PLUGINS: Mapping[str, tuple[str, ...]] = {
     "rhel": ("/usr/lib64/sasl2/libplain.so.3", "/usr/lib64/sasl2/liblogin.so.3")}
 #: where a host name without an address in ``names`` is found
 DEFAULT_ADDRESS = "192.0.2.25"
+#: the CA bundle of the host's ca-certificates package, per flavour
+CA_BUNDLES: Mapping[str, str] = {"debian": "/etc/ssl/certs/ca-certificates.crt",
+                                 "rhel": "/etc/pki/tls/certs/ca-bundle.crt"}
+#: TLS levels that defer mail to a relay offering no STARTTLS
+_REQUIRED_LEVELS = ("encrypt", "verify", "secure")
+_INLINE_ENTRY = re.compile(r"\{\s*([^=}]+?)\s*=\s*([^}]*?)\s*\}")
+_PARAMETER = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 #: postqueue's exit code when the mail system is down or a service is not configured
 EX_UNAVAILABLE = 69
 #: absolute paths in ``sh -c`` scripts that are read from the fake's files (see ``_sh``)
@@ -63,6 +74,8 @@ class FakePostfixMessage:
     size: int = 324
     #: maildrop, incoming, active, deferred or hold
     queue_name: str = "deferred"
+    #: the From: header's address (None: the sender's)
+    header_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,22 @@ class Relayed:
     relay: str
     #: the SASL user the map gave for the relayhost (None: no SMTP AUTH)
     sasl_username: str | None
+    #: the session ran STARTTLS first
+    tls: bool = False
+    #: the message's From: address as it left
+    header_from: str | None = None
+
+
+@dataclass(frozen=True)
+class FakeRelayTls:
+    """What a smarthost offers the fake's SMTP client (``FakePostfixHost.relay_tls``)."""
+
+    starttls: bool = True
+    #: the DNS name its certificate carries (None: the relay's own name)
+    cert_name: str | None = None
+    #: the CA bundle on the host holding the certificate's issuer (None: the system's)
+    issuer_bundle: str | None = None
+    issuer: str = "/CN=Fake Root CA"
 
 
 # -- main.cf --------------------------------------------------------------------------------
@@ -236,6 +265,8 @@ class FakePostfixHost(FakeExecutor):
         self.refusing: set[str] = set()
         #: what the smarthost accepted
         self.relayed: list[Relayed] = []
+        #: what each relay (by host name) offers for TLS (absent: FakeRelayTls())
+        self.relay_tls: dict[str, FakeRelayTls] = {}
         #: the master's pid and the parameters it runs (None: stopped)
         self.master_pid: int | None = None
         self.running_config: dict[str, str] | None = None
@@ -244,6 +275,8 @@ class FakePostfixHost(FakeExecutor):
         self._queue_seq = 0
         self.programs.update({"postconf": self._postconf, "postmap": self._postmap,
                               "postfix": self._postfix, "postqueue": self._postqueue})
+        # ca-certificates: Postfix's TLS client verifies relays against it
+        self.add_file(CA_BUNDLES[flavour], b"-----BEGIN CERTIFICATE-----\n(fake roots)\n")
 
     @property
     def main_cf_path(self) -> str:
@@ -297,6 +330,7 @@ class FakePostfixHost(FakeExecutor):
     def _pick_up(self, message: FakePostfixMessage) -> None:
         self.log("postfix/pickup", self.spawn(live=False),
                  f"{message.id}: uid=0 from=<{message.sender}>")
+        self._clean_up(message)
         stamp = datetime.fromtimestamp(message.arrival_time, UTC)
         myhostname = (self.running_config or {}).get("myhostname", self.hostname)
         self.log("postfix/cleanup", self.spawn(live=False),
@@ -525,7 +559,72 @@ class FakePostfixHost(FakeExecutor):
         self.log("postfix/postqueue", self.spawn(live=False), f"fatal: {message}")
         return code, b"", f"postqueue: fatal: {message}\n"
 
-    # -- delivery --------------------------------------------------------------------------
+    # -- cleanup and delivery -------------------------------------------------------------
+    def _clean_up(self, message: FakePostfixMessage) -> None:
+        """cleanup(8): a bare sender qualified with myorigin, then sender_canonical_maps
+        applied to the classes sender_canonical_classes names (what the queue file keeps)."""
+        config = self.running_config or {}
+        origin = config.get("myorigin", "$myhostname")
+        if origin.startswith("/"):  # Debian: the name in /etc/mailname
+            origin = _str(self._file_data(origin) or b"").strip()
+        origin = self._expand(origin, config)
+        sender = message.sender if "@" in message.sender or not message.sender else (
+            f"{message.sender}@{origin}")
+        header = message.header_from or sender
+        classes = config.get("sender_canonical_classes", "")
+        canonical = config.get("sender_canonical_maps", "")
+        if "envelope_sender" in classes:
+            sender = self._map_address(canonical, sender, config)
+        if "header_sender" in classes:
+            header = self._map_address(canonical, header, config)
+        message.sender, message.header_from = sender, header
+
+    def _map_address(self, maps: str, address: str, config: Mapping[str, str]) -> str:
+        """``address`` through an ``inline:{...}`` canonical/generic table (canonical(5):
+        the address, then ``@domain``; a result ``@other`` keeps the local part)."""
+        if not maps.startswith("inline:{"):
+            return address  # other map types are not simulated: nothing rewritten
+        table = {self._expand(k, config): self._expand(v, config)
+                 for k, v in _INLINE_ENTRY.findall(maps.removeprefix("inline:{"))}
+        local, _, domain = address.rpartition("@")
+        found = table.get(address) or table.get(f"@{domain}")
+        if found is None:
+            return address
+        return f"{local}{found}" if found.startswith("@") else found
+
+    @staticmethod
+    def _expand(value: str, config: Mapping[str, str]) -> str:
+        """$name and ${name} replaced by the parameters' values, as Postfix reads main.cf."""
+        return _PARAMETER.sub(lambda m: config.get(m.group(1) or m.group(2), ""), value)
+
+    def _tls_problem(self, config: Mapping[str, str], host: str,
+                     peer: str) -> tuple[str, str, str | None] | None:
+        """Why the running TLS level keeps mail from ``host`` (the status reason, its dsn,
+        and the line the smtp client logs first), or None: the session may go on."""
+        level = config.get("smtp_tls_security_level", "")
+        relay = self.relay_tls.get(host, FakeRelayTls())
+        if level not in _REQUIRED_LEVELS:
+            return None
+        if not relay.starttls:
+            return (f"TLS is required, but was not offered by host {peer.rpartition(':')[0]}",
+                    "4.7.4", None)
+        if level == "encrypt":
+            return None
+        trusted = {config.get("smtp_tls_CAfile", ""), CA_BUNDLES[self.flavour]}
+        if (relay.issuer_bundle or CA_BUNDLES[self.flavour]) not in trusted:
+            return ("Server certificate not verified", "4.7.5",
+                    f"certificate verification failed for {peer}: untrusted issuer "
+                    f"{relay.issuer}")
+        name = relay.cert_name or host
+        literal = bool(re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", host))
+        matches = (name == host if level == "verify"
+                   else not literal and (name == host or name.endswith(f".{host}")))
+        if not matches:
+            return ("Server certificate not verified", "4.7.5",
+                    f"server certificate verification failed for {peer}: num=62:hostname "
+                    "mismatch")
+        return None
+
     def _attempt(self, message: FakePostfixMessage) -> None:
         """The queue manager tries every recipient of ``message`` once, logging each."""
         self.log("postfix/qmgr", self.qmgr_pid, f"{message.id}: from=<{message.sender}>, "
@@ -534,13 +633,28 @@ class FakePostfixHost(FakeExecutor):
         config = self.running_config or {}
         relayhost = config.get("relayhost", "").replace(",", " ").split()
         delay = max(0.0, time.time() - message.arrival_time)
+        generic = config.get("smtp_generic_maps", "")
         for address in list(message.recipients):
             host, port = (_nexthop(relayhost[0]) if relayhost
                           else (f"mx.{address.rpartition('@')[2]}", 25))
             peer = f"{host}[{(self.names.get(host.lower()) or [DEFAULT_ADDRESS])[0]}]:{port}"
-            if relayhost and host not in self.refusing:
-                self.relayed.append(Relayed(message.id, message.sender, address, peer,
-                                            self._sasl_username(relayhost[0])))
+            tls_problem = (self._tls_problem(config, host, peer)
+                           if relayhost and host not in self.refusing else None)
+            if tls_problem is not None:
+                reason, dsn, first = tls_problem
+                if first:
+                    self.log("postfix/smtp", smtp, first)
+                relay, status = peer, f"deferred ({reason})"
+                delays = f"{_seconds(max(0.0, delay - 0.07))}/0.01/0.04/0"
+                message.recipients[address] = reason
+            elif relayhost and host not in self.refusing:
+                tls = (config.get("smtp_tls_security_level", "") not in ("", "none")
+                       and self.relay_tls.get(host, FakeRelayTls()).starttls)
+                # smtp_generic_maps: applied by the SMTP client as the message leaves
+                self.relayed.append(Relayed(
+                    message.id, self._map_address(generic, message.sender, config), address,
+                    peer, self._sasl_username(relayhost[0]), tls,
+                    self._map_address(generic, message.header_from or message.sender, config)))
                 relay, dsn, status = peer, "2.0.0", "sent (250 2.0.0 Ok: queued)"
                 delays = f"{_seconds(max(0.0, delay - 0.12))}/0.01/0.05/0.06"
                 del message.recipients[address]

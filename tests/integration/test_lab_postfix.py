@@ -81,7 +81,9 @@ def test_seed_story_on_postfix(pf_host: LabHost, pf_ops: OpsRunner) -> None:
     code, result = pf_ops("set-smarthost", body=SMARTHOST)
     assert code == 0 and result["ok"] and result["changed"] and not result["rolled_back"], result
     assert result["data"]["smarthost"] == {"host": "smarthost.lab.test", "port": SINK_PORT,
-                                           "mx": False, "mailer": "relay", "auth": None}
+                                           "mx": False, "mailer": "relay", "auth": None,
+                                           "tls": {"mode": "may", "ca_file": None},
+                                           "masquerade": None}
     assert result["data"]["config_in_sync"] is True
     names = [s["name"] for s in result["steps"]]
     for expected in ("backup", "swap", "postfix check", "reload", "verify"):

@@ -68,24 +68,24 @@ def test_edits_with_auth_turn_sasl_on_and_make_tls_encrypt() -> None:
     assert "S3cret" not in repr(edits.postconf_args())
 
 
-def test_edits_keep_a_stronger_tls_level() -> None:
+def test_edits_set_the_requested_tls_level_whatever_was_there() -> None:
     request = SmarthostRequest("relay.example.com", auth=SmtpAuth("pbx", "pw"))
     edits = pfconf.smarthost_edits(request, {"smtp_tls_security_level": "verify"}, "lmdb",
                                    "/etc/postfix/sasl_passwd")
-    assert "smtp_tls_security_level" not in edits.set
+    assert edits.set["smtp_tls_security_level"] == "encrypt"
     assert edits.set["smtp_sasl_password_maps"] == "lmdb:/etc/postfix/sasl_passwd"
 
 
-def test_tls_raised_with_relayfleets_credentials_goes_back_to_may_without_them() -> None:
-    ours = {"smtp_sasl_password_maps": "hash:/etc/postfix/sasl_passwd",
-            "smtp_tls_security_level": "encrypt"}
-    for request in (None, SmarthostRequest("relay.example.com")):
-        edits = pfconf.smarthost_edits(request, ours, "hash", "/etc/postfix/sasl_passwd")
-        assert edits.set.get("smtp_tls_security_level") == "may"
-    # an encrypt level someone else chose (no relayfleet map) is theirs to keep
-    theirs = {"smtp_tls_security_level": "encrypt"}
-    assert "smtp_tls_security_level" not in pfconf.smarthost_edits(
-        None, theirs, "hash", "/etc/postfix/sasl_passwd").set
+def test_a_required_tls_level_goes_back_to_may_without_credentials() -> None:
+    for level in ("encrypt", "verify", "secure"):
+        now = {"smtp_tls_security_level": level}
+        for request in (None, SmarthostRequest("relay.example.com")):
+            edits = pfconf.smarthost_edits(request, now, "hash", "/etc/postfix/sasl_passwd")
+            assert edits.set.get("smtp_tls_security_level") == "may"
+    # removing leaves a level relayfleet never writes alone
+    for level in ("", "none", "dane"):
+        assert "smtp_tls_security_level" not in pfconf.smarthost_edits(
+            None, {"smtp_tls_security_level": level}, "hash", "/etc/postfix/sasl_passwd").set
 
 
 def test_removing_several_keys_from_the_map() -> None:
@@ -95,7 +95,8 @@ def test_removing_several_keys_from_the_map() -> None:
 
 def test_edits_without_auth_take_sasl_out_and_remove_takes_relayhost_out() -> None:
     plain = pfconf.smarthost_edits(SmarthostRequest("relay.example.com"), {}, "hash", "/x")
-    assert dict(plain.set) == {"relayhost": "[relay.example.com]"}
+    assert dict(plain.set) == {"relayhost": "[relay.example.com]",
+                               "smtp_tls_security_level": "may"}
     assert plain.remove == pfconf.SASL_PARAMETERS
     gone = pfconf.smarthost_edits(None, {}, "hash", "/x")
     assert gone.set == {} and gone.remove[0] == "relayhost"

@@ -197,7 +197,9 @@ def test_set_smarthost_edits_main_cf_reloads_and_verifies() -> None:
     old_main = host.read_text(MAIN_CF)
     result = ops_for(host).set_smarthost(set_request())
     assert result.ok and result.changed and not result.rolled_back, result.error
-    assert result.data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": None}
+    assert result.data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": None,
+                                        "tls": {"mode": "may", "ca_file": None},
+                                        "masquerade": None}
     assert result.data["config_in_sync"] is True and result.data["mta_running"] is True
     assert changed_lines(result.data["diff"]) == ["-relayhost = ", f"+relayhost = {RELAYHOST}"]
     assert host.read_text(MAIN_CF) == old_main.replace("relayhost = \n",
@@ -500,7 +502,8 @@ def test_status_document() -> None:
     data = result.data
     assert (data["hostname"], data["fqdn"]) == ("pbx-deb", "pbx-deb.lab.test")
     assert data["mta"] == {"kind": "postfix", "version": "3.7.11", "running": True}
-    assert data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": {"username": "pbx"}}
+    assert data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": {"username": "pbx"},
+                                 "tls": {"mode": "encrypt", "ca_file": None}, "masquerade": None}
     assert data["config_in_sync"] is True and data["queue"]["count"] == 4
     assert isinstance(data["queue"]["oldest_age_s"], int)
     assert data["hosts_file"] == {"ok": True, "problems": []}
