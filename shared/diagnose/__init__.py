@@ -26,6 +26,8 @@ from shared.diagnose.hosts import (
     hosts_file_check,
     hosts_file_problems,
     mta_running_check,
+    not_qualified_reason,
+    short_name,
 )
 from shared.diagnose.resolver import (
     MAX_NAMESERVERS,
@@ -74,8 +76,10 @@ __all__ = [
     "hosts_file_check",
     "hosts_file_problems",
     "mta_running_check",
+    "not_qualified_reason",
     "resolver_nameservers",
     "run_checks",
+    "short_name",
     "spf_covers",
     "validate_diagnose_input",
 ]

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from shared.diagnose.check import COMMAND_TIMEOUT_S, Check, first_line, run_soft, unbracket
 from shared.errors import ExecutorError, HostUnreachable
 from shared.executor import CommandResult, Executor
+from shared.hostsfile import (
+    OWN_LOOPBACK,
+    HostsEntry,
+    canonical_entry,
+    entries,
+    names_host,
+    normal_name,
+)
 
 HOSTS_FILE = "/etc/hosts"
 
@@ -47,7 +54,22 @@ def check_hostname(executor: Executor) -> Check:
     return hostname_check(short, full)
 
 
-def _not_qualified_reason(fqdn: str) -> str | None:
+def short_name(executor: Executor) -> str:
+    """The host's short name: the first label of ``hostname`` (``uname -n`` when that gives
+    none), lowercase; "" when neither does. Only reads, without a lookup."""
+    out = run_soft(executor, HOSTNAME_COMMANDS[0][1], COMMAND_TIMEOUT_S)
+    if not first_line(out):
+        out = run_soft(executor, FALLBACK_NAME_COMMAND, COMMAND_TIMEOUT_S)
+    return _first_name(out).split(".")[0]
+
+
+def _first_name(result: CommandResult) -> str:
+    """The name a name command printed, normalised ("" when it failed or printed none)."""
+    line = first_line(result)
+    return normal_name(line.split()[0]) if line else ""
+
+
+def not_qualified_reason(fqdn: str) -> str | None:
     """Why ``fqdn`` is not a usable fully qualified name, or None if it is."""
     labels = fqdn.split(".")
     if not fqdn:
@@ -61,14 +83,12 @@ def _not_qualified_reason(fqdn: str) -> str | None:
 
 def hostname_check(short: CommandResult, full: CommandResult) -> Check:
     """Judge the short-name command's and ``hostname -f``'s results."""
-    name = first_line(short).split()[0].lower().rstrip(".") if first_line(short) else ""
-    fqdn_out = first_line(full)
-    fqdn = fqdn_out.split()[0].lower().rstrip(".") if fqdn_out else ""
+    name, fqdn = _first_name(short), _first_name(full)
     source = "hostname -f"
     if not fqdn:
         fqdn, source = name, short.argv[0] if short.argv else "hostname"
     data: dict[str, Any] = {"hostname": name.split(".")[0], "fqdn": fqdn, "source": source}
-    reason = _not_qualified_reason(fqdn)
+    reason = not_qualified_reason(fqdn)
     if reason is None:
         return Check("hostname_fqdn", True, f"fully qualified as {fqdn}", data)
     if not full.ok and name:
@@ -76,74 +96,97 @@ def hostname_check(short: CommandResult, full: CommandResult) -> Check:
                    " /etc/hosts should map it)")
     return Check("hostname_fqdn", False,
                  f"{reason}: give the host a name like pbx1.example.com (hostname, and "
-                 "'<address> pbx1.example.com pbx1' in /etc/hosts)", data)
+                 "'<address> pbx1.example.com pbx1' in /etc/hosts; when the short name is "
+                 "right, fix_hostname with the domain does the /etc/hosts part)", data)
 
 
 # -- /etc/hosts ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _HostsLine:
-    number: int
-    address: str
-    names: tuple[str, ...]
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-
-
-def _parse_hosts(text: str) -> list[_HostsLine]:
-    lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        fields_ = raw.split("#", 1)[0].split()
-        if len(fields_) < 2:
-            continue
-        try:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = (
-                ipaddress.ip_address(fields_[0].split("%", 1)[0]))
-        except ValueError:
-            ip = None
-        lines.append(_HostsLine(number, fields_[0], tuple(n.lower().rstrip(".")
-                                                          for n in fields_[1:]), ip))
-    return lines
+#: what every failing /etc/hosts detail ends with
+FIX_HOSTS_HINT = ("run fix_hostname (relayfleet-ops fix-hostname --domain DOMAIN, or a "
+                  "fix_hostname job): it edits /etc/hosts so and tells the MTA")
 
 
 def hosts_file_problems(hosts_text: str, hostname: str, fqdn: str) -> list[str]:
-    """What is wrong with /etc/hosts for this host, as sentences saying what to fix."""
-    hostname, fqdn = hostname.lower().rstrip("."), fqdn.lower().rstrip(".")
-    if _not_qualified_reason(fqdn) is not None:
-        return [f"cannot check /etc/hosts without a fully qualified host name (the host calls "
-                f"itself {fqdn or hostname!r}): fix the host name first"]
+    """What is wrong with /etc/hosts for this host, as sentences saying what to fix.
+
+    Right is what :mod:`shared.hostsfile` says the resolver needs: the first line naming the
+    host puts the FQDN first and the short name after it, on the host's own address or on a
+    loopback address of its own (Debian's ``127.0.1.1 FQDN SHORT``), not on localhost's.
+    """
+    by_hand, fixable = _problems(hosts_text, hostname, fqdn)
+    return [*by_hand, *fixable]
+
+
+def _problems(hosts_text: str, hostname: str, fqdn: str) -> tuple[list[str], list[str]]:
+    """(problems for a person, problems fix_hostname fixes)."""
+    hostname, fqdn = normal_name(hostname), normal_name(fqdn)
+    if not_qualified_reason(fqdn) is not None:
+        return [], [f"cannot check /etc/hosts without a fully qualified host name (the host "
+                    f"calls itself {fqdn or hostname!r}): fix the host name first"]
     short = (hostname or fqdn).split(".")[0]
-    example = f"'192.0.2.10 {fqdn} {short}' (with this host's own address)"
-    lines = _parse_hosts(hosts_text)
-    ours = {fqdn, short}
+    lines = entries(hosts_text)
+    return _unparsable(lines, short, fqdn), _misnamed(lines, short, fqdn)
+
+
+def _unparsable(lines: list[HostsEntry], short: str, fqdn: str) -> list[str]:
+    """Lines naming the host whose address does not parse (the resolver skips them, and so
+    does fix_hostname: what they meant is for a person to say)."""
+    return [f"line {line.number}: {line.address!r} is not an IP address: fix or remove the "
+            "line" for line in lines if line.ip is None and line.names_any(short, fqdn)]
+
+
+def _misnamed(lines: list[HostsEntry], short: str, fqdn: str) -> list[str]:
+    """What makes the host's name resolve to something other than ``fqdn`` (what
+    fix_hostname fixes)."""
+    example = (f"'192.0.2.10 {fqdn} {short}' (with this host's own address) or Debian's "
+               f"'{OWN_LOOPBACK} {fqdn} {short}'")
+    first = canonical_entry(lines, short, fqdn)
+    if first is None:
+        return [f"/etc/hosts has no line for {fqdn}: add {example}"]
+    if names_host(first, short, fqdn):
+        return []
     problems: list[str] = []
-    for line in lines:
-        if line.ip is None and ours & set(line.names):
-            problems.append(f"line {line.number}: {line.address!r} is not an IP address: "
-                            f"fix or remove the line")
     with_fqdn = [ln for ln in lines if ln.ip is not None and fqdn in ln.names]
+    good = next((ln for ln in lines if names_host(ln, short, fqdn)), None)
+    if good is not None:
+        before = f" before the line for {good.address}"
+        problems.append(f"{_first_says(first, short, fqdn, before)}: move the {good.address} "
+                        "line above it"
+                        + (f", or take {_named(first, short, fqdn)} off line {first.number}"
+                           if first.for_localhost else ""))
+        return problems
+    if with_fqdn and all(ln.for_localhost for ln in with_fqdn):
+        where = ", ".join(ln.address for ln in with_fqdn)
+        problems.append(f"{fqdn} is only mapped to the loopback address {where}, which is "
+                        f"localhost's: map it to the host's own address instead, e.g. {example}")
+        return problems
+    if first.for_localhost:
+        problems.append(f"{_first_says(first, short, fqdn, ' first')}: take "
+                        f"{_named(first, short, fqdn)} off that line")
     if not with_fqdn:
         return [*problems, f"/etc/hosts has no line for {fqdn}: add {example}"]
-    public = [ln for ln in with_fqdn if ln.ip is not None and not ln.ip.is_loopback]
-    if not public:
-        where = ", ".join(ln.address for ln in with_fqdn)
-        problems.append(f"{fqdn} is only mapped to the loopback address {where}: map it to the "
-                        f"host's own address instead, e.g. {example}")
-        return problems
-    for line in public:
-        if line.names[0] != fqdn:
-            problems.append(f"on the line for {line.address} (line {line.number}), put {fqdn} "
-                            f"first, then {short}: sendmail takes the host's canonical name "
-                            f"from the first name")
-        if short not in line.names:
-            problems.append(f"add the short name {short} to the line for {line.address} "
-                            f"(line {line.number})")
-    first = next(ln for ln in lines if ln.ip is not None and ours & set(ln.names))
-    if first not in public:
-        named = " and ".join(n for n in (fqdn, short) if n in first.names)
-        problems.append(f"line {first.number} ({first.address}) names {named} before the line "
-                        f"for {public[0].address}: name lookups take the first matching line, "
-                        f"so move the {public[0].address} line above it")
+    target = next(ln for ln in lines if ln.ip is not None and not ln.for_localhost
+                  and ln.names_any(short, fqdn))
+    if target.names[0] != fqdn:
+        problems.append(f"on the line for {target.address} (line {target.number}), put {fqdn} "
+                        f"first, then {short}: sendmail takes the host's canonical name from "
+                        "the first name")
+    if short not in target.names:
+        problems.append(f"add the short name {short} to the line for {target.address} "
+                        f"(line {target.number})")
     return problems
+
+
+def _named(line: HostsEntry, short: str, fqdn: str) -> str:
+    return " and ".join(n for n in (fqdn, short) if n in line.names)
+
+
+def _first_says(first: HostsEntry, short: str, fqdn: str, where: str) -> str:
+    """What the first line naming the host makes of it, when that is not right."""
+    return (f"line {first.number} ({first.address}) names {_named(first, short, fqdn)}{where}:"
+            " name lookups take the first matching line, so the host's canonical name is "
+            f"{first.names[0]!r} (sendmail greets relays with it)")
 
 
 def check_hosts_file(executor: Executor, hostname: str, fqdn: str) -> Check:
@@ -160,12 +203,18 @@ def check_hosts_file(executor: Executor, hostname: str, fqdn: str) -> Check:
 
 def hosts_file_check(text: bytes | None, hostname: str, fqdn: str) -> Check:
     """Judge /etc/hosts (None when missing)."""
+    by_hand: list[str] = []
     if text is None:
-        problem = f"{HOSTS_FILE} is missing: create it with a line '<address> {fqdn} {hostname}'"
-        return Check("hosts_file", False, problem, {"problems": [problem]})
-    problems = hosts_file_problems(text.decode("utf-8", "replace"), hostname, fqdn)
-    detail = "; ".join(problems) if problems else f"{HOSTS_FILE} maps {fqdn} correctly"
-    return Check("hosts_file", not problems, detail, {"problems": problems})
+        fixable = [f"{HOSTS_FILE} is missing: create it with a line "
+                   f"'<address> {fqdn} {hostname}'"]
+    else:
+        by_hand, fixable = _problems(text.decode("utf-8", "replace"), hostname, fqdn)
+    problems = [*by_hand, *fixable]
+    if not problems:
+        return Check("hosts_file", True, f"{HOSTS_FILE} maps {fqdn} correctly",
+                     {"problems": []})
+    hint = f"; to fix: {FIX_HOSTS_HINT}" if fixable else ""
+    return Check("hosts_file", False, "; ".join(problems) + hint, {"problems": problems})
 
 
 # -- MTA daemon ------------------------------------------------------------------------------

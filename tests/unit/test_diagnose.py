@@ -487,6 +487,9 @@ def _problems(text: str) -> list[str]:
     "192.168.10.10 SipServer1.OurTest.COM sipserver1 # the PBX\n",
     "127.0.0.1 localhost\n2001:db8::10 sipserver1.ourtest.com sipserver1\n",
     "# 10.0.0.1 sipserver1\n\n192.168.10.10\tsipserver1.ourtest.com\tsipserver1 pbx\n",
+    # Debian's own convention: the host's name on a loopback address of its own
+    "127.0.0.1\tlocalhost\n127.0.1.1\tsipserver1.ourtest.com sipserver1\n",
+    "127.0.1.1 sipserver1.ourtest.com sipserver1\n10.9.9.9 sipserver1\n",
 ])
 def test_good_hosts_files(text: str) -> None:
     assert _problems(text) == []
@@ -498,7 +501,6 @@ def test_good_hosts_files(text: str) -> None:
      ["no line for"]),
     ("127.0.0.1 sipserver1.ourtest.com sipserver1 localhost\n",
      ["only mapped to the loopback address 127.0.0.1", "map it to the host's own address"]),
-    ("127.0.1.1 sipserver1.ourtest.com sipserver1\n", ["loopback address 127.0.1.1"]),
     ("::1 sipserver1.ourtest.com sipserver1\n", ["loopback address ::1"]),
     ("192.168.10.10 sipserver1 sipserver1.ourtest.com\n",
      ["put sipserver1.ourtest.com first, then sipserver1", "canonical name"]),
@@ -527,7 +529,14 @@ def test_check_hosts_file() -> None:
     assert good.ok is True and good.data == {"problems": []}
     bad = check_hosts_file(_pbx(hosts="127.0.0.1 localhost sipserver1\n"),
                            "sipserver1", "sipserver1.ourtest.com")
-    assert bad.ok is False and bad.detail == bad.data["problems"][0]
+    assert bad.ok is False and bad.detail.startswith("; ".join(bad.data["problems"]))
+    assert [p.split(":")[0] for p in bad.data["problems"]] == [
+        "line 1 (127.0.0.1) names sipserver1 first",
+        "/etc/hosts has no line for sipserver1.ourtest.com"]
+    assert "canonical name is 'localhost'" in bad.detail
+    assert bad.detail.endswith("to fix: run fix_hostname (relayfleet-ops fix-hostname --domain "
+                               "DOMAIN, or a fix_hostname job): it edits /etc/hosts so and "
+                               "tells the MTA")
     missing = check_hosts_file(_pbx(hosts=None), "sipserver1", "sipserver1.ourtest.com")
     assert missing.ok is False and "/etc/hosts is missing" in missing.detail
 
