@@ -2,7 +2,10 @@
 
 A :class:`Lab` owns a bridge in the root network namespace, a DNS server for the lab
 (dnsmasq: A, MX and SPF TXT records), and SMTP sinks acting as smarthosts: one that
-accepts, one that refuses, one that never answers. Each :class:`LabHost` is a network
+accepts, one that refuses, one that never answers; :meth:`Lab.start_relay` adds
+relay-grade smarthosts (STARTTLS with certificates from the lab's CA, AUTH, Google-style
+refusals: :mod:`tests.lab.relay`), and :meth:`LabHost.trust_lab_ca` makes a host trust that
+CA. Each :class:`LabHost` is a network
 namespace with a veth into the bridge, plus a holder process in its own mount and UTS
 namespaces; per-host files are bind-mounted over ``/etc/mail``, ``/etc/hosts``,
 ``/etc/resolv.conf``, the queues, ``/run``, ``/var/log`` and ``/dev/log``, so Debian's

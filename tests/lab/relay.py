@@ -46,6 +46,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -77,6 +78,8 @@ _REASONS = (("530 5.7.0 Authentication required", "auth-required"),
             ("535", "auth-failed"))
 #: what a client may say before STARTTLS where it is required (RFC 3207's few, and HELO)
 _BEFORE_STARTTLS = frozenset({*ALLOWED_BEFORE_STARTTLS, "HELO", "RSET"})
+#: RFC 4954's MAIL parameter (sendmail sends ``AUTH=<>``), which aiosmtpd does not know
+_MAIL_AUTH_PARAMETER = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)
 _BASE64_TOKEN = re.compile(rb"[A-Za-z0-9+/]{4,}={0,2}")
 
 
@@ -207,6 +210,8 @@ class RelaySMTP(SMTP):
                 self.reason = "starttls-required"
                 await self.push(STARTTLS_REFUSAL)
                 return
+            if verb == "MAIL" and arg:
+                arg = _MAIL_AUTH_PARAMETER.sub("", arg)  # accepted and ignored, as relays do
             try:
                 await method(arg)
             except TLSSetupException as error:
@@ -390,9 +395,10 @@ class Relay:
     process: subprocess.Popen[bytes] | None = None
 
     def launch(self, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-        """Start the relay process in a session of its own (credentials go to a 0600 file
-        in the spool); the caller waits for its port."""
-        self.spool.mkdir(parents=True, exist_ok=True)
+        """Start the relay process in a session of its own, on an empty spool (credentials
+        go to a 0600 file in it); the caller waits for its port."""
+        shutil.rmtree(self.spool, ignore_errors=True)  # records of an earlier run are not ours
+        self.spool.mkdir(parents=True)
         argv = [sys.executable, "-m", "tests.lab.relay", "--listen",
                 f"{self.address}:{self.port}", "--spool", str(self.spool), "--mode", self.mode,
                 "--hostname", self.fqdn]
