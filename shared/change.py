@@ -222,7 +222,9 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             smarthost_host=smarthost["host"] if smarthost else None,
             smarthost_port=smarthost["port"] if smarthost else 25,
             domain=domain, public_ip=public_ip,
-            config_check=diag.Check("config_in_sync", in_sync and not problems, detail))
+            config_check=diag.Check("config_in_sync", in_sync and not problems, detail),
+            ehlo_name=self._ehlo_name_or_none(),
+            tls=smarthost.get("tls") if smarthost else None)
         checks[1:1] = self._mta_checks(checks[0])
         result.data = {"checks": [c.to_dict() for c in checks]}
         result.ok = all(c.ok is not False for c in checks)
@@ -645,6 +647,20 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             said += (f"; {label} is running, maybe with the configuration it had before "
                      f"({self._finish_by_hand()} to be sure)")
         return said
+
+    @abc.abstractmethod
+    def _ehlo_name(self) -> str | None:
+        """The name the MTA greets relays with in EHLO, as it would compute it (None: it
+        cannot tell)."""
+
+    def _ehlo_name_or_none(self) -> str | None:
+        """:meth:`_ehlo_name`, None when the MTA cannot be asked (the host's name is used)."""
+        try:
+            return self._ehlo_name()
+        except HostUnreachable:
+            raise
+        except RelayfleetError:
+            return None
 
 
 def fail(result: OperationResult, *problems: RelayfleetError,

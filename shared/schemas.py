@@ -30,6 +30,7 @@ from shared.mta import (
     flush_selector_errors,
     hostname_choice_errors,
 )
+from shared.sendmail.maillog import PROBLEMS
 
 
 class FullRegexp(validate.Regexp):
@@ -386,10 +387,24 @@ class LogRecordSchema(Schema):
                           attribute="fields", data_key="fields")
     message = fields.String(required=True)
     recipients = fields.List(fields.String(), required=True)
+    # not required: agents from before it answer without it
+    problem = fields.String(allow_none=True, load_default=None,
+                            validate=validate.OneOf(PROBLEMS),
+                            metadata={"description": "the relay problem the line shows"})
+
+
+class ProblemCountSchema(Schema):
+    """How many maillog lines show one relay problem."""
+
+    problem = fields.String(required=True, validate=validate.OneOf(PROBLEMS))
+    label = fields.String(required=True)
+    lines = WholeInteger(required=True)
+    deliveries = WholeInteger(required=True, metadata={
+        "description": "the part of lines that are delivery attempts (to= lines)"})
 
 
 class LogSummarySchema(Schema):
-    """Counts by stat and by outcome."""
+    """Counts by stat, by outcome and by relay problem."""
 
     deliveries = WholeInteger(required=True)
     by_stat = fields.Dict(keys=fields.String(), values=WholeInteger(), required=True)
@@ -399,6 +414,7 @@ class LogSummarySchema(Schema):
     other = WholeInteger(required=True)
     local_handoffs = WholeInteger(required=True, metadata={
         "description": "sends that only passed mail from the submission program to the MTA"})
+    problems = fields.List(fields.Nested(ProblemCountSchema), load_default=list)
 
 
 class LogSchema(Schema):
@@ -411,7 +427,12 @@ class LogSchema(Schema):
 class CheckSchema(Schema):
     """One diagnose check (ok is null when it did not apply)."""
 
-    name = fields.String(required=True)
+    name = fields.String(required=True, metadata={
+        "description": "hostname_fqdn, hosts_file, mta_running, config_in_sync, "
+                       "smarthost_resolves, smarthost_smtp (data.ehlo_name: the name the MTA "
+                       "greets with), smarthost_tls (STARTTLS from the host: version, cipher, "
+                       "verified, verify_error, names, name_matches, days_left, "
+                       "auth_after_tls), spf; an MTA may add its own (myhostname)"})
     ok = fields.Boolean(allow_none=True, required=True)
     detail = fields.String(required=True)
     data = fields.Dict(required=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from shared.diagnose.check import Check
 from shared.diagnose.hosts import (
@@ -18,8 +19,9 @@ from shared.diagnose.resolver import (
     reachable_nameservers,
     resolver_nameservers,
 )
-from shared.diagnose.smtp import check_smtp
+from shared.diagnose.smtp import probe_smtp
 from shared.diagnose.spf import check_spf
+from shared.diagnose.tls import read_ca_bundle, tls_check
 from shared.errors import HostUnreachable, RelayfleetError
 from shared.executor import Executor
 from shared.profile import HostProfile
@@ -44,11 +46,37 @@ def _guarded(name: str, run: Callable[[], Check]) -> Check:
         return Check(name, False, f"could not check: {exc.message}")
 
 
+def _smarthost_checks(executor: Executor, profile: HostProfile, host: str, port: int, *,
+                      helo: str, tls: Mapping[str, Any] | None,
+                      timeout_s: float) -> list[Check]:
+    """smarthost_resolves, smarthost_smtp and smarthost_tls."""
+    resolved = _guarded("smarthost_resolves", lambda: check_resolves(executor, host))
+    if not resolved.ok:
+        why = f"not tried: {host} does not resolve on this host"
+        return [resolved, Check("smarthost_smtp", False, why, {"host": host, "port": port}),
+                Check("smarthost_tls", None, why)]
+    mode = str(tls.get("mode")) if tls and tls.get("mode") else None
+    ca_file = str(tls.get("ca_file")) if tls and tls.get("ca_file") else None
+    bundle = read_ca_bundle(executor, ca_file, profile.ca_bundle)
+    probe = probe_smtp(executor, host, port, timeout_s, helo, bundle=bundle)
+    if probe.tls is None:
+        tls_check_ = Check("smarthost_tls", None, "not tried: the relay did not answer EHLO "
+                           "(see smarthost_smtp)", {"mode": mode})
+    else:
+        tls_check_ = tls_check(probe.tls, probe.where, mode)
+    return [resolved, probe.check, tls_check_]
+
+
 def run_checks(executor: Executor, profile: HostProfile, *, smarthost_host: str | None,
                smarthost_port: int, domain: str | None, public_ip: str | None,
                config_check: Check | None, resolver: TxtAResolver | None = None,
-               timeout_s: float = 10.0) -> list[Check]:
-    """All checks in the seed story's order (config_check is left out when None)."""
+               timeout_s: float = 10.0, ehlo_name: str | None = None,
+               tls: Mapping[str, Any] | None = None) -> list[Check]:
+    """All checks in the seed story's order (config_check is left out when None).
+
+    ``ehlo_name`` is the name the host's MTA greets relays with (None: the host's own
+    name); ``tls`` the smarthost's ``{mode, ca_file}`` when the MTA's configuration says.
+    """
     domain, public_ip = validate_diagnose_input(domain, public_ip)
     name = _guarded("hostname_fqdn", lambda: check_hostname(executor))
     hostname = str(name.data.get("hostname", ""))
@@ -59,19 +87,13 @@ def run_checks(executor: Executor, profile: HostProfile, *, smarthost_host: str 
     if config_check is not None:
         checks.append(config_check)
     if not smarthost_host:
-        checks.append(Check("smarthost_resolves", False, NO_SMARTHOST))
-        checks.append(Check("smarthost_smtp", False, NO_SMARTHOST))
+        checks += [Check("smarthost_resolves", False, NO_SMARTHOST),
+                   Check("smarthost_smtp", False, NO_SMARTHOST),
+                   Check("smarthost_tls", None, NO_SMARTHOST)]
     else:
-        host = smarthost_host
-        resolved = _guarded("smarthost_resolves", lambda: check_resolves(executor, host))
-        checks.append(resolved)
-        if resolved.ok:
-            helo = fqdn or hostname or "localhost.localdomain"
-            checks.append(_guarded("smarthost_smtp", lambda: check_smtp(
-                executor, host, smarthost_port, timeout_s, helo)))
-        else:
-            checks.append(Check("smarthost_smtp", False, f"not tried: {host} does not resolve "
-                                "on this host", {"host": host, "port": smarthost_port}))
+        helo = ehlo_name or fqdn or hostname or "localhost.localdomain"
+        checks += _smarthost_checks(executor, profile, smarthost_host, smarthost_port,
+                                    helo=helo, tls=tls, timeout_s=timeout_s)
     if domain and public_ip and resolver is None:
         try:
             servers = reachable_nameservers(executor, resolver_nameservers(executor))

@@ -1,19 +1,40 @@
-"""The SMTP probe: banner, EHLO (HELO as fallback) and the STARTTLS/AUTH offer of a server.
+"""The SMTP probe: banner, EHLO (HELO as fallback), and STARTTLS as the host's MTA does it.
 
 The TCP connection starts *on the host* (``Executor.open_tcp``: a local socket, or an SSH
-``direct-tcpip`` channel), so the probe sees what the host's own MTA would see.
+``direct-tcpip`` channel), so the probe sees what the host's own MTA would see. It greets
+with the name the MTA greets with, and when STARTTLS is offered it negotiates TLS over that
+stream (:mod:`.tls`) and asks EHLO again, for the AUTH mechanisms offered over TLS. It never
+sends AUTH or any credential.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from shared.diagnose.check import Check, unbracket
+from shared.diagnose.tls import (
+    CaBundle,
+    TlsFacts,
+    TlsStream,
+    client_context,
+    ssl_reason,
+    unverified_context,
+)
 from shared.errors import ExecutorError, HostUnreachable
 from shared.executor import ByteStream, Executor
+
+#: EHLO answers meaning "EHLO is not known here" (an old server: HELO then); any other
+#: refusal is about the name given
+_EHLO_UNKNOWN = frozenset({500, 502})
+#: what was awaited in each phase, for a timeout's message
+_AWAITED = {"banner": "greeting", "ehlo": "EHLO", "helo": "HELO",
+            "starttls": "answer to STARTTLS", "tls": "TLS handshake",
+            "ehlo_tls": "EHLO answer over TLS"}
 
 
 class _SmtpProtocolError(Exception):
@@ -85,8 +106,26 @@ def _error_kind(message: str) -> str:
     return "connect"
 
 
-def _smtp_dialog(reader: _SmtpReader, where: str, helo_name: str,
-                 data: dict[str, Any]) -> Check:
+@dataclass
+class SmtpProbe:
+    """The ``smarthost_smtp`` check and, once EHLO was answered, the STARTTLS facts."""
+
+    check: Check
+    #: ``host:port`` as messages name it
+    where: str
+    tls: TlsFacts | None = None
+
+
+class _VerifyFailed(Exception):
+    """The relay's chain did not verify: the handshake was aborted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _greet(reader: _SmtpReader, where: str, helo_name: str, data: dict[str, Any]) -> Check | None:
+    """Banner and EHLO (HELO when EHLO is unknown); the failed check, or None when greeted."""
     data["phase"] = "banner"
     code, banner = reader.reply()
     data["banner"] = "\n".join(banner)
@@ -99,6 +138,12 @@ def _smtp_dialog(reader: _SmtpReader, where: str, helo_name: str,
     code, ehlo = reader.reply()
     if code != 250:
         data["ehlo_reply"] = f"{code} {' '.join(ehlo)}".rstrip()
+        if code not in _EHLO_UNKNOWN:
+            # Google's smtp-relay: "421 4.7.0 Try again later, closing connection. (EHLO)"
+            data["error"] = "ehlo_refused"
+            return Check("smarthost_smtp", False, f"{where} refuses this host's EHLO name "
+                         f"{helo_name}: {data['ehlo_reply']}; relays want a fully qualified "
+                         "name: run fix_hostname, then diagnose again", data)
         data["phase"] = "helo"
         reader.send(f"HELO {helo_name}")
         code, helo = reader.reply()
@@ -114,9 +159,69 @@ def _smtp_dialog(reader: _SmtpReader, where: str, helo_name: str,
     data["capabilities"] = capabilities
     data["starttls"] = any(c.upper() == "STARTTLS" for c in capabilities)
     data["auth"] = _auth_mechanisms(capabilities)
-    data["phase"] = "quit"
-    with contextlib.suppress(OSError, ConnectionError):
-        reader.send("QUIT")
+    return None
+
+
+def _starttls(reader: _SmtpReader, helo_name: str, facts: TlsFacts, context: ssl.SSLContext,
+              data: dict[str, Any]) -> bool:
+    """STARTTLS, the handshake, EHLO over TLS; whether the connection can still say QUIT."""
+    data["phase"] = "starttls"
+    reader.send("STARTTLS")
+    code, answer = reader.reply()
+    if code != 220:
+        facts.error = f"it answered STARTTLS with {code} {' '.join(answer)}".rstrip()
+        return True
+    if reader.buffer:
+        # bytes sent before the handshake would pass for ones sent over TLS
+        raise _SmtpProtocolError("it sent more after agreeing to STARTTLS; TLS not started")
+    data["phase"] = "tls"
+    stream = TlsStream(reader.stream, context, facts.name)
+    try:
+        stream.handshake(reader.timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        raise _VerifyFailed(ssl_reason(exc)) from exc
+    except ssl.SSLError as exc:
+        facts.error = f"TLS handshake failed: {ssl_reason(exc)}"
+        return False
+    facts.learn(stream)
+    reader.stream = stream
+    data["phase"] = "ehlo_tls"
+    reader.send(f"EHLO {helo_name}")
+    code, ehlo = reader.reply()
+    if code == 250:
+        facts.auth = _auth_mechanisms([c.strip() for c in ehlo[1:]])
+    else:
+        facts.error = f"it answered EHLO over TLS with {code} {' '.join(ehlo)}".rstrip()
+    return True
+
+
+def _tls_failure(exc: Exception, phase: str, timeout_s: float) -> str:
+    """What went wrong in a TLS phase, in words."""
+    if isinstance(exc, TimeoutError):
+        return f"no {_AWAITED.get(phase, 'reply')} within {timeout_s:g}s"
+    if isinstance(exc, _SmtpProtocolError):
+        return str(exc)
+    return f"the connection dropped during {_AWAITED.get(phase, phase)}: {exc}"
+
+
+def _dialog(reader: _SmtpReader, where: str, helo_name: str, data: dict[str, Any], *,
+            facts: TlsFacts, context: ssl.SSLContext) -> Check:
+    refused = _greet(reader, where, helo_name, data)
+    if refused is not None:
+        return refused
+    facts.offered = bool(data["starttls"])
+    usable = True
+    if facts.offered:
+        try:
+            usable = _starttls(reader, helo_name, facts, context, data)
+        except (TimeoutError, _SmtpProtocolError, OSError, ConnectionError) as exc:
+            # the relay greeted this host: what failed is TLS, which smarthost_tls reports
+            facts.error = _tls_failure(exc, str(data.get("phase")), reader.timeout_s)
+            usable = False
+    if usable:
+        data["phase"] = "quit"
+        with contextlib.suppress(OSError, ConnectionError):
+            reader.send("QUIT")
     data.pop("phase")
     if not data["esmtp"]:
         return Check("smarthost_smtp", True, f"{where} accepts HELO but not EHLO: it offers "
@@ -126,35 +231,33 @@ def _smtp_dialog(reader: _SmtpReader, where: str, helo_name: str,
         auth = f"AUTH {' '.join(data['auth'])}"
     else:
         auth = "no AUTH before STARTTLS" if data["starttls"] else "no AUTH"
+    if facts.started:
+        auth += (f", AUTH {' '.join(facts.auth)} after TLS" if facts.auth
+                 else ", no AUTH after TLS")
     return Check("smarthost_smtp", True, f"{where} accepts EHLO {helo_name}, {tls}, {auth}",
                  data)
 
 
-def check_smtp(executor: Executor, host: str, port: int, timeout_s: float,
-               helo_name: str) -> Check:
-    """Banner, EHLO and the STARTTLS/AUTH offer of the smarthost, seen from the host."""
-    name, _ = unbracket(host)
+def _session(executor: Executor, name: str, port: int, timeout_s: float, helo_name: str, *,
+             facts: TlsFacts, context: ssl.SSLContext) -> Check:
+    """One connection from the host: the dialog, or the check saying why it failed."""
     where = f"{name}:{port}"
-    data: dict[str, Any] = {"host": name, "port": port}
-    if not (0 < port < 65536):
-        return Check("smarthost_smtp", False, f"port {port} is not a TCP port", data)
-    if not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]{1,255}", helo_name):
-        helo_name = "localhost.localdomain"
+    data: dict[str, Any] = {"host": name, "port": port, "ehlo_name": helo_name}
     try:
-        stream = executor.open_tcp(name, port, timeout_s)
+        stream: ByteStream = executor.open_tcp(name, port, timeout_s)
     except HostUnreachable:
         raise
     except ExecutorError as exc:
         data["error"] = _error_kind(exc.message)
         return Check("smarthost_smtp", False, f"cannot connect to {where}: {exc.message}", data)
+    reader = _SmtpReader(stream, timeout_s)
     try:
-        return _smtp_dialog(_SmtpReader(stream, timeout_s), where, helo_name, data)
+        return _dialog(reader, where, helo_name, data, facts=facts, context=context)
     except TimeoutError:
         data["error"] = "timeout"
-        waited = {"banner": "greeting", "ehlo": "EHLO", "helo": "HELO"}.get(
-            str(data.get("phase")), "reply")
         return Check("smarthost_smtp", False, f"{where} accepted the connection but sent no "
-                     f"{waited} within {timeout_s:g}s", data)
+                     f"{_AWAITED.get(str(data.get('phase')), 'reply')} within {timeout_s:g}s",
+                     data)
     except _SmtpProtocolError as exc:
         data["error"] = "protocol"
         return Check("smarthost_smtp", False, f"{where} does not speak SMTP: {exc}", data)
@@ -164,4 +267,40 @@ def check_smtp(executor: Executor, host: str, port: int, timeout_s: float,
                      f"{data.get('phase', 'the dialog')}: {exc}", data)
     finally:
         with contextlib.suppress(Exception):
-            stream.close()
+            reader.stream.close()
+
+
+def probe_smtp(executor: Executor, host: str, port: int, timeout_s: float, helo_name: str, *,
+               bundle: CaBundle | None = None) -> SmtpProbe:
+    """Banner, EHLO, STARTTLS (verified against ``bundle``) and AUTH offers, from the host."""
+    name, _ = unbracket(host)
+    where = f"{name}:{port}"
+    if not (0 < port < 65536):
+        return SmtpProbe(Check("smarthost_smtp", False, f"port {port} is not a TCP port",
+                               {"host": name, "port": port}), where)
+    if not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]{1,255}", helo_name):
+        helo_name = "localhost.localdomain"
+    facts = TlsFacts(name, ca_bundle=bundle.path if bundle else None,
+                     ca_source=bundle.source if bundle else None)
+    context, problem = client_context(bundle)
+    try:
+        check = _session(executor, name, port, timeout_s, helo_name, facts=facts,
+                         context=context)
+        if facts.started:
+            facts.verified = True if problem is None else None
+            facts.verify_error = problem
+    except _VerifyFailed as failed:
+        # Learn the rest (version, names, expiry, AUTH over TLS) on a connection that
+        # takes the certificate as it is.
+        facts = TlsFacts(name, ca_bundle=facts.ca_bundle, ca_source=facts.ca_source)
+        check = _session(executor, name, port, timeout_s, helo_name, facts=facts,
+                         context=unverified_context())
+        facts.verified, facts.verify_error = False, failed.reason
+    answered = "esmtp" in check.data
+    return SmtpProbe(check, where, facts if answered else None)
+
+
+def check_smtp(executor: Executor, host: str, port: int, timeout_s: float,
+               helo_name: str, *, bundle: CaBundle | None = None) -> Check:
+    """Banner, EHLO, STARTTLS and the AUTH offer of the smarthost, seen from the host."""
+    return probe_smtp(executor, host, port, timeout_s, helo_name, bundle=bundle).check

@@ -36,6 +36,13 @@ Kinds are sendmail's, so that ``summarize`` reads both MTAs' records in one list
 - ``other``: the rest: ``warning:`` lines (``severity=warning``), cleanup's
   ``message-id=<..>``, qmgr's ``removed``, smtpd's ``connect from``, ``host ... said``...
 
+Each record's ``problem`` is read as for sendmail's lines (:func:`shared.sendmail.maillog.
+line_problem`), from Postfix's own words: ``Server certificate not verified``, ``certificate
+verification failed for ...`` and ``Untrusted TLS connection`` (tls_verify_failed), ``TLS is
+required, but was not offered`` (tls_required), ``SASL authentication failed`` (auth_failed),
+``Relay access denied`` (relaying_denied), a refused EHLO (ehlo_refused), other ``5.7.x``
+answers (policy_rejected).
+
 Lines of other programs give None.
 """
 

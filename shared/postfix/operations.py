@@ -570,6 +570,17 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
             detail += f" (the system's name is {fqdn})"
         return diag.Check("myhostname", True, detail, data)
 
+    def _ehlo_name(self) -> str | None:
+        """Postfix greets relays with smtp_helo_name ($myhostname unless set), expanded;
+        a Postfix without ``postconf -x`` (before 2.10) is taken to use its default."""
+        timeout = self.profile.validate_timeout_s
+        for args in (("-xh", "smtp_helo_name"), ("-h", "myhostname")):
+            out = self.executor.run(self._postconf(*args), timeout=timeout)
+            name = out.stdout_text().strip()
+            if out.ok and name:
+                return name
+        return None
+
 
 def _selected(queue: MailqReport, request: FlushRequest) -> list[str]:
     """The ids of the messages a flush request picks (all of them when it picks none);

@@ -9,6 +9,11 @@ Record kinds: ``delivery`` (``to=`` with ``stat=``), ``received`` (``from=``), `
 (a bounce or delay notice was queued: ``ID: NEWID: DSN: reason``), ``reject``
 (``reject=``), ``tls`` (``STARTTLS=``), ``auth`` (``AUTH=``), ``syserr`` (``SYSERR``),
 ``daemon`` (starting/restarting), ``other``. Lines of other programs give None.
+
+Each record names the relay problem it shows, if any (:attr:`LogRecord.problem`, one of
+:data:`PROBLEMS`), for sendmail's and Postfix's lines alike: a relay certificate that did
+not verify, TLS required but not used, AUTH refused, relaying denied, the EHLO name refused,
+another 5.7.x policy refusal.
 """
 
 from __future__ import annotations
@@ -54,6 +59,59 @@ PERMANENT_TEXTS = ("User unknown", "Host unknown", "Service unavailable", "Data 
                    "Local configuration error", "Cannot open input", "Can't create output",
                    "System file missing", "Internal error", "Unknown mailer error")
 
+#: the relay problems a line can show, each with what it means in words
+PROBLEMS: dict[str, str] = {
+    "tls_verify_failed": "certificate verification failed",
+    "tls_required": "TLS required but not used (STARTTLS not offered, failed or skipped)",
+    "auth_failed": "SMTP AUTH failed (the relay refused the login, or wanted one)",
+    "relaying_denied": "relaying denied",
+    "ehlo_refused": "the EHLO name was refused (run fix_hostname)",
+    "policy_rejected": "refused by policy (5.7.x)",
+}
+#: what each problem reads like, checked in this order (the first match names the line).
+#: sendmail's tls_server ruleset says "454 4.7.0 authentication failed" (and the other
+#: texts here) about the relay's certificate, not about SMTP AUTH: checked first.
+_PROBLEM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("tls_verify_failed", re.compile(
+        r"certificate verification failed|Server certificate not verified"
+        r"|\b[45]\.7\.0 (?:authentication failed|not authenticated|authentication required"
+        r"|no authentication requested|authentication failure \S+)$"
+        r"|\bCN .+ does not match |\bCert (?:Subject|Issuer) .+ (?:does not match"
+        r"|not acceptable)")),
+    ("tls_required", re.compile(
+        r"TLS is required, but|Cannot start TLS|encryption too weak"
+        r"|other side does not support STARTTLS|STARTTLS disabled locally"
+        r"|TLS handshake failed\.|STARTTLS failed\.|STARTTLS temporarily not possible"
+        r"|Must issue a STARTTLS command first")),
+    ("auth_failed", re.compile(
+        r"SASL authentication failed|AUTH failure|\b535[ -]|Authentication required"
+        r"|authentication credentials invalid|Invalid credentials", re.IGNORECASE)),
+    ("ehlo_refused", re.compile(
+        r"\((?:EHLO|HELO)\)|in reply to (?:EHLO|HELO) command|Helo command rejected"
+        r"|HELO/EHLO|unqualified host name")),
+    ("relaying_denied", re.compile(
+        r"Relaying (?:temporarily )?denied|Relay access denied|relay(?:ing)? not permitted"
+        r"|relaying not allowed", re.IGNORECASE)),
+    ("policy_rejected", re.compile(r"\b5\.7\.\d{1,3}\b")),
+)
+#: the fields holding a delivery's or refusal's answer (the rest of a line is addresses)
+_ANSWER_KEYS = ("stat", "reply", "reject", "reason")
+
+
+def line_problem(kind: str, fields: dict[str, str], message: str) -> str | None:
+    """The relay problem a parsed line shows (a key of :data:`PROBLEMS`), or None."""
+    if kind == "tls":  # sendmail's verify=FAIL, Postfix's "Untrusted TLS connection"
+        failed = fields.get("verify") in ("FAIL", "Untrusted")
+        return "tls_verify_failed" if failed and fields.get("STARTTLS") == "client" else None
+    if kind in ("received", "daemon"):
+        return None
+    texts = [fields[key] for key in _ANSWER_KEYS if key in fields] or [message]
+    for problem, pattern in _PROBLEM_PATTERNS:
+        if any(pattern.search(text) for text in texts):
+            return problem
+    return "policy_rejected" if fields.get("dsn", "").startswith("5.7.") else None
+
+
 
 @dataclass
 class LogRecord:
@@ -76,12 +134,17 @@ class LogRecord:
         """The addresses of ``to=`` (several, comma-separated, possible), without ``<>``."""
         return split_addresses(self.fields.get("to", ""))
 
+    @property
+    def problem(self) -> str | None:
+        """The relay problem the line shows (a key of :data:`PROBLEMS`), or None."""
+        return line_problem(self.kind, self.fields, self.message)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form: the fields plus ``recipients``."""
+        """Plain-JSON form: the fields plus ``recipients`` and ``problem``."""
         return {"timestamp": self.timestamp, "host": self.host, "program": self.program,
                 "pid": self.pid, "queue_id": self.queue_id, "kind": self.kind,
                 "fields": dict(self.fields), "message": self.message,
-                "recipients": self.recipients}
+                "recipients": self.recipients, "problem": self.problem}
 
 
 def split_addresses(text: str) -> list[str]:
@@ -274,17 +337,27 @@ def is_local_handoff(record: LogRecord) -> bool:
 
 
 def summarize(records: Iterable[LogRecord]) -> dict[str, Any]:
-    """Counts of delivery lines per stat (see summary_key) and per outcome.
+    """Counts of delivery lines per stat (see summary_key) and per outcome, and of the
+    lines naming each relay problem.
 
-    ``{deliveries, by_stat: {stat: n}, sent, deferred, bounced, other, local_handoffs}``:
-    one count per ``to=`` line (one attempt, whatever its number of recipients), most
-    frequent stat first; ``local_handoffs`` is the part of ``sent`` that only passed the
-    message from the submission program to the MTA on the same host.
+    ``{deliveries, by_stat: {stat: n}, sent, deferred, bounced, other, local_handoffs,
+    problems}``: one count per ``to=`` line (one attempt, whatever its number of
+    recipients), most frequent stat first; ``local_handoffs`` is the part of ``sent`` that
+    only passed the message from the submission program to the MTA on the same host.
+    ``problems``: ``[{problem, label, lines, deliveries}]``, most lines first: the lines
+    showing it, and how many of them are delivery attempts (one failed attempt may log
+    more than one line: sendmail's STARTTLS and ruleset lines before its ``to=`` line).
     """
     by_stat: Counter[str] = Counter()
     by_outcome: Counter[str] = Counter({"sent": 0, "deferred": 0, "bounced": 0, "other": 0})
+    problem_lines: Counter[str] = Counter()
+    problem_deliveries: Counter[str] = Counter()
     deliveries = handoffs = 0
     for record in records:
+        problem = record.problem
+        if problem is not None:
+            problem_lines[problem] += 1
+            problem_deliveries[problem] += record.kind == "delivery"
         stat = record.fields.get("stat")
         if record.kind != "delivery" or stat is None:
             continue
@@ -294,5 +367,8 @@ def summarize(records: Iterable[LogRecord]) -> dict[str, Any]:
         by_outcome[result] += 1
         if result == "sent" and is_local_handoff(record):
             handoffs += 1
+    problems = [{"problem": problem, "label": PROBLEMS[problem], "lines": lines,
+                 "deliveries": problem_deliveries[problem]}
+                for problem, lines in problem_lines.most_common()]
     return {"deliveries": deliveries, "by_stat": dict(by_stat.most_common()),
-            **dict(by_outcome), "local_handoffs": handoffs}
+            **dict(by_outcome), "local_handoffs": handoffs, "problems": problems}

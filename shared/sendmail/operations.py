@@ -363,3 +363,29 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
             return f"{prof.mc} and {prof.cf} agree"
         return (f"{prof.cf} is not compiled from the current {prof.mc}: set the smarthost "
                 "again (or run m4 and make) and restart sendmail")
+
+    def _ehlo_name(self) -> str | None:
+        """sendmail greets relays with sendmail.cf's HeloName when set, else with $j."""
+        prof = self.profile
+        identity, cf = self.executor.run_many(
+            [[prof.sendmail, "-d0.1", "-bv", "root"], read_command(prof.cf_path)],
+            timeout=prof.validate_timeout_s)
+        return sendmail_helo_name(identity.stdout_text(), cf.stdout_text() if cf.ok else "")
+
+
+#: a macro line of ``sendmail -d0.1``'s SYSTEM IDENTITY: ``(canonical domain name) $j = NAME``
+_IDENTITY_RE = re.compile(r"^\s*\([a-z ]+\) \$(?P<macro>[wjmk]) = (?P<value>\S+)\s*$",
+                          re.MULTILINE)
+
+
+def sendmail_helo_name(identity: str, cf_text: str) -> str | None:
+    """The EHLO name from ``sendmail -d0.1``'s identity and sendmail.cf: ``O HeloName=``
+    (confHELO_NAME) with $w/$j/$m/$k expanded, else $j (None: neither is known)."""
+    macros = {m.group("macro"): m.group("value") for m in _IDENTITY_RE.finditer(identity)}
+    option = re.search(r"^O HeloName=(.*)$", cf_text, re.MULTILINE)
+    if option:
+        value = re.sub(r"\$([wjmk])", lambda m: macros.get(m.group(1), m.group(0)),
+                       option.group(1).strip())
+        if value and "$" not in value:
+            return value
+    return macros.get("j")

@@ -654,7 +654,8 @@ class SmtpStub:
 
 def esmtp(caps: Sequence[str], banner: Sequence[str] = ("relay.test ESMTP ready",)
           ) -> Behaviour:
-    """A well-behaved server: (multi-line) banner, EHLO with ``caps``, QUIT."""
+    """A well-behaved server: (multi-line) banner, EHLO with ``caps``, STARTTLS refused for
+    now (TLS itself: test_diagnose_tls), QUIT."""
     def play(stub: SmtpStub, conn: socket.socket) -> None:
         conn.sendall(b"".join(f"220{'-' if i < len(banner) - 1 else ' '}{line}\r\n".encode()
                               for i, line in enumerate(banner)))
@@ -662,7 +663,9 @@ def esmtp(caps: Sequence[str], banner: Sequence[str] = ("relay.test ESMTP ready"
         lines = ["relay.test greets you", *caps]
         conn.sendall(b"".join(f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode()
                               for i, line in enumerate(lines)))
-        if stub.readline(conn) == "QUIT":
+        while (line := stub.readline(conn)) == "STARTTLS":
+            conn.sendall(b"454 4.7.0 TLS not available due to temporary reason\r\n")
+        if line == "QUIT":
             conn.sendall(b"221 bye\r\n")
     return play
 
@@ -721,7 +724,7 @@ def test_smtp_with_starttls_and_auth(smtp_server: SmtpStub) -> None:
     assert "SIZE 35882577" in check.data["capabilities"]
     assert "offers STARTTLS" in check.detail and "AUTH PLAIN LOGIN" in check.detail
     assert smtp_server.client_closed.wait(2)
-    assert smtp_server.heard == ["EHLO sipserver1.ourtest.com", "QUIT"]
+    assert smtp_server.heard == ["EHLO sipserver1.ourtest.com", "STARTTLS", "QUIT"]
 
 
 @pytest.mark.parametrize("smtp_server", [esmtp(["PIPELINING", "8BITMIME"])], indirect=True)
@@ -844,12 +847,13 @@ def test_run_checks_on_the_seed_host() -> None:
                         resolver=dns_, timeout_s=3)
     assert [c.name for c in checks] == ["hostname_fqdn", "hosts_file", "mta_running",
                                         "config_in_sync", "smarthost_resolves",
-                                        "smarthost_smtp", "spf"]
-    assert all(c.ok for c in checks), [c.to_dict() for c in checks]
+                                        "smarthost_smtp", "smarthost_tls", "spf"]
+    # the scripted relay answers STARTTLS with 500: no TLS, informational without a mode
+    assert [c.ok for c in checks] == [True] * 6 + [None, True], [c.to_dict() for c in checks]
     assert checks[2].data["pid"] == pid
     (stream,) = pbx.streams
     assert stream.script is relay and stream.closed
-    assert stream.received == ["EHLO sipserver1.ourtest.com", "QUIT"]
+    assert stream.received == ["EHLO sipserver1.ourtest.com", "STARTTLS", "QUIT"]
     assert checks[-1].data["domain"] == "ourtest.com"
 
 
@@ -860,8 +864,8 @@ def test_run_checks_on_a_broken_host() -> None:
                         config_check=None, resolver=FakeDns())
     by_name = {c.name: c for c in checks}
     assert list(by_name) == ["hostname_fqdn", "hosts_file", "mta_running",
-                             "smarthost_resolves", "smarthost_smtp", "spf"]
-    assert [c.ok for c in checks] == [False, False, False, False, False, None]
+                             "smarthost_resolves", "smarthost_smtp", "smarthost_tls", "spf"]
+    assert [c.ok for c in checks] == [False, False, False, False, False, None, None]
     assert by_name["smarthost_smtp"].detail == NO_SMARTHOST
     assert all(isinstance(c.to_dict()["detail"], str) for c in checks)
 

@@ -129,6 +129,8 @@ def test_captured_summary() -> None:
         "sent": 5, "deferred": 8, "bounced": 2, "other": 0,
         # the MSP's hand-offs to the MTA on [127.0.0.1]
         "local_handoffs": 3,
+        # none of these lines shows a relay problem
+        "problems": [],
     }
 
 
@@ -137,7 +139,7 @@ def test_to_dict_is_plain_json() -> None:
     doc = json.loads(json.dumps([r.to_dict() for r in parsed]))
     delivery = next(d for d in doc if d["fields"].get("to") == "<a@ourtest.com>,<b@ourtest.com>")
     assert set(delivery) == {"timestamp", "host", "program", "pid", "queue_id", "kind",
-                             "fields", "message", "recipients"}
+                             "fields", "message", "recipients", "problem"}
     assert delivery["recipients"] == ["a@ourtest.com", "b@ourtest.com"]
     assert delivery["pid"] == 10500 and delivery["kind"] == "delivery"
 
@@ -267,4 +269,4 @@ def test_parse_fields_value_with_spaces() -> None:
 def test_summary_ignores_what_is_not_a_delivery() -> None:
     summary = summarize([])
     assert summary == {"deliveries": 0, "by_stat": {}, "sent": 0, "deferred": 0,
-                       "bounced": 0, "other": 0, "local_handoffs": 0}
+                       "bounced": 0, "other": 0, "local_handoffs": 0, "problems": []}

@@ -842,6 +842,7 @@ def test_summary_over_both_mtas() -> None:
             "Deferred: Connection refused by mx.ourtest.com.": 1,
         },
         "sent": 2, "deferred": 3, "bounced": 1, "other": 0, "local_handoffs": 0,
+        "problems": [],
     }
 
 
@@ -850,7 +851,7 @@ def test_records_are_plain_json_and_fit_the_schema() -> None:
         doc = json.loads(json.dumps(parse(line).to_dict()))
         assert LogRecordSchema().validate(doc) == {}
         assert set(doc) == {"timestamp", "host", "program", "pid", "queue_id", "kind",
-                            "fields", "message", "recipients"}
+                            "fields", "message", "recipients", "problem"}
 
 
 def test_split_syslog_line() -> None:
@@ -1094,7 +1095,7 @@ def test_captured_debian_maillog_summary() -> None:
     deliveries = text.count(", status=")
     assert summary == {"deliveries": deliveries, "by_stat": summary["by_stat"], "sent": 1,
                        "deferred": deliveries - 3, "bounced": 2, "other": 0,
-                       "local_handoffs": 0}
+                       "local_handoffs": 0, "problems": []}
 
 
 def test_captured_debian_maillog_records() -> None:
@@ -1144,7 +1145,8 @@ def test_captured_centos_maillog() -> None:
     assert notes[0].message == "Postfix is using backwards-compatible default settings"
     assert summarize(records) == {
         "deliveries": 2, "by_stat": {f"Deferred: {refused()}": 1, "Sent (Ok: queued)": 1},
-        "sent": 1, "deferred": 1, "bounced": 0, "other": 0, "local_handoffs": 0}
+        "sent": 1, "deferred": 1, "bounced": 0, "other": 0, "local_handoffs": 0,
+        "problems": []}
     (sent,) = [r for r in records if r.fields.get("status") == "sent"]
     (deferred,) = [r for r in records if r.fields.get("status") == "deferred"]
     assert sent.queue_id == deferred.queue_id and SHORT_ID.match(sent.queue_id or "")
