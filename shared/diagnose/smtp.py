@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.diagnose.check import Check, unbracket
+from shared.diagnose.hosts import not_qualified_reason
 from shared.diagnose.tls import (
     CaBundle,
     TlsFacts,
@@ -141,9 +142,12 @@ def _greet(reader: _SmtpReader, where: str, helo_name: str, data: dict[str, Any]
         if code not in _EHLO_UNKNOWN:
             # Google's smtp-relay: "421 4.7.0 Try again later, closing connection. (EHLO)"
             data["error"] = "ehlo_refused"
+            todo = ("it is not fully qualified: run fix_hostname, then diagnose again"
+                    if not_qualified_reason(helo_name.lower()) else
+                    "relays want the host's fully qualified name, one that resolves to it: "
+                    "check it, or run fix_hostname")
             return Check("smarthost_smtp", False, f"{where} refuses this host's EHLO name "
-                         f"{helo_name}: {data['ehlo_reply']}; relays want a fully qualified "
-                         "name: run fix_hostname, then diagnose again", data)
+                         f"{helo_name}: {data['ehlo_reply']}; {todo}", data)
         data["phase"] = "helo"
         reader.send(f"HELO {helo_name}")
         code, helo = reader.reply()

@@ -408,6 +408,13 @@ def test_a_refused_ehlo_name_says_run_fix_hostname(
             and "refuses this host's EHLO name localhost: 421 4.7.0 Try again later"
             in result.check.detail and "run fix_hostname" in result.check.detail)
     assert server.settled() == [["EHLO localhost"]]  # no HELO after a refusal of the name
+    assert "it is not fully qualified: run fix_hostname, then diagnose again" in (
+        result.check.detail)
+    # a qualified name refused: the name may not resolve to the host
+    qualified = probe_smtp(LoopbackHost(), RELAY, server.port, 5, "pbx1.customer.example")
+    assert qualified.check.data["error"] == "ehlo_refused"
+    assert qualified.check.detail.endswith("relays want the host's fully qualified name, one "
+                                           "that resolves to it: check it, or run fix_hostname")
 
 
 def test_a_missing_ca_file_is_said(pki: Pki, tmp_path: Path,
