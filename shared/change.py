@@ -47,14 +47,36 @@ NO_SUCH_FILE = "no such file"
 
 
 @dataclass
+class MapChange:
+    """A map a change may rewrite: its source, the file compiled from it, the source's
+    current and wanted text (``new`` None: left as it is), and whether its content is secret
+    (a secret map's diff is never shown; its files are root's, mode 0600)."""
+
+    source: str
+    compiled: str
+    old: str | None
+    new: str | None
+    secret: bool = True
+    #: the compiled file is missing or older than its source: build it even if the text stays
+    rebuild: bool = False
+
+    @property
+    def changed(self) -> bool:
+        """The map is to be written and compiled."""
+        return self.new is not None and (self.new != self.old or self.rebuild)
+
+
+@dataclass
 class FileChange:
     """What a smarthost change rewrites: the configuration file's current and wanted text,
-    and the credentials map's (None: the map is left as it is)."""
+    the credentials map's (None: the map is left as it is), and the MTA's other maps."""
 
     config_old: str
     config_new: str
     credentials_old: str | None
     credentials_new: str | None
+    #: maps besides the credentials map (sendmail's access map)
+    maps: list[MapChange] = field(default_factory=list, kw_only=True)
 
     @property
     def credentials_changed(self) -> bool:
@@ -142,9 +164,11 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         """The credentials map's source and its compiled file."""
 
     @abc.abstractmethod
-    def _map_command(self, change: ChangeT, source: str) -> tuple[list[str], bytes | None]:
-        """The argv (and its stdin) that compiles the map source ``source``; the compiled
-        file lands beside it with the same suffix as the live one."""
+    def _map_command(self, change: ChangeT, entry: MapChange,
+                     source: str) -> tuple[list[str], bytes | None]:
+        """The argv (and its stdin) that compiles ``entry``'s new text, written to the
+        temporary source ``source``; the compiled file lands beside it with the same suffix
+        as the live one."""
 
     def _before_swap(self) -> None:
         """Runs just before the first rename."""
@@ -350,20 +374,21 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         temps: list[str] = []
         try:
             renames = self._build_config(change, rec, temps)
-            if change.credentials_changed:
-                # The map and its source are a pair, renamed before the configuration that
-                # names them (one renamed without the other never stays: a failure from the
-                # first rename on rolls back).
-                renames = [*self._build_credentials(change, rec, temps), *renames]
+            maps = [entry for entry in self._maps(change) if entry.changed]
+            # Each map and its source are a pair, renamed before the configuration that
+            # names them (one renamed without the other never stays: a failure from the
+            # first rename on rolls back).
+            renames = [*(pair for entry in maps
+                         for pair in self._build_map(change, entry, rec, temps)), *renames]
             backup = result.data["backup"] = self._backup(rec)
+            compiled = {entry.compiled for entry in maps}
 
             def swap() -> None:
                 self._before_swap()
                 for tmp, live in renames:
                     ex.rename(tmp, live)
-                names = [posixpath.basename(live) for _tmp, live in renames]
                 rec.note("swap", "installed new " + ", ".join(
-                    n for n in names if not n.endswith(self._compiled_suffix())))
+                    posixpath.basename(live) for _tmp, live in renames if live not in compiled))
 
             self._run_swapped(rec, result, backup, swap, wanted)
         finally:
@@ -371,26 +396,35 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
                 with contextlib.suppress(ExecutorError):
                     ex.remove(tmp)
 
-    def _compiled_suffix(self) -> str:
+    def _maps(self, change: ChangeT) -> list[MapChange]:
+        """Every map ``change`` may rewrite: the credentials map first, then the others."""
         source, compiled = self._credentials_paths()
-        return compiled[len(source):]
+        # credentials_old None with a text already right: the compiled map is to be rebuilt
+        return [MapChange(source, compiled, change.credentials_old, change.credentials_new),
+                *change.maps]
 
-    def _build_credentials(self, change: ChangeT, rec: StepRecorder,
-                           temps: list[str]) -> list[tuple[str, str]]:
-        """Write the new map source (0600 root) and compile it beside the live one."""
+    def _build_map(self, change: ChangeT, entry: MapChange, rec: StepRecorder,
+                   temps: list[str]) -> list[tuple[str, str]]:
+        """Write a map's new source and compile it beside the live one: a secret map's files
+        root's and 0600, another's owned like the live ones."""
         ex = self.executor
-        source, compiled = self._credentials_paths()
-        tmp = ex.temp_path_for(source)
-        compiled_tmp = tmp + self._compiled_suffix()
+        tmp = ex.temp_path_for(entry.source)
+        compiled_tmp = tmp + entry.compiled[len(entry.source):]
         temps += [tmp, compiled_tmp]
-        text = (change.credentials_new or "").encode()
-        ex.write_file(tmp, text, mode=0o600)
-        ex.set_owner_mode(tmp, mode=0o600, uid=0, gid=0)
-        argv, stdin = self._map_command(change, tmp)
-        rec.run(f"build {posixpath.basename(source)} map", argv, input=stdin,
+        text = (entry.new or "").encode()
+        if entry.secret:
+            ex.write_file(tmp, text, mode=0o600)
+            ex.set_owner_mode(tmp, mode=0o600, uid=0, gid=0)
+        else:
+            self._write_like(entry.source, tmp, text)
+        argv, stdin = self._map_command(change, entry, tmp)
+        rec.run(f"build {posixpath.basename(entry.source)} map", argv, input=stdin,
                 timeout=self.profile.command_timeout_s)
-        ex.set_owner_mode(compiled_tmp, mode=0o600, uid=0, gid=0)
-        return [(compiled_tmp, compiled), (tmp, source)]
+        if entry.secret:
+            ex.set_owner_mode(compiled_tmp, mode=0o600, uid=0, gid=0)
+        else:
+            self._own_like(entry.compiled, compiled_tmp)
+        return [(compiled_tmp, entry.compiled), (tmp, entry.source)]
 
     def _run_swapped(self, rec: StepRecorder, result: OperationResult, backup: str,
                      swap: Callable[[], None], wanted: WantedT | None) -> None:
@@ -407,39 +441,53 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
                                  ) from exc
 
     # -- files ------------------------------------------------------------------------
-    def _read_credentials(self, path: str) -> str | None:
-        """The credentials map source (None when there is none)."""
+    def _read_map(self, path: str) -> str | None:
+        """A map source (None when there is none)."""
         data = self.executor.read_file_if_exists(path)
         return data.decode("utf-8", "replace") if data is not None else None
+
+    def _map_edit(self, source: str, compiled: str, edit: Callable[[str], str], *,
+                  secret: bool = True, create: bool = True) -> MapChange:
+        """The change ``edit`` makes to a map source. ``create``: a missing source is made,
+        and a source already right whose compiled map is missing or older is rebuilt;
+        otherwise a missing or unchanged map is left as it is."""
+        old = self._read_map(source)
+        new = edit(old or "") if old is not None or create else None
+        rebuild = False
+        if create and new == old:
+            src, built = self.executor.file_info(source), self.executor.file_info(compiled)
+            rebuild = built is None or (src is not None and built.mtime < src.mtime)
+        return MapChange(source, compiled, old, new if new != old or rebuild else None, secret,
+                         rebuild)
 
     def _credentials_set(self, path: str, compiled: str,
                          edit: Callable[[str], str]) -> tuple[str | None, str]:
         """(current, wanted) map source with ``edit`` applied. A source already right whose
         compiled map is missing or older counts as absent, so that the change builds it."""
-        old = self._read_credentials(path)
-        new = edit(old or "")
-        if new == old:
-            source, built = self.executor.file_info(path), self.executor.file_info(compiled)
-            if built is None or (source is not None and built.mtime < source.mtime):
-                old = None
-        return old, new
+        entry = self._map_edit(path, compiled, edit)
+        # unchanged: the text is right as it is
+        return (None if entry.rebuild else entry.old), (entry.new if entry.new is not None
+                                                        else entry.old or "")
 
     def _credentials_removed(self, path: str, edit: Callable[[str], str]
                              ) -> tuple[str | None, str | None]:
         """(current, wanted) map source after ``edit`` takes an entry out (None: no change)."""
-        old = self._read_credentials(path)
-        if old is None:
-            return None, None
-        new = edit(old)
-        return old, (new if new != old else None)
+        entry = self._map_edit(path, "", edit, create=False)
+        return entry.old, entry.new
 
-    def _diff(self, change: FileChange, config_path: str, credentials_path: str) -> str:
-        """The unified diff of the configuration file; a changed credentials map is named,
-        never shown (it holds the secret)."""
+    def _diff(self, change: ChangeT, config_path: str) -> str:
+        """The unified diff of the configuration file and of each changed map; a secret map
+        is named, never shown."""
         diff = unified_diff(change.config_old, change.config_new, config_path)
-        if change.credentials_changed:
-            diff += (f"--- {credentials_path} (current)\n+++ {credentials_path} (new)\n"
-                     "@@ credentials entry written (content not shown) @@\n")
+        for entry in self._maps(change):
+            if not entry.changed:
+                continue
+            if entry.secret:
+                diff += _named(entry.source, "credentials entry written (content not shown)")
+            elif entry.new != entry.old:
+                diff += unified_diff(entry.old or "", entry.new or "", entry.source)
+            else:
+                diff += _named(entry.compiled, f"rebuilt from {entry.source}")
         return diff
 
     def _change_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -495,8 +543,12 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
 
     def _write_like(self, reference: str, path: str, data: bytes) -> None:
         """Write ``path`` with the mode and owner of ``reference``."""
-        info = self.executor.file_info(reference)
         self.executor.write_file(path, data, mode=0o600)
+        self._own_like(reference, path)
+
+    def _own_like(self, reference: str, path: str) -> None:
+        """Give ``path`` the mode and owner of ``reference`` (0644 when there is none)."""
+        info = self.executor.file_info(reference)
         if info is not None:
             self.executor.set_owner_mode(path, mode=info.mode, uid=info.uid, gid=info.gid)
         else:
@@ -661,6 +713,11 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             raise
         except RelayfleetError:
             return None
+
+
+def _named(path: str, what: str) -> str:
+    """A diff stanza naming a changed file without showing it."""
+    return f"--- {path} (current)\n+++ {path} (new)\n@@ {what} @@\n"
 
 
 def fail(result: OperationResult, *problems: RelayfleetError,

@@ -27,6 +27,7 @@ from shared.change import (
     NO_SUCH_FILE,
     ConfigChangeOperations,
     FileChange,
+    MapChange,
     RollbackReport,
     StatusFacts,
     read_failure,
@@ -307,7 +308,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     def _describe(self, change: _Change, result: OperationResult,
                   wanted: Smarthost | None) -> None:
-        diff = self._diff(change, self.profile.main_cf_path, self.profile.sasl_passwd_path)
+        diff = self._diff(change, self.profile.main_cf_path)
         result.changed = bool(diff)
         result.data["diff"] = diff
 
@@ -325,7 +326,8 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
     def _credentials_paths(self) -> tuple[str, str]:
         return self.profile.sasl_passwd_path, self._map_file()
 
-    def _map_command(self, change: _Change, source: str) -> tuple[list[str], bytes | None]:
+    def _map_command(self, change: _Change, entry: MapChange,
+                     source: str) -> tuple[list[str], bytes | None]:
         prof = self.profile
         return [prof.postmap, "-c", prof.config_dir, f"{change.map_type}:{source}"], None
 

@@ -2,17 +2,25 @@
 
 Every line relayfleet writes into sendmail.mc ends in ``dnl # managed by relayfleet``:
 ``dnl`` makes m4 drop the rest of the line, so the marker costs nothing in the compiled
-sendmail.cf, and it lets a later change find exactly the lines it owns.
+sendmail.cf, and it lets a later change find exactly the lines it owns. Besides the
+smarthost's own lines (SMART_HOST, the port, SMTP AUTH) those are: the CA settings and
+``FEATURE(`check_cert_altnames')`` a TLS policy needs, ``FEATURE(`access_db')`` when the mc
+has none (the policy's ``TLS_Srv:`` entry lives in the access map), and the masquerade.
+
+A hand-written ``MASQUERADE_AS`` or ``FEATURE(`masquerade_envelope')`` (no marker) is the
+host's own: a change without masquerade and a removal leave it alone; a change that sets a
+masquerade comments it out (``dnl``), so that exactly the requested one is in force.
 """
 
 from __future__ import annotations
 
 import difflib
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.validation import SmarthostRequest, m4_quote
+from shared.validation import SmarthostRequest, TlsPolicy, m4_quote
 
 MARK = "dnl # managed by relayfleet"
 #: the mechanisms the client may use with the smarthost unless the mc already sets its own
@@ -32,8 +40,24 @@ _COMMENTED_SMART_HOST_RE = re.compile(r"^\s*dnl\b\s*#?\s*define\(\s*`SMART_HOST'
 _PORT_RES = {name: _define_re(name) for name in _PORT_MACROS}
 _TCP_PORT_RE = re.compile(r"^TCP \$h(?: (?P<port>\d{1,5}))?$")
 _AUTH_MECH_RE = _define_re("confAUTH_MECHANISMS")
-_AUTHINFO_FEATURE_RE = re.compile(r"^\s*FEATURE\(\s*`authinfo'")
 _MAILER_RE = re.compile(r"^\s*(MAILER\(|MAILER_DEFINITIONS\b)")
+_MASQUERADE_RE = re.compile(r"^\s*MASQUERADE_AS\((?P<value>.*?)\)\s*(?:dnl\b.*)?$")
+_CA_PATH_RE = _define_re("confCACERT_PATH")
+_CA_FILE_RE = _define_re("confCACERT")
+#: Debian's TLS include (/etc/mail/tls/starttls.m4) defines confCACERT_PATH and confCACERT
+_STARTTLS_INCLUDE_RE = re.compile(r"^\s*s?include\(\s*`?[^)']*starttls\.m4'?\s*\)")
+_ACCESS_DB_RE = re.compile(
+    r"^\s*FEATURE\(\s*`?access_db'?\s*(?:,\s*(?P<spec>`[^']*'|[^,)`]*))?")
+_FIRST_FEATURE_RE = re.compile(r"^\s*FEATURE\(")
+
+
+def _feature_re(name: str) -> re.Pattern[str]:
+    return re.compile(r"^\s*FEATURE\(\s*`?" + re.escape(name) + r"'?\s*[,)]")
+
+
+_AUTHINFO_FEATURE_RE = _feature_re("authinfo")
+_ENVELOPE_FEATURE_RE = _feature_re("masquerade_envelope")
+_ALTNAMES_FEATURE_RE = _feature_re("check_cert_altnames")
 
 
 def unquote_m4(value: str) -> str:
@@ -89,12 +113,30 @@ class Smarthost:
 
 
 @dataclass(frozen=True)
+class Masquerading:
+    """The domain the host's own sender addresses are rewritten to."""
+
+    domain: str
+    #: the envelope sender too (``FEATURE(`masquerade_envelope')``), not only headers
+    envelope: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-JSON form."""
+        return {"domain": self.domain, "envelope": self.envelope}
+
+
+@dataclass(frozen=True)
 class McState:
     """What sendmail.mc says about the smarthost."""
 
     smarthost: Smarthost | None
     authinfo_feature: bool
     active_defines: int
+    masquerade: Masquerading | None = None
+    #: the map spec of an active ``FEATURE(`access_db')`` ("" for the default), else None
+    access_db: str | None = None
+    #: the CA file sendmail.mc itself names (``confCACERT``), if any
+    ca_file: str | None = None
 
 
 def _is_active(line: str) -> bool:
@@ -113,7 +155,10 @@ def read_mc(text: str) -> McState:
     host_value: str | None = None
     defines = 0
     ports: dict[str, int | None] = {}
-    authinfo = False
+    authinfo = envelope = False
+    masquerade: str | None = None
+    access_db: str | None = None
+    ca_file: str | None = None
     for line in text.splitlines():
         if not _is_active(line):
             continue
@@ -127,19 +172,87 @@ def read_mc(text: str) -> McState:
             port_match = regex.match(line)
             if port_match:
                 ports[name] = _port_of(port_match.group("value"))
-        if _AUTHINFO_FEATURE_RE.match(line):
-            authinfo = True
+        authinfo = authinfo or bool(_AUTHINFO_FEATURE_RE.match(line))
+        envelope = envelope or bool(_ENVELOPE_FEATURE_RE.match(line))
+        # m4: the last definition is the one in force
+        found = _MASQUERADE_RE.match(line)
+        masquerade = unquote_m4(found.group("value")) if found else masquerade
+        found = _CA_FILE_RE.match(line)
+        ca_file = unquote_m4(found.group("value")) if found else ca_file
+        found = _ACCESS_DB_RE.match(line)
+        if found and access_db is None:
+            access_db = unquote_m4(found.group("spec") or "")
     smarthost = None
     if host_value is not None:
         parsed = Smarthost.from_value(host_value)
         if parsed is not None:
             smarthost = Smarthost.from_value(
                 host_value, ports.get(f"{parsed.mailer.upper()}_MAILER_ARGS"))
-    return McState(smarthost=smarthost, authinfo_feature=authinfo, active_defines=defines)
+    return McState(smarthost=smarthost, authinfo_feature=authinfo, active_defines=defines,
+                   masquerade=Masquerading(masquerade, envelope) if masquerade else None,
+                   access_db=access_db, ca_file=ca_file or None)
 
 
-def smarthost_block(request: SmarthostRequest, *, mechanisms: bool, feature: bool) -> list[str]:
-    """The mc lines that configure ``request``'s smarthost (each carrying the marker)."""
+def access_source(spec: str, mail_dir: str) -> str | None:
+    """The access map source a ``FEATURE(`access_db')`` map spec reads (``""``: the default,
+    ``MAIL_DIR/access``), or None for a map relayfleet cannot edit (LDAP, another type)."""
+    words = spec.split()
+    if not words:
+        return posixpath.join(mail_dir, "access")
+    if words[0] not in ("hash", "btree"):
+        return None
+    path = next((w for w in words[1:] if not w.startswith("-")), None)
+    # sendmail adds .db to a hash or btree map's name
+    return path.removesuffix(".db") if path else posixpath.join(mail_dir, "access")
+
+
+def _host_ca(lines: Iterable[str]) -> tuple[bool, bool]:
+    """Whether the host's own active lines set confCACERT_PATH, and confCACERT."""
+    path = file = False
+    for line in lines:
+        if not _is_active(line) or line.rstrip().endswith(MARK):
+            continue
+        tls_include = bool(_STARTTLS_INCLUDE_RE.match(line))
+        path = path or tls_include or bool(_CA_PATH_RE.match(line))
+        file = file or tls_include or bool(_CA_FILE_RE.match(line))
+    return path, file
+
+
+def needs_ca_bundle(text: str, tls: TlsPolicy) -> bool:
+    """Whether verifying needs the host's default CA bundle written into sendmail.mc: no
+    ca_file is given and the mc does not already name both CA settings (sendmail loads its
+    CA certificates only when confCACERT_PATH and confCACERT are both set)."""
+    if tls.mode != "verify" or tls.ca_file is not None:
+        return False
+    return not all(_host_ca(text.splitlines()))
+
+
+def _ca_lines(kept: list[str], tls: TlsPolicy, bundle: str | None) -> list[str]:
+    """Our confCACERT_PATH/confCACERT lines: the policy's ca_file (and its directory, unless
+    the host names a CA directory); for verify without one, the host's bundle for whichever
+    of the two the host's own lines leave unset."""
+    has_path, has_file = _host_ca(kept)
+    defines: list[tuple[str, str]] = []
+    if tls.ca_file is not None:
+        if not has_path:
+            defines.append(("confCACERT_PATH", posixpath.dirname(tls.ca_file)))
+        defines.append(("confCACERT", tls.ca_file))
+    elif tls.mode == "verify" and not (has_path and has_file):
+        if bundle is None:
+            raise ValueError("verify without ca_file needs the host's CA bundle")
+        if not has_path:
+            defines.append(("confCACERT_PATH", posixpath.dirname(bundle)))
+        if not has_file:
+            defines.append(("confCACERT", bundle))
+    return [f"define(`{name}', {m4_quote(value)}){MARK}\n" for name, value in defines]
+
+
+def smarthost_block(request: SmarthostRequest, *, mechanisms: bool, feature: bool,
+                    altnames: bool = False, envelope: bool = False) -> list[str]:
+    """The mc lines that configure ``request``'s smarthost (each carrying the marker);
+    ``mechanisms``, ``feature``, ``altnames``, ``envelope``: which of the optional lines the
+    mc still lacks (confAUTH_MECHANISMS, FEATURE(authinfo), FEATURE(check_cert_altnames),
+    FEATURE(masquerade_envelope))."""
     lines = [f"define(`SMART_HOST', {m4_quote(request.smart_host_value())}){MARK}\n"]
     if request.port is not None:
         # Not `[host]:port`: sendmail would read that as a list of two hosts.
@@ -152,6 +265,16 @@ def smarthost_block(request: SmarthostRequest, *, mechanisms: bool, feature: boo
             lines.append(f"define(`confAUTH_MECHANISMS', `{AUTH_MECHANISMS}'){MARK}\n")
         if feature:
             lines.append(f"FEATURE(`authinfo'){MARK}\n")
+    if altnames and request.tls_policy.mode == "verify":
+        # TLS_Srv's CN check then also matches subjectAltNames (and wildcards), not only
+        # the certificate's CN
+        lines.append(f"FEATURE(`check_cert_altnames'){MARK}\n")
+    if request.masquerade is not None:
+        # MASQUERADE_AS is define(`MASQUERADE_NAME', $1): one more level of quotes than
+        # SMART_HOST, or a name such as dnl.example.com runs as m4 when DM is written
+        lines.append(f"MASQUERADE_AS(`{m4_quote(request.masquerade.domain)}'){MARK}\n")
+        if request.masquerade.envelope and envelope:
+            lines.append(f"FEATURE(`masquerade_envelope'){MARK}\n")
     return lines
 
 
@@ -173,12 +296,17 @@ def _first_mailer_index(lines: list[str]) -> int | None:
                 None)
 
 
-def set_smarthost_mc(text: str, request: SmarthostRequest) -> str:
-    """Return sendmail.mc with exactly one active smarthost define for ``request``.
+def set_smarthost_mc(text: str, request: SmarthostRequest, ca_bundle: str | None = None) -> str:
+    """Return sendmail.mc with exactly one active smarthost define for ``request``, and the
+    TLS and masquerade lines it asks for (``ca_bundle``: the host's default CA bundle, for a
+    verify policy without ca_file; see :func:`needs_ca_bundle`).
 
     The new lines take the place of the first active define, else of the commented
     template line (``dnl define(`SMART_HOST', ...)dnl``), else go before the first
-    ``MAILER``; never after a ``MAILER`` line, since the port must be known by then.
+    ``MAILER``; never after a ``MAILER`` line, since the port must be known by then. CA
+    settings go after the last line of the host's own that sets them (a later definition
+    wins in m4), and a ``FEATURE(`access_db')`` the mc lacks before its first ``FEATURE``
+    (greet_pause and the like only use the access map when it comes first).
     """
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
@@ -190,7 +318,10 @@ def set_smarthost_mc(text: str, request: SmarthostRequest) -> str:
             if anchor is None and _SMART_HOST_RE.match(line):
                 anchor = len(kept)
             continue
-        kept.append(line)
+        replaced = request.masquerade is not None and _is_active(line) and bool(
+            _MASQUERADE_RE.match(line) or _ENVELOPE_FEATURE_RE.match(line))
+        # the requested masquerade replaces the host's own: kept visible, as a comment
+        kept.append(f"dnl {line}" if replaced else line)
     if anchor is None:
         template = next((i for i, line in enumerate(kept) if _COMMENTED_SMART_HOST_RE.match(line)),
                         None)
@@ -200,15 +331,33 @@ def set_smarthost_mc(text: str, request: SmarthostRequest) -> str:
     mailer_at = _first_mailer_index(kept)
     if anchor is None or (mailer_at is not None and anchor > mailer_at):
         anchor = mailer_at if mailer_at is not None else len(kept)
-    has_mechanisms = any(_is_active(ln) and _AUTH_MECH_RE.match(ln) for ln in kept)
-    has_feature = any(_is_active(ln) and _AUTHINFO_FEATURE_RE.match(ln) for ln in kept)
-    block = smarthost_block(request, mechanisms=not has_mechanisms, feature=not has_feature)
+
+    def lacks(regex: re.Pattern[str]) -> bool:
+        return not any(_is_active(ln) and regex.match(ln) for ln in kept)
+
+    block = smarthost_block(request, mechanisms=lacks(_AUTH_MECH_RE),
+                            feature=lacks(_AUTHINFO_FEATURE_RE),
+                            altnames=lacks(_ALTNAMES_FEATURE_RE),
+                            envelope=lacks(_ENVELOPE_FEATURE_RE))
+    ca = _ca_lines(kept, request.tls_policy, ca_bundle)
+    host_ca = [i for i, ln in enumerate(kept) if _is_active(ln) and (
+        _STARTTLS_INCLUDE_RE.match(ln) or _CA_PATH_RE.match(ln) or _CA_FILE_RE.match(ln))]
+    if ca and host_ca and host_ca[-1] >= anchor:
+        kept[host_ca[-1] + 1:host_ca[-1] + 1] = ca
+    else:
+        block += ca
     kept[anchor:anchor] = block
+    # a required TLS level is the access map's TLS_Srv entry (opportunistic is the default)
+    if request.tls_policy.required and lacks(_ACCESS_DB_RE):
+        first = next((i for i, ln in enumerate(kept) if _is_active(ln)
+                      and _FIRST_FEATURE_RE.match(ln)), None)
+        kept.insert(first if first is not None else anchor, f"FEATURE(`access_db'){MARK}\n")
     return "".join(kept)
 
 
 def remove_smarthost_mc(text: str) -> str:
-    """Return sendmail.mc with no active smarthost: defines commented out, owned lines gone."""
+    """Return sendmail.mc with no active smarthost: defines commented out, owned lines gone
+    (relayfleet's TLS, access_db and masquerade lines with them)."""
     out: list[str] = []
     for line in text.splitlines(keepends=True):
         if not _owned(line):
@@ -246,6 +395,24 @@ def _mailer_args(lines: Iterable[str]) -> dict[str, str]:
             if arg_match:
                 args[current] = arg_match.group("args").strip()
     return args
+
+
+def read_cf_masquerade(text: str) -> Masquerading | None:
+    """The masquerade a compiled sendmail.cf applies: its ``DM`` line, and whether ruleset
+    MasqEnv masquerades envelope senders (``FEATURE(`masquerade_envelope')``)."""
+    lines = text.splitlines()
+    domain = next((line[2:].strip() for line in lines if line.startswith("DM")), "")
+    if not domain:
+        return None
+    at = next((i for i, line in enumerate(lines) if line.startswith("SMasqEnv")), None)
+    rule = next((line for line in lines[at + 1:] if line.startswith("R")), "") if at is not None \
+        else ""
+    return Masquerading(domain, "$>MasqHdr" in rule)
+
+
+def in_sync(state: McState, cf_text: str) -> bool:
+    """Whether a compiled sendmail.cf has sendmail.mc's smarthost and masquerade."""
+    return state.smarthost == read_cf(cf_text) and state.masquerade == read_cf_masquerade(cf_text)
 
 
 def read_cf(text: str) -> Smarthost | None:

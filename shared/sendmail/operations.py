@@ -7,6 +7,7 @@ the restart argv of the host profile, and core utilities.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 from shared.change import (
     ConfigChangeOperations,
     FileChange,
+    MapChange,
     RollbackReport,
     StatusFacts,
     read_failure,
@@ -26,17 +28,24 @@ from shared.errors import (
     ConfigError,
     OperationError,
     RelayfleetError,
+    ValidationError,
 )
 from shared.executor import CommandResult, read_command
 from shared.mta import FlushRequest
+from shared.profile import is_under
 from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail import authinfo as authmap
 from shared.sendmail.flush import parse_flush_output, strip_auth_transcript
 from shared.sendmail.maillog import LogRecord, parse_maillog_line
 from shared.sendmail.mailq import MailqReport, parse_mailq
 from shared.sendmail.mc import (
+    McState,
     Smarthost,
+    access_source,
+    in_sync,
+    needs_ca_bundle,
     read_cf,
+    read_cf_masquerade,
     read_mc,
     remove_smarthost_mc,
     set_smarthost_mc,
@@ -49,7 +58,8 @@ _FLUSH_OK_CODES = frozenset(range(256)) - {64, 77, 78}
 
 @dataclass
 class _Change(FileChange):
-    """sendmail.mc (config) and authinfo (credentials), and the current sendmail.cf."""
+    """sendmail.mc (config), authinfo (credentials) and the access map (its one other map),
+    and the current sendmail.cf."""
 
     cf_text: str
 
@@ -71,6 +81,22 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
     def _authinfo_db(self) -> str:
         return f"{self.profile.authinfo_path}.db"
 
+    def _access_paths(self) -> tuple[str, str]:
+        """The access map's source and compiled file (where the TLS_Srv entry goes)."""
+        source = posixpath.join(self.profile.mail_dir, "access")
+        return source, f"{source}.db"
+
+    def _confine_access(self) -> None:
+        """Refuse an access map that leads out of the mail directory (a change shows its
+        diff, and renames over it)."""
+        mail_dir = self.profile.mail_dir
+        real = self.executor.real_paths([mail_dir, *self._access_paths()])
+        for path, resolved in zip(self._access_paths(), real[1:], strict=True):
+            if not is_under(resolved, real[0]):
+                raise ConfigError(f"{path} leads to {resolved}, outside {mail_dir}: relayfleet "
+                                  "does not follow links out of where a file belongs; fix the "
+                                  "link on the host")
+
     def _unreadable_todo(self, path: str) -> str:
         """sendmail.cf is compiled: make rebuilds it; sendmail.mc comes from the backups."""
         prof = self.profile
@@ -86,7 +112,8 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     def _managed_files(self) -> list[str]:
         prof = self.profile
-        return [prof.mc_path, prof.cf_path, prof.authinfo_path, self._authinfo_db()]
+        return [prof.mc_path, prof.cf_path, prof.authinfo_path, self._authinfo_db(),
+                *self._access_paths()]
 
     def _read_mc_cf(self) -> tuple[str | None, str | None, list[ConfigError]]:
         """sendmail.mc and sendmail.cf (None for one that cannot be read), and why not."""
@@ -109,12 +136,19 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         mc_text, cf_text, problems = self._read_mc_cf()
         auth = (self.executor.read_file_if_exists(self.profile.authinfo_path)
                 if mc_text is not None else None)
-        return self._smarthost_data(mc_text, cf_text, auth), problems
+        return self._smarthost_data(mc_text, cf_text, auth, self._read_access(mc_text)), problems
+
+    def _read_access(self, mc_text: str | None) -> bytes | None:
+        """The access map source, when sendmail.mc reads one (for the TLS policy)."""
+        if mc_text is None or read_mc(mc_text).access_db is None:
+            return None
+        return self.executor.read_file_if_exists(self._access_paths()[0])
 
     @staticmethod
-    def _smarthost_data(mc_text: str | None, cf_text: str | None,
-                        auth_text: bytes | None) -> dict[str, Any]:
-        """Smarthost facts from mc, cf and authinfo (only the user name is read out of it).
+    def _smarthost_data(mc_text: str | None, cf_text: str | None, auth_text: bytes | None,
+                        access_text: bytes | None = None) -> dict[str, Any]:
+        """Smarthost facts from mc, cf, authinfo (only the user name is read out of it) and
+        the access map (the smarthost's TLS_Srv entry).
 
         A file that could not be read is None: without sendmail.mc there is no smarthost to
         report; without either file mc and cf cannot be in sync.
@@ -122,16 +156,21 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         state = read_mc(mc_text) if mc_text is not None else None
         smarthost: dict[str, Any] | None = None
         if state is not None and state.smarthost is not None:
+            host = state.smarthost.host
             smarthost = state.smarthost.to_dict()
-            user = (authmap.username_for(auth_text.decode("utf-8", "replace"),
-                                         state.smarthost.host)
+            user = (authmap.username_for(auth_text.decode("utf-8", "replace"), host)
                     if auth_text is not None and state.authinfo_feature else None)
             smarthost["auth"] = {"username": user} if user else None
+            # without FEATURE(access_db) sendmail reads no TLS_Srv entry: opportunistic TLS
+            mode = (authmap.tls_mode_for(access_text.decode("utf-8", "replace"), host)
+                    if access_text is not None and state.access_db is not None else "may")
+            smarthost["tls"] = {"mode": mode, "ca_file": state.ca_file}
+            smarthost["masquerade"] = state.masquerade.to_dict() if state.masquerade else None
         cf_smarthost = read_cf(cf_text) if cf_text is not None else None
         return {
             "smarthost": smarthost,
             "config_in_sync": (state is not None and cf_text is not None
-                               and state.smarthost == cf_smarthost),
+                               and in_sync(state, cf_text)),
             "compiled": cf_smarthost.to_dict() if cf_smarthost else None,
             "active_defines": state.active_defines if state is not None else 0,
         }
@@ -139,37 +178,84 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
     # -- read -----------------------------------------------------------------------
     # -- change ---------------------------------------------------------------------
     def set_smarthost(self, request: SmarthostRequest, *, dry_run: bool = False) -> OperationResult:
-        """Point outbound mail at ``request``'s smarthost."""
-        redactor = Redactor([request.auth.password] if request.auth else [])
+        """Point outbound mail at ``request``'s smarthost with its SMTP AUTH, TLS policy and
+        masquerade (each one absent is taken out: the request is the whole relay setting)."""
+        password = request.auth.password if request.auth else None
+        redactor = Redactor([password, authmap.encoded_password(password)] if password else [])
+        tls = request.tls_policy
 
         def plan(_rec: StepRecorder) -> _Change:
+            self._confine_access()
             mc_old = self._read_config_file(self.profile.mc_path)
-            auth_old = auth_new = None
-            if request.auth is not None:
-                auth = request.auth
+            state = read_mc(mc_old)
+            self._check_tls(request, mc_old, state)
+            # a former smarthost's credentials and TLS entry do not stay behind
+            former = tuple(h.host for h in [state.smarthost] if h and h.host != request.host)
+            auth = request.auth
+            auth_old: str | None
+            auth_new: str | None
+            if auth is not None:
                 auth_old, auth_new = self._credentials_set(
                     self.profile.authinfo_path, self._authinfo_db(),
-                    lambda text: authmap.set_entry(text, request.host, auth.username,
-                                                   auth.password))
-            return _Change(mc_old, set_smarthost_mc(mc_old, request), auth_old, auth_new,
-                           self._read_config_file(self.profile.cf_path))
+                    lambda text: authmap.set_entry(authmap.remove_entry(text, *former),
+                                                   request.host, auth.username, auth.password))
+            else:
+                auth_old, auth_new = self._credentials_removed(
+                    self.profile.authinfo_path,
+                    lambda text: authmap.remove_entry(text, request.host, *former))
+            access = self._map_edit(
+                *self._access_paths(),
+                lambda text: authmap.set_tls_entry(text, request.host, tls.mode, drop=former),
+                secret=False, create=tls.required)
+            return _Change(mc_old, set_smarthost_mc(mc_old, request, self.profile.ca_bundle),
+                           auth_old, auth_new, self._read_config_file(self.profile.cf_path),
+                           maps=[access])
 
         wanted = Smarthost.from_request(request)
         return self._change("set_smarthost", plan, dry_run, redactor, wanted)
 
+    def _check_tls(self, request: SmarthostRequest, mc_text: str, state: McState) -> None:
+        """Refuse, before anything changes, a TLS policy this host cannot carry out."""
+        tls, prof = request.tls_policy, self.profile
+        if tls.mode == "verify" and request.host.startswith("["):
+            raise ValidationError.for_field(
+                "tls.mode", "verify checks that the relay's certificate names the relay: give "
+                            "the relay by name, not by address (or use encrypt)")
+        if tls.ca_file is not None and not self.executor.exists(tls.ca_file):
+            raise ConfigError(f"tls.ca_file: {tls.ca_file} is not on the host: sendmail could "
+                              "not verify the relay's certificate; nothing was changed")
+        if needs_ca_bundle(mc_text, tls) and not self.executor.exists(prof.ca_bundle):
+            raise ConfigError(f"mta.ca_bundle (the host's CA bundle): {prof.ca_bundle} is not on "
+                              "the host: sendmail could not verify the relay's certificate; "
+                              "install the bundle or give tls.ca_file; nothing was changed")
+        access = self._access_paths()[0]
+        source = access if state.access_db is None else access_source(state.access_db,
+                                                                      prof.mail_dir)
+        if tls.required and source != access:
+            raise ConfigError(f"{prof.mc_path}'s FEATURE(`access_db') reads "
+                              f"{source or 'a map that is not a file'}: relayfleet keeps the "
+                              f"relay's TLS requirement (TLS_Srv entry) in {access}; point "
+                              "access_db at it, or use tls.mode may; nothing was changed")
+
     def remove_smarthost(self, *, dry_run: bool = False) -> OperationResult:
-        """Go back to direct delivery (DNS MX lookups)."""
+        """Go back to direct delivery (DNS MX lookups); the smarthost's credentials, TLS
+        requirement and relayfleet's masquerade go with it."""
 
         def plan(_rec: StepRecorder) -> _Change:
+            self._confine_access()
             mc_old = self._read_config_file(self.profile.mc_path)
             old_smarthost = read_mc(mc_old).smarthost
             auth_old = auth_new = None
+            maps: list[MapChange] = []
             if old_smarthost is not None:
+                host = old_smarthost.host
                 auth_old, auth_new = self._credentials_removed(
-                    self.profile.authinfo_path,
-                    lambda text: authmap.remove_entry(text, old_smarthost.host))
+                    self.profile.authinfo_path, lambda text: authmap.remove_entry(text, host))
+                maps.append(self._map_edit(
+                    *self._access_paths(), lambda text: authmap.remove_tls_entry(text, host),
+                    secret=False, create=False))
             return _Change(mc_old, remove_smarthost_mc(mc_old), auth_old, auth_new,
-                           self._read_config_file(self.profile.cf_path))
+                           self._read_config_file(self.profile.cf_path), maps=maps)
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
 
@@ -182,11 +268,13 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         return None
 
     def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
-        diff = self._diff(change, self.profile.mc_path, self.profile.authinfo_path)
-        in_sync = read_cf(change.cf_text) == wanted
-        result.changed = bool(diff) or not in_sync
+        # the access map's diff is shown; authinfo is only named
+        diff = self._diff(change, self.profile.mc_path)
+        compiled = (read_cf(change.cf_text) == wanted and read_cf_masquerade(change.cf_text)
+                    == read_mc(change.config_new).masquerade)
+        result.changed = bool(diff) or not compiled
         result.data["diff"] = diff
-        if not diff and not in_sync:
+        if not diff and not compiled:
             result.data["note"] = "sendmail.cf did not match sendmail.mc; it will be recompiled"
 
     def _build_config(self, change: _Change, rec: StepRecorder,
@@ -212,8 +300,9 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
     def _credentials_paths(self) -> tuple[str, str]:
         return self.profile.authinfo_path, self._authinfo_db()
 
-    def _map_command(self, change: _Change, source: str) -> tuple[list[str], bytes | None]:
-        return [self.profile.makemap, "hash", source], (change.credentials_new or "").encode()
+    def _map_command(self, change: _Change, entry: MapChange,
+                     source: str) -> tuple[list[str], bytes | None]:
+        return [self.profile.makemap, "hash", source], (entry.new or "").encode()
 
     def _validate_cf(self, rec: StepRecorder, cf_path: str) -> None:
         """Have sendmail read the new cf; offline and time-boxed (``-bt`` may hang on DNS)."""
@@ -332,30 +421,34 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
     # -- status and diagnose ----------------------------------------------------------
     def _status_commands(self) -> tuple[list[tuple[str, list[str]]], tuple[str, ...]]:
         prof = self.profile
-        reads = (f"read {prof.mc}", f"read {prof.cf}", f"read {prof.authinfo}")
+        access = self._access_paths()[0]
+        reads = (f"read {prof.mc}", f"read {prof.cf}", f"read {prof.authinfo}",
+                 f"read {posixpath.basename(access)}")
         return [("version", [prof.sendmail, "-d0.1", "-bv", "root"]),
                 (reads[0], read_command(prof.mc_path)),
                 (reads[1], read_command(prof.cf_path)),
                 (reads[2], read_command(prof.authinfo_path)),
+                (reads[3], read_command(access)),
                 ("mailq", list(prof.mailq))], reads
 
     def _status_facts(self, answers: list[CommandResult]) -> StatusFacts:
         prof = self.profile
-        version, mc, cf, auth, mailq = answers
+        version, mc, cf, auth, access, mailq = answers
         # An unreadable mc or cf: the answer says config_in_sync false.
         problems = [self._unreadable(path, read_failure(path, read))
                     for path, read in ((prof.mc_path, mc), (prof.cf_path, cf)) if not read.ok]
         match = re.search(r"^Version (\S+)", version.stdout_text(), re.MULTILINE)
         smarthost = self._smarthost_data(mc.stdout_text() if mc.ok else None,
                                          cf.stdout_text() if cf.ok else None,
-                                         auth.stdout if auth.ok else None)
+                                         auth.stdout if auth.ok else None,
+                                         access.stdout if access.ok else None)
         return StatusFacts(match.group(1) if match else None, smarthost,
                            self._parse_mailq(mailq), problems)
 
     def _diagnose_facts(self) -> tuple[dict[str, Any], list[ConfigError]]:
         self._confine("mc", "cf", "pid_file")
         mc_text, cf_text, problems = self._read_mc_cf()
-        return self._smarthost_data(mc_text, cf_text, None), problems
+        return self._smarthost_data(mc_text, cf_text, None, self._read_access(mc_text)), problems
 
     def _in_sync_detail(self, in_sync: bool) -> str:
         prof = self.profile

@@ -24,7 +24,12 @@ _CONF_OPTIONS = {"confAUTH_MECHANISMS": "AuthMechanisms", "confAUTH_OPTIONS": "A
                  "confPRIVACY_FLAGS": "PrivacyOptions", "confTO_CONNECT": "Timeout.connect",
                  "confDEF_USER_ID": "DefaultUser", "confPID_FILE": "PidFile",
                  "confMAX_DAEMON_CHILDREN": "MaxDaemonChildren",
-                 "confCONNECTION_RATE_THROTTLE": "ConnectionRateThrottle"}
+                 "confCONNECTION_RATE_THROTTLE": "ConnectionRateThrottle",
+                 "confCACERT_PATH": "CACertPath", "confCACERT": "CACertFile"}
+#: cfhead.m4's macros that are m4 definitions rather than cf.m4 hooks
+_CFHEAD_MACROS = {"MASQUERADE_AS": "define(`MASQUERADE_NAME', $1)"}
+#: ruleset MasqEnv's rule, without and with FEATURE(`masquerade_envelope')
+_MASQ_ENV_RULES = ("R$* < @ *LOCAL* > $*\t$: $1 < @ $j . > $2", "R$+\t\t\t$@ $>MasqHdr $1")
 #: MAILER(`smtp'): name, its *_MAILER_ARGS prefix, flags, recipient rewriting, line limit
 _SMTP_MAILERS = (("smtp", "SMTP", "mDFMuX", "EnvToSMTP", 990),
                  ("esmtp", "ESMTP", "mDFMuXa", "EnvToSMTP", 990),
@@ -68,6 +73,11 @@ class FakeM4:
     macros an mc file calls; ``MAILER(`smtp')`` captures the ``*_MAILER_ARGS`` defined so
     far (a port defined after it is lost, as with the real files) and the cf's ``DS`` line
     is proto.m4's own ``DS`'ifdef(`SMART_HOST', `SMART_HOST')``, expanded at the end.
+    ``MASQUERADE_AS`` is cfhead.m4's ``define(`MASQUERADE_NAME', $1)`` and the ``DM`` line
+    proto.m4's ``DM`'MASQUERADE_NAME``: a masquerade domain is rescanned twice, as with the
+    real files. ``FEATURE(`masquerade_envelope')`` turns ruleset MasqEnv into the header
+    rule, ``FEATURE(`check_cert_altnames')`` writes ``O SetCertAltnames=true``, and
+    ``confCACERT_PATH``/``confCACERT`` their ``O CACertPath``/``O CACertFile`` options.
     """
 
     def __init__(self, read: Callable[[str], str | None], *,
@@ -262,6 +272,7 @@ class FakeM4:
     def _include(self, path: str, required: bool) -> str:
         if path.endswith("/m4/cf.m4"):
             self.proto = True
+            self.macros.update(_CFHEAD_MACROS)
             return ""
         text = self.read(path)
         if text is None:
@@ -321,16 +332,23 @@ class FakeM4:
         for comment, letter, macro in _PROTO_HOSTS:
             lines += [f"# {comment}\n",
                       self.expand(f"D{letter}`'ifdef(`{macro}', `{macro}')") + "\n\n"]
+        if "MASQUERADE_NAME" in self.macros:
+            lines += ["# who I masquerade as (null for no masquerading) (see also $=M)\n",
+                      self.expand("DM`'MASQUERADE_NAME") + "\n\n"]
         for macro, option in _CONF_OPTIONS.items():
             if macro in self.macros:
                 lines.append(f"O {option}={self.expand(macro)}\n")
+        if "check_cert_altnames" in self.features:
+            lines.append("O SetCertAltnames=true\n")
         lines += [f"O DaemonPortOptions={opts}\n" for opts in self.daemon_options]
         if "access_db" in self.features:
             lines.append(f"Kaccess hash -T<TMPF> -o {self.mail_dir}/access.db\n")
         if "authinfo" in self.features:
             lines.append(f"Kauthinfo hash -o {self.mail_dir}/authinfo.db\n")
         lines += [f"# FEATURE({f})\n" for f in self.features]
-        lines += [extra, "\n#####  MAILER DEFINITIONS  #####\n", *self.mailers.values()]
+        envelope = "masquerade_envelope" in self.features
+        lines += [extra, "\nSMasqEnv=94\n", _MASQ_ENV_RULES[envelope], "\n",
+                  "\n#####  MAILER DEFINITIONS  #####\n", *self.mailers.values()]
         return out + "".join(lines)
 
 

@@ -22,6 +22,49 @@ _CF_LINE_STARTS = tuple("VDCFOMSRKHPTELQ#\t ")
 #: the group sendmail.mc and sendmail.cf belong to on the fake hosts (Debian's smmsp)
 SMMSP_GID = 25
 _MAPS = ("access", "authinfo", "mailertable", "virtusertable", "genericstable", "domaintable")
+#: what sendmail logs for a STARTTLS session with a lab relay (the cipher TLSv1.3 picks)
+TLS_SESSION = "version=TLSv1.3, verify={verify}, cipher=TLS_AES_256_GCM_SHA384, bits=256/256"
+
+
+@dataclass
+class RelayTls:
+    """How a smarthost of the fake does TLS (by default: STARTTLS with a certificate that
+    names it and verifies)."""
+
+    #: offers STARTTLS
+    starttls: bool = True
+    #: the name its certificate carries (None: its own)
+    cert_name: str | None = None
+    #: its certificate chain verifies against a CA the host's sendmail.cf names
+    trusted: bool = True
+
+
+@dataclass(frozen=True)
+class RelayedMail:
+    """A message the smarthost accepted from the fake's sendmail."""
+
+    queue_id: str
+    #: the envelope sender as it left (masqueraded or not)
+    sender: str
+    recipient: str
+    host: str
+    #: the SMTP AUTH user (None: no AUTH)
+    auth_user: str | None
+    #: inside STARTTLS
+    tls: bool
+    #: the From: header's address as it left
+    header_from: str
+
+
+@dataclass(frozen=True)
+class AuthSent:
+    """An SMTP AUTH exchange the fake's sendmail had with a smarthost."""
+
+    host: str
+    username: str
+    password: str
+    #: inside STARTTLS
+    tls: bool
 
 
 @dataclass
@@ -70,8 +113,22 @@ class FakeSendmailHost(FakeExecutor):
     its message's reason (delivered if it has none); with a smarthost in sendmail.cf a
     remote recipient is sent through it (refused if the smarthost is in ``refusing``);
     without one it is deferred ("Connection refused by mx.DOMAIN."). Messages sent through
-    a smarthost with an ``authinfo`` entry show the ``>>> AUTH`` exchange in the ``-v``
-    transcript, as sendmail does.
+    a smarthost with an ``authinfo`` entry (``P:`` plain or ``P=`` base64 password) show the
+    ``>>> AUTH`` exchange in the ``-v`` transcript, as sendmail does, and land in
+    ``auth_sent``.
+
+    TLS as sendmail 8.17 does it (checked on lab hosts): each smarthost speaks STARTTLS
+    unless ``relay_tls`` says otherwise; the certificate verifies only when sendmail.cf names
+    both ``CACertPath`` and ``CACertFile`` (sendmail loads CA certificates only then) and the
+    relay is ``trusted``. With FEATURE(access_db), the access map's ``TLS_Srv:HOST`` entry
+    (``ENCR:bits``, ``VERIFY[:bits][+CN]``) is checked after STARTTLS and before AUTH: a
+    session that does not meet it ends before AUTH, the recipient deferred with sendmail's
+    own words ("454 4.7.0 encryption too weak 0 less than 112", "... authentication
+    failed", "... CN other.lab.test does not match relay.lab.test") and a
+    ``ruleset=tls_server`` line in the maillog. Without an entry, AUTH goes in clear to a
+    relay without STARTTLS. sendmail.cf's ``DM`` masquerades the host's own sender
+    addresses in headers, and in the envelope with FEATURE(`masquerade_envelope');
+    accepted messages land in ``relayed``.
     """
 
     def __init__(self, *, flavour: str = "debian", hostname: str = "lab1",
@@ -90,6 +147,10 @@ class FakeSendmailHost(FakeExecutor):
         self.queues: dict[str, list[FakeMessage]] = {"mta": [], "msp": []}
         self.outcomes: dict[str, str] = {}
         self.refusing: set[str] = set()
+        #: how each smarthost does TLS (not listed: STARTTLS, a certificate that verifies)
+        self.relay_tls: dict[str, RelayTls] = {}
+        self.auth_sent: list[AuthSent] = []
+        self.relayed: list[RelayedMail] = []
         #: the running daemon's pid and the sendmail.cf it loaded (None: stopped)
         self.daemon_pid: int | None = None
         self.daemon_cf: bytes | None = None
@@ -374,21 +435,108 @@ class FakeSendmailHost(FakeExecutor):
             "relay", "esmtp", "smtp", "smtp8", "dsmtp") else ("relay", value)
         return host.strip("[]"), mailer
 
+    def _cf(self) -> str:
+        return self._read_text_or_none(self.cf_path) or ""
+
+    def _map(self, name: str) -> list[str]:
+        """The lines of a compiled map (the fake's .db holds its source after a magic line)."""
+        db = self._read_text_or_none(f"{self.mail_dir}/{name}.db")
+        return db.splitlines()[1:] if db is not None else []
+
     def _credentials(self, host: str) -> tuple[str, str] | None:
         """(user, password) of ``host`` in the compiled authinfo map, when sendmail uses it."""
-        cf = self._read_text_or_none(self.cf_path) or ""
-        db = self._read_text_or_none(f"{self.mail_dir}/authinfo.db")
-        if "\nKauthinfo " not in cf or db is None:
+        if "\nKauthinfo " not in self._cf():
             return None
-        for line in db.splitlines():
-            if line.startswith(f"AuthInfo:{host} "):
+        for line in self._map("authinfo"):
+            if line.lower().startswith(f"authinfo:{host.lower()} "):
                 user = re.search(r'"U:([^"]*)"', line)
-                password = re.search(r'"P:([^"]*)"', line)
+                password = re.search(r'"P([:=])([^"]*)"', line)
                 if user and password:
-                    return user.group(1), password.group(1)
+                    secret = password.group(2)
+                    if password.group(1) == "=":
+                        secret = base64.b64decode(secret).decode("utf-8", "replace")
+                    return user.group(1), secret
         return None
 
-    def _deliver(self, message: FakeMessage, rcpt: str) -> tuple[list[str], str, str, str]:
+    def _tls_requirement(self, host: str) -> str | None:
+        """The access map's TLS_Srv entry for ``host`` (upper case), when sendmail uses it."""
+        if "\nKaccess " not in self._cf():
+            return None
+        key = f"tls_srv:{host.lower()}"
+        for line in self._map("access"):
+            words = line.split(None, 1)
+            if len(words) == 2 and words[0].lower() == key:
+                return words[1].strip().upper()
+        return None
+
+    def _tls_refusal(self, host: str, verify: str, cert_name: str) -> str | None:
+        """What sendmail's tls_server ruleset answers (None: the session may go on)."""
+        requirement = re.sub(r"^(?:PERM|TEMP)\+", "", self._tls_requirement(host) or "")
+        if requirement.startswith("VERIFY"):
+            if verify != "OK":
+                return {"NONE": "454 4.7.0 other side does not support STARTTLS",
+                        "FAIL": "454 4.7.0 authentication failed"}[verify]
+            if "CN" in requirement.partition("+")[2].split("++") and cert_name != host:
+                return f"454 4.7.0 CN {cert_name} does not match {host}"
+        elif requirement.startswith("ENCR:") and verify == "NONE":
+            bits = requirement.partition(":")[2].split("+")[0]
+            return f"454 4.7.0 encryption too weak 0 less than {bits}"
+        return None
+
+    def _masquerade(self, sender: str, envelope: bool) -> str:
+        """The sender as sendmail.cf's masquerading rewrites it (headers, or the envelope)."""
+        cf = self._cf().splitlines()
+        domain = next((ln[2:].strip() for ln in cf if ln.startswith("DM")), "")
+        if not domain or (envelope and not any("$>MasqHdr" in ln for ln in cf
+                                               if ln.startswith("R$+"))):
+            return sender
+        user, _, host = sender.rpartition("@")
+        local = host.lower() in {self.fqdn or "", self.hostname, "localhost"}
+        return f"{user}@{domain}" if user and local else sender
+
+    def _session(self, host: str, message: FakeMessage, rcpt: str, pid: int
+                 ) -> tuple[list[str], str, str | None]:
+        """The SMTP session with a smarthost that answers: transcript, outcome text, and the
+        ``ruleset=tls_server`` refusal to log (None: no refusal)."""
+        tls = self.relay_tls.get(host, RelayTls())
+        credentials = self._credentials(host)
+        lines = [f"220 {host} ESMTP", f">>> EHLO {self.fqdn or self.hostname}", f"250-{host}",
+                 "250-PIPELINING", *(["250-STARTTLS"] if tls.starttls else []),
+                 *(["250-AUTH PLAIN LOGIN"] if credentials and not tls.starttls else []),
+                 "250 8BITMIME"]
+        verify, cert_name = "NONE", tls.cert_name or host
+        if tls.starttls:
+            cf = self._cf()
+            verify = ("OK" if tls.trusted and "\nO CACertPath=" in cf and "\nO CACertFile=" in cf
+                      else "FAIL")
+            self.log(pid, f"STARTTLS=client, relay={host}., " + TLS_SESSION.format(verify=verify))
+            lines += [">>> STARTTLS", "220 2.0.0 Ready to start TLS"]
+        refusal = self._tls_refusal(host, verify, cert_name)
+        if refusal is not None:
+            return ([*lines, ">>> QUIT", "221 2.0.0 Bye", f"<{rcpt}>... Deferred: {refusal}",
+                     f"Closing connection to {host}."], f"Deferred: {refusal}",
+                    f"ruleset=tls_server, arg1={verify}, relay={host}, reject={refusal}")
+        if tls.starttls:
+            lines += [f">>> EHLO {self.fqdn or self.hostname}", f"250-{host}",
+                      *(["250-AUTH PLAIN LOGIN"] if credentials else []), "250 8BITMIME"]
+        if credentials:
+            token = base64.b64encode(f"\0{credentials[0]}\0{credentials[1]}".encode()).decode()
+            lines += [f">>> AUTH PLAIN {token}", "235 2.7.0 Authentication successful"]
+            self.auth_sent.append(AuthSent(host, *credentials, tls=tls.starttls))
+        sender = self._masquerade(message.sender, envelope=True)
+        text = "Sent (2.0.0 Ok: queued)"
+        lines += [f">>> MAIL From:<{sender}> SIZE={message.size}", "250 2.1.0 Ok",
+                  f">>> RCPT To:<{rcpt}>", "250 2.1.5 Ok", ">>> DATA",
+                  "354 End data with <CR><LF>.<CR><LF>", ">>> .", "250 2.0.0 Ok: queued",
+                  f"<{rcpt}>... {text}", f"Closing connection to {host}.", ">>> QUIT",
+                  "221 2.0.0 Bye"]
+        self.relayed.append(RelayedMail(message.id, sender, rcpt, host, credentials[0]
+                                        if credentials else None, tls.starttls,
+                                        self._masquerade(message.sender, envelope=False)))
+        return lines, text, None
+
+    def _deliver(self, message: FakeMessage, rcpt: str,
+                 pid: int) -> tuple[list[str], str, str, str]:
         """One delivery attempt: transcript lines, the outcome text, mailer and relay."""
         domain = rcpt.rpartition("@")[2].lower()
         scripted = self.outcomes.get(rcpt) or self.outcomes.get(f"@{domain}")
@@ -413,30 +561,22 @@ class FakeSendmailHost(FakeExecutor):
                             else "")
         if text:
             return [*lines, f"<{rcpt}>... {text}"], text, mailer, relay
-        credentials = self._credentials(host)
-        lines += [f"220 {host} ESMTP", f">>> EHLO {self.fqdn or self.hostname}", f"250-{host}",
-                  "250-PIPELINING", *(["250-AUTH PLAIN LOGIN"] if credentials else []),
-                  "250 8BITMIME"]
-        if credentials:
-            token = base64.b64encode(f"\0{credentials[0]}\0{credentials[1]}".encode()).decode()
-            lines += [f">>> AUTH PLAIN {token}", "235 2.7.0 Authentication successful"]
-        text = "Sent (2.0.0 Ok: queued)"
-        lines += [f">>> MAIL From:<{message.sender}> SIZE={message.size}", "250 2.1.0 Ok",
-                  f">>> RCPT To:<{rcpt}>", "250 2.1.5 Ok", ">>> DATA",
-                  "354 End data with <CR><LF>.<CR><LF>", ">>> .", "250 2.0.0 Ok: queued",
-                  f"<{rcpt}>... {text}", f"Closing connection to {host}.", ">>> QUIT",
-                  "221 2.0.0 Bye"]
-        return lines, text, mailer, relay
+        session, text, refusal = self._session(host, message, rcpt, pid)
+        if refusal is not None:
+            self.log(pid, refusal)
+        return [*lines, *session], text, mailer, relay
 
     def _attempt(self, message: FakeMessage, pid: int) -> list[str]:
         """Try every recipient of ``message``; keep the ones that failed; log each try."""
         transcript: list[str] = []
         kept: list[str] = []
         for rcpt in message.recipients:
-            lines, text, mailer, relay = self._deliver(message, rcpt)
+            lines, text, mailer, relay = self._deliver(message, rcpt, pid)
             transcript += lines
             sent = text.startswith("Sent")
-            dsn = "2.0.0" if sent else ("4.4.1" if text.startswith("Deferred") else "4.0.0")
+            replied = re.match(r"Deferred: \d{3} (\d\.\d{1,3}\.\d{1,3}) ", text)
+            dsn = ("2.0.0" if sent else replied.group(1) if replied
+                   else "4.4.1" if text.startswith("Deferred") else "4.0.0")
             self.log(pid, f"{message.id}: to=<{rcpt}>, delay=00:00:00, xdelay=00:00:00, "
                           f"mailer={mailer}, pri=120000, " + (f"relay={relay}, " if relay else "")
                      + f"dsn={dsn}, stat={text}")

@@ -148,7 +148,7 @@ def test_auth_required(debian_agent: Agent) -> None:
     ({"host": "smarthost.lab.test", "port": 70000}, "port"),
     ({"host": "smarthost.lab.test", "port": "25"}, "port"),
     ({"host": "smarthost.lab.test", "surprise": 1}, "surprise"),
-    ({"host": "smarthost.lab.test", "auth": {"username": "u", "password": "a b"}},
+    ({"host": "smarthost.lab.test", "auth": {"username": "u", "password": "a\nb"}},
      "auth.password"),
     ({}, "host"),
 ])

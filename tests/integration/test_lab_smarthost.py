@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import OpsRunner
 from tests.lab.lab import SINK_PORT, LabHost
+from tests.lab.relay import Relay
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -153,13 +154,24 @@ def test_cf_that_fails_validation_is_never_installed(host: LabHost, ops: OpsRunn
 
 def test_smtp_auth_map_is_private_and_password_never_shown(host: LabHost, ops: OpsRunner) -> None:
     password = "S3cret!pa55-word#x"
-    body = {**SMARTHOST, "auth": {"username": "pbx-relay@ourtest.com", "password": password}}
+    # credentials go only over STARTTLS (tls.mode encrypt with auth): a relay that offers it
+    relay = host.lab.start_relay(f"auth{host.name}", credentials=("pbx-relay@ourtest.com",
+                                                                  password))
+    try:
+        check_auth_map(host, ops, relay, password)
+    finally:
+        host.lab.stop_relay(relay)
+
+
+def check_auth_map(host: LabHost, ops: OpsRunner, relay: Relay, password: str) -> None:
+    body = {"host": relay.fqdn, "port": relay.port,
+            "auth": {"username": "pbx-relay@ourtest.com", "password": password}}
     code, result = ops("set-smarthost", body=body)
     assert code == 0, result
     for name in ("authinfo", "authinfo.db"):
         st = (host.mail_dir / name).stat()
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, name
-    assert 'AuthInfo:smarthost.lab.test "U:pbx-relay@ourtest.com"' in (
+    assert f'AuthInfo:{relay.fqdn} "U:pbx-relay@ourtest.com"' in (
         host.mail_dir / "authinfo").read_text()
     mc = (host.mail_dir / "sendmail.mc").read_text()
     assert "FEATURE(`authinfo')" in mc
@@ -168,7 +180,7 @@ def test_smtp_auth_map_is_private_and_password_never_shown(host: LabHost, ops: O
     host.send_mail([VOICEMAIL_TO], subject="with auth")
     code, flushed = ops("flush")
     host.wait_for(lambda: any(m["auth_user"] == "pbx-relay@ourtest.com"
-                              for m in host.lab.smarthost.messages()), 30,
+                              for m in relay.messages()), 30,
                   "a message authenticated as the configured user")
     code, read = ops("read-smarthost")
     code, log = ops("log", "--lines", "500")
@@ -204,7 +216,7 @@ def test_hostile_host_is_refused_before_m4(make_host: Callable[..., LabHost], tm
 @pytest.mark.parametrize("body, field", [
     ({"host": "smarthost.lab.test", "port": 0}, "port"),
     ({"host": "smarthost.lab.test", "port": "25; id"}, "port"),
-    ({"host": "smarthost.lab.test", "auth": {"username": "u", "password": 'a"b'}},
+    ({"host": "smarthost.lab.test", "auth": {"username": "u", "password": "a\nb"}},
      "auth.password"),
     ({"host": "smarthost.lab.test", "extra": 1}, "extra"),
 ])

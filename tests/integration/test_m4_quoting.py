@@ -205,7 +205,7 @@ def test_hostile_credentials_are_refused(tmp_path: Path) -> None:
     sentinel = tmp_path / "SENTINEL"
     with pytest.raises(ValidationError) as caught:
         parse_smarthost_request({"host": "relay.example", "auth": {
-            "username": f"x')esyscmd(`touch {sentinel}')", "password": 'p"ss\\'}})
+            "username": f"x')esyscmd(`touch {sentinel}')", "password": "p\nss"}})
     assert set(caught.value.errors) == {"auth.username", "auth.password"}
     assert not sentinel.exists()
 

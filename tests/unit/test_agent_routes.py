@@ -94,7 +94,8 @@ def test_smarthost_set_read_again_and_remove(client: FlaskClient,
     code, put = call(client, "PUT", "/v1/smarthost",
                      {**SMARTHOST, "auth": {"username": "pbx", "password": PASSWORD}})
     assert code == 200 and put["ok"] and put["changed"] and not put["rolled_back"], put
-    assert put["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": {"username": "pbx"}}
+    assert put["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": {"username": "pbx"},
+                                "tls": {"mode": "encrypt", "ca_file": None}, "masquerade": None}
     assert put["config_in_sync"] and put["backup"] and put["dry_run"] is False
     assert [s["name"] for s in put["steps"]][-3:] == ["make", "restart", "verify"]
     assert "DS[smarthost.lab.test]" in host.read_text("/etc/mail/sendmail.cf").splitlines()
@@ -144,7 +145,8 @@ def test_reads_of_a_host_without_sendmail_cf_say_it_is_out_of_sync(
     host.remove(CF)
     # GET /v1/smarthost and /v1/status have no ok or error: they answer 200 with what
     # sendmail.mc configures and config_in_sync false, in their documented shape.
-    configured = {**SMARTHOST, "mailer": "relay", "auth": None}
+    configured = {**SMARTHOST, "mailer": "relay", "auth": None,
+                  "tls": {"mode": "may", "ca_file": None}, "masquerade": None}
     code, read = call(client, "GET", "/v1/smarthost")
     assert (code, read) == (200, {"smarthost": configured, "config_in_sync": False})
     code, status = call(client, "GET", "/v1/status")

@@ -178,7 +178,8 @@ def test_set_smarthost_compiles_swaps_restarts_and_keeps_owners() -> None:
     result = ops_for(host).set_smarthost(set_request())
     assert result.ok and result.changed and not result.rolled_back, result.error
     assert result.data["smarthost"] == {"host": "smarthost.lab.test", "port": 2525, "mx": False,
-                                        "mailer": "relay", "auth": None}
+                                        "mailer": "relay", "auth": None, "masquerade": None,
+                                        "tls": {"mode": "may", "ca_file": None}}
     assert result.data["config_in_sync"] is True
     assert [s.name for s in result.steps] == [
         "write sendmail.mc (temporary)", "compile", "validate", "backup", "swap", "make",
@@ -196,7 +197,8 @@ def test_set_smarthost_compiles_swaps_restarts_and_keeps_owners() -> None:
         assert state is not None and (state.mode, state.uid, state.gid) == (0o644, 0, SMMSP_GID)
     assert host.daemon_cf == host.read_file(CF) and host.restarts == 2
     backup = result.data["backup"]
-    assert backup.startswith(BACKUPS) and host.list_dir(backup) == ["sendmail.cf", "sendmail.mc"]
+    assert backup.startswith(BACKUPS) and host.list_dir(backup) == [
+        "access", "access.db", "sendmail.cf", "sendmail.mc"]
     assert host.read_text(f"{backup}/sendmail.mc") == old_mc
     assert not host.exists(LOCK) and host.m4_shell_calls == []
     assert [p for p in host.list_dir("/etc/mail") if ".relayfleet-new" in p] == []
@@ -220,11 +222,14 @@ def test_set_smarthost_with_auth_writes_a_private_map_and_hides_the_secret() -> 
         state = host.state(path)
         assert state is not None and (state.mode, state.uid, state.gid) == (0o600, 0, 0), path
     assert host.read_text(AUTHINFO) == (
-        f'AuthInfo:smarthost.lab.test "U:pbx" "I:pbx" "P:{PASSWORD}" "M:PLAIN LOGIN"\n')
+        f'AuthInfo:smarthost.lab.test "U:pbx" "I:pbx" '
+        f'"P={base64.b64encode(PASSWORD.encode()).decode()}" "M:PLAIN LOGIN"\n')
     assert f"FEATURE(`authinfo'){MARK}" in host.read_text(MC)
     assert cf_lines(host, "Kauthinfo") == ["Kauthinfo hash -o /etc/mail/authinfo.db"]
     makemap = [c for c in host.commands if c.argv[0] == "makemap"]
-    assert len(makemap) == 1 and PASSWORD.encode() in (makemap[0].input or b"")
+    # authinfo (the password in sendmail's base64 form, on stdin only), then the access map
+    secret = base64.b64encode(PASSWORD.encode())
+    assert [secret in (c.input or b"") for c in makemap] == [True, False]
     assert PASSWORD not in json.dumps(result.to_dict())
     assert "credentials entry written (content not shown)" in result.data["diff"]
     assert ops.read_smarthost().data["smarthost"]["auth"] == {"username": "pbx"}
@@ -480,7 +485,8 @@ def test_read_smarthost_status_and_diagnose_report_a_missing_sendmail_cf() -> No
     read = ops.read_smarthost()
     assert read.ok is False and read.error_kind == "config" and read.error == NO_CF
     # sendmail.mc still says which smarthost is configured; no compiled cf agrees with it.
-    assert read.data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": None}
+    assert read.data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": None,
+                                      "tls": {"mode": "may", "ca_file": None}, "masquerade": None}
     assert read.data["config_in_sync"] is False and read.data["compiled"] is None
     status = ops.status()
     assert status.ok is False and status.error_kind == "config" and status.error == NO_CF

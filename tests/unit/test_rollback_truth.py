@@ -25,6 +25,7 @@ from shared.validation import parse_smarthost_request
 
 MAIL = "/etc/mail"
 MC, CF, AUTHINFO = f"{MAIL}/sendmail.mc", f"{MAIL}/sendmail.cf", f"{MAIL}/authinfo"
+ACCESS = f"{MAIL}/access"
 BACKUPS = f"{MAIL}/.relayfleet-backup"
 RESTART = ("/etc/init.d/sendmail", "restart")
 PASSWORD = "Fake-S3cret!pw"
@@ -85,7 +86,7 @@ def test_make_failing_during_the_rollback_is_reported() -> None:
     assert doc["ok"] is False and doc["rolled_back"] is True and config_state(host) == before
     assert "make failed" in doc["error"] and "was restored" not in doc["error"]
     assert "restored byte for byte" in doc["error"]
-    assert doc["restored"] == [MC, CF, AUTHINFO, f"{AUTHINFO}.db"]
+    assert doc["restored"] == [MC, CF, AUTHINFO, f"{AUTHINFO}.db", ACCESS, f"{ACCESS}.db"]
     assert doc["mta_running"] is True and doc["backup"].startswith(BACKUPS)
 
 
@@ -159,7 +160,7 @@ def test_a_failure_between_the_authinfo_renames_is_rolled_back() -> None:
     assert doc["ok"] is False and doc["rolled_back"] is True, doc["error"]
     # the map that was already renamed in is gone again: neither half of the pair stays
     assert config_state(host) == before
-    assert doc["restored"] == [MC, CF, AUTHINFO, f"{AUTHINFO}.db"]
+    assert doc["restored"] == [MC, CF, AUTHINFO, f"{AUTHINFO}.db", ACCESS, f"{ACCESS}.db"]
     assert "the previous configuration was restored" in doc["error"]
 
 
