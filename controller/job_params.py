@@ -35,6 +35,16 @@ def validate_params(action: str, params: dict[str, Any],
     return entry.split(request)
 
 
+def check_target_size(action: str, params: dict[str, Any], hosts: int) -> None:
+    """Refuse a job whose params name one host (fix_hostname's fqdn) over more than one."""
+    entry = action_named(action, job=True)
+    given = [key for key in entry.one_host_params if params.get(key) is not None]
+    if given and hosts > 1:
+        raise ValidationError.for_field(
+            f"params.{given[0]}", f"names one host, but the target matches {hosts} hosts: "
+            f"target that host alone, or {entry.one_host_params[given[0]]}")
+
+
 def stored_request(action: str, public: dict[str, Any],
                    secret: dict[str, Any] | None) -> Request:
     """The typed request of a stored job, from its public params and decrypted secret."""

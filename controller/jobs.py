@@ -20,7 +20,7 @@ from controller.crypto import SecretBox
 from controller.db import Database
 from controller.errors import Conflict
 from controller.inventory import get_scoped, scoped
-from controller.job_params import validate_params
+from controller.job_params import check_target_size, validate_params
 from controller.models import Host, HostTag, Job, JobHost, Site, Tenant
 from shared.errors import ValidationError
 
@@ -80,6 +80,7 @@ def start_job(session: Session, who: Principal, body: dict[str, Any], box: Secre
             "must finish within the broker's visibility timeout)")
     params, secret = validate_params(body["action"], dict(body.get("params") or {}), options)
     hosts = host_rows if host_rows is not None else resolve_target(session, who, body["target"])
+    check_target_size(body["action"], params, len(hosts))
     job = ledger.accept(session, tenant_id=who.tenant_id, token_id=who.token_id,
                         action=body["action"], target=body["target"], params=params,
                         params_sealed=box.seal(json.dumps(secret)) if secret else None,

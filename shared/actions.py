@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
 from marshmallow import Schema
@@ -89,6 +89,9 @@ class Action(Generic[R]):
     changes_host: bool = False
     #: may be run as a controller job
     job: bool = True
+    #: params that name one host (fix_hostname's fqdn), and what a job over several hosts
+    #: gives instead: a job giving one of them targets one host
+    one_host_params: Mapping[str, str] = field(default_factory=dict)
 
     def parse(self, data: object) -> R:
         """Check a request (a JSON object) with the action's schema; return it typed."""
@@ -325,7 +328,8 @@ _CATALOGUE: tuple[Action[Any], ...] = (
         operation=lambda ops, request, dry_run: ops.fix_hostname(request, dry_run=dry_run),
         route=HttpRoute("POST", "/v1/hostname", "json"),
         result_schema=s.ChangeResultSchema, answer=_change_answer, learn=_learn_nothing,
-        changes_host=True),
+        changes_host=True,
+        one_host_params={"fqdn": "give domain to qualify each host's own short name"}),
     # Reads the agent and relayfleet-ops offer but jobs do not (collect_status covers them).
     Action[NoParams](
         name="read_smarthost", command="read-smarthost",

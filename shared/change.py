@@ -21,14 +21,16 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from shared import diagnose as diag
+from shared import hostsfile
+from shared.diagnose.check import first_line
 from shared.errors import (
     CommandTimeout,
     ConfigError,
     ExecutorError,
     HostUnreachable,
-    NotSupported,
     OperationError,
     RelayfleetError,
+    ValidationError,
 )
 from shared.executor import MISSING_CODE, CommandResult, FileMissing, read_command
 from shared.hostlock import HostLock
@@ -38,6 +40,7 @@ from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail.maillog import LogRecord, summarize
 from shared.sendmail.mailq import MailqReport
 from shared.sendmail.mc import unified_diff
+from shared.validation import validate_fqdn
 
 BACKUP_DIR = ".relayfleet-backup"
 BACKUPS_KEPT = 5
@@ -100,6 +103,89 @@ ChangeT = TypeVar("ChangeT", bound=FileChange)
 WantedT = TypeVar("WantedT")
 
 
+PlanT = TypeVar("PlanT")
+
+
+def _none(_plan: object) -> set[str]:
+    return set()
+
+
+@dataclass
+class ChangeSteps(Generic[PlanT]):
+    """What one kind of change does at each step of the shared transaction
+    (:meth:`ConfigChangeOperations._transact`); ``PlanT`` is what its plan computes."""
+
+    #: profile keys whose files are confined before the change starts
+    confine: tuple[str, ...]
+    #: puts the plan's diff in the result and sets ``result.changed``
+    describe: Callable[[PlanT, OperationResult], None]
+    #: the live files the planned change may rewrite: backed up before the swap, put back
+    #: byte for byte when the change fails after it
+    files: Callable[[PlanT], list[str]]
+    #: writes and validates the new files beside the live ones (naming each temporary file
+    #: in the list it is given); the (temporary, live) renames, in order
+    build: Callable[[PlanT, StepRecorder, list[str]], list[tuple[str, str]]]
+    #: makes the MTA run the installed files and checks that it does; raises if not
+    activate: Callable[[StepRecorder], None]
+    #: why the running MTA does not run the installed files (None: it does)
+    stale: Callable[[], str | None]
+    #: installed files the swap's step does not name (compiled maps)
+    unnamed: Callable[[PlanT], set[str]] = _none
+    #: what the steps say when every file is already as wanted
+    unchanged: str = "configuration already as requested; no file touched"
+
+
+@dataclass
+class FileEdit:
+    """A text file a change rewrites: its current text (None: absent) and the wanted one.
+    Texts hold undecodable bytes as surrogates, so that a file is written back byte for
+    byte where the edit does not touch it."""
+
+    path: str
+    old: str | None
+    new: str
+
+    @property
+    def changed(self) -> bool:
+        """The file is to be written."""
+        return self.new != self.old
+
+
+def _no_edits(_rec: StepRecorder) -> list[FileEdit]:
+    return []
+
+
+def _no_check(_rec: StepRecorder, _edit: FileEdit) -> None:
+    return None
+
+
+@dataclass
+class NameChange:
+    """How an MTA takes the host's fully qualified name: its part of ``fix_hostname``."""
+
+    #: profile keys confined before the change (the MTA's home holds the change lock and
+    #: the backups)
+    confine: tuple[str, ...]
+    #: makes the MTA take the name (restart, reload) and checks that it has; raises if not
+    activate: Callable[[StepRecorder], None]
+    #: why the running MTA may still go by an older name (None: it does not)
+    stale: Callable[[], str | None]
+    #: the MTA's own files the name needs changed (Postfix: main.cf's myhostname)
+    plan: Callable[[StepRecorder], list[FileEdit]] = _no_edits
+    #: checks one of those files, written beside the live one, before anything is swapped
+    validate: Callable[[StepRecorder, FileEdit], None] = _no_check
+
+
+def _bytes(text: str) -> bytes:
+    """A file's text back to its bytes (see :class:`FileEdit`)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _shown(text: str) -> str:
+    """A file's text as a diff may show it (undecodable bytes replaced)."""
+    return _bytes(text).decode("utf-8", "replace")
+
+
 @dataclass
 class RollbackReport:
     """What a rollback did: the state the host is in afterwards, exactly."""
@@ -139,6 +225,12 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
     rebuild_label: str = "rebuild"
     #: profile keys a change reads or writes, confined before it starts
     change_files: tuple[str, ...]
+    #: files that may be mount points (/etc/hosts is bind-mounted in containers and lab
+    #: hosts): when a rename cannot replace one, its content is replaced in place
+    in_place_files: tuple[str, ...] = (diag.HOSTS_FILE,)
+    #: the files of the change being applied (what _backup saves and _rollback puts back);
+    #: None: the smarthost change's (:meth:`_managed_files`)
+    _changing: list[str] | None = None
 
     # -- hooks ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -318,30 +410,157 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         result.data = {"records": [r.to_dict() for r in records], "summary": summarize(records)}
         return result
 
+    # -- the host's name ---------------------------------------------------------------
+    @abc.abstractmethod
+    def _name_change(self, fqdn: str) -> NameChange:
+        """How this MTA takes the host's fully qualified name ``fqdn``."""
+
     def fix_hostname(self, request: HostnameRequest, *, dry_run: bool = False) -> OperationResult:
-        """Make the host's name fully qualified (/etc/hosts, and the MTA told)."""
-        raise NotSupported("fix_hostname is not built yet")
+        """Make the host's name fully qualified: /etc/hosts resolves the short name to the
+        FQDN (the rules are :func:`shared.hostsfile.qualify`'s) and the MTA takes the name,
+        with a smarthost change's safety (lock, dry-run diff, backup, swap, verify, rollback).
+
+        The short name stays (ValidationError when ``request`` names another); the kernel's
+        name and /etc/hostname are left alone.
+        """
+        short = diag.short_name(self.executor)
+        fqdn = self._wanted_fqdn(request, short)
+        mta = self._name_change(fqdn)
+
+        def plan(rec: StepRecorder) -> list[FileEdit]:
+            return [self._hosts_edit(rec, short, fqdn), *mta.plan(rec)]
+
+        def build(edits: list[FileEdit], rec: StepRecorder,
+                  temps: list[str]) -> list[tuple[str, str]]:
+            for edit in edits[1:]:  # the MTA's own files, checked by the MTA first
+                if edit.changed:
+                    mta.validate(rec, edit)
+            return self._build_edits(edits, rec, temps)
+
+        steps = ChangeSteps[list[FileEdit]](
+            confine=mta.confine, describe=self._describe_edits,
+            files=lambda edits: [edit.path for edit in edits if edit.changed], build=build,
+            activate=lambda rec: self._take_name(rec, short, fqdn, mta), stale=mta.stale,
+            unchanged=f"already fully qualified: the host resolves {short} to {fqdn} and "
+                      f"{self.label} has that name; no file touched")
+        return self._transact("fix_hostname", plan, dry_run, Redactor(), steps)
+
+    def _wanted_fqdn(self, request: HostnameRequest, short: str) -> str:
+        """The FQDN ``request`` asks for on a host called ``short``; ValidationError when it
+        would rename the host or is a placeholder."""
+        field_name = "fqdn" if request.fqdn is not None else "domain"
+        if not short or short == "localhost":
+            raise ValidationError.for_field(
+                field_name, f"the host calls itself {short or 'nothing'!r}: give it its own "
+                "name first (fix_hostname qualifies the existing name; renaming a host is a "
+                "different job)")
+        fqdn = validate_fqdn(request.fqdn_for(short), field_name)
+        if fqdn.split(".")[0] != short:
+            raise ValidationError.for_field(
+                field_name, f"{fqdn} does not start with the host's short name {short}: "
+                "fix_hostname qualifies the existing name; renaming a host is a different job")
+        if diag.not_qualified_reason(fqdn) is not None:
+            raise ValidationError.for_field(
+                field_name, f"{fqdn} is a placeholder name relays refuse: give the host's "
+                "real domain")
+        return fqdn
+
+    def _hosts_edit(self, rec: StepRecorder, short: str, fqdn: str) -> FileEdit:
+        """/etc/hosts now and as :func:`shared.hostsfile.qualify` makes it (a missing file is
+        created from Debian's default first lines)."""
+        path = diag.HOSTS_FILE
+        real = self.executor.real_path(path)
+        if real != path:
+            raise ConfigError(f"{path} is a symbolic link to {real}: relayfleet does not "
+                              f"follow links out of where a file belongs; edit {real} by hand")
+        data = self.executor.read_file_if_exists(path)
+        rec.note(f"read {path}", "missing: it will be created" if data is None
+                 else f"{len(data)} bytes")
+        old = data.decode("utf-8", "surrogateescape") if data is not None else None
+        base = old if old is not None else hostsfile.DEFAULT_HOSTS
+        return FileEdit(path, old, hostsfile.qualify(base, short, fqdn))
+
+    @staticmethod
+    def _describe_edits(edits: list[FileEdit], result: OperationResult) -> None:
+        result.changed = any(edit.changed for edit in edits)
+        result.data["diff"] = "".join(
+            unified_diff(_shown(edit.old or ""), _shown(edit.new), edit.path)
+            for edit in edits if edit.changed)
+
+    def _build_edits(self, edits: list[FileEdit], rec: StepRecorder,
+                     temps: list[str]) -> list[tuple[str, str]]:
+        """Each changed file written beside the live one, with its mode and owner."""
+        renames = []
+        for edit in edits:
+            if not edit.changed:
+                continue
+            tmp = self.executor.temp_path_for(edit.path)
+            temps.append(tmp)
+            self._write_like(edit.path, tmp, _bytes(edit.new))
+            rec.note(f"write {posixpath.basename(edit.path)} (temporary)", tmp)
+            renames.append((tmp, edit.path))
+        return renames
+
+    def _take_name(self, rec: StepRecorder, short: str, fqdn: str, mta: NameChange) -> None:
+        """Check that the host resolves its name to ``fqdn`` (``hostname -f``; ``getent
+        hosts`` where that fails), then have the MTA take it."""
+        started = time.monotonic()
+        timeout = diag.COMMAND_TIMEOUT_S
+        said = ""
+        for name, argv in (("hostname -f", ["hostname", "-f"]),
+                           ("getent hosts", ["getent", "hosts", short])):
+            try:
+                out = rec.run(name, argv, timeout=timeout, check=False)
+            except HostUnreachable:
+                raise
+            except ExecutorError:  # no such program
+                continue
+            # hostname -f prints the name; getent "ADDRESS CANONICAL ALIASES..."
+            words = first_line(out).split()[0 if name == "hostname -f" else 1:]
+            said = hostsfile.normal_name(words[0]) if words else ""
+            if said:
+                break
+        if said != fqdn:
+            raise OperationError(
+                f"after the change the host resolves its name to {said or 'nothing'!r}, not "
+                f"{fqdn}: its resolver does not answer from {diag.HOSTS_FILE} first (see the "
+                "hosts line of /etc/nsswitch.conf, or a name cache such as nscd)")
+        rec.note("verify name", f"the host resolves {short} to {fqdn}", started=started)
+        mta.activate(rec)
 
     # -- the transaction --------------------------------------------------------------
     def _change(self, name: str, plan: Callable[[StepRecorder], ChangeT], dry_run: bool,
                 redactor: Redactor, wanted: WantedT | None) -> OperationResult:
+        """A smarthost change (set or remove) through :meth:`_transact`."""
+        steps = ChangeSteps[ChangeT](
+            confine=self.change_files,
+            describe=lambda change, result: self._describe(change, result, wanted),
+            files=lambda _change: self._managed_files(), build=self._build_smarthost,
+            activate=lambda rec: self._activate_verify(rec, wanted), stale=self._stale_reason,
+            unnamed=lambda change: {entry.compiled for entry in self._maps(change)})
+        return self._transact(name, plan, dry_run, redactor, steps)
+
+    def _transact(self, name: str, plan: Callable[[StepRecorder], PlanT], dry_run: bool,
+                  redactor: Redactor, steps: ChangeSteps[PlanT]) -> OperationResult:
+        """The change transaction (see the module's docstring), ``steps`` saying what each
+        step does for this kind of change."""
         rec = StepRecorder(self.executor, redactor)
         result = OperationResult(name, steps=rec.steps)
         try:
-            self._confine(*self.change_files)
+            self._confine(*steps.confine)
             if dry_run:
                 change = plan(rec)
-                self._describe(change, result, wanted)
+                steps.describe(change, result)
                 result.data["dry_run"] = True
                 return result
             with self._change_lock():
                 change = plan(rec)
-                self._describe(change, result, wanted)
+                steps.describe(change, result)
                 if result.changed:
-                    self._apply(change, rec, result, wanted)
+                    self._apply(change, rec, result, steps)
                 else:
-                    rec.note("compare", "configuration already as requested; no file touched")
-                    self._ensure_running(rec, result, wanted)
+                    rec.note("compare", steps.unchanged)
+                    self._ensure_running(rec, result, steps)
         except RelayfleetError as exc:
             fail(result, exc, redact=redactor)
         # Done, refused or rolled back: the answer says what the files say now. Reading them
@@ -353,48 +572,81 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         return result
 
     def _ensure_running(self, rec: StepRecorder, result: OperationResult,
-                        wanted: WantedT | None) -> None:
+                        steps: ChangeSteps[Any]) -> None:
         """Finish a change that was interrupted between its swap and its activation (and is
         now retried): activate if the MTA is down, or if it runs an older configuration."""
         running, _pid = self._mta_running()
-        stale = self._stale_reason() if running else None
+        stale = steps.stale() if running else None
         if not running:
             result.data["note"] = "the configuration was in place but the MTA was not running"
         elif stale is not None:
             result.data["note"] = f"{stale}; restarted so that it runs it"
         else:
             return
-        self._activate_verify(rec, wanted)
+        steps.activate(rec)
 
-    def _apply(self, change: ChangeT, rec: StepRecorder, result: OperationResult,
-               wanted: WantedT | None) -> None:
+    def _apply(self, change: PlanT, rec: StepRecorder, result: OperationResult,
+               steps: ChangeSteps[PlanT]) -> None:
         """Build and validate beside the live files, back up, swap, activate and verify;
         roll back on a failure after the swap. Temporary files never outlive the change."""
         ex = self.executor
         temps: list[str] = []
+        self._changing = steps.files(change)
         try:
-            renames = self._build_config(change, rec, temps)
-            maps = [entry for entry in self._maps(change) if entry.changed]
-            # Each map and its source are a pair, renamed before the configuration that
-            # names them (one renamed without the other never stays: a failure from the
-            # first rename on rolls back).
-            renames = [*(pair for entry in maps
-                         for pair in self._build_map(change, entry, rec, temps)), *renames]
+            renames = steps.build(change, rec, temps)
             backup = result.data["backup"] = self._backup(rec)
-            compiled = {entry.compiled for entry in maps}
+            unnamed = steps.unnamed(change)
 
             def swap() -> None:
                 self._before_swap()
-                for tmp, live in renames:
-                    ex.rename(tmp, live)
-                rec.note("swap", "installed new " + ", ".join(
-                    posixpath.basename(live) for _tmp, live in renames if live not in compiled))
+                notes = [why for tmp, live in renames
+                         if (why := self._install(tmp, live)) is not None]
+                rec.note("swap", "; ".join(["installed new " + ", ".join(
+                    self._file_name(live) for _tmp, live in renames if live not in unnamed),
+                    *notes]))
 
-            self._run_swapped(rec, result, backup, swap, wanted)
+            self._run_swapped(rec, result, backup, swap, steps.activate)
         finally:
+            self._changing = None
             for tmp in temps:
                 with contextlib.suppress(ExecutorError):
                     ex.remove(tmp)
+
+    def _build_smarthost(self, change: ChangeT, rec: StepRecorder,
+                         temps: list[str]) -> list[tuple[str, str]]:
+        """The configuration built beside the live one, each changed map with it."""
+        renames = self._build_config(change, rec, temps)
+        maps = [entry for entry in self._maps(change) if entry.changed]
+        # Each map and its source are a pair, renamed before the configuration that
+        # names them (one renamed without the other never stays: a failure from the
+        # first rename on rolls back).
+        return [*(pair for entry in maps
+                  for pair in self._build_map(change, entry, rec, temps)), *renames]
+
+    def _file_name(self, path: str) -> str:
+        """A file as the steps name it: by its name in the MTA's home, else by its path."""
+        return (posixpath.basename(path) if posixpath.dirname(path) == self.profile.home
+                else path)
+
+    def _install(self, tmp: str, live: str) -> str | None:
+        """Rename ``tmp`` over ``live``. A file that may be a mount point (in_place_files)
+        cannot be renamed over: when that rename is refused, ``tmp``'s content is copied
+        into ``live`` itself (``cp -p``; not atomic: a reader may see it part-written for
+        that moment) and ``tmp`` removed. Returns what was done instead (None: renamed)."""
+        ex = self.executor
+        try:
+            ex.rename(tmp, live)
+            return None
+        except (HostUnreachable, CommandTimeout):
+            raise
+        except ExecutorError as exc:
+            if live not in self.in_place_files:
+                raise
+            refused = exc.message
+        ex.copy_file(tmp, live)
+        with contextlib.suppress(ExecutorError):
+            ex.remove(tmp)
+        return f"{live} could not be renamed over ({refused}): its content was replaced in place"
 
     def _maps(self, change: ChangeT) -> list[MapChange]:
         """Every map ``change`` may rewrite: the credentials map first, then the others."""
@@ -427,11 +679,12 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         return [(compiled_tmp, entry.compiled), (tmp, entry.source)]
 
     def _run_swapped(self, rec: StepRecorder, result: OperationResult, backup: str,
-                     swap: Callable[[], None], wanted: WantedT | None) -> None:
+                     swap: Callable[[], None], activate: Callable[[StepRecorder], None]
+                     ) -> None:
         """Swap the new files in and activate them; on failure roll back and raise."""
         try:
             swap()
-            self._activate_verify(rec, wanted)
+            activate(rec)
             result.data["mta_running"] = True  # verified above
         except RelayfleetError as exc:
             undo = self._rollback(rec, backup)
@@ -562,13 +815,17 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         target = posixpath.join(root, stamp)
         ex.make_dir(target, mode=0o700)
-        for path in self._managed_files():
+        for path in self._files_in_change():
             if ex.exists(path):
                 ex.copy_file(path, posixpath.join(target, posixpath.basename(path)))
         for old in ex.list_dir(root)[:-BACKUPS_KEPT]:
             ex.remove_dir(posixpath.join(root, old))
         rec.note("backup", target)
         return target
+
+    def _files_in_change(self) -> list[str]:
+        """The files the change being applied may rewrite."""
+        return self._changing if self._changing is not None else self._managed_files()
 
     def _mta_running(self) -> tuple[bool, int | None]:
         """Whether the MTA's daemon runs, and its pid when known."""
@@ -587,7 +844,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         ex = self.executor
         started = time.monotonic()
         undo = RollbackReport()
-        files = self._managed_files()
+        files = self._files_in_change()
         saved: set[str] = set()
         try:
             saved.update(ex.list_dir(backup))
@@ -633,7 +890,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         tmp = ex.temp_path_for(path, "restore")
         try:
             ex.copy_file(source, tmp)
-            ex.rename(tmp, path)
+            self._install(tmp, path)
         except BaseException:
             with contextlib.suppress(ExecutorError):
                 ex.remove(tmp)

@@ -27,7 +27,9 @@ from shared.change import (
     NO_SUCH_FILE,
     ConfigChangeOperations,
     FileChange,
+    FileEdit,
     MapChange,
+    NameChange,
     RollbackReport,
     StatusFacts,
     read_failure,
@@ -582,6 +584,43 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
             if out.ok and name:
                 return name
         return None
+
+    # -- the host's name ----------------------------------------------------------------
+    def _name_change(self, fqdn: str) -> NameChange:
+        """Postfix does not take its name from /etc/hosts: main.cf's myhostname is set to
+        ``fqdn`` (postconf on a staged copy, postfix check) when it, or its default when
+        unset, is another name; Postfix is reloaded and must then say ``fqdn``."""
+        prof = self.profile
+
+        def myhostname(rec: StepRecorder) -> str:
+            out = rec.run("postconf myhostname", self._postconf("-h", "myhostname"),
+                          timeout=prof.validate_timeout_s, check=False)
+            if not out.ok:
+                raise ConfigError(f"postconf cannot read {prof.main_cf_path}: "
+                                  f"{out.output_text().strip()[:300]}")
+            return out.stdout_text().strip().lower()
+
+        def plan(rec: StepRecorder) -> list[FileEdit]:
+            if myhostname(rec) == fqdn:
+                return []
+            old = self._read_config_file(prof.main_cf_path)
+            staged = self._stage(rec, old, pfconf.MainCfEdits({"myhostname": fqdn}))
+            return [FileEdit(prof.main_cf_path, old, staged)]
+
+        def activate(rec: StepRecorder) -> None:
+            self._restart(rec)
+            running, pid = self._wait_running()
+            if not running:
+                raise OperationError("Postfix is not running after the reload")
+            now = myhostname(rec)
+            if now != fqdn:
+                raise OperationError(f"after the reload myhostname is {now!r}, not {fqdn}")
+            self._clear_marker()
+            rec.note("verify", f"Postfix greets relays as {fqdn} (myhostname); running "
+                               f"(master pid {pid})")
+
+        return NameChange(("config_dir", "main_cf"), activate, self._stale_reason, plan,
+                          lambda rec, edit: self._validate(rec, edit.new))
 
 
 def _selected(queue: MailqReport, request: FlushRequest) -> list[str]:

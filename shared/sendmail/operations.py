@@ -17,10 +17,12 @@ from shared.change import (
     ConfigChangeOperations,
     FileChange,
     MapChange,
+    NameChange,
     RollbackReport,
     StatusFacts,
     read_failure,
 )
+from shared.diagnose import HOSTS_FILE
 from shared.errors import (
     CommandFailed,
     CommandTimeout,
@@ -464,6 +466,36 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
             [[prof.sendmail, "-d0.1", "-bv", "root"], read_command(prof.cf_path)],
             timeout=prof.validate_timeout_s)
         return sendmail_helo_name(identity.stdout_text(), cf.stdout_text() if cf.ok else "")
+
+    # -- the host's name ----------------------------------------------------------------
+    def _name_change(self, fqdn: str) -> NameChange:
+        """sendmail takes its name ($j) from the resolver when it starts: restart it, then
+        check that it runs and calls itself ``fqdn``. A sendmail started before /etc/hosts
+        last changed may go by an older name."""
+        prof = self.profile
+
+        def activate(rec: StepRecorder) -> None:
+            self._restart(rec)
+            running, pid = self._wait_running()
+            if not running:
+                raise OperationError("sendmail is not running after the restart")
+            identity = rec.run("sendmail's name", [prof.sendmail, "-d0.1", "-bv", "root"],
+                               timeout=prof.validate_timeout_s, check=False)
+            macros = {m["macro"]: m["value"] for m in
+                      _IDENTITY_RE.finditer(identity.stdout_text())}
+            if macros.get("j", "").lower() != fqdn:
+                raise OperationError(f"sendmail calls itself {macros.get('j')!r} ($j), not "
+                                     f"{fqdn}: does {prof.mc} set confDOMAIN_NAME?")
+            rec.note("verify", f"sendmail calls itself {fqdn} ($j); running (pid {pid})")
+
+        def stale() -> str | None:
+            hosts, started = (self.executor.file_info(HOSTS_FILE),
+                              self.executor.file_info(prof.pid_file))
+            if hosts is not None and started is not None and hosts.mtime > started.mtime:
+                return f"sendmail was started before {HOSTS_FILE} last changed"
+            return None
+
+        return NameChange(("mail_dir", "pid_file"), activate, stale)
 
 
 #: a macro line of ``sendmail -d0.1``'s SYSTEM IDENTITY: ``(canonical domain name) $j = NAME``

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from shared import hostsfile
 from shared.errors import CommandTimeout, ExecutorError
 from shared.executor import (
     ByteStream,
@@ -129,8 +130,13 @@ class FakeExecutor(Executor):
                  fqdn: str | None = "fakehost.example.test", uid: int = 0, gid: int = 0) -> None:
         self.label = label
         self.hostname = hostname
-        #: what ``hostname -f`` prints; None: it fails (the name does not resolve)
         self.fqdn = fqdn
+        #: ``hostname -f`` and ``getent hosts`` answer from /etc/hosts first, as the C
+        #: library's files backend does (the names set here answer what it does not name)
+        self.resolve_from_hosts = False
+        #: files that are mount points (bind mounts): renaming over one or removing it fails
+        #: with EBUSY, writing into it works
+        self.mount_points: set[str] = set()
         #: owner of the files the fake creates (the agent runs as root)
         self.uid, self.gid = uid, gid
         #: ``getent hosts``: name -> addresses
@@ -159,6 +165,24 @@ class FakeExecutor(Executor):
         self._nodes: dict[str, FileState] = {"/": FileState(None, 0o755, 0, 0, self.now())}
         #: symbolic links: path -> target (see add_symlink)
         self.links: dict[str, str] = {}
+
+    @property
+    def fqdn(self) -> str | None:
+        """What ``hostname -f`` prints (None: it fails, the name does not resolve): with
+        ``resolve_from_hosts``, the canonical name /etc/hosts gives the host name."""
+        if self.resolve_from_hosts:
+            entry = self._hosts_lookup(self.hostname)
+            if entry is not None:
+                return entry.names[0]
+        return self._fqdn
+
+    @fqdn.setter
+    def fqdn(self, value: str | None) -> None:
+        self._fqdn = value
+
+    def _hosts_lookup(self, name: str) -> hostsfile.HostsEntry | None:
+        data = self._file_data("/etc/hosts")
+        return hostsfile.lookup(data.decode("utf-8", "replace"), name) if data else None
 
     # -- clock and processes --------------------------------------------------------------
     def now(self) -> float:
@@ -372,6 +396,8 @@ class FakeExecutor(Executor):
                 problem = "Directory not empty"
             elif node.is_dir and d.startswith(s.rstrip("/") + "/"):
                 problem = "Invalid argument"
+            elif {s, d} & self.mount_points:
+                problem = "Device or resource busy"
             if problem:
                 raise ExecutorError(f"cannot rename {src} to {dst}: {problem}")
             if s == d:
@@ -397,6 +423,8 @@ class FakeExecutor(Executor):
                 return
             if node.is_dir:
                 raise ExecutorError(f"cannot remove {path}: Is a directory")
+            if norm in self.mount_points:
+                raise ExecutorError(f"cannot remove {path}: Device or resource busy")
             del self._nodes[norm]
             self.file_ops.append(("remove", norm))
 
@@ -588,6 +616,10 @@ class FakeExecutor(Executor):
             return 1, b"", "getent: FakeExecutor simulates only 'getent hosts NAME'\n"
         out = ""
         for name in argv[2:]:
+            entry = self._hosts_lookup(name) if self.resolve_from_hosts else None
+            if entry is not None:
+                out += f"{entry.address:<15} {' '.join(entry.names)}\n"
+                continue
             addresses = self.names.get(name.lower().rstrip("."), [])
             out += "".join(f"{a:<15} {name}\n" for a in addresses)
         return (0 if out else 2), out, b""
