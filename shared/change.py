@@ -6,7 +6,8 @@ beside the live ones, validate, back the live ones up, swap them in with renames
 the MTA take them (sendmail: make + restart; Postfix: reload), verify, and on any failure
 after the swap put every file back byte for byte and bring the MTA back up. What differs
 per MTA — which files, how they are built, validated, activated and verified — is in the
-hooks :class:`ConfigChangeOperations` leaves abstract.
+hooks :class:`ConfigChangeOperations` leaves abstract. ``fix_hostname`` (/etc/hosts, and
+the MTA told) runs through the same transaction with its own :class:`ChangeSteps`.
 """
 
 from __future__ import annotations

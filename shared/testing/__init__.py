@@ -18,12 +18,14 @@ without lab hosts::
 :class:`FakeExecutor` (:mod:`.executor`) is a host with a filesystem in memory (bytes,
 mode, owner, mtime), file operations with :class:`~shared.executor.LocalExecutor`'s
 semantics, a few core programs (``cat``, ``cp``, ``rm``, ``kill``, ``hostname``,
-``uname``, ``getent``, ``tail``), scripted TCP peers (:class:`SmtpScript`, :mod:`.smtp`)
-and scripted command failures (:meth:`FakeExecutor.script`). Every argv it runs is
-recorded in ``commands``, every file change in ``file_ops``. ``sh -c`` scripts (the fixed
-scripts operations and diagnose use) run through the real ``/bin/sh`` against temporary
-copies of the files they name, with ``kill`` answering from the fake's process table, so
-the fake never drifts from them.
+``uname``, ``getent``, ``tail``; with ``resolve_from_hosts`` the names come from its
+/etc/hosts as the C library's files backend reads them), files that are mount points
+(``mount_points``: a rename over one fails with EBUSY), scripted TCP peers
+(:class:`SmtpScript`, :mod:`.smtp`) and scripted command failures
+(:meth:`FakeExecutor.script`). Every argv it runs is recorded in ``commands``, every
+file change in ``file_ops``. ``sh -c`` scripts (the fixed scripts operations and diagnose
+use) run through the real ``/bin/sh`` against temporary copies of the files they name,
+with ``kill`` answering from the fake's process table, so the fake never drifts from them.
 
 :class:`FakeSendmailHost` (:mod:`.sendmail`) adds sendmail: ``m4`` (:mod:`.m4`, a small
 m4 that understands what sendmail.mc files use and writes a sendmail.cf with the ``DS``
