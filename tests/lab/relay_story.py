@@ -57,14 +57,19 @@ def smarthost_params(relay: Relay, **extra: Any) -> dict[str, Any]:
 
 
 def unqualify(host: LabHost) -> None:
-    """Give ``host`` the name a freshly installed PBX often has: one that is not fully
-    qualified (sendmail: /etc/hosts names the host only after ``localhost``; Postfix:
-    ``myhostname = NAME.localdomain``, RHEL's default), and restart its MTA."""
+    """Give ``host`` the name a freshly installed PBX often has, one that is not fully
+    qualified, and restart its MTA. sendmail: /etc/hosts names the host only on
+    localhost's line (as in the seed's CentOS box), so sendmail takes the first dotted name
+    there, ``localhost.localdomain``; Postfix: ``myhostname = NAME.localdomain``, RHEL's
+    default. (A name with no dotted alias at all makes every sendmail command wait a
+    minute before it gives up qualifying it.)"""
     if host.mta == "postfix":
         host.postconf("-e", f"myhostname={host.name}.localdomain")
-    else:
-        host.fs("/etc/hosts").write_text(
-            f"127.0.0.1 localhost {host.name}\n::1 localhost ip6-localhost ip6-loopback\n")
+        host.run(["postfix", "reload"], timeout=60)
+        return
+    host.fs("/etc/hosts").write_text(
+        f"127.0.0.1 localhost localhost.localdomain {host.name}\n"
+        "::1 localhost ip6-localhost ip6-loopback\n")
     host.stop_mta()
     host.start_mta()
 
