@@ -3,7 +3,8 @@
 # ~/.local/share/relayfleet, a local Redis (started here if none answers on 6379), a
 # Celery worker and beat, and the API on 127.0.0.1:8080. Then it runs the seed story
 # through the API on four lab hosts and keeps serving until Ctrl-C.
-# `bash deploy/dev/run.sh --no-demo` only serves.
+# `bash deploy/dev/run.sh --no-demo` only serves; `--relay-demo` runs the relay-grade
+# story (STARTTLS, AUTH, masquerade, fix_hostname) instead of the seed story.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash deploy/dev/bootstrap.sh
@@ -43,8 +44,12 @@ try:  curl -H "Authorization: Bearer \$(cat $token_file)" http://127.0.0.1:8080/
 docs: http://127.0.0.1:8080/docs (same header)
 
 MSG
-if [ "${1:-}" != "--no-demo" ]; then
-    $bin/python -m tests.lab.fleet_demo --api http://127.0.0.1:8080 --token "$token" || true
-fi
+case "${1:-}" in
+    --no-demo) ;;
+    --relay-demo)
+        $bin/python -m tests.lab.relay_demo --api http://127.0.0.1:8080 --token "$token" || true ;;
+    *)
+        $bin/python -m tests.lab.fleet_demo --api http://127.0.0.1:8080 --token "$token" || true ;;
+esac
 echo "serving; Ctrl-C stops the API, worker and beat"
 wait

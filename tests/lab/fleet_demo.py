@@ -64,12 +64,16 @@ FLEET = (("pbx-leeds", "debian", "agent", "sendmail"), ("pbx-york", "centos", "a
          ("freepbx-nice", "centos", "ssh", "postfix"))
 
 
-def build(lab: Lab) -> list[tuple[LabHost, dict[str, Any]]]:
-    """The demo's lab hosts and the POST /v1/hosts body for each."""
+def ssh_login() -> SshLogin:
+    """A fresh key pair for root logins to the demo's SSH hosts."""
     key = Path(tempfile.mkdtemp()) / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    login = SshLogin("root", key.read_text(),
-                     " ".join(Path(f"{key}.pub").read_text().split()[:2]))
+    return SshLogin("root", key.read_text(), " ".join(Path(f"{key}.pub").read_text().split()[:2]))
+
+
+def build(lab: Lab) -> list[tuple[LabHost, dict[str, Any]]]:
+    """The demo's lab hosts and the POST /v1/hosts body for each."""
+    login = ssh_login()
     hosts = []
     for name, layout, transport, mta in FLEET:
         host = lab.add_host(name, layout, mta=mta)
