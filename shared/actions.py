@@ -327,7 +327,7 @@ _CATALOGUE: tuple[Action[Any], ...] = (
         params_schema=s.HostnameRequestSchema, build=_build_hostname,
         operation=lambda ops, request, dry_run: ops.fix_hostname(request, dry_run=dry_run),
         route=HttpRoute("POST", "/v1/hostname", "json"),
-        result_schema=s.ChangeResultSchema, answer=_change_answer, learn=_learn_nothing,
+        result_schema=s.ChangeResultSchema, answer=_change_answer, learn=_learn_change,
         changes_host=True,
         one_host_params={"fqdn": "give domain to qualify each host's own short name"}),
     # Reads the agent and relayfleet-ops offer but jobs do not (collect_status covers them).

@@ -23,15 +23,19 @@ from shared.diagnose.tls import (
     TlsFacts,
     TlsStream,
     client_context,
+    recv_before,
     ssl_reason,
     unverified_context,
 )
 from shared.errors import ExecutorError, HostUnreachable
 from shared.executor import ByteStream, Executor
+from shared.sendmail.maillog import PROBLEM_PATTERNS
 
-#: EHLO answers meaning "EHLO is not known here" (an old server: HELO then); any other
-#: refusal is about the name given
+#: EHLO answers meaning "EHLO is not known here" (an old server: HELO then)
 _EHLO_UNKNOWN = frozenset({500, 502})
+#: a refusal that is about the EHLO name, as the maillog tells one
+#: (Google's smtp-relay: "421 4.7.0 Try again later, closing connection. (EHLO)")
+_NAME_REFUSED = dict(PROBLEM_PATTERNS)["ehlo_refused"]
 #: what was awaited in each phase, for a timeout's message
 _AWAITED = {"banner": "greeting", "ehlo": "EHLO", "helo": "HELO",
             "starttls": "answer to STARTTLS", "tls": "TLS handshake",
@@ -66,11 +70,7 @@ class _SmtpReader:
             while b"\n" not in self.buffer:
                 if len(self.buffer) > self.MAX_LINE:
                     raise _SmtpProtocolError("a reply line is too long")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                self.stream.settimeout(remaining)
-                chunk = self.stream.recv(4096)
+                chunk = recv_before(self.stream, deadline, 4096)
                 if not chunk:
                     raise ConnectionError("the server closed the connection")
                 self.buffer += chunk
@@ -140,14 +140,7 @@ def _greet(reader: _SmtpReader, where: str, helo_name: str, data: dict[str, Any]
     if code != 250:
         data["ehlo_reply"] = f"{code} {' '.join(ehlo)}".rstrip()
         if code not in _EHLO_UNKNOWN:
-            # Google's smtp-relay: "421 4.7.0 Try again later, closing connection. (EHLO)"
-            data["error"] = "ehlo_refused"
-            todo = ("it is not fully qualified: run fix_hostname, then diagnose again"
-                    if not_qualified_reason(helo_name.lower()) else
-                    "relays want the host's fully qualified name, one that resolves to it: "
-                    "check it, or run fix_hostname")
-            return Check("smarthost_smtp", False, f"{where} refuses this host's EHLO name "
-                         f"{helo_name}: {data['ehlo_reply']}; {todo}", data)
+            return _ehlo_refused(where, helo_name, data)
         data["phase"] = "helo"
         reader.send(f"HELO {helo_name}")
         code, helo = reader.reply()
@@ -164,6 +157,23 @@ def _greet(reader: _SmtpReader, where: str, helo_name: str, data: dict[str, Any]
     data["starttls"] = any(c.upper() == "STARTTLS" for c in capabilities)
     data["auth"] = _auth_mechanisms(capabilities)
     return None
+
+
+def _ehlo_refused(where: str, helo_name: str, data: dict[str, Any]) -> Check:
+    """The check for a refused EHLO, blaming the name only when unqualified or named."""
+    # any other refusal (too many connections, a blocked address) is not fix_hostname's
+    reply = data["ehlo_reply"]
+    unqualified = not_qualified_reason(helo_name.lower()) is not None
+    if not unqualified and not _NAME_REFUSED.search(reply):
+        data["error"] = "rejected"
+        return Check("smarthost_smtp", False, f"{where} refused EHLO {helo_name}: {reply}",
+                     data)
+    data["error"] = "ehlo_refused"
+    todo = ("it is not fully qualified: run fix_hostname, then diagnose again" if unqualified
+            else "relays want the host's fully qualified name, one that resolves to it: "
+                 "check it, or run fix_hostname")
+    return Check("smarthost_smtp", False, f"{where} refuses this host's EHLO name "
+                 f"{helo_name}: {reply}; {todo}", data)
 
 
 def _starttls(reader: _SmtpReader, helo_name: str, facts: TlsFacts, context: ssl.SSLContext,

@@ -106,6 +106,16 @@ def ssl_reason(exc: BaseException) -> str:
 
 
 # -- TLS over a byte stream -----------------------------------------------------------------
+def recv_before(stream: ByteStream, deadline: float, size: int) -> bytes:
+    """Bytes from ``stream`` (b"" once closed); TimeoutError past ``deadline`` (monotonic)."""
+    # one deadline for a whole reply or handshake: a peer trickling bytes cannot stretch it
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    stream.settimeout(None if math.isinf(remaining) else remaining)
+    return stream.recv(size)
+
+
 class TlsStream:
     """A :class:`~shared.executor.ByteStream` carrying TLS over another one (the host's)."""
 
@@ -126,11 +136,7 @@ class TlsStream:
 
     def _fill(self, deadline: float) -> None:
         """Feed the TLS engine the next bytes from the wire (TimeoutError past deadline)."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        self.raw.settimeout(remaining)
-        chunk = self.raw.recv(65536)
+        chunk = recv_before(self.raw, deadline, 65536)
         if chunk:
             self._incoming.write(chunk)
         else:

@@ -71,7 +71,7 @@ PROBLEMS: dict[str, str] = {
 #: what each problem reads like, checked in this order (the first match names the line).
 #: sendmail's tls_server ruleset says "454 4.7.0 authentication failed" (and the other
 #: texts here) about the relay's certificate, not about SMTP AUTH: checked first.
-_PROBLEM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+PROBLEM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("tls_verify_failed", re.compile(
         r"certificate verification failed|Server certificate not verified"
         r"|\b[45]\.7\.0 (?:authentication failed|not authenticated|authentication required"
@@ -106,7 +106,7 @@ def line_problem(kind: str, fields: dict[str, str], message: str) -> str | None:
     if kind in ("received", "daemon"):
         return None
     texts = [fields[key] for key in _ANSWER_KEYS if key in fields] or [message]
-    for problem, pattern in _PROBLEM_PATTERNS:
+    for problem, pattern in PROBLEM_PATTERNS:
         if any(pattern.search(text) for text in texts):
             return problem
     return "policy_rejected" if fields.get("dsn", "").startswith("5.7.") else None

@@ -701,6 +701,16 @@ def hangs_up(stub: SmtpStub, conn: socket.socket) -> None:
     conn.shutdown(socket.SHUT_RDWR)
 
 
+def refuses_ehlo(reply: bytes) -> Behaviour:
+    """Greets, answers EHLO with ``reply`` and listens on (a HELO would be heard)."""
+    def play(stub: SmtpStub, conn: socket.socket) -> None:
+        conn.sendall(b"220 relay.test ESMTP\r\n")
+        stub.readline(conn)
+        conn.sendall(reply)
+        stub.readline(conn)
+    return play
+
+
 @pytest.fixture
 def smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpStub]:
     server = SmtpStub(request.param)
@@ -749,6 +759,41 @@ def test_smtp_falls_back_to_helo(smtp_server: SmtpStub) -> None:
     assert smtp_server.client_closed.wait(2)
     assert smtp_server.heard == ["EHLO sipserver1.ourtest.com", "HELO sipserver1.ourtest.com",
                                  "QUIT"]
+
+
+@pytest.mark.parametrize("smtp_server", [refuses_ehlo(
+    b"421 4.3.2 Service not available, too many connections\r\n")], indirect=True)
+def test_smtp_ehlo_refused_for_another_reason_does_not_blame_the_name(
+        smtp_server: SmtpStub) -> None:
+    check = _probe(smtp_server)
+    assert check.ok is False and check.data["error"] == "rejected", check
+    assert check.detail == (f"127.0.0.1:{smtp_server.port} refused EHLO sipserver1.ourtest.com: "
+                            "421 4.3.2 Service not available, too many connections")
+    assert "fix_hostname" not in check.detail
+    assert smtp_server.client_closed.wait(2)
+    assert smtp_server.heard == ["EHLO sipserver1.ourtest.com", ""]  # no HELO after it
+
+
+@pytest.mark.parametrize("smtp_server", [refuses_ehlo(
+    b"550 5.7.1 Helo command rejected: Host not found\r\n")], indirect=True)
+def test_smtp_ehlo_refusal_naming_the_name_blames_it(smtp_server: SmtpStub) -> None:
+    check = _probe(smtp_server)
+    assert check.ok is False and check.data["error"] == "ehlo_refused", check
+    assert "refuses this host's EHLO name sipserver1.ourtest.com: 550 5.7.1 Helo command " \
+        "rejected" in check.detail
+    assert check.detail.endswith("check it, or run fix_hostname")
+
+
+@pytest.mark.parametrize("smtp_server", [refuses_ehlo(b"554 5.7.1 Access denied\r\n")],
+                         indirect=True)
+@pytest.mark.parametrize("name", ["pbx1", "localhost", "pbx1.localdomain"])
+def test_smtp_ehlo_refused_to_an_unqualified_name_blames_it(smtp_server: SmtpStub,
+                                                            name: str) -> None:
+    check = check_smtp(LocalExecutor(), "127.0.0.1", smtp_server.port, 3, name)
+    assert check.ok is False and check.data["error"] == "ehlo_refused", check
+    assert check.detail.endswith(f"refuses this host's EHLO name {name}: 554 5.7.1 Access "
+                                 "denied; it is not fully qualified: run fix_hostname, then "
+                                 "diagnose again")
 
 
 @pytest.mark.parametrize("smtp_server", [

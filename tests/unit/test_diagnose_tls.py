@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import math
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from shared.diagnose.tls import (
     name_matches,
     parse_certificate,
     read_ca_bundle,
+    recv_before,
     tls_check,
 )
 from shared.executor import ByteStream, LocalExecutor
@@ -581,3 +584,37 @@ def test_diagnose_probes_with_the_mta_name() -> None:
     # the fake relay answers STARTTLS with 500: TLS did not start, mode may: informational
     assert checks["smarthost_tls"]["ok"] is None
     assert "it answered STARTTLS with 500" in checks["smarthost_tls"]["detail"]
+
+
+class _Recorded:
+    """A byte stream that hands out one chunk per recv and records the time boxes set."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.timeouts: list[float | None] = []
+
+    def sendall(self, data: bytes, /) -> None:
+        raise AssertionError("nothing is sent")
+
+    def recv(self, size: int, /) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def settimeout(self, timeout: float | None, /) -> None:
+        self.timeouts.append(timeout)
+
+    def close(self) -> None:
+        pass
+
+
+def test_recv_before_waits_only_until_the_deadline() -> None:
+    stream = _Recorded(b"220 ready\r\n")
+    assert recv_before(stream, time.monotonic() + 30, 4096) == b"220 ready\r\n"
+    (box,) = stream.timeouts
+    assert box is not None and 0 < box <= 30
+    # past the deadline: no read at all, however much is waiting
+    with pytest.raises(TimeoutError):
+        recv_before(stream, time.monotonic() - 1, 4096)
+    assert len(stream.timeouts) == 1
+    # no deadline (a TLS stream without a time box): the raw stream waits without one
+    assert recv_before(stream, math.inf, 4096) == b""
+    assert stream.timeouts[-1] is None
