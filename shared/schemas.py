@@ -108,10 +108,12 @@ class AuthSchema(StrictSchema):
 class TlsSchema(StrictSchema):
     """TLS towards the smarthost."""
 
-    mode = fields.String(load_default="may", validate=validate.OneOf(rules.TLS_MODES), metadata={
+    # None: resolved with the request (may, or encrypt with auth), as the parser does
+    mode = fields.String(load_default=None, allow_none=True,
+                         validate=validate.OneOf(rules.TLS_MODES), metadata={
         "description": "may: STARTTLS when offered; encrypt: mail waits unless STARTTLS; "
                        "verify: STARTTLS with a certificate that verifies and names the relay. "
-                       "Without tls: may, or encrypt when auth is given (may with auth is "
+                       "Without mode: may, or encrypt when auth is given (may with auth is "
                        "refused)"})
     ca_file = fields.String(load_default=None, allow_none=True, metadata={
         "description": "CA bundle on the host to verify the relay with (default: the "
@@ -159,8 +161,9 @@ class SmarthostRequestSchema(StrictSchema):
 
     @validates_schema
     def _no_clear_credentials(self, data: dict[str, Any], **_: Any) -> None:
-        tls = data.get("tls")
-        if data.get("auth") is not None and tls is not None and tls.get("mode") == "may":
+        with_auth = data.get("auth") is not None
+        mode = (data.get("tls") or {}).get("mode") or rules.default_tls_mode(with_auth)
+        if with_auth and mode == "may":
             raise ValidationError({"tls": {"mode": [rules.AUTH_NEEDS_TLS]}})
 
 

@@ -40,6 +40,9 @@ DEFAULT_PORT: Final = 25
 #: how the MTA treats TLS to the smarthost: "may" opportunistic, "encrypt" STARTTLS
 #: required, "verify" STARTTLS required with a certificate that verifies and names the relay
 TLS_MODES: Final = ("may", "encrypt", "verify")
+#: where a CA bundle never is: devices, kernel and runtime state (/var/run is /run); a
+#: device such as /dev/zero or /dev/urandom would never end
+NOT_CA_DIRS: Final = ("/dev", "/proc", "/sys", "/run", "/var/run")
 #: mailers SMART_HOST may name; "relay" is sendmail's default and is never written as a prefix
 MAILERS: Final = ("relay", "esmtp", "smtp")
 
@@ -195,14 +198,14 @@ def validate_ip_address(value: object, field: str = "public_ip") -> str:
         raise ValidationError.for_field(field, "must be an IPv4 or IPv6 address") from None
 
 
-def _credential(value: object, field: str) -> str:
-    """Check the type and length shared by user names and passwords."""
+def _credential(value: object, field: str, limit: int = MAX_CREDENTIAL) -> str:
+    """Check the type and length (1 to ``limit``) shared by user names and passwords."""
     if not isinstance(value, str):
         raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
     if not value:
         raise ValidationError.for_field(field, "must not be empty")
-    if len(value) > MAX_CREDENTIAL:
-        raise ValidationError.for_field(field, f"is longer than {MAX_CREDENTIAL} characters")
+    if len(value) > limit:
+        raise ValidationError.for_field(field, f"is longer than {limit} characters")
     return value
 
 
@@ -220,12 +223,7 @@ def validate_username(value: object, field: str = "auth.username") -> str:
 def validate_password(value: object, field: str = "auth.password") -> str:
     """Return an SMTP AUTH password: 1-256 printable characters (blanks, quotes and
     backslashes included), without a blank at either end."""
-    if not isinstance(value, str):
-        raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
-    if not value:
-        raise ValidationError.for_field(field, "must not be empty")
-    if len(value) > MAX_PASSWORD:
-        raise ValidationError.for_field(field, f"is longer than {MAX_PASSWORD} characters")
+    value = _credential(value, field, MAX_PASSWORD)
     if not value.isprintable():
         # never show the character: it is part of a secret
         raise ValidationError.for_field(
@@ -240,7 +238,8 @@ def validate_password(value: object, field: str = "auth.password") -> str:
 
 
 def validate_ca_file(value: object, field: str = "tls.ca_file") -> str:
-    """Return an absolute path to a CA bundle on the host (letters, digits, ``._+-/``)."""
+    """Return an absolute path to a CA bundle on the host (letters, digits, ``._+-/``), not
+    under /dev, /proc, /sys or /run."""
     if not isinstance(value, str):
         raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
     if (len(value) > MAX_PATH or not _SAFE_PATH.fullmatch(value)
@@ -249,6 +248,12 @@ def validate_ca_file(value: object, field: str = "tls.ca_file") -> str:
             field, f"must be an absolute path of at most {MAX_PATH} characters made of "
                    "letters, digits and . _ + - / without . or .. parts, e.g. "
                    "/etc/ssl/certs/ca-certificates.crt")
+    pseudo = next((top for top in NOT_CA_DIRS if value == top or value.startswith(f"{top}/")),
+                  None)
+    if pseudo is not None:
+        raise ValidationError.for_field(
+            field, f"must not be under {pseudo}: it holds devices and kernel or runtime "
+                   "state, not CA bundles (a device such as /dev/zero never ends)")
     return value
 
 
@@ -319,6 +324,11 @@ class Masquerade:
             raise ValidationError.for_field("masquerade.envelope", "must be true or false")
 
 
+def default_tls_mode(with_auth: bool) -> str:
+    """The TLS mode a request that names none gets: encrypt with auth, else may."""
+    return "encrypt" if with_auth else "may"
+
+
 #: why a request with auth cannot ask for opportunistic TLS
 AUTH_NEEDS_TLS = ("must be encrypt or verify when auth is given: relay credentials never "
                   "cross the network in clear")
@@ -349,7 +359,7 @@ class SmarthostRequest:
         if self.auth is not None and not isinstance(self.auth, SmtpAuth):
             raise ValidationError.for_field("auth", "must be SmtpAuth credentials")
         if self.tls is None:
-            object.__setattr__(self, "tls", TlsPolicy("encrypt" if self.auth else "may"))
+            object.__setattr__(self, "tls", TlsPolicy(default_tls_mode(self.auth is not None)))
         elif not isinstance(self.tls, TlsPolicy):
             raise ValidationError.for_field("tls", "must be a TlsPolicy")
         elif self.auth is not None and not self.tls.required:
@@ -447,7 +457,7 @@ def parse_smarthost_request(data: object) -> SmarthostRequest:
             if user is not None and password is not None:
                 auth = SmtpAuth(user, password)
 
-    tls = _parse_tls(data.get("tls"), errors)
+    tls = _parse_tls(data.get("tls"), raw_auth is not None, errors)
     masquerade = _parse_masquerade(data.get("masquerade"), errors)
     if tls is not None and raw_auth is not None and not tls.required:
         errors.setdefault("tls.mode", []).append(AUTH_NEEDS_TLS)
@@ -469,13 +479,13 @@ def _object_fields(raw: object, name: str, keys: tuple[str, ...],
     return raw
 
 
-def _parse_tls(raw: object, errors: dict[str, list[str]]) -> TlsPolicy | None:
+def _parse_tls(raw: object, with_auth: bool, errors: dict[str, list[str]]) -> TlsPolicy | None:
     found = _object_fields(raw, "tls", ("mode", "ca_file"), errors)
     if found is None:
         return None
-    mode = found.get("mode", "may")
-    if mode is None:
-        mode = "may"
+    mode = found.get("mode")
+    if mode is None:  # absent or null: the same default as a request without tls
+        mode = default_tls_mode(with_auth)
     if not isinstance(mode, str) or mode not in TLS_MODES:
         errors["tls.mode"] = [f"must be one of {', '.join(TLS_MODES)}"]
     ca_file = found.get("ca_file")

@@ -29,7 +29,7 @@ from typing import Any
 
 from shared.diagnose.check import Check
 from shared.errors import ExecutorError, HostUnreachable
-from shared.executor import ByteStream, Executor
+from shared.executor import MISSING_CODE, ByteStream, Executor
 
 #: a certificate expiring within this many days is worth a warning
 EXPIRY_WARNING_DAYS = 14
@@ -40,6 +40,13 @@ MODE_NEEDS = {"may": "nothing (TLS when offered)", "encrypt": "STARTTLS",
 _CN_OID = bytes.fromhex("550403")  # 2.5.4.3
 _SAN_OID = bytes.fromhex("551d11")  # 2.5.29.17
 _BMP_STRING = 0x1E
+#: the largest CA bundle read (Debian's and RHEL's whole bundles are about 200 KiB)
+MAX_CA_BUNDLE = 4 * 1024 * 1024
+_NOT_REGULAR_CODE = 45
+#: prints at most one byte more than MAX_CA_BUNDLE of a regular file ``$1`` (a device such as
+#: /dev/zero never ends, a pipe may never answer); MISSING_CODE when it is absent
+_READ_BUNDLE_SCRIPT = (f'[ -e "$1" ] || exit {MISSING_CODE}; [ -f "$1" ] || exit '
+                       f'{_NOT_REGULAR_CODE}; exec head -c {MAX_CA_BUNDLE + 1} -- "$1"')
 
 
 # -- the CA bundle --------------------------------------------------------------------------
@@ -58,18 +65,24 @@ class CaBundle:
 
 def read_ca_bundle(executor: Executor, ca_file: str | None, default: str) -> CaBundle:
     """The smarthost's ``ca_file``, else the host's ``default`` bundle (the profile's
-    ``ca_bundle``), read from the host."""
+    ``ca_bundle``), read from the host: a regular file of at most MAX_CA_BUNDLE bytes."""
     path, source = (ca_file, "tls.ca_file") if ca_file else (default, "mta.ca_bundle")
     try:
-        data = executor.read_file_if_exists(path)
+        read = executor.run(["sh", "-c", _READ_BUNDLE_SCRIPT, "sh", path], timeout=30)
     except HostUnreachable:
         raise
     except ExecutorError as exc:
         return CaBundle(path, source, problem=exc.message)
-    if data is None:
-        return CaBundle(path, source, problem=f"the CA bundle {path} ({source}) is not on "
-                                              "the host")
-    return CaBundle(path, source, data.decode("ascii", "replace"))
+    problem = {MISSING_CODE: "is not on the host",
+               _NOT_REGULAR_CODE: "is not a regular file (a device, directory or pipe)"}.get(
+        read.exit_code)
+    if problem is None and not read.ok:
+        problem = f"cannot be read: {read.output_text().strip() or f'exit {read.exit_code}'}"
+    if problem is None and len(read.stdout) > MAX_CA_BUNDLE:
+        problem = f"is too large (over {MAX_CA_BUNDLE // 2**20} MiB): not a CA bundle"
+    if problem is not None:
+        return CaBundle(path, source, problem=f"the CA bundle {path} ({source}) {problem}")
+    return CaBundle(path, source, read.stdout.decode("ascii", "replace"))
 
 
 def client_context(bundle: CaBundle | None) -> tuple[ssl.SSLContext, str | None]:

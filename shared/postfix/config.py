@@ -177,12 +177,14 @@ def _our_masquerade(values: Mapping[str, str], envelope: bool) -> str | None:
     return match.group("domain") if match else None
 
 
-def parse_masquerade(values: Mapping[str, str]) -> Masquerade | None:
-    """The masquerade relayfleet set in main.cf (None: none, or a map that is not ours)."""
+def parse_masquerade(values: Mapping[str, str]) -> dict[str, str | bool] | None:
+    """``{domain, envelope}`` of the masquerade relayfleet's map in main.cf says (None: none,
+    or a map that is not ours); the domain as written, never validated: main.cf is whatever
+    the host holds, and reading it back must not fail."""
     for envelope in (True, False):
         domain = _our_masquerade(values, envelope)
         if domain is not None:
-            return Masquerade(domain, envelope=envelope)
+            return {"domain": domain, "envelope": envelope}
     return None
 
 
@@ -220,12 +222,14 @@ def masquerade_edits(masquerade: Masquerade | None,
     return wanted, remove
 
 
-def parse_tls(values: Mapping[str, str]) -> TlsPolicy | None:
-    """The TLS policy main.cf holds (None: a level relayfleet does not write, e.g. none)."""
+def parse_tls(values: Mapping[str, str]) -> dict[str, str | None] | None:
+    """``{mode, ca_file}`` of the TLS policy main.cf holds (None: a level relayfleet does not
+    write, e.g. none). smtp_tls_CAfile as main.cf says it, never validated: a host's own
+    ``${config_directory}/ca.pem`` is fine for Postfix, and reading back must not fail."""
     mode = TLS_MODE_OF_LEVEL.get(values.get("smtp_tls_security_level", ""))
     if mode is None:
         return None
-    return TlsPolicy(mode, values.get("smtp_tls_CAfile") or None)
+    return {"mode": mode, "ca_file": values.get("smtp_tls_CAfile") or None}
 
 
 def smarthost_edits(request: SmarthostRequest | None, current: Mapping[str, str],

@@ -19,7 +19,7 @@ import contextlib
 import posixpath
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from shared import diagnose as diag
@@ -43,7 +43,7 @@ from shared.errors import (
     OperationError,
     RelayfleetError,
 )
-from shared.executor import CommandResult, read_command
+from shared.executor import MISSING_CODE, CommandResult, read_command
 from shared.mta import FlushRequest
 from shared.postfix import config as pfconf
 from shared.postfix.maillog import parse_postfix_line
@@ -62,6 +62,9 @@ _SASL_PLUGINS_SCRIPT = ("for f in /usr/lib/*/sasl2/libplain.so* /usr/lib/*/sasl2
                         "/usr/lib64/sasl2/libplain.so* /usr/lib64/sasl2/liblogin.so* "
                         "/usr/lib/sasl2/libplain.so* /usr/lib/sasl2/liblogin.so*; do "
                         '[ -e "$f" ] && { echo "$f"; exit 0; }; done; exit 1')
+#: exits 0 for a regular file (symlinks followed), 1 for a device, directory or pipe, and
+#: MISSING_CODE when ``$1`` is absent
+_REGULAR_FILE_SCRIPT = f'[ -e "$1" ] || exit {MISSING_CODE}; [ -f "$1" ]'
 SASL_PACKAGES = "libsasl2-modules (Debian, Ubuntu) or cyrus-sasl-plain (RHEL, CentOS)"
 #: what Postfix appends to a host name it cannot qualify (RHEL's main.cf leaves myhostname
 #: to the system's name): no relay takes it for a real domain
@@ -148,9 +151,8 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                         pfconf.relayhosts(relay)[0])
                     if sasl_text is not None and sasl_on else None)
             smarthost["auth"] = {"username": user} if user else None
-            tls, masquerade = pfconf.parse_tls(values), pfconf.parse_masquerade(values)
-            smarthost["tls"] = asdict(tls) if tls else None
-            smarthost["masquerade"] = asdict(masquerade) if masquerade else None
+            smarthost["tls"] = pfconf.parse_tls(values)
+            smarthost["masquerade"] = pfconf.parse_masquerade(values)
         # a change swapped in but never reloaded: Postfix still runs the old settings
         in_sync = not self.executor.exists(self._marker())
         if sasl_on and sasl_text is not None:
@@ -185,7 +187,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                    "always speaks ESMTP to its relayhost")
             main_old = self._read_config_file(self.profile.main_cf_path)
             values = self._values(rec)
-            ca_file = self._ca_file(request)
+            ca_file = self._ca_file(rec, request)
             sasl_old: str | None
             sasl_new: str | None
             if request.auth is not None:
@@ -229,18 +231,23 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
 
-    def _ca_file(self, request: SmarthostRequest) -> str | None:
+    def _ca_file(self, rec: StepRecorder, request: SmarthostRequest) -> str | None:
         """The CA bundle a verify policy verifies the relay with (None: no verify policy);
-        ConfigError, before anything changes, when it is not on the host."""
+        ConfigError, before anything changes, when it is not a regular file on the host."""
         policy = request.tls_policy
         if policy.mode != "verify":
             return None
         path = policy.ca_file or self.profile.ca_bundle
-        if not self.executor.exists(path):
+        found = rec.run("ca file", ["sh", "-c", _REGULAR_FILE_SCRIPT, "sh", path],
+                        timeout=self.profile.validate_timeout_s, check=False)
+        if not found.ok:
             field = "tls.ca_file" if policy.ca_file else "mta.ca_bundle (the host's CA bundle)"
-            raise ConfigError(f"{field}: {path} is not on the host: Postfix could not verify "
-                              "the relay's certificate; install the bundle or give tls.ca_file; "
-                              "nothing was changed")
+            # a device (a symlink to /dev/zero), a directory or a pipe is no bundle either
+            what = ("is not on the host" if found.exit_code == MISSING_CODE
+                    else "is not a regular file")
+            raise ConfigError(f"{field}: {path} {what}: Postfix could not verify the relay's "
+                              "certificate; install the bundle or give tls.ca_file; nothing "
+                              "was changed")
         return path
 
     @contextlib.contextmanager

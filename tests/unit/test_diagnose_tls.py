@@ -31,6 +31,7 @@ from shared.diagnose.check import Check
 from shared.diagnose.checklist import run_checks
 from shared.diagnose.smtp import probe_smtp
 from shared.diagnose.tls import (
+    MAX_CA_BUNDLE,
     CaBundle,
     CertInfo,
     TlsFacts,
@@ -450,6 +451,24 @@ def test_the_default_bundle_is_the_profiles() -> None:
     unreadable = read_ca_bundle(host, "/etc/mail/ca.pem", "/unused")
     assert unreadable.pem is None and unreadable.source == "tls.ca_file"
     assert unreadable.problem is not None and "/etc/mail/ca.pem" in unreadable.problem
+
+
+def test_a_bundle_is_read_only_from_a_regular_file_of_a_sane_size(tmp_path: Path) -> None:
+    host = FakeExecutor()
+    host.add_file("/etc/mail/ca.pem", b"A" * MAX_CA_BUNDLE)
+    assert read_ca_bundle(host, "/etc/mail/ca.pem", "/unused").pem == "A" * MAX_CA_BUNDLE
+    host.add_file("/etc/mail/ca.pem", b"A" * (MAX_CA_BUNDLE + 1))
+    large = read_ca_bundle(host, "/etc/mail/ca.pem", "/unused")
+    assert large.pem is None and large.problem == (
+        "the CA bundle /etc/mail/ca.pem (tls.ca_file) is too large (over 4 MiB): not a CA "
+        "bundle")
+    # a device never ends: it is not read at all, even behind a harmless-looking name
+    device = tmp_path / "ca.pem"
+    device.symlink_to("/dev/zero")
+    zero = read_ca_bundle(LocalExecutor(), str(device), "/unused")
+    assert zero.pem is None and zero.problem == (
+        f"the CA bundle {device} (tls.ca_file) is not a regular file (a device, directory or "
+        "pipe)")
 
 
 # -- certificates and names -----------------------------------------------------------------

@@ -69,8 +69,8 @@ def test_the_policy_picks_the_tls_level(body: dict[str, Any], level: str) -> Non
     request = SmarthostRequest(**body)
     assert pfconf.tls_level(request.tls_policy, pfconf.wanted_smarthost(request)) == level
     assert edits(request, {}).set["smtp_tls_security_level"] == level
-    assert pfconf.parse_tls({"smtp_tls_security_level": level}) == TlsPolicy(
-        request.tls_policy.mode)
+    assert pfconf.parse_tls({"smtp_tls_security_level": level}) == {
+        "mode": request.tls_policy.mode, "ca_file": None}
 
 
 def test_verify_sets_the_ca_file_and_ending_it_takes_it_back_to_the_flavours_stock() -> None:
@@ -115,7 +115,7 @@ def test_masquerade_with_the_envelope_is_a_generic_map_rewriting_the_hosts_own_n
     made = edits(SmarthostRequest(RELAY, masquerade=Masquerade("ourtest.com")), {})
     assert made.set["smtp_generic_maps"] == CUSTOMER_MAP
     assert "sender_canonical_maps" not in made.set
-    assert pfconf.parse_masquerade(made.set) == Masquerade("ourtest.com", envelope=True)
+    assert pfconf.parse_masquerade(made.set) == {"domain": "ourtest.com", "envelope": True}
 
 
 def test_masquerade_of_headers_only_is_a_canonical_map_for_header_senders() -> None:
@@ -124,7 +124,7 @@ def test_masquerade_of_headers_only_is_a_canonical_map_for_header_senders() -> N
     assert made.set["sender_canonical_maps"] == CUSTOMER_MAP
     assert made.set["sender_canonical_classes"] == "header_sender"
     assert "smtp_generic_maps" not in made.set
-    assert pfconf.parse_masquerade(made.set) == Masquerade("ourtest.com", envelope=False)
+    assert pfconf.parse_masquerade(made.set) == {"domain": "ourtest.com", "envelope": False}
 
 
 def test_a_request_without_masquerade_takes_relayfleets_out_and_switching_moves_it() -> None:
@@ -184,6 +184,45 @@ def test_a_missing_ca_file_is_refused_before_anything_changes() -> None:
     host.remove(CA_BUNDLES["debian"])
     result = ops_for(host).set_smarthost(set_request(tls={"mode": "verify"}))
     assert "mta.ca_bundle" in (result.error or "") and config_state(host) == before
+
+
+def test_a_ca_file_that_is_no_regular_file_is_refused_before_anything_changes() -> None:
+    host = debian_postfix_host()
+    host.add_dir("/etc/ssl/relay-ca.pem")
+    before = config_state(host)
+    result = ops_for(host).set_smarthost(set_request(tls={"mode": "verify",
+                                                          "ca_file": "/etc/ssl/relay-ca.pem"}))
+    assert result.ok is False and result.error_kind == "config", result
+    assert (result.error or "").startswith(
+        "tls.ca_file: /etc/ssl/relay-ca.pem is not a regular file")
+    assert [s.ok for s in result.steps if s.name == "ca file"] == [False]
+    assert config_state(host) == before and host.reloads == 0
+
+
+@pytest.mark.parametrize(("level", "mode"), [("may", "may"), ("encrypt", "encrypt")])
+def test_main_cfs_own_tls_settings_are_read_back_as_they_are(level: str, mode: str) -> None:
+    """A host's own main.cf may say what no request can (a $-expansion, a domain the
+    grammar refuses): reading it back reports it and never fails, nor does a change."""
+    host = debian_postfix_host()
+    ops = ops_for(host)
+    assert ops.set_smarthost(set_request()).ok
+    host.run(["postconf", "-e", f"smtp_tls_security_level={level}",
+              "smtp_tls_CAfile=${config_directory}/ca.pem",
+              f"smtp_generic_maps={pfconf.masquerade_map('1.2.3')}"])
+    mine = {"mode": mode, "ca_file": "${config_directory}/ca.pem"}
+    masquerade = {"domain": "1.2.3", "envelope": True}
+    for read in (ops.read_smarthost(), ops.status()):
+        assert read.ok, read.error
+        assert read.data["smarthost"]["tls"] == mine
+        assert read.data["smarthost"]["masquerade"] == masquerade
+    result = ops.set_smarthost(set_request(tls={"mode": "encrypt"}))
+    assert result.ok and result.changed, result.error
+    assert result.data["smarthost"]["tls"] == {"mode": "encrypt",
+                                               "ca_file": "${config_directory}/ca.pem"}
+    assert result.data["smarthost"]["masquerade"] is None  # the request names none
+    assert ops.read_smarthost().data["smarthost"]["tls"]["ca_file"] == (
+        "${config_directory}/ca.pem")
+    assert ops.status().data["smarthost"]["tls"]["mode"] == "encrypt"
 
 
 @pytest.mark.parametrize("make_host", [debian_postfix_host, rhel_postfix_host])

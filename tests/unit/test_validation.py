@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from marshmallow import ValidationError as SchemaError
 
+from shared.actions import ACTIONS
 from shared.errors import ValidationError
 from shared.mta import HostnameRequest
+from shared.schemas import SmarthostRequestSchema
 from shared.validation import (
+    AUTH_NEEDS_TLS,
     Masquerade,
     SmarthostRequest,
     SmtpAuth,
     TlsPolicy,
     m4_quote,
     parse_smarthost_request,
+    validate_ca_file,
     validate_hostname,
     validate_password,
     validate_port,
@@ -336,6 +341,51 @@ def test_auth_with_opportunistic_tls_is_refused_naming_the_field() -> None:
         SmarthostRequest("r.example", auth=SmtpAuth("u", SECRET), tls=TlsPolicy("may"))
 
 
+AUTH = {"username": "u", "password": SECRET}
+
+
+@pytest.mark.parametrize("tls, auth, mode", [
+    ({"ca_file": "/etc/ssl/x.pem"}, AUTH, "encrypt"),
+    ({"mode": None, "ca_file": "/etc/ssl/x.pem"}, AUTH, "encrypt"),
+    ({}, AUTH, "encrypt"),
+    ({"ca_file": "/etc/ssl/x.pem"}, None, "may"),
+    ({"mode": "verify"}, AUTH, "verify"),
+])
+def test_tls_without_a_mode_takes_the_default_for_the_request(
+        tls: dict[str, object], auth: dict[str, str] | None, mode: str) -> None:
+    body = {"host": "r.example", "tls": tls, **({"auth": auth} if auth else {})}
+    # the parser and the API (its schema, then the parser) agree
+    for request in (parse_smarthost_request(body), ACTIONS["set_smarthost"].parse(body)):
+        assert isinstance(request, SmarthostRequest)
+        assert request.tls_policy == TlsPolicy(mode, tls.get("ca_file"))  # type: ignore[arg-type]
+    assert SmarthostRequestSchema().load(body)["tls"]["mode"] == tls.get("mode")
+
+
+def test_the_api_refuses_auth_with_may_as_the_parser_does() -> None:
+    body = {"host": "r.example", "tls": {"mode": "may"}, "auth": AUTH}
+    with pytest.raises(SchemaError) as schema:
+        SmarthostRequestSchema().load(body)
+    assert schema.value.messages == {"tls": {"mode": [AUTH_NEEDS_TLS]}}
+    with pytest.raises(ValidationError) as caught:
+        ACTIONS["set_smarthost"].parse(body)
+    assert reasons(caught, "tls.mode") == AUTH_NEEDS_TLS
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev", "/proc/self/environ",
+                                  "/sys/kernel/notes", "/run/x.pem", "/var/run/ca.pem"])
+def test_a_ca_file_under_devices_or_kernel_state_is_refused(path: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_ca_file(path)
+    top = "/var/run" if path.startswith("/var/run") else "/" + path.split("/")[1]
+    assert reasons(caught, "tls.ca_file").startswith(
+        f"must not be under {top}: it holds devices and kernel or runtime state")
+    with pytest.raises(ValidationError):
+        ACTIONS["set_smarthost"].parse({"host": "r.example", "tls": {"ca_file": path}})
+    # names that only start like them are fine
+    for fine in ("/devices/ca.pem", "/etc/dev/ca.pem", "/running.pem", "/var/runs/ca.pem"):
+        assert validate_ca_file(fine) == fine
+
+
 def test_tls_and_masquerade_are_parsed_and_normalised() -> None:
     req = parse_smarthost_request({
         "host": "r.example", "tls": {"mode": "verify", "ca_file": "/etc/mail/lab-ca.pem"},
@@ -372,4 +422,4 @@ def test_hostname_request_takes_exactly_one_of_fqdn_and_domain() -> None:
     for bad in ({}, {"fqdn": "pbx1.ourtest.com", "domain": "ourtest.com"}, {"fqdn": "pbx1"},
                 {"domain": "a b"}):
         with pytest.raises(ValidationError):
-            HostnameRequest(**bad)  # type: ignore[arg-type]
+            HostnameRequest(**bad)
