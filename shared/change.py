@@ -69,6 +69,12 @@ class MapChange:
         """The map is to be written and compiled."""
         return self.new is not None and (self.new != self.old or self.rebuild)
 
+    @property
+    def new_bytes(self) -> bytes:
+        """The wanted source as the file's bytes (the texts hold undecodable bytes as
+        surrogates, see :class:`FileEdit`)."""
+        return _bytes(self.new or "")
+
 
 @dataclass
 class FileChange:
@@ -664,7 +670,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         tmp = ex.temp_path_for(entry.source)
         compiled_tmp = tmp + entry.compiled[len(entry.source):]
         temps += [tmp, compiled_tmp]
-        text = (entry.new or "").encode()
+        text = entry.new_bytes
         if entry.secret:
             ex.write_file(tmp, text, mode=0o600)
             ex.set_owner_mode(tmp, mode=0o600, uid=0, gid=0)
@@ -696,9 +702,10 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
 
     # -- files ------------------------------------------------------------------------
     def _read_map(self, path: str) -> str | None:
-        """A map source (None when there is none)."""
+        """A map source (None when there is none); undecodable bytes kept as surrogates, so
+        that the lines relayfleet does not touch are written back byte for byte."""
         data = self.executor.read_file_if_exists(path)
-        return data.decode("utf-8", "replace") if data is not None else None
+        return data.decode("utf-8", "surrogateescape") if data is not None else None
 
     def _map_edit(self, source: str, compiled: str, edit: Callable[[str], str], *,
                   secret: bool = True, create: bool = True) -> MapChange:
@@ -739,7 +746,8 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             if entry.secret:
                 diff += _named(entry.source, "credentials entry written (content not shown)")
             elif entry.new != entry.old:
-                diff += unified_diff(entry.old or "", entry.new or "", entry.source)
+                diff += unified_diff(_shown(entry.old or ""), _shown(entry.new or ""),
+                                     entry.source)
             else:
                 diff += _named(entry.compiled, f"rebuilt from {entry.source}")
         return diff
@@ -924,6 +932,15 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             return (self._wait_running() if wait else self._mta_running())[0]
         except RelayfleetError:
             return None
+
+    def _restart_running(self, rec: StepRecorder, what: str = "restart") -> int | None:
+        """Restart (``_restart``) and wait for the MTA to run; its pid. OperationError if it
+        does not come up (``what``: the word for the restart in that message)."""
+        self._restart(rec)
+        running, pid = self._wait_running()
+        if not running:
+            raise OperationError(f"{self.label} is not running after the {what}")
+        return pid
 
     def _wait_running(self, wait_s: float = 10.0) -> tuple[bool, int | None]:
         deadline = time.monotonic() + wait_s

@@ -362,16 +362,13 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                 f"{why or 'see the maillog'}", exit_code=done.exit_code)
 
     def _activate_verify(self, rec: StepRecorder, wanted: Smarthost | None) -> None:
-        self._restart(rec)
+        pid = self._restart_running(rec, "reload")
         started = time.monotonic()
         values = self._values()
         now = pfconf.parse_relayhost(values.get("relayhost", ""))
         if now != wanted:
             raise OperationError(f"after reload relayhost says {values.get('relayhost')!r}, "
                                  f"expected {pfconf.relayhost_value(wanted) if wanted else ''!r}")
-        running, pid = self._wait_running()
-        if not running:
-            raise OperationError("Postfix is not running after the reload")
         self._clear_marker()
         rec.note("verify", f"relayhost is {values.get('relayhost') or '(none)'}; Postfix "
                  f"running (master pid {pid})", started=started)
@@ -615,10 +612,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
             return [FileEdit(prof.main_cf_path, old, staged)]
 
         def activate(rec: StepRecorder) -> None:
-            self._restart(rec)
-            running, pid = self._wait_running()
-            if not running:
-                raise OperationError("Postfix is not running after the reload")
+            pid = self._restart_running(rec, "reload")
             now = myhostname(rec)
             if now != fqdn:
                 raise OperationError(f"after the reload myhostname is {now!r}, not {fqdn}")

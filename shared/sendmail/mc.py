@@ -8,8 +8,9 @@ smarthost's own lines (SMART_HOST, the port, SMTP AUTH) those are: the CA settin
 has none (the policy's ``TLS_Srv:`` entry lives in the access map), and the masquerade.
 
 A hand-written ``MASQUERADE_AS`` or ``FEATURE(`masquerade_envelope')`` (no marker) is the
-host's own: a change without masquerade and a removal leave it alone; a change that sets a
-masquerade comments it out (``dnl``), so that exactly the requested one is in force.
+host's own: a change that sets a masquerade comments it out behind ``dnl # disabled by
+relayfleet:``, so that exactly the requested one is in force; a change without masquerade
+and a removal give the host its own lines back as they were.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from shared.validation import SmarthostRequest, TlsPolicy, m4_quote
 
 MARK = "dnl # managed by relayfleet"
+#: what a host's own masquerade line is commented out behind while relayfleet's is in force
+DISABLED = "dnl # disabled by relayfleet: "
 #: the mechanisms the client may use with the smarthost unless the mc already sets its own
 AUTH_MECHANISMS = "EXTERNAL GSSAPI DIGEST-MD5 CRAM-MD5 LOGIN PLAIN"
 MAILER_PREFIXES = ("relay", "esmtp", "smtp", "smtp8", "dsmtp")
@@ -137,6 +140,10 @@ class McState:
     access_db: str | None = None
     #: the CA file sendmail.mc itself names (``confCACERT``), if any
     ca_file: str | None = None
+    #: an active ``FEATURE(`check_cert_altnames')``
+    altnames: bool = False
+    #: the sendmail.cf options relayfleet's own CA lines set (``CACertPath``, ``CACertFile``)
+    ca_options: tuple[tuple[str, str], ...] = ()
 
 
 def _is_active(line: str) -> bool:
@@ -155,10 +162,11 @@ def read_mc(text: str) -> McState:
     host_value: str | None = None
     defines = 0
     ports: dict[str, int | None] = {}
-    authinfo = envelope = False
+    authinfo = envelope = altnames = False
     masquerade: str | None = None
     access_db: str | None = None
     ca_file: str | None = None
+    ca_options: dict[str, str] = {}
     for line in text.splitlines():
         if not _is_active(line):
             continue
@@ -174,11 +182,18 @@ def read_mc(text: str) -> McState:
                 ports[name] = _port_of(port_match.group("value"))
         authinfo = authinfo or bool(_AUTHINFO_FEATURE_RE.match(line))
         envelope = envelope or bool(_ENVELOPE_FEATURE_RE.match(line))
+        altnames = altnames or bool(_ALTNAMES_FEATURE_RE.match(line))
         # m4: the last definition is the one in force
         found = _MASQUERADE_RE.match(line)
         masquerade = unquote_m4(found.group("value")) if found else masquerade
         found = _CA_FILE_RE.match(line)
         ca_file = unquote_m4(found.group("value")) if found else ca_file
+        if line.rstrip().endswith(MARK):
+            # ours name plain paths and come after the host's own (see _ca_lines): in force
+            for option, regex in (("CACertPath", _CA_PATH_RE), ("CACertFile", _CA_FILE_RE)):
+                found = regex.match(line)
+                if found:
+                    ca_options[option] = unquote_m4(found.group("value"))
         found = _ACCESS_DB_RE.match(line)
         if found and access_db is None:
             access_db = unquote_m4(found.group("spec") or "")
@@ -190,7 +205,8 @@ def read_mc(text: str) -> McState:
                 host_value, ports.get(f"{parsed.mailer.upper()}_MAILER_ARGS"))
     return McState(smarthost=smarthost, authinfo_feature=authinfo, active_defines=defines,
                    masquerade=Masquerading(masquerade, envelope) if masquerade else None,
-                   access_db=access_db, ca_file=ca_file or None)
+                   access_db=access_db, ca_file=ca_file or None, altnames=altnames,
+                   ca_options=tuple(sorted(ca_options.items())))
 
 
 def access_source(spec: str, mail_dir: str) -> str | None:
@@ -291,6 +307,11 @@ def _owned(line: str) -> bool:
     return False
 
 
+def _restored(line: str) -> str:
+    """A host's own masquerade line as it was before relayfleet commented it out."""
+    return line.removeprefix(DISABLED)
+
+
 def _first_mailer_index(lines: list[str]) -> int | None:
     return next((i for i, line in enumerate(lines) if _is_active(line) and _MAILER_RE.match(line)),
                 None)
@@ -318,10 +339,14 @@ def set_smarthost_mc(text: str, request: SmarthostRequest, ca_bundle: str | None
             if anchor is None and _SMART_HOST_RE.match(line):
                 anchor = len(kept)
             continue
-        replaced = request.masquerade is not None and _is_active(line) and bool(
+        if request.masquerade is None:
+            kept.append(_restored(line))
+            continue
+        replaced = _is_active(line) and bool(
             _MASQUERADE_RE.match(line) or _ENVELOPE_FEATURE_RE.match(line))
-        # the requested masquerade replaces the host's own: kept visible, as a comment
-        kept.append(f"dnl {line}" if replaced else line)
+        # the requested masquerade replaces the host's own: kept visible, as a comment that
+        # a change without masquerade (or a removal) turns back into the line it was
+        kept.append(DISABLED + line if replaced else line)
     if anchor is None:
         template = next((i for i, line in enumerate(kept) if _COMMENTED_SMART_HOST_RE.match(line)),
                         None)
@@ -357,11 +382,12 @@ def set_smarthost_mc(text: str, request: SmarthostRequest, ca_bundle: str | None
 
 def remove_smarthost_mc(text: str) -> str:
     """Return sendmail.mc with no active smarthost: defines commented out, owned lines gone
-    (relayfleet's TLS, access_db and masquerade lines with them)."""
+    (relayfleet's TLS, access_db and masquerade lines with them), the host's own masquerade
+    lines back."""
     out: list[str] = []
     for line in text.splitlines(keepends=True):
         if not _owned(line):
-            out.append(line)
+            out.append(_restored(line))
         elif _SMART_HOST_RE.match(line) and not line.rstrip().endswith(MARK):
             # Someone else's define: keep it visible, as a comment, like an admin would.
             out.append(f"dnl {line}")
@@ -410,9 +436,28 @@ def read_cf_masquerade(text: str) -> Masquerading | None:
     return Masquerading(domain, "$>MasqHdr" in rule)
 
 
+_CF_OPTION_RE = re.compile(r"^O (?P<name>[A-Za-z.]+)=(?P<value>.*)$")
+_CF_MAP_RE = re.compile(r"^K(?P<name>\w+)\s")
+
+
 def in_sync(state: McState, cf_text: str) -> bool:
-    """Whether a compiled sendmail.cf has sendmail.mc's smarthost and masquerade."""
-    return state.smarthost == read_cf(cf_text) and state.masquerade == read_cf_masquerade(cf_text)
+    """Whether a compiled sendmail.cf has what sendmail.mc asks for: its smarthost and
+    masquerade, the access and authinfo maps its features declare, relayfleet's CA settings
+    and the certificate name check. A cf compiled from an older mc (a change cut short
+    between the mc's and the cf's rename, m4 run by hand) lacks some of them.
+
+    Only what the mc's own lines say is asked for: a map or option the cf has beyond them
+    may come from an include (Debian's sasl.m4, starttls.m4)."""
+    lines = cf_text.splitlines()
+    options = {m.group("name"): m.group("value").strip()
+               for line in lines if (m := _CF_OPTION_RE.match(line))}
+    maps = {m.group("name") for line in lines if (m := _CF_MAP_RE.match(line))}
+    return (state.smarthost == read_cf(cf_text)
+            and state.masquerade == read_cf_masquerade(cf_text)
+            and (state.access_db is None or "access" in maps)
+            and (not state.authinfo_feature or "authinfo" in maps)
+            and (not state.altnames or options.get("SetCertAltnames") == "true")
+            and all(options.get(name) == value for name, value in state.ca_options))
 
 
 def read_cf(text: str) -> Smarthost | None:

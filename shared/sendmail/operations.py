@@ -47,7 +47,6 @@ from shared.sendmail.mc import (
     in_sync,
     needs_ca_bundle,
     read_cf,
-    read_cf_masquerade,
     read_mc,
     remove_smarthost_mc,
     set_smarthost_mc,
@@ -223,6 +222,14 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
             raise ValidationError.for_field(
                 "tls.mode", "verify checks that the relay's certificate names the relay: give "
                             "the relay by name, not by address (or use encrypt)")
+        if tls.required and request.mx and not request.host.startswith("["):
+            # sendmail looks TLS_Srv up by the name of the host it connects to: with MX
+            # lookups that is an MX host, which the relay's entry need not name
+            raise ValidationError.for_field(
+                "tls.mode", f"{tls.mode} needs sendmail to connect to the relay by its own "
+                            "name: set mx to false ([relay], no MX lookups); sendmail checks "
+                            "the TLS requirement under the MX host's name, so mail would go "
+                            "out with opportunistic TLS")
         if tls.ca_file is not None and not self.executor.exists(tls.ca_file):
             raise ConfigError(f"tls.ca_file: {tls.ca_file} is not on the host: sendmail could "
                               "not verify the relay's certificate; nothing was changed")
@@ -272,8 +279,8 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
     def _describe(self, change: _Change, result: OperationResult, wanted: Smarthost | None) -> None:
         # the access map's diff is shown; authinfo is only named
         diff = self._diff(change, self.profile.mc_path)
-        compiled = (read_cf(change.cf_text) == wanted and read_cf_masquerade(change.cf_text)
-                    == read_mc(change.config_new).masquerade)
+        compiled = (read_cf(change.cf_text) == wanted
+                    and in_sync(read_mc(change.config_new), change.cf_text))
         result.changed = bool(diff) or not compiled
         result.data["diff"] = diff
         if not diff and not compiled:
@@ -304,7 +311,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     def _map_command(self, change: _Change, entry: MapChange,
                      source: str) -> tuple[list[str], bytes | None]:
-        return [self.profile.makemap, "hash", source], (entry.new or "").encode()
+        return [self.profile.makemap, "hash", source], entry.new_bytes
 
     def _validate_cf(self, rec: StepRecorder, cf_path: str) -> None:
         """Have sendmail read the new cf; offline and time-boxed (``-bt`` may hang on DNS)."""
@@ -344,14 +351,11 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
 
     def _activate_verify(self, rec: StepRecorder, wanted: Smarthost | None) -> None:
         self._make(rec)
-        self._restart(rec)
+        pid = self._restart_running(rec)
         started = time.monotonic()
         compiled = read_cf(self.executor.read_text(self.profile.cf_path))
         if compiled != wanted:
             raise OperationError(f"after restart sendmail.cf says {compiled}, expected {wanted}")
-        running, pid = self._wait_running()
-        if not running:
-            raise OperationError("sendmail is not running after the restart")
         rec.note("verify", f"sendmail.cf has the expected smarthost; sendmail running (pid {pid})",
                  started=started)
 
@@ -475,10 +479,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         prof = self.profile
 
         def activate(rec: StepRecorder) -> None:
-            self._restart(rec)
-            running, pid = self._wait_running()
-            if not running:
-                raise OperationError("sendmail is not running after the restart")
+            pid = self._restart_running(rec)
             identity = rec.run("sendmail's name", [prof.sendmail, "-d0.1", "-bv", "root"],
                                timeout=prof.validate_timeout_s, check=False)
             macros = {m["macro"]: m["value"] for m in

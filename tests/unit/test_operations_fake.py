@@ -23,6 +23,7 @@ from shared.executor import MISSING_CODE, Executor, FileMissing, LocalExecutor, 
 from shared.mta import FlushRequest, MtaOperations, operations_for
 from shared.profile import build_profile
 from shared.sendmail.mc import MARK
+from shared.sendmail.operations import SendmailOperations
 from shared.testing import (
     SMMSP_GID,
     FakeExecutor,
@@ -298,6 +299,29 @@ def test_a_failure_after_the_swap_rolls_back_byte_for_byte(failure: dict[str, An
     assert [s.name for s in result.steps][-3:] == ["rollback", "make", "restart"]
     assert host.daemon_cf == old_cf and host.daemon_pid in host.processes
     assert PASSWORD not in json.dumps(result.to_dict())
+
+
+def test_a_sendmail_that_does_not_come_up_after_the_restart_is_rolled_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    host = debian_sendmail_host()
+    before = config_state(host)
+    # the init script says it restarted, but sendmail died (only the first restart)
+    def dies(argv: tuple[str, ...]) -> bool:
+        if argv != RESTART:
+            return False
+        host.stop_daemon()
+        return True
+
+    host.script(dies, exit_code=0, times=1)
+    # no time waited for a daemon that is not coming
+    monkeypatch.setattr(SendmailOperations, "_wait_running",
+                        lambda self, wait_s=10.0: self._mta_running())
+    result = ops_for(host).set_smarthost(set_request())
+    assert result.ok is False and result.rolled_back is True
+    assert (result.error or "").startswith(
+        "sendmail is not running after the restart; the previous configuration was restored "
+        "and sendmail runs it")
+    assert config_state(host) == before and host.daemon_pid in host.processes
 
 
 @pytest.mark.parametrize("failure, kind", [

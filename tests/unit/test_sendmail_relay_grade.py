@@ -14,9 +14,11 @@ from shared.profile import build_profile
 from shared.results import OperationResult
 from shared.sendmail import authinfo as authmap
 from shared.sendmail.mc import (
+    DISABLED,
     MARK,
     Masquerading,
     access_source,
+    in_sync,
     needs_ca_bundle,
     read_cf_masquerade,
     read_mc,
@@ -242,10 +244,40 @@ def test_a_hand_written_masquerade_is_replaced_only_when_one_is_requested() -> N
     assert remove_smarthost_mc(kept).count("MASQUERADE_AS(`pbx.example')dnl\n") == 1
     replaced = set_smarthost_mc(mine, request(masquerade={"domain": "ourtest.com",
                                                           "envelope": False}))
-    assert "dnl MASQUERADE_AS(`pbx.example')dnl\ndnl FEATURE(masquerade_envelope)dnl\n" in replaced
+    assert (f"{DISABLED}MASQUERADE_AS(`pbx.example')dnl\n"
+            f"{DISABLED}FEATURE(masquerade_envelope)dnl\n") in replaced
     assert read_mc(replaced).masquerade == Masquerading("ourtest.com", envelope=False)
     assert set_smarthost_mc(replaced, request(masquerade={"domain": "ourtest.com",
                                                           "envelope": False})) == replaced
+    # the host's own lines come back as they were: on a change without masquerade, on removal
+    assert set_smarthost_mc(replaced, request()) == kept
+    assert remove_smarthost_mc(replaced) == remove_smarthost_mc(kept)
+    assert read_mc(remove_smarthost_mc(replaced)).masquerade == Masquerading("pbx.example",
+                                                                             envelope=True)
+
+
+def test_the_hosts_masquerade_is_back_byte_for_byte_after_ours_is_removed() -> None:
+    host = rhel_sendmail_host()
+    mine = host.read_text(MC).replace(
+        "dnl MASQUERADE_AS(`mydomain.com')dnl",
+        "MASQUERADE_AS(`corp.com')dnl  \nFEATURE(masquerade_envelope)dnl")
+    host.write_file(MC, mine.encode())
+    ops = ops_for(host)
+    assert ops.set_smarthost(request()).ok
+    plain = host.read_text(MC)
+    masq = ops.set_smarthost(request(masquerade={"domain": "ourtest.com"}))
+    assert masq.ok, masq.error
+    assert f"+{DISABLED}MASQUERADE_AS(`corp.com')dnl  \n" in masq.data["diff"]
+    assert cf_has(host, "DMourtest.com")
+    back = ops.set_smarthost(request())
+    assert back.ok and back.changed and host.read_text(MC) == plain
+    assert cf_has(host, "DMcorp.com")
+    assert ops.set_smarthost(request(masquerade={"domain": "ourtest.com"})).ok
+    removed = ops.remove_smarthost()
+    assert removed.ok, removed.error
+    assert host.read_text(MC) == remove_smarthost_mc(plain)
+    assert "MASQUERADE_AS(`corp.com')dnl  \nFEATURE(masquerade_envelope)dnl\n" in host.read_text(MC)
+    assert removed.data["config_in_sync"] is True and cf_has(host, "DMcorp.com")
 
 
 # -- the change transaction ----------------------------------------------------------------
@@ -302,6 +334,61 @@ def test_a_tls_only_or_masquerade_only_change_is_a_change() -> None:
     assert recompiled.ok and recompiled.changed and recompiled.data["diff"] == ""
     assert "will be recompiled" in recompiled.data["note"]
     assert cf_has(host, "DMourtest.com") and recompiled.data["config_in_sync"] is True
+
+
+def test_a_change_cut_short_before_the_cf_rename_is_finished_on_retry() -> None:
+    # sendmail.mc and the maps already new, sendmail.cf still compiled from the former mc
+    host = debian_sendmail_host(messages=[])
+    host.add_file(CA_FILE, "-----BEGIN CERTIFICATE-----\n")
+    ops = ops_for(host)
+    assert ops.set_smarthost(request(auth=AUTH)).ok
+    encrypt_cf = host.read_file(CF)
+    verify = request(auth=AUTH, tls={"mode": "verify", "ca_file": CA_FILE})
+    assert ops.set_smarthost(verify).ok
+    host.write_file(CF, encrypt_cf)
+    host.queue_message(["me@ourtest.com"])
+    # no CA settings in the cf: the certificate cannot verify and mail waits
+    assert [d["text"] for d in flush(host).data["deliveries"]] == [
+        "Deferred: 454 4.7.0 authentication failed"]
+    assert ops.read_smarthost().data["config_in_sync"] is False
+    again = secret_free(ops.set_smarthost(verify))
+    assert again.ok and again.changed and again.data["diff"] == "", again.error
+    assert "will be recompiled" in again.data["note"]
+    assert again.data["config_in_sync"] is True
+    assert cf_has(host, f"O CACertFile={CA_FILE}", "O SetCertAltnames=true")
+    flush(host)
+    assert [(m.auth_user, m.tls) for m in host.relayed] == [(USER, True)]
+    assert ops.set_smarthost(verify).changed is False
+
+
+@pytest.mark.parametrize(("line", "present"), [
+    (f"define(`confCACERT', ``{CA_FILE}''){MARK}", f"O CACertFile={CA_FILE}"),
+    (f"define(`confCACERT_PATH', ``/etc/mail/tls''){MARK}", "O CACertPath=/etc/mail/tls"),
+    (f"FEATURE(`check_cert_altnames'){MARK}", "O SetCertAltnames=true"),
+    (f"FEATURE(`access_db'){MARK}", "Kaccess hash -T<TMPF> -o /etc/mail/access.db"),
+    ("FEATURE(`authinfo')dnl", "Kauthinfo hash -o /etc/mail/authinfo.db")])
+def test_a_cf_without_what_the_mc_asks_for_is_out_of_sync(line: str, present: str) -> None:
+    mc = set_smarthost_mc(NO_ACCESS_DB_MC, request()).replace(
+        "MAILER(local)", f"{line}\nMAILER(local)")
+    cf = fake_m4(mc).output
+    assert present in cf.splitlines() and in_sync(read_mc(mc), cf)
+    assert not in_sync(read_mc(mc), cf.replace(f"{present}\n", ""))
+    # a map or option the mc's own lines do not ask for (an include's) is no mismatch
+    assert in_sync(read_mc(mc.replace(line, "dnl")), cf)
+
+
+def test_an_access_map_that_is_not_utf8_keeps_its_bytes() -> None:
+    host = debian_sendmail_host()
+    theirs = b"# \xe9quipe r\xe9seau\nConnect:127\tRELAY\n"
+    host.write_file(ACCESS, theirs)
+    ops = ops_for(host)
+    done = ops.set_smarthost(request(tls={"mode": "encrypt"}))
+    assert done.ok, done.error
+    assert host.read_file(ACCESS) == theirs + f"TLS_Srv:{RELAY}\tENCR:112\n".encode()
+    assert host.read_file(f"{ACCESS}.db").endswith(theirs + f"TLS_Srv:{RELAY}\tENCR:112\n".encode())
+    json.dumps(done.to_dict())  # the diff shows the bytes replaced, and stays JSON
+    assert f"+TLS_Srv:{RELAY}\tENCR:112\n" in done.data["diff"]
+    assert ops.remove_smarthost().ok and host.read_file(ACCESS) == theirs
 
 
 def test_rollback_restores_the_access_map_byte_for_byte() -> None:
@@ -383,6 +470,21 @@ def test_verify_needs_the_hosts_bundle_or_a_ca_file_and_a_relay_name() -> None:
         {"host": "192.0.2.7", "tls": {"mode": "verify"}}))
     assert literal.ok is False and literal.error_kind == "validation"
     assert literal.error is not None and literal.error.startswith("tls.mode: verify checks")
+
+
+@pytest.mark.parametrize("extra", [{"tls": {"mode": "encrypt"}}, {"auth": AUTH},
+                                   {"tls": {"mode": "verify", "ca_file": CA_FILE}}])
+def test_a_required_tls_level_with_mx_lookups_is_refused(extra: dict[str, Any]) -> None:
+    # sendmail looks TLS_Srv up under the MX host's name, not the relay's
+    host = debian_sendmail_host()
+    host.add_file(CA_FILE, "-----BEGIN CERTIFICATE-----\n")
+    before = config_state(host)
+    result = secret_free(ops_for(host).set_smarthost(request(mx=True, **extra)))
+    assert result.ok is False and result.error_kind == "validation"
+    assert result.error is not None and result.error.startswith("tls.mode: ")
+    assert "set mx to false" in result.error
+    assert config_state(host) == before and not host.ran("m4")
+    assert ops_for(host).set_smarthost(request(mx=True)).ok  # may: nothing to look up
 
 
 def test_an_access_map_elsewhere_or_out_of_the_mail_dir_is_refused() -> None:
