@@ -15,7 +15,7 @@ import pytest
 
 from tests.lab.enrol import SshLogin, host_body
 from tests.lab.lab import SINK_PORT, Lab, LabHost
-from tests.lab.services import ControllerStack, controller_stack
+from tests.lab.services import ControllerStack, lab_controller
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -35,32 +35,24 @@ def mixed_fleet(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server:
     """The five hosts enrolled in one tenant, and the controller stack (SQLite)."""
     user, _password = lab.ensure_ssh_user()
     private, public = client_keys["ed25519"]
-    hosts: list[LabHost] = []
-    workdir = tmp_path_factory.mktemp("mixed")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        stack = controller_stack(f"sqlite:///{workdir / 'relayfleet.db'}", workdir,
-                                 redis_server, monkeypatch, lab.network, redis_db=2)
-        try:
-            controller = stack.controller
-            site = controller.site(controller.tenant("Mixed"), "Everywhere")
-            enrolled = []
-            for name, mta, layout, transport, kind in FLEET:
-                host = lab.add_host(name, layout, mta=mta)
-                hosts.append(host)
-                # The CentOS-style sendmail host logs in as a sudo user; the RHEL-style
-                # Postfix host has no Python at all.
-                sudo = mta == "sendmail" and layout == "centos"
-                login = SshLogin(user if sudo else "root", private, public, sudo=sudo)
-                body = host_body(host, transport, kind=kind, login=login)
-                if transport == "ssh" and mta == "postfix" and layout == "centos":
-                    host.disable_python()
-                doc = controller.ok("POST", "/v1/hosts", {**body, "site_id": site})
-                enrolled.append((host, doc["id"]))
-            yield stack, enrolled
-        finally:
-            stack.worker.stop()
-            for host in hosts:
-                host.close()
+    with lab_controller(lab, redis_server, tmp_path_factory.mktemp("mixed"), 2) as (stack,
+                                                                                   hosts):
+        controller = stack.controller
+        site = controller.site(controller.tenant("Mixed"), "Everywhere")
+        enrolled = []
+        for name, mta, layout, transport, kind in FLEET:
+            host = lab.add_host(name, layout, mta=mta)
+            hosts.append(host)
+            # The CentOS-style sendmail host logs in as a sudo user; the RHEL-style
+            # Postfix host has no Python at all.
+            sudo = mta == "sendmail" and layout == "centos"
+            login = SshLogin(user if sudo else "root", private, public, sudo=sudo)
+            body = host_body(host, transport, kind=kind, login=login)
+            if transport == "ssh" and mta == "postfix" and layout == "centos":
+                host.disable_python()
+            doc = controller.ok("POST", "/v1/hosts", {**body, "site_id": site})
+            enrolled.append((host, doc["id"]))
+        yield stack, enrolled
 
 
 def _subjects(lab: Lab) -> set[str]:

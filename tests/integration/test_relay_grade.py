@@ -33,7 +33,7 @@ from tests.lab.relay_story import (
     unqualify,
     wait_delivered,
 )
-from tests.lab.services import ControllerStack, controller_stack
+from tests.lab.services import ControllerStack, lab_controller
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -77,12 +77,9 @@ def fleet(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server: Any,
     private, public = client_keys["ed25519"]
     login = SshLogin("root", private, public)
     relays = start_relays(lab)
-    hosts: list[LabHost] = []
-    workdir = tmp_path_factory.mktemp("relay-grade")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        stack = controller_stack(f"sqlite:///{workdir / 'relayfleet.db'}", workdir,
-                                 redis_server, monkeypatch, lab.network, redis_db=3)
-        try:
+    try:
+        with lab_controller(lab, redis_server, tmp_path_factory.mktemp("relay-grade"), 3) as (
+                stack, hosts):
             controller = stack.controller
             site = controller.site(controller.tenant("Relay grade"), "PBXes")
             enrolled = []
@@ -93,12 +90,9 @@ def fleet(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server: Any,
                 enrolled.append((host, controller.ok("POST", "/v1/hosts",
                                                      {**body, "site_id": site})["id"]))
             yield Fleet(stack, enrolled, relays)
-        finally:
-            stack.worker.stop()
-            for host in hosts:
-                host.close()
-            for relay in (relays.google, relays.wrong_name, relays.cleartext):
-                lab.stop_relay(relay)
+    finally:
+        for relay in (relays.google, relays.wrong_name, relays.cleartext):
+            lab.stop_relay(relay)
 
 
 def _deferred_everywhere(fleet: Fleet, subjects: dict[str, str]) -> None:

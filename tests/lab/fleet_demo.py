@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +133,20 @@ def story(lab: Lab, api: Api) -> int:
     return 0 if ok else 1
 
 
-def main() -> None:
-    """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__,
+def run_demo(description: str | None, story_of: Callable[[Lab, Api], int]) -> None:
+    """A demo's command line: ``--api URL --token TOKEN``; run ``story_of`` in a fresh lab."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api", default="http://127.0.0.1:8080")
     parser.add_argument("--token", required=True)
     args = parser.parse_args()
     with Lab(Path(tempfile.mkdtemp(prefix="relayfleet-lab-"))) as lab:
-        raise SystemExit(story(lab, Api(args.api, args.token)))
+        raise SystemExit(story_of(lab, Api(args.api, args.token)))
+
+
+def main() -> None:
+    """Entry point."""
+    run_demo(__doc__, story)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,13 @@ qualified, three relays (:mod:`tests.lab.relay`), and four scenes:
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from tests.lab.demo import say, table
 from tests.lab.enrol import SshLogin, host_body
-from tests.lab.fleet_demo import Api, ssh_login
+from tests.lab.fleet_demo import Api, run_demo, ssh_login
 from tests.lab.lab import Lab
 from tests.lab.relay_story import (
     CUSTOMER_DOMAIN,
@@ -118,13 +115,7 @@ def story(lab: Lab, api: Api) -> int:
 
 def main() -> None:
     """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--api", default="http://127.0.0.1:8080")
-    parser.add_argument("--token", required=True)
-    args = parser.parse_args()
-    with Lab(Path(tempfile.mkdtemp(prefix="relayfleet-lab-"))) as lab:
-        raise SystemExit(story(lab, Api(args.api, args.token)))
+    run_demo(__doc__, story)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,17 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.controller_client import Controller
+
+if TYPE_CHECKING:
+    from tests.lab.lab import Lab, LabHost
 
 
 def free_port() -> int:
@@ -255,3 +260,21 @@ def controller_stack(database_url: str, workdir: Path, redis: RedisServer,
     controller = Controller.create()
     worker = ControllerWorker(env, workdir / "worker.log").start()
     return ControllerStack(controller, worker, env)
+
+
+@contextlib.contextmanager
+def lab_controller(lab: Lab, redis: RedisServer, workdir: Path, redis_db: int
+                   ) -> Iterator[tuple[ControllerStack, list[LabHost]]]:
+    """A controller stack on SQLite in ``workdir`` for ``lab``'s hosts: yields it with a list
+    the caller fills with the hosts it adds; afterwards the worker stops and those hosts
+    close."""
+    hosts: list[LabHost] = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        stack = controller_stack(f"sqlite:///{workdir / 'relayfleet.db'}", workdir, redis,
+                                 monkeypatch, lab.network, redis_db=redis_db)
+        try:
+            yield stack, hosts
+        finally:
+            stack.worker.stop()
+            for host in hosts:
+                host.close()
