@@ -2,8 +2,9 @@
 the local executor inside the host and over SSH to a host without Python): the lab's
 relay-grade smarthosts (aiosmtpd, lab-CA certificates, AUTH after STARTTLS) verified against
 a CA file in the host's own configuration directory or the host's default bundle, a
-certificate naming another host, a relay refusing unqualified EHLO names; and the maillog
-naming a refused certificate."""
+certificate naming another host, a relay refusing unqualified EHLO names. (That the MTAs
+themselves keep mail from the relay with the wrong name, and their maillogs say why, is the
+relay-grade acceptance test's.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from shared.postfix.maillog import parse_any_line
 from tests.conftest import OpsRunner, ssh_target_for
 from tests.lab.lab import Lab, LabHost
 from tests.lab.relay import RELAY_PORT, Relay
@@ -21,17 +21,15 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 USER = "pbx-0042@customer.example"
 PASSWORD = 'p@ss "w rd\\x'
-VOICEMAIL_TO = "me@ourtest.com"
 
 
 @pytest.fixture(scope="module")
 def relays(lab: Lab) -> Iterator[dict[str, Relay]]:
-    """A relay with a lab-CA certificate naming it, one naming another host, and one that
-    refuses unqualified EHLO names like Google's."""
-    started = {"good": lab.start_relay("diaggood", credentials=(USER, PASSWORD)),
-               "wrong": lab.start_relay("diagwrong", "wrongname", credentials=(USER, PASSWORD)),
-               "picky": lab.start_relay("diagpicky", credentials=(USER, PASSWORD),
-                                        refuse_unqualified_ehlo=True)}
+    """A relay with a lab-CA certificate naming it that refuses unqualified EHLO names like
+    Google's, and one whose certificate names another host."""
+    started = {"good": lab.start_relay("diaggood", credentials=(USER, PASSWORD),
+                                       refuse_unqualified_ehlo=True),
+               "wrong": lab.start_relay("diagwrong", "wrongname", credentials=(USER, PASSWORD))}
     yield started
     for relay in started.values():
         lab.stop_relay(relay)
@@ -77,7 +75,7 @@ def probed_from(relay: Relay, host: LabHost, count: int) -> dict[str, Any]:
     return mine[-1]
 
 
-def test_diagnose_verifies_the_relay_from_the_host(
+def test_diagnose_verifies_the_relay_from_the_host_and_names_a_refused_ehlo(
         subject: tuple[LabHost, OpsRunner], relays: dict[str, Relay], lab: Lab) -> None:
     host, ops = subject
     good, wrong = relays["good"], relays["wrong"]
@@ -111,20 +109,6 @@ def test_diagnose_verifies_the_relay_from_the_host(
     assert tls["data"]["names"] == ["other.lab.test"]
     assert f"certificate names other.lab.test, not {wrong.fqdn}" in tls["detail"]
     assert "certificate verification failed (wrong name)" in tls["detail"]
-    # ... and the MTA, told to verify, keeps the voicemail: its maillog says why.
-    host.send_mail([VOICEMAIL_TO], subject="for a relay with the wrong name")
-
-    def named() -> bool:
-        records = [parse_any_line(line) for line in host.read_maillog().splitlines()]
-        return any(r is not None and r.kind == "delivery" and r.problem == "tls_verify_failed"
-                   for r in records)
-
-    host.wait_for(named, 60, "a delivery line naming the certificate")
-    _code, log = ops("log", "--lines", "400")
-    problems = {p["problem"]: p for p in log["data"]["summary"]["problems"]}
-    assert problems["tls_verify_failed"]["label"] == "certificate verification failed"
-    assert problems["tls_verify_failed"]["deliveries"] >= 1
-    assert not wrong.messages()
 
     # encrypt with the host's default bundle, which does not know the lab CA ...
     point_at(ops, good, {"mode": "encrypt"})
@@ -136,32 +120,26 @@ def test_diagnose_verifies_the_relay_from_the_host(
             in tls["detail"])
     # ... until the host trusts it
     bundle = host.trust_lab_ca()
-    tls = diagnose(ops)["smarthost_tls"]
+    checks = diagnose(ops)
+    tls = checks["smarthost_tls"]
     assert tls["ok"] is True and tls["data"]["verified"] is True, tls
     assert tls["data"]["ca_bundle"] == bundle
-
-
-def test_diagnose_greets_as_the_mta_and_names_a_refused_ehlo(
-        subject: tuple[LabHost, OpsRunner], relays: dict[str, Relay]) -> None:
-    host, ops = subject
-    picky = relays["picky"]
-    point_at(ops, picky, {"mode": "encrypt"})
-    checks = diagnose(ops)
     assert checks["smarthost_smtp"]["ok"] is True, checks["smarthost_smtp"]
-    assert checks["smarthost_smtp"]["data"]["ehlo_name"] == host.fqdn
-    # The MTA greets as "localhost" (the name a host without an FQDN gets).
+
+    # The MTA greets as "localhost" (the name a host without an FQDN gets): the relay, like
+    # Google's, refuses it.
     if host.mta == "postfix":
         host.run(["postconf", "-e", "smtp_helo_name=localhost"])
     else:
         cf = host.config_dir / "sendmail.cf"
         cf.write_text(cf.read_text() + "O HeloName=localhost\n")
-    refused = len(picky.refusals())
+    refused = len(good.refusals())
     checks = diagnose(ops)
     smtp = checks["smarthost_smtp"]
     assert smtp["ok"] is False and smtp["data"]["error"] == "ehlo_refused", smtp
     assert smtp["data"]["ehlo_name"] == "localhost"
-    assert f"{picky.fqdn}:{RELAY_PORT} refuses this host's EHLO name localhost: 421 4.7.0" in (
+    assert f"{good.fqdn}:{RELAY_PORT} refuses this host's EHLO name localhost: 421 4.7.0" in (
         smtp["detail"])
     assert "run fix_hostname" in smtp["detail"]
     assert checks["smarthost_tls"]["ok"] is None
-    assert [r["reason"] for r in picky.refusals()[refused:]] == ["unqualified-ehlo"]
+    assert [r["reason"] for r in good.refusals()[refused:]] == ["unqualified-ehlo"]
