@@ -131,7 +131,7 @@ def test_verify_keeps_mail_from_a_relay_whose_certificate_names_another_host(
     subjects = queue_voicemail(host for host, _ in fleet.hosts)
     flush(fleet.run_job, fleet.ids)
     relay.wait_sessions(len(fleet.hosts))
-    assert wait_delivered(relay, subjects.values(), timeout=5) == []
+    assert relay.messages() == []
     _deferred_everywhere(fleet, subjects)
 
     diagnose = fleet.run_job({"action": "diagnose", "target": {"hosts": fleet.ids}})
@@ -165,7 +165,7 @@ def test_google_style_relay_after_fix_hostname_gets_tls_auth_and_the_customer_se
     subjects = queue_voicemail(host for host, _ in fleet.hosts)
     flush(fleet.run_job, fleet.ids)
     relay.wait_sessions(len(fleet.hosts))
-    assert wait_delivered(relay, subjects.values(), timeout=5) == []
+    assert relay.messages() == []
     assert any("EHLO" in r.get("command", "").upper() for r in relay.refusals())
     _deferred_everywhere(fleet, subjects)
 

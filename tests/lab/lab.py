@@ -376,6 +376,9 @@ class LabHost:
             "UsePAM no", "PasswordAuthentication yes", "KbdInteractiveAuthentication no",
             "PermitRootLogin yes", "AllowTcpForwarding yes", "LogLevel VERBOSE",
             "MaxStartups 200", "MaxSessions 50", "Subsystem sftp internal-sftp", ""]))
+        # root's shell start-up file is this machine's (it may run pyenv and the like on
+        # every SSH command: 0.3 s each), not the managed host's: the host gets an empty one.
+        self.run(["sh", "-c", "[ ! -f /root/.bashrc ] || mount --bind /dev/null /root/.bashrc"])
         self.sshd = self.popen(["/usr/sbin/sshd", "-D", "-f", str(config), "-E",
                                 str(self.root / "sshd.log")], self.root / "sshd.out")
         _wait_port(self.address, 22, self.sshd, timeout=15)
