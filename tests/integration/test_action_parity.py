@@ -81,7 +81,7 @@ def pair(request: pytest.FixtureRequest, make_host: Callable[..., LabHost],
 
 def test_every_job_action_is_covered() -> None:
     assert set(JOB_ACTIONS) == {"set_smarthost", "remove_smarthost", "flush_queue",
-                                "collect_status", "diagnose", "read_log"}
+                                "collect_status", "diagnose", "read_log", "fix_hostname"}
 
 
 def test_reads_agree(pair: Pair) -> None:
@@ -128,7 +128,9 @@ def test_changes_agree(pair: Pair) -> None:
     for result in (by_agent, by_ssh):
         assert result.ok and not result.changed and not result.rolled_back
         assert result.data["config_in_sync"] is True and result.data["diff"] == ""
-        assert result.data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": None}
+        assert result.data["smarthost"] == {**SMARTHOST, "mailer": "relay", "auth": None,
+                                            "tls": {"mode": "may", "ca_file": None},
+                                            "masquerade": None}
         assert result.data["backup"] is None and result.data["dry_run"] is False
     assert [s.name for s in by_agent.steps] == [s.name for s in by_ssh.steps]
 
@@ -141,3 +143,17 @@ def test_changes_agree(pair: Pair) -> None:
     assert not by_agent.changed and not by_ssh.changed
     assert by_agent.data["smarthost"] is by_ssh.data["smarthost"] is None
     assert by_agent.data["config_in_sync"] is by_ssh.data["config_in_sync"] is True
+
+
+def test_fix_hostname_agrees(pair: Pair) -> None:
+    # The lab host is already qualified: nothing to do, whichever way it is asked.
+    by_agent, by_ssh = pair.both("fix_hostname", {"domain": "lab.test"})
+    for result in (by_agent, by_ssh):
+        assert result.ok and not result.changed and result.data["diff"] == "", result
+    # Another domain: the same diff either way, and a dry run changes nothing.
+    before = pair.host.fs("/etc/hosts").read_bytes()
+    by_agent, by_ssh = pair.both("fix_hostname", {"domain": "ourtest.com"}, dry_run=True)
+    assert by_agent.changed and by_ssh.changed
+    assert by_agent.data["diff"] == by_ssh.data["diff"]
+    assert f"{pair.host.name}.ourtest.com {pair.host.name}" in by_agent.data["diff"]
+    assert pair.host.fs("/etc/hosts").read_bytes() == before

@@ -76,7 +76,9 @@ def test_seed_story_over_http(agent: Agent) -> None:
 
     read = agent.call("GET", "/v1/smarthost").json()
     assert read == {"smarthost": {"host": "smarthost.lab.test", "port": SINK_PORT, "mx": False,
-                                  "mailer": "relay", "auth": None}, "config_in_sync": True}
+                                  "mailer": "relay", "auth": None,
+                                  "tls": {"mode": "may", "ca_file": None}, "masquerade": None},
+                    "config_in_sync": True}
     status = agent.call("GET", "/v1/status").json()
     assert status["config_in_sync"] is True and status["mta"]["running"] is True
     assert status["fqdn"] == host.fqdn and status["queue"]["count"] == 0

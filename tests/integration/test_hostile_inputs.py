@@ -652,7 +652,15 @@ HOST_RE = r"[A-Za-z0-9.:\[\]-]{1,260}"
 ADDRESS_PART_RE = r"[A-Za-z0-9._%+=@-]{1,254}"
 QUEUE_ID_RE = r"[A-Za-z0-9]{6,32}"
 USERNAME_RE = r"[A-Za-z0-9._@+=-]{1,128}"
-PASSWORD_RE = r"[!-~]{1,128}"
+
+
+def password() -> Accepts:
+    """Relay passwords: 1-256 printable characters (blanks, quotes, backslashes and
+    non-ASCII included), no blank at either end."""
+    return lambda v: isinstance(v, str) and 0 < len(v) <= 256 and v.isprintable() and \
+        v == v.strip()
+
+
 IP_RE = r"[0-9A-Fa-f:.]{2,45}"
 
 
@@ -669,7 +677,7 @@ def agent_routes() -> list[Route]:
         Field("mailer", "json", one_of("relay", "esmtp", "smtp")),
         Field("auth", "json", obj(nullable=True)),
         Field("auth.username", "json", grammar(USERNAME_RE), "pbx-relay@example.com"),
-        Field("auth.password", "json", grammar(PASSWORD_RE), "Route-S3cret!pw"),
+        Field("auth.password", "json", password(), "Route-S3cret!pw"),
         Field("dry_run", "json", boolean()),
     )
     return [
@@ -979,7 +987,7 @@ def _job_routes(host_id: int, idem: Callable[[int], dict[str, str]]) -> list[Rou
         Field("params.mailer", "json", one_of("relay", "esmtp", "smtp")),
         Field("params.auth", "json", obj(nullable=True)),
         Field("params.auth.username", "json", grammar(USERNAME_RE), "u@example.com"),
-        Field("params.auth.password", "json", grammar(PASSWORD_RE), "pw-0123"),
+        Field("params.auth.password", "json", password(), "pw-0123"),
         Field("params.dry_run", "json", boolean()),
     )
     return [
