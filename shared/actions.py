@@ -330,7 +330,7 @@ _CATALOGUE: tuple[Action[Any], ...] = (
         result_schema=s.ChangeResultSchema, answer=_change_answer, learn=_learn_change,
         changes_host=True,
         one_host_params={"fqdn": "give domain to qualify each host's own short name"}),
-    # Reads the agent and relayfleet-ops offer but jobs do not (collect_status covers them).
+    # A read the agent and relayfleet-ops offer but jobs do not (collect_status covers it).
     Action[NoParams](
         name="read_smarthost", command="read-smarthost",
         summary="show the smarthost in sendmail.mc and sendmail.cf",
@@ -345,7 +345,7 @@ _CATALOGUE: tuple[Action[Any], ...] = (
         operation=lambda ops, _request, _dry_run: ops.queue_list(),
         route=HttpRoute("GET", "/v1/queue"),
         result_schema=s.QueueSchema, answer=_data, learn=_learn_nothing,
-        to_json=_no_json, job=False),
+        to_json=_no_json),
 )
 
 #: every action by name

@@ -81,7 +81,8 @@ def pair(request: pytest.FixtureRequest, make_host: Callable[..., LabHost],
 
 def test_every_job_action_is_covered() -> None:
     assert set(JOB_ACTIONS) == {"set_smarthost", "remove_smarthost", "flush_queue",
-                                "collect_status", "diagnose", "read_log", "fix_hostname"}
+                                "collect_status", "diagnose", "read_log", "fix_hostname",
+                                "queue_list"}
 
 
 def test_reads_agree(pair: Pair) -> None:
@@ -106,6 +107,9 @@ def test_reads_agree(pair: Pair) -> None:
     assert (by_agent.data["before"], by_agent.data["after"]) == \
         (by_ssh.data["before"], by_ssh.data["after"]) == (0, 0)
     assert [s.name for s in by_agent.steps] == [s.name for s in by_ssh.steps]
+
+    by_agent, by_ssh = pair.both("queue_list")
+    assert by_agent.data == by_ssh.data and by_agent.data["count"] == 0
 
     by_agent, by_ssh = pair.both("read_log", {"lines": 50})
     assert set(by_agent.data["summary"]) == set(by_ssh.data["summary"])

@@ -37,7 +37,8 @@ STEP = Step("compile", ["m4", "sendmail.mc"], 0, 0.01, True, "")
 
 def test_job_actions_are_the_catalogue_the_api_and_todays_order() -> None:
     assert JOB_ACTIONS == ("set_smarthost", "remove_smarthost", "flush_queue",
-                           "collect_status", "diagnose", "read_log", "fix_hostname")
+                           "collect_status", "diagnose", "read_log", "fix_hostname",
+                           "queue_list")
     assert [name for name, action in ACTIONS.items() if action.job] == list(JOB_ACTIONS)
     assert all(name == action.name for name, action in ACTIONS.items())
     (one_of,) = [v for v in JobCreateSchema().fields["action"].validators
