@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import click
 from rich.text import Text
 
+from controller.client.context import Cli, Group, examples, pass_cli
 from controller.client.errors import EXIT_OK, UsageProblem
-from controller.client.main import Cli, Group, examples, pass_cli
 from controller.client.output import Output
 from controller.client.targets import TargetChoice, build_target, reference, target_options
 from controller.client.watch import (

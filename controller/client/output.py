@@ -24,8 +24,13 @@ class Output:
         self.json_mode = json_mode
         self.quiet = quiet
         no_color = bool(os.environ.get("NO_COLOR"))
-        self.out = Console(no_color=no_color, highlight=False, soft_wrap=False)
-        self.err = Console(stderr=True, no_color=no_color, highlight=False)
+        # In a pipe, rich would assume 80 columns and wrap table cells: a log or a grep
+        # reads whole lines better. Lines never wrap mid-word, so commands stay copyable.
+        piped_width = int(os.environ.get("COLUMNS", "0") or 0) or 160
+        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True,
+                           width=None if sys.stdout.isatty() else piped_width)
+        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True,
+                           width=None if sys.stderr.isatty() else piped_width)
 
     @property
     def live(self) -> bool:

@@ -142,7 +142,7 @@ def list_hint(kind: str, name: str) -> str:
 
 
 def explain_target_refusal(error: ApiRefused) -> ApiRefused:
-    """Add what to do next to the API's ``target.hosts: not found: pbx-lyon``."""
+    """The API's ``target.hosts: not found: pbx-lyon``, said with what to do next."""
     for key, messages in error.errors.items():
         if not key.startswith("target.") or not messages:
             continue
@@ -150,6 +150,6 @@ def explain_target_refusal(error: ApiRefused) -> ApiRefused:
         text = messages[0] if isinstance(messages, list) else str(messages)
         if text.startswith("not found: ") and kind in ("host", "site", "tenant"):
             missing = text.removeprefix("not found: ").split(",")[0].strip()
-            error.message = f"no {kind} named {missing} in your tenants"
-            error.hint = list_hint(kind, missing)
+            return ApiRefused(error.status, f"no {kind} named {missing} in your tenants",
+                              hint=list_hint(kind, missing))
     return error
