@@ -6,6 +6,7 @@ by the principal's tenant and answers :class:`NotFound` (404), never 403.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -16,10 +17,11 @@ from sqlalchemy.orm import Session
 from controller.auth import Principal, issue_token
 from controller.crypto import SecretBox, new_callback_secret
 from controller.db import utcnow
-from controller.egress import normalise_fingerprint
+from controller.egress import EgressError, EgressPolicy, EgressRefused, normalise_fingerprint
 from controller.errors import Conflict, NotFound, PermissionDenied
 from controller.models import AuditEvent, Host, HostTag, Job, JobHost, Site, Tenant, Token
-from shared.errors import ValidationError
+from shared.errors import HostUnreachable, RelayfleetError, ValidationError
+from shared.validation import validate_hostname
 
 M = TypeVar("M", Tenant, Site, Host, Token, Job, AuditEvent)
 
@@ -319,6 +321,108 @@ def fleet_summary(session: Session, who: Principal) -> dict[str, int]:
     keys = ("hosts", "never_seen", "unreachable", "holding_mail", "queued_messages",
             "without_smarthost", "out_of_sync")
     return {key: int(value or 0) for key, value in zip(keys, row, strict=True)}
+
+
+# -- SSH host keys ---------------------------------------------------------------------
+
+#: how long asking a host for its SSH key may take, every address tried
+SCAN_TIMEOUT_S = 10.0
+
+
+def _fingerprint_of(line: str | None) -> str | None:
+    """The SHA256 fingerprint of a stored host key line (``None``: none, or unreadable)."""
+    from shared.ssh import fingerprint, parse_public_key
+
+    if not line:
+        return None
+    try:
+        return fingerprint(parse_public_key(line))
+    except RelayfleetError:
+        return None
+
+
+def pin_ssh_host_key(session: Session, who: Principal, host_id: int,
+                     host_key: str) -> tuple[Host, str | None, str]:
+    """Pin a new host key on an SSH host, keeping its login as it is (a reinstalled host);
+    answer the host and its old and new key fingerprints."""
+    from shared.ssh import fingerprint, parse_public_key
+
+    who.require("admin")
+    host = get_scoped(session, Host, host_id, who)
+    if host.transport != "ssh" or not host.ssh_username:
+        raise ValidationError(f"host {host_id} uses the {host.transport} transport: only an "
+                              "SSH host has a host key to pin")
+    line = " ".join(host_key.split()[:2])
+    new = fingerprint(parse_public_key(line))
+    old = _fingerprint_of(host.ssh_host_key)
+    if line != host.ssh_host_key:
+        host.ssh_host_key = line
+        # A reinstalled host may run another MTA: an "auto" host is detected again.
+        host.mta_detected_kind = None
+    session.commit()
+    return host, old, new
+
+
+def _scan_failure(cause: BaseException | None) -> str:
+    """Why no key was read, in words that say what to look at (no socket detail beyond
+    what an SSH login's own error would show)."""
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    if isinstance(cause, TimeoutError):
+        return "timed out"
+    if isinstance(cause, OSError):
+        return cause.strerror or "cannot connect"
+    return "what answers there did not complete an SSH handshake in time (is it sshd?)"
+
+
+def scan_ssh_host_key(policy: EgressPolicy, address: str, port: int,
+                      timeout_s: float = SCAN_TIMEOUT_S) -> tuple[str, str]:
+    """The key the sshd at ``address``:``port`` offers, asked by the controller itself:
+    (``TYPE BASE64`` line, ``SHA256:...`` fingerprint).
+
+    The address must pass the egress policy (:class:`ValidationError` otherwise); a name
+    is resolved once and the addresses checked are the ones dialled. Nothing answering
+    SSH there is :class:`HostUnreachable`.
+    """
+    from shared.ssh import fetch_host_key
+
+    normal = validate_hostname(address, "address")
+    host = normal
+    if normal.startswith("["):
+        host = normal[1:-1]
+        host = host[5:] if host[:5].lower() == "ipv6:" else host
+    where = f"[{address}]:{port}" if ":" in address and "[" not in address \
+        else f"{address}:{port}"
+    allowed = "; RELAYFLEET_EGRESS_ALLOW on the controller says where it may connect"
+    why = policy.check_literal("ssh://" + (f"[{host}]" if ":" in host else host))
+    if why is not None:
+        what = why if "RELAYFLEET_EGRESS_ALLOW" in why else f"a {why} address"
+        raise ValidationError.for_field(
+            "address", f"refused by the controller's egress policy ({what}){allowed}")
+    try:
+        addresses = policy.resolve(host, port)
+    except EgressRefused:
+        raise ValidationError.for_field(
+            "address", "refused by the controller's egress policy (the name resolves to an "
+                       f"address it refuses){allowed}") from None
+    except EgressError:
+        raise HostUnreachable(f"{where}: the name does not resolve: check the address and "
+                              "the controller's DNS") from None
+    deadline = time.monotonic() + timeout_s
+    failure = "timed out"
+    for ip in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            # Connect and handshake get half of what is left each: the whole scan stays
+            # within its time box however many addresses the name has.
+            return fetch_host_key(str(ip), port, timeout_s=remaining / 2)
+        except HostUnreachable as exc:
+            failure = _scan_failure(exc.__cause__)
+    raise HostUnreachable(f"{where}: no SSH host key could be read ({failure}): check the "
+                          "address and port, that sshd runs on the host, and that no "
+                          "firewall keeps the controller from reaching it")
 
 
 # -- tokens ----------------------------------------------------------------------------

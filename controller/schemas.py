@@ -257,6 +257,16 @@ def _bcrypt_rounds(text: str) -> int | None:
     return int(rounds)
 
 
+def _check_host_key(value: str) -> None:
+    """Refuse a host key line paramiko cannot read (``TYPE BASE64 [comment]``)."""
+    from shared.ssh import parse_public_key
+
+    try:
+        parse_public_key(value)
+    except rf_errors.RelayfleetError as exc:
+        raise ValidationError(exc.message) from None
+
+
 class SshAccessSchema(StrictSchema):
     """How to log in over SSH; ``private_key``, ``passphrase`` and ``password`` are
     write-only. ``host_key`` pins the host's key (``ssh-ed25519 AAAA...``)."""
@@ -273,12 +283,7 @@ class SshAccessSchema(StrictSchema):
 
     @validates("host_key")
     def _host_key(self, value: str, **_: Any) -> None:
-        from shared.ssh import parse_public_key
-
-        try:
-            parse_public_key(value)
-        except rf_errors.RelayfleetError as exc:
-            raise ValidationError(exc.message) from None
+        _check_host_key(value)
 
     @validates_schema
     def _one_way_in(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
@@ -470,6 +475,45 @@ class HostPageSchema(PageSchema):
     items = fields.List(fields.Nested(HostSchema), required=True)
 
 
+class HostKeyScanSchema(StrictSchema):
+    """POST /v1/ssh/host-key-scan: where to ask for an SSH host key."""
+
+    # No example: API fuzzers send examples as they are, and this route dials them.
+    address = fields.String(required=True, metadata={
+        "description": "as a host's address: a name or an IP address"})
+    port = WholeInteger(load_default=22, strict=True, validate=validate.Range(1, 65535))
+
+    @validates("address")
+    def _address(self, value: str, **_: Any) -> None:
+        try:
+            rules.validate_hostname(value, "address")
+        except rf_errors.ValidationError as exc:
+            raise ValidationError(exc.errors["address"]) from None
+
+
+class HostKeyScanResultSchema(Schema):
+    """The key a host's sshd offered, to confirm (by its fingerprint) and pin."""
+
+    address = fields.String(required=True)
+    port = WholeInteger(required=True)
+    host_key = fields.String(required=True, metadata={
+        "example": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...",
+        "description": "one line, as ssh.host_key accepts it"})
+    fingerprint = fields.String(required=True, metadata={
+        "example": "SHA256:2l6rUuBq...", "description": "what ssh-keygen -lf prints"})
+
+
+class HostKeyPinSchema(StrictSchema):
+    """PUT /v1/hosts/{id}/ssh/host-key: the SSH host key to pin from now on."""
+
+    host_key = fields.String(required=True, validate=validate.Length(max=20000), metadata={
+        "example": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."})
+
+    @validates("host_key")
+    def _host_key(self, value: str, **_: Any) -> None:
+        _check_host_key(value)
+
+
 class HostImportSchema(StrictSchema):
     """POST /v1/hosts/import: all rows are created, or none; every problem of every row is
     named at once (``hosts.3.address``)."""
@@ -538,6 +582,19 @@ class TokenPageSchema(PageSchema):
     """GET /v1/tokens."""
 
     items = fields.List(fields.Nested(TokenSchema), required=True)
+
+
+class WhoamiSchema(Schema):
+    """GET /v1/whoami: the calling token, its tenant, and the controller's version."""
+
+    token_id = WholeInteger(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    tenant_id = WholeInteger(allow_none=True, required=True, metadata={
+        "description": "null: an MSP-wide token"})
+    tenant = fields.String(allow_none=True, required=True, metadata={
+        "description": "the tenant's name (null: an MSP-wide token)"})
+    version = fields.String(required=True, metadata={"description": "the controller's version"})
 
 
 # -- jobs ------------------------------------------------------------------------------

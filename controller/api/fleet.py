@@ -14,7 +14,8 @@ from controller import inventory as inv
 from controller import schemas as s
 from controller.api import who
 from controller.db import db
-from controller.models import AuditEvent
+from controller.models import AuditEvent, Tenant
+from shared import __version__
 
 blp = Blueprint("fleet", __name__, url_prefix="/v1",
                 description="What every host looked like last, and who did what.")
@@ -34,6 +35,23 @@ class Fleet(MethodView):
                           query["offset"])
         result["summary"] = inv.fleet_summary(db.session, who())
         return result
+
+
+@blp.route("/whoami")
+class Whoami(MethodView):
+    """The calling token."""
+
+    @blp.response(200, s.WhoamiSchema)
+    def get(self) -> dict[str, Any]:
+        """Which token this is: its id, name, role and tenant, and the controller's
+        version (any valid token)."""
+        principal = who()
+        tenant = (db.session.get(Tenant, principal.tenant_id)
+                  if principal.tenant_id is not None else None)
+        return {"token_id": principal.token_id, "name": principal.name,
+                "role": principal.role, "tenant_id": principal.tenant_id,
+                "tenant": tenant.name if tenant is not None else None,
+                "version": __version__}
 
 
 @blp.route("/audit")

@@ -6,16 +6,18 @@ from typing import Any
 
 from flask import current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Blueprint, abort
 from sqlalchemy import select
 
 from controller import inventory as inv
 from controller import schemas as s
 from controller.api import audit_target, fingerprint, stored_answer, who
+from controller.config import Settings
 from controller.crypto import SecretBox
 from controller.db import db
 from controller.idempotency import Created, idempotent
 from controller.models import Host, Site, Tenant, Token
+from shared.errors import HostUnreachable
 
 blp = Blueprint("inventory", __name__, url_prefix="/v1",
                 description="The MSP's customers (tenants), their sites and hosts; tokens.")
@@ -190,6 +192,49 @@ class HostById(MethodView):
         """Remove a host from the inventory."""
         audit_target(f"host:{host_id}")
         inv.delete_host(db.session, who(), host_id)
+
+
+@blp.route("/hosts/<int(max=2147483647):host_id>/ssh/host-key")
+class HostSshKey(MethodView):
+    """An SSH host's pinned host key."""
+
+    @blp.arguments(s.HostKeyPinSchema)
+    @blp.response(200, s.HostSchema)
+    def put(self, body: dict[str, Any], host_id: int) -> Host:
+        """Pin a new host key on an SSH host without sending its login again (a host that
+        was reinstalled); 422 for a host of the agent transport."""
+        audit_target(f"host:{host_id}")
+        host, old, new = inv.pin_ssh_host_key(db.session, who(), host_id, body["host_key"])
+        audit_target(f"host:{host_id}", change="ssh host key pinned", old_fingerprint=old,
+                     new_fingerprint=new)
+        return host
+
+
+@blp.route("/ssh/host-key-scan")
+class SshHostKeyScan(MethodView):
+    """Ask a host for its SSH host key, to confirm and pin."""
+
+    @blp.arguments(s.HostKeyScanSchema)
+    @blp.response(200, s.HostKeyScanResultSchema)
+    @blp.alt_response(502, schema=s.ErrorSchema,
+                      description="nothing at address:port completed an SSH handshake")
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The key the sshd at ``address``:``port`` offers and its fingerprint, asked by
+        the controller itself (admins; within 10 s; the address must pass the egress
+        policy). Confirm the fingerprint with the host's administrator before pinning."""
+        address, port = body["address"], body["port"]
+        audit_target(f"address:{address}", port=port)
+        who().require("admin")
+        settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
+        # No transaction stays open while the host takes its time (on SQLite every one
+        # holds the write lock): nothing was written, the audit row comes afterwards.
+        db.session.rollback()
+        try:
+            key, fp = inv.scan_ssh_host_key(settings.egress_policy, address, port)
+        except HostUnreachable as exc:
+            abort(502, message=exc.message)
+        audit_target(f"address:{address}", fingerprint=fp)
+        return {"address": address, "port": port, "host_key": key, "fingerprint": fp}
 
 
 @blp.route("/tokens")
