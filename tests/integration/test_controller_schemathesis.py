@@ -28,6 +28,10 @@ def test_schemathesis_finds_no_server_errors(controller: Controller, tmp_path: P
         run_schemathesis(url, controller.admin, tmp_path,
                          checks="not_a_server_error,response_schema_conformance,"
                                 "content_type_conformance",
-                         max_examples=25, request_timeout=60)
+                         max_examples=25, request_timeout=60,
+                         # The scan dials the address it is given and answers 502 when
+                         # nothing speaks SSH there: a fuzzer must not probe networks. Its
+                         # own tests cover its refusals and answers.
+                         exclude_paths=("/v1/ssh/host-key-scan",))
     finally:
         server.shutdown()
