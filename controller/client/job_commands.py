@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 from rich.text import Text
 
-from controller.client.context import Cli, Group, examples, pass_cli
+from controller.client.context import Cli, Command, Group, examples, pass_cli
 from controller.client.errors import EXIT_OK, UsageProblem
 from controller.client.output import Output
 from controller.client.targets import TargetChoice, build_target, reference, target_options
@@ -202,7 +202,7 @@ def smarthost_remove(cli: Cli, /, **kwargs: Any) -> int:
 
 # -- one-shot actions --------------------------------------------------------------------
 
-@click.command("flush", epilog=examples(
+@click.command("flush", cls=Command, epilog=examples(
     "relayfleet flush --all",
     "relayfleet flush --tenant acme --recipient boss@acme.fr",
     "relayfleet flush --host pbx-lyon-1 --queue-id 4B1C2D3E4F"))
@@ -225,7 +225,7 @@ def flush(cli: Cli, /, *, queue_id: str | None, recipient: str | None, sender: s
     return _run_on_target(cli, "flush_queue", params, kwargs)
 
 
-@click.command("status", epilog=examples("relayfleet status --all",
+@click.command("status", cls=Command, epilog=examples("relayfleet status --all",
                                          "relayfleet status --site lyon --json"))
 @target_options
 @job_options()
@@ -236,7 +236,7 @@ def status(cli: Cli, /, **kwargs: Any) -> int:
     return _run_on_target(cli, "collect_status", {}, kwargs)
 
 
-@click.command("diagnose", epilog=examples("relayfleet diagnose --host pbx-lyon-1",
+@click.command("diagnose", cls=Command, epilog=examples("relayfleet diagnose --host pbx-lyon-1",
                                            "relayfleet diagnose --tenant acme --domain acme.fr"))
 @target_options
 @click.option("--domain", metavar="D", help="Also check this sender domain's SPF record.")
@@ -251,7 +251,7 @@ def diagnose(cli: Cli, /, *, domain: str | None, public_ip: str | None, **kwargs
     return _run_on_target(cli, "diagnose", params, kwargs)
 
 
-@click.command("hostname", epilog=examples(
+@click.command("hostname", cls=Command, epilog=examples(
     "relayfleet hostname --host pbx-lyon-1 --fqdn pbx-lyon-1.acme.fr --dry-run",
     "relayfleet hostname --site lyon --domain acme.fr"))
 @target_options
@@ -329,7 +329,7 @@ def show_log(out: Output, data: Mapping[str, Any]) -> None:
         out.say(Text(f"  {problem['label']}: {problem['lines']} lines", style="yellow"))
 
 
-@click.command("queue", epilog=examples("relayfleet queue pbx-lyon-1",
+@click.command("queue", cls=Command, epilog=examples("relayfleet queue pbx-lyon-1",
                                         "relayfleet queue 42 --json"))
 @click.argument("host", metavar="HOST")
 @pass_cli
@@ -338,7 +338,7 @@ def queue(cli: Cli, /, *, host: str) -> int:
     return _one_host_job(cli, "queue_list", host, {}, show_queue)
 
 
-@click.command("log", epilog=examples("relayfleet log pbx-lyon-1",
+@click.command("log", cls=Command, epilog=examples("relayfleet log pbx-lyon-1",
                                       "relayfleet log pbx-lyon-1 --lines 500"))
 @click.argument("host", metavar="HOST")
 @click.option("--lines", type=click.IntRange(1, 10000), default=200, show_default=True,
