@@ -82,7 +82,7 @@ class Output:
                       header_style="bold", pad_edge=False)
         for index, row in enumerate(rows):
             style = styles[index] if styles else None
-            table.add_row(*(cell if isinstance(cell, Text) else _cell(cell) for cell in row),
+            table.add_row(*(cell if isinstance(cell, Text) else Text(_cell(cell)) for cell in row),
                           style=style)
         self.out.print(table)
 
