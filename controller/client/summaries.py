@@ -97,10 +97,11 @@ SUMMARIES: Mapping[str, Summary] = {
 
 def summarize(action: str, result: Mapping[str, Any]) -> str:
     """The result column for one host: its error when it failed, else the action's
-    summary of its data."""
-    if result.get("status") in ("failed", "unreachable", "skipped"):
-        return str(result.get("error") or result["status"])
+    summary of its data (a diagnose fails with no error: its failing checks say why)."""
     data = result.get("data")
+    if result.get("status") in ("failed", "unreachable", "skipped") and (
+            result.get("error") or not data):
+        return str(result.get("error") or result["status"])
     if not data:
         return str(result.get("status"))
     summary = SUMMARIES.get(action)
