@@ -135,7 +135,7 @@ def _ids(kind: str, path: str, value: str, api: ApiClient) -> list[int]:
 def list_hint(kind: str, name: str) -> str:
     """The list command that finds what was meant."""
     part = name.split(".", maxsplit=1)[0]
-    word = part.split("-")[-1] if "-" in part else part
+    word = next((w for w in reversed(part.split("-")) if w and not w.isdigit()), part)
     if kind == "host":
         return f"relayfleet hosts list --name {word}"
     return f"relayfleet {kind}s list"
