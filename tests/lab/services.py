@@ -233,6 +233,124 @@ class ControllerWorker:
                 self.kill()
 
 
+class ApiServer:
+    """``relayfleet-controller serve`` (gunicorn) as a real process on a free loopback port,
+    with a controller stack's environment: what the ``relayfleet`` CLI and curl talk to."""
+
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 1,
+                 threads: int = 8) -> None:
+        self.env = env
+        self.log = log
+        self.workers = workers
+        self.threads = threads
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The API's base URL (``http://127.0.0.1:PORT``)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> ApiServer:
+        """Start it (its own session, so that stopping it takes its workers along) and wait
+        until ``GET /v1/health`` answers 200."""
+        import sys
+        import urllib.error
+        import urllib.request
+
+        handle = open(self.log, "ab")  # noqa: SIM115 (kept for the process)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "serve", "--listen",
+             f"127.0.0.1:{self.port}", "--workers", str(self.workers), "--threads",
+             str(self.threads)],
+            env={**os.environ, **self.env}, stdout=handle, stderr=handle,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API server exited with {self.proc.returncode}: "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            with (contextlib.suppress(OSError, urllib.error.URLError),
+                  urllib.request.urlopen(f"{self.url}/v1/health", timeout=1) as answer):
+                if answer.status == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the API server did not answer /v1/health within {timeout} s")
+
+    def stop(self) -> None:
+        """SIGTERM (gunicorn's graceful stop), then SIGKILL if it lingers."""
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def relayfleet_command() -> str:
+    """The installed ``relayfleet`` command of this environment (the venv's, not one on
+    PATH): what an operator runs."""
+    import sys
+
+    path = Path(sys.prefix) / "bin" / "relayfleet"
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: install the package with its cli extra")
+    return str(path)
+
+
+@dataclass
+class RelayfleetCli:
+    """Runs the installed ``relayfleet`` command against one API server, as an operator
+    would: ``--api URL --token-file F``, a home of its own (no profile, no stray
+    ``RELAYFLEET_*`` variables of the test process), output through pipes."""
+
+    api_url: str
+    token_file: Path
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The command's environment: this one without RELAYFLEET_* and colour settings,
+        HOME and XDG_CONFIG_HOME in :attr:`home`, the venv's bin first on PATH."""
+        import sys
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith("RELAYFLEET_")
+               and key not in ("NO_COLOR", "FORCE_COLOR", "TERM", "COLUMNS", "LINES")}
+        env.update(HOME=str(self.home), XDG_CONFIG_HOME=str(self.home / ".config"),
+                   XDG_DATA_HOME=str(self.home / ".local" / "share"),
+                   PATH=f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}")
+        env.update(extra)
+        return env
+
+    def argv(self, *args: str, token_file: Path | None = None,
+             api_url: str | None = None) -> list[str]:
+        """``relayfleet --api URL --token-file F ARGS...``."""
+        return [relayfleet_command(), "--api", api_url or self.api_url, "--token-file",
+                str(token_file or self.token_file), *args]
+
+    def __call__(self, *args: str, token_file: Path | None = None, api_url: str | None = None,
+                 stdin: str | None = None, timeout: float = 240,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``relayfleet ARGS...`` to its end; its exit code, stdout and stderr."""
+        return subprocess.run(self.argv(*args, token_file=token_file, api_url=api_url),
+                              env=self.env(**(env or {})), input=stdin, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+
 @dataclass
 class ControllerStack:
     """One controller (API in-process, worker as a process) over one database."""
