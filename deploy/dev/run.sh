@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up this machine and run the controller with embedded defaults: SQLite in
 # ~/.local/share/relayfleet, a local Redis (started here if none answers on 6379), a
-# Celery worker and beat, and the API on 127.0.0.1:8080. Then it runs the seed story
-# through the API on four lab hosts and keeps serving until Ctrl-C.
+# Celery worker and beat, and the API on 127.0.0.1:8080. Then it runs the seed story on
+# six lab hosts with the relayfleet CLI (tests/lab/fleet_demo.py) and keeps serving until
+# Ctrl-C.
 # `bash deploy/dev/run.sh --no-demo` only serves; `--relay-demo` runs the relay-grade
 # story (STARTTLS, AUTH, masquerade, fix_hostname) instead of the seed story.
 set -euo pipefail
@@ -40,7 +41,10 @@ cat <<MSG
 relayfleet controller on http://127.0.0.1:8080 (logs in $logs)
 admin token (also in $token_file):
   $token
-try:  curl -H "Authorization: Bearer \$(cat $token_file)" http://127.0.0.1:8080/v1/fleet
+try the CLI:
+  export RELAYFLEET_API_URL=http://127.0.0.1:8080 RELAYFLEET_TOKEN=\$(cat $token_file)
+  $PWD/$bin/relayfleet fleet        # or: $PWD/$bin/relayfleet --help
+or the API:  curl -H "Authorization: Bearer \$(cat $token_file)" http://127.0.0.1:8080/v1/fleet
 docs: http://127.0.0.1:8080/docs (same header)
 
 MSG

@@ -3,16 +3,20 @@
 ``python -m tests.lab.fleet_demo --api URL --token TOKEN`` (root): builds a mixed fleet of
 six lab hosts (sendmail and Postfix, agent and SSH, Debian and CentOS/RHEL layouts; the
 Postfix ones enrolled with ``kind = "auto"``), queues a voicemail on each (deferred: the MX
-refuses), enrols them, runs ``set_smarthost`` and ``flush_queue`` jobs on them, and prints
-each job's per-host results, the fleet view (with each host's MTA) and what reached the
-smarthost.
+refuses), then does what an engineer would with the ``relayfleet`` CLI: imports the hosts,
+sets the smarthost (a dry run on one host first), flushes every queue and shows the fleet
+view; finally what reached the smarthost.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import secrets
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +35,7 @@ class Api:
 
     def __init__(self, base: str, token: str) -> None:
         self.base = base.rstrip("/")
+        self.token = token
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -83,6 +88,18 @@ def build(lab: Lab) -> list[tuple[LabHost, dict[str, Any]]]:
     return hosts
 
 
+def relayfleet(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the operator CLI as a person would (printed first; its live progress and tables
+    go straight to this terminal); stop the demo if it exits 2 or 3."""
+    say(f"\n$ relayfleet {' '.join(shlex.quote(a) for a in args)}")
+    env = {**os.environ, "RELAYFLEET_API_URL": api.base, "RELAYFLEET_TOKEN": api.token}
+    command = str(Path(sys.executable).with_name("relayfleet"))
+    proc = subprocess.run([command, *args], env=env, text=True, check=False)
+    if proc.returncode >= 2:
+        raise SystemExit(f"relayfleet {args[0]} exited {proc.returncode}")
+    return proc
+
+
 def story(lab: Lab, api: Api) -> int:
     """Run the story; return a process exit code."""
     hosts = build(lab)
@@ -91,44 +108,42 @@ def story(lab: Lab, api: Api) -> int:
     for host, _ in hosts:
         host.wait_deferred()
     say(f"1. voicemail deferred on {len(hosts)} hosts (the MX of ourtest.com refuses)")
-    acme = api.call("POST", "/v1/tenants", {"name": f"Acme {secrets.token_hex(2)}"})
-    globex = api.call("POST", "/v1/tenants", {"name": f"Globex {secrets.token_hex(2)}"})
+    stamp = secrets.token_hex(2)
+    acme = api.call("POST", "/v1/tenants", {"name": f"Acme {stamp}"})
+    globex = api.call("POST", "/v1/tenants", {"name": f"Globex {stamp}"})
     sites = {"UK": api.call("POST", "/v1/sites", {"tenant_id": acme["id"], "name": "UK"}),
              "France": api.call("POST", "/v1/sites", {"tenant_id": globex["id"],
                                                       "name": "France"})}
-    ids = []
-    for host, body in hosts:
-        site = sites["France" if host.name.endswith(("paris", "lyon", "nice")) else "UK"]
-        ids.append(api.call("POST", "/v1/hosts", {**body, "site_id": site["id"]})["id"])
-    say(f"2. enrolled {len(hosts)} hosts in 2 tenants: sendmail and Postfix (kind auto), "
-        "agent and SSH\n")
-    say(f"3. set_smarthost {SMARTHOST} on every host:")
-    target = {"hosts": ids}
-    doc = api.run_job({"action": "set_smarthost", "target": target, "params": SMARTHOST})
-    table([[r["host"], r["status"], str(r["changed"]),
-            " > ".join(s["name"] for s in r["steps"] or []), r["error"] or ""]
-           for r in doc["results"]], ["host", "status", "changed", "steps", "error"])
-    say("\n4. flush_queue on every host (sendmail -OTimeout.hoststatus=0m -q -v; "
-        "postqueue -f):")
-    doc = api.run_job({"action": "flush_queue", "target": target})
-    table([[r["host"], r["status"], str((r["data"] or {}).get("before")),
-            str((r["data"] or {}).get("after"))] for r in doc["results"]],
-          ["host", "status", "queued before", "queued after"])
+    # This run's hosts carry a tag, so the commands below touch only them even when the
+    # controller keeps hosts from earlier runs.
+    tag = f"demo-{stamp}"
+    rows = [{**body, "tags": [tag], "site_id": sites[
+        "France" if host.name.endswith(("paris", "lyon", "nice")) else "UK"]["id"]}
+        for host, body in hosts]
+    inventory = Path(tempfile.mkdtemp()) / "fleet.json"
+    inventory.write_text(json.dumps(rows))
+    inventory.chmod(0o600)
+    say(f"2. {len(hosts)} hosts in 2 tenants (sendmail and Postfix enrolled as kind auto, "
+        "agent and SSH), imported with the CLI:")
+    relayfleet(api, "hosts", "import", str(inventory))
+    say(f"\n3. the smarthost on every host of this run (tag {tag}): a dry run, then for real")
+    relay = f"{SMARTHOST['host']}:{SMARTHOST['port']}"
+    relayfleet(api, "smarthost", "set", relay, "--no-mx", "--tag", tag, "--dry-run",
+               "--host", rows[0]["name"])
+    changed = relayfleet(api, "smarthost", "set", relay, "--no-mx", "--tag", tag)
+    say("\n4. flush every queue (sendmail -OTimeout.hoststatus=0m -q -v; postqueue -f):")
+    flushed = relayfleet(api, "flush", "--tag", tag)
     deadline = time.monotonic() + 30
     while len(lab.smarthost.messages()) < len(hosts) and time.monotonic() < deadline:
         time.sleep(0.3)
-    say("\n5. GET /v1/fleet:")
-    fleet = api.call("GET", "/v1/fleet")
-    table([[i["name"], i["transport"], f"{i['mta_kind']} -> {i['last']['mta_kind'] or '?'}",
-            str(i["last"]["queue_count"]), (i["last"]["smarthost"] or {}).get("host", "-"),
-            str(i["last"]["reachable"])]
-           for i in fleet["items"] if i["host_id"] in ids],
-          ["host", "transport", "mta (enrolled -> found)", "queued", "smarthost", "reachable"])
+    say("\n5. the fleet view:")
+    relayfleet(api, "fleet", "--tag", tag)
     say(f"\n6. the smarthost received {len(lab.smarthost.messages())} message(s):")
     table([[m["peer"], ",".join(m["rcpts"]),
             next((ln[9:] for ln in m["data"].splitlines() if ln.startswith("Subject: ")), "")]
            for m in lab.smarthost.messages()], ["from", "recipients", "subject"])
-    ok = len(lab.smarthost.messages()) >= len(hosts) and doc["status"] == "succeeded"
+    ok = (len(lab.smarthost.messages()) >= len(hosts) and changed.returncode == 0
+          and flushed.returncode == 0)
     say("\ndone: every voicemail delivered" if ok else "\ndone, with problems (see above)")
     return 0 if ok else 1
 
