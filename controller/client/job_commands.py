@@ -11,7 +11,7 @@ import click
 from rich.text import Text
 
 from controller.client.context import Cli, Command, Group, examples, pass_cli
-from controller.client.errors import EXIT_OK, UsageProblem
+from controller.client.errors import EXIT_DETACHED, EXIT_OK, UsageProblem
 from controller.client.output import Output
 from controller.client.targets import TargetChoice, build_target, reference, target_options
 from controller.client.watch import (
@@ -21,6 +21,8 @@ from controller.client.watch import (
     finish,
     follow,
     run_job,
+    start_job,
+    wait_for,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -270,37 +272,19 @@ def hostname(cli: Cli, /, *, fqdn: str | None, domain: str | None, **kwargs: Any
 
 def _one_host_job(cli: Cli, action: str, host: str, params: dict[str, Any],
                   show: Callable[[Output, Mapping[str, Any]], None]) -> int:
-    """Run an action on one host, wait, and show its answer in detail."""
-    from controller.client.watch import start_job
-
+    """Run an action on one host, wait (progress on a terminal), and show its answer in
+    detail; a failure is reported as any job's."""
     accepted = start_job(cli.api, action, target={"hosts": [reference(host)]}, params=params,
-                          options=JobOptions())
-    job_id = int(accepted["id"])
-    quiet = Output(json_mode=True) if cli.out.json_mode else Output(quiet=True)
-    code = follow(cli.api, quiet, job_id) if cli.out.live is False else follow(
-        cli.api, _ProgressOnly(cli.out), job_id)
-    job = cli.api.get(f"/v1/jobs/{job_id}")
-    if cli.out.json_mode:
-        return code
-    (result,) = job["results"] or [None]
-    if result is None or result["status"] != "succeeded":
+                         options=JobOptions())
+    job = wait_for(cli.api, cli.out, int(accepted["id"]), host_lines=False)
+    if job is None:
+        return EXIT_DETACHED
+    results = job.get("results") or []
+    if cli.out.json_mode or len(results) != 1 or results[0]["status"] != "succeeded":
         finish(cli.out, job)
         return exit_code_for(job)
-    show(cli.out, result["data"])
+    show(cli.out, results[0]["data"] or {})
     return EXIT_OK
-
-
-class _ProgressOnly(Output):
-    """An output that draws live progress but leaves the final report to the caller."""
-
-    def __init__(self, out: Output) -> None:
-        self.__dict__.update(out.__dict__)
-
-    def table(self, *_: Any, **__: Any) -> None:
-        """No final table: the caller shows the host's answer."""
-
-    def say(self, *_: Any, **__: Any) -> None:
-        """No verdict line either."""
 
 
 def show_queue(out: Output, data: Mapping[str, Any]) -> None:

@@ -99,9 +99,10 @@ class _Seen:
         return sorted(ended, key=lambda r: (r["status"] not in BAD_UNIT_STATES, r["host"]))
 
 
-def follow(api: ApiClient, out: Output, job_id: int, *, cancel_on_interrupt: bool = False,
-           poll_s: float = POLL_FIRST_S) -> int:
-    """Follow a job to its end (``jobs watch``); the exit code."""
+def wait_for(api: ApiClient, out: Output, job_id: int, *, cancel_on_interrupt: bool = False,
+             host_lines: bool = True, poll_s: float = POLL_FIRST_S) -> dict[str, Any] | None:
+    """Wait for a job to end, drawing progress; its final document, or ``None`` when
+    Ctrl-C detached from it."""
     seen = _Seen()
     cancelled = False
     job: dict[str, Any] = api.get(f"/v1/jobs/{job_id}")
@@ -109,10 +110,11 @@ def follow(api: ApiClient, out: Output, job_id: int, *, cancel_on_interrupt: boo
         with _progress(out, job) as update:
             while True:
                 for result in seen.new_endings(job):
-                    update.host_line(result, job["action"])
+                    if host_lines:
+                        update.host_line(result, job["action"])
                 update.counts(job)
                 if job["status"] in FINAL_JOB_STATES:
-                    break
+                    return job
                 try:
                     time.sleep(poll_s)
                     poll_s = min(POLL_MAX_S, poll_s * 1.3)
@@ -127,6 +129,14 @@ def follow(api: ApiClient, out: Output, job_id: int, *, cancel_on_interrupt: boo
     except KeyboardInterrupt:
         out.note(f"detached: job {job_id} keeps running on the controller; follow it with: "
                  f"relayfleet jobs watch {job_id}", style="yellow")
+        return None
+
+
+def follow(api: ApiClient, out: Output, job_id: int, *,
+           cancel_on_interrupt: bool = False) -> int:
+    """Follow a job to its end and report it (``jobs watch``); the exit code."""
+    job = wait_for(api, out, job_id, cancel_on_interrupt=cancel_on_interrupt)
+    if job is None:
         return EXIT_DETACHED
     finish(out, job)
     return exit_code_for(job)

@@ -64,9 +64,13 @@ def test_summaries_read_each_actions_answer() -> None:
     assert summarize("flush_queue", flushed) == \
         "queue 3 → 1, 2 sent; still held: Deferred: Connection timed out"
     assert summarize("flush_queue", {"status": "unreachable", "error": "no route"}) == "no route"
-    checks = {"status": "succeeded", "data": {"checks": [{"name": "a", "ok": True},
-                                                          {"name": "spf", "ok": False}]}}
+    # A diagnose with failing checks ends failed with no error of its own.
+    checks = {"status": "failed", "error": None, "data": {
+        "checks": [{"name": "a", "ok": True}, {"name": "spf", "ok": False}]}}
     assert summarize("diagnose", checks) == "1 failing: spf"
+    passing = {"status": "succeeded", "error": None, "data": {"checks": [{"name": "a",
+                                                                          "ok": True}]}}
+    assert summarize("diagnose", passing) == "all checks pass"
     dry = {"status": "succeeded", "data": {"dry_run": True, "diff": "--- a\n+++ b\n-x\n+y\n"}}
     assert summarize("set_smarthost", dry) == "would change (2 lines)"
     assert age_text(3 * 3600 + 12 * 60 + 5) == "3h 12m" and age_text(45) == "45s"
