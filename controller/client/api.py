@@ -37,6 +37,13 @@ class ApiClient:
         self._user_agent = user_agent
         self._client: httpx.Client | None = None
 
+    def with_connection(self, connection: Connection) -> ApiClient:
+        """A client for another controller URL or token, with the same settings and
+        transport (``login`` checks a new token before storing it)."""
+        return ApiClient(connection, timeout_s=self.timeout_s, retries=self.retries,
+                         verify=self._verify, transport=self._transport,
+                         user_agent=self._user_agent)
+
     @property
     def api(self) -> str:
         """The controller's base URL."""

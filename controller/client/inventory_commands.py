@@ -136,14 +136,12 @@ def host_of(api: ApiClient, ref: str) -> dict[str, Any]:
 
 
 def _client_for(cli: Cli, connection: Connection) -> ApiClient:
-    """A client for another connection than the command line's (login checks a new token).
-
-    A client handed in ready-made (tests drive the controller in-process) lends its
-    transport, so that the new client reaches the same controller.
-    """
-    preset = cli._api
-    return ApiClient(connection, timeout_s=cli.http_timeout_s, verify=cli.ca_file or True,
-                     transport=preset._transport if preset is not None else None)
+    """A client for another connection than the command line's (login checks a new
+    token); a client handed in ready-made (tests drive the controller in-process) lends
+    its settings and transport."""
+    if cli._api is not None:
+        return cli._api.with_connection(connection)
+    return ApiClient(connection, timeout_s=cli.http_timeout_s, verify=cli.ca_file or True)
 
 
 def _url_ok(url: str) -> str:
