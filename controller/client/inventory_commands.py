@@ -36,12 +36,16 @@ def _page(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"items": list(items), "total": len(items), "limit": len(items), "offset": 0}
 
 
-def _done(cli: Cli, text: str, essential: str) -> None:
-    """Say what was done; with -q only the essential (an id)."""
-    if cli.out.quiet:
+def _done(cli: Cli, document: Any, text: str, essential: str) -> int:
+    """Say what was done: the API's ``document`` with --json, only the essential (an id)
+    with -q, else ``text``; the exit code (0)."""
+    if cli.out.json_mode:
+        cli.out.document(document)
+    elif cli.out.quiet:
         cli.out.result(essential)
     else:
         cli.out.say(text)
+    return EXIT_OK
 
 
 def _tell(cli: Cli, text: str | Text, style: str | None = None) -> None:
@@ -189,11 +193,8 @@ def login(cli: Cli, /, *, profile_name: str | None, login_api: str | None) -> in
     with _client_for(cli, Connection(api=url, token=token, source="login")) as client:
         me: dict[str, Any] = client.get("/v1/whoami")
     path = config.save_profile(name, url, token)
-    if cli.out.json_mode:
-        cli.out.document(me)
-        return EXIT_OK
     tenant = me.get("tenant") or "every tenant"
-    _done(cli, f"signed in to {url} as {me['name']} ({me['role']}, {tenant})", name)
+    _done(cli, me, f"signed in to {url} as {me['name']} ({me['role']}, {tenant})", name)
     cli.out.note(f"stored as profile {name} in {path} (the default profile now)")
     return EXIT_OK
 
@@ -210,13 +211,9 @@ def logout(cli: Cli, /, *, profile_name: str | None) -> int:
     if not config.forget_profile(name):
         known = ", ".join(sorted(data.get("profiles", {}))) or "none"
         raise UsageProblem(f"no profile named {name!r} (profiles: {known})")
-    if cli.out.json_mode:
-        cli.out.document({"profile": name, "forgotten": True})
-        return EXIT_OK
-    _done(cli, f"forgot profile {name}", name)
+    return _done(cli, {"profile": name, "forgotten": True}, f"forgot profile {name}", name)
     cli.out.note("the token still works on the controller until revoked: relayfleet tokens "
                  "list, then relayfleet tokens revoke ID")
-    return EXIT_OK
 
 
 @click.command("whoami", cls=Command, epilog=examples(
@@ -314,12 +311,8 @@ def sites_add(cli: Cli, /, *, name: str, tenant: str) -> int:
     """Add a site to a tenant."""
     site: dict[str, Any] = cli.api.post("/v1/sites", {"tenant_id": tenant_id_of(cli.api, tenant),
                                                       "name": name})
-    if cli.out.json_mode:
-        cli.out.document(site)
-        return EXIT_OK
-    _done(cli, f"added site {site['name']} (id {site['id']}) to tenant {tenant}",
+    return _done(cli, site, f"added site {site['name']} (id {site['id']}) to tenant {tenant}",
           str(site["id"]))
-    return EXIT_OK
 
 
 # -- hosts ---------------------------------------------------------------------------------
@@ -452,11 +445,8 @@ def hosts_remove(cli: Cli, /, *, host_ref: str, yes: bool) -> int:
         _tell(cli, "nothing removed")
         return EXIT_JOB_NOT_ALL_OK
     cli.api.delete(f"/v1/hosts/{host['id']}")
-    if cli.out.json_mode:
-        cli.out.document({"removed": host["id"], "name": host["name"]})
-        return EXIT_OK
-    _done(cli, f"removed host {host['name']} (id {host['id']})", str(host["id"]))
-    return EXIT_OK
+    return _done(cli, {"removed": host["id"], "name": host["name"]},
+                 f"removed host {host['name']} (id {host['id']})", str(host["id"]))
 
 
 def _read_file(kind: str, read: Callable[[str], str], name: str) -> str:
@@ -597,12 +587,8 @@ def hosts_add(cli: Cli, /, *, name: str, site: str, tenant: str | None, address:
             body["ssh"]["host_key"] = scanned
     host: dict[str, Any] = cli.api.post("/v1/hosts", body,
                                         idempotency_key=new_idempotency_key())
-    if cli.out.json_mode:
-        cli.out.document(host)
-        return EXIT_OK
-    _done(cli, f"added host {host['name']} (id {host['id']}, {host['transport']})",
+    return _done(cli, host, f"added host {host['name']} (id {host['id']}, {host['transport']})",
           str(host["id"]))
-    return EXIT_OK
 
 
 def _refuse(path: Path, problems: Sequence[importer.Problem], *, api: ApiRefused | None = None,
@@ -658,17 +644,15 @@ def hosts_import(cli: Cli, /, *, file: Path, dry_run: bool) -> int:
     if not plan.ok:
         raise _refuse(file, plan.sorted_problems())
     if dry_run:
-        if cli.out.json_mode:
-            cli.out.document({"dry_run": True, "hosts": [importer.redacted(row.body)
-                                                         for row in plan.rows]})
-            return EXIT_OK
         cli.out.table(["where", "name", "site", "address", "transport"],
                       [(row.where, row.body.get("name"), site_names.get(row.body["site_id"]),
                         row.body.get("address"), row.body.get("transport"))
                        for row in plan.rows], title="would create")
-        _done(cli, f"{file.name}: {len(plan.rows)} hosts look right (dry run: nothing created; "
-                   "the controller checks the rest when you import)", str(len(plan.rows)))
-        return EXIT_OK
+        return _done(cli, {"dry_run": True,
+                           "hosts": [importer.redacted(row.body) for row in plan.rows]},
+                     f"{file.name}: {len(plan.rows)} hosts look right (dry run: nothing "
+                     "created; the controller checks the rest when you import)",
+                     str(len(plan.rows)))
     try:
         answer: dict[str, Any] = cli.api.post("/v1/hosts/import", {"hosts": plan.bodies()})
     except ApiRefused as exc:
@@ -680,16 +664,12 @@ def hosts_import(cli: Cli, /, *, file: Path, dry_run: bool) -> int:
         if not problems:
             raise
         raise _refuse(file, sorted(problems, key=lambda p: p.position), api=exc) from None
-    if cli.out.json_mode:
-        cli.out.document(answer)
-        return EXIT_OK
     created = answer.get("items") or []
     if not cli.out.quiet:
         cli.out.table(["id", "name", "site", "transport"],
                       [(h["id"], h["name"], site_names.get(h["site_id"], h["site_id"]),
                         h["transport"]) for h in created])
-    _done(cli, f"created {answer['created']} hosts", str(answer["created"]))
-    return EXIT_OK
+    return _done(cli, answer, f"created {answer['created']} hosts", str(answer["created"]))
 
 
 def _hosts_of_sites(api: ApiClient, plan: importer.Plan) -> list[dict[str, Any]]:
@@ -721,20 +701,12 @@ def hosts_enroll_ssh(cli: Cli, /, *, host_ref: str, yes: bool) -> int:
         _tell(cli, "nothing pinned")
         return EXIT_JOB_NOT_ALL_OK
     if importer.key_fingerprint(offered) == importer.key_fingerprint(ssh.get("host_key")):
-        if cli.out.json_mode:
-            cli.out.document(host)
-        else:
-            _done(cli, f"{host['name']} offers the key already pinned; nothing to change",
-                  str(host["id"]))
-        return EXIT_OK
+        return _done(cli, host, f"{host['name']} offers the key already pinned; nothing to "
+                                "change", str(host["id"]))
     pinned: dict[str, Any] = cli.api.put(f"/v1/hosts/{host['id']}/ssh/host-key",
                                          {"host_key": offered})
-    if cli.out.json_mode:
-        cli.out.document(pinned)
-        return EXIT_OK
-    _done(cli, f"pinned {importer.key_fingerprint(offered)} on {host['name']}",
+    return _done(cli, pinned, f"pinned {importer.key_fingerprint(offered)} on {host['name']}",
           str(host["id"]))
-    return EXIT_OK
 
 
 # -- fleet and audit -----------------------------------------------------------------------
@@ -875,11 +847,7 @@ def tokens_create(cli: Cli, /, *, role: str, tenant: str | None, name: str | Non
 def tokens_revoke(cli: Cli, /, *, token_id: int) -> int:
     """Revoke a token (calls with it are refused from now on)."""
     token: dict[str, Any] = cli.api.delete(f"/v1/tokens/{token_id}")
-    if cli.out.json_mode:
-        cli.out.document(token)
-        return EXIT_OK
-    _done(cli, f"revoked token {token['id']} {token['name']!r}", str(token["id"]))
-    return EXIT_OK
+    return _done(cli, token, f"revoked token {token['id']} {token['name']!r}", str(token["id"]))
 
 
 # -- shell completion ----------------------------------------------------------------------
@@ -921,12 +889,9 @@ def completion_bash(ctx: click.Context, /, *, install: bool) -> int:
         path.write_text(script, encoding="utf-8")
     except OSError as exc:
         raise UsageProblem(f"cannot write {path}: {exc.strerror or exc}") from None
-    if cli.out.json_mode:
-        cli.out.document({"installed": str(path)})
-        return EXIT_OK
-    _done(cli, f"installed bash completion in {path} (new shells load it; this one: "
-               f"source {path})", str(path))
-    return EXIT_OK
+    return _done(cli, {"installed": str(path)},
+                 f"installed bash completion in {path} (new shells load it; this one: "
+                 f"source {path})", str(path))
 
 
 def register(group: click.Group) -> None:
