@@ -8,13 +8,10 @@ SSH handshake (paramiko's server side) on loopback.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import socket
 import stat
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from controller.client.context import Cli
 from controller.client.errors import CliError
 from controller.client.main import cli
 from tests.controller_client import Controller
+from tests.loopback import ssh_server
 
 AGENT_TOKEN = "agent-token-0123456789abcdef"
 SSH_PASSWORD = "ssh-password-Zq8!x"
@@ -122,40 +120,6 @@ def acme(controller: Controller) -> dict[str, int]:
     return {"tenant": tenant, "lyon": controller.site(tenant, "lyon"),
             "paris": controller.site(tenant, "paris"), "globex": globex,
             "globex_lyon": controller.site(globex, "lyon")}
-
-
-@contextlib.contextmanager
-def ssh_server(host_key: paramiko.PKey) -> Iterator[int]:
-    """A loopback SSH server offering ``host_key`` (handshake only); its port."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-
-    def handshake(conn: socket.socket) -> None:
-        transport = paramiko.Transport(conn)
-        transport.add_server_key(host_key)
-        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-            transport.start_server(server=paramiko.ServerInterface())
-            transport.accept(5)
-        transport.close()
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=handshake, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        with contextlib.suppress(OSError):
-            server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        thread.join(5)
 
 
 def paramiko_line(key: paramiko.PKey) -> str:

@@ -6,12 +6,9 @@ tests/integration/test_controller_ssh_scan.py)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import socket
-import threading
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +22,7 @@ from controller.db import db
 from controller.models import Host, Token
 from shared import __version__
 from tests.controller_client import Controller
+from tests.loopback import free_loopback_port, listener, ssh_server
 
 SSH_PASSWORD = "ssh-password-Zq8!x"
 PIN_ROUTE = "PUT /v1/hosts/{host_id}/ssh/host-key"
@@ -157,14 +155,6 @@ def test_scan_needs_an_admin_token(controller: Controller, role: str) -> None:
     assert answer.status == 403 and "admin" in answer.json["message"], answer
 
 
-def free_loopback_port() -> int:
-    """A loopback port nothing listens on (bound, then let go)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_scan_of_a_closed_port_is_502_naming_it(loopback_controller: Controller) -> None:
     port = free_loopback_port()
     answer = loopback_controller.post("/v1/ssh/host-key-scan", {"address": "127.0.0.1",
@@ -176,34 +166,6 @@ def test_scan_of_a_closed_port_is_502_naming_it(loopback_controller: Controller)
     row, = audit_rows(loopback_controller, "POST /v1/ssh/host-key-scan")
     assert (row["target"], row["outcome"], row["detail"]) == ("address:127.0.0.1", 502,
                                                              {"port": port})
-
-
-@contextlib.contextmanager
-def listener(handler: Any) -> Iterator[int]:
-    """A loopback TCP server running ``handler(conn)`` for each connection; its port."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=handler, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        with contextlib.suppress(OSError):
-            server.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
-        server.close()
-        thread.join(5)
 
 
 def test_scan_of_a_port_that_does_not_speak_ssh_is_502(
@@ -224,18 +186,9 @@ def test_scan_answers_the_key_an_ssh_server_offers(loopback_controller: Controll
     """paramiko's own server side: a real SSH handshake, with a key made here."""
     host_key = paramiko.ECDSAKey.generate()
     line = f"{host_key.get_name()} {host_key.get_base64()}"
-
-    def ssh_server(conn: socket.socket) -> None:
-        transport = paramiko.Transport(conn)
-        transport.add_server_key(host_key)
-        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-            transport.start_server(server=paramiko.ServerInterface())
-            transport.accept(5)
-        transport.close()
-
     tenant = loopback_controller.tenant("Acme")
     tenant_admin = loopback_controller.issue("admin", tenant_id=tenant)
-    with listener(ssh_server) as port:
+    with ssh_server(host_key) as port:
         doc = loopback_controller.ok("POST", "/v1/ssh/host-key-scan",
                                      {"address": "localhost", "port": port},
                                      token=tenant_admin)
