@@ -19,6 +19,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy import insert
 
+from controller import console
 from controller import errors as ctl_errors
 from controller.api import fleet, inventory, jobs
 from controller.auth import authenticate
@@ -91,8 +92,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.before_request
     def authenticate_request() -> None:
         g.started = time.monotonic()
-        if request.path in OPEN_PATHS:
-            return
+        if request.path in OPEN_PATHS or console.is_console_path(request.path):
+            return  # the console authenticates by its session cookie (console.session)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         principal = authenticate(db.session, token.strip()) if (
@@ -118,6 +119,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return response
 
     register_error_handler(app, api, _STATUS_FOR, log)
+    console.init_app(app)
     return app
 
 

@@ -1,0 +1,77 @@
+"""The web console: server-rendered pages under ``/ui/`` over the same service layer as the
+API (no business logic in templates), signed in with a token that becomes a session
+cookie, every asset served from here (NOCs are often offline from the public internet).
+
+Modules: :mod:`~controller.console.session` (sign-in, the session cookie, CSRF, roles,
+error pages), :mod:`~controller.console.fleet_pages` (fleet, host, jobs, job with live
+progress), :mod:`~controller.console.launch_pages` (launch with a dry-run preview, audit,
+tokens, the API docs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, redirect, request, url_for
+
+STATIC = Path(__file__).with_name("static")
+
+bp = Blueprint("console", __name__, url_prefix="/ui", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+
+
+def asset_version() -> str:
+    """A short hash of every static file: asset URLs change when any of them does, so
+    browsers may cache them for a long time."""
+    digest = hashlib.sha256()
+    for path in sorted(STATIC.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(STATIC).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def is_console_path(path: str) -> bool:
+    """Whether a request path belongs to the console (it authenticates by session, not by
+    bearer token)."""
+    return path in {"/", "/ui"} or path.startswith("/ui/")
+
+
+def init_app(app: Flask) -> None:
+    """Register the console's pages, its assets and the ``/`` redirect."""
+    # importing them adds their routes to bp
+    from controller.console import fleet_pages, launch_pages, session  # noqa: F401
+
+    version = asset_version()
+
+    @bp.app_template_global()
+    def asset(filename: str) -> str:
+        """The URL of a static file, versioned for caching."""
+        return url_for("console.static", filename=filename, v=version)
+
+    @bp.after_request
+    def cache_assets(response: Response) -> Response:
+        if request.endpoint == "console.static" and request.args.get("v") == version:
+            response.cache_control.max_age = 31536000
+            response.cache_control.public = True
+            response.cache_control.immutable = True
+        elif request.endpoint != "console.static":
+            # pages show live state and per-user data: never cached
+            response.cache_control.no_store = True
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+        return response
+
+    app.register_blueprint(bp)
+
+    def root() -> Any:
+        return redirect(url_for("console.fleet"))
+
+    app.add_url_rule("/", "console_root", root)

@@ -1,0 +1,3 @@
+"""Fleet, host, jobs and job pages (to be written)."""
+
+from __future__ import annotations
