@@ -39,39 +39,43 @@ def is_console_path(path: str) -> bool:
     return path in {"/", "/ui"} or path.startswith("/ui/")
 
 
+#: computed once per process: the static files do not change while it runs
+ASSET_VERSION = asset_version()
+
+
+def asset(filename: str) -> str:
+    """The URL of a static file, versioned for caching."""
+    return url_for("console.static", filename=filename, v=ASSET_VERSION)
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    if request.endpoint == "console.static" and request.args.get("v") == ASSET_VERSION:
+        response.cache_control.max_age = 31536000
+        response.cache_control.public = True
+        response.cache_control.immutable = True
+    elif request.endpoint != "console.static":
+        # pages show live state and per-user data: never cached
+        response.cache_control.no_store = True
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+    return response
+
+
+def _root() -> Any:
+    return redirect(url_for("console.fleet"))
+
+
 def init_app(app: Flask) -> None:
     """Register the console's pages, its assets and the ``/`` redirect."""
-    # importing them adds their routes to bp
+    # importing them adds their routes to bp (once per process, before any registration)
     from controller.console import fleet_pages, launch_pages, session  # noqa: F401
 
-    version = asset_version()
-
-    @bp.app_template_global()
-    def asset(filename: str) -> str:
-        """The URL of a static file, versioned for caching."""
-        return url_for("console.static", filename=filename, v=version)
-
-    @bp.after_request
-    def cache_assets(response: Response) -> Response:
-        if request.endpoint == "console.static" and request.args.get("v") == version:
-            response.cache_control.max_age = 31536000
-            response.cache_control.public = True
-            response.cache_control.immutable = True
-        elif request.endpoint != "console.static":
-            # pages show live state and per-user data: never cached
-            response.cache_control.no_store = True
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-        return response
-
+    app.jinja_env.globals["asset"] = asset
     app.register_blueprint(bp)
-
-    def root() -> Any:
-        return redirect(url_for("console.fleet"))
-
-    app.add_url_rule("/", "console_root", root)
+    app.add_url_rule("/", "console_root", _root)
