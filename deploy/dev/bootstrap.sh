@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Install what relayfleet's lab, tests and demo need on a fresh Debian 12 machine (as root):
-# Debian packages (sendmail, m4, make, sshd, iproute2, dnsmasq, redis, postgresql), Debian's
-# postfix package downloaded (never installed) for the lab's Postfix hosts, and a virtualenv
-# with the project installed in it. Safe to run again: it skips what is already there.
+# Debian packages (sendmail, m4, make, sshd, iproute2, dnsmasq, redis, postgresql, and
+# chromium with its chromedriver for the console's browser tests), Debian's postfix package
+# downloaded (never installed) for the lab's Postfix hosts, and a virtualenv with the project
+# installed in it. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 packages=(sendmail-bin sendmail-cf m4 make openssh-server iproute2 dnsmasq-base redis-server
           postgresql sensible-mda procmail sudo procps curl python3-venv openssl)
+# The console's browser tests drive Debian's chromium through Debian's chromedriver (Selenium
+# is told both paths and never downloads a browser or a driver of its own).
+packages+=(chromium chromium-driver)
 # Postfix lab hosts run the postfix package unpacked over /usr in their own mount namespace
 # (installing it would remove sendmail-bin): its runtime libraries and what its scripts use
 # (the chroot set-up copies CA files with cpio; Debian's main.cf names the snakeoil cert).
