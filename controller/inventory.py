@@ -292,7 +292,8 @@ def delete_host(session: Session, who: Principal, host_id: int) -> None:
 
 
 def host_query(who: Principal, filters: dict[str, Any]) -> Any:
-    """Hosts the principal sees, filtered as ``GET /v1/hosts`` asks."""
+    """Hosts the principal sees, filtered as ``GET /v1/hosts`` asks (and the fleet's
+    views: ``holding_mail``, ``out_of_sync``)."""
     query = filtered(scoped(select(Host), Host, who).order_by(Host.id), Host, filters,
                      "tenant_id", "site_id", "transport")
     if filters.get("tag"):
@@ -303,6 +304,10 @@ def host_query(who: Principal, filters: dict[str, Any]) -> Any:
     if filters.get("holding_mail") is not None:
         query = query.where(Host.queue_count > 0 if filters["holding_mail"]
                             else func.coalesce(Host.queue_count, 0) == 0)
+    if filters.get("out_of_sync") is not None:
+        # out of sync is what fleet_summary counts: known to differ (never seen is not)
+        query = query.where(Host.config_in_sync.is_(False) if filters["out_of_sync"]
+                            else func.coalesce(Host.config_in_sync, True).is_(True))
     return query
 
 
