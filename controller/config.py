@@ -20,6 +20,9 @@
                               CIDRs and host names, plus ``loopback`` to permit loopback (a
                               same-box setup); unset: anything but loopback, link-local,
                               unspecified and multicast (see :mod:`controller.egress`)
+``RELAYFLEET_CONSOLE_IDLE_S`` a web console session unused this long ends (default 1800)
+``RELAYFLEET_CONSOLE_MAX_S``  a web console session ends this long after sign-in, used or
+                              not (default 43200: 12 h)
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     #: ``RELAYFLEET_EGRESS_ALLOW`` as given ("": the default policy)
     egress_allow: str = ""
+    #: a web console session ends after this long unused, and this long after sign-in
+    console_idle_s: int = 30 * 60
+    console_max_s: int = 12 * 3600
 
     @property
     def egress_policy(self) -> EgressPolicy:
@@ -188,4 +194,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tenant_max_running=_int_env(env, "RELAYFLEET_TENANT_MAX_RUNNING",
                                     Settings.tenant_max_running),
         egress_allow=_egress_allow(env),
+        console_idle_s=_int_env(env, "RELAYFLEET_CONSOLE_IDLE_S", Settings.console_idle_s),
+        console_max_s=_int_env(env, "RELAYFLEET_CONSOLE_MAX_S", Settings.console_max_s),
     )

@@ -227,3 +227,23 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+
+
+class ConsoleSession(Base):
+    """A web console sign-in: the browser's cookie holds a random secret, this row only its
+    SHA-256. It ends at ``expires_at``, when unused for the idle time, at sign-out, or as
+    soon as its token is revoked."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"),
+                                          index=True)
+    #: the session's CSRF token: every form of the console posts it back
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    #: written at most once a minute (not at every page), so the idle time is that precise
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
