@@ -1,4 +1,569 @@
-"""Sign-in, the session cookie, CSRF tokens and role checks for the console (to be
-written)."""
+"""Sign-in, the session cookie, CSRF tokens, roles and error pages of the web console.
+
+A person signs in at ``/ui/login`` with an API token. The console then keeps a session of
+its own (:class:`~controller.models.ConsoleSession`): the cookie ``relayfleet_session``
+holds a random secret, the database only its SHA-256, so a copy of the database opens no
+session. Every request looks the session up again together with its token: a revoked
+token ends its sessions at once, exactly as it stops the API. A session ends
+``console_max_s`` after sign-in whatever happens and ``console_idle_s`` after its last use
+(settings ``RELAYFLEET_CONSOLE_MAX_S`` / ``RELAYFLEET_CONSOLE_IDLE_S``).
+
+Forgery: the cookie is ``SameSite=Strict`` (no other site's page makes the browser send
+it), every unsafe request must carry the session's CSRF token (``csrf_field()`` in each
+form, or the ``X-CSRF-Token`` header for scripts), and an ``Origin`` header naming another
+site is refused. The sign-in form has no session yet: it relies on the ``Origin`` check
+(``Referer`` when a browser sends no ``Origin``), which every current browser's cross-site
+form post fails.
+
+Failed sign-ins are audited one row each (action ``console sign-in``, outcome 401, no
+token text) and counted from those rows: past :data:`SIGN_IN_LIMIT` failures in
+:data:`SIGN_IN_WINDOW_S` from one address, sign-in from there answers 429 until the oldest
+counted failure is old enough. Counting in the database holds across every process and
+thread of the controller and keeps nothing in memory.
+
+Flash messages (``flask.flash``) live in Flask's signed cookie (``relayfleet_flash``, path
+``/ui``), keyed from the controller's secret key; they never hold a secret.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+from urllib.parse import unquote, urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    has_request_context,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
+from flask.sessions import SecureCookieSessionInterface
+from markupsafe import Markup, escape
+from sqlalchemy import delete, or_, select, update
+from werkzeug.exceptions import HTTPException
+
+from controller.auth import Principal, authenticate
+from controller.config import Settings
+from controller.console import bp
+from controller.crypto import derive_key
+from controller.db import db, utcnow
+from controller.errors import Conflict, NotFound, PermissionDenied, Unavailable
+from controller.models import ROLES, AuditEvent, ConsoleSession, Tenant, Token
+from shared.errors import RelayfleetError, ValidationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: the session cookie: only ever sent to the console's own paths
+COOKIE = "relayfleet_session"
+COOKIE_PATH = "/ui"
+#: the form field (and, for scripts, the header) that carries the CSRF token
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+#: failed sign-ins from one address allowed in the window before sign-in pauses there
+SIGN_IN_LIMIT = 5
+SIGN_IN_WINDOW_S = 300
+#: the audit action of failed sign-ins and lock-outs (successes are the POST /ui/login row)
+SIGN_IN_ACTION = "console sign-in"
+#: ``last_seen_at`` is written at most this often: a write at every page view would queue
+#: every reader behind SQLite's one write lock. The idle time is this precise.
+TOUCH_EVERY_S = 60
+#: longer than any token relayfleet makes: longer input is not looked up at all
+MAX_TOKEN_CHARS = 200
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: the console's pages in the navigation, with the least role that may use each
+NAV: tuple[tuple[str, str, str], ...] = (
+    ("console.fleet", "Fleet", "viewer"),
+    ("console.jobs", "Jobs", "viewer"),
+    ("console.launch", "Launch", "operator"),
+    ("console.audit", "Audit", "viewer"),
+    ("console.tokens", "Tokens", "admin"),
+    ("console.docs", "API docs", "viewer"),
+)
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+_ERROR_PAGES: tuple[tuple[type[RelayfleetError], int, str], ...] = (
+    (NotFound, 404, "Not found"),
+    (PermissionDenied, 403, "Not allowed"),
+    (ValidationError, 422, "Cannot do that as asked"),
+    (Conflict, 409, "Conflict"),
+    (Unavailable, 503, "Unavailable"),
+)
+
+
+@dataclass(frozen=True)
+class _Current:
+    """The request's live session: its row id, CSRF token and principal."""
+
+    session_id: int
+    csrf_token: str
+    principal: Principal
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
+    return settings
+
+
+def _current() -> _Current | None:
+    """The request's valid session (looked up once per request), or ``None``."""
+    if "console_current" not in g:
+        secret = request.cookies.get(COOKIE, "")
+        g.console_current = _lookup(secret) if 0 < len(secret) <= 100 else None
+    current: _Current | None = g.console_current
+    return current
+
+
+def _lookup(secret: str) -> _Current | None:
+    """The session whose cookie secret this is, if it and its token are still good; an
+    ended session's row is deleted on the way."""
+    session = db.session
+    # Looked up by the hash itself: an index probe's timing could at most tell an
+    # attacker something about SHA-256 values, which leads back to no secret.
+    found = session.execute(
+        select(ConsoleSession, Token).join(Token, Token.id == ConsoleSession.token_id)
+        .where(ConsoleSession.secret_sha256 == _digest(secret))).first()
+    if found is None:
+        return None
+    row, token = found
+    now = utcnow()
+    idle = (now - row.last_seen_at).total_seconds()
+    # Statements, not ORM changes: two requests of one browser may both get here, and
+    # the second must not fail on a row the first has already deleted.
+    if token.revoked_at is not None or now >= row.expires_at or \
+            idle >= _settings().console_idle_s:
+        session.execute(delete(ConsoleSession).where(ConsoleSession.id == row.id))
+        session.commit()
+        return None
+    if idle >= TOUCH_EVERY_S:
+        session.execute(update(ConsoleSession).where(ConsoleSession.id == row.id)
+                        .values(last_seen_at=now))
+        session.commit()
+    return _Current(row.id, row.csrf_token,
+                    Principal(token.id, token.name, token.role, token.tenant_id))
+
+
+def _open(principal: Principal) -> tuple[ConsoleSession, str]:
+    """A new session for ``principal`` (a new secret every time: nothing a browser held
+    before sign-in is ever a session) and the secret its cookie carries."""
+    session = db.session
+    settings = _settings()
+    now = utcnow()
+    # Ended sessions are deleted when they are next seen; those never seen again go here.
+    session.execute(delete(ConsoleSession).where(or_(
+        ConsoleSession.expires_at <= now,
+        ConsoleSession.last_seen_at <= now - dt.timedelta(seconds=settings.console_idle_s))))
+    old = request.cookies.get(COOKIE, "")
+    if old:
+        session.execute(delete(ConsoleSession).where(
+            ConsoleSession.secret_sha256 == _digest(old)))
+    secret = secrets.token_urlsafe(32)
+    row = ConsoleSession(secret_sha256=_digest(secret), token_id=principal.token_id,
+                         csrf_token=secrets.token_urlsafe(32), created_at=now,
+                         expires_at=now + dt.timedelta(seconds=settings.console_max_s),
+                         last_seen_at=now, remote_addr=_address())
+    session.add(row)
+    session.commit()
+    return row, secret
+
+
+def _address() -> str:
+    """The browser's address as the audit log and the sign-in limit know it."""
+    return (request.remote_addr or "unknown")[:64]
+
+
+def _set_cookie(response: Response, secret: str) -> None:
+    # Secure whenever the browser came over TLS. The app trusts no proxy header itself;
+    # gunicorn turns a local TLS front's X-Forwarded-Proto into the request's scheme
+    # (forwarded_allow_ips, loopback by default), so request.is_secure covers that too.
+    response.set_cookie(COOKIE, secret, max_age=_settings().console_max_s, path=COOKIE_PATH,
+                        secure=request.is_secure, httponly=True, samesite="Strict")
+
+
+def _clear_cookie(response: Response) -> None:
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, secure=request.is_secure,
+                           httponly=True, samesite="Strict")
+
+
+# -- what views and templates use ----------------------------------------------------------
+
+def principal() -> Principal:
+    """The signed-in principal of this request (only inside a signed-in view)."""
+    who: Principal | None = g.get("principal")
+    if who is None:
+        raise RuntimeError("principal() called outside a signed-in console view")
+    return who
+
+
+def can(role: str) -> bool:
+    """Whether the signed-in principal may do what ``role`` allows (``False`` signed out)."""
+    who: Principal | None = g.get("principal")
+    return who is not None and _RANK[who.role] >= _RANK[role]
+
+
+def csrf_field() -> Markup:
+    """The hidden input every ``<form method="post">`` of the console carries."""
+    current = _current() if has_request_context() else None
+    if current is None:
+        return Markup("")
+    return Markup('<input type="hidden" name="{}" value="{}">').format(
+        CSRF_FIELD, escape(current.csrf_token))
+
+
+def _here() -> str:
+    return request.full_path.rstrip("?") if request.query_string else request.path
+
+
+def _signed_out() -> Response:
+    """The answer to a page asked for without a (valid) session."""
+    login = url_for("console.login", next=_here())
+    if request.headers.get("Sec-Fetch-Mode", "navigate") != "navigate":
+        # a script's fetch (live parts of a page): a fragment it can show, not the form
+        body = Markup('<p class="flash error" role="alert">Your session has ended: '
+                      '<a href="{}">sign in again</a>.</p>').format(login)
+        return Response(str(body), 401, mimetype="text/html")
+    return cast(Response, redirect(login, 303))
+
+
+def _enter() -> Response | None:
+    """Make the request's principal known, or the answer for a browser not signed in."""
+    current = _current()
+    if current is None:
+        return _signed_out()
+    g.principal = current.principal
+    return None
+
+
+def signed_in(view: F) -> F:
+    """View decorator: without a valid session, send the browser to sign in (and back here
+    afterwards); with one, set ``g.principal`` and run the view."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refused = _enter()
+        if refused is not None:
+            return refused
+        return view(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+def requires(role: str) -> Callable[[F], F]:
+    """View decorator: the principal's role must be at least ``role`` (else the 403 page).
+    Put it under ``@signed_in`` (it signs in by itself too, so the order is forgiving)."""
+    if role not in _RANK:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if g.get("principal") is None:
+                refused = _enter()
+                if refused is not None:
+                    return refused
+            principal().require(role)
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def nav_items() -> list[tuple[str, str]]:
+    """The navigation for the signed-in principal: ``(endpoint, label)`` of each page its
+    role may open (pages not served by this controller are left out)."""
+    if g.get("principal") is None:
+        return []
+    views = current_app.view_functions
+    return [(endpoint, label) for endpoint, label, role in NAV
+            if endpoint in views and can(role)]
+
+
+def tenant_name() -> str | None:
+    """The signed-in principal's tenant, ``None`` for MSP-wide tokens (and signed out)."""
+    who: Principal | None = g.get("principal")
+    if who is None or who.tenant_id is None:
+        return None
+    if "console_tenant_name" not in g:
+        g.console_tenant_name = db.session.scalar(
+            select(Tenant.name).where(Tenant.id == who.tenant_id))
+    name: str | None = g.console_tenant_name
+    return name
+
+
+def _context() -> dict[str, Any]:
+    return {"principal": g.get("principal"), "tenant_name": tenant_name(),
+            "nav_items": nav_items(), "csrf_field": csrf_field, "can": can}
+
+
+def home_url() -> str:
+    """Where a signed-in browser lands: the fleet page."""
+    return url_for("console.fleet")
+
+
+def safe_next(value: str | None) -> str | None:
+    """``value`` if it is a console page on this site to go to after sign-in, else ``None``
+    (no open redirect: no scheme, no host, nothing outside ``/ui/``)."""
+    if not value or len(value) > 2000 or "\\" in value or \
+            any(ord(char) < 32 or ord(char) == 127 for char in value):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/ui/"):
+        return None
+    # browsers resolve dot segments (also percent-encoded) before asking: refuse them
+    segments = unquote(parts.path).split("/")
+    if "." in segments or ".." in segments or "" in segments[1:-1]:
+        return None
+    if parts.path.rstrip("/") in (url_for("console.login"), url_for("console.logout")):
+        return None
+    return value
+
+
+# -- forgery -------------------------------------------------------------------------------
+
+def _same_origin(value: str) -> bool:
+    """Whether an ``Origin`` (or ``Referer``) names this site."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False  # includes "null": a sandboxed frame, a file, a privacy redirect
+    # https in the browser while the app sees http: a TLS front that does not say so
+    scheme_ok = parts.scheme == request.scheme or (parts.scheme, request.scheme) == (
+        "https", "http")
+    return scheme_ok and parts.netloc.lower() == request.host.lower()
+
+
+def _forgery_check() -> Response | None:
+    """Before every console request: an unsafe request must come from this site's own
+    pages and carry the session's CSRF token (the sign-in form: the origin alone)."""
+    if request.method not in UNSAFE_METHODS:
+        return None
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_origin(origin):
+        return _error_page(400, "Refused", "This form was sent from another site. Open the "
+                           "console directly and send it again from there.")
+    if request.endpoint == "console.login":
+        referer = request.headers.get("Referer")
+        if origin is None and referer is not None and not _same_origin(referer):
+            return _error_page(400, "Refused", "This sign-in came from another site. Open "
+                               "the console directly and sign in there.")
+        return None
+    current = _current()
+    if current is None:
+        if request.endpoint == "console.logout":
+            return cast(Response, redirect(url_for("console.login"), 303))
+        return _error_page(401, "Signed out", "Your session has ended (or you were not "
+                           "signed in), so this was not done. Sign in and try again.",
+                           back=(url_for("console.login"), "Sign in"))
+    g.principal = current.principal  # the audit row names who sent it, refused or not
+    sent = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
+    if not hmac.compare_digest(sent.encode("utf-8", "surrogateescape"),
+                               current.csrf_token.encode()):
+        return _error_page(400, "Refused", "This form is missing its security token or it "
+                           "belongs to an older session, so nothing was done. Reload the "
+                           "page and send it again.")
+    return None
+
+
+# -- error pages ---------------------------------------------------------------------------
+
+def _back_link() -> tuple[str, str]:
+    """Where an error page points: the page the browser came from if it is a console page
+    of this site, else the fleet (the sign-in page when signed out)."""
+    referrer = request.referrer
+    if referrer and _same_origin(referrer):
+        parts = urlsplit(referrer)
+        local = safe_next(parts.path + (f"?{parts.query}" if parts.query else ""))
+        if local and local != _here():
+            return local, "Back to the previous page"
+    if g.get("principal") is not None and "console.fleet" in current_app.view_functions:
+        return home_url(), "Back to the fleet"
+    return url_for("console.login"), "Sign in"
+
+
+def _error_page(status: int, title: str, message: str, *,
+                errors: dict[str, list[str]] | None = None,
+                back: tuple[str, str] | None = None) -> Response:
+    back_url, back_label = back or _back_link()
+    body = render_template("error.html", status=status, title=title, message=message,
+                           errors=errors or {}, back_url=back_url, back_label=back_label)
+    return Response(body, status, mimetype="text/html")
+
+
+def _relayfleet_error(exc: RelayfleetError) -> Response:
+    for kind, status, title in _ERROR_PAGES:
+        if isinstance(exc, kind):
+            errors = exc.errors if isinstance(exc, ValidationError) else None
+            return _error_page(status, title, exc.message, errors=errors)
+    current_app.logger.error("console request failed: %s", exc.message)
+    db.session.rollback()
+    return _error_page(500, "Something went wrong", exc.message)
+
+
+def _http_error(exc: HTTPException) -> Response | HTTPException:
+    if exc.code is None or exc.code < 400:
+        return exc
+    if exc.code >= 500:
+        db.session.rollback()  # whatever failed may have left the session unusable
+    data = getattr(exc, "data", None) or {}
+    message = data.get("message") if isinstance(data, dict) else None
+    return _error_page(exc.code, exc.name, str(message or exc.description or exc.name))
+
+
+def protect(blueprint: Blueprint) -> None:
+    """Give ``blueprint`` the console's forgery checks, template context and error pages
+    (the console's own blueprint has them; a page of another blueprint under ``/ui/``
+    would need them too)."""
+    blueprint.before_request(_forgery_check)
+    blueprint.context_processor(_context)
+    blueprint.register_error_handler(RelayfleetError, _relayfleet_error)
+    blueprint.register_error_handler(HTTPException, _http_error)
+
+
+protect(bp)
+
+
+# -- flash messages --------------------------------------------------------------------------
+
+class _FlashCookie(SecureCookieSessionInterface):
+    """Flask's signed cookie session, used by the console for flash messages only:
+    ``Secure`` whenever the request came over TLS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(has_request_context() and request.is_secure)
+
+
+@bp.record_once
+def _flash_setup(state: BlueprintSetupState) -> None:
+    app = cast(Flask, state.app)
+    settings: Settings = app.config["RELAYFLEET_SETTINGS"]
+    app.secret_key = derive_key(settings.secret_key, "console flash v1")
+    app.config.update(SESSION_COOKIE_NAME="relayfleet_flash", SESSION_COOKIE_PATH=COOKIE_PATH,
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
+    app.session_interface = _FlashCookie()
+
+
+# -- sign-in and sign-out ----------------------------------------------------------------------
+
+def _sign_in_retry_after(address: str) -> int | None:
+    """Seconds until ``address`` may try to sign in again, ``None`` if it may now."""
+    now = utcnow()
+    failures = list(db.session.scalars(
+        select(AuditEvent.at).where(
+            AuditEvent.action == SIGN_IN_ACTION, AuditEvent.outcome == 401,
+            AuditEvent.remote_addr == address,
+            AuditEvent.at > now - dt.timedelta(seconds=SIGN_IN_WINDOW_S))
+        .order_by(AuditEvent.at.desc()).limit(SIGN_IN_LIMIT)))
+    if len(failures) < SIGN_IN_LIMIT:
+        return None
+    # free again once the oldest of the last SIGN_IN_LIMIT failures leaves the window
+    free_at = failures[-1] + dt.timedelta(seconds=SIGN_IN_WINDOW_S)
+    return max(1, math.ceil((free_at - now).total_seconds()))
+
+
+def _record_failure(address: str, reason: str) -> int | None:
+    """Audit a failed sign-in (and the lock-out it starts); the seconds of that lock-out.
+
+    Two requests at once may both pass the check before either is recorded: the limit
+    can be passed by the requests in flight, never more."""
+    session = db.session
+    session.add(AuditEvent(at=utcnow(), action=SIGN_IN_ACTION, outcome=401, remote_addr=address,
+                           detail={"reason": reason}))
+    session.commit()
+    retry = _sign_in_retry_after(address)
+    if retry is not None:
+        session.add(AuditEvent(at=utcnow(), action=SIGN_IN_ACTION, outcome=429,
+                               remote_addr=address,
+                               detail={"reason": f"{SIGN_IN_LIMIT} failed sign-ins in "
+                                                 f"{SIGN_IN_WINDOW_S} s: sign-in paused",
+                                       "retry_after_s": retry}))
+        session.commit()
+    return retry
+
+
+def _wait_text(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}" if seconds > 60 else \
+        f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def _too_many(retry: int) -> Response:
+    response = _error_page(
+        429, "Too many failed sign-ins",
+        f"There were {SIGN_IN_LIMIT} failed sign-ins from your address in the last "
+        f"{SIGN_IN_WINDOW_S // 60} minutes, so sign-in is paused there. Try again in "
+        f"{_wait_text(retry)}.", back=(url_for("console.login"), "Back to sign-in"))
+    response.headers["Retry-After"] = str(retry)
+    return response
+
+
+def _login_form(status: int, target: str | None, error: str | None = None) -> Response:
+    body = render_template("login.html", next=target or "", error=error)
+    return Response(body, status, mimetype="text/html")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    """The sign-in form; a good token opens a session and goes on to ``next``."""
+    target = safe_next(request.values.get("next"))
+    if request.method != "POST":
+        if _current() is not None:
+            return cast(Response, redirect(target or home_url(), 303))
+        return _login_form(200, target)
+    address = _address()
+    retry = _sign_in_retry_after(address)
+    if retry is not None:
+        return _too_many(retry)
+    presented = request.form.get("token", "").strip()
+    who = None
+    if presented and len(presented) <= MAX_TOKEN_CHARS and "\x00" not in presented:
+        who = authenticate(db.session, presented)
+    if who is None:
+        reason = "no token given" if not presented else "wrong, unknown or revoked token"
+        retry = _record_failure(address, reason)
+        paused = "" if retry is None else (
+            f" Sign-in from your address is now paused for {_wait_text(retry)}: there were "
+            f"{SIGN_IN_LIMIT} failed attempts in {SIGN_IN_WINDOW_S // 60} minutes.")
+        return _login_form(401, target, "That token was not accepted: it is wrong, unknown "
+                           "or revoked. Paste the whole token (it starts with rft_)." + paused)
+    row, secret = _open(who)
+    g.principal = who
+    g.audit_target = f"console-session:{row.id}"
+    g.audit_detail = {"event": "console sign-in"}
+    response = cast(Response, redirect(target or home_url(), 303))
+    _set_cookie(response, secret)
+    return response
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Response:
+    """End the session (the forgery check has made sure this browser asked for it)."""
+    current = _current()
+    if current is not None:
+        db.session.execute(delete(ConsoleSession).where(
+            ConsoleSession.id == current.session_id))
+        db.session.commit()
+        g.audit_target = f"console-session:{current.session_id}"
+        g.audit_detail = {"event": "console sign-out"}
+    flash("You are signed out.", "success")
+    response = cast(Response, redirect(url_for("console.login"), 303))
+    _clear_cookie(response)
+    return response

@@ -1,0 +1,430 @@
+"""The web console's sign-in, session cookie, CSRF and origin checks, roles and error pages,
+against the real controller app (SQLite file, in-memory broker) through Flask's client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask import Blueprint, render_template
+from sqlalchemy import select, update
+from werkzeug.test import TestResponse
+
+from controller import inventory
+from controller.console.session import (
+    COOKIE,
+    SIGN_IN_LIMIT,
+    SIGN_IN_WINDOW_S,
+    principal,
+    protect,
+    requires,
+    signed_in,
+)
+from controller.db import db, utcnow
+from controller.models import AuditEvent, ConsoleSession, Host, Token
+from shared.errors import ValidationError
+from tests.controller_client import Controller
+
+HTTPS = "https://localhost"
+
+
+def _test_pages() -> Blueprint:
+    """Pages of a blueprint of the tests' own, under /ui/, with the console's protection."""
+    pages = Blueprint("console_test", __name__, url_prefix="/ui/test-pages")
+    protect(pages)
+
+    @pages.route("/mine")
+    @signed_in
+    def mine() -> str:
+        who = principal()
+        return render_template("error.html", status=200, title="Mine",
+                               message=f"token {who.name} role {who.role}", errors={},
+                               back_url="/ui/fleet", back_label="Fleet")
+
+    @pages.route("/operate", methods=["GET", "POST"])
+    @signed_in
+    @requires("operator")
+    def operate() -> str:
+        return "operated"
+
+    @pages.route("/hosts/<int:host_id>")
+    @signed_in
+    def host(host_id: int) -> str:
+        return inventory.get_scoped(db.session, Host, host_id, principal()).name
+
+    @pages.route("/invalid")
+    @signed_in
+    def invalid() -> str:
+        raise ValidationError.for_field("name", "must not be empty")
+
+    return pages
+
+
+@pytest.fixture
+def console(memory_controller: Controller) -> Controller:
+    """The controller with the test pages registered (before its first request)."""
+    memory_controller.app.register_blueprint(_test_pages())
+    return memory_controller
+
+
+def sign_in(client: Any, token: str, **kwargs: Any) -> TestResponse:
+    """POST the sign-in form."""
+    data = {"token": token, **kwargs.pop("data", {})}
+    response: TestResponse = client.post("/ui/login", data=data, **kwargs)
+    return response
+
+
+def session_cookie(response: TestResponse) -> str | None:
+    """The Set-Cookie line of the session cookie, if the answer sets it."""
+    lines = [line for line in response.headers.getlist("Set-Cookie")
+             if line.startswith(f"{COOKIE}=")]
+    assert len(lines) <= 1
+    return lines[0] if lines else None
+
+
+def csrf_of(client: Any) -> str:
+    """The CSRF token a signed-in page carries in its forms."""
+    page = client.get("/ui/test-pages/mine").get_data(as_text=True)
+    match = re.search(r'<input type="hidden" name="csrf_token" value="([^"]+)">', page)
+    assert match, page
+    return match.group(1)
+
+
+def token_id(controller: Controller, text: str) -> int:
+    """The row id of a token given as text."""
+    public_id = text.removeprefix("rft_").partition("_")[0]
+    with controller.app.app_context():
+        found = db.session.scalar(select(Token.id).where(Token.public_id == public_id))
+    assert found is not None
+    return found
+
+
+def sessions(controller: Controller) -> list[ConsoleSession]:
+    """Every console session row."""
+    with controller.app.app_context():
+        return list(db.session.scalars(select(ConsoleSession).order_by(ConsoleSession.id)))
+
+
+def audit_rows(controller: Controller) -> list[AuditEvent]:
+    """Every audit row, oldest first."""
+    with controller.app.app_context():
+        return list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+
+
+def shift_session(controller: Controller, **changes: dt.datetime) -> None:
+    """Rewrite the timestamps of every session (time passing, without waiting)."""
+    with controller.app.app_context(), db.transaction() as session:
+        session.execute(update(ConsoleSession).values(**changes))
+
+
+# -- signing in ------------------------------------------------------------------------------
+
+def test_the_sign_in_form_asks_for_the_token_as_a_password(console: Controller) -> None:
+    page = console.app.test_client().get("/ui/login")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    field = re.search(r"<input id=\"token\"[^>]*>", html, re.S)
+    assert field is not None
+    assert 'type="password"' in field.group(0) and 'autocomplete="off"' in field.group(0)
+    assert '<label for="token">' in html
+    assert page.headers["Cache-Control"] == "no-store"
+
+
+def test_sign_in_sets_an_http_only_strict_cookie_for_the_console_only(
+        console: Controller) -> None:
+    client = console.app.test_client()
+    answer = sign_in(client, console.admin)
+    assert answer.status_code == 303
+    assert answer.headers["Location"] == "/ui/fleet"
+    cookie = session_cookie(answer)
+    assert cookie is not None
+    attributes = [part.strip() for part in cookie.split(";")]
+    assert "HttpOnly" in attributes and "SameSite=Strict" in attributes
+    assert "Path=/ui" in attributes and "Max-Age=43200" in attributes
+    assert "Secure" not in attributes  # plain http: a Secure cookie would never come back
+    secret = attributes[0].partition("=")[2]
+    # the database holds the secret's hash only
+    [row] = sessions(console)
+    assert row.secret_sha256 == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in json.dumps({k: str(v) for k, v in vars(row).items()})
+    assert row.token_id == token_id(console, console.admin)
+    assert (row.expires_at - row.created_at) == dt.timedelta(hours=12)
+    # and the browser is signed in
+    assert "role admin" in client.get("/ui/test-pages/mine").get_data(as_text=True)
+
+
+def test_the_cookie_is_secure_over_https(console: Controller) -> None:
+    client = console.app.test_client()
+    answer = sign_in(client, console.admin, base_url=HTTPS)
+    cookie = session_cookie(answer)
+    assert cookie is not None and "Secure" in [part.strip() for part in cookie.split(";")]
+    assert client.get("/ui/test-pages/mine", base_url=HTTPS).status_code == 200
+
+
+def test_a_wrong_token_is_401_audited_and_sets_no_cookie(console: Controller) -> None:
+    client = console.app.test_client()
+    wrong = console.admin[:-4] + "abcd"
+    answer = sign_in(client, wrong)
+    assert answer.status_code == 401
+    html = answer.get_data(as_text=True)
+    assert "not accepted" in html and wrong not in html
+    assert session_cookie(answer) is None and sessions(console) == []
+    rows = [row for row in audit_rows(console) if row.action == "console sign-in"]
+    assert [(row.outcome, row.remote_addr, row.token_id) for row in rows] == [
+        (401, "127.0.0.1", None)]
+    everything = json.dumps([{k: str(v) for k, v in vars(row).items()}
+                             for row in audit_rows(console)])
+    assert wrong not in everything and wrong.partition("_")[2][-20:] not in everything
+
+
+def test_sign_in_pauses_after_too_many_failures(console: Controller) -> None:
+    client = console.app.test_client()
+    for attempt in range(1, SIGN_IN_LIMIT + 1):
+        answer = sign_in(client, f"rft_000000000000_wrong{attempt}")
+        assert answer.status_code == 401
+    assert "now paused" in answer.get_data(as_text=True)
+    # the next attempt is refused before the token is even looked at, right or not
+    answer = sign_in(client, console.admin)
+    assert answer.status_code == 429
+    assert 0 < int(answer.headers["Retry-After"]) <= SIGN_IN_WINDOW_S
+    assert "Try again in" in answer.get_data(as_text=True)
+    assert session_cookie(answer) is None and sessions(console) == []
+    outcomes = [row.outcome for row in audit_rows(console) if row.action == "console sign-in"]
+    assert outcomes == [401] * SIGN_IN_LIMIT + [429]
+    # another address is not held up
+    assert sign_in(client, console.admin,
+                   environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 303
+    # the pause ends when the failures leave the window
+    with console.app.app_context(), db.transaction() as session:
+        session.execute(update(AuditEvent).values(
+            at=utcnow() - dt.timedelta(seconds=SIGN_IN_WINDOW_S + 1)))
+    assert sign_in(client, console.admin).status_code == 303
+
+
+def test_a_successful_sign_in_is_audited_with_the_token(console: Controller) -> None:
+    operator = console.issue("operator")
+    sign_in(console.app.test_client(), operator)
+    [row] = [row for row in audit_rows(console) if row.action == "POST /ui/login"]
+    [made] = sessions(console)
+    assert (row.outcome, row.token_id, row.token_name) == (
+        303, token_id(console, operator), "test operator")
+    assert row.target == f"console-session:{made.id}"
+
+
+def test_a_page_without_session_sends_the_browser_to_sign_in_and_back(
+        console: Controller) -> None:
+    client = console.app.test_client()
+    answer = client.get("/ui/test-pages/mine?x=1")
+    assert answer.status_code == 303
+    location = urlsplit(answer.headers["Location"])
+    assert location.path == "/ui/login"
+    assert parse_qs(location.query) == {"next": ["/ui/test-pages/mine?x=1"]}
+    form = client.get(answer.headers["Location"]).get_data(as_text=True)
+    assert '<input type="hidden" name="next" value="/ui/test-pages/mine?x=1">' in form
+    answer = sign_in(client, console.admin, data={"next": "/ui/test-pages/mine?x=1"})
+    assert answer.headers["Location"] == "/ui/test-pages/mine?x=1"
+    # a script's request gets a fragment to show instead of the form
+    client = console.app.test_client()
+    fragment = client.get("/ui/test-pages/mine", headers={"Sec-Fetch-Mode": "cors"})
+    assert fragment.status_code == 401 and "sign in again" in fragment.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("target", [
+    "//evil.example/ui/fleet", "http://evil.example/ui/fleet", "https://evil.example",
+    "/v1/tokens", "/ui/../v1/tokens", "/ui/%2e%2e/v1/tokens", "/\\evil.example",
+    "/ui//evil.example", "/ui/fleet\r\nSet-Cookie: x=y", "/ui/login", "javascript:alert(1)"])
+def test_next_outside_the_console_is_ignored(console: Controller, target: str) -> None:
+    client = console.app.test_client()
+    form = client.get("/ui/login", query_string={"next": target}).get_data(as_text=True)
+    assert 'name="next"' not in form
+    answer = sign_in(client, console.admin, data={"next": target})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/fleet"
+
+
+def test_a_session_opens_the_console_pages(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.admin)
+    assert client.get("/ui/fleet").status_code == 200
+    # signed in, the sign-in page goes on to the fleet
+    assert client.get("/ui/login").headers["Location"] == "/ui/fleet"
+
+
+# -- how sessions end ----------------------------------------------------------------------
+
+def test_revoking_the_token_ends_its_sessions_at_once(console: Controller) -> None:
+    operator = console.issue("operator")
+    client = console.app.test_client()
+    sign_in(client, operator)
+    assert client.get("/ui/test-pages/mine").status_code == 200
+    console.ok("DELETE", f"/v1/tokens/{token_id(console, operator)}")
+    answer = client.get("/ui/test-pages/mine")
+    assert answer.status_code == 303 and answer.headers["Location"].startswith("/ui/login")
+    assert sessions(console) == []
+
+
+def test_an_expired_session_is_refused(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.admin)
+    shift_session(console, expires_at=utcnow() - dt.timedelta(seconds=1))
+    assert client.get("/ui/test-pages/mine").status_code == 303
+    assert sessions(console) == []
+
+
+def test_an_idle_session_is_refused_and_a_used_one_kept(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.admin)
+    # used 29 minutes ago: still good, and now marked as used
+    shift_session(console, last_seen_at=utcnow() - dt.timedelta(minutes=29))
+    assert client.get("/ui/test-pages/mine").status_code == 200
+    [row] = sessions(console)
+    assert utcnow() - row.last_seen_at < dt.timedelta(minutes=1)
+    shift_session(console, last_seen_at=utcnow() - dt.timedelta(minutes=30, seconds=1))
+    assert client.get("/ui/test-pages/mine").status_code == 303
+    assert sessions(console) == []
+
+
+def test_the_idle_time_and_lifetime_are_settings(memory_controller: Controller,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAYFLEET_CONSOLE_IDLE_S", "120")
+    monkeypatch.setenv("RELAYFLEET_CONSOLE_MAX_S", "3600")
+    controller = Controller.create()
+    controller.app.register_blueprint(_test_pages())
+    client = controller.app.test_client()
+    cookie = session_cookie(sign_in(client, controller.admin))
+    assert cookie is not None and "Max-Age=3600" in cookie
+    shift_session(controller, last_seen_at=utcnow() - dt.timedelta(seconds=121))
+    assert client.get("/ui/test-pages/mine").status_code == 303
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(console: Controller) -> None:
+    client = console.app.test_client()
+    answer = sign_in(client, console.admin)
+    secret = (session_cookie(answer) or "").split(";")[0].partition("=")[2]
+    assert client.post("/ui/logout").status_code == 400
+    assert client.post("/ui/logout", data={"csrf_token": "x" * 43}).status_code == 400
+    assert client.get("/ui/test-pages/mine").status_code == 200  # still signed in
+    answer = client.post("/ui/logout", data={"csrf_token": csrf_of(client)})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/login"
+    cleared = session_cookie(answer)
+    assert cleared is not None and "Max-Age=0" in cleared
+    assert sessions(console) == []
+    assert "You are signed out." in client.get("/ui/login").get_data(as_text=True)
+    # the old cookie, kept by someone, opens nothing
+    client.set_cookie(COOKIE, secret, path="/ui")
+    assert client.get("/ui/test-pages/mine").status_code == 303
+
+
+def test_every_sign_in_gets_a_new_secret(console: Controller) -> None:
+    client = console.app.test_client()
+    client.set_cookie(COOKIE, "chosen-by-someone-else", path="/ui")
+    first = session_cookie(sign_in(client, console.admin))
+    assert first is not None and "chosen-by-someone-else" not in first
+    second = session_cookie(sign_in(client, console.admin))
+    assert second is not None and second != first
+    assert len(sessions(console)) == 1  # the browser's previous session is gone
+
+
+# -- forgery ---------------------------------------------------------------------------------
+
+def test_a_post_without_the_csrf_token_is_refused(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.admin)
+    refused = client.post("/ui/test-pages/operate")
+    assert refused.status_code == 400 and "security token" in refused.get_data(as_text=True)
+    assert client.post("/ui/test-pages/operate",
+                       data={"csrf_token": "forged"}).status_code == 400
+    token = csrf_of(client)
+    assert client.post("/ui/test-pages/operate", data={"csrf_token": token}).status_code == 200
+    assert client.post("/ui/test-pages/operate",
+                       headers={"X-CSRF-Token": token}).status_code == 200
+    # the refusal is audited under the session's token
+    [row, *_] = [row for row in audit_rows(console)
+                 if row.action == "POST /ui/test-pages/operate"]
+    assert (row.outcome, row.token_id) == (400, token_id(console, console.admin))
+
+
+def test_a_post_without_a_session_is_401(console: Controller) -> None:
+    answer = console.app.test_client().post("/ui/test-pages/operate",
+                                            data={"csrf_token": "anything"})
+    assert answer.status_code == 401 and "Sign in" in answer.get_data(as_text=True)
+
+
+def test_another_sites_origin_is_refused(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.admin)
+    token = csrf_of(client)
+    for origin in ("https://evil.example", "null", "http://localhost.evil.example"):
+        answer = client.post("/ui/test-pages/operate", data={"csrf_token": token},
+                             headers={"Origin": origin})
+        assert answer.status_code == 400, origin
+    assert client.post("/ui/test-pages/operate", data={"csrf_token": token},
+                       headers={"Origin": "http://localhost"}).status_code == 200
+    # the sign-in form has no session yet: its origin (or referrer) is what is checked
+    fresh = console.app.test_client()
+    answer = sign_in(fresh, console.admin, headers={"Origin": "https://evil.example"})
+    assert answer.status_code == 400 and session_cookie(answer) is None
+    answer = sign_in(fresh, console.admin,
+                     headers={"Referer": "https://evil.example/login.html"})
+    assert answer.status_code == 400 and session_cookie(answer) is None
+    answer = sign_in(fresh, console.admin, headers={"Origin": "http://localhost",
+                                                    "Referer": "http://localhost/ui/login"})
+    assert answer.status_code == 303
+
+
+# -- roles, tenants and error pages ------------------------------------------------------------
+
+def test_a_viewer_gets_the_403_page_on_an_operator_view(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.issue("viewer"))
+    page = client.get("/ui/test-pages/operate")
+    assert page.status_code == 403
+    html = page.get_data(as_text=True)
+    assert "operator role" in html and page.mimetype == "text/html"
+    # a forged POST with a good CSRF token is refused by the server all the same
+    assert client.post("/ui/test-pages/operate",
+                       data={"csrf_token": csrf_of(client)}).status_code == 403
+    fleet = client.get("/ui/fleet").get_data(as_text=True)
+    assert 'href="/ui/launch"' not in fleet and 'href="/ui/tokens"' not in fleet
+    assert 'href="/ui/jobs"' in fleet
+
+
+def test_the_navigation_follows_the_role(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.issue("operator"))
+    page = client.get("/ui/fleet").get_data(as_text=True)
+    assert 'href="/ui/launch"' in page and 'href="/ui/tokens"' not in page
+    assert "test operator · operator · all tenants" in page
+    client = console.app.test_client()
+    sign_in(client, console.admin)
+    assert 'href="/ui/tokens"' in client.get("/ui/fleet").get_data(as_text=True)
+
+
+def test_another_tenants_host_is_the_404_page(console: Controller) -> None:
+    acme, globex = console.tenant("Acme"), console.tenant("Globex")
+    own = console.host(console.site(acme, "Paris"), "pbx-paris-1")["id"]
+    theirs = console.host(console.site(globex, "Berlin"), "pbx-berlin-1")["id"]
+    client = console.app.test_client()
+    sign_in(client, console.issue("viewer", acme))
+    assert client.get(f"/ui/test-pages/hosts/{own}").get_data(as_text=True) == "pbx-paris-1"
+    for path in (f"/ui/test-pages/hosts/{theirs}", f"/ui/hosts/{theirs}"):
+        page = client.get(path)
+        assert page.status_code == 404 and page.mimetype == "text/html", path
+        html = page.get_data(as_text=True)
+        assert "Not found" in html and f"host {theirs} not found" in html
+        assert "pbx-berlin-1" not in html
+    assert "· Acme" in client.get("/ui/fleet").get_data(as_text=True)
+
+
+def test_a_validation_error_is_the_422_page(console: Controller) -> None:
+    client = console.app.test_client()
+    sign_in(client, console.admin)
+    page = client.get("/ui/test-pages/invalid", headers={"Referer": "http://localhost/ui/jobs"})
+    assert page.status_code == 422
+    html = page.get_data(as_text=True)
+    assert "<b>name</b>: must not be empty" in html
+    assert '<a href="/ui/jobs">Back to the previous page</a>' in html
