@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, request
@@ -76,10 +76,16 @@ def _refuse_unreadable_json() -> None:
 
 def register_error_handler(app: Flask, api: EnvelopeApi,
                            status_for: Mapping[type[rf_errors.RelayfleetError], int],
-                           log: logging.Logger) -> None:
+                           log: logging.Logger, *,
+                           not_json: Callable[[str], bool] | None = None) -> None:
     """Answer every uncaught relayfleet error with the envelope and its mapped status, and
-    refuse JSON bodies the parser cannot hold (400)."""
-    app.before_request(_refuse_unreadable_json)
+    refuse JSON bodies the parser cannot hold (400); paths ``not_json`` accepts (HTML
+    forms) are left to their views."""
+
+    @app.before_request
+    def _refuse_unreadable() -> None:
+        if not_json is None or not not_json(request.path):
+            _refuse_unreadable_json()
 
     @app.errorhandler(rf_errors.RelayfleetError)
     def relayfleet_error(exc: rf_errors.RelayfleetError) -> Any:
