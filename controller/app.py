@@ -218,8 +218,10 @@ def _audit(route: str, status: int) -> None:
     now = time.monotonic()
     rows = [_summary_row(address, window, tally.window_s)
             for address, window in tally.ended(now)]
-    if principal is not None or status != 401 or tally.refused(request.remote_addr or "?",
-                                                               now):
+    # Calls refused without a principal (the API's 401s, the console's 400/429 before a
+    # session) are rate-limited into summaries: a flood must not write a row per request.
+    signed_out_refusal = principal is None and 400 <= status < 500
+    if not signed_out_refusal or tally.refused(request.remote_addr or "?", now):
         target = g.get("audit_target") or (
             ",".join(f"{k}={v}" for k, v in (request.view_args or {}).items()) or None)
         rows.append(dict(
