@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import ValidationError as MarshmallowError
 from sqlalchemy import select
 
 from controller import jobs as svc
@@ -16,9 +17,11 @@ from controller.auth import Principal
 from controller.config import Settings
 from controller.crypto import SecretBox
 from controller.db import db
-from controller.idempotency import Created, idempotent
+from controller.idempotency import Created, idempotent, request_fingerprint
 from controller.inventory import filtered, page, scoped
 from controller.models import Job
+from shared.schemas import flatten_errors
+from shared.validation import refusal
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1",
                 description="Run an action on many hosts and follow each host's result.")
@@ -29,10 +32,11 @@ def _box() -> SecretBox:
     return box
 
 
-def _start(principal: Principal, body: dict[str, Any],
-           host_rows: list[tuple[int, str]] | None = None,
-           retry_of: int | None = None) -> Created:
-    """Store a job (its lanes go out when it commits) and answer 202."""
+def start(principal: Principal, body: dict[str, Any],
+          host_rows: list[tuple[int, str]] | None = None,
+          retry_of: int | None = None) -> Created:
+    """Store a job (its lanes go out when it commits) and name it for the audit log; answer
+    202 and the job."""
     settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
     job = svc.start_job(db.session, principal, body, _box(), db,
                         max_timeout_s=settings.max_timeout_s,
@@ -40,6 +44,36 @@ def _start(principal: Principal, body: dict[str, Any],
                         retry_of=retry_of)
     audit_target(f"job:{job.id}", action=job.action, hosts=job.total)
     return 202, svc.accepted(job)
+
+
+def create_job(principal: Principal, body: dict[str, Any], key: str | None,
+               request_sha256: str) -> Created:
+    """Start a job from a loaded body, once per Idempotency-Key: what ``POST /v1/jobs``
+    does, and what the web console's launch page does through :func:`submit`."""
+    principal.require("operator")
+    status, doc = idempotent(db.session, principal, key, request_sha256,
+                             lambda: start(principal, body))
+    audit_target(f"job:{doc.get('id')}")
+    return status, doc
+
+
+def load_body(raw: dict[str, Any]) -> dict[str, Any]:
+    """A job document checked as ``POST /v1/jobs`` checks it (defaults filled in); errors
+    are named as the API names them (``target``, ``options.concurrency``)."""
+    try:
+        body: dict[str, Any] = s.JobCreateSchema().load(raw)
+    except MarshmallowError as exc:
+        raise refusal("job", flatten_errors(exc.messages)) from None
+    return body
+
+
+def submit(principal: Principal, raw: dict[str, Any], key: str | None = None) -> Created:
+    """Start a job from a document built outside an API request (the web console): the
+    same checks, scoping, audit target and idempotency as ``POST /v1/jobs``."""
+    body = load_body(raw)
+    fingerprint_key: bytes = current_app.extensions["relayfleet_fingerprint_key"]
+    return create_job(principal, body, key,
+                      request_fingerprint(fingerprint_key, "POST", "/v1/jobs", raw))
 
 
 @blp.route("/jobs")
@@ -65,13 +99,8 @@ class Jobs(MethodView):
     def post(self, body: dict[str, Any]) -> Any:
         """Start a job. Send ``Idempotency-Key``: the same key and body again answer the
         same job; the same key with another body is 422."""
-        principal = who()
-        principal.require("operator")
-        status, doc = idempotent(
-            db.session, principal, request.headers.get("Idempotency-Key"),
-            fingerprint(),
-            lambda: _start(principal, body))
-        audit_target(f"job:{doc.get('id')}")
+        status, doc = create_job(who(), body, request.headers.get("Idempotency-Key"),
+                                 fingerprint())
         return stored_answer(doc, status)
 
 
@@ -112,7 +141,7 @@ class JobRetry(MethodView):
         old = svc.get_job(db.session, principal, job_id)
         body = svc.retry_body(old, _box(), rows)
         status, doc = idempotent(db.session, principal, None, "",
-                                 lambda: _start(principal, body, host_rows=rows,
+                                 lambda: start(principal, body, host_rows=rows,
                                                 retry_of=old.id))
         audit_target(f"job:{doc['id']}", retry_of=old.id)
         return doc, status
