@@ -1,3 +1,658 @@
-"""Launch, audit, tokens and API docs pages (to be written)."""
+"""Launch (with a dry-run preview on the first host), audit, tokens and the API docs.
+
+Jobs start through :func:`controller.api.jobs.submit`, the code path of ``POST /v1/jobs``
+(checks, scoping, audit target, Idempotency-Key); tokens through
+:mod:`controller.inventory`, as ``/v1/tokens`` does. A password typed into the launch form
+is sent on to the job and never written back into a page: the real run after a preview
+asks for it again.
+"""
 
 from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import swagger_ui_bundle  # type: ignore[import-untyped]
+from flask import (
+    Response,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+from marshmallow import ValidationError as MarshmallowError
+from sqlalchemy import func, select
+
+from controller import inventory as inv
+from controller import jobs as svc
+from controller import schemas as s
+from controller.api import audit_target
+from controller.api import jobs as jobs_api
+from controller.auth import Principal
+from controller.client.summaries import relay_text, summarize
+from controller.console import bp
+from controller.console.session import principal, requires, signed_in
+from controller.db import db
+from controller.errors import Conflict, Unavailable
+from controller.job_params import check_target_size
+from controller.models import ROLES, AuditEvent, Host, HostTag, Site, Tenant, Token
+from shared.actions import ACTIONS, CHANGE_ACTIONS, JOB_ACTIONS
+from shared.errors import ValidationError
+from shared.schemas import flatten_errors
+from shared.validation import refusal
+
+# -- the launch form ------------------------------------------------------------------------
+
+#: what each action is called on the page (the catalogue's summary says what it does)
+LABELS: Mapping[str, str] = {
+    "set_smarthost": "Set smarthost", "remove_smarthost": "Remove smarthost",
+    "flush_queue": "Flush queue", "collect_status": "Collect status",
+    "diagnose": "Diagnose", "fix_hostname": "Fix hostname", "read_log": "Read log",
+    "queue_list": "List queue",
+}
+TARGET_KINDS = ("tenants", "sites", "tags", "hosts")
+#: more hosts than this are not listed one by one (sites and tags still reach them)
+MAX_LISTED_HOSTS = 5000
+_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def label(action: str) -> str:
+    """An action's name on the page."""
+    return LABELS.get(action, action.replace("_", " ").capitalize())
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One input of the launch form: its name (and element id ``f-<name>``), its label,
+    the job field its errors are named after, and how it is drawn."""
+
+    name: str
+    label: str
+    error_key: str
+    kind: str = "text"  # text, number, checkbox, password, select
+    hint: str = ""
+    placeholder: str = ""
+    choices: tuple[tuple[str, str], ...] = ()
+
+
+PARAM_FIELDS: Mapping[str, tuple[FormField, ...]] = {
+    "set_smarthost": (
+        FormField("relay_host", "Relay host", "params.host",
+                  hint="a host name, or an address literal like [192.0.2.1]",
+                  placeholder="smtp-relay.example.net"),
+        FormField("relay_port", "Port", "params.port", "number", hint="empty: 25"),
+        FormField("relay_mx", "Look up the relay's MX records", "params.mx", "checkbox",
+                  hint="unchecked: connect to the relay host itself"),
+        FormField("tls_mode", "TLS", "params.tls.mode", "select", choices=(
+            ("", "default"), ("may", "may"), ("encrypt", "encrypt"), ("verify", "verify")),
+                  hint="may: STARTTLS when offered; encrypt: mail waits without it; verify: "
+                       "the relay's certificate must verify too. Default: may, or encrypt "
+                       "with AUTH"),
+        FormField("tls_ca_file", "CA file on the host", "params.tls.ca_file",
+                  hint="to verify the relay with; empty: the host's own bundle",
+                  placeholder="/etc/ssl/certs/ca-certificates.crt"),
+        FormField("auth_username", "AUTH user", "params.auth.username",
+                  hint="empty: no SMTP AUTH"),
+        FormField("auth_password", "AUTH password", "params.auth.password", "password",
+                  hint="never shown in a page; asked again for the real run"),
+        FormField("masquerade_domain", "Masquerade as domain", "params.masquerade.domain",
+                  hint="send the hosts' own mail as @domain (relays check the sender "
+                       "domain); empty: no masquerading"),
+        FormField("masquerade_envelope", "Masquerade rewrites", "params.masquerade.envelope",
+                  "select", choices=(("1", "headers and envelope"), ("0", "headers only"))),
+    ),
+    "flush_queue": (
+        FormField("queue_id", "Queue id", "params.queue_id", hint="only this message"),
+        FormField("recipient", "Recipient", "params.recipient",
+                  hint="only messages to this address or domain"),
+        FormField("sender", "Sender", "params.sender",
+                  hint="only messages from this address or domain"),
+        FormField("keep_host_status", "Keep remembered relay failures",
+                  "params.reset_host_status", "checkbox",
+                  hint="unchecked: forget them first, so every message is tried now"),
+    ),
+    "diagnose": (
+        FormField("domain", "Sender domain", "params.domain",
+                  hint="also check this domain's SPF record"),
+        FormField("public_ip", "Public address", "params.public_ip",
+                  hint="the hosts' public address, for SPF"),
+    ),
+    "fix_hostname": (
+        FormField("fqdn", "Full host name", "params.fqdn",
+                  hint="one host: its current short name, qualified",
+                  placeholder="pbx-lyon-1.example.com"),
+        FormField("domain", "Or: domain", "params.domain",
+                  hint="qualify each host's own short name with this domain"),
+    ),
+    "read_log": (
+        FormField("lines", "Lines", "params.lines", "number",
+                  hint="how much of the log's tail to read"),
+    ),
+}
+OPTION_FIELDS: tuple[FormField, ...] = (
+    FormField("concurrency", "Hosts at once", "options.concurrency", "number",
+              placeholder="20"),
+    FormField("max_failures", "Stop after this many failed hosts", "options.max_failures",
+              "number", hint="empty: never stop early"),
+    FormField("timeout_s", "Time box per host (seconds)", "options.timeout_s", "number",
+              placeholder="120"),
+)
+#: errors about these keys go next to the field that sets them
+_ERROR_ALIASES = {"params.auth": "auth_username", "params.tls": "tls_mode",
+                  "params.masquerade": "masquerade_domain"}
+_SECRET_FIELDS = frozenset({"auth_password"})
+
+
+def _number(text: str) -> int | str:
+    """Digits as an integer; anything else as it is (the job's checks name the field)."""
+    return int(text) if _NUMBER.fullmatch(text) else text
+
+
+def _given(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {key: value for key, value in pairs if value}
+
+
+def _smarthost_params(v: Mapping[str, str]) -> dict[str, Any]:
+    params: dict[str, Any] = {"mx": v.get("relay_mx") == "1", **_given(
+        (("host", v.get("relay_host", "")),))}
+    if v.get("relay_port"):
+        params["port"] = _number(v["relay_port"])
+    tls = _given((("mode", v.get("tls_mode", "")), ("ca_file", v.get("tls_ca_file", ""))))
+    if tls:
+        params["tls"] = tls
+    auth = _given((("username", v.get("auth_username", "")),
+                   ("password", v.get("auth_password", ""))))
+    if auth:
+        params["auth"] = auth
+    if v.get("masquerade_domain"):
+        params["masquerade"] = {"domain": v["masquerade_domain"],
+                                "envelope": v.get("masquerade_envelope") != "0"}
+    return params
+
+
+def _flush_params(v: Mapping[str, str]) -> dict[str, Any]:
+    params: dict[str, Any] = _given(tuple((key, v.get(key, ""))
+                                          for key in ("queue_id", "recipient", "sender")))
+    if v.get("keep_host_status") == "1":
+        params["reset_host_status"] = False
+    return params
+
+
+def _log_params(v: Mapping[str, str]) -> dict[str, Any]:
+    return {"lines": _number(v["lines"])} if v.get("lines") else {}
+
+
+_PARAMS: Mapping[str, Callable[[Mapping[str, str]], dict[str, Any]]] = {
+    "set_smarthost": _smarthost_params,
+    "flush_queue": _flush_params,
+    "diagnose": lambda v: _given((("domain", v.get("domain", "")),
+                                  ("public_ip", v.get("public_ip", "")))),
+    "fix_hostname": lambda v: _given((("fqdn", v.get("fqdn", "")),
+                                      ("domain", v.get("domain", "")))),
+    "read_log": _log_params,
+}
+
+
+@dataclass
+class LaunchForm:
+    """What the launch form (or a query string prefilling it) says."""
+
+    action: str
+    values: dict[str, str]
+    target: dict[str, list[str]]
+    all_hosts: bool
+    key: str | None
+
+    @classmethod
+    def read(cls, source: Mapping[str, Any]) -> LaunchForm:
+        """Read a form or query string (a MultiDict); unknown names are ignored."""
+        action = str(source.get("action", ""))
+        fields = [*PARAM_FIELDS.get(action, ()), *OPTION_FIELDS]
+        values = {}
+        for field in fields:
+            raw = str(source.get(field.name, ""))
+            # a password is taken as typed (its rules refuse blanks at the ends)
+            values[field.name] = raw if field.kind == "password" else raw.strip()
+        getlist: Callable[[str], list[Any]] = getattr(source, "getlist", lambda _name: [])
+        target = {kind: [str(v).strip() for v in getlist(kind) if str(v).strip()]
+                  for kind in TARGET_KINDS}
+        key = str(source.get("launch_key", ""))
+        return cls(action=action if action in JOB_ACTIONS else "", values=values,
+                   target=target, all_hosts=source.get("all") == "1",
+                   key=key if re.fullmatch(r"console-[0-9a-f]{32}", key) else None)
+
+    def params(self) -> dict[str, Any]:
+        """The action's params as the job takes them."""
+        build = _PARAMS.get(self.action)
+        return build(self.values) if build else {}
+
+    def options(self) -> dict[str, Any]:
+        """The job's options that were given (the others take the API's defaults)."""
+        return {field.name: _number(self.values[field.name]) for field in OPTION_FIELDS
+                if self.values.get(field.name)}
+
+    def carried(self) -> dict[str, Any]:
+        """Every value but a password: for hidden fields and a redirect's query string."""
+        carried: dict[str, Any] = {"action": self.action}
+        if self.all_hosts:
+            carried["all"] = "1"
+        carried.update({kind: refs for kind, refs in self.target.items() if refs})
+        carried.update({name: value for name, value in self.values.items()
+                        if value and name not in _SECRET_FIELDS})
+        return carried
+
+    def hidden_fields(self) -> list[tuple[str, str]]:
+        """:meth:`carried` as (name, value) pairs, lists spread out."""
+        return [(name, str(item)) for name, value in self.carried().items()
+                for item in (value if isinstance(value, list) else [value])]
+
+    def job_target(self, who: Principal) -> dict[str, Any]:
+        """The job's target: one kind as it is, several kinds their intersection (as the
+        CLI does), or every host the principal may touch."""
+        given = {kind: refs for kind, refs in self.target.items() if refs}
+        if self.all_hosts:
+            if given:
+                raise ValidationError.for_field(
+                    "target", "choose either all hosts or tenants, sites, tags and hosts")
+            return {"all": True}
+        if not given:
+            raise ValidationError.for_field(
+                "target", "choose the hosts: all hosts, or tenants, sites, tags or hosts")
+        refs_of = {kind: refs if kind == "tags" else [_number(ref) for ref in refs]
+                   for kind, refs in given.items()}
+        if len(refs_of) == 1:
+            return refs_of
+        chosen: set[int] | None = None
+        for kind, refs in refs_of.items():
+            ids = {host_id for host_id, _ in svc.resolve_target(db.session, who,
+                                                                 {kind: refs})}
+            chosen = ids if chosen is None else chosen & ids
+        if not chosen:
+            raise ValidationError.for_field(
+                "target", "no host is in all of the chosen " + ", ".join(refs_of) +
+                          ": choose fewer kinds, or other ones")
+        return {"hosts": sorted(chosen)}
+
+
+def _new_launch_key() -> str:
+    """A new key for one launch form: submitting it twice starts one job."""
+    return f"console-{secrets.token_hex(16)}"
+
+
+def _start(action: str, target: dict[str, Any], params: dict[str, Any],
+           options: dict[str, Any], key: str | None) -> dict[str, Any]:
+    status, doc = jobs_api.submit(principal(), {"action": action, "target": target,
+                                                "params": params, "options": options}, key)
+    if status != HTTPStatus.ACCEPTED:
+        # the same launch key answered a failure before (the queue was down): say it again
+        raise Unavailable(str(doc.get("message") or "the job could not be queued"))
+    return doc
+
+
+def start_console_job(action: str, target: dict[str, Any], params: dict[str, Any],
+                      options: dict[str, Any], *, key: str | None = None) -> int:
+    """Start a job for the signed-in principal exactly as ``POST /v1/jobs`` would (the
+    same checks, scoping, audit target; ``key`` acts as its Idempotency-Key); answer its
+    id. Refusals raise :class:`shared.errors.ValidationError` with the API's field names
+    (``params.host``, ``target``, ``options.concurrency``)."""
+    return int(_start(action, target, params, options, key)["id"])
+
+
+def _inventory(who: Principal) -> dict[str, Any]:
+    """What the target lists offer: the tenants, sites, tags and hosts the principal sees."""
+    tenants = list(db.session.scalars(inv.scoped(select(Tenant), Tenant, who)
+                                      .order_by(Tenant.name)))
+    tenant_names = {tenant.id: tenant.name for tenant in tenants}
+    sites = [(site.id, f"{tenant_names.get(site.tenant_id, '?')} / {site.name}")
+             for site in db.session.scalars(inv.scoped(select(Site), Site, who))]
+    visible = inv.scoped(select(Host.id), Host, who)
+    tags = list(db.session.scalars(select(HostTag.tag).where(HostTag.host_id.in_(visible))
+                                   .distinct().order_by(HostTag.tag)))
+    site_names = dict(sites)
+    hosts = [(host.id, f"{host.name} ({site_names.get(host.site_id, '?')})")
+             for host in db.session.scalars(inv.host_query(who, {}).order_by(None)
+                                            .order_by(Host.name)
+                                            .limit(MAX_LISTED_HOSTS + 1))]
+    return {"tenants": [(tenant.id, tenant.name) for tenant in tenants],
+            "sites": sorted(sites, key=lambda item: item[1]), "tags": [(t, t) for t in tags],
+            "hosts": hosts[:MAX_LISTED_HOSTS], "hosts_cut": len(hosts) > MAX_LISTED_HOSTS}
+
+
+def _field_errors(errors: Mapping[str, list[str]], action: str) -> tuple[
+        dict[str, list[str]], list[tuple[str, str, str]]]:
+    """Errors by form field, and every error as (field name or "", its label, reason) for
+    the summary at the top of the form."""
+    fields = (*PARAM_FIELDS.get(action, ()), *OPTION_FIELDS)
+    by_key = {field.error_key: field for field in fields}
+    by_name = {field.name: field for field in fields}
+    by_field: dict[str, list[str]] = {}
+    summary = []
+    for key, reasons in errors.items():
+        field = by_key.get(key) or by_name.get(_ERROR_ALIASES.get(key, ""))
+        if field is not None:
+            name, what = field.name, field.label
+        elif key.split(".")[0] == "target":
+            name, what = "target", "Hosts"
+        else:
+            name, what = "", key or "The form"
+        for reason in reasons:
+            if name:
+                by_field.setdefault(name, []).append(reason)
+            summary.append((name, what, reason))
+    return by_field, summary
+
+
+def _render_launch(form: LaunchForm, *, errors: Mapping[str, list[str]] | None = None,
+                   message: str | None = None, status: int = 200) -> Response:
+    who = principal()
+    by_field, summary = _field_errors(errors or {}, form.action)
+    page = render_template(
+        "launch.html", form=form, action=form.action, action_label=label(form.action),
+        actions=[(name, label(name), ACTIONS[name].summary) for name in JOB_ACTIONS],
+        change_actions=CHANGE_ACTIONS, param_fields=PARAM_FIELDS.get(form.action, ()),
+        option_fields=OPTION_FIELDS, inventory=_inventory(who), field_errors=by_field,
+        errors_listed=summary, message=message, launch_key=_new_launch_key(),
+        target_only={kind: refs for kind, refs in form.carried().items()
+                     if kind in (*TARGET_KINDS, "all")})
+    return make_response(page, status)
+
+
+@bp.route("/launch", methods=["GET", "POST"])
+@signed_in
+@requires("operator")
+def launch() -> Any:
+    """The launch form (prefilled from the query string); POST previews a change on the
+    first host (a dry run) or starts the job."""
+    if request.method == "GET":
+        return _render_launch(LaunchForm.read(request.args))
+    form = LaunchForm.read(request.form)
+    intent = request.form.get("intent", "run")
+    try:
+        if not form.action:
+            raise ValidationError.for_field("action", "choose one of " + ", ".join(
+                label(name) for name in JOB_ACTIONS))
+        target = form.job_target(principal())
+        params = form.params()
+        if intent == "preview":
+            return _preview(form, target, params)
+        doc = _start(form.action, target, params, form.options(), form.key)
+    except ValidationError as exc:
+        errors = exc.errors or {"": [exc.message]}
+        if "Idempotency-Key" in errors:
+            # this form's key already started a job with other values (Back, then a change)
+            errors = {"": ["this form already started a job with other values; the form "
+                           "below is a fresh one: check it and send it again"]}
+        retype = (" Type the AUTH password again: a password is never written back into a "
+                  "page." if form.values.get("auth_password") else "")
+        return _render_launch(form, errors=errors,
+                              message="Nothing was started: correct the fields below." + retype,
+                              status=422)
+    except Conflict as exc:
+        return _render_launch(form, message=exc.message, status=409)
+    total = doc.get("total")
+    flash(f"Job {doc['id']} started: {label(form.action)} on {total} "
+          f"host{'' if total == 1 else 's'}.", "success")
+    return redirect(url_for("console.job", job_id=doc["id"]), 303)
+
+
+def _preview(form: LaunchForm, target: dict[str, Any], params: dict[str, Any]) -> Any:
+    """Dry-run the change on the first host of the target (the whole target is checked
+    first), then show it with the form that runs it for real."""
+    hosts = svc.resolve_target(db.session, principal(), target)
+    check_target_size(form.action, params, len(hosts))
+    doc = _start(form.action, {"hosts": [hosts[0][0]]}, params,
+                 {**form.options(), "dry_run": True}, form.key)
+    return redirect(url_for("console.launch_preview", job_id=doc["id"], **form.carried()),
+                    303)
+
+
+def _preview_context(job_id: int) -> dict[str, Any]:
+    """What the preview page and its live part show: the dry run's unit, and the hosts
+    the real run would cover (from the query string, which carries the form)."""
+    who = principal()
+    job = svc.get_job(db.session, who, job_id)
+    form = LaunchForm.read(request.args)
+    form.action = job.action
+    report = svc.report(db.session, job)
+    unit = report.results[0] if report.results else None
+    names: list[str] = []
+    target_error = None
+    try:
+        names = [name for _, name in svc.resolve_target(db.session, who,
+                                                        form.job_target(who))]
+    except ValidationError as exc:
+        target_error = exc.message
+    params = job.params or {}
+    return {
+        "job": job, "unit": unit, "form": form, "action_label": label(job.action),
+        "finished": job.finished_at is not None,
+        "summary": summarize(job.action, {"status": unit.status, "error": unit.error,
+                                          "data": unit.data}) if unit else "",
+        "what": _what(job.action, params), "names": names, "target_error": target_error,
+        "auth_username": (params.get("auth") or {}).get("username"),
+        "launch_key": _new_launch_key(),
+        "live_url": url_for("console.launch_preview_live", job_id=job.id, **form.carried()),
+        "refresh_url": url_for("console.launch_preview", job_id=job.id, **form.carried()),
+    }
+
+
+@bp.route("/launch/preview/<int(max=2147483647):job_id>")
+@signed_in
+@requires("operator")
+def launch_preview(job_id: int) -> Any:
+    """A dry run's outcome on its host and, once it is known, the form that runs the same
+    change on the whole target (a password, if any, is asked for again)."""
+    context = _preview_context(job_id)
+    if not (context["job"].options or {}).get("dry_run"):
+        return redirect(url_for("console.job", job_id=job_id))
+    return render_template("_launch_preview.html", **context)
+
+
+@bp.route("/launch/preview/<int(max=2147483647):job_id>/live")
+@signed_in
+@requires("operator")
+def launch_preview_live(job_id: int) -> Any:
+    """The preview's live part alone (an HTML fragment, swapped in by console.js)."""
+    return render_template("_launch_preview_live.html", **_preview_context(job_id))
+
+
+def _what(action: str, params: Mapping[str, Any]) -> str:
+    """The change in words (the CLI's relay notation for a smarthost)."""
+    if action == "set_smarthost":
+        return f"relay {relay_text(params)}"
+    if action == "fix_hostname":
+        return (f"host name {params['fqdn']}" if params.get("fqdn")
+                else f"each host's short name + .{params.get('domain')}")
+    if action == "remove_smarthost":
+        return "direct delivery (no smarthost)"
+    return ", ".join(f"{key}={value}" for key, value in params.items())
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+AUDIT_PAGE = 50
+
+
+def _query_text(name: str, limit: int = 100) -> str:
+    value = request.args.get(name, "").strip()
+    if "\x00" in value:
+        raise ValidationError.for_field(name, "NUL characters are not accepted")
+    return value[:limit]
+
+
+def _detail_text(detail: Mapping[str, Any] | None) -> str:
+    if not detail:
+        return ""
+    text = ", ".join(f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+                     for key, value in detail.items())
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _outcome_text(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+@bp.route("/audit")
+@signed_in
+def audit() -> Any:
+    """Who did what, newest first, scoped like ``GET /v1/audit`` (a tenant's tokens see
+    their tenant's rows only); filter by action or target text and by token."""
+    who = principal()
+    action_text, target_text = _query_text("action"), _query_text("target")
+    token = _query_text("token")
+    token_id = int(token) if _NUMBER.fullmatch(token) else None
+    offset_text = _query_text("offset")
+    offset = min(int(offset_text), 10**9) if _NUMBER.fullmatch(offset_text) else 0
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if who.tenant_id is not None:
+        stmt = stmt.where(AuditEvent.tenant_id == who.tenant_id)
+    tokens_stmt = (select(AuditEvent.token_id, func.max(AuditEvent.token_name))
+                   .where(AuditEvent.token_id.is_not(None)).group_by(AuditEvent.token_id)
+                   .order_by(AuditEvent.token_id).limit(500))
+    if who.tenant_id is not None:
+        tokens_stmt = tokens_stmt.where(AuditEvent.tenant_id == who.tenant_id)
+    if action_text:
+        stmt = stmt.where(AuditEvent.action.contains(action_text, autoescape=True))
+    if target_text:
+        stmt = stmt.where(AuditEvent.target.contains(target_text, autoescape=True))
+    if token_id is not None:
+        stmt = stmt.where(AuditEvent.token_id == token_id)
+    result = inv.page(db.session, stmt, AUDIT_PAGE, offset)
+    filters = _given((("action", action_text), ("target", target_text),
+                      ("token", str(token_id) if token_id is not None else "")))
+    rows = [{"event": event, "outcome": _outcome_text(event.outcome),
+             "detail": _detail_text(event.detail)} for event in result["items"]]
+    return render_template(
+        "audit.html", rows=rows, total=result["total"], offset=offset, page=AUDIT_PAGE,
+        filters=filters, token_id=token_id,
+        tokens=[(token, name or f"token {token}")
+                for token, name in db.session.execute(tokens_stmt)
+                if token is not None])
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+def _render_tokens(*, created: tuple[Token, str] | None = None,
+                   errors: Mapping[str, list[str]] | None = None,
+                   message: str | None = None, entered: Mapping[str, str] | None = None,
+                   status: int = 200) -> Response:
+    who = principal()
+    tokens = list(db.session.scalars(inv.scoped(select(Token), Token, who)
+                                     .order_by(Token.id)))
+    tenants = list(db.session.scalars(inv.scoped(select(Tenant), Tenant, who)
+                                      .order_by(Tenant.name)))
+    confirm = request.args.get("revoke", "")
+    confirming = next((token for token in tokens if str(token.id) == confirm
+                       and token.revoked_at is None), None)
+    page = render_template(
+        "tokens.html", tokens=tokens, tenants=tenants,
+        tenant_names={tenant.id: tenant.name for tenant in tenants}, roles=ROLES,
+        created=created, errors=errors or {}, message=message, entered=entered or {},
+        confirming=confirming, own_token_id=who.token_id)
+    return make_response(page, status)
+
+
+@bp.route("/tokens", methods=["GET", "POST"])
+@signed_in
+@requires("admin")
+def tokens() -> Any:
+    """API tokens (admins): list, make one (its secret shown on this answer only)."""
+    if request.method == "GET":
+        return _render_tokens()
+    who = principal()
+    entered = {key: request.form.get(key, "").strip() for key in ("name", "role", "tenant_id")}
+    tenant = entered["tenant_id"]
+    raw = {"name": entered["name"], "role": entered["role"],
+           "tenant_id": _number(tenant) if tenant and who.tenant_id is None else None}
+    try:
+        try:
+            body = s.TokenCreateSchema().load(raw)
+        except MarshmallowError as exc:
+            raise refusal("token", flatten_errors(exc.messages)) from None
+        row, text = inv.create_token(db.session, who, name=body["name"], role=body["role"],
+                                     tenant_id=body["tenant_id"])
+    except ValidationError as exc:
+        return _render_tokens(errors=exc.errors, entered=entered, status=422,
+                              message="No token was made: correct the fields below.")
+    audit_target(f"token:{row.id}", name=row.name, role=row.role)
+    return _render_tokens(created=(row, text), status=201)
+
+
+@bp.route("/tokens/<int(max=2147483647):token_id>/revoke", methods=["POST"])
+@signed_in
+@requires("admin")
+def token_revoke(token_id: int) -> Any:
+    """Revoke a token: programs that use it are refused from now on."""
+    audit_target(f"token:{token_id}")
+    try:
+        row = inv.revoke_token(db.session, principal(), token_id)
+    except Conflict as exc:
+        return _render_tokens(message=exc.message, status=409)
+    flash(f"Token {row.name!r} is revoked: programs that use it are refused from now on.",
+          "success")
+    return redirect(url_for("console.tokens"), 303)
+
+
+# -- API docs -------------------------------------------------------------------------------
+
+SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
+SWAGGER_VERSION = SWAGGER_DIR.name.removeprefix("swagger-ui-")
+#: the two files the docs page loads (the package holds more; nothing else is served)
+SWAGGER_FILES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css"})
+@bp.route("/vendor/swagger/<path:filename>")
+def swagger_asset(filename: str) -> Response:
+    """Swagger UI's script and style, from the installed package (no CDN)."""
+    if filename not in SWAGGER_FILES:
+        abort(404)
+    return send_from_directory(SWAGGER_DIR, filename)
+
+
+@bp.after_app_request
+def _swagger_cache(response: Response) -> Response:
+    # Runs after the console's own header hook (which marks every non-static answer
+    # no-store): a versioned Swagger file never changes, so it may be cached for good.
+    if (request.endpoint == "console.swagger_asset" and response.status_code == 200
+            and request.args.get("v") == SWAGGER_VERSION):
+        response.cache_control.no_store = False
+        response.cache_control.no_cache = None
+        response.cache_control.public = True
+        response.cache_control.max_age = 31536000
+        response.cache_control.immutable = True
+    return response
+
+
+@bp.route("/docs")
+@signed_in
+def docs() -> Response:
+    """The API reference: Swagger UI over the API's OpenAPI document."""
+    page = render_template(
+        "docs.html", spec_url=url_for("console.openapi"),
+        swagger_js=url_for("console.swagger_asset", filename="swagger-ui-bundle.js",
+                           v=SWAGGER_VERSION),
+        swagger_css=url_for("console.swagger_asset", filename="swagger-ui.css",
+                            v=SWAGGER_VERSION))
+    # Swagger UI 4 sets its styles through the CSSOM, which CSP allows: the page runs
+    # under the console's strict policy (no inline script or style) like every other one.
+    return make_response(page)
+
+
+@bp.route("/openapi.json")
+@signed_in
+def openapi() -> Response:
+    """The API's OpenAPI document, for the signed-in session (the docs page reads it)."""
+    return jsonify(current_app.extensions["relayfleet_api"].spec.to_dict())
