@@ -770,9 +770,13 @@ class FleetSummarySchema(Schema):
 
 
 class FleetQuerySchema(HostQuerySchema):
-    """GET /v1/fleet filters (those of /v1/hosts, and whether only hosts holding mail)."""
+    """GET /v1/fleet filters (those of /v1/hosts, whether only hosts holding mail, whether
+    only hosts whose configuration is known to differ from what it should be)."""
 
     holding_mail = fields.Boolean()
+    out_of_sync = fields.Boolean(metadata={
+        "description": "true: only hosts whose compiled configuration differs from their "
+                       "source (config_in_sync false; never-seen hosts are not counted)"})
 
 
 class FleetSchema(PageSchema):

@@ -712,18 +712,21 @@ def hosts_enroll_ssh(cli: Cli, /, *, host_ref: str, yes: bool) -> int:
 # -- fleet and audit -----------------------------------------------------------------------
 
 @click.command("fleet", cls=Command, epilog=examples(
-    "relayfleet fleet", "relayfleet fleet --holding-mail",
+    "relayfleet fleet", "relayfleet fleet --holding-mail", "relayfleet fleet --out-of-sync",
     "relayfleet fleet --tenant acme --site lyon --json"))
 @click.option("--holding-mail", is_flag=True, help="Only hosts with mail in their queue.")
+@click.option("--out-of-sync", is_flag=True,
+              help="Only hosts whose compiled configuration differs from its source.")
 @click.option("--tenant", metavar="T", help="Only this tenant's hosts (name or id).")
 @click.option("--site", metavar="S", help="Only this site's hosts (name or id).")
 @click.option("--tag", metavar="X", help="Only hosts with this tag.")
 @pass_cli
-def fleet(cli: Cli, /, *, holding_mail: bool, tenant: str | None, site: str | None,
-          tag: str | None) -> int:
+def fleet(cli: Cli, /, *, holding_mail: bool, out_of_sync: bool, tenant: str | None,
+          site: str | None, tag: str | None) -> int:
     """The fleet at a glance: totals, then each host's last known queue, relay and state."""
     api = cli.api
-    query: dict[str, Any] = {"tag": tag, "holding_mail": True if holding_mail else None}
+    query: dict[str, Any] = {"tag": tag, "holding_mail": True if holding_mail else None,
+                             "out_of_sync": True if out_of_sync else None}
     if site:
         query["site_id"] = site_id_of(api, site, tenant)
     elif tenant:
@@ -762,7 +765,8 @@ def fleet(cli: Cli, /, *, holding_mail: bool, tenant: str | None, site: str | No
                       else "red" if last.get("reachable") is False else None)
     cli.out.table(["host", "site", "transport", "kind", "reachable", "queue", "smarthost",
                    "in sync", "last seen"], rows, styles=styles,
-                  empty="no hosts hold mail" if holding_mail else "no hosts match")
+                  empty="no hosts hold mail" if holding_mail else
+                  "no host is out of sync" if out_of_sync else "no hosts match")
     return EXIT_OK
 
 

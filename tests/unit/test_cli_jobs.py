@@ -245,3 +245,19 @@ def test_ctrl_c_cancels_when_asked() -> None:
     result = invoke(state, "jobs", "watch", "9", "--cancel-on-interrupt")
     assert "POST /v1/jobs/9/cancel" in calls
     assert result.return_value == 1 and "job 9 flush_queue: cancelled" in result.output
+
+
+def test_fleet_out_of_sync_asks_the_api_for_exactly_those_hosts(fleet: Any) -> None:
+    from controller.db import db
+    from controller.models import Host
+
+    with fleet.app.app_context():
+        host = db.session.query(Host).filter_by(name="mail-lyon-2").one()
+        host.config_in_sync = False
+        db.session.commit()
+    answer = fleet.ok("GET", "/v1/fleet?out_of_sync=true")
+    assert [item["name"] for item in answer["items"]] == ["mail-lyon-2"]
+    state = wsgi_cli(fleet)
+    state.json_mode = True
+    result = invoke(state, "fleet", "--out-of-sync")
+    assert [item["name"] for item in json.loads(result.output)["items"]] == ["mail-lyon-2"]
