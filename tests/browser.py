@@ -186,6 +186,11 @@ class Browser:
         element: WebElement = self.driver.switch_to.active_element
         return element
 
+    def keys(self, *keys: str) -> None:
+        """Type ``keys`` (text or :class:`Keys`) into whatever has the focus, as a person
+        at the keyboard does."""
+        webdriver.ActionChains(self.driver).send_keys(*keys).perform()
+
     def tab_to(self, matches: Callable[[WebElement], bool], limit: int = 60,
                shift: bool = False) -> list[str]:
         """Press Tab (from where the focus is) until the focused element ``matches``; the
@@ -209,12 +214,22 @@ class Browser:
         return overflow
 
     # -- artifacts -----------------------------------------------------------------
-    def shot(self, name: str) -> Path:
-        """Save a PNG screenshot of the window as ``NAME.png`` in the artifacts
-        directory."""
+    def shot(self, name: str, full_page: bool = True) -> Path:
+        """Save a PNG screenshot as ``NAME.png`` in the artifacts directory: the whole page
+        (the window made as tall as the document for the moment), or the window alone."""
         path = self.shots_dir / f"{name}.png"
-        if not self.driver.save_screenshot(str(path)):
-            raise AssertionError(f"screenshot {name} could not be saved")
+        size = self.driver.get_window_size()
+        if full_page:
+            height, inner = self.js("return [document.documentElement.scrollHeight, "
+                                    "window.innerHeight]")
+            if height > inner:
+                self.driver.set_window_size(size["width"], size["height"] + height - inner)
+        try:
+            if not self.driver.save_screenshot(str(path)):
+                raise AssertionError(f"screenshot {name} could not be saved")
+        finally:
+            if self.driver.get_window_size() != size:
+                self.driver.set_window_size(size["width"], size["height"])
         self.shots.append(path)
         return path
 
