@@ -46,6 +46,7 @@ try the CLI:
   $PWD/$bin/relayfleet fleet        # or: $PWD/$bin/relayfleet --help
 or the API:  curl -H "Authorization: Bearer \$(cat $token_file)" http://127.0.0.1:8080/v1/fleet
 docs: http://127.0.0.1:8080/docs (same header)
+console: http://127.0.0.1:8080/ui/ (sign in with the token above)
 
 MSG
 case "${1:-}" in
