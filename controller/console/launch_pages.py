@@ -5,10 +5,18 @@ Jobs start through :func:`controller.api.jobs.submit`, the code path of ``POST /
 :mod:`controller.inventory`, as ``/v1/tokens`` does. A password typed into the launch form
 is sent on to the job and never written back into a page: the real run after a preview
 asks for it again.
+
+The real run after a preview is the dry-run job's own action, params and options (only
+the password is typed again) on the target the preview was made for: the preview's link
+and its form carry that target with a seal (an HMAC over the job id and the target, keyed
+from the controller's secret key), and a link or form whose target or seal differ is
+refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -42,8 +50,10 @@ from controller.api import audit_target
 from controller.api import jobs as jobs_api
 from controller.auth import Principal
 from controller.client.summaries import relay_text, summarize
+from controller.config import Settings
 from controller.console import bp
 from controller.console.session import principal, requires, signed_in
+from controller.crypto import derive_key
 from controller.db import db
 from controller.errors import Conflict, Unavailable
 from controller.job_params import check_target_size
@@ -244,7 +254,7 @@ class LaunchForm:
                 if self.values.get(field.name)}
 
     def carried(self) -> dict[str, Any]:
-        """Every value but a password: for hidden fields and a redirect's query string."""
+        """Every value but a password: for a link back to a prefilled form."""
         carried: dict[str, Any] = {"action": self.action}
         if self.all_hosts:
             carried["all"] = "1"
@@ -252,11 +262,6 @@ class LaunchForm:
         carried.update({name: value for name, value in self.values.items()
                         if value and name not in _SECRET_FIELDS})
         return carried
-
-    def hidden_fields(self) -> list[tuple[str, str]]:
-        """:meth:`carried` as (name, value) pairs, lists spread out."""
-        return [(name, str(item)) for name, value in self.carried().items()
-                for item in (value if isinstance(value, list) else [value])]
 
     def job_target(self, who: Principal) -> dict[str, Any]:
         """The job's target: one kind as it is, several kinds their intersection (as the
@@ -377,6 +382,8 @@ def launch() -> Any:
     first host (a dry run) or starts the job."""
     if request.method == "GET":
         return _render_launch(LaunchForm.read(request.args))
+    if "preview" in request.form:
+        return _run_previewed(request.form["preview"])
     form = LaunchForm.read(request.form)
     intent = request.form.get("intent", "run")
     try:
@@ -414,27 +421,103 @@ def _preview(form: LaunchForm, target: dict[str, Any], params: dict[str, Any]) -
     check_target_size(form.action, params, len(hosts))
     doc = _start(form.action, {"hosts": [hosts[0][0]]}, params,
                  {**form.options(), "dry_run": True}, form.key)
-    return redirect(url_for("console.launch_preview", job_id=doc["id"], **form.carried()),
-                    303)
+    return redirect(url_for("console.launch_preview", job_id=doc["id"],
+                            **_bound_fields(int(doc["id"]), target)), 303)
 
 
-def _preview_context(job_id: int) -> dict[str, Any]:
+# -- the target a preview was made for -----------------------------------------------------
+
+#: the only fields of the form that runs a preview for real: the action, params and
+#: options come from the dry-run job, never from the form
+_RUN_FIELDS = frozenset({"csrf_token", "intent", "preview", "seal", "launch_key",
+                         *TARGET_KINDS, "all"})
+_UNBOUND = ("This preview's hosts are not the ones it was made for (the link or the form "
+            "was changed, or it was made before the controller's key changed): nothing was "
+            "started. Preview the change again from the launch page.")
+
+
+def _seal(job_id: int, target: Mapping[str, Any]) -> str:
+    """The HMAC that binds a dry-run job to the target its real run covers."""
+    settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
+    key = derive_key(settings.secret_key, "console launch preview v1")
+    message = json.dumps({"job": job_id, "target": target}, sort_keys=True,
+                         separators=(",", ":"))
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def _target_fields(target: Mapping[str, Any]) -> dict[str, Any]:
+    """A job target as the launch form's fields (one kind's refs, or all=1)."""
+    if target.get("all"):
+        return {"all": "1"}
+    return {kind: [str(ref) for ref in refs] for kind, refs in target.items()}
+
+
+def _bound_fields(job_id: int, target: Mapping[str, Any]) -> dict[str, Any]:
+    """What a preview's link and its form carry: the target and its seal."""
+    return {**_target_fields(target), "seal": _seal(job_id, target)}
+
+
+def _bound_target(job_id: int, source: Mapping[str, Any]) -> dict[str, Any]:
+    """The target a preview was made for, read from its link or form; refused (400)
+    unless the seal sent with it is the one the preview made for this job."""
+    try:
+        target = LaunchForm.read(source).job_target(principal())
+    except ValidationError:
+        abort(400, _UNBOUND)
+    if not hmac.compare_digest(str(source.get("seal", "")).encode("utf-8", "replace"),
+                               _seal(job_id, target).encode()):
+        abort(400, _UNBOUND)
+    return target
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _values_of(action: str, params: Mapping[str, Any],
+               options: Mapping[str, Any]) -> dict[str, str]:
+    """The launch form's values that make these params and options (a password aside):
+    the preview's way back to the form, from the dry-run job rather than from its link."""
+    if action == "set_smarthost":
+        tls, auth = params.get("tls") or {}, params.get("auth") or {}
+        masquerade = params.get("masquerade") or {}
+        values = {"relay_host": _text(params.get("host")),
+                  "relay_port": _text(params.get("port")),
+                  "relay_mx": "1" if params.get("mx") else "",
+                  "tls_mode": _text(tls.get("mode")), "tls_ca_file": _text(tls.get("ca_file")),
+                  "auth_username": _text(auth.get("username")),
+                  "masquerade_domain": _text(masquerade.get("domain")),
+                  "masquerade_envelope": "" if not masquerade else
+                  "1" if masquerade.get("envelope", True) else "0"}
+    elif action == "flush_queue":
+        values = {key: _text(params.get(key)) for key in ("queue_id", "recipient", "sender")}
+        values["keep_host_status"] = "1" if params.get("reset_host_status") is False else ""
+    else:
+        values = {field.name: _text(params.get(field.name))
+                  for field in PARAM_FIELDS.get(action, ())}
+    values.update({field.name: _text(options.get(field.name)) for field in OPTION_FIELDS})
+    return values
+
+
+def _preview_context(job: Any, target: dict[str, Any]) -> dict[str, Any]:
     """What the preview page and its live part show: the dry run's unit, and the hosts
-    the real run would cover (from the query string, which carries the form)."""
+    the real run would cover (the bound target's, never the link's own words)."""
     who = principal()
-    job = svc.get_job(db.session, who, job_id)
-    form = LaunchForm.read(request.args)
-    form.action = job.action
+    params = job.params or {}
+    fields = _target_fields(target)
+    form = LaunchForm(action=job.action, values=_values_of(job.action, params,
+                                                            job.options or {}),
+                      target={kind: list(fields.get(kind, [])) for kind in TARGET_KINDS},
+                      all_hosts="all" in fields, key=None)
     report = svc.report(db.session, job)
     unit = report.results[0] if report.results else None
     names: list[str] = []
     target_error = None
     try:
-        names = [name for _, name in svc.resolve_target(db.session, who,
-                                                        form.job_target(who))]
+        names = [name for _, name in svc.resolve_target(db.session, who, target)]
     except ValidationError as exc:
         target_error = exc.message
-    params = job.params or {}
+    bound = _bound_fields(job.id, target)
     return {
         "job": job, "unit": unit, "form": form, "action_label": label(job.action),
         "finished": job.finished_at is not None,
@@ -443,9 +526,69 @@ def _preview_context(job_id: int) -> dict[str, Any]:
         "what": _what(job.action, params), "names": names, "target_error": target_error,
         "auth_username": (params.get("auth") or {}).get("username"),
         "launch_key": _new_launch_key(),
-        "live_url": url_for("console.launch_preview_live", job_id=job.id, **form.carried()),
-        "refresh_url": url_for("console.launch_preview", job_id=job.id, **form.carried()),
+        "run_fields": [("preview", str(job.id)), *[
+            (name, str(item)) for name, value in bound.items()
+            for item in (value if isinstance(value, list) else [value])]],
+        "run_errors": [], "run_message": None,
+        "live_url": url_for("console.launch_preview_live", job_id=job.id, **bound),
+        "refresh_url": url_for("console.launch_preview", job_id=job.id, **bound),
     }
+
+
+def _render_preview(job: Any, target: dict[str, Any], *, status: int = 200,
+                    errors: Mapping[str, list[str]] | None = None,
+                    message: str | None = None) -> Response:
+    context = _preview_context(job, target)
+    _, summary = _field_errors(errors or {}, job.action)
+    # only the password is a field of this page: other errors are named, not linked
+    context["run_errors"] = [(name if name == "auth_password" else "", what, reason)
+                             for name, what, reason in summary]
+    context["run_message"] = message
+    return make_response(render_template("_launch_preview.html", **context), status)
+
+
+def _run_previewed(job_text: str) -> Any:
+    """Run a previewed change for real: the dry-run job's action, params and options (the
+    password typed again) on the target its preview was made for, and nothing else."""
+    who = principal()
+    if not _NUMBER.fullmatch(job_text):
+        abort(400, "The preview to run is not a job number: nothing was started.")
+    job = svc.get_job(db.session, who, int(job_text))
+    if not (job.options or {}).get("dry_run"):
+        abort(400, f"Job {job.id} is not a dry run, so there is no preview to run for real: "
+                   "nothing was started.")
+    params = dict(job.params or {})
+    allowed = _RUN_FIELDS | ({"auth_password"} if params.get("auth") else set())
+    if any(name not in allowed for name in request.form):
+        abort(400, f"A run for real takes its action, settings and hosts from its dry run "
+                   f"(job {job.id}), but this form sends other fields: nothing was started. "
+                   "Open the preview again and run it from there.")
+    target = _bound_target(job.id, request.form)
+    if job.finished_at is None:
+        raise Conflict(f"the dry run (job {job.id}) has not finished: read its outcome "
+                       "before running the change for real")
+    password = request.form.get("auth_password", "")
+    if params.get("auth") and password:
+        params["auth"] = {**params["auth"], "password": password}
+    options = {key: value for key, value in (job.options or {}).items() if key != "dry_run"}
+    key = LaunchForm.read(request.form).key
+    try:
+        doc = _start(job.action, target, params, options, key)
+    except ValidationError as exc:
+        errors = exc.errors or {"": [exc.message]}
+        if "Idempotency-Key" in errors:
+            errors = {"": ["this form already started a job with other values; the form "
+                           "below is a fresh one: check it and send it again"]}
+        retype = (" Type the AUTH password again: a password is never written back into a "
+                  "page." if params.get("auth") else "")
+        return _render_preview(job, target, errors=errors, status=422,
+                               message="Nothing was started." + retype)
+    except Conflict as exc:
+        return _render_preview(job, target, message=exc.message, status=409)
+    total = doc.get("total")
+    flash(f"Job {doc['id']} started: {label(job.action)} on {total} "
+          f"host{'' if total == 1 else 's'}.", "success")
+    return redirect(url_for("console.job", job_id=doc["id"]), 303)
 
 
 @bp.route("/launch/preview/<int(max=2147483647):job_id>")
@@ -453,11 +596,11 @@ def _preview_context(job_id: int) -> dict[str, Any]:
 @requires("operator")
 def launch_preview(job_id: int) -> Any:
     """A dry run's outcome on its host and, once it is known, the form that runs the same
-    change on the whole target (a password, if any, is asked for again)."""
-    context = _preview_context(job_id)
-    if not (context["job"].options or {}).get("dry_run"):
+    change on the target it was made for (a password, if any, is asked for again)."""
+    job = svc.get_job(db.session, principal(), job_id)
+    if not (job.options or {}).get("dry_run"):
         return redirect(url_for("console.job", job_id=job_id))
-    return render_template("_launch_preview.html", **context)
+    return _render_preview(job, _bound_target(job.id, request.args))
 
 
 @bp.route("/launch/preview/<int(max=2147483647):job_id>/live")
@@ -465,7 +608,9 @@ def launch_preview(job_id: int) -> Any:
 @requires("operator")
 def launch_preview_live(job_id: int) -> Any:
     """The preview's live part alone (an HTML fragment, swapped in by console.js)."""
-    return render_template("_launch_preview_live.html", **_preview_context(job_id))
+    job = svc.get_job(db.session, principal(), job_id)
+    return render_template("_launch_preview_live.html",
+                           **_preview_context(job, _bound_target(job.id, request.args)))
 
 
 def _what(action: str, params: Mapping[str, Any]) -> str:

@@ -214,9 +214,16 @@ def test_a_smarthost_preview_dry_runs_the_first_host_then_offers_the_real_run(
         in page
     assert PASSWORD not in page
     assert re.search(r'<input type="password" id="f-auth_password" name="auth_password"', page)
+    # the form names the dry run and its sealed hosts; the settings stay in the job
     carried = dict(hidden_fields(page))
-    assert carried["relay_host"] == "relay.example.net" and "auth_password" not in carried
-    assert carried["auth_username"] == "pbx@acme.example"
+    assert carried["preview"] == str(job_id) and carried["sites"] == str(fleet["lyon"])
+    assert re.fullmatch(r"[0-9a-f]{64}", carried["seal"])
+    assert not {"relay_host", "auth_username", "auth_password", "action"} & set(carried)
+    change = re.search(r'<a href="([^"]+)">Change the hosts or settings</a>', page)
+    assert change
+    prefilled = browser.page(html.unescape(change.group(1)))
+    assert 'value="relay.example.net"' in prefilled and 'value="587"' in prefilled
+    assert re.search(rf'<option value="{fleet["lyon"]}" selected>', prefilled)
 
 
 def test_run_for_real_starts_the_change_on_the_whole_target(fleet: dict[str, Any]) -> None:
@@ -242,6 +249,106 @@ def test_run_for_real_starts_the_change_on_the_whole_target(fleet: dict[str, Any
     assert doc["params"]["auth"] == {"username": "pbx@acme.example"}
     assert PASSWORD not in str(doc)
     assert PASSWORD not in browser.page(answer.headers["Location"])
+
+
+def previewed(browser: Browser, c: Controller, form: dict[str, Any]) -> tuple[int, str]:
+    """Preview ``form``, carry out its dry run, and answer (its job id, the preview URL)."""
+    answer = browser.post("/ui/launch", {**form, "intent": "preview"})
+    assert answer.status_code == 303, answer.get_data(as_text=True)[:500]
+    location = answer.headers["Location"]
+    job_id = job_id_of(location, "/ui/launch/preview/")
+    run_dry_run(c, job_id)
+    return job_id, location
+
+
+GOOD = {"relay_host": "good.example.net", "relay_port": "", "auth_username": "",
+        "auth_password": "", "tls_mode": ""}
+EVIL = "evil.example.org"
+
+
+def test_a_changed_preview_link_cannot_change_what_runs_for_real(
+        fleet: dict[str, Any]) -> None:
+    c = fleet["c"]
+    browser = Browser(c, c.issue("operator"))
+    job_id, location = previewed(browser, c, smarthost_form(fleet, **GOOD))
+    # the link the review showed: another relay and every host, on the same dry run
+    forged = (f"/ui/launch/preview/{job_id}?action=set_smarthost&all=1"
+              f"&relay_host={EVIL}&relay_port=2525")
+    for path in (forged, forged.replace("?", "/live?")):
+        answer = browser.get(path)
+        assert answer.status_code == 400, path
+        page = answer.get_data(as_text=True)
+        assert EVIL not in page and "run-for-real" not in page
+        assert "not the ones it was made for" in page
+    # the genuine link with its hosts widened (its seal kept) is refused the same way
+    query = urlsplit(location).query
+    widened = f"/ui/launch/preview/{job_id}?" + re.sub(r"sites=[0-9]+", "all=1", query)
+    assert browser.get(widened).status_code == 400
+    # settings added to the genuine link are not read: the page is the dry run's
+    page = browser.page(f"{location}&relay_host={EVIL}&relay_port=2525&concurrency=999")
+    assert EVIL not in page and "2525" not in page
+    assert "relay [good.example.net]" in page and "Run for real on 3 hosts" in page
+    answer = browser.post("/ui/launch", [*hidden_fields(page), ("intent", "run")])
+    assert answer.status_code == 303
+    doc = c.ok("GET", f"/v1/jobs/{job_id_of(answer.headers['Location'], '/ui/jobs/')}")
+    assert doc["params"]["host"] == "good.example.net" and doc["params"]["port"] is None
+    assert doc["target"] == {"sites": [fleet["lyon"]]} and doc["counts"]["total"] == 3
+    assert doc["options"]["concurrency"] == 20 and doc["options"]["dry_run"] is False
+
+
+def test_a_forged_run_for_real_is_refused_and_starts_nothing(fleet: dict[str, Any]) -> None:
+    c = fleet["c"]
+    browser = Browser(c, c.issue("operator"))
+    job_id, location = previewed(browser, c, smarthost_form(fleet, **GOOD, concurrency="5"))
+    fields = [*hidden_fields(browser.page(location)), ("intent", "run")]
+    other_id, other = previewed(browser, c, {"action": "remove_smarthost",
+                                             "hosts": fleet["paris_host"]})
+    other_fields = dict(hidden_fields(browser.page(other)))
+    status_job = c.start_job({"action": "collect_status", "target": {"all": True}})
+    before = job_count(c)
+    forgeries = {
+        "another relay": [("relay_host", EVIL), ("relay_port", "2525"), *fields],
+        "another action": [("action", "remove_smarthost"), *fields],
+        "other options": [*fields, ("concurrency", "1000")],
+        "every host": [(n, v) for n, v in fields if n != "sites"] + [("all", "1")],
+        "one more site": [*fields, ("sites", str(fleet["paris"]))],
+        "another preview's hosts": [(n, other_fields["hosts"] if n == "sites" else v)
+                                    for n, v in fields if n != "sites"]
+                                   + [("hosts", other_fields["hosts"])],
+        "another preview's seal": [(n, other_fields["seal"] if n == "seal" else v)
+                                   for n, v in fields],
+        "no seal": [(n, v) for n, v in fields if n != "seal"],
+        "not a dry run": [(n, str(status_job) if n == "preview" else v) for n, v in fields],
+        "no such job": [(n, "999999" if n == "preview" else v) for n, v in fields],
+    }
+    for what, form in forgeries.items():
+        answer = browser.post("/ui/launch", form)
+        page = answer.get_data(as_text=True)
+        assert answer.status_code in (400, 404), (what, answer.status_code)
+        assert "nothing was started" in page.lower() or answer.status_code == 404, what
+        assert EVIL not in page, what
+    assert job_count(c) == before
+    # the other preview still runs as it was made: its own action on its own host
+    answer = browser.post("/ui/launch", [*other_fields.items(), ("intent", "run")])
+    doc = c.ok("GET", f"/v1/jobs/{job_id_of(answer.headers['Location'], '/ui/jobs/')}")
+    assert doc["action"] == "remove_smarthost" and doc["target"] == {
+        "hosts": [fleet["paris_host"]]} and other_id != job_id
+    answer = browser.post("/ui/launch", fields)
+    doc = c.ok("GET", f"/v1/jobs/{job_id_of(answer.headers['Location'], '/ui/jobs/')}")
+    assert doc["params"]["host"] == "good.example.net"
+    assert doc["target"] == {"sites": [fleet["lyon"]]} and doc["options"]["concurrency"] == 5
+
+
+def test_a_preview_of_shared_hosts_runs_on_those_hosts(fleet: dict[str, Any]) -> None:
+    c = fleet["c"]
+    browser = Browser(c, c.admin)
+    _, location = previewed(browser, c, {"action": "remove_smarthost",
+                                         "tenants": fleet["acme"], "tags": "pbx"})
+    page = browser.page(location)
+    assert "Run for real on 2 hosts" in page
+    answer = browser.post("/ui/launch", [*hidden_fields(page), ("intent", "run")])
+    doc = c.ok("GET", f"/v1/jobs/{job_id_of(answer.headers['Location'], '/ui/jobs/')}")
+    assert doc["target"] == {"hosts": sorted([fleet["lyon_hosts"][0], fleet["paris_host"]])}
 
 
 def test_a_hostile_relay_is_refused_next_to_its_field_and_starts_nothing(
