@@ -118,7 +118,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                  elapsed * 1000)
         return response
 
-    register_error_handler(app, api, _STATUS_FOR, log, not_json=console.is_console_path)
+    register_error_handler(app, api, _STATUS_FOR, log, not_json=console.is_console_path,
+                           not_json_error=console.error_page)
     console.init_app(app)
     return app
 

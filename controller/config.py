@@ -23,6 +23,9 @@
 ``RELAYFLEET_CONSOLE_IDLE_S`` a web console session unused this long ends (default 1800)
 ``RELAYFLEET_CONSOLE_MAX_S``  a web console session ends this long after sign-in, used or
                               not (default 43200: 12 h)
+``RELAYFLEET_CONSOLE_SECURE_COOKIE`` ``always``: the console's cookies are always Secure (for
+                              a TLS front that does not send X-Forwarded-Proto); ``auto``
+                              (default): Secure when the request came over TLS
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class Settings:
     #: a web console session ends after this long unused, and this long after sign-in
     console_idle_s: int = 30 * 60
     console_max_s: int = 12 * 3600
+    #: the console's cookies are Secure even when the request seems to be plain http
+    console_secure_cookie: bool = False
 
     @property
     def egress_policy(self) -> EgressPolicy:
@@ -166,6 +171,14 @@ def _old_secret_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(_checked_key(key, "a key in RELAYFLEET_SECRET_KEY_OLD") for key in keys)
 
 
+def _secure_cookie(env: Mapping[str, str]) -> bool:
+    raw = (env.get("RELAYFLEET_CONSOLE_SECURE_COOKIE") or "auto").strip().lower()
+    if raw not in ("auto", "always"):
+        raise ConfigError(f"RELAYFLEET_CONSOLE_SECURE_COOKIE must be auto or always, not "
+                          f"{raw!r}")
+    return raw == "always"
+
+
 def _egress_allow(env: Mapping[str, str]) -> str:
     raw = env.get("RELAYFLEET_EGRESS_ALLOW") or ""
     EgressPolicy.parse(raw)  # a mistake stops the process at start, not at the first job
@@ -196,4 +209,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         egress_allow=_egress_allow(env),
         console_idle_s=_int_env(env, "RELAYFLEET_CONSOLE_IDLE_S", Settings.console_idle_s),
         console_max_s=_int_env(env, "RELAYFLEET_CONSOLE_MAX_S", Settings.console_max_s),
+        console_secure_cookie=_secure_cookie(env),
     )

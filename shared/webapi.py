@@ -77,15 +77,29 @@ def _refuse_unreadable_json() -> None:
 def register_error_handler(app: Flask, api: EnvelopeApi,
                            status_for: Mapping[type[rf_errors.RelayfleetError], int],
                            log: logging.Logger, *,
-                           not_json: Callable[[str], bool] | None = None) -> None:
+                           not_json: Callable[[str], bool] | None = None,
+                           not_json_error: Callable[[HTTPException], Any] | None = None,
+                           ) -> None:
     """Answer every uncaught relayfleet error with the envelope and its mapped status, and
     refuse JSON bodies the parser cannot hold (400); paths ``not_json`` accepts (HTML
-    forms) are left to their views."""
+    forms) are left to their views, and their HTTP errors no blueprint handled (routing
+    errors: an unknown path, a wrong method) to ``not_json_error`` when given."""
 
     @app.before_request
     def _refuse_unreadable() -> None:
         if not_json is None or not not_json(request.path):
             _refuse_unreadable_json()
+
+    if not_json is not None and not_json_error is not None:
+        is_page, page = not_json, not_json_error
+
+        # Replaces the handler flask-smorest registered (one per app and class); the API's
+        # paths still get exactly its envelope.
+        @app.errorhandler(HTTPException)
+        def http_error(error: HTTPException) -> Any:
+            if is_page(request.path):
+                return page(error)
+            return api.handle_http_exception(error)
 
     @app.errorhandler(rf_errors.RelayfleetError)
     def relayfleet_error(exc: rf_errors.RelayfleetError) -> Any:

@@ -6,6 +6,11 @@ Modules: :mod:`~controller.console.session` (sign-in, the session cookie, CSRF, 
 error pages), :mod:`~controller.console.fleet_pages` (fleet, host, jobs, job with live
 progress), :mod:`~controller.console.launch_pages` (launch with a dry-run preview, audit,
 tokens, the API docs).
+
+Routing errors under the console's paths (an unknown ``/ui/...`` page, a wrong method) are
+the console's HTML error page with its headers, not the API's JSON envelope:
+:func:`error_page` is what the app's HTTP error handler calls for those paths
+(:func:`shared.webapi.register_error_handler`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, redirect, request, url_for
+from werkzeug.exceptions import HTTPException
 
 STATIC = Path(__file__).with_name("static")
 
@@ -49,12 +55,15 @@ def asset(filename: str) -> str:
 
 
 @bp.after_request
-def _headers(response: Response) -> Response:
-    if request.endpoint == "console.static" and request.args.get("v") == ASSET_VERSION:
+def console_headers(response: Response) -> Response:
+    """The console's security and caching headers (every console answer, error pages of
+    requests no console view matched included)."""
+    if request.endpoint == "console.static" and request.args.get("v") == ASSET_VERSION \
+            and response.status_code < 400:
         response.cache_control.max_age = 31536000
         response.cache_control.public = True
         response.cache_control.immutable = True
-    elif request.endpoint != "console.static":
+    elif request.endpoint != "console.static" or response.status_code >= 400:
         # pages show live state and per-user data: never cached
         response.cache_control.no_store = True
     response.headers.setdefault("X-Frame-Options", "DENY")
@@ -69,6 +78,18 @@ def _headers(response: Response) -> Response:
 
 def _root() -> Any:
     return redirect(url_for("console.fleet"))
+
+
+# /ui and /ui/ (strict_slashes off: one rule answers both) go to the fleet as / does
+bp.add_url_rule("/", "home", _root, strict_slashes=False)
+
+
+def error_page(exc: HTTPException) -> Any:
+    """The console's HTML page for an HTTP error no console view handled (routing errors:
+    an unknown path under ``/ui/``, a method a page does not take)."""
+    from controller.console.session import http_error_page  # session imports this module
+
+    return http_error_page(exc)
 
 
 def init_app(app: Flask) -> None:

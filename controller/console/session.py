@@ -13,13 +13,26 @@ it), every unsafe request must carry the session's CSRF token (``csrf_field()`` 
 form, or the ``X-CSRF-Token`` header for scripts), and an ``Origin`` header naming another
 site is refused. The sign-in form has no session yet: it relies on the ``Origin`` check
 (``Referer`` when a browser sends no ``Origin``), which every current browser's cross-site
-form post fails.
+form post fails; a sign-in naming neither is refused too (browsers send ``Origin`` with
+every form POST), so no page elsewhere can sign a browser in with the attacker's token.
 
-Failed sign-ins are audited one row each (action ``console sign-in``, outcome 401, no
-token text) and counted from those rows: past :data:`SIGN_IN_LIMIT` failures in
-:data:`SIGN_IN_WINDOW_S` from one address, sign-in from there answers 429 until the oldest
-counted failure is old enough. Counting in the database holds across every process and
-thread of the controller and keeps nothing in memory.
+Behind a reverse proxy (the TLS front): the origin check compares with ``request.host``,
+so the front must pass the browser's ``Host`` header through (nginx: ``proxy_set_header
+Host $host;``), and the cookie is ``Secure`` when ``request.is_secure``, which gunicorn
+derives from the front's ``X-Forwarded-Proto`` for addresses in its
+``forwarded_allow_ips`` (loopback by default). A front that cannot say so can have the
+cookie always ``Secure`` with ``RELAYFLEET_CONSOLE_SECURE_COOKIE=always``.
+
+Failed sign-ins are audited (``POST /ui/login``, outcome 401, the reason in the detail,
+never the token text) through the app's rate-limited audit of unauthenticated calls
+(:class:`controller.app.UnauthenticatedTally`): the first of a window per address is a
+row, the rest one summary row, so failures from ever new addresses cannot fill the audit
+log. They are counted for the pause by :class:`SignInFailures`: past
+:data:`SIGN_IN_LIMIT` failures in :data:`SIGN_IN_WINDOW_S` from one address, a wrong
+token from there answers 429 until the oldest counted failure is old enough. A right
+token is let through a pause: tokens are 256-bit random, so the pause guards against no
+guessing; it bounds the noise of failures, and behind a local TLS front every browser is
+127.0.0.1, where someone else's typos must not lock out a person holding a good token.
 
 Flash messages (``flask.flash``) live in Flask's signed cookie (``relayfleet_flash``, path
 ``/ui``), keyed from the controller's secret key; they never hold a secret.
@@ -33,6 +46,9 @@ import hashlib
 import hmac
 import math
 import secrets
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -59,11 +75,11 @@ from werkzeug.exceptions import HTTPException
 
 from controller.auth import Principal, authenticate
 from controller.config import Settings
-from controller.console import bp
+from controller.console import bp, console_headers
 from controller.crypto import derive_key
 from controller.db import db, utcnow
 from controller.errors import Conflict, NotFound, PermissionDenied, Unavailable
-from controller.models import ROLES, AuditEvent, ConsoleSession, Tenant, Token
+from controller.models import ROLES, ConsoleSession, Tenant, Token
 from shared.errors import RelayfleetError, ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,8 +93,6 @@ CSRF_HEADER = "X-CSRF-Token"
 #: failed sign-ins from one address allowed in the window before sign-in pauses there
 SIGN_IN_LIMIT = 5
 SIGN_IN_WINDOW_S = 300
-#: the audit action of failed sign-ins and lock-outs (successes are the POST /ui/login row)
-SIGN_IN_ACTION = "console sign-in"
 #: ``last_seen_at`` is written at most this often: a write at every page view would queue
 #: every reader behind SQLite's one write lock. The idle time is this precise.
 TOUCH_EVERY_S = 60
@@ -191,16 +205,21 @@ def _address() -> str:
     return (request.remote_addr or "unknown")[:64]
 
 
+def _secure() -> bool:
+    """Whether the console's cookies are ``Secure``: always if the setting says so, else
+    whenever the browser came over TLS. The app trusts no proxy header itself; gunicorn
+    turns a local TLS front's X-Forwarded-Proto into the request's scheme
+    (forwarded_allow_ips, loopback by default), so request.is_secure covers that too."""
+    return _settings().console_secure_cookie or request.is_secure
+
+
 def _set_cookie(response: Response, secret: str) -> None:
-    # Secure whenever the browser came over TLS. The app trusts no proxy header itself;
-    # gunicorn turns a local TLS front's X-Forwarded-Proto into the request's scheme
-    # (forwarded_allow_ips, loopback by default), so request.is_secure covers that too.
     response.set_cookie(COOKIE, secret, max_age=_settings().console_max_s, path=COOKIE_PATH,
-                        secure=request.is_secure, httponly=True, samesite="Strict")
+                        secure=_secure(), httponly=True, samesite="Strict")
 
 
 def _clear_cookie(response: Response) -> None:
-    response.delete_cookie(COOKIE, path=COOKIE_PATH, secure=request.is_secure,
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, secure=_secure(),
                            httponly=True, samesite="Strict")
 
 
@@ -341,7 +360,8 @@ def safe_next(value: str | None) -> str | None:
 # -- forgery -------------------------------------------------------------------------------
 
 def _same_origin(value: str) -> bool:
-    """Whether an ``Origin`` (or ``Referer``) names this site."""
+    """Whether an ``Origin`` (or ``Referer``) names this site (``request.host``: a reverse
+    proxy in front must pass the browser's ``Host`` header through)."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False  # includes "null": a sandboxed frame, a file, a privacy redirect
@@ -362,6 +382,12 @@ def _forgery_check() -> Response | None:
                            "console directly and send it again from there.")
     if request.endpoint == "console.login":
         referer = request.headers.get("Referer")
+        if origin is None and referer is None:
+            # Login forgery: browsers send Origin with every form POST, so a sign-in
+            # naming no page at all did not come from this site's form.
+            return _error_page(400, "Refused", "This sign-in did not say which page it "
+                               "came from, so it was not accepted. Open the console's "
+                               "sign-in page and sign in there.")
         if origin is None and referer is not None and not _same_origin(referer):
             return _error_page(400, "Refused", "This sign-in came from another site. Open "
                                "the console directly and sign in there.")
@@ -403,9 +429,12 @@ def _error_page(status: int, title: str, message: str, *,
                 errors: dict[str, list[str]] | None = None,
                 back: tuple[str, str] | None = None) -> Response:
     back_url, back_label = back or _back_link()
-    body = render_template("error.html", status=status, title=title, message=message,
-                           errors=errors or {}, back_url=back_url, back_label=back_label)
-    return Response(body, status, mimetype="text/html")
+    # the context given here too: a request no console view matched has no blueprint
+    # whose context processor would add it
+    body = render_template("error.html", **_context(), status=status, title=title,
+                           message=message, errors=errors or {}, back_url=back_url,
+                           back_label=back_label)
+    return console_headers(Response(body, status, mimetype="text/html"))
 
 
 def _relayfleet_error(exc: RelayfleetError) -> Response:
@@ -418,14 +447,25 @@ def _relayfleet_error(exc: RelayfleetError) -> Response:
     return _error_page(500, "Something went wrong", exc.message)
 
 
-def _http_error(exc: HTTPException) -> Response | HTTPException:
+def http_error_page(exc: HTTPException) -> Response | HTTPException:
+    """The error page of an HTTP error in a console view, or under a console path that no
+    view matched (routing errors: unknown page, wrong method)."""
     if exc.code is None or exc.code < 400:
         return exc
     if exc.code >= 500:
         db.session.rollback()  # whatever failed may have left the session unusable
+    elif g.get("principal") is None and request.path.startswith(f"{COOKIE_PATH}/"):
+        # No view ran (a routing error): the page shows the navigation when signed in.
+        current = _current()
+        if current is not None:
+            g.principal = current.principal
     data = getattr(exc, "data", None) or {}
     message = data.get("message") if isinstance(data, dict) else None
-    return _error_page(exc.code, exc.name, str(message or exc.description or exc.name))
+    response = _error_page(exc.code, exc.name, str(message or exc.description or exc.name))
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":  # Allow (405), Retry-After, ...
+            response.headers[name] = value
+    return response
 
 
 def protect(blueprint: Blueprint) -> None:
@@ -435,7 +475,7 @@ def protect(blueprint: Blueprint) -> None:
     blueprint.before_request(_forgery_check)
     blueprint.context_processor(_context)
     blueprint.register_error_handler(RelayfleetError, _relayfleet_error)
-    blueprint.register_error_handler(HTTPException, _http_error)
+    blueprint.register_error_handler(HTTPException, http_error_page)
 
 
 protect(bp)
@@ -448,13 +488,14 @@ class _FlashCookie(SecureCookieSessionInterface):
     ``Secure`` whenever the request came over TLS."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        return bool(has_request_context() and request.is_secure)
+        return bool(has_request_context() and _secure())
 
 
 @bp.record_once
-def _flash_setup(state: BlueprintSetupState) -> None:
+def _setup(state: BlueprintSetupState) -> None:
     app = cast(Flask, state.app)
     settings: Settings = app.config["RELAYFLEET_SETTINGS"]
+    app.extensions["relayfleet_console_sign_in"] = SignInFailures()
     app.secret_key = derive_key(settings.secret_key, "console flash v1")
     app.config.update(SESSION_COOKIE_NAME="relayfleet_flash", SESSION_COOKIE_PATH=COOKIE_PATH,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
@@ -463,40 +504,64 @@ def _flash_setup(state: BlueprintSetupState) -> None:
 
 # -- sign-in and sign-out ----------------------------------------------------------------------
 
-def _sign_in_retry_after(address: str) -> int | None:
-    """Seconds until ``address`` may try to sign in again, ``None`` if it may now."""
-    now = utcnow()
-    failures = list(db.session.scalars(
-        select(AuditEvent.at).where(
-            AuditEvent.action == SIGN_IN_ACTION, AuditEvent.outcome == 401,
-            AuditEvent.remote_addr == address,
-            AuditEvent.at > now - dt.timedelta(seconds=SIGN_IN_WINDOW_S))
-        .order_by(AuditEvent.at.desc()).limit(SIGN_IN_LIMIT)))
-    if len(failures) < SIGN_IN_LIMIT:
-        return None
-    # free again once the oldest of the last SIGN_IN_LIMIT failures leaves the window
-    free_at = failures[-1] + dt.timedelta(seconds=SIGN_IN_WINDOW_S)
-    return max(1, math.ceil((free_at - now).total_seconds()))
+class SignInFailures:
+    """Failed sign-ins per address in the last ``window_s`` seconds, in this process.
+
+    The audit rows cannot count them: failed sign-ins are summarized like every
+    unauthenticated call (:class:`controller.app.UnauthenticatedTally`). Kept in memory,
+    not in a table: nothing to write per failure and no schema, at the price that with
+    several controller processes (gunicorn workers) each pauses on its own failures, so an
+    address may fail up to ``limit`` times per process before it is paused everywhere. That
+    is enough: the pause bounds noise, not guessing (tokens are 256-bit random). At most
+    ``max_addresses`` addresses are tracked; past that (once those out of the window are
+    forgotten), the others share one entry (``*``).
+    """
+
+    def __init__(self, limit: int = SIGN_IN_LIMIT, window_s: float = SIGN_IN_WINDOW_S,
+                 max_addresses: int = 10_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque[float]] = {}
+        self._pruned_at = -math.inf
+
+    def retry_after(self, address: str, now: float) -> int | None:
+        """Seconds until ``address`` may fail again, ``None`` if it is not paused."""
+        with self._lock:
+            return self._retry_after(self._key(address, now), now)
+
+    def failed(self, address: str, now: float) -> int | None:
+        """Count a failed sign-in; the seconds of the pause it starts (``None``: none).
+
+        Two requests at once may both pass :meth:`retry_after` before either is counted:
+        the limit can be passed by the requests in flight, never more."""
+        with self._lock:
+            key = self._key(address, now)
+            self._failures.setdefault(key, deque(maxlen=self.limit)).append(now)
+            return self._retry_after(key, now)
+
+    def _key(self, address: str, now: float) -> str:
+        if address in self._failures or len(self._failures) < self.max_addresses:
+            return address
+        if now - self._pruned_at >= 1.0:  # at most once a second: it walks every entry
+            self._pruned_at = now
+            for stale in [key for key, times in self._failures.items()
+                          if now - times[-1] >= self.window_s]:
+                del self._failures[stale]
+        return address if len(self._failures) < self.max_addresses else "*"
+
+    def _retry_after(self, key: str, now: float) -> int | None:
+        recent = [at for at in self._failures.get(key, ()) if now - at < self.window_s]
+        if len(recent) < self.limit:
+            return None
+        # free again once the oldest of the last ``limit`` failures leaves the window
+        return max(1, math.ceil(recent[-self.limit] + self.window_s - now))
 
 
-def _record_failure(address: str, reason: str) -> int | None:
-    """Audit a failed sign-in (and the lock-out it starts); the seconds of that lock-out.
-
-    Two requests at once may both pass the check before either is recorded: the limit
-    can be passed by the requests in flight, never more."""
-    session = db.session
-    session.add(AuditEvent(at=utcnow(), action=SIGN_IN_ACTION, outcome=401, remote_addr=address,
-                           detail={"reason": reason}))
-    session.commit()
-    retry = _sign_in_retry_after(address)
-    if retry is not None:
-        session.add(AuditEvent(at=utcnow(), action=SIGN_IN_ACTION, outcome=429,
-                               remote_addr=address,
-                               detail={"reason": f"{SIGN_IN_LIMIT} failed sign-ins in "
-                                                 f"{SIGN_IN_WINDOW_S} s: sign-in paused",
-                                       "retry_after_s": retry}))
-        session.commit()
-    return retry
+def _failures() -> SignInFailures:
+    failures: SignInFailures = current_app.extensions["relayfleet_console_sign_in"]
+    return failures
 
 
 def _wait_text(seconds: int) -> str:
@@ -528,17 +593,27 @@ def login() -> Response:
         if _current() is not None:
             return cast(Response, redirect(target or home_url(), 303))
         return _login_form(200, target)
-    address = _address()
-    retry = _sign_in_retry_after(address)
-    if retry is not None:
-        return _too_many(retry)
+    address, now = _address(), time.monotonic()
     presented = request.form.get("token", "").strip()
     who = None
+    # Looked up whether or not the address is paused: a right token goes through a pause
+    # (see the module's docstring); authenticate() compares in constant time as ever.
     if presented and len(presented) <= MAX_TOKEN_CHARS and "\x00" not in presented:
         who = authenticate(db.session, presented)
     if who is None:
+        failures = _failures()
+        retry = failures.retry_after(address, now)
+        if retry is not None:
+            # not counted: the pause would otherwise never end under a steady stream
+            g.audit_detail = {"event": "console sign-in refused: paused",
+                              "retry_after_s": retry}
+            return _too_many(retry)
         reason = "no token given" if not presented else "wrong, unknown or revoked token"
-        retry = _record_failure(address, reason)
+        retry = failures.failed(address, now)
+        # written (or summarized) by the app's audit of unauthenticated calls
+        g.audit_detail = {"event": "console sign-in failed", "reason": reason}
+        if retry is not None:
+            g.audit_detail["paused_s"] = retry
         paused = "" if retry is None else (
             f" Sign-in from your address is now paused for {_wait_text(retry)}: there were "
             f"{SIGN_IN_LIMIT} failed attempts in {SIGN_IN_WINDOW_S // 60} minutes.")

@@ -20,6 +20,7 @@ from controller.console.session import (
     COOKIE,
     SIGN_IN_LIMIT,
     SIGN_IN_WINDOW_S,
+    SignInFailures,
     principal,
     protect,
     requires,
@@ -27,7 +28,7 @@ from controller.console.session import (
 )
 from controller.db import db, utcnow
 from controller.models import AuditEvent, ConsoleSession, Host, Token
-from shared.errors import ValidationError
+from shared.errors import ConfigError, ValidationError
 from tests.controller_client import Controller
 
 HTTPS = "https://localhost"
@@ -73,8 +74,10 @@ def console(memory_controller: Controller) -> Controller:
 
 
 def sign_in(client: Any, token: str, **kwargs: Any) -> TestResponse:
-    """POST the sign-in form."""
+    """POST the sign-in form (with the Origin header a browser sends, unless ``headers``
+    says otherwise)."""
     data = {"token": token, **kwargs.pop("data", {})}
+    kwargs.setdefault("headers", {"Origin": kwargs.get("base_url", "http://localhost")})
     response: TestResponse = client.post("/ui/login", data=data, **kwargs)
     return response
 
@@ -166,6 +169,19 @@ def test_the_cookie_is_secure_over_https(console: Controller) -> None:
     assert client.get("/ui/test-pages/mine", base_url=HTTPS).status_code == 200
 
 
+def test_the_cookie_can_be_made_always_secure(memory_controller: Controller,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # for a TLS front that cannot tell the controller the browser's scheme
+    monkeypatch.setenv("RELAYFLEET_CONSOLE_SECURE_COOKIE", "always")
+    controller = Controller.create()
+    answer = sign_in(controller.app.test_client(), controller.admin)
+    cookie = session_cookie(answer)
+    assert cookie is not None and "Secure" in [part.strip() for part in cookie.split(";")]
+    monkeypatch.setenv("RELAYFLEET_CONSOLE_SECURE_COOKIE", "sometimes")
+    with pytest.raises(ConfigError, match="RELAYFLEET_CONSOLE_SECURE_COOKIE"):
+        Controller.create()
+
+
 def test_a_wrong_token_is_401_audited_and_sets_no_cookie(console: Controller) -> None:
     client = console.app.test_client()
     wrong = console.admin[:-4] + "abcd"
@@ -174,36 +190,91 @@ def test_a_wrong_token_is_401_audited_and_sets_no_cookie(console: Controller) ->
     html = answer.get_data(as_text=True)
     assert "not accepted" in html and wrong not in html
     assert session_cookie(answer) is None and sessions(console) == []
-    rows = [row for row in audit_rows(console) if row.action == "console sign-in"]
-    assert [(row.outcome, row.remote_addr, row.token_id) for row in rows] == [
-        (401, "127.0.0.1", None)]
-    everything = json.dumps([{k: str(v) for k, v in vars(row).items()}
-                             for row in audit_rows(console)])
+    rows = audit_rows(console)
+    assert [(row.action, row.outcome, row.remote_addr, row.token_id) for row in rows] == [
+        ("POST /ui/login", 401, "127.0.0.1", None)]
+    assert rows[0].detail == {"event": "console sign-in failed",
+                              "reason": "wrong, unknown or revoked token"}
+    everything = json.dumps([{k: str(v) for k, v in vars(row).items()} for row in rows])
     assert wrong not in everything and wrong.partition("_")[2][-20:] not in everything
+
+
+def fail_to_sign_in(client: Any, times: int, **kwargs: Any) -> TestResponse:
+    """Sign in with a wrong token ``times`` times, each refused with 401; the last answer."""
+    answer = None
+    for attempt in range(times):
+        answer = sign_in(client, f"rft_000000000000_wrong{attempt}", **kwargs)
+        assert answer.status_code == 401, attempt
+    assert answer is not None
+    return answer
 
 
 def test_sign_in_pauses_after_too_many_failures(console: Controller) -> None:
     client = console.app.test_client()
-    for attempt in range(1, SIGN_IN_LIMIT + 1):
-        answer = sign_in(client, f"rft_000000000000_wrong{attempt}")
-        assert answer.status_code == 401
+    answer = fail_to_sign_in(client, SIGN_IN_LIMIT)
     assert "now paused" in answer.get_data(as_text=True)
-    # the next attempt is refused before the token is even looked at, right or not
-    answer = sign_in(client, console.admin)
+    # a wrong token is now refused without being counted, with the time to wait
+    answer = sign_in(client, "rft_000000000000_wrong-again")
     assert answer.status_code == 429
     assert 0 < int(answer.headers["Retry-After"]) <= SIGN_IN_WINDOW_S
     assert "Try again in" in answer.get_data(as_text=True)
     assert session_cookie(answer) is None and sessions(console) == []
-    outcomes = [row.outcome for row in audit_rows(console) if row.action == "console sign-in"]
-    assert outcomes == [401] * SIGN_IN_LIMIT + [429]
     # another address is not held up
-    assert sign_in(client, console.admin,
-                   environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 303
+    other = {"REMOTE_ADDR": "192.0.2.7"}
+    assert sign_in(client, "rft_000000000000_wrong", environ_base=other).status_code == 401
     # the pause ends when the failures leave the window
-    with console.app.app_context(), db.transaction() as session:
-        session.execute(update(AuditEvent).values(
-            at=utcnow() - dt.timedelta(seconds=SIGN_IN_WINDOW_S + 1)))
-    assert sign_in(client, console.admin).status_code == 303
+    console.app.extensions["relayfleet_console_sign_in"].window_s = 0
+    assert sign_in(client, "rft_000000000000_wrong-later").status_code == 401
+
+
+def test_a_valid_token_signs_in_through_a_pause(console: Controller) -> None:
+    # Behind a local TLS front every browser is 127.0.0.1: someone else's typos must not
+    # lock out a person holding a good token (a right token proves nothing was guessed).
+    client = console.app.test_client()
+    fail_to_sign_in(client, SIGN_IN_LIMIT)
+    assert sign_in(client, "rft_000000000000_wrong-again").status_code == 429
+    operator = console.issue("operator")
+    answer = sign_in(console.app.test_client(), operator)
+    assert answer.status_code == 303 and session_cookie(answer) is not None
+    assert [row.token_id for row in sessions(console)] == [token_id(console, operator)]
+    # the pause still holds for wrong tokens
+    assert sign_in(client, "rft_000000000000_wrong-more").status_code == 429
+
+
+def test_failed_sign_ins_are_audited_through_the_unauthenticated_tally(
+        console: Controller) -> None:
+    client = console.app.test_client()
+    fail_to_sign_in(client, SIGN_IN_LIMIT - 1)
+    # the first failure of the window is a row, the others are counted for its summary
+    assert [(row.action, row.outcome) for row in audit_rows(console)] == [
+        ("POST /ui/login", 401)]
+    tally = console.app.extensions["relayfleet_unauthenticated"]
+    tally.window_s = 0.0  # the window ends: the next row comes with the summary
+    fail_to_sign_in(client, 1)
+    rows = audit_rows(console)
+    summary = next(row for row in rows if row.action == "unauthenticated calls (summary)")
+    assert summary.detail is not None and summary.detail["count"] == SIGN_IN_LIMIT - 2
+    assert len(rows) == 3
+    # failures from ever new addresses cost rows only up to the tally's bound on addresses
+    from controller.app import UnauthenticatedTally
+    console.app.extensions["relayfleet_unauthenticated"] = UnauthenticatedTally(
+        max_addresses=2)
+    for n in range(20):
+        fail_to_sign_in(client, 1, environ_base={"REMOTE_ADDR": f"198.51.100.{n}"})
+    assert len(audit_rows(console)) == 3 + 3  # two addresses, then one shared row "*"
+    # with the rows summarized, the pause still counted every failure of 127.0.0.1
+    assert sign_in(client, console.admin + "x").status_code == 429
+
+
+def test_the_failure_count_bounds_the_addresses_it_tracks() -> None:
+    failures = SignInFailures(limit=2, window_s=60, max_addresses=2)
+    assert [failures.failed(address, 0.0) for address in "abc"] == [None, None, None]
+    # past two addresses the others share one entry: c and d are paused together
+    assert failures.failed("d", 1.0) == 59
+    assert failures.retry_after("c", 1.0) == 59 and failures.retry_after("a", 1.0) is None
+    # once the window is over, the addresses in it are forgotten and new ones tracked
+    assert failures.failed("e", 61.0) is None and failures.failed("e", 62.0) == 59
+    assert failures.retry_after("f", 62.0) is None
 
 
 def test_a_successful_sign_in_is_audited_with_the_token(console: Controller) -> None:
@@ -376,6 +447,21 @@ def test_another_sites_origin_is_refused(console: Controller) -> None:
     assert answer.status_code == 303
 
 
+def test_a_sign_in_that_names_no_origin_is_refused(console: Controller) -> None:
+    # Login forgery: a browser always sends Origin with a form POST (and this site's
+    # Referer with its own forms), so a sign-in naming neither came from no page of ours.
+    client = console.app.test_client()
+    answer = sign_in(client, console.admin, headers={})
+    assert answer.status_code == 400 and session_cookie(answer) is None
+    assert "did not say" in answer.get_data(as_text=True)
+    assert sessions(console) == []
+    answer = sign_in(client, console.admin, headers={"Referer": "http://localhost/ui/login"})
+    assert answer.status_code == 303
+    answer = sign_in(console.app.test_client(), console.admin,
+                     headers={"Origin": "http://localhost"})
+    assert answer.status_code == 303
+
+
 # -- roles, tenants and error pages ------------------------------------------------------------
 
 def test_a_viewer_gets_the_403_page_on_an_operator_view(console: Controller) -> None:
@@ -418,6 +504,54 @@ def test_another_tenants_host_is_the_404_page(console: Controller) -> None:
         assert "Not found" in html and f"host {theirs} not found" in html
         assert "pbx-berlin-1" not in html
     assert "· Acme" in client.get("/ui/fleet").get_data(as_text=True)
+
+
+CONSOLE_HEADERS = ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
+                   "Referrer-Policy")
+
+
+@pytest.mark.parametrize("path", ["/ui", "/ui/"])
+def test_the_console_root_goes_to_the_fleet(console: Controller, path: str) -> None:
+    answer = console.app.test_client().get(path)
+    assert answer.status_code in (302, 303) and answer.headers["Location"] == "/ui/fleet"
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/ui/nope", 404), ("GET", "/ui/hosts/abc", 404), ("GET", "/ui/static/nope.css", 404),
+    ("GET", "/ui/logout", 405), ("PUT", "/ui/fleet", 405), ("DELETE", "/", 405)])
+def test_routing_errors_under_the_console_are_its_error_page(
+        console: Controller, method: str, path: str, status: int, signed: bool) -> None:
+    client = console.app.test_client()
+    if signed:
+        sign_in(client, console.issue("viewer"))
+    answer = client.open(path, method=method)
+    assert answer.status_code == status and answer.mimetype == "text/html"
+    html = answer.get_data(as_text=True)
+    assert f"(HTTP {status})" in html and '"code"' not in html
+    assert answer.headers["Cache-Control"] == "no-store"
+    for header in CONSOLE_HEADERS:
+        assert header in answer.headers, header
+    assert "script-src 'self'" in answer.headers["Content-Security-Policy"]
+    if status == 405:
+        assert answer.headers["Allow"]
+    # signed in, the page has the navigation; signed out, it points to sign-in (the
+    # session cookie is only sent to /ui/...)
+    shows_session = signed and path.startswith("/ui/")
+    assert ('href="/ui/jobs"' in html) is shows_session
+    assert ('<a href="/ui/login">Sign in</a>' in html) is not shows_session
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v1/nope", 404), ("DELETE", "/v1/health", 405), ("GET", "/nope", 404)])
+def test_routing_errors_of_the_api_keep_its_envelope(
+        console: Controller, method: str, path: str, status: int) -> None:
+    answer = console.app.test_client().open(path, method=method,
+                                            headers={"Authorization": f"Bearer {console.admin}"})
+    assert answer.status_code == status and answer.mimetype == "application/json"
+    body = answer.get_json()
+    assert body["code"] == status and body["message"]
+    assert "Content-Security-Policy" not in answer.headers
 
 
 def test_a_validation_error_is_the_422_page(console: Controller) -> None:
