@@ -66,7 +66,8 @@ class World:
     def browser(self, token: str | None = None) -> FlaskClient:
         """A test client signed in with ``token`` (the admin token by default)."""
         client: FlaskClient = self.controller.app.test_client()
-        answer = client.post("/ui/login", data={"token": token or self.controller.admin})
+        answer = client.post("/ui/login", data={"token": token or self.controller.admin},
+                             headers={"Origin": "http://localhost"})
         assert answer.status_code == 303, answer.get_data(as_text=True)[:500]
         return client
 

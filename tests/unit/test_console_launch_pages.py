@@ -31,7 +31,8 @@ class Browser:
 
     def __init__(self, controller: Controller, token: str) -> None:
         self.client: FlaskClient = controller.app.test_client()
-        answer = self.client.post("/ui/login", data={"token": token})
+        answer = self.client.post("/ui/login", data={"token": token},
+                                  headers={"Origin": "http://localhost"})
         assert answer.status_code == 303, answer.get_data(as_text=True)[:500]
         self.csrf = csrf_of(self.page("/ui/audit"))
 
