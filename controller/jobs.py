@@ -30,6 +30,21 @@ def _split_refs(refs: list[Any]) -> tuple[list[int], list[str]]:
     return ids, [ref for ref in refs if isinstance(ref, str)]
 
 
+def _refuse_ambiguous_names(kind: str, names: list[str], found: Any) -> None:
+    """A name several rows have (sites are named per tenant, hosts per site) would target
+    all of them: refuse it, naming the ids to choose from."""
+    by_name: dict[str, list[int]] = {}
+    for row_id, row_name in found:
+        if row_name in names:
+            by_name.setdefault(row_name, []).append(int(row_id))
+    for name in names:
+        ids = sorted(by_name.get(name, []))
+        if len(ids) > 1:
+            shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+            raise ValidationError.for_field(
+                f"target.{kind}", f"'{name}' names {len(ids)} {kind} (ids {shown}): give the id")
+
+
 def resolve_target(session: Session, who: Principal, target: dict[str, Any]) -> list[
         tuple[int, str]]:
     """(host id, name) of every host the target names that the principal may touch."""
@@ -52,6 +67,7 @@ def resolve_target(session: Session, who: Principal, target: dict[str, Any]) -> 
         if missing:
             shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
             raise ValidationError.for_field(f"target.{kind}", f"not found: {shown}")
+        _refuse_ambiguous_names(kind, names, found)
         column = {"hosts": Host.id, "sites": Host.site_id, "tenants": Host.tenant_id}[kind]
         query = query.where(column.in_(known_ids))
     rows = [(int(r[0]), str(r[1])) for r in session.execute(query.order_by(Host.id))]
