@@ -134,13 +134,20 @@ class JobRetry(MethodView):
     """Try again where it failed."""
 
     @blp.response(202, s.JobAcceptedSchema)
+    @blp.alt_response(409, schema=s.ErrorSchema,
+                      description="the same Idempotency-Key is still being handled")
     def post(self, job_id: int) -> Any:
-        """A new job with the same action and params for the failed and unreachable hosts."""
+        """A new job with the same action and params for the failed and unreachable hosts.
+        Send ``Idempotency-Key``: the same key again answers the same new job."""
         principal = who()
         rows = svc.retry_hosts(db.session, principal, job_id)
         old = svc.get_job(db.session, principal, job_id)
         body = svc.retry_body(old, _box(), rows)
-        status, doc = idempotent(db.session, principal, None, "",
+        # the request has no body: the method and path (the job retried) are the request
+        fingerprint_key: bytes = current_app.extensions["relayfleet_fingerprint_key"]
+        status, doc = idempotent(db.session, principal, request.headers.get("Idempotency-Key"),
+                                 request_fingerprint(fingerprint_key, "POST", request.path,
+                                                     None),
                                  lambda: start(principal, body, host_rows=rows,
                                                 retry_of=old.id))
         audit_target(f"job:{doc['id']}", retry_of=old.id)
