@@ -9,7 +9,8 @@
         └── ApiUnreachable   no answer (connection refused, time-out, TLS failure)
 
 Job outcomes are not errors: a job that ends partial, failed or cancelled exits 1 through
-:data:`EXIT_JOB_NOT_ALL_OK`.
+:data:`EXIT_JOB_NOT_ALL_OK`. A declined confirmation exits :data:`EXIT_DECLINED` (4), a
+bug :data:`EXIT_INTERNAL` (70, sysexits' EX_SOFTWARE), Ctrl-C :data:`EXIT_DETACHED` (130).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ EXIT_OK = 0
 EXIT_JOB_NOT_ALL_OK = 1
 EXIT_USAGE = 2
 EXIT_API = 3
+#: the operator answered no at a confirmation prompt: nothing was done, by choice
+EXIT_DECLINED = 4
+#: an unexpected exception (a bug in the CLI, or an answer it cannot read)
+EXIT_INTERNAL = 70
 #: the shell's code for an interrupted command: a detached wait does not know the outcome
 EXIT_DETACHED = 130
 
@@ -59,3 +64,12 @@ class ApiRefused(ApiProblem):
 
 class ApiUnreachable(ApiProblem):
     """No HTTP answer came back."""
+
+    def __init__(self, message: str, hint: str | None = None, *, reason: str = "",
+                 maybe_done: bool = False) -> None:
+        super().__init__(message, hint)
+        #: what went wrong on the wire (for callers that say it in their own words)
+        self.reason = reason
+        #: a request that changes something may have reached the controller and been
+        #: carried out: only its answer was lost
+        self.maybe_done = maybe_done
