@@ -12,12 +12,15 @@ Profiles live in ``$XDG_CONFIG_HOME/relayfleet/config.toml`` (``~/.config/...``)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from controller.client.errors import UsageProblem
 
@@ -82,6 +85,9 @@ def write_profiles(data: dict[str, Any], path: Path | None = None) -> Path:
     """Write the profiles file (0600, its directory 0700), replacing it atomically."""
     path = path or config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # mkdir's mode only applies to a directory it makes: one made before (by hand, by an
+    # older version) is tightened too
+    path.parent.chmod(0o700)
     lines = []
     if data.get("default_profile"):
         lines.append(f"default_profile = {_toml_string(data['default_profile'])}\n")
@@ -89,11 +95,20 @@ def write_profiles(data: dict[str, Any], path: Path | None = None) -> Path:
         lines.append(f"\n[profiles.{_toml_key(name)}]\n")
         for key, value in sorted(profile.items()):
             lines.append(f"{_toml_key(key)} = {_toml_string(str(value))}\n")
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("".join(lines))
-    os.replace(temporary, path)
+    # A fresh file of our own (O_EXCL, a random name): never a stale or planted one whose
+    # mode or owner we would inherit, and two logins at once do not write into one file.
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return path
 
 
@@ -166,9 +181,50 @@ def resolve(api: str | None, token: str | None, token_file: str | None,
     if api_from is None:
         raise UsageProblem("no controller to talk to",
                            hint=f"give --api URL, set {ENV_API}, or run relayfleet login")
+    api_url = check_api_url(api_from[1], api_from[0])
+    if token_from is not None and token_from[0] == from_profile[0] \
+            and not same_url(str(from_profile[1] or ""), api_url):
+        # A profile's token is for its own controller: sent to another URL (a --api or
+        # RELAYFLEET_API_URL pointing elsewhere), it would hand that server the token.
+        raise UsageProblem(
+            f"no API token for {api_url} (profile {name}'s token is for "
+            f"{from_profile[1] or 'no URL'})", hint=_token_hint(api_url, data))
     if token_from is None:
         raise UsageProblem("no API token",
                            hint=f"give --token-file FILE, set {ENV_TOKEN}, or run "
                                 "relayfleet login")
     source = " and ".join(dict.fromkeys([api_from[0], token_from[0]]))
-    return Connection(api=api_from[1].rstrip("/"), token=token_from[1], source=source)
+    return Connection(api=api_url, token=token_from[1], source=source)
+
+
+def check_api_url(url: str, where: str = "flag") -> str:
+    """``url`` without its trailing ``/``, or a usage problem when it is not an http(s)
+    URL (``--api relayfleet.example.net`` would otherwise fail as "unreachable")."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        bare = url.split("://", 1)[-1]
+        giver = {"flag": "--api", "environment": ENV_API}.get(where, where)
+        raise UsageProblem(f"{url!r} ({giver}) is not a controller URL: it needs "
+                           "https:// (or http:// on a lab)",
+                           hint=f"e.g. --api https://{bare or 'relayfleet.example.net'}")
+    return url
+
+
+def same_url(first: str, second: str) -> bool:
+    """Whether two controller URLs are the same (scheme and host in any case, a trailing
+    ``/`` or not)."""
+    def normal(url: str) -> tuple[str, str, str]:
+        parts = urlsplit(url.strip())
+        return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+
+    return bool(first) and normal(first) == normal(second)
+
+
+def _token_hint(api_url: str, data: dict[str, Any]) -> str:
+    """How to give a token for ``api_url``: a stored profile for it, else the ways in."""
+    for other, stored in sorted(data.get("profiles", {}).items()):
+        if same_url(str(stored.get("api") or ""), api_url) and stored.get("token"):
+            return f"use its profile: relayfleet --profile {other} ..."
+    return (f"give --token-file FILE or set {ENV_TOKEN} for it, or store one: relayfleet "
+            f"login --profile NAME --api {api_url}")
