@@ -27,10 +27,12 @@ class Output:
         # In a pipe, rich would assume 80 columns and wrap table cells: a log or a grep
         # reads whole lines better. Lines never wrap mid-word, so commands stay copyable.
         piped_width = int(os.environ.get("COLUMNS", "0") or 0) or 160
-        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True,
+        # Text from the API (names, relays like [relay.example]:25) is printed as it is:
+        # never read as rich markup or :emoji: codes.
+        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True, emoji=False,
                            width=None if sys.stdout.isatty() else piped_width)
         self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True,
-                           width=None if sys.stderr.isatty() else piped_width)
+                           emoji=False, width=None if sys.stderr.isatty() else piped_width)
 
     @property
     def live(self) -> bool:
@@ -44,9 +46,9 @@ class Output:
         sys.stdout.flush()
 
     def say(self, text: str | Text, style: str | None = None) -> None:
-        """A line for people (not printed with --json or -q)."""
+        """A line for people (not printed with --json or -q); plain text, never markup."""
         if not self.json_mode and not self.quiet:
-            self.out.print(text, style=style)
+            self.out.print(text, style=style, markup=False)
 
     def result(self, text: str) -> None:
         """The one line a quiet run still prints (a job id, a created id)."""
@@ -57,6 +59,10 @@ class Output:
         """A remark on stderr (hints, how to follow a detached job); silent with -q."""
         if not self.quiet:
             self.err.print(text, style=style, markup=False)
+
+    def alert(self, text: str, style: str | None = "yellow") -> None:
+        """A remark on stderr that -q does not silence (how to follow a detached job)."""
+        self.err.print(text, style=style, markup=False)
 
     def problem(self, error: CliError) -> None:
         """An error on stderr, with what to do next."""
@@ -78,8 +84,8 @@ class Output:
         if not rows:
             self.say(empty, style="dim")
             return
-        table = Table(*columns, title=title, title_justify="left", show_edge=False,
-                      header_style="bold", pad_edge=False)
+        table = Table(*columns, title=Text(title) if title else None, title_justify="left",
+                      show_edge=False, header_style="bold", pad_edge=False)
         for index, row in enumerate(rows):
             style = styles[index] if styles else None
             table.add_row(*(cell if isinstance(cell, Text) else Text(_cell(cell)) for cell in row),
