@@ -5,11 +5,14 @@ cannot read keys/lyon.key: No such file or directory").
 Pure functions over text and a few local files (key and token files named by the CSV,
 relative to its directory); the caller fetches sites and tenants and talks to the API.
 
-CSV columns (case-insensitive, any order; blank lines and ``#`` lines skipped; the header
-is line 1 of the file's own numbering):
+CSV columns (case-insensitive, any order; blank lines and ``#`` lines skipped, except
+inside a quoted value; the header is line 1 of the file's own numbering; at most 1000
+hosts; the key and token files it names are regular files of at most 64 KiB inside its
+directory unless the operator allows others):
 
 - required: ``name``, ``site`` (name or id), ``address``, ``transport`` (agent|ssh);
-  ``tenant`` (name or id) when several tenants have a site of that name
+  ``tenant`` (name or id) when several tenants have a site of that name; a number is an
+  id unless something is also named so (then ``id:3`` or ``name:3`` says which)
 - agent rows: ``agent_url``, ``agent_token_file`` or ``agent_token``; optional
   ``agent_tls_fingerprint``, ``agent_insecure_http`` (yes/no)
 - ssh rows: ``ssh_user``, ``ssh_key_file`` or ``ssh_password_file``, ``ssh_host_key``;
@@ -29,11 +32,16 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from controller.client.errors import UsageProblem
+from controller.client.refs import ID_PREFIX, number_or_name, say_which, split_ref
 
 REQUIRED_COLUMNS = ("name", "site", "address", "transport")
 AGENT_COLUMNS = ("agent_url", "agent_token_file", "agent_token", "agent_tls_fingerprint",
@@ -46,6 +54,10 @@ TRANSPORTS = ("agent", "ssh")
 KINDS = ("sendmail", "postfix", "auto")
 #: what POST /v1/hosts/import takes at once (all or none holds within one call only)
 MAX_ROWS = 1000
+#: a key, token or password file a CSV names is at most this big
+MAX_NAMED_FILE_BYTES = 64 * 1024
+#: a JSON import is read whole: past this it cannot be 1000 hosts
+MAX_JSON_BYTES = 64 * 1024 * 1024
 _TRUE = frozenset({"yes", "y", "true", "1", "on"})
 _FALSE = frozenset({"no", "n", "false", "0", "off"})
 _KEY_TYPE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)$")
@@ -136,12 +148,28 @@ class FileProblem(Exception):
 
 # -- reading files -----------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class FileRules:
+    """How the files a CSV names are read: regular files of at most
+    :data:`MAX_NAMED_FILE_BYTES`, and inside ``root`` (the CSV's directory) unless it is
+    ``None`` (``--allow-outside-files``). A CSV may come from someone else: it must not
+    make the operator send /proc/self/environ as a token, or hang on a FIFO."""
+
+    root: Path | None
+
+
 def _path(name: str, base: Path) -> Path:
     path = Path(name).expanduser()
     return path if path.is_absolute() else base / path
 
 
-def _read(name: str, base: Path) -> str:
+def _read(name: str, base: Path, rules: FileRules | None = None) -> str:
+    if rules is not None:
+        data = _read_named(name, _path(name, base), rules)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FileProblem(f"{name} is not UTF-8 text") from None
     try:
         return _path(name, base).read_text(encoding="utf-8")
     except OSError as exc:
@@ -150,19 +178,43 @@ def _read(name: str, base: Path) -> str:
         raise FileProblem(f"{name} is not UTF-8 text") from None
 
 
-def read_first_line(name: str, base: Path = Path()) -> str:
+def _read_named(name: str, path: Path, rules: FileRules) -> bytes:
+    """A file a CSV names, under ``rules``."""
+    try:
+        real = path.resolve(strict=True)
+    except OSError as exc:
+        raise FileProblem(f"cannot read {name}: {exc.strerror or exc}") from None
+    if rules.root is not None and not real.is_relative_to(rules.root.resolve()):
+        raise FileProblem(f"{name} is outside the CSV's directory (keep key and token files "
+                          "beside the CSV, or import with --allow-outside-files)")
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FileProblem(f"cannot read {name}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise FileProblem(f"{name} is not a regular file")
+        data = handle.read(MAX_NAMED_FILE_BYTES + 1)
+    if len(data) > MAX_NAMED_FILE_BYTES:
+        raise FileProblem(f"{name} is larger than {MAX_NAMED_FILE_BYTES // 1024} KiB: not a "
+                          "key, token or password file")
+    return data
+
+
+def read_first_line(name: str, base: Path = Path(), rules: FileRules | None = None) -> str:
     """A token or password file's first line (a token's blanks stripped, a password's
     kept: only the line end goes)."""
-    text = _read(name, base)
+    text = _read(name, base, rules)
     line = text.splitlines()[0] if text else ""
     if not line.strip():
         raise FileProblem(f"{name} is empty")
     return line
 
 
-def read_private_key(name: str, base: Path = Path()) -> str:
+def read_private_key(name: str, base: Path = Path(), rules: FileRules | None = None) -> str:
     """An SSH private key file's text (a public key given by mistake is named)."""
-    text = _read(name, base)
+    text = _read(name, base, rules)
     if "PRIVATE KEY" not in text:
         if text.lstrip().startswith(("ssh-", "ecdsa-", "sk-")):
             raise FileProblem(f"{name} holds a public key; give the private key file "
@@ -207,16 +259,29 @@ def split_tags(text: str) -> list[str]:
 
 # -- CSV ---------------------------------------------------------------------------------
 
-def _numbered_lines(text: str) -> Iterator[str]:
-    """The file's lines, comment lines blanked (so that line numbers stay the file's)."""
-    for line in io.StringIO(text):
-        yield "\n" if line.lstrip().startswith("#") else line
+def _numbered_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The file's lines, comment lines blanked (so that line numbers stay the file's). A
+    comment is a line starting with ``#`` where a record starts: inside a quoted value
+    that spans lines, such a line is part of the value."""
+    quoted = False
+    for line in lines:
+        if not quoted and line.lstrip().startswith("#"):
+            yield "\n"
+            continue
+        # doubled quotes ("") inside a value count twice: the parity says whether a
+        # quoted value is still open at the end of the line
+        if line.count('"') % 2:
+            quoted = not quoted
+        yield line
 
 
-def parse_csv(text: str, base: Path) -> Plan:
-    """The rows of a CSV import (key and token files read relative to ``base``)."""
+def parse_csv(text: str | Iterable[str], base: Path, *, allow_outside: bool = False) -> Plan:
+    """The rows of a CSV import (key and token files read relative to ``base``, and only
+    from inside it unless ``allow_outside``); reading stops past :data:`MAX_ROWS` hosts."""
     plan = Plan()
-    reader = csv.reader(_numbered_lines(text.removeprefix("\ufeff")))
+    lines = io.StringIO(text.removeprefix("\ufeff")) if isinstance(text, str) else text
+    rules = FileRules(None if allow_outside else base)
+    reader = csv.reader(_numbered_lines(lines))
     header: list[str] | None = None
     header_line = 0
     consumed = 0
@@ -232,7 +297,13 @@ def parse_csv(text: str, base: Path) -> Plan:
                     plan.problems += problems
                     return plan
                 continue
-            _csv_row(plan, header, record, line, base)
+            if len(plan.rows) == MAX_ROWS:
+                # a file of a million rows is not read (nor its key files) to say so
+                plan.problems.append(Problem(f"line {line}", f"more than {MAX_ROWS} hosts; "
+                                             f"one import takes at most {MAX_ROWS}: split the "
+                                             "file", position=line))
+                return plan
+            _csv_row(plan, header, record, line, base, rules=rules)
     except csv.Error as exc:
         plan.problems.append(Problem(f"line {reader.line_num}", f"not valid CSV: {exc}",
                                      position=reader.line_num))
@@ -270,7 +341,7 @@ def _header_problems(header: list[str], line: int) -> list[Problem]:
 
 
 def _csv_row(plan: Plan, header: list[str], record: list[str], line: int,
-             base: Path) -> None:
+             base: Path, *, rules: FileRules) -> None:
     cells = {name: (record[i].strip() if i < len(record) else "")
              for i, name in enumerate(header)}
     name = cells.get("name") or None
@@ -293,10 +364,10 @@ def _csv_row(plan: Plan, header: list[str], record: list[str], line: int,
     row.body = {"name": cells.get("name", ""), "address": cells.get("address", ""),
                 "transport": transport}
     if transport == "agent":
-        row.body["agent"] = _agent(cells, base, row, bad)
+        row.body["agent"] = _agent(cells, base, rules, row, bad)
         _only_for(cells, SSH_COLUMNS, "ssh", bad)
     elif transport == "ssh":
-        row.body["ssh"] = _ssh(cells, base, row, bad)
+        row.body["ssh"] = _ssh(cells, base, rules, row, bad)
         _only_for(cells, AGENT_COLUMNS, "agent", bad)
     kind = cells.get("kind", "").lower()
     if kind and kind not in KINDS:
@@ -318,7 +389,8 @@ def _only_for(cells: Mapping[str, str], columns: Sequence[str], transport: str,
                         f"{'ssh' if transport == 'agent' else 'agent'})")
 
 
-def _agent(cells: Mapping[str, str], base: Path, row: Row, bad: Any) -> dict[str, Any]:
+def _agent(cells: Mapping[str, str], base: Path, rules: FileRules, row: Row,
+           bad: Any) -> dict[str, Any]:
     agent: dict[str, Any] = {"url": cells.get("agent_url", "")}
     if not agent["url"]:
         bad("agent_url", "required for agent rows")
@@ -328,7 +400,7 @@ def _agent(cells: Mapping[str, str], base: Path, row: Row, bad: Any) -> dict[str
     elif token_file:
         row.columns["agent.token"] = "agent_token_file"
         try:
-            agent["token"] = read_first_line(token_file, base).strip()
+            agent["token"] = read_first_line(token_file, base, rules).strip()
         except FileProblem as exc:
             bad("agent_token_file", str(exc))
     elif token:
@@ -346,7 +418,8 @@ def _agent(cells: Mapping[str, str], base: Path, row: Row, bad: Any) -> dict[str
     return agent
 
 
-def _ssh(cells: Mapping[str, str], base: Path, row: Row, bad: Any) -> dict[str, Any]:
+def _ssh(cells: Mapping[str, str], base: Path, rules: FileRules, row: Row,
+         bad: Any) -> dict[str, Any]:
     ssh: dict[str, Any] = {"username": cells.get("ssh_user", "")}
     if not ssh["username"]:
         bad("ssh_user", "required for ssh rows")
@@ -355,12 +428,12 @@ def _ssh(cells: Mapping[str, str], base: Path, row: Row, bad: Any) -> dict[str, 
         bad("ssh_key_file", "give ssh_key_file or ssh_password_file, not both")
     elif key_file:
         try:
-            ssh["private_key"] = read_private_key(key_file, base)
+            ssh["private_key"] = read_private_key(key_file, base, rules)
         except FileProblem as exc:
             bad("ssh_key_file", str(exc))
     elif password_file:
         try:
-            ssh["password"] = read_first_line(password_file, base)
+            ssh["password"] = read_first_line(password_file, base, rules)
         except FileProblem as exc:
             bad("ssh_password_file", str(exc))
     else:
@@ -422,7 +495,8 @@ def parse_json(text: str) -> Plan:
             if isinstance(site, bool) or not isinstance(site, str | int) or site == "":
                 plan.problems.append(row.problem("must be a site name or id", "site"))
             else:
-                row.site = str(site)
+                # a JSON number is an id; a string is read as a CSV cell is
+                row.site = f"{ID_PREFIX}{site}" if isinstance(site, int) else site
                 row.columns["site_id"] = "site"
         elif "site_id" not in item:
             plan.problems.append(row.problem("required (or site_id)", "site"))
@@ -432,26 +506,30 @@ def parse_json(text: str) -> Plan:
             elif site is None:
                 plan.problems.append(row.problem("only with site (a name)", "tenant"))
             else:
-                row.tenant = str(tenant)
+                row.tenant = f"{ID_PREFIX}{tenant}" if isinstance(tenant, int) else tenant
         plan.rows.append(row)
     return plan
 
 
-def parse_file(path: Path) -> Plan:
-    """A ``.csv`` or ``.json`` import file's rows and problems."""
+def parse_file(path: Path, *, allow_outside: bool = False) -> Plan:
+    """A ``.csv`` or ``.json`` import file's rows and problems (``allow_outside``: the
+    CSV may name files outside its directory)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        return Plan(problems=[Problem(str(path), "give a .csv or .json file")])
     try:
-        text = path.read_text(encoding="utf-8")
+        if suffix == ".csv":
+            # read as it goes: a huge file stops at its 1001st host
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                return parse_csv(handle, path.parent, allow_outside=allow_outside)
+        if path.stat().st_size > MAX_JSON_BYTES:
+            return Plan(problems=[Problem(str(path), f"larger than {MAX_JSON_BYTES >> 20} MiB: "
+                                          f"one import takes at most {MAX_ROWS} hosts")])
+        plan = parse_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
         return Plan(problems=[Problem(str(path), f"cannot read it: {exc.strerror or exc}")])
     except UnicodeDecodeError:
         return Plan(problems=[Problem(str(path), "not UTF-8 text (save it as UTF-8 CSV)")])
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        plan = parse_json(text)
-    elif suffix == ".csv":
-        plan = parse_csv(text, path.parent)
-    else:
-        return Plan(problems=[Problem(str(path), "give a .csv or .json file")])
     if len(plan.rows) > MAX_ROWS:
         plan.problems.append(Problem(str(path), f"{len(plan.rows)} hosts; one import takes at "
                                      f"most {MAX_ROWS}: split the file"))
@@ -460,13 +538,27 @@ def parse_file(path: Path) -> Plan:
 
 # -- what needs the inventory ----------------------------------------------------------------
 
-def _match(items: Iterable[Mapping[str, Any]], ref: str) -> list[Mapping[str, Any]]:
-    """Items with that id (digits) or name (exactly, else ignoring case)."""
+class _Ambiguous(Exception):
+    """A number that is both an id and a name (the message says so)."""
+
+
+def _match(items: Iterable[Mapping[str, Any]], ref: str, kind: str) -> list[Mapping[str, Any]]:
+    """Items with that id (``id:3``, or a number no item is named) or name (``name:3``,
+    else exactly, else ignoring case)."""
     items = list(items)
-    if ref.isdigit():
-        return [item for item in items if item["id"] == int(ref)]
-    exact = [item for item in items if item["name"] == ref]
-    return exact or [item for item in items if str(item["name"]).casefold() == ref.casefold()]
+    try:
+        ident, name = split_ref(ref)
+    except UsageProblem as exc:
+        raise _Ambiguous(exc.message) from None
+    found: list[Mapping[str, Any]] = []
+    if name is not None:
+        found = [item for item in items if item["name"] == name] or [
+            item for item in items if str(item["name"]).casefold() == name.casefold()]
+    if ident is None:
+        return found
+    if found:
+        raise _Ambiguous(f"{number_or_name(kind, ref)}; {say_which(ref)}")
+    return [item for item in items if item["id"] == ident]
 
 
 def resolve_sites(plan: Plan, sites: Sequence[Mapping[str, Any]],
@@ -481,17 +573,26 @@ def resolve_sites(plan: Plan, sites: Sequence[Mapping[str, Any]],
             continue
         candidates = list(sites)
         if row.tenant is not None:
-            found = _match(tenants, row.tenant)
+            try:
+                found = _match(tenants, row.tenant, "tenant")
+            except _Ambiguous as exc:
+                plan.problems.append(row.problem(str(exc), "tenant"))
+                continue
             if not found:
                 plan.problems.append(row.problem(f"no tenant {row.tenant!r} in your tenants",
                                                  "tenant"))
                 continue
             candidates = [s for s in sites if s["tenant_id"] == found[0]["id"]]
-        matches = _match(candidates, row.site)
+        try:
+            matches = _match(candidates, row.site, "site")
+        except _Ambiguous as exc:
+            plan.problems.append(row.problem(str(exc), "site"))
+            continue
         if not matches:
             within = f" of tenant {row.tenant}" if row.tenant else " in your tenants"
-            kind = "with id" if row.site.isdigit() else "named"
-            plan.problems.append(row.problem(f"no site {kind} {row.site!r}{within} "
+            ident, name = split_ref(row.site)
+            what = f"with id {str(ident)!r}" if ident is not None else f"named {name!r}"
+            plan.problems.append(row.problem(f"no site {what}{within} "
                                              "(relayfleet sites list)", "site"))
         elif len(matches) > 1:
             owners = ", ".join(f"{tenant_names.get(s['tenant_id'], s['tenant_id'])}: site "
