@@ -306,6 +306,19 @@ def _start(action: str, target: dict[str, Any], params: dict[str, Any],
     return doc
 
 
+def _refusal(exc: ValidationError, had_password: bool) -> tuple[dict[str, list[str]], str]:
+    """A refused launch as the form shows it: the field errors, and the sentence asking for
+    the password again when one was typed (it is never written back into a page)."""
+    errors = exc.errors or {"": [exc.message]}
+    if "Idempotency-Key" in errors:
+        # this form's key already started a job with other values (Back, then a change)
+        errors = {"": ["this form already started a job with other values; the form "
+                       "below is a fresh one: check it and send it again"]}
+    retype = (" Type the AUTH password again: a password is never written back into a "
+              "page." if had_password else "")
+    return errors, retype
+
+
 def start_console_job(action: str, target: dict[str, Any], params: dict[str, Any],
                       options: dict[str, Any], *, key: str | None = None) -> int:
     """Start a job for the signed-in principal exactly as ``POST /v1/jobs`` would (the
@@ -396,13 +409,7 @@ def launch() -> Any:
             return _preview(form, target, params)
         doc = _start(form.action, target, params, form.options(), form.key)
     except ValidationError as exc:
-        errors = exc.errors or {"": [exc.message]}
-        if "Idempotency-Key" in errors:
-            # this form's key already started a job with other values (Back, then a change)
-            errors = {"": ["this form already started a job with other values; the form "
-                           "below is a fresh one: check it and send it again"]}
-        retype = (" Type the AUTH password again: a password is never written back into a "
-                  "page." if form.values.get("auth_password") else "")
+        errors, retype = _refusal(exc, bool(form.values.get("auth_password")))
         return _render_launch(form, errors=errors,
                               message="Nothing was started: correct the fields below." + retype,
                               status=422)
@@ -575,12 +582,7 @@ def _run_previewed(job_text: str) -> Any:
     try:
         doc = _start(job.action, target, params, options, key)
     except ValidationError as exc:
-        errors = exc.errors or {"": [exc.message]}
-        if "Idempotency-Key" in errors:
-            errors = {"": ["this form already started a job with other values; the form "
-                           "below is a fresh one: check it and send it again"]}
-        retype = (" Type the AUTH password again: a password is never written back into a "
-                  "page." if params.get("auth") else "")
+        errors, retype = _refusal(exc, bool(params.get("auth")))
         return _render_preview(job, target, errors=errors, status=422,
                                message="Nothing was started." + retype)
     except Conflict as exc:
