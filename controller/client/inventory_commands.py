@@ -17,16 +17,19 @@ from controller.client.api import PAGE_LIMIT, ApiClient, new_idempotency_key
 from controller.client.config import Connection
 from controller.client.context import Cli, Command, Group, examples, pass_cli
 from controller.client.errors import (
-    EXIT_JOB_NOT_ALL_OK,
+    EXIT_DECLINED,
     EXIT_OK,
     ApiRefused,
     UsageProblem,
 )
+from controller.client.refs import number_or_name, say_which, split_ref
 from controller.client.summaries import age_text, relay_text
-from controller.client.targets import list_hint, reference
+from controller.client.targets import list_hint, named, resolve_ref
 
 ROLES = ("viewer", "operator", "admin")
 KINDS = ("sendmail", "postfix", "auto")
+#: an import's problems printed at most (the rest are counted)
+SHOWN_PROBLEMS = 50
 
 # -- shared helpers ------------------------------------------------------------------------
 
@@ -53,14 +56,25 @@ def _tell(cli: Cli, text: str | Text, style: str | None = None) -> None:
     cli.out.err.print(text, style=style, markup=False)
 
 
+def _can_ask() -> bool:
+    """Whether there is a person at a terminal to answer a question."""
+    return sys.stdin.isatty()
+
+
 def _confirm(cli: Cli, question: str, *, yes: bool, hint: str) -> bool:
     """Whether the operator agrees: --yes, else a y/N prompt; no terminal and no --yes is a
     usage problem (a script must say what it wants)."""
     if yes:
         return True
-    if not sys.stdin.isatty():
+    if not _can_ask():
         raise UsageProblem(f"{question.rstrip('?')}: no terminal to ask on", hint=hint)
     return click.confirm(question, default=False, err=True)
+
+
+def _declined(cli: Cli, what: str) -> int:
+    """The operator said no: nothing was done, by choice (exit 4, not a job's 1)."""
+    _tell(cli, what)
+    return EXIT_DECLINED
 
 
 def _when(stamp: str | None) -> str:
@@ -90,52 +104,58 @@ def _names(items: Iterable[Mapping[str, Any]]) -> dict[int, str]:
 
 
 def tenant_id_of(api: ApiClient, ref: str) -> int:
-    """A tenant's id from its name or id."""
-    value = reference(ref)
-    if isinstance(value, int):
-        return value
-    found = [t for t in _tenants(api) if t["name"] == value] or [
-        t for t in _tenants(api) if str(t["name"]).casefold() == value.casefold()]
+    """A tenant's id from its name or id (``id:3``, ``name:3``)."""
+    ident, name = split_ref(ref)
+    found = []
+    if name is not None:
+        found = [t for t in _tenants(api) if t["name"] == name] or [
+            t for t in _tenants(api) if str(t["name"]).casefold() == name.casefold()]
+    if ident is not None:
+        if name is not None and found:
+            raise UsageProblem(number_or_name("tenant", ref), hint=say_which(ref))
+        return ident
     if not found:
-        raise UsageProblem(f"no tenant named {value!r} in your tenants",
-                           hint=list_hint("tenant", value))
+        raise UsageProblem(f"no tenant named {name!r} in your tenants",
+                           hint=list_hint("tenant", str(name)))
     return int(found[0]["id"])
 
 
 def site_id_of(api: ApiClient, ref: str, tenant: str | None = None) -> int:
     """A site's id from its name or id (sites are named per tenant: ``tenant`` settles a
     name several tenants use)."""
-    value = reference(ref)
-    if isinstance(value, int):
-        return value
+    ident, name = split_ref(ref)
     tenant_id = tenant_id_of(api, tenant) if tenant else None
-    sites = [s for s in _sites(api, tenant_id) if s["name"] == value]
+    sites = [s for s in _sites(api, tenant_id) if s["name"] == name] if name is not None else []
+    if ident is not None:
+        if name is not None and sites:
+            raise UsageProblem(number_or_name("site", ref), hint=say_which(ref))
+        return ident
     if not sites:
         within = f" of tenant {tenant}" if tenant else " in your tenants"
-        raise UsageProblem(f"no site named {value!r}{within}", hint=list_hint("site", value))
+        raise UsageProblem(f"no site named {name!r}{within}", hint=list_hint("site", str(name)))
     if len(sites) > 1:
         owners = _names(_tenants(api))
         which = ", ".join(f"{owners.get(s['tenant_id'], s['tenant_id'])}: {s['id']}"
                           for s in sites)
-        raise UsageProblem(f"several tenants have a site named {value!r} ({which})",
-                           hint="give the site's id, or add --tenant T")
+        raise UsageProblem(f"several tenants have a site named {name!r} ({which})",
+                           hint=f"give the site's id (id:{sites[0]['id']}), or add --tenant T")
     return int(sites[0]["id"])
 
 
 def host_of(api: ApiClient, ref: str) -> dict[str, Any]:
     """A host's document from its name or id."""
-    value = reference(ref)
+    value = resolve_ref(api, "host", ref)
     if isinstance(value, int):
         host: dict[str, Any] = api.get(f"/v1/hosts/{value}")
         return host
-    found = [h for h in api.items("/v1/hosts", name=value) if h["name"] == value]
+    found = named(api, "host", value)
     if not found:
         raise UsageProblem(f"no host named {value} in your tenants",
                            hint=list_hint("host", value))
     if len(found) > 1:
         raise UsageProblem(f"several hosts are named {value} (ids "
                            f"{', '.join(str(h['id']) for h in found)})",
-                           hint=f"give the id: relayfleet hosts show {found[0]['id']}")
+                           hint=f"give the id: relayfleet hosts show id:{found[0]['id']}")
     return found[0]
 
 
@@ -146,13 +166,6 @@ def _client_for(cli: Cli, connection: Connection) -> ApiClient:
     if cli._api is not None:
         return cli._api.with_connection(connection)
     return ApiClient(connection, timeout_s=cli.http_timeout_s, verify=cli.ca_file or True)
-
-
-def _url_ok(url: str) -> str:
-    if not url.startswith(("http://", "https://")):
-        raise UsageProblem(f"{url!r} is not a controller URL",
-                           hint="give --api https://relayfleet.example.net")
-    return url.rstrip("/")
 
 
 # -- login, logout, whoami -----------------------------------------------------------------
@@ -180,7 +193,7 @@ def login(cli: Cli, /, *, profile_name: str | None, login_api: str | None) -> in
         raise UsageProblem("which controller? no URL given",
                            hint=f"relayfleet login --profile {name} --api "
                                 "https://relayfleet.example.net")
-    url = _url_ok(url)
+    url = config.check_api_url(url)
     if cli.token or cli.token_file:
         token = cli.token or config.read_token_file(cli.token_file or "-")
     elif not sys.stdin.isatty():
@@ -211,9 +224,9 @@ def logout(cli: Cli, /, *, profile_name: str | None) -> int:
     if not config.forget_profile(name):
         known = ", ".join(sorted(data.get("profiles", {}))) or "none"
         raise UsageProblem(f"no profile named {name!r} (profiles: {known})")
-    return _done(cli, {"profile": name, "forgotten": True}, f"forgot profile {name}", name)
     cli.out.note("the token still works on the controller until revoked: relayfleet tokens "
                  "list, then relayfleet tokens revoke ID")
+    return _done(cli, {"profile": name, "forgotten": True}, f"forgot profile {name}", name)
 
 
 @click.command("whoami", cls=Command, epilog=examples(
@@ -442,8 +455,7 @@ def hosts_remove(cli: Cli, /, *, host_ref: str, yes: bool) -> int:
     question = f"Remove host {host['name']} (id {host['id']}) from the inventory?"
     if not _confirm(cli, question, yes=yes,
                     hint=f"add --yes: relayfleet hosts remove {host_ref} --yes"):
-        _tell(cli, "nothing removed")
-        return EXIT_JOB_NOT_ALL_OK
+        return _declined(cli, "nothing removed")
     cli.api.delete(f"/v1/hosts/{host['id']}")
     return _done(cli, {"removed": host["id"], "name": host["name"]},
                  f"removed host {host['name']} (id {host['id']})", str(host["id"]))
@@ -582,8 +594,7 @@ def hosts_add(cli: Cli, /, *, name: str, site: str, tenant: str | None, address:
                                         "host's administrator), or --yes to trust the "
                                         "scanned key")
             if scanned is None:
-                _tell(cli, "nothing added")
-                return EXIT_JOB_NOT_ALL_OK
+                return _declined(cli, "nothing added")
             body["ssh"]["host_key"] = scanned
     host: dict[str, Any] = cli.api.post("/v1/hosts", body,
                                         idempotency_key=new_idempotency_key())
@@ -598,7 +609,11 @@ def _refuse(path: Path, problems: Sequence[importer.Problem], *, api: ApiRefused
     count = len(problems)
     head = (f"the controller refused {path.name}" if api is not None
             else f"{path.name} has {count} problem{'s' if count != 1 else ''}")
-    message = "\n".join([f"{head}; nothing was created:"] + [f"  {p}" for p in problems])
+    lines = [f"{head}; nothing was created:"] + [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
+    if count > SHOWN_PROBLEMS:
+        # a file that is wrong throughout (a wrong column order) is said in a screenful
+        lines.append(f"  ... and {count - SHOWN_PROBLEMS} more (fix these first)")
+    message = "\n".join(lines)
     hint = "fix the file and run the import again (--dry-run checks it without creating)"
     if api is not None:
         return ApiRefused(api.status, message, hint=hint)
@@ -619,18 +634,24 @@ def _refuse(path: Path, problems: Sequence[importer.Problem], *, api: ApiRefused
 @click.option("--dry-run", is_flag=True,
               help="Check the file (and its sites and names against the inventory) and show "
                    "what would be created; create nothing.")
+@click.option("--allow-outside-files", is_flag=True,
+              help="Let the CSV name key and token files outside its own directory (by "
+                   "default they must be in it: a CSV from someone else cannot make you "
+                   "send another of your files).")
 @pass_cli
-def hosts_import(cli: Cli, /, *, file: Path, dry_run: bool) -> int:
+def hosts_import(cli: Cli, /, *, file: Path, dry_run: bool, allow_outside_files: bool) -> int:
     """Create many hosts from a CSV or JSON file: all of them, or none.
 
     CSV: a header row (name, site, address, transport; agent_url and agent_token_file for
     agent rows; ssh_user, ssh_key_file or ssh_password_file and ssh_host_key for SSH rows;
     optional tenant, agent_tls_fingerprint, agent_insecure_http, ssh_port, ssh_sudo, kind,
-    flavour, tags). Files the CSV names are relative to its directory. JSON: an array of
-    POST /v1/hosts bodies, "site" (a name) standing for "site_id". Every problem of every
-    row is named by its line.
+    flavour, tags). Files the CSV names are relative to its directory, and must be
+    regular files inside it (at most 64 KiB). A site or tenant that is a number is an id;
+    write id:3 or name:3 when one is also named so. Lines starting with # are comments.
+    JSON: an array of POST /v1/hosts bodies, "site" (a name) standing for "site_id".
+    Every problem of every row is named by its line; at most 1000 hosts per file.
     """
-    plan = importer.parse_file(file)
+    plan = importer.parse_file(file, allow_outside=allow_outside_files)
     plan_sites: list[dict[str, Any]] = []
     if plan.rows:
         # rows with problems of their own are looked up too: every problem at once
@@ -698,8 +719,7 @@ def hosts_enroll_ssh(cli: Cli, /, *, host_ref: str, yes: bool) -> int:
                            hint=f"add --yes once the fingerprint is confirmed: relayfleet hosts "
                                 f"enroll-ssh {host_ref} --yes")
     if offered is None:
-        _tell(cli, "nothing pinned")
-        return EXIT_JOB_NOT_ALL_OK
+        return _declined(cli, "nothing pinned")
     if importer.key_fingerprint(offered) == importer.key_fingerprint(ssh.get("host_key")):
         return _done(cli, host, f"{host['name']} offers the key already pinned; nothing to "
                                 "change", str(host["id"]))

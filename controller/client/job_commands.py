@@ -10,10 +10,11 @@ from typing import Any, TypeVar
 import click
 from rich.text import Text
 
+from controller.client.api import new_idempotency_key
 from controller.client.context import Cli, Command, Group, examples, pass_cli
 from controller.client.errors import EXIT_DETACHED, EXIT_OK, UsageProblem
 from controller.client.output import Output
-from controller.client.targets import TargetChoice, build_target, reference, target_options
+from controller.client.targets import TargetChoice, build_target, resolve_ref, target_options
 from controller.client.watch import (
     FINAL_JOB_STATES,
     JobOptions,
@@ -274,8 +275,11 @@ def _one_host_job(cli: Cli, action: str, host: str, params: dict[str, Any],
                   show: Callable[[Output, Mapping[str, Any]], None]) -> int:
     """Run an action on one host, wait (progress on a terminal), and show its answer in
     detail; a failure is reported as any job's."""
-    accepted = start_job(cli.api, action, target={"hosts": [reference(host)]}, params=params,
-                         options=JobOptions())
+    accepted, _ = start_job(cli.api, cli.out, action,
+                            target={"hosts": [resolve_ref(cli.api, "host", host)]},
+                            params=params, options=JobOptions())
+    if accepted is None:
+        return EXIT_DETACHED
     job = wait_for(cli.api, cli.out, int(accepted["id"]), host_lines=False)
     if job is None:
         return EXIT_DETACHED
@@ -412,7 +416,8 @@ def jobs_cancel(cli: Cli, /, *, job_id: int) -> int:
 @pass_cli
 def jobs_retry(cli: Cli, /, *, job_id: int, no_wait: bool) -> int:
     """Run a job again on its failed and unreachable hosts (a new job)."""
-    accepted = cli.api.post(f"/v1/jobs/{job_id}/retry")
+    # a key: a retry after a lost answer does not start a second new job
+    accepted = cli.api.post(f"/v1/jobs/{job_id}/retry", idempotency_key=new_idempotency_key())
     if no_wait:
         if cli.out.json_mode:
             cli.out.document(accepted)

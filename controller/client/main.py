@@ -1,6 +1,7 @@
 """The ``relayfleet`` command: global options, and the mapping of problems to exit codes
 (0 all hosts succeeded, 1 a job ended partial, failed or cancelled, 2 usage, 3 the API
-refused or could not be reached)."""
+refused or could not be reached, 4 a confirmation declined, 70 an internal error, 130
+interrupted)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import click
 from controller.client import inventory_commands, job_commands
 from controller.client.config import ENV_API, ENV_TOKEN
 from controller.client.context import CONTEXT_SETTINGS, Cli, Group, examples
-from controller.client.errors import EXIT_DETACHED, EXIT_USAGE, CliError
+from controller.client.errors import EXIT_DETACHED, EXIT_INTERNAL, EXIT_USAGE, CliError
 from controller.client.output import Output
 
 
@@ -43,9 +44,13 @@ def cli(ctx: click.Context, /, *, api_url: str | None, token: str | None, token_
     happened, through the relayfleet controller's API.
 
     Job commands (smarthost, flush, status, diagnose, queue, log, hostname) wait by default
-    with live per-host progress and end with a table. Exit codes: 0 every host succeeded;
-    1 the job ended partial, failed or cancelled; 2 usage error; 3 the API refused or could
-    not be reached.
+    with live per-host progress and end with a table. Tenants, sites and hosts are named
+    by name or id: a number is an id; write id:3 or name:3 when one is also named 3.
+
+    Exit codes: 0 every host succeeded; 1 the job ended partial, failed or cancelled; 2
+    usage error; 3 the API refused or could not be reached; 4 you declined a confirmation
+    (nothing was done); 70 internal error (a bug: please report it); 130 interrupted (a
+    job keeps running: relayfleet jobs watch ID).
     """
     state = ctx.ensure_object(Cli)
     state.api_url, state.token, state.token_file = api_url, token, token_file
@@ -78,4 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         # `relayfleet hosts list | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except Exception as exc:  # the last resort: exit 1 is a job's outcome
+        click.echo(f"relayfleet: internal error: {type(exc).__name__}: {exc} (please report "
+                   "it, with the command line: it is a bug in relayfleet)", err=True)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)

@@ -2,7 +2,7 @@
 finishes (failures first, in red, with the reason), then a final table and the exit code.
 
 Ctrl-C detaches (the job keeps running on the controller) unless
-``--cancel-on-interrupt`` asked to cancel it.
+``--cancel-on-interrupt`` asked to cancel it, also while the job's POST is still out.
 """
 
 from __future__ import annotations
@@ -13,10 +13,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.markup import escape
 from rich.text import Text
 
-from controller.client.api import ApiClient, new_idempotency_key
-from controller.client.errors import EXIT_DETACHED, EXIT_JOB_NOT_ALL_OK, EXIT_OK, ApiRefused
+from controller.client.api import CONFLICT_RETRIES, ApiClient, new_idempotency_key
+from controller.client.errors import (
+    EXIT_DETACHED,
+    EXIT_JOB_NOT_ALL_OK,
+    EXIT_OK,
+    ApiRefused,
+    ApiUnreachable,
+    CliError,
+)
 from controller.client.output import Output
 from controller.client.summaries import summarize
 from controller.client.targets import explain_target_refusal
@@ -28,6 +36,11 @@ STATE_STYLES = {"succeeded": "green", "failed": "red", "unreachable": "red",
                 "skipped": "yellow", "running": "cyan", "pending": "dim"}
 #: polling: quick at first (small jobs end in seconds), slower for long ones
 POLL_FIRST_S, POLL_MAX_S = 0.25, 2.0
+#: after Ctrl-C during the job's POST: how long to wait for the replay that names the job
+REPLAY_TIMEOUT_S = 5.0
+#: ... and how often to ask again while the first POST is still being handled (~3.5 s)
+REPLAY_BUSY_RETRIES = 3
+RECENT_JOBS = "relayfleet jobs list --limit 5"
 
 
 @dataclass
@@ -57,24 +70,92 @@ def exit_code_for(job: Mapping[str, Any]) -> int:
     return EXIT_OK if job.get("status") == "succeeded" else EXIT_JOB_NOT_ALL_OK
 
 
-def start_job(api: ApiClient, action: str, *, target: dict[str, Any],
-              params: dict[str, Any], options: JobOptions) -> dict[str, Any]:
-    """POST the job with one Idempotency-Key (its retries reuse it); the 202 answer."""
-    body = {"action": action, "target": target, "params": params,
+def job_body(action: str, *, target: dict[str, Any], params: dict[str, Any],
+             options: JobOptions) -> dict[str, Any]:
+    """The ``POST /v1/jobs`` document."""
+    return {"action": action, "target": target, "params": params,
             "options": options.api_options()}
+
+
+def post_job(api: ApiClient, body: dict[str, Any], key: str, *,
+             timeout_s: float | None = None, retries: int | None = None,
+             busy_retries: int = CONFLICT_RETRIES) -> dict[str, Any]:
+    """POST the job under ``key`` (its retries reuse it); the 202 answer."""
     try:
-        accepted: dict[str, Any] = api.post("/v1/jobs", body,
-                                            idempotency_key=new_idempotency_key())
+        accepted: dict[str, Any] = api.post("/v1/jobs", body, idempotency_key=key,
+                                            timeout_s=timeout_s, retries=retries,
+                                            busy_retries=busy_retries)
     except ApiRefused as exc:
         raise explain_target_refusal(exc) from None
+    except ApiUnreachable as exc:
+        if exc.maybe_done:
+            raise ApiUnreachable(
+                f"no answer from the controller at {api.api} ({exc.reason}): the job may "
+                "have started", hint=f"see: {RECENT_JOBS}", reason=exc.reason,
+                maybe_done=True) from None
+        raise
     return accepted
+
+
+def start_job(api: ApiClient, out: Output, action: str, *, target: dict[str, Any],
+              params: dict[str, Any], options: JobOptions) -> tuple[dict[str, Any] | None,
+                                                                    bool]:
+    """POST the job with one Idempotency-Key; (the 202 answer, whether it was cancelled).
+
+    Ctrl-C while the POST is out asks again under the same key (briefly) to learn the
+    job's id, then detaches from it (``None``: the way to follow it is printed) or, with
+    --cancel-on-interrupt, cancels it (the caller then waits for it to end).
+    """
+    body = job_body(action, target=target, params=params, options=options)
+    key = new_idempotency_key()
+    try:
+        return post_job(api, body, key), False
+    except KeyboardInterrupt:
+        pass
+    try:
+        # The same key answers the job if the first POST made it (or makes it now: the
+        # operator then learns its id and can cancel it).
+        accepted = post_job(api, body, key, timeout_s=REPLAY_TIMEOUT_S, retries=0,
+                            busy_retries=REPLAY_BUSY_RETRIES)
+    except (CliError, KeyboardInterrupt):
+        out.alert(f"interrupted before the controller answered: the job may have started; "
+                  f"see: {RECENT_JOBS}")
+        return None, False
+    job_id = int(accepted["id"])
+    if options.cancel_on_interrupt:
+        _cancel(api, out, job_id)
+        return accepted, True
+    _detached(out, job_id)
+    return None, False
+
+
+def _detached(out: Output, job_id: int) -> None:
+    """How to follow a job left running (printed with -q too: the id is the essential)."""
+    out.alert(f"detached: job {job_id} keeps running on the controller; follow it with: "
+              f"relayfleet jobs watch {job_id}")
+
+
+def _cancel(api: ApiClient, out: Output, job_id: int) -> dict[str, Any]:
+    """Cancel a job (one that has already ended stays as it is); its document."""
+    out.note(f"cancelling job {job_id}: hosts already running finish; Ctrl-C again to stop "
+             "waiting", style="yellow")
+    try:
+        job: dict[str, Any] = api.post(f"/v1/jobs/{job_id}/cancel")
+    except ApiRefused as exc:
+        if exc.status != 409:  # 409: it has already finished
+            raise
+        job = api.get(f"/v1/jobs/{job_id}")
+    return job
 
 
 def run_job(api: ApiClient, out: Output, action: str, *, target: dict[str, Any],
             params: dict[str, Any], options: JobOptions) -> int:
     """Start a job and, unless ``--no-wait``, follow it to its end; the exit code."""
-    accepted = start_job(api, action, target=target, params=params, options=options)
-    if not options.wait:
+    accepted, cancelled = start_job(api, out, action, target=target, params=params,
+                                    options=options)
+    if accepted is None:
+        return EXIT_DETACHED
+    if not options.wait and not cancelled:
         if out.json_mode:
             out.document(accepted)
         else:
@@ -82,7 +163,8 @@ def run_job(api: ApiClient, out: Output, action: str, *, target: dict[str, Any],
             out.note(f"job {accepted['id']} started on {accepted.get('total', '?')} hosts; "
                      f"follow it with: relayfleet jobs watch {accepted['id']}")
         return EXIT_OK
-    return follow(api, out, int(accepted["id"]), cancel_on_interrupt=options.cancel_on_interrupt)
+    return follow(api, out, int(accepted["id"]),
+                  cancel_on_interrupt=options.cancel_on_interrupt and not cancelled)
 
 
 @dataclass
@@ -105,8 +187,8 @@ def wait_for(api: ApiClient, out: Output, job_id: int, *, cancel_on_interrupt: b
     Ctrl-C detached from it."""
     seen = _Seen()
     cancelled = False
-    job: dict[str, Any] = api.get(f"/v1/jobs/{job_id}")
     try:
+        job: dict[str, Any] = api.get(f"/v1/jobs/{job_id}")
         with _progress(out, job) as update:
             while True:
                 for result in seen.new_endings(job):
@@ -123,12 +205,9 @@ def wait_for(api: ApiClient, out: Output, job_id: int, *, cancel_on_interrupt: b
                     if not cancel_on_interrupt or cancelled:
                         raise
                     cancelled = True
-                    out.note(f"cancelling job {job_id}: hosts already running finish; "
-                             "Ctrl-C again to stop waiting", style="yellow")
-                    job = api.post(f"/v1/jobs/{job_id}/cancel")
+                    job = _cancel(api, out, job_id)
     except KeyboardInterrupt:
-        out.note(f"detached: job {job_id} keeps running on the controller; follow it with: "
-                 f"relayfleet jobs watch {job_id}", style="yellow")
+        _detached(out, job_id)
         return None
 
 
@@ -221,7 +300,7 @@ class _LiveProgress(_Printer):
                            ("running", "pending", "succeeded", "failed", "unreachable")
                            if counts.get(k))
         self.progress.update(self.task, total=counts.get("total") or 1, completed=done,
-                             states=states or job["status"])
+                             states=escape(states or str(job["status"])))
 
 
 @contextmanager
@@ -241,7 +320,9 @@ def _progress(out: Output, job: Mapping[str, Any]) -> Iterator[_Printer]:
                         BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[states]}"), console=out.out,
                         transient=True, refresh_per_second=8)
-    task = progress.add_task(job["action"], total=(job.get("counts") or {}).get("total") or 1,
-                             job=job["id"], states=job["status"])
+    # the columns are rich markup templates: what the API says goes in escaped
+    task = progress.add_task(escape(str(job["action"])),
+                             total=(job.get("counts") or {}).get("total") or 1,
+                             job=job["id"], states=escape(str(job["status"])))
     with progress:
         yield _LiveProgress(out, progress, task)
