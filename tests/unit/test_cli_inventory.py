@@ -14,6 +14,7 @@ import json
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -797,3 +798,196 @@ def test_csv_import_reads_what_excel_writes(tmp_path: Path) -> None:
     assert plan.problems == []
     assert plan.rows[0].body["ssh"]["password"] == SSH_PASSWORD
     assert plan.rows[0].body["tags"] == ["a", "b"]
+
+
+# -- numbers that are names, in a CSV ----------------------------------------------------------
+
+def test_a_csv_site_that_is_a_number_and_a_name_is_refused() -> None:
+    tenants = [{"id": 1, "name": "Acme"}]
+    sites = [{"id": 1, "tenant_id": 1, "name": "lyon"}, {"id": 2, "tenant_id": 1, "name": "1"}]
+    plan = importer.Plan(rows=[
+        importer.Row("line 2", 2, "a", {}, site="1"),
+        importer.Row("line 3", 3, "b", {}, site="id:1"),
+        importer.Row("line 4", 4, "c", {}, site="name:1"),
+        importer.Row("line 5", 5, "d", {}, site="2"),
+        importer.Row("line 6", 6, "e", {}, site="²"),
+    ])
+    importer.resolve_sites(plan, sites, tenants)
+    assert [r.body.get("site_id") for r in plan.rows] == [None, 1, 2, 2, None]
+    assert [str(p) for p in plan.problems] == [
+        "line 2 (a): site: '1' could be site id 1 or the site named '1'; say which: id:1 or "
+        "name:1",
+        "line 6 (e): site: no site named '²' in your tenants (relayfleet sites list)"]
+
+
+# -- a profile's token goes only to its own controller -----------------------------------------
+
+def test_a_profile_token_is_never_sent_to_another_controller(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config.save_profile("staging", "https://staging.example", "rft_staging")
+    config.save_profile("prod", "https://prod.example", "rft_prod")  # the default now
+    with pytest.raises(CliError) as flagged:
+        Cli(api_url="https://staging.example").connection()
+    assert flagged.value.exit_code == 2
+    assert flagged.value.message.startswith("no API token for https://staging.example")
+    assert flagged.value.hint == "use its profile: relayfleet --profile staging ..."
+    assert "rft_prod" not in flagged.value.message + str(flagged.value.hint)
+    monkeypatch.setenv(config.ENV_API, "http://evil.example")
+    with pytest.raises(CliError) as evil:
+        Cli().connection()
+    assert evil.value.message.startswith("no API token for http://evil.example")
+    assert "relayfleet login --profile NAME --api http://evil.example" in str(evil.value.hint)
+    # the profile's own URL (written another way) still gets its token
+    assert Cli(api_url="HTTPS://prod.example/").connection().token == "rft_prod"
+    assert Cli(profile="staging").connection() == Connection(
+        "https://staging.example", "rft_staging", "profile staging")
+
+
+# -- API text is printed as it is -----------------------------------------------------------------
+
+def test_api_text_is_never_read_as_markup(controller: Controller, acme: dict[str, int]) -> None:
+    from controller.db import db
+    from controller.models import Host
+
+    host = controller.host(acme["paris"], "pbx-paris-1")
+    with controller.app.app_context():
+        row = db.session.get_one(Host, host["id"])
+        row.last_seen_at = datetime.now(UTC)
+        row.smarthost = {"host": "[relay.lab.test]", "port": 2525, "mx": False}
+        row.last_error = "bad [bold]markup[/bold] :smile:"
+        row.last_reachable = False
+        db.session.commit()
+    shown = run(controller, None, "hosts", "show", "pbx-paris-1")
+    assert shown.code == 0, shown
+    assert "[relay.lab.test]:2525" in shown.out
+    assert "bad [bold]markup[/bold] :smile:" in shown.out
+    me = {"token_id": 3, "name": "ci [/deploy]", "role": "viewer", "tenant_id": None,
+          "tenant": None, "version": "1"}
+    client = ApiClient(Connection(api="http://controller", token="t", source="test"),
+                       transport=httpx.MockTransport(lambda _: httpx.Response(200, json=me)))
+    result = CliRunner().invoke(cli, ["whoami"], obj=Cli(_api=client), standalone_mode=False,
+                                catch_exceptions=False, env={"NO_COLOR": "1"})
+    assert "ci [/deploy] (id 3)" in result.stdout
+
+
+# -- the profiles file --------------------------------------------------------------------------
+
+def test_the_profiles_file_is_0600_whatever_was_there(tmp_path: Path) -> None:
+    directory = tmp_path / "config" / "relayfleet"
+    directory.mkdir(parents=True, mode=0o755)
+    directory.chmod(0o755)
+    stale = directory / "config.toml.tmp"
+    stale.write_text("")
+    stale.chmod(0o644)
+    path = config.save_profile("acme", "https://relayfleet.example.net", "rft_secret")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert config.read_profiles()["profiles"]["acme"]["token"] == "rft_secret"
+    assert sorted(p.name for p in directory.iterdir()) == ["config.toml", "config.toml.tmp"]
+
+
+# -- CSV comments, the files a CSV names, huge files ---------------------------------------------
+
+def test_a_hash_line_inside_a_quoted_value_is_not_a_comment(tmp_path: Path) -> None:
+    path = write_fleet(tmp_path, [
+        "# a comment",
+        'pbx-1,lyon,192.0.2.1,agent,http://192.0.2.1:8587,tokens/lyon1,yes,,,,,,,,"pbx',
+        '#voip"',
+        "pbx-2,lyon,192.0.2.2,agent,http://192.0.2.2:8587,tokens/lyon1,yes,,,,,,,,pbx",
+        "  # another comment",
+        "pbx-3,lyon,192.0.2.3,agent,http://192.0.2.3:8587,tokens/lyon1,yes,,,,,,,,pbx",
+    ])
+    plan = importer.parse_file(path)
+    assert plan.problems == []
+    assert [(r.where, r.name) for r in plan.rows] == [
+        ("line 3", "pbx-1"), ("line 5", "pbx-2"), ("line 7", "pbx-3")]
+    assert plan.rows[0].body["tags"] == ["pbx", "#voip"]
+
+
+def agent_row(name: str, token_file: str) -> str:
+    return f"{name},lyon,192.0.2.1,agent,http://192.0.2.1:8587,{token_file},yes,,,,,,,,"
+
+
+@pytest.mark.timeout(60)
+def test_files_a_csv_names_stay_in_its_directory(tmp_path: Path) -> None:
+    import os
+
+    outside = tmp_path / "secret"
+    outside.write_text("not for the CSV\n")
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "link").symlink_to(outside)
+    os.mkfifo(fleet / "pipe")
+    (fleet / "big").write_text("x" * (64 * 1024 + 1))
+    path = write_fleet(fleet, [agent_row("a", "../secret"), agent_row("b", "/proc/self/environ"),
+                               agent_row("c", "link"), agent_row("d", "pipe"),
+                               agent_row("e", "big"), agent_row("f", "tokens/lyon1")])
+    problems = {p.name: p.message for p in importer.parse_file(path).problems}
+    outside_words = "is outside the CSV's directory"
+    assert outside_words in problems["a"] and "--allow-outside-files" in problems["a"]
+    assert outside_words in problems["b"] and outside_words in problems["c"]
+    assert problems["d"] == "pipe is not a regular file"
+    assert problems["e"] == "big is larger than 64 KiB: not a key, token or password file"
+    assert "f" not in problems
+    allowed = importer.parse_file(path, allow_outside=True)
+    problems = {p.name: p.message for p in allowed.problems}
+    assert "a" not in problems and "c" not in problems and "b" not in problems
+    assert allowed.rows[0].body["agent"]["token"] == "not for the CSV"
+    assert problems["d"] == "pipe is not a regular file"
+    assert problems["e"].startswith("big is larger than 64 KiB")
+
+
+def test_import_allow_outside_files_is_an_option(controller: Controller, acme: dict[str, int],
+                                                 tmp_path: Path) -> None:
+    (tmp_path / "agent.token").write_text(AGENT_TOKEN + "\n")
+    (tmp_path / "fleet").mkdir()
+    path = import_csv(tmp_path / "fleet", [agent_row("pbx-lyon-9", "../agent.token") + ",Acme"])
+    refused = run(controller, None, "hosts", "import", str(path), "--dry-run")
+    assert refused.code == 2 and "is outside the CSV's directory" in refused.err, refused
+    allowed = run(controller, None, "hosts", "import", str(path), "--dry-run",
+                  "--allow-outside-files")
+    assert allowed.code == 0, allowed
+
+
+def test_a_huge_csv_stops_at_its_1001st_host(tmp_path: Path) -> None:
+    path = write_fleet(tmp_path, [agent_row(f"pbx-{n}", "tokens/lyon1") for n in range(1500)])
+    with path.open("ab") as handle:
+        handle.write(b"\xff\xfe not UTF-8 past the limit\n")  # never read
+    plan = importer.parse_file(path)
+    assert len(plan.rows) == 1000
+    assert [str(p) for p in plan.problems] == [
+        "line 1002: more than 1000 hosts; one import takes at most 1000: split the file"]
+
+
+def test_many_problems_are_shown_in_a_screenful(controller: Controller, acme: dict[str, int],
+                                                tmp_path: Path) -> None:
+    rows = [f"pbx-{n},paris,,agent,http://192.0.2.1:8587,tokens/lyon1,yes,,,,,,,,,Acme"
+            for n in range(60)]
+    refused = run(controller, None, "hosts", "import", str(import_csv(tmp_path, rows)))
+    assert refused.code == 2, refused
+    assert "fleet.csv has 60 problems; nothing was created" in refused.err
+    assert refused.err.count(": address: required") == 50
+    assert "  ... and 10 more (fix these first)" in refused.err
+
+
+# -- logout's note, a declined confirmation -------------------------------------------------------
+
+def test_logout_says_the_token_still_works(controller: Controller) -> None:
+    config.save_profile("acme", "http://controller", "rft_x")
+    forgot = run(controller, None, "logout", "--profile", "acme")
+    assert forgot.code == 0, forgot
+    assert "the token still works on the controller until revoked" in forgot.err
+
+
+def test_declining_a_confirmation_exits_4_and_does_nothing(
+        controller: Controller, acme: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller.client import inventory_commands
+
+    controller.host(acme["paris"], "pbx-paris-1")
+    monkeypatch.setattr(inventory_commands, "_can_ask", lambda: True)
+    declined = run(controller, None, "hosts", "remove", "pbx-paris-1", stdin="n\n")
+    assert declined.code == 4, declined
+    assert "nothing removed" in declined.err
+    assert host_names(controller) == ["pbx-paris-1"]
+    agreed = run(controller, None, "hosts", "remove", "pbx-paris-1", stdin="y\n")
+    assert agreed.code == 0 and host_names(controller) == [], agreed

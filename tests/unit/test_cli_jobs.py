@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from controller.client.api import ApiClient
 from controller.client.config import Connection
 from controller.client.context import Cli
-from controller.client.errors import UsageProblem
+from controller.client.errors import ApiRefused, ApiUnreachable, UsageProblem
 from controller.client.job_commands import parse_relay
 from controller.client.main import cli
 from controller.client.summaries import age_text, relay_text, summarize
@@ -261,3 +261,329 @@ def test_fleet_out_of_sync_asks_the_api_for_exactly_those_hosts(fleet: Any) -> N
     state.json_mode = True
     result = invoke(state, "fleet", "--out-of-sync")
     assert [item["name"] for item in json.loads(result.output)["items"]] == ["mail-lyon-2"]
+
+
+# -- names shared by several sites or hosts, and numbers that are names ---------------------
+
+@pytest.fixture
+def twins(memory_controller: Any) -> dict[str, Any]:
+    """acme and globex both have a site lyon, each with a host pbx-1; acme's lyon also has
+    pbx-2."""
+    acme, globex = memory_controller.tenant("acme"), memory_controller.tenant("globex")
+    sites = {"acme": memory_controller.site(acme, "lyon"),
+             "globex": memory_controller.site(globex, "lyon")}
+    hosts = {"acme": memory_controller.host(sites["acme"], "pbx-1")["id"],
+             "globex": memory_controller.host(sites["globex"], "pbx-1")["id"],
+             "acme2": memory_controller.host(sites["acme"], "pbx-2")["id"]}
+    return {"controller": memory_controller, "sites": sites, "hosts": hosts, "acme": acme}
+
+
+def test_a_site_or_host_name_several_share_is_refused_not_targeted_twice(
+        twins: dict[str, Any]) -> None:
+    controller, sites, hosts = twins["controller"], twins["sites"], twins["hosts"]
+    ids = sorted(sites.values())
+    answer = controller.post("/v1/jobs", {"action": "flush_queue",
+                                          "target": {"sites": ["lyon"]}})
+    assert answer.status == 422, answer
+    assert answer.json["errors"]["target.sites"] == [
+        f"'lyon' names 2 sites (ids {ids[0]}, {ids[1]}): give the id"]
+    state = wsgi_cli(controller)
+    with pytest.raises(ApiRefused) as refused:
+        invoke(state, "flush", "--site", "lyon", "--no-wait")
+    assert refused.value.message == f"--site 'lyon' names 2 sites (ids {ids[0]}, {ids[1]})"
+    assert f"--site id:{ids[0]}" in str(refused.value.hint)
+    assert refused.value.exit_code == 3
+    with pytest.raises(ApiRefused, match="'pbx-1' names 2 hosts"):
+        invoke(state, "flush", "--host", "pbx-1", "--no-wait")
+    # several kinds: the name is looked up within the others, and refused if still shared
+    with pytest.raises(UsageProblem, match="'lyon' names 2 sites"):
+        invoke(state, "flush", "--site", "lyon", "--host", "pbx-2", "--no-wait")
+    assert controller.ok("GET", "/v1/jobs")["total"] == 0
+    narrowed = invoke(state, "flush", "--tenant", "acme", "--site", "lyon", "--no-wait")
+    job = fleet_job(controller, narrowed.stdout)
+    assert sorted(r["host_id"] for r in job["results"]) == sorted(
+        [hosts["acme"], hosts["acme2"]])
+    one = invoke(state, "flush", "--tenant", "acme", "--host", "pbx-1", "--no-wait")
+    assert [r["host_id"] for r in fleet_job(controller, one.stdout)["results"]] == [
+        hosts["acme"]]
+    by_id = invoke(state, "flush", "--site", f"id:{sites['globex']}", "--no-wait")
+    assert [r["host_id"] for r in fleet_job(controller, by_id.stdout)["results"]] == [
+        hosts["globex"]]
+
+
+def fleet_job(controller: Any, output: str) -> dict[str, Any]:
+    """The job whose id a --no-wait run printed."""
+    job: dict[str, Any] = controller.ok("GET", f"/v1/jobs/{int(output.strip())}")
+    return job
+
+
+def test_a_number_that_is_also_a_name_is_refused_and_id_or_name_say_which(
+        twins: dict[str, Any]) -> None:
+    controller = twins["controller"]
+    numbered = controller.site(twins["acme"], "1")
+    host_in_numbered = controller.host(numbered, "pbx-9")["id"]
+    state = wsgi_cli(controller)
+    api = state.api
+    with pytest.raises(UsageProblem, match="'1' could be site id 1 or the site named '1'") as \
+            caught:
+        build_target(TargetChoice(site=("1",)), api)
+    assert caught.value.hint == "say which: id:1 or name:1"
+    assert build_target(TargetChoice(site=("name:1",)), api) == {"sites": ["1"]}
+    assert build_target(TargetChoice(site=("id:1",)), api) == {"sites": [1]}
+    assert build_target(TargetChoice(host=(str(host_in_numbered),)), api) == {
+        "hosts": [host_in_numbered]}
+    named_one = invoke(state, "flush", "--site", "name:1", "--no-wait")
+    assert [r["host_id"] for r in fleet_job(controller, named_one.stdout)["results"]] == [
+        host_in_numbered]
+    with pytest.raises(UsageProblem, match="id: takes a number"):
+        build_target(TargetChoice(host=("id:x",)), api)
+
+
+def test_unicode_digits_are_a_name_not_a_crash(twins: dict[str, Any]) -> None:
+    state = wsgi_cli(twins["controller"])
+    assert build_target(TargetChoice(host=("²",)), state.api) == {"hosts": ["²"]}
+    with pytest.raises(ApiRefused) as refused:  # the API refuses the name: exit 3
+        invoke(state, "flush", "--host", "²", "--no-wait")
+    assert refused.value.exit_code == 3
+
+
+# -- keyed POSTs: busy keys, lost answers, retry ---------------------------------------------
+
+@pytest.fixture
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The client's back-off waits, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr("controller.client.api.time.sleep", waits.append)
+    return waits
+
+
+def mock_cli(handle: Callable[[httpx.Request], httpx.Response],
+             api: str = "http://controller") -> Cli:
+    """CLI state whose API answers with ``handle``."""
+    connection = Connection(api=api, token="t", source="test")
+    return Cli(_api=ApiClient(connection, transport=httpx.MockTransport(handle)))
+
+
+ACCEPTED = {"id": 9, "status": "queued", "total": 1,
+            "links": {"self": "/v1/jobs/9", "cancel": "/v1/jobs/9/cancel",
+                      "retry": "/v1/jobs/9/retry"}}
+BUSY = {"code": 409, "status": "Conflict", "message": "a request with this Idempotency-Key is "
+        "still being handled; retry in a moment"}
+
+
+def test_a_keyed_post_the_controller_is_still_handling_is_asked_again(
+        no_sleep: list[float]) -> None:
+    keys: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("Idempotency-Key"))
+        return httpx.Response(409 if len(keys) <= 2 else 202, json=BUSY if len(keys) <= 2
+                              else ACCEPTED)
+
+    result = invoke(mock_cli(handle), "flush", "--host", "id:1", "--no-wait")
+    assert result.return_value == 0 and result.stdout.strip() == "9"
+    assert len(keys) == 3 and len(set(keys)) == 1 and keys[0]
+    assert no_sleep == [0.5, 1.0]
+
+
+def test_a_conflict_that_is_not_a_busy_key_is_not_asked_again(no_sleep: list[float]) -> None:
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(409, json={"code": 409, "status": "Conflict",
+                                         "message": "site 3 already has a host named x"})
+
+    with pytest.raises(ApiRefused, match="already has a host"):
+        mock_cli(handle).api.post("/v1/hosts", {}, idempotency_key="k")
+    assert calls == ["/v1/hosts"] and no_sleep == []
+
+
+def test_a_keyed_post_without_an_answer_says_the_job_may_have_started(
+        no_sleep: list[float]) -> None:
+    sent: list[str] = []
+
+    def lost(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(ApiUnreachable) as caught:
+        invoke(mock_cli(lost), "flush", "--host", "id:1", "--no-wait")
+    assert "the job may have started" in caught.value.message
+    assert "unreachable" not in caught.value.message
+    assert caught.value.hint == "see: relayfleet jobs list --limit 5"
+    assert len(sent) == 4 and len(set(sent)) == 1  # 3 retries under the one key
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(ApiUnreachable) as never:
+        invoke(mock_cli(refused), "flush", "--host", "id:1", "--no-wait")
+    assert never.value.message.startswith("controller unreachable at http://controller")
+
+
+def _finish_with_a_failure(controller: Any, job_id: int) -> None:
+    """Make a queued job end partial: its first host failed, the others succeeded."""
+    from controller.db import db
+    from controller.models import Job, JobHost
+
+    with controller.app.app_context():
+        units = db.session.query(JobHost).filter_by(job_id=job_id).order_by(JobHost.id).all()
+        for index, unit in enumerate(units):
+            unit.status = "failed" if index == 0 else "succeeded"
+            unit.error = "relay refused" if index == 0 else None
+        db.session.get_one(Job, job_id).status = "partial"
+        db.session.commit()
+
+
+class Recording(httpx.BaseTransport):
+    """A transport that passes requests on and keeps them."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.inner.handle_request(request)
+
+
+def test_retry_takes_an_idempotency_key_and_the_cli_sends_one(fleet: Any) -> None:
+    job = fleet.start_job({"action": "flush_queue", "target": {"sites": ["lyon"]}})
+    _finish_with_a_failure(fleet, job)
+    first = fleet.post(f"/v1/jobs/{job}/retry", headers={"Idempotency-Key": "retry-1"})
+    again = fleet.post(f"/v1/jobs/{job}/retry", headers={"Idempotency-Key": "retry-1"})
+    assert first.status == again.status == 202, (first, again)
+    assert first.json["id"] == again.json["id"]
+    assert fleet.ok("GET", "/v1/jobs")["total"] == 2
+    retried = fleet.ok("GET", f"/v1/jobs/{first.json['id']}")
+    assert retried["counts"]["total"] == 1 and retried["retry_of"] == job
+    recording = Recording(httpx.WSGITransport(app=fleet.app))
+    state = Cli(_api=ApiClient(Connection(api="http://controller", token=fleet.admin,
+                                          source="test"), transport=recording))
+    result = invoke(state, "jobs", "retry", str(job), "--no-wait")
+    assert result.return_value == 0
+    posted = [r for r in recording.requests if r.method == "POST"]
+    assert posted and posted[0].headers.get("Idempotency-Key", "").startswith("relayfleet-cli-")
+    assert fleet.ok("GET", "/v1/jobs")["total"] == 3
+
+
+# -- Ctrl-C while the job's POST is out, and before the first look ----------------------------
+
+def _interrupted_post(replay: Callable[[httpx.Request], httpx.Response],
+                      documents: list[dict[str, Any]] | None = None,
+                      ) -> tuple[Cli, list[str]]:
+    """The first POST /v1/jobs is interrupted by Ctrl-C; ``replay`` answers the next."""
+    calls: list[str] = []
+    keys: list[str] = []
+    pages = iter(documents or [])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/v1/jobs":
+            keys.append(request.headers["Idempotency-Key"])
+            assert len(set(keys)) == 1, "the replay reuses the key"
+            if len(keys) == 1:
+                raise KeyboardInterrupt
+            return replay(request)
+        if request.url.path == "/v1/jobs/9/cancel":
+            return httpx.Response(200, json=_job("running", [_result(1, "a", "running")]))
+        return httpx.Response(200, json=next(pages))
+
+    return mock_cli(handle), calls
+
+
+def test_ctrl_c_during_the_post_learns_the_job_and_detaches() -> None:
+    state, calls = _interrupted_post(lambda _: httpx.Response(202, json=ACCEPTED))
+    result = invoke(state, "-q", "flush", "--host", "id:1")
+    assert result.return_value == 130
+    assert "detached: job 9 keeps running" in result.stderr  # -q says it too
+    assert "relayfleet jobs watch 9" in result.stderr
+    assert calls == ["POST /v1/jobs", "POST /v1/jobs"]
+
+
+def test_ctrl_c_during_the_post_cancels_when_asked() -> None:
+    cancelled = _job("cancelled", [_result(1, "a", "skipped", "cancelled before it started")])
+    state, calls = _interrupted_post(lambda _: httpx.Response(202, json=ACCEPTED), [cancelled])
+    result = invoke(state, "flush", "--host", "id:1", "--cancel-on-interrupt")
+    assert "POST /v1/jobs/9/cancel" in calls
+    assert result.return_value == 1 and "job 9 flush_queue: cancelled" in result.output
+
+
+def test_ctrl_c_during_the_post_without_an_answer_says_where_to_look(
+        no_sleep: list[float]) -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    state, _ = _interrupted_post(refused)
+    result = invoke(state, "flush", "--host", "id:1")
+    assert result.return_value == 130
+    assert "the job may have started; see: relayfleet jobs list --limit 5" in result.stderr
+    # a first POST still being handled is asked after only briefly
+    state, calls = _interrupted_post(lambda _: httpx.Response(409, json=BUSY))
+    result = invoke(state, "flush", "--host", "id:1")
+    assert result.return_value == 130 and "the job may have started" in result.stderr
+    assert calls == ["POST /v1/jobs"] * 5 and no_sleep == [0.5, 1.0, 2.0]
+
+
+def test_ctrl_c_before_the_first_look_at_the_job_detaches() -> None:
+    running = _job("running", [_result(1, "a", "running")])
+
+    def interrupt(calls: int) -> None:
+        if calls == 1:
+            raise KeyboardInterrupt
+
+    state, _ = scripted([running], on_get=interrupt)
+    result = invoke(state, "jobs", "watch", "9")
+    assert result.return_value == 130 and "relayfleet jobs watch 9" in result.stderr
+
+
+# -- what cannot work says why, at once ------------------------------------------------------
+
+def test_a_url_without_a_scheme_is_a_usage_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RELAYFLEET_API_URL", "RELAYFLEET_TOKEN", "RELAYFLEET_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UsageProblem, match="is not a controller URL") as caught:
+        Cli(api_url="relayfleet.example.net", token="t").connection()
+    assert caught.value.exit_code == 2
+    assert caught.value.hint == "e.g. --api https://relayfleet.example.net"
+
+
+def test_hopeless_transport_failures_are_not_retried(no_sleep: list[float]) -> None:
+    calls: list[str] = []
+
+    def untrusted(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+                                 "self-signed certificate", request=request)
+
+    with pytest.raises(ApiUnreachable) as caught:
+        mock_cli(untrusted, "https://controller").api.get("/v1/whoami")
+    assert len(calls) == 1 and no_sleep == []
+    assert "--ca-file" in str(caught.value.hint) and "serve" not in str(caught.value.hint)
+
+    def odd(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'",
+                                        request=request)
+
+    with pytest.raises(ApiUnreachable):
+        mock_cli(odd).api.get("/v1/whoami")
+    assert len(calls) == 2 and no_sleep == []
+
+
+def test_an_unexpected_exception_is_an_internal_error_exit_70(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.client import main as entry
+
+    def broken(_self: Cli) -> Connection:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Cli, "connection", broken)
+    with pytest.raises(SystemExit) as ended:
+        entry.main(["whoami"])
+    assert ended.value.code == 70
+    err = capsys.readouterr().err
+    assert "relayfleet: internal error: RuntimeError: boom (please report it" in err
+    help_text = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    assert "70 internal error" in help_text and "4 you declined a confirmation" in help_text
