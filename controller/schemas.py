@@ -617,10 +617,13 @@ class TargetSchema(StrictSchema):
         if len(data) != 1:
             raise ValidationError("give exactly one of hosts, sites, tenants, tags, all",
                                   "target")
-        for key in ("hosts", "sites", "tenants"):
+        # Hosts are named like DNS names; tenants and sites like people name them
+        # ("Acme Dental"): each kind's references follow its own names' grammar.
+        for key, pattern in (("hosts", HOST_NAME_RE), ("sites", NAME_RE),
+                             ("tenants", NAME_RE)):
             for ref in data.get(key, []):
                 if isinstance(ref, bool) or not isinstance(ref, int | str) or (
-                        isinstance(ref, str) and not re.fullmatch(HOST_NAME_RE, ref)) or (
+                        isinstance(ref, str) and not re.fullmatch(pattern, ref)) or (
                         isinstance(ref, int) and not 1 <= ref <= MAX_ID):
                     raise ValidationError("each item must be an id or a name", key)
 

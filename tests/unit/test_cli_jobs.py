@@ -587,3 +587,14 @@ def test_an_unexpected_exception_is_an_internal_error_exit_70(
     assert "relayfleet: internal error: RuntimeError: boom (please report it" in err
     help_text = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
     assert "70 internal error" in help_text and "4 you declined a confirmation" in help_text
+
+
+def test_tenants_and_sites_named_with_spaces_are_targets(memory_controller: Any) -> None:
+    tenant = memory_controller.tenant("Acme Dental")
+    memory_controller.host(memory_controller.site(tenant, "Leeds office"), "pbx-leeds-1")
+    state = wsgi_cli(memory_controller)
+    for option in (["--tenant", "Acme Dental"], ["--site", "Leeds office"]):
+        result = invoke(state, "status", *option, "--no-wait")
+        assert result.return_value == 0, result.output
+        job = memory_controller.ok("GET", f"/v1/jobs/{int(result.output.split()[0])}")
+        assert job["counts"]["total"] == 1
