@@ -169,6 +169,14 @@ class SitePageSchema(PageSchema):
 
 # -- hosts -----------------------------------------------------------------------------
 
+def host_address(value: str) -> None:
+    """A host's address (a name or an IP address), as hosts and the SSH key scan take it."""
+    try:
+        rules.validate_hostname(value, "address")
+    except rf_errors.ValidationError as exc:
+        raise ValidationError(exc.errors["address"]) from None
+
+
 def _check_egress(url: str) -> None:
     """Refuse a URL the egress policy refuses without a lookup (an IP literal, localhost);
     names are checked again, resolved, each time they are used."""
@@ -357,7 +365,8 @@ class HostCreateSchema(StrictSchema):
         HOST_NAME_RE, error="1-253 letters, digits, '.', '_' or '-'"),
         metadata={"example": "pbx01.acme.example"})
     site_id = _id(required=True, strict=True)
-    address = fields.String(required=True, metadata={"example": "10.0.0.5"})
+    address = fields.String(required=True, validate=host_address,
+                            metadata={"example": "10.0.0.5"})
     transport = fields.String(required=True, validate=validate.OneOf(TRANSPORTS))
     agent = fields.Nested(AgentAccessSchema, allow_none=True)
     ssh = fields.Nested(SshAccessSchema, allow_none=True)
@@ -367,13 +376,6 @@ class HostCreateSchema(StrictSchema):
     tags = fields.List(fields.String(validate=FullRegexp(
         TAG_RE, error="1-64 letters, digits or '_.:=-'")), load_default=list,
         validate=validate.Length(max=50))
-
-    @validates("address")
-    def _address(self, value: str, **_: Any) -> None:
-        try:
-            rules.validate_hostname(value, "address")
-        except rf_errors.ValidationError as exc:
-            raise ValidationError(exc.errors["address"]) from None
 
     @validates_schema
     def _transport_access(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
@@ -479,16 +481,9 @@ class HostKeyScanSchema(StrictSchema):
     """POST /v1/ssh/host-key-scan: where to ask for an SSH host key."""
 
     # No example: API fuzzers send examples as they are, and this route dials them.
-    address = fields.String(required=True, metadata={
+    address = fields.String(required=True, validate=host_address, metadata={
         "description": "as a host's address: a name or an IP address"})
     port = WholeInteger(load_default=22, strict=True, validate=validate.Range(1, 65535))
-
-    @validates("address")
-    def _address(self, value: str, **_: Any) -> None:
-        try:
-            rules.validate_hostname(value, "address")
-        except rf_errors.ValidationError as exc:
-            raise ValidationError(exc.errors["address"]) from None
 
 
 class HostKeyScanResultSchema(Schema):
