@@ -35,7 +35,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,6 +389,27 @@ def _only_for(cells: Mapping[str, str], columns: Sequence[str], transport: str,
                         f"{'ssh' if transport == 'agent' else 'agent'})")
 
 
+def _flag(cells: Mapping[str, str], column: str, bad: Any) -> bool | None:
+    """A yes/no column: its value, or ``None`` when empty or not yes/no (then named)."""
+    if not cells.get(column):
+        return None
+    flag = parse_bool(cells[column])
+    if flag is None:
+        bad(column, f"must be yes or no, not {cells[column]!r}")
+    return flag
+
+
+def _from_file(read: Callable[[str, Path, FileRules | None], str], column: str, path: str,
+               *, base: Path, rules: FileRules, bad: Any) -> str | None:
+    """What a file column names, read by ``read``; ``None`` (and the row's problem named)
+    when it cannot be read."""
+    try:
+        return read(path, base, rules)
+    except FileProblem as exc:
+        bad(column, str(exc))
+        return None
+
+
 def _agent(cells: Mapping[str, str], base: Path, rules: FileRules, row: Row,
            bad: Any) -> dict[str, Any]:
     agent: dict[str, Any] = {"url": cells.get("agent_url", "")}
@@ -399,22 +420,19 @@ def _agent(cells: Mapping[str, str], base: Path, rules: FileRules, row: Row,
         bad("agent_token", "give agent_token_file or agent_token, not both")
     elif token_file:
         row.columns["agent.token"] = "agent_token_file"
-        try:
-            agent["token"] = read_first_line(token_file, base, rules).strip()
-        except FileProblem as exc:
-            bad("agent_token_file", str(exc))
+        token = _from_file(read_first_line, "agent_token_file", token_file, base=base,
+                           rules=rules, bad=bad)
+        if token is not None:
+            agent["token"] = token.strip()
     elif token:
         agent["token"] = token
     else:
         bad("agent_token_file", "required for agent rows (or an agent_token column)")
     if cells.get("agent_tls_fingerprint"):
         agent["tls_fingerprint"] = cells["agent_tls_fingerprint"]
-    if cells.get("agent_insecure_http"):
-        flag = parse_bool(cells["agent_insecure_http"])
-        if flag is None:
-            bad("agent_insecure_http", f"must be yes or no, not {cells['agent_insecure_http']!r}")
-        else:
-            agent["insecure_http"] = flag
+    insecure_http = _flag(cells, "agent_insecure_http", bad)
+    if insecure_http is not None:
+        agent["insecure_http"] = insecure_http
     return agent
 
 
@@ -427,15 +445,15 @@ def _ssh(cells: Mapping[str, str], base: Path, rules: FileRules, row: Row,
     if key_file and password_file:
         bad("ssh_key_file", "give ssh_key_file or ssh_password_file, not both")
     elif key_file:
-        try:
-            ssh["private_key"] = read_private_key(key_file, base, rules)
-        except FileProblem as exc:
-            bad("ssh_key_file", str(exc))
+        key = _from_file(read_private_key, "ssh_key_file", key_file, base=base, rules=rules,
+                         bad=bad)
+        if key is not None:
+            ssh["private_key"] = key
     elif password_file:
-        try:
-            ssh["password"] = read_first_line(password_file, base, rules)
-        except FileProblem as exc:
-            bad("ssh_password_file", str(exc))
+        password = _from_file(read_first_line, "ssh_password_file", password_file,
+                              base=base, rules=rules, bad=bad)
+        if password is not None:
+            ssh["password"] = password
     else:
         bad("ssh_key_file", "required for ssh rows (or ssh_password_file)")
     host_key = cells.get("ssh_host_key", "")
@@ -453,12 +471,9 @@ def _ssh(cells: Mapping[str, str], base: Path, rules: FileRules, row: Row,
             bad("ssh_port", f"must be a number from 1 to 65535, not {text!r}")
         else:
             ssh["port"] = int(text)
-    if cells.get("ssh_sudo"):
-        flag = parse_bool(cells["ssh_sudo"])
-        if flag is None:
-            bad("ssh_sudo", f"must be yes or no, not {cells['ssh_sudo']!r}")
-        else:
-            ssh["sudo"] = flag
+    sudo = _flag(cells, "ssh_sudo", bad)
+    if sudo is not None:
+        ssh["sudo"] = sudo
     return ssh
 
 
