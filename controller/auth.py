@@ -35,9 +35,13 @@ class Principal:
     role: str
     tenant_id: int | None
 
+    def may(self, role: str) -> bool:
+        """Whether the token's role is at least ``role``."""
+        return _RANK[self.role] >= _RANK[check_role(role)]
+
     def require(self, role: str) -> None:
         """Refuse the call (403) unless the token's role is at least ``role``."""
-        if _RANK[self.role] < _RANK[role]:
+        if not self.may(role):
             raise PermissionDenied(f"this needs a token with the {role} role; this token is "
                                    f"{self.role}: ask an administrator for one")
 
@@ -46,18 +50,25 @@ class Principal:
         return self.tenant_id is None or self.tenant_id == tenant_id
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+def check_role(role: str) -> str:
+    """``role`` if it is one of the roles (a programming error otherwise)."""
+    if role not in _RANK:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    return role
+
+
+def sha256_hex(secret: str) -> str:
+    """The SHA-256 a secret (a token, a session's cookie) is stored as."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def issue_token(session: Session, *, name: str, role: str, tenant_id: int | None,
                 created_by: int | None = None) -> tuple[Token, str]:
     """Create a token row; return it with the token text (shown once, never stored)."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    check_role(role)
     public_id = secrets.token_hex(6)
     text = f"{PREFIX}{public_id}_{secrets.token_urlsafe(32)}"
-    row = Token(public_id=public_id, secret_sha256=_digest(text), name=name, role=role,
+    row = Token(public_id=public_id, secret_sha256=sha256_hex(text), name=name, role=role,
                 tenant_id=tenant_id, created_by=created_by)
     session.add(row)
     session.flush()
@@ -73,7 +84,7 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     if public_id:
         row = session.scalar(select(Token).where(Token.public_id == public_id))
     expected = row.secret_sha256 if row is not None else _NO_MATCH
-    matches = hmac.compare_digest(_digest(presented), expected)
+    matches = hmac.compare_digest(sha256_hex(presented), expected)
     if row is None or not matches or row.revoked_at is not None:
         return None
     now = utcnow()

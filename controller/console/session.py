@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import hmac
 import math
 import secrets
@@ -73,13 +72,13 @@ from markupsafe import Markup, escape
 from sqlalchemy import delete, or_, select, update
 from werkzeug.exceptions import HTTPException
 
-from controller.auth import Principal, authenticate
+from controller.auth import Principal, authenticate, check_role, sha256_hex
 from controller.config import Settings
 from controller.console import bp, console_headers
 from controller.crypto import derive_key
 from controller.db import db, utcnow
 from controller.errors import Conflict, NotFound, PermissionDenied, Unavailable
-from controller.models import ROLES, ConsoleSession, Tenant, Token
+from controller.models import ConsoleSession, Tenant, Token
 from shared.errors import RelayfleetError, ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,7 +107,6 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("console.tokens", "Tokens", "admin"),
     ("console.docs", "API docs", "viewer"),
 )
-_RANK = {role: rank for rank, role in enumerate(ROLES)}
 _ERROR_PAGES: tuple[tuple[type[RelayfleetError], int, str], ...] = (
     (NotFound, 404, "Not found"),
     (PermissionDenied, 403, "Not allowed"),
@@ -128,10 +126,6 @@ class _Current:
 
 
 # -- sessions ----------------------------------------------------------------------------
-
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
-
 
 def _settings() -> Settings:
     settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
@@ -155,7 +149,7 @@ def _lookup(secret: str) -> _Current | None:
     # attacker something about SHA-256 values, which leads back to no secret.
     found = session.execute(
         select(ConsoleSession, Token).join(Token, Token.id == ConsoleSession.token_id)
-        .where(ConsoleSession.secret_sha256 == _digest(secret))).first()
+        .where(ConsoleSession.secret_sha256 == sha256_hex(secret))).first()
     if found is None:
         return None
     row, token = found
@@ -189,9 +183,9 @@ def _open(principal: Principal) -> tuple[ConsoleSession, str]:
     old = request.cookies.get(COOKIE, "")
     if old:
         session.execute(delete(ConsoleSession).where(
-            ConsoleSession.secret_sha256 == _digest(old)))
+            ConsoleSession.secret_sha256 == sha256_hex(old)))
     secret = secrets.token_urlsafe(32)
-    row = ConsoleSession(secret_sha256=_digest(secret), token_id=principal.token_id,
+    row = ConsoleSession(secret_sha256=sha256_hex(secret), token_id=principal.token_id,
                          csrf_token=secrets.token_urlsafe(32), created_at=now,
                          expires_at=now + dt.timedelta(seconds=settings.console_max_s),
                          last_seen_at=now, remote_addr=_address())
@@ -236,7 +230,7 @@ def principal() -> Principal:
 def can(role: str) -> bool:
     """Whether the signed-in principal may do what ``role`` allows (``False`` signed out)."""
     who: Principal | None = g.get("principal")
-    return who is not None and _RANK[who.role] >= _RANK[role]
+    return who is not None and who.may(role)
 
 
 def csrf_field() -> Markup:
@@ -289,8 +283,7 @@ def signed_in(view: F) -> F:
 def requires(role: str) -> Callable[[F], F]:
     """View decorator: the principal's role must be at least ``role`` (else the 403 page).
     Put it under ``@signed_in`` (it signs in by itself too, so the order is forgiving)."""
-    if role not in _RANK:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    check_role(role)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
