@@ -54,16 +54,24 @@ def asset(filename: str) -> str:
     return url_for("console.static", filename=filename, v=ASSET_VERSION)
 
 
+#: endpoints serving files whose URLs carry a version (``?v=``): endpoint -> the version
+VERSIONED_ASSETS: dict[str, str] = {"console.static": ASSET_VERSION}
+
+
 @bp.after_request
 def console_headers(response: Response) -> Response:
     """The console's security and caching headers (every console answer, error pages of
     requests no console view matched included)."""
-    if request.endpoint == "console.static" and request.args.get("v") == ASSET_VERSION \
+    version = VERSIONED_ASSETS.get(request.endpoint or "")
+    if version is not None and request.args.get("v") == version \
             and response.status_code < 400:
-        response.cache_control.max_age = 31536000
+        # a versioned asset never changes under its URL: cached for good
+        response.cache_control.no_store = False
+        response.cache_control.no_cache = None  # send_file's revalidation is not needed
         response.cache_control.public = True
+        response.cache_control.max_age = 31536000
         response.cache_control.immutable = True
-    elif request.endpoint != "console.static" or response.status_code >= 400:
+    elif version is None or response.status_code >= 400:
         # pages show live state and per-user data: never cached
         response.cache_control.no_store = True
     response.headers.setdefault("X-Frame-Options", "DENY")

@@ -51,7 +51,7 @@ from controller.api import jobs as jobs_api
 from controller.auth import Principal
 from controller.client.summaries import relay_text, summarize
 from controller.config import Settings
-from controller.console import bp
+from controller.console import VERSIONED_ASSETS, bp
 from controller.console.session import principal, requires, signed_in
 from controller.crypto import derive_key
 from controller.db import db
@@ -761,26 +761,13 @@ SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
 SWAGGER_VERSION = SWAGGER_DIR.name.removeprefix("swagger-ui-")
 #: the two files the docs page loads (the package holds more; nothing else is served)
 SWAGGER_FILES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css"})
+VERSIONED_ASSETS["console.swagger_asset"] = SWAGGER_VERSION
 @bp.route("/vendor/swagger/<path:filename>")
 def swagger_asset(filename: str) -> Response:
     """Swagger UI's script and style, from the installed package (no CDN)."""
     if filename not in SWAGGER_FILES:
         abort(404)
     return send_from_directory(SWAGGER_DIR, filename)
-
-
-@bp.after_app_request
-def _swagger_cache(response: Response) -> Response:
-    # Runs after the console's own header hook (which marks every non-static answer
-    # no-store): a versioned Swagger file never changes, so it may be cached for good.
-    if (request.endpoint == "console.swagger_asset" and response.status_code == 200
-            and request.args.get("v") == SWAGGER_VERSION):
-        response.cache_control.no_store = False
-        response.cache_control.no_cache = None
-        response.cache_control.public = True
-        response.cache_control.max_age = 31536000
-        response.cache_control.immutable = True
-    return response
 
 
 @bp.route("/docs")
