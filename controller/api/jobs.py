@@ -76,6 +76,23 @@ def submit(principal: Principal, raw: dict[str, Any], key: str | None = None) ->
                       request_fingerprint(fingerprint_key, "POST", "/v1/jobs", raw))
 
 
+def retry(principal: Principal, job_id: int, key: str | None) -> tuple[int, dict[str, Any], int]:
+    """Start a job for a job's failed and unreachable hosts (the API's retry and the
+    console's): (status, the accepted document, hosts retried). The same key again answers
+    the same new job."""
+    rows = svc.retry_hosts(db.session, principal, job_id)
+    old = svc.get_job(db.session, principal, job_id)
+    body = svc.retry_body(old, _box(), rows)
+    # the request has no body: the job retried is the request
+    fingerprint_key: bytes = current_app.extensions["relayfleet_fingerprint_key"]
+    status, doc = idempotent(db.session, principal, key,
+                             request_fingerprint(fingerprint_key, "POST",
+                                                 f"/v1/jobs/{job_id}/retry", None),
+                             lambda: start(principal, body, host_rows=rows, retry_of=old.id))
+    audit_target(f"job:{doc['id']}", retry_of=old.id)
+    return status, doc, len(rows)
+
+
 @blp.route("/jobs")
 class Jobs(MethodView):
     """Jobs."""
@@ -139,16 +156,5 @@ class JobRetry(MethodView):
     def post(self, job_id: int) -> Any:
         """A new job with the same action and params for the failed and unreachable hosts.
         Send ``Idempotency-Key``: the same key again answers the same new job."""
-        principal = who()
-        rows = svc.retry_hosts(db.session, principal, job_id)
-        old = svc.get_job(db.session, principal, job_id)
-        body = svc.retry_body(old, _box(), rows)
-        # the request has no body: the method and path (the job retried) are the request
-        fingerprint_key: bytes = current_app.extensions["relayfleet_fingerprint_key"]
-        status, doc = idempotent(db.session, principal, request.headers.get("Idempotency-Key"),
-                                 request_fingerprint(fingerprint_key, "POST", request.path,
-                                                     None),
-                                 lambda: start(principal, body, host_rows=rows,
-                                                retry_of=old.id))
-        audit_target(f"job:{doc['id']}", retry_of=old.id)
+        status, doc, _ = retry(who(), job_id, request.headers.get("Idempotency-Key"))
         return doc, status

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from markupsafe import Markup
 from marshmallow import Schema, fields, validate
 from marshmallow import ValidationError as SchemaError
@@ -38,10 +38,8 @@ from controller.client.summaries import age_text, relay_text, summarize
 from controller.console import bp
 from controller.console.launch_pages import start_console_job
 from controller.console.session import principal, requires, signed_in
-from controller.crypto import SecretBox
 from controller.db import db, utcnow
 from controller.errors import Conflict
-from controller.idempotency import idempotent
 from controller.models import TRANSPORTS, Host, Job, JobHost, Site, Tenant, Token
 from shared.actions import JOB_ACTIONS
 from shared.errors import RelayfleetError, ValidationError
@@ -454,20 +452,14 @@ def job_retry(job_id: int) -> Response:
     who = principal()
     audit_target(f"job:{job_id}")
     try:
-        rows = svc.retry_hosts(db.session, who, job_id)
+        # one retry per job and token from the console: a double click, or Retry on a job
+        # already retried, leads to that retry job (retry the retry to go again)
+        _, doc, retried = jobs_api.retry(who, job_id, f"console-retry-{job_id}")
     except (Conflict, ValidationError) as exc:
         flash(exc.message, "error")
         return redirect(url_for("console.job", job_id=job_id), code=303)
-    old = svc.get_job(db.session, who, job_id)
-    box: SecretBox = current_app.extensions["relayfleet_secrets"]
-    body = svc.retry_body(old, box, rows)
-    # what POST /v1/jobs/{id}/retry does, through the same functions (a job queue that
-    # cannot be reached is the 503 page, as it is the API's 503)
-    _, doc = idempotent(db.session, who, None, "",
-                        lambda: jobs_api.start(who, body, host_rows=rows, retry_of=old.id))
     new_id = int(doc["id"])
-    audit_target(f"job:{new_id}", retry_of=old.id)
-    flash(f"Retrying {len(rows)} host{'s' if len(rows) != 1 else ''} of job {job_id} "
+    flash(f"Retrying {retried} host{'s' if retried != 1 else ''} of job {job_id} "
           f"as job {new_id}.", "success")
     return redirect(url_for("console.job", job_id=new_id), code=303)
 
