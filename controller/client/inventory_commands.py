@@ -108,8 +108,9 @@ def tenant_id_of(api: ApiClient, ref: str) -> int:
     ident, name = split_ref(ref)
     found = []
     if name is not None:
-        found = [t for t in _tenants(api) if t["name"] == name] or [
-            t for t in _tenants(api) if str(t["name"]).casefold() == name.casefold()]
+        tenants = list(_tenants(api))
+        found = [t for t in tenants if t["name"] == name] or [
+            t for t in tenants if str(t["name"]).casefold() == name.casefold()]
     if ident is not None:
         if name is not None and found:
             raise UsageProblem(number_or_name("tenant", ref), hint=say_which(ref))

@@ -17,6 +17,7 @@ from controller.client.output import Output
 from controller.client.targets import TargetChoice, build_target, resolve_ref, target_options
 from controller.client.watch import (
     FINAL_JOB_STATES,
+    STATE_STYLES,
     JobOptions,
     exit_code_for,
     finish,
@@ -366,14 +367,9 @@ def jobs_list(cli: Cli, /, *, status: str | None, action: str | None, limit: int
                      f"{counts['succeeded']}/{counts['total']}",
                      counts["failed"] + counts["unreachable"], job["created_at"][:19]))
     cli.out.table(["id", "action", "status", "ok/total", "failed", "created"], rows,
-                  styles=[_job_style(job["status"]) for job in page["items"]],
+                  styles=[STATE_STYLES.get(job["status"]) for job in page["items"]],
                   empty="no jobs yet")
     return EXIT_OK
-
-
-def _job_style(state: str) -> str | None:
-    return {"succeeded": "green", "failed": "red", "partial": "yellow",
-            "cancelled": "yellow"}.get(state)
 
 
 @jobs.command("show", epilog=examples("relayfleet jobs show 42", "relayfleet jobs show 42 --json"))

@@ -32,8 +32,10 @@ from controller.client.targets import explain_target_refusal
 FINAL_JOB_STATES = frozenset({"succeeded", "failed", "partial", "cancelled"})
 DONE_UNIT_STATES = frozenset({"succeeded", "failed", "unreachable", "skipped"})
 BAD_UNIT_STATES = ("failed", "unreachable", "skipped")
+#: the colour of each host or job state (the words are printed too: colour only helps)
 STATE_STYLES = {"succeeded": "green", "failed": "red", "unreachable": "red",
-                "skipped": "yellow", "running": "cyan", "pending": "dim"}
+                "skipped": "yellow", "running": "cyan", "pending": "dim",
+                "partial": "yellow", "cancelled": "yellow"}
 #: polling: quick at first (small jobs end in seconds), slower for long ones
 POLL_FIRST_S, POLL_MAX_S = 0.25, 2.0
 #: after Ctrl-C during the job's POST: how long to wait for the replay that names the job
