@@ -40,6 +40,7 @@ from controller.console.launch_pages import start_console_job
 from controller.console.session import principal, requires, signed_in
 from controller.db import db, utcnow
 from controller.errors import Conflict
+from controller.ledger import RETRYABLE_UNIT_STATES, UnitState
 from controller.models import TRANSPORTS, Host, Job, JobHost, Site, Tenant, Token
 from shared.actions import JOB_ACTIONS
 from shared.errors import RelayfleetError, ValidationError
@@ -50,7 +51,7 @@ from shared.sendmail.maillog import outcome
 FLEET_VIEWS = (("all", "Every host"), ("holding_mail", "Holding mail"),
                ("out_of_sync", "Out of sync"))
 #: a job's host states that need someone's attention (listed first, as the CLI does)
-BAD_UNIT_STATES = ("failed", "unreachable", "skipped")
+BAD_UNIT_STATES = (*RETRYABLE_UNIT_STATES, UnitState.SKIPPED.value)
 #: the job page shows this many hosts unless asked for all (each row may hold steps)
 JOB_HOST_ROWS = 200
 #: the actions whose last result the host page shows
