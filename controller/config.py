@@ -26,6 +26,9 @@
 ``RELAYFLEET_CONSOLE_SECURE_COOKIE`` ``always``: the console's cookies are always Secure (for
                               a TLS front that does not send X-Forwarded-Proto); ``auto``
                               (default): Secure when the request came over TLS
+``RELAYFLEET_AGENT_BUNDLE_DIR`` where ``relayfleet-controller agent-bundle`` writes the
+                              agent's offline bundles and ``install_agent`` jobs take them
+                              from (default: ``agent-bundles`` in the data directory)
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class Settings:
     console_max_s: int = 12 * 3600
     #: the console's cookies are Secure even when the request seems to be plain http
     console_secure_cookie: bool = False
+    #: the agent's offline bundles (``relayfleet-agent-VERSION.tar.gz`` and its ``.sha256``)
+    agent_bundle_dir: Path = Path("agent-bundles")
 
     @property
     def egress_policy(self) -> EgressPolicy:
@@ -210,4 +215,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         console_idle_s=_int_env(env, "RELAYFLEET_CONSOLE_IDLE_S", Settings.console_idle_s),
         console_max_s=_int_env(env, "RELAYFLEET_CONSOLE_MAX_S", Settings.console_max_s),
         console_secure_cookie=_secure_cookie(env),
+        agent_bundle_dir=Path(env.get("RELAYFLEET_AGENT_BUNDLE_DIR")
+                              or data_dir / "agent-bundles"),
     )

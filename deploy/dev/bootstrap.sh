@@ -9,6 +9,9 @@ cd "$(dirname "$0")/../.."
 
 packages=(sendmail-bin sendmail-cf m4 make openssh-server iproute2 dnsmasq-base redis-server
           postgresql sensible-mda procmail sudo procps curl python3-venv openssl)
+# systemd-analyze checks the shipped units; debootstrap builds a Debian 11 tree whose
+# Python 3.9 runs the agent's tests.
+packages+=(systemd debootstrap)
 # The console's browser tests drive Debian's chromium through Debian's chromedriver (Selenium
 # is told both paths and never downloads a browser or a driver of its own).
 packages+=(chromium chromium-driver)

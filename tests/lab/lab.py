@@ -8,7 +8,8 @@ refusals: :mod:`tests.lab.relay`), and :meth:`LabHost.trust_lab_ca` makes a host
 CA. Each :class:`LabHost` is a network
 namespace with a veth into the bridge, plus a holder process in its own mount and UTS
 namespaces; per-host files are bind-mounted over ``/etc/mail``, ``/etc/hosts``,
-``/etc/resolv.conf``, the queues, ``/run``, ``/var/log`` and ``/dev/log``, so Debian's
+``/etc/resolv.conf``, the queues, ``/run``, ``/var/log``, ``/dev/log`` and the agent's
+``/opt/relayfleet`` and ``/etc/relayfleet``, so Debian's
 real sendmail runs inside with default paths and its own hostname. A syslog receiver
 per host turns ``/dev/log`` datagrams into that host's real maillog.
 
@@ -921,7 +922,14 @@ class Lab:
             binds = [(root / "etc-mail", "/etc/mail"),
                      (root / "mqueue", "/var/spool/mqueue"),
                      (root / "mqueue-client", "/var/spool/mqueue-client")]
+        # The agent's install (install.sh, install_agent) writes these: each host its own.
+        for private in ("opt-relayfleet", "etc-relayfleet"):
+            (root / private).mkdir(mode=0o755, exist_ok=True)
+        # Mount points (on the machine's own tree, but for a Postfix host's /etc overlay).
+        script += "mkdir -p /opt/relayfleet /etc/relayfleet\n"
         binds += [
+            (root / "opt-relayfleet", "/opt/relayfleet"),
+            (root / "etc-relayfleet", "/etc/relayfleet"),
             (root / "hosts", "/etc/hosts"),
             (root / "resolv.conf", "/etc/resolv.conf"),
             (root / "run", "/run"),
