@@ -32,7 +32,7 @@ from controller.models import AuditEvent
 from shared import __version__
 from shared import errors as rf_errors
 from shared import schemas as agent_schemas
-from shared.actions import ACTIONS, JOB_ACTIONS, result_component_name
+from shared.actions import JOB_ACTIONS, job_action, result_component_name
 from shared.webapi import EnvelopeApi, register_error_handler
 
 log = logging.getLogger("relayfleet.controller")
@@ -129,7 +129,7 @@ def _publish_action_results(api: EnvelopeApi) -> None:
     component named after the action, e.g. ``SetSmarthostResult``."""
     published: dict[type, str] = {}
     for name in JOB_ACTIONS:
-        schema, component = ACTIONS[name].result_schema, result_component_name(name)
+        schema, component = job_action(name).result_schema, result_component_name(name)
         if schema in published:
             # Actions that share a schema (set and remove) point at its one component:
             # apispec warns, and may resolve references wrongly, if a schema is added twice.

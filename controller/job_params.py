@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.db import utcnow
-from shared.actions import CHANGE_ACTIONS, Request, action_named
+from shared.actions import CHANGE_ACTIONS, Request, job_action
 from shared.errors import ValidationError
 from shared.profile import PROFILE_KINDS
 from shared.results import OperationResult
@@ -22,7 +22,7 @@ def _prefixed(exc: ValidationError, prefix: str) -> ValidationError:
 def validate_params(action: str, params: dict[str, Any],
                     options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Check an action's params with the agent's own rules; return (public, secret) parts."""
-    entry = action_named(action, job=True)
+    entry = job_action(action)
     if "dry_run" in params:
         raise ValidationError.for_field("params.dry_run", "use options.dry_run")
     if options.get("dry_run") and not entry.changes_host:
@@ -37,7 +37,7 @@ def validate_params(action: str, params: dict[str, Any],
 
 def check_target_size(action: str, params: dict[str, Any], hosts: int) -> None:
     """Refuse a job whose params name one host (fix_hostname's fqdn) over more than one."""
-    entry = action_named(action, job=True)
+    entry = job_action(action)
     given = [key for key in entry.one_host_params if params.get(key) is not None]
     if given and hosts > 1:
         raise ValidationError.for_field(
@@ -48,7 +48,7 @@ def check_target_size(action: str, params: dict[str, Any], hosts: int) -> None:
 def stored_request(action: str, public: dict[str, Any],
                    secret: dict[str, Any] | None) -> Request:
     """The typed request of a stored job, from its public params and decrypted secret."""
-    request: Request = action_named(action, job=True).stored(public, secret)
+    request: Request = job_action(action).stored(public, secret)
     return request
 
 
@@ -63,6 +63,6 @@ def learned(job_id: int, job: dict[str, Any], *, status: str, error: str | None,
                               "last_error": error if status == "failed" else None}
     if mta_kind in PROFILE_KINDS:
         values["mta_detected_kind"] = mta_kind
-    values.update(action_named(job["action"]).learn(
+    values.update(job_action(job["action"]).learn(
         status, result.data if result else {}, bool(job["options"].get("dry_run"))))
     return values

@@ -22,6 +22,7 @@ from controller.errors import Conflict
 from controller.inventory import get_scoped, scoped
 from controller.job_params import check_target_size, validate_params
 from controller.models import Host, HostTag, Job, JobHost, Site, Tenant
+from shared.actions import job_action
 from shared.errors import ValidationError
 
 
@@ -88,7 +89,7 @@ def start_job(session: Session, who: Principal, body: dict[str, Any], box: Secre
     """Validate and store a job and its units (``queued``, not committed); its lanes are
     queued when the session commits (if they cannot be, the job ends ``failed`` and the
     commit raises :class:`controller.dispatch.NotQueued`)."""
-    who.require("operator")
+    who.require(job_action(body["action"]).role)
     options = dict(body["options"])
     if options["timeout_s"] > max_timeout_s:
         raise ValidationError.for_field(

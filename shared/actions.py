@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from marshmallow import Schema
 from marshmallow import ValidationError as SchemaError
@@ -61,8 +61,66 @@ class HttpRoute:
     location: str | None = None
 
 
+class RequestRules(Generic[R]):
+    """How a job action's request is checked, stored and rebuilt: the same for an action a
+    host runs (:class:`Action`) and one the controller's worker runs (:class:`WorkerAction`)."""
+
+    name: str
+    params_schema: type[Schema]
+    build: Callable[[dict[str, Any]], R]
+    to_json: Callable[[R], dict[str, Any]]
+    secret_paths: tuple[tuple[str, ...], ...]
+    #: the least role that may start it as a job
+    role: str
+
+    def parse(self, data: object) -> R:
+        """Check a request (a JSON object) with the action's schema; return it typed."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValidationError.for_field("body", "must be a JSON object")
+        if "dry_run" in data:
+            # dry_run is how to run a request, not part of it: never let it pass silently
+            raise ValidationError.for_field("dry_run", "is not part of the request; "
+                                                       "ask for a dry run separately")
+        try:
+            loaded = self.params_schema().load(data)
+        except SchemaError as exc:
+            raise refusal("request", s.flatten_errors(exc.messages)) from None
+        return self.from_loaded(loaded)
+
+    def from_loaded(self, loaded: Mapping[str, Any]) -> R:
+        """The typed request from what ``params_schema`` loaded (``dry_run`` is left out)."""
+        return self.build({key: value for key, value in loaded.items() if key != "dry_run"})
+
+    def split(self, request: R) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The request's JSON form as (public part, secret part or None) for storage."""
+        public = copy.deepcopy(self.to_json(request))
+        secret: dict[str, Any] = {}
+        for path in self.secret_paths:
+            parent = _walk(public, path[:-1])
+            if parent is not None and path[-1] in parent:
+                secret[path[-1]] = parent.pop(path[-1])
+        return public, secret or None
+
+    def join(self, public: Mapping[str, Any], secret: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The JSON form again from its stored public and secret parts."""
+        joined = copy.deepcopy(dict(public))
+        for path in self.secret_paths:
+            if secret and path[-1] in secret:
+                parent = joined
+                for key in path[:-1]:
+                    parent = parent.setdefault(key, {})
+                parent[path[-1]] = secret[path[-1]]
+        return joined
+
+    def stored(self, public: Mapping[str, Any], secret: Mapping[str, Any] | None) -> R:
+        """Rebuild (and check again) the typed request from its stored parts."""
+        return self.parse(self.join(public, secret))
+
+
 @dataclass(frozen=True)
-class Action(Generic[R]):
+class Action(RequestRules[R]):
     """One action: its request, how it runs and travels, its answer, what it teaches."""
 
     name: str
@@ -92,26 +150,7 @@ class Action(Generic[R]):
     #: params that name one host (fix_hostname's fqdn), and what a job over several hosts
     #: gives instead: a job giving one of them targets one host
     one_host_params: Mapping[str, str] = field(default_factory=dict)
-
-    def parse(self, data: object) -> R:
-        """Check a request (a JSON object) with the action's schema; return it typed."""
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ValidationError.for_field("body", "must be a JSON object")
-        if "dry_run" in data:
-            # dry_run is how to run a request, not part of it: never let it pass silently
-            raise ValidationError.for_field("dry_run", "is not part of the request; "
-                                                       "ask for a dry run separately")
-        try:
-            loaded = self.params_schema().load(data)
-        except SchemaError as exc:
-            raise refusal("request", s.flatten_errors(exc.messages)) from None
-        return self.from_loaded(loaded)
-
-    def from_loaded(self, loaded: Mapping[str, Any]) -> R:
-        """The typed request from what ``params_schema`` loaded (``dry_run`` is left out)."""
-        return self.build({key: value for key, value in loaded.items() if key != "dry_run"})
+    role: str = "operator"
 
     def run(self, ops: MtaOperations, request: R, *, dry_run: bool = False) -> OperationResult:
         """Run the action on a host through its operations."""
@@ -121,31 +160,6 @@ class Action(Generic[R]):
         # Results are named by the action that asked for them, wherever they ran.
         result.operation = self.name
         return result
-
-    def split(self, request: R) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """The request's JSON form as (public part, secret part or None) for storage."""
-        public = copy.deepcopy(self.to_json(request))
-        secret: dict[str, Any] = {}
-        for path in self.secret_paths:
-            parent = _walk(public, path[:-1])
-            if parent is not None and path[-1] in parent:
-                secret[path[-1]] = parent.pop(path[-1])
-        return public, secret or None
-
-    def join(self, public: Mapping[str, Any], secret: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The JSON form again from its stored public and secret parts."""
-        joined = copy.deepcopy(dict(public))
-        for path in self.secret_paths:
-            if secret and path[-1] in secret:
-                parent = joined
-                for key in path[:-1]:
-                    parent = parent.setdefault(key, {})
-                parent[path[-1]] = secret[path[-1]]
-        return joined
-
-    def stored(self, public: Mapping[str, Any], secret: Mapping[str, Any] | None) -> R:
-        """Rebuild (and check again) the typed request from its stored parts."""
-        return self.parse(self.join(public, secret))
 
     def http_input(self, request: R, dry_run: bool) -> dict[str, Any] | None:
         """The body or query that carries ``request`` to the agent."""
@@ -159,6 +173,37 @@ class Action(Generic[R]):
     def document(self, result: OperationResult) -> dict[str, Any]:
         """The agent's answer document for ``result``, exactly as the agent sends it."""
         return dict(self.result_schema().dump(self.answer(result)))
+
+
+@dataclass(frozen=True)
+class WorkerAction(RequestRules[R]):
+    """An action the controller's worker runs itself, over the host's SSH login, rather
+    than an MTA operation a host runs: no agent route, no ``relayfleet-ops`` command (the
+    controller maps its name to the code that runs it: ``controller.lanes.WORKER_RUNNERS``)."""
+
+    name: str
+    summary: str
+    params_schema: type[Schema]
+    build: Callable[[dict[str, Any]], R]
+    #: the schema of a host's result data (published in the controller's OpenAPI)
+    result_schema: type[Schema]
+    learn: Callable[[str, Mapping[str, Any], bool], dict[str, Any]]
+    to_json: Callable[[R], dict[str, Any]] = _fields
+    secret_paths: tuple[tuple[str, ...], ...] = ()
+    #: changes the host (has a dry run)
+    changes_host: bool = True
+    role: str = "operator"
+    one_host_params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstallAgentRequest:
+    """install_agent: the bundle's version (None: the newest), the agent's port, and
+    whether to replace the token of an agent already installed."""
+
+    version: str | None = None
+    port: int = s.DEFAULT_AGENT_PORT
+    rotate_token: bool = False
 
 
 def _walk(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
@@ -276,6 +321,10 @@ def _build_hostname(loaded: dict[str, Any]) -> HostnameRequest:
     return HostnameRequest(**loaded)
 
 
+def _build_install_agent(loaded: dict[str, Any]) -> InstallAgentRequest:
+    return InstallAgentRequest(**loaded)
+
+
 # -- the catalogue ----------------------------------------------------------------------------
 
 _CATALOGUE: tuple[Action[Any], ...] = (
@@ -348,21 +397,50 @@ _CATALOGUE: tuple[Action[Any], ...] = (
         to_json=_no_json),
 )
 
-#: every action by name
+#: the actions a controller's worker runs itself (over SSH), not the host's MTA
+_WORKER_CATALOGUE: tuple[WorkerAction[Any], ...] = (
+    WorkerAction[InstallAgentRequest](
+        name="install_agent",
+        summary="install or upgrade the relayfleet agent over SSH, then manage the host "
+                "through it",
+        params_schema=s.InstallAgentRequestSchema, build=_build_install_agent,
+        result_schema=s.InstallAgentResultSchema, learn=_learn_nothing,
+        # installing software as root and replacing how the host is reached: an admin's call
+        role="admin"),
+)
+
+#: every action a host runs (agent routes, relayfleet-ops commands), by name
 ACTIONS: Mapping[str, Action[Any]] = {action.name: action for action in _CATALOGUE}
+#: the actions the controller's worker runs itself, by name
+WORKER_ACTIONS: Mapping[str, WorkerAction[Any]] = {action.name: action
+                                                   for action in _WORKER_CATALOGUE}
+if TYPE_CHECKING:  # (an alias made only for the type checker: the agent runs on 3.9)
+    #: what a controller job may run: a host's action or a worker's
+    JobAction = Action[Any] | WorkerAction[Any]
+_JOBS: Mapping[str, JobAction] = {
+    **{action.name: action for action in _CATALOGUE if action.job}, **WORKER_ACTIONS}
 #: the actions a controller job may run, in the order the API lists them
-JOB_ACTIONS: tuple[str, ...] = tuple(action.name for action in _CATALOGUE if action.job)
-#: the actions that change a host (change lock, dry run)
-CHANGE_ACTIONS: tuple[str, ...] = tuple(action.name for action in _CATALOGUE
+JOB_ACTIONS: tuple[str, ...] = tuple(_JOBS)
+#: the actions that change a host (dry run; a host's change takes its change lock)
+CHANGE_ACTIONS: tuple[str, ...] = tuple(name for name, action in _JOBS.items()
                                         if action.changes_host)
 
 
-def action_named(name: str, *, job: bool = False) -> Action[Any]:
-    """The catalogue entry for ``name`` (only job actions when ``job``)."""
+def action_named(name: str) -> Action[Any]:
+    """The catalogue entry of the host action ``name``."""
     action = ACTIONS.get(name)
-    if action is None or (job and not action.job):
+    if action is None:
         raise ValidationError.for_field("action", f"unknown action {name!r}; one of "
-                                                  f"{', '.join(JOB_ACTIONS if job else ACTIONS)}")
+                                                  f"{', '.join(ACTIONS)}")
+    return action
+
+
+def job_action(name: str) -> JobAction:
+    """The catalogue entry of a job action (a host's or a worker's)."""
+    action = _JOBS.get(name)
+    if action is None:
+        raise ValidationError.for_field("action", f"unknown action {name!r}; one of "
+                                                  f"{', '.join(JOB_ACTIONS)}")
     return action
 
 
@@ -371,7 +449,7 @@ def params_summary() -> str:
     described = []
     for name in JOB_ACTIONS:
         keys = [key + ("" if field.required else "?")
-                for key, field in ACTIONS[name].params_schema().fields.items()
+                for key, field in job_action(name).params_schema().fields.items()
                 if key != "dry_run"]
         if keys:
             described.append(f"{name}: {{{', '.join(keys)}}}")

@@ -245,6 +245,30 @@ class DiagnoseRequestSchema(StrictSchema):
             _grammar(rules.validate_ip_address, value, "public_ip")
 
 
+#: an agent bundle's version (PEP 440 public versions and local labels: 0.2.0, 1.0rc1,
+#: 0.2.0.post1, 0.2.0+site3); it names files on hosts, so nothing else passes
+AGENT_VERSION_PATTERN = (r"[0-9]+(\.[0-9]+){0,3}((a|b|rc)[0-9]+)?(\.post[0-9]+)?"
+                         r"(\.dev[0-9]+)?(\+[a-z0-9]+(\.[a-z0-9]+)*)?")
+#: the port an agent listens on unless a job says otherwise
+DEFAULT_AGENT_PORT = 8587
+
+
+class InstallAgentRequestSchema(StrictSchema):
+    """install_agent: which bundle, which port, and whether to replace the agent's token."""
+
+    version = fields.String(load_default=None, allow_none=True,
+                            validate=[validate.Length(max=64),
+                                      FullRegexp(AGENT_VERSION_PATTERN,
+                                                 error="must be a version like 0.2.0")],
+                            metadata={"description": "the bundle's version (default: the "
+                                                     "newest in the controller's bundle "
+                                                     "directory)"})
+    port = WholeInteger(load_default=DEFAULT_AGENT_PORT, validate=validate.Range(1, 65535),
+                        metadata={"description": "the port the agent listens on"})
+    rotate_token = fields.Boolean(load_default=False, metadata={
+        "description": "replace the token of an agent already installed"})
+
+
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     """marshmallow's nested error messages as ``{"auth.password": [reasons]}``."""
     out: dict[str, list[str]] = {}
@@ -486,6 +510,28 @@ class HealthSchema(Schema):
 
     status = fields.String(required=True)
     version = fields.String(required=True)
+
+
+class InstallAgentResultSchema(OperationSchema):
+    """What install_agent did on one host (the token itself is never part of it)."""
+
+    changed = fields.Boolean(required=True)
+    dry_run = fields.Boolean(required=True)
+    version = fields.String(required=True, metadata={
+        "description": "the agent's version on the host now (a dry run: the bundle's)"})
+    previous = fields.String(allow_none=True, required=True, metadata={
+        "description": "the version installed before (null: none)"})
+    fingerprint = fields.String(allow_none=True, load_default=None, metadata={
+        "description": "SHA-256 of the agent's certificate, now pinned in the host record"})
+    agent_url = fields.String(allow_none=True, load_default=None)
+    token = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(
+        ["written", "kept", "rotated"]), metadata={
+        "description": "what happened to the agent's token: written (a new agent), kept, "
+                       "rotated"})
+    transport = fields.String(allow_none=True, load_default=None, metadata={
+        "description": "how the controller reaches the host now"})
+    service = fields.String(allow_none=True, load_default=None, metadata={
+        "description": "systemd or daemon (no systemd on the host)"})
 
 
 class ErrorSchema(Schema):

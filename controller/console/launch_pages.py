@@ -58,7 +58,7 @@ from controller.db import db
 from controller.errors import Conflict, Unavailable
 from controller.job_params import check_target_size
 from controller.models import ROLES, AuditEvent, Host, HostTag, Site, Tenant, Token
-from shared.actions import ACTIONS, CHANGE_ACTIONS, JOB_ACTIONS
+from shared.actions import CHANGE_ACTIONS, JOB_ACTIONS, job_action
 from shared.errors import ValidationError
 from shared.schemas import flatten_errors
 from shared.validation import refusal
@@ -378,7 +378,7 @@ def _render_launch(form: LaunchForm, *, errors: Mapping[str, list[str]] | None =
     by_field, summary = _field_errors(errors or {}, form.action)
     page = render_template(
         "launch.html", form=form, action=form.action, action_label=label(form.action),
-        actions=[(name, label(name), ACTIONS[name].summary) for name in JOB_ACTIONS],
+        actions=[(name, label(name), job_action(name).summary) for name in JOB_ACTIONS],
         change_actions=CHANGE_ACTIONS, param_fields=PARAM_FIELDS.get(form.action, ()),
         option_fields=OPTION_FIELDS, inventory=_inventory(who), field_errors=by_field,
         errors_listed=summary, message=message, launch_key=_new_launch_key(),

@@ -16,6 +16,7 @@ from shared.actions import (
     CHANGE_ACTIONS,
     HOST_STATE_KEYS,
     JOB_ACTIONS,
+    WORKER_ACTIONS,
     result_from_document,
 )
 from shared.errors import OperationError, ValidationError
@@ -38,13 +39,15 @@ STEP = Step("compile", ["m4", "sendmail.mc"], 0, 0.01, True, "")
 def test_job_actions_are_the_catalogue_the_api_and_todays_order() -> None:
     assert JOB_ACTIONS == ("set_smarthost", "remove_smarthost", "flush_queue",
                            "collect_status", "diagnose", "read_log", "fix_hostname",
-                           "queue_list")
-    assert [name for name, action in ACTIONS.items() if action.job] == list(JOB_ACTIONS)
+                           "queue_list", "install_agent")
+    assert [name for name, action in ACTIONS.items() if action.job] == [
+        name for name in JOB_ACTIONS if name not in WORKER_ACTIONS]
     assert all(name == action.name for name, action in ACTIONS.items())
     (one_of,) = [v for v in JobCreateSchema().fields["action"].validators
                  if isinstance(v, validate.OneOf)]
     assert tuple(one_of.choices) == JOB_ACTIONS
-    assert CHANGE_ACTIONS == ("set_smarthost", "remove_smarthost", "fix_hostname")
+    assert CHANGE_ACTIONS == ("set_smarthost", "remove_smarthost", "fix_hostname",
+                              "install_agent")
 
 
 def test_commands_and_routes_are_unique() -> None:
