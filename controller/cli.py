@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from agent.config import parse_listen
@@ -56,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("callback-secret",
                    help="print the key callbacks of MSP-wide jobs (no tenant) are signed "
                         "with (HMAC-SHA256); tenants' jobs use the tenant's own key")
+    bundle = sub.add_parser(
+        "agent-bundle", help="build the offline agent bundle (wheels for every supported "
+                             "Python, install.sh) and its .sha256; needs PyPI")
+    bundle.add_argument("--out", metavar="DIR", type=Path,
+                        help="where to write it (default: RELAYFLEET_AGENT_BUNDLE_DIR, else "
+                             "agent-bundles in the data directory)")
+    bundle.add_argument("--version", metavar="V",
+                        help="the agent's version (default: this controller's)")
+    bundle.add_argument("--python", metavar="X.Y", action="append", dest="pythons",
+                        help="a Python the bundle serves (repeatable; default: 3.9 to 3.13)")
+    bundle.add_argument("--wheel-cache", metavar="DIR", type=Path,
+                        help="keep downloaded dependency wheels here and reuse them")
     sub.add_parser("rotate-secret-key",
                    help="re-seal every stored secret with RELAYFLEET_SECRET_KEY (the old "
                         "key in RELAYFLEET_SECRET_KEY_OLD); safe to run again")
@@ -72,14 +85,17 @@ def serve(listen: str, workers: int, threads: int) -> None:
     """Run the API under gunicorn (threads, so slow clients do not block others)."""
     from gunicorn.app.base import BaseApplication
 
+    from controller import gunicorn_conf
+
     host, port = parse_listen(listen)
+    # Before the app (and prometheus_client) is imported: every worker counts into it.
+    gunicorn_conf.prepare_metrics_dir()
     app = _app()
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            for key, value in {"bind": f"{host}:{port}", "workers": workers,
-                               "threads": threads, "worker_class": "gthread",
-                               "accesslog": None, "timeout": 60}.items():
+            for key, value in gunicorn_conf.settings(f"{host}:{port}", workers,
+                                                     threads).items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
@@ -101,7 +117,8 @@ def beat(loglevel: str, data_dir: str) -> None:
     app = _app()
     celery = app.extensions["celery"]
     celery.start(["beat", f"--loglevel={loglevel}",
-                  f"--schedule={os.path.join(data_dir, 'celerybeat-schedule')}"])
+                  f"--schedule={os.path.join(data_dir, 'celerybeat-schedule')}",
+                  "--scheduler=controller.healthcheck:HeartbeatScheduler"])
 
 
 def init_db() -> str:
@@ -137,6 +154,17 @@ def token_create(role: str, tenant: str | None, name: str | None) -> str:
         _row, text = issue_token(session, name=name or f"{role} (cli)", role=role,
                                  tenant_id=tenant_id)
     return text
+
+
+def agent_bundle(out: Path | None, version: str | None, pythons: Sequence[str] | None,
+                 wheel_cache: Path | None) -> str:
+    """Build the agent bundle; the lines describing it."""
+    from controller.agent_bundle import SUPPORTED_PYTHONS, build_bundle, describe
+    from controller.config import load_settings
+
+    built = build_bundle(out or load_settings().agent_bundle_dir, version=version,
+                         pythons=pythons or SUPPORTED_PYTHONS, cache_dir=wheel_cache)
+    return describe(built)
 
 
 def _sealed_columns() -> list[Any]:
@@ -189,10 +217,10 @@ def rotate_secret_key(settings: Any, batch: int = 500) -> dict[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
-                                                   "%(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        from controller import logs
+
+        logs.configure(logging.INFO)  # RELAYFLEET_LOG_FORMAT: text or json
         if args.command == "serve":
             serve(args.listen, args.workers, args.threads)
         elif args.command == "worker":
@@ -216,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from controller.config import load_settings
 
             print(callback_key(load_settings()).decode())
+        elif args.command == "agent-bundle":
+            print(agent_bundle(args.out, args.version, args.pythons, args.wheel_cache))
         elif args.command == "rotate-secret-key":
             from controller.config import load_settings
 

@@ -1,10 +1,19 @@
 """Prometheus metrics: job and host-result counts read from the database at scrape time
-(so every API and worker process agrees), plus this process's HTTP request figures."""
+(so every API and worker process agrees), plus the API's HTTP request figures.
+
+Under ``relayfleet-controller serve`` the HTTP figures are those of every gunicorn worker
+added up: prometheus_client's multiprocess mode, set up by :mod:`controller.gunicorn_conf`
+(``PROMETHEUS_MULTIPROC_DIR``, read when this module is imported). Without it (the app in
+one process, e.g. under a test client) they are this process's own.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from controller.auth import Principal
@@ -12,6 +21,8 @@ from controller.db import db
 from controller.inventory import fleet_summary
 from controller.models import Job, JobHost
 
+#: where every API process keeps its figures (multiprocess mode), or None: this process only
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 HTTP_REGISTRY = CollectorRegistry()
 REQUESTS = Counter("relayfleet_http_requests", "API requests answered",
                    ["method", "route", "status"], registry=HTTP_REGISTRY)
@@ -49,6 +60,15 @@ def render(who: Principal) -> bytes:
 
     registry = CollectorRegistry()
     registry.register(_Scrape())
-    # This process's HTTP figures cover every tenant's calls: MSP-wide tokens only.
-    http = generate_latest(HTTP_REGISTRY) if who.tenant_id is None else b""
+    # The HTTP figures cover every tenant's calls: MSP-wide tokens only.
+    http = http_figures() if who.tenant_id is None else b""
     return generate_latest(registry) + http
+
+
+def http_figures() -> bytes:
+    """The API's HTTP figures: all its processes' added up in multiprocess mode."""
+    if MULTIPROCESS_DIR is None:
+        return generate_latest(HTTP_REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -1,0 +1,59 @@
+"""Gunicorn's settings for ``relayfleet-controller serve``: workers, logging, metrics.
+
+Prometheus multiprocess mode: every gunicorn worker is a process of its own, so each keeps
+its HTTP counters in files under ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` (in any
+worker) adds up all of them (:mod:`controller.metrics`). The directory must be set before
+``prometheus_client`` is first imported (it picks its value store then), must start empty
+(files of a previous run would be counted again), and belongs to one server: two servers
+sharing it would add up each other's figures and wipe them at start. :func:`prepare_metrics_dir`
+does this in the master before the app is loaded; a worker that exits is marked dead
+(:func:`child_exit`), so that its live gauges go while its counters still count.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from controller import logs
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir() -> Path:
+    """Make ``$PROMETHEUS_MULTIPROC_DIR`` an empty directory (a fresh private one, removed
+    at exit, when unset) and export it for this process and its workers."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        path = Path(tempfile.mkdtemp(prefix="relayfleet-metrics-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    """Gunicorn hook (in the master): a worker exited; drop its live gauges' files."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def settings(bind: str, workers: int, threads: int) -> dict[str, Any]:
+    """Gunicorn settings for the API: gthread workers, the hooks, the log format."""
+    config: dict[str, Any] = {"bind": bind, "workers": workers, "threads": threads,
+                              "worker_class": "gthread", "accesslog": None, "timeout": 60,
+                              "child_exit": child_exit}
+    if logs.log_format() == "json":
+        # gunicorn's own lines (start, workers booting and exiting) as JSON too; the text
+        # default keeps gunicorn's classic format.
+        config["logconfig_dict"] = logs.dict_config()
+    return config
