@@ -11,12 +11,12 @@ import re
 import ssl
 import stat
 import threading
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.compat import tomllib
 from shared.errors import ConfigError, ExecutorError, NotSupported
 from shared.executor import Executor, LocalExecutor
 from shared.mta import detect_kind

@@ -36,9 +36,11 @@ from shared.results import OperationResult, Step
 from shared.validation import SmarthostRequest, parse_smarthost_request, refusal
 
 R = TypeVar("R")
-#: a typed request of any action
-Request = (SmarthostRequest | FlushRequest | DiagnoseRequest | LogRequest | HostnameRequest
-           | NoParams)
+if TYPE_CHECKING:
+    from typing import TypeAlias  # novermin -- read by type checkers only (3.10+)
+#: a typed request of any action (quoted: the agent runs on Python 3.9, which has no X | Y)
+Request: TypeAlias = ("SmarthostRequest | FlushRequest | DiagnoseRequest | LogRequest"
+                      " | HostnameRequest | NoParams")
 #: the keys of an answer document that are the operation's outcome rather than its data
 OUTCOME_KEYS = ("ok", "error", "error_kind", "steps", "changed", "rolled_back")
 #: what a result may teach about a host's last known state

@@ -18,11 +18,12 @@ import posixpath
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from shared import diagnose as diag
 from shared import hostsfile
+from shared.compat import UTC, zip_strict
 from shared.diagnose.check import first_line
 from shared.errors import (
     CommandTimeout,
@@ -85,8 +86,9 @@ class FileChange:
     config_new: str
     credentials_old: str | None
     credentials_new: str | None
-    #: maps besides the credentials map (sendmail's access map)
-    maps: list[MapChange] = field(default_factory=list, kw_only=True)
+    #: maps besides the credentials map (sendmail's access map); no default, so that the
+    #: MTAs' subclasses can add fields without one on Python 3.9 (no ``kw_only``)
+    maps: list[MapChange]
 
     @property
     def credentials_changed(self) -> bool:
@@ -767,7 +769,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         wanted = {key: confined[key] for key in keys}
         names = sorted({path for path, _ in wanted.values()}
                        | {root for _, roots in wanted.values() for root in roots})
-        real = dict(zip(names, self.executor.real_paths(names), strict=True))
+        real = dict(zip_strict(names, self.executor.real_paths(names)))
         seen: dict[str, str] = {}
         for key, (path, roots) in wanted.items():
             if not any(is_under(real[path], real[root]) for root in roots):

@@ -19,8 +19,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+if TYPE_CHECKING:
+    from typing import TypeAlias  # novermin -- read by type checkers only (3.10+)
+
+IpAddress: TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
 #: localhost's own addresses: a name on their lines is an alias of localhost
 LOCALHOST_ADDRESSES = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 #: Debian's address for the host's own name when it has no fixed address of its own

@@ -262,7 +262,7 @@ def _confine(profile: HostProfile, overridden: Collection[str] = ()) -> None:
 
 
 def _check_argv(key: str, value: Any) -> tuple[str, ...]:
-    if (not isinstance(value, list | tuple) or not value
+    if (not isinstance(value, (list, tuple)) or not value
             or not all(isinstance(v, str) and v and "\x00" not in v for v in value)):
         raise _refuse(key, "must be a non-empty list of strings (an argv)")
     return tuple(value)
@@ -273,7 +273,7 @@ def _check_value(key: str, value: Any) -> Any:
         return _check_path(key, value)
     if key in _ARGV_KEYS:
         return _check_argv(key, value)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise _refuse(key, "must be a positive number")
     return float(value)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shared.compat import zip_strict
 from shared.errors import CommandFailed, CommandTimeout
 from shared.executor import CommandResult, Executor
 
@@ -143,7 +144,7 @@ class StepRecorder:
         content is data (and may be a secret), not a log.
         """
         results = self.executor.run_many([argv for _, argv in commands], timeout=timeout)
-        for (name, argv), result in zip(commands, results, strict=True):
+        for (name, argv), result in zip_strict(commands, results):
             text = result.output_text()
             if name in quiet:
                 text = f"({len(result.stdout)} bytes read)"

@@ -75,7 +75,7 @@ def _json_type(value: object) -> str:
         return "number"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return "array"
     if isinstance(value, Mapping):
         return "object"

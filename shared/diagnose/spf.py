@@ -9,11 +9,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.diagnose.check import Check
 from shared.diagnose.resolver import DnsPythonResolver, DnsTempError, TxtAResolver
 from shared.errors import ValidationError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias  # novermin -- read by type checkers only (3.10+)
 
 #: RFC 7208 section 4.6.4: DNS-querying terms per evaluation
 SPF_LOOKUP_LIMIT = 10
@@ -31,7 +34,7 @@ _DUAL_CIDR = re.compile(r"(.*?)(?:/([0-9]+))?(?://([0-9]+))?", re.DOTALL)
 _MACRO = re.compile(r"%\{([slodiphvSLODIPHV])([0-9]*)(r?)([.\-+,/_=]*)\}", re.DOTALL)
 _TOPLABEL = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9]+|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9]")
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Address: TypeAlias = "ipaddress.IPv4Address | ipaddress.IPv6Address"
 
 
 @dataclass

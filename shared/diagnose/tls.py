@@ -24,9 +24,10 @@ import math
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from shared.compat import UTC
 from shared.diagnose.check import Check
 from shared.errors import ExecutorError, HostUnreachable
 from shared.executor import MISSING_CODE, ByteStream, Executor

@@ -34,6 +34,7 @@ from shared.change import (
     StatusFacts,
     read_failure,
 )
+from shared.compat import zip_strict
 from shared.errors import (
     CommandFailed,
     CommandTimeout,
@@ -206,7 +207,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                            self.profile.sasl_passwd_path, ca_file=ca_file,
                                            flavour=self.profile.flavour)
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
-                           self._map_type)
+                           maps=[], map_type=self._map_type)
 
         return self._change("set_smarthost", plan, dry_run, redactor, wanted)
 
@@ -227,7 +228,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                            self.profile.sasl_passwd_path,
                                            flavour=self.profile.flavour)
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
-                           self._map_type)
+                           maps=[], map_type=self._map_type)
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
 
@@ -448,7 +449,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
             if not ids:
                 rec.note("flush", "no queued message matches; nothing to flush")
         flushed = rec.run_many(runs, timeout=prof.command_timeout_s) if runs else []
-        refused = [(argv, done) for (_name, argv), done in zip(runs, flushed, strict=True)
+        refused = [(argv, done) for (_name, argv), done in zip_strict(runs, flushed)
                    if not done.ok]
         if refused:
             # e.g. "Cannot flush mail queue - mail system is down": nothing will be tried

@@ -39,9 +39,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from shared.compat import UTC
 from shared.errors import ParseError
 from shared.sendmail.mailq import MailqReport, QueuedMessage, listing_time
 

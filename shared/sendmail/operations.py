@@ -22,6 +22,7 @@ from shared.change import (
     StatusFacts,
     read_failure,
 )
+from shared.compat import zip_strict
 from shared.diagnose import HOSTS_FILE
 from shared.errors import (
     CommandFailed,
@@ -92,7 +93,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
         diff, and renames over it)."""
         mail_dir = self.profile.mail_dir
         real = self.executor.real_paths([mail_dir, *self._access_paths()])
-        for path, resolved in zip(self._access_paths(), real[1:], strict=True):
+        for path, resolved in zip_strict(self._access_paths(), real[1:]):
             if not is_under(resolved, real[0]):
                 raise ConfigError(f"{path} leads to {resolved}, outside {mail_dir}: relayfleet "
                                   "does not follow links out of where a file belongs; fix the "
@@ -209,8 +210,8 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
                 lambda text: authmap.set_tls_entry(text, request.host, tls.mode, drop=former),
                 secret=False, create=tls.required)
             return _Change(mc_old, set_smarthost_mc(mc_old, request, self.profile.ca_bundle),
-                           auth_old, auth_new, self._read_config_file(self.profile.cf_path),
-                           maps=[access])
+                           auth_old, auth_new,
+                           cf_text=self._read_config_file(self.profile.cf_path), maps=[access])
 
         wanted = Smarthost.from_request(request)
         return self._change("set_smarthost", plan, dry_run, redactor, wanted)
@@ -264,7 +265,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
                     *self._access_paths(), lambda text: authmap.remove_tls_entry(text, host),
                     secret=False, create=False))
             return _Change(mc_old, remove_smarthost_mc(mc_old), auth_old, auth_new,
-                           self._read_config_file(self.profile.cf_path), maps=maps)
+                           cf_text=self._read_config_file(self.profile.cf_path), maps=maps)
 
         return self._change("remove_smarthost", plan, dry_run, Redactor(), None)
 
@@ -409,7 +410,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
             after = self._mailq(rec, "mailq (after)")
         else:
             before, after = self._parse_mailq(results[0]), self._parse_mailq(results[-1])
-            for step, ran in zip(rec.steps[1:3], results[1:3], strict=True):
+            for step, ran in zip_strict(rec.steps[1:3], results[1:3]):
                 deliveries += [d.to_dict() for d in parse_flush_output(step.output)]
                 step.ok = ran.exit_code in _FLUSH_OK_CODES
                 if not step.ok:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared import hostsfile
 from shared.errors import CommandTimeout, ExecutorError
@@ -24,10 +25,13 @@ from shared.executor import (
 )
 from shared.testing.smtp import FakeSmtpStream, SmtpScript
 
+if TYPE_CHECKING:
+    from typing import TypeAlias  # novermin -- read by type checkers only (3.10+)
+
 #: what a program of the fake returns: exit code, stdout, stderr
-Outcome = tuple[int, bytes | str, bytes | str]
+Outcome: TypeAlias = "tuple[int, bytes | str, bytes | str]"
 #: a program of the fake: (argv, stdin) -> outcome
-Program = Callable[[tuple[str, ...], bytes | None], Outcome]
+Program: TypeAlias = "Callable[[tuple[str, ...], bytes | None], Outcome]"
 
 #: how long a scripted ``wait`` blocks at most before the command times out
 DEFAULT_WAIT_S = 10.0

@@ -14,9 +14,10 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+from shared.compat import UTC
 from shared.testing.executor import FakeExecutor, FileState, Outcome, norm_path
 from shared.testing.sendmail import FAKE_DB_MAGIC
 

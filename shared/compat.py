@@ -1,0 +1,40 @@
+"""What the agent needs from Python 3.10+ for the Python 3.9 it also runs on (Debian 11,
+RHEL 9): one place, so the rest of agent/ and shared/ stays plain.
+
+The project's linters target 3.11 (the controller's floor), so they would rewrite these
+back to the 3.10+ spellings: each line says so to them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import timezone
+from typing import TypeVar
+
+if sys.version_info >= (3, 11):  # noqa: UP036 -- the agent's floor is 3.9, not 3.11
+    import tomllib  # novermin -- this branch runs only on 3.11+
+else:
+    import tomli as tomllib
+
+__all__ = ["UTC", "tomllib", "zip_strict"]
+
+#: ``datetime.UTC`` (3.11)
+UTC = timezone.utc  # noqa: UP017
+
+A = TypeVar("A")
+B = TypeVar("B")
+_END = object()
+
+
+def zip_strict(first: Iterable[A], second: Iterable[B]) -> Iterator[tuple[A, B]]:
+    """``zip(first, second, strict=True)`` (3.10): ValueError when one runs out first."""
+    rest = iter(second)
+    for a in first:
+        try:
+            b = next(rest)
+        except StopIteration:
+            raise ValueError("zip_strict: the second argument is shorter than the first") from None
+        yield a, b
+    if next(rest, _END) is not _END:
+        raise ValueError("zip_strict: the second argument is longer than the first")
