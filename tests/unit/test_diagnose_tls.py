@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shared.compat import UTC
 from shared.diagnose.check import Check
 from shared.diagnose.checklist import run_checks
 from shared.diagnose.smtp import probe_smtp
@@ -47,7 +48,7 @@ from shared.profile import HostProfile, build_profile
 from shared.sendmail.operations import SendmailOperations, sendmail_helo_name
 from shared.testing import FakeExecutor, debian_postfix_host, debian_sendmail_host
 
-NOW = dt.datetime.now(dt.UTC)
+NOW = dt.datetime.now(UTC)
 RELAY = "relay.test"
 
 # -- a CA and certificates ----------------------------------------------------------------

@@ -4,11 +4,12 @@ formats the captures lack (CentOS's single section, status characters, mailq -v.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from shared.compat import UTC
 from shared.errors import ParseError
 from shared.sendmail.mailq import parse_mailq, resolve_year
 

@@ -12,11 +12,12 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from shared.compat import UTC, zip_strict
 from shared.errors import ParseError
 from shared.postfix.maillog import is_postfix_program, parse_any_line, parse_postfix_line
 from shared.postfix.queue import (
@@ -920,7 +921,7 @@ def test_captured_json_and_text_agree(stem: str) -> None:
     json_report, text_report = both(stem)
     json_doc, text_doc = json_report.to_dict(), text_report.to_dict()
     # the lab hosts run on UTC: the text's host-local time is the JSON's UTC one
-    for json_msg, text_msg in zip(json_doc["messages"], text_doc["messages"], strict=True):
+    for json_msg, text_msg in zip_strict(json_doc["messages"], text_doc["messages"]):
         assert json_msg["queued_at"] == text_msg["queued_at"] + "+00:00"
         assert SHORT_ID.match(json_msg["id"])
         json_msg["queued_at"] = text_msg["queued_at"] = None
