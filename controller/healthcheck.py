@@ -26,6 +26,8 @@ from typing import Any
 
 from celery.beat import PersistentScheduler
 
+#: what ``python -m controller.healthcheck`` can probe
+PROBES = ("api", "worker", "beat", "db")
 HEARTBEAT_FILE = "beat-heartbeat"
 #: a beat whose last tick is older than this many sweep intervals (and a minute) is stuck
 STALE_SWEEPS = 6
@@ -109,7 +111,7 @@ def check_db() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one probe; 0 healthy, 1 not."""
     parser = argparse.ArgumentParser(prog="python -m controller.healthcheck")
-    parser.add_argument("what", choices=("api", "worker", "beat", "db"))
+    parser.add_argument("what", choices=PROBES)
     parser.add_argument("--url", default=os.environ.get(
         "RELAYFLEET_HEALTH_URL", "http://127.0.0.1:8080/v1/health"))
     args = parser.parse_args(argv)
