@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +57,17 @@ log = logging.getLogger("relayfleet.worker")
 
 #: makes the transport for one host (tests pass :class:`controller.testing.FakeTransports`)
 TransportFactory = Callable[..., HostTransport]
+
+def _install_agent(spec: HostSpec, pool: Any, *, settings: Settings,
+                   seal: Callable[[str], str], lock_owner: str | None) -> HostTransport:
+    from controller.agent_install import AgentInstall
+
+    return AgentInstall(spec, pool, bundle_dir=settings.agent_bundle_dir, seal=seal,
+                        lock_owner=lock_owner)
+
+
+#: what runs each action the worker runs itself (shared.actions.WORKER_ACTIONS), by name
+WORKER_RUNNERS: Mapping[str, TransportFactory] = {"install_agent": _install_agent}
 
 #: how long a lane that could claim nothing (its tenant at its share) waits to look again
 SHARE_WAIT_S = 2.0
@@ -114,13 +125,16 @@ class Lane:
     def __init__(self, job_id: int, lane: int, *, database: Database | None = None,
                  settings: Settings | None = None,
                  transports: TransportFactory = transport_for,
-                 send: Callable[..., None] = dispatch.send) -> None:
+                 send: Callable[..., None] = dispatch.send,
+                 runners: Mapping[str, TransportFactory] | None = None) -> None:
         self.job_id = job_id
         self.lane = lane
         self.db = database or app_database()
         self.settings = settings or app_settings()
         self.box = SecretBox(self.settings.secret_key, self.settings.old_secret_keys)
         self.transports = transports
+        #: what runs the actions the worker runs itself (tests pass fakes)
+        self.runners = WORKER_RUNNERS if runners is None else runners
         self.send = send
         self._held_lock = threading.Lock()
         #: units this lane runs now: unit id -> (attempt, renew until (monotonic), transport)
@@ -179,17 +193,17 @@ class Lane:
                 spec = self._spec(claim.host)
             except RelayfleetError as exc:
                 status, error = UnitState.FAILED, exc.message
+        host_change: dict[str, Any] | None = None
         if spec is not None:
             try:
-                with self.transports(spec, _ssh_pool(),
-                                     lock_owner=lock_owner(self.job_id, spec.host_id,
-                                                           claim.attempt)) as transport:
+                with self._transport(plan, spec, claim) as transport:
                     self._hold(claim, plan, transport)
                     try:
                         result = transport.run(plan.action, plan.request,
                                                dry_run=plan.dry_run, timeout_s=plan.timeout_s)
                     finally:
                         mta_kind = transport.mta_kind
+                    host_change = transport.host_change if result.ok else None
                 status = UnitState.SUCCEEDED if result.ok else UnitState.FAILED
                 error = result.error
             except HostUnreachable as exc:
@@ -201,7 +215,18 @@ class Lane:
                 status, error = UnitState.FAILED, (f"internal error ({type(exc).__name__}); "
                                                    "see the worker log")
         self._release(claim)
-        self.record(plan, claim, status=status, error=error, result=result, mta_kind=mta_kind)
+        self.record(plan, claim, status=status, error=error, result=result, mta_kind=mta_kind,
+                    host_change=host_change)
+
+    def _transport(self, plan: JobPlan, spec: HostSpec, claim: Claim) -> HostTransport:
+        """What runs the unit: the host's transport, or the worker's own runner for an
+        action the worker runs itself (install_agent)."""
+        owner = lock_owner(self.job_id, spec.host_id, claim.attempt)
+        runner = self.runners.get(plan.action)
+        if runner is not None:
+            return runner(spec, _ssh_pool(), settings=self.settings, seal=self.box.seal,
+                          lock_owner=owner)
+        return self.transports(spec, _ssh_pool(), lock_owner=owner)
 
     # -- leases -----------------------------------------------------------------------------
     def _hold(self, claim: Claim, plan: JobPlan, transport: HostTransport | None) -> None:
@@ -242,9 +267,12 @@ class Lane:
                               self.lane)
 
     def record(self, plan: JobPlan, claim: Claim, *, status: str, error: str | None,
-               result: OperationResult | None, mta_kind: str | None = None) -> None:
+               result: OperationResult | None, mta_kind: str | None = None,
+               host_change: dict[str, Any] | None = None) -> None:
         """Store a unit's outcome and what it taught us about the host (one transaction);
-        ``mta_kind``: the kind the transport drove the host as, when it knows."""
+        ``mta_kind``: the kind the transport drove the host as, when it knows;
+        ``host_change``: what the run changed in the host's record (install_agent's switch
+        to the agent), written with the outcome or not at all."""
         outcome = Outcome(
             UnitState(status), error=_text(error),
             changed=result.changed if result else None,
@@ -254,7 +282,8 @@ class Lane:
         host_state = learned(self.job_id, {"action": plan.action, "options": plan.options},
                              status=status, error=error, result=result, mta_kind=mta_kind)
         with self.db.transaction() as session:
-            stored = ledger.record(session, claim, outcome, host_state)
+            stored = ledger.record(session, claim, outcome, host_state,
+                                   host_change=host_change)
         if not stored:
             log.warning("job %s unit %s: attempt %s was overtaken; result dropped",
                         self.job_id, claim.unit_id, claim.attempt)

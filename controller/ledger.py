@@ -220,9 +220,11 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
 
 
 def record(session: Session, claim_: Claim, outcome: Outcome,
-           host_state: dict[str, Any]) -> bool:
-    """Store an attempt's outcome and what it taught about the host; ``False`` (nothing
-    stored) when a later attempt has taken the unit over."""
+           host_state: dict[str, Any], host_change: dict[str, Any] | None = None) -> bool:
+    """Store an attempt's outcome and what it taught about the host, and what the attempt
+    changed in the host's record (``host_change``: install_agent's switch to the agent, its
+    token sealed), all or nothing; ``False`` (nothing stored) when a later attempt has taken
+    the unit over."""
     done = session.execute(
         update(JobHost).where(JobHost.id == claim_.unit_id,
                               JobHost.attempts == claim_.attempt,
@@ -232,7 +234,8 @@ def record(session: Session, claim_: Claim, outcome: Outcome,
                 steps=outcome.steps))
     if _rowcount(done) != 1:
         return False
-    session.execute(update(Host).where(Host.id == claim_.host_id).values(**host_state))
+    session.execute(update(Host).where(Host.id == claim_.host_id).values(
+        **host_state, **(host_change or {})))
     return True
 
 

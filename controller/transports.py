@@ -14,8 +14,9 @@ import abc
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from controller.egress import (
@@ -43,6 +44,7 @@ from shared.mta_kind import MTA_HEADER, resolve_profile
 from shared.profile import PROFILE_KINDS, HostProfile
 from shared.results import OperationResult
 
+T = TypeVar("T")
 #: how long to keep asking an agent that is busy with another change (409)
 _BUSY_RETRY_S = 2.0
 #: the largest agent answer read (a long log or queue fits many times over)
@@ -86,6 +88,9 @@ class HostTransport(abc.ABC):
     #: the one detected for ``auto``; agent: the kind its answer's X-Relayfleet-Mta header
     #: names); None when the transport cannot tell
     mta_kind: str | None = None
+    #: what the run changed in the host's record, applied by the ledger with the unit's
+    #: result (install_agent's switch to the agent); None for an MTA operation
+    host_change: dict[str, Any] | None = None
 
     def __enter__(self) -> HostTransport:
         return self
@@ -131,12 +136,18 @@ class SshTransport(HostTransport):
         one from :class:`AgentTransport`.
         """
         entry = action_named(action)
+        result = self._boxed(timeout_s, lambda: entry.run(
+            operations_for(self.executor, self._profile(), self.lock_owner), request,
+            dry_run=dry_run))
+        return result_from_document(action, entry.document(result))
+
+    def _boxed(self, timeout_s: float, work: Callable[[], T]) -> T:
+        """``work()``, with the connection cut past ``timeout_s`` (the host then fails)."""
         timer = threading.Timer(timeout_s, self.cut)
         timer.daemon = True
         timer.start()
         try:
-            ops = operations_for(self.executor, self._profile(), self.lock_owner)
-            result = entry.run(ops, request, dry_run=dry_run)
+            done = work()
         except Exception as exc:
             if self._cut.is_set():
                 raise self._timed_out(timeout_s) from exc
@@ -146,7 +157,7 @@ class SshTransport(HostTransport):
         if self._cut.is_set():
             # The operation caught the cut itself; nothing after it ran on the host.
             raise self._timed_out(timeout_s)
-        return result_from_document(action, entry.document(result))
+        return done
 
     def _profile(self) -> HostProfile:
         """The host's profile; for kind ``auto``, of the kind detected before (remembered
@@ -247,6 +258,11 @@ class AgentTransport(HostTransport):
             raise ChangeInProgress(f"{self.spec.name}: {message or 'another change is running'}")
         raise OperationError(f"{self.spec.name}: the agent answered {answer.status}"
                              + (f": {str(message)[:200]}" if message else ""))
+
+    def health(self, timeout_s: float) -> dict[str, Any]:
+        """The agent's ``GET /v1/health`` answer (status and version), its certificate
+        checked as for every call."""
+        return self._call("GET", "/v1/health", timeout_s=timeout_s)
 
     def run(self, action: str, request: Request, *, dry_run: bool,
             timeout_s: float) -> OperationResult:

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import os
 import re
 import secrets
 import shlex
@@ -491,6 +492,24 @@ class SshExecutor(Executor):
             raise ExecutorError(f"{self.target.name}: cannot resolve {', '.join(paths)}: "
                                 "unexpected answer")
         return [a.decode("utf-8", "surrogateescape") for a in answers]
+
+    def put_file(self, local: str | os.PathLike[str], remote: str) -> None:
+        """Copy a local file to ``remote`` over SFTP, as the login user (never through
+        sudo: SFTP has no sudo), with the login's umask."""
+        try:
+            sftp = paramiko.SFTPClient.from_transport(self._conn())
+        except (paramiko.SSHException, EOFError) as exc:
+            raise self._lost(exc) from exc
+        if sftp is None:
+            raise self._lost(RuntimeError("the SFTP subsystem did not open"))
+        with contextlib.closing(sftp):
+            try:
+                sftp.put(os.fspath(local), remote, confirm=True)
+            except (paramiko.SSHException, EOFError) as exc:
+                raise self._lost(exc) from exc
+            except OSError as exc:
+                raise ExecutorError(f"{self.target.name}: cannot upload to {remote}: "
+                                    f"{exc}") from exc
 
     # -- network ------------------------------------------------------------------------
     def open_tcp(self, host: str, port: int, timeout: float) -> ByteStream:

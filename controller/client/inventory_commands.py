@@ -22,9 +22,16 @@ from controller.client.errors import (
     ApiRefused,
     UsageProblem,
 )
+from controller.client.job_commands import job_options, run_on_target
 from controller.client.refs import number_or_name, say_which, split_ref
 from controller.client.summaries import age_text, relay_text
-from controller.client.targets import list_hint, named, resolve_ref
+from controller.client.targets import (
+    TargetChoice,
+    list_hint,
+    named,
+    resolve_ref,
+    target_options,
+)
 
 ROLES = ("viewer", "operator", "admin")
 KINDS = ("sendmail", "postfix", "auto")
@@ -336,9 +343,11 @@ def sites_add(cli: Cli, /, *, name: str, tenant: str) -> int:
     "relayfleet hosts add pbx-lyon-1 --site lyon --address 10.1.0.5 --ssh-user root "
     "--ssh-key-file ~/.ssh/fleet",
     "relayfleet hosts import fleet.csv --dry-run",
-    "relayfleet hosts enroll-ssh pbx-lyon-1"))
+    "relayfleet hosts enroll-ssh pbx-lyon-1",
+    "relayfleet hosts install-agent --site lyon --yes"))
 def hosts() -> None:
-    """The managed hosts: list, show, add, import, remove, pin SSH host keys."""
+    """The managed hosts: list, show, add, import, remove, pin SSH host keys, install the
+    agent."""
 
 
 def _kind_text(host: Mapping[str, Any]) -> str:
@@ -460,6 +469,54 @@ def hosts_remove(cli: Cli, /, *, host_ref: str, yes: bool) -> int:
     cli.api.delete(f"/v1/hosts/{host['id']}")
     return _done(cli, {"removed": host["id"], "name": host["name"]},
                  f"removed host {host['name']} (id {host['id']})", str(host["id"]))
+
+
+#: install_agent's time box per host unless --timeout says otherwise: installing the
+#: wheels into a new venv and waiting for its health takes longer than an MTA change
+INSTALL_TIMEOUT_S = 600
+
+
+@hosts.command("install-agent", epilog=examples(
+    "relayfleet hosts install-agent --site lyon --dry-run",
+    "relayfleet hosts install-agent --site lyon --yes",
+    "relayfleet hosts install-agent --host pbx-lyon-1 --version 0.2.0 --port 8587",
+    "relayfleet hosts install-agent --tag pbx --rotate-token --yes"))
+@target_options
+@click.option("--version", "version", metavar="V",
+              help="The agent bundle's version (default: the newest the controller has).")
+@click.option("--port", type=click.IntRange(1, 65535), metavar="P",
+              help="The port the agent listens on (default 8587).")
+@click.option("--rotate-token", is_flag=True,
+              help="Give an agent already installed a new token (the controller keeps it).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@job_options(dry_run=True)
+@pass_cli
+def hosts_install_agent(cli: Cli, /, *, version: str | None, port: int | None,
+                        rotate_token: bool, yes: bool, **kwargs: Any) -> int:
+    """Install or upgrade the relayfleet agent on the TARGET hosts over their SSH login
+    (sudo for a login that is not root), then manage them through it (an install_agent
+    job; admin tokens only).
+
+    Each host gets the controller's agent bundle, a fresh token and its own TLS
+    certificate, whose fingerprint the controller pins. A host whose agent fails its
+    health check is rolled back and stays on SSH; its SSH login is kept for upgrades.
+    Run with --dry-run first to see the version each host has. Each host's time box is
+    600 s unless --timeout says otherwise.
+    """
+    params: dict[str, Any] = {key: value for key, value in (
+        ("version", version), ("port", port)) if value is not None}
+    if rotate_token:
+        params["rotate_token"] = True
+    if kwargs["timeout_s"] is None:
+        kwargs["timeout_s"] = INSTALL_TIMEOUT_S
+    if not kwargs.get("dry_run"):
+        choice = TargetChoice.from_options(dict(kwargs))
+        question = (f"Install the relayfleet agent as root on the hosts of "
+                    f"{choice.describe() or 'the target'} and manage them through it?")
+        if not _confirm(cli, question, yes=yes,
+                        hint="add --yes (or run with --dry-run first)"):
+            return _declined(cli, "nothing was installed")
+    return run_on_target(cli, "install_agent", params, kwargs)
 
 
 def _read_file(kind: str, read: Callable[[str], str], name: str) -> str:

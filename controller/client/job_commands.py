@@ -65,7 +65,7 @@ def _take_job_options(kwargs: dict[str, Any]) -> JobOptions:
                       cancel_on_interrupt=kwargs.pop("cancel_on_interrupt"))
 
 
-def _run_on_target(cli: Cli, action: str, params: dict[str, Any],
+def run_on_target(cli: Cli, action: str, params: dict[str, Any],
                    kwargs: dict[str, Any]) -> int:
     """Build the target and the options from a command's arguments and run the job."""
     choice = TargetChoice.from_options(kwargs)
@@ -136,7 +136,7 @@ def smarthost() -> None:
 @pass_cli
 def smarthost_show(cli: Cli, /, **kwargs: Any) -> int:
     """Read each host's smarthost as its MTA has it now (a collect_status job)."""
-    return _run_on_target(cli, "collect_status", {}, kwargs)
+    return run_on_target(cli, "collect_status", {}, kwargs)
 
 
 @smarthost.command("set", epilog=examples(
@@ -192,7 +192,7 @@ def smarthost_set(cli: Cli, /, *, relay: str, mx: bool, mailer: str | None, auth
         params["masquerade"] = {"domain": masquerade, "envelope": not masquerade_headers_only}
     elif masquerade_headers_only:
         raise UsageProblem("--masquerade-headers-only needs --masquerade DOMAIN")
-    return _run_on_target(cli, "set_smarthost", params, kwargs)
+    return run_on_target(cli, "set_smarthost", params, kwargs)
 
 
 @smarthost.command("remove", epilog=examples("relayfleet smarthost remove --site lyon --dry-run"))
@@ -201,7 +201,7 @@ def smarthost_set(cli: Cli, /, *, relay: str, mx: bool, mailer: str | None, auth
 @pass_cli
 def smarthost_remove(cli: Cli, /, **kwargs: Any) -> int:
     """Go back to direct delivery on the TARGET hosts (a remove_smarthost job)."""
-    return _run_on_target(cli, "remove_smarthost", {}, kwargs)
+    return run_on_target(cli, "remove_smarthost", {}, kwargs)
 
 
 # -- one-shot actions --------------------------------------------------------------------
@@ -226,7 +226,7 @@ def flush(cli: Cli, /, *, queue_id: str | None, recipient: str | None, sender: s
         ("queue_id", queue_id), ("recipient", recipient), ("sender", sender)) if value}
     if keep_host_status:
         params["reset_host_status"] = False
-    return _run_on_target(cli, "flush_queue", params, kwargs)
+    return run_on_target(cli, "flush_queue", params, kwargs)
 
 
 @click.command("status", cls=Command, epilog=examples("relayfleet status --all",
@@ -237,7 +237,7 @@ def flush(cli: Cli, /, *, queue_id: str | None, recipient: str | None, sender: s
 def status(cli: Cli, /, **kwargs: Any) -> int:
     """Hostname, MTA, smarthost and queue of the TARGET hosts (a collect_status job; the
     fleet view is updated from it)."""
-    return _run_on_target(cli, "collect_status", {}, kwargs)
+    return run_on_target(cli, "collect_status", {}, kwargs)
 
 
 @click.command("diagnose", cls=Command, epilog=examples("relayfleet diagnose --host pbx-lyon-1",
@@ -252,7 +252,7 @@ def diagnose(cli: Cli, /, *, domain: str | None, public_ip: str | None, **kwargs
     STARTTLS, SPF (a diagnose job)."""
     params = {key: value for key, value in (("domain", domain), ("public_ip", public_ip))
               if value}
-    return _run_on_target(cli, "diagnose", params, kwargs)
+    return run_on_target(cli, "diagnose", params, kwargs)
 
 
 @click.command("hostname", cls=Command, epilog=examples(
@@ -269,7 +269,7 @@ def hostname(cli: Cli, /, *, fqdn: str | None, domain: str | None, **kwargs: Any
     if bool(fqdn) == bool(domain):
         raise UsageProblem("give exactly one of --fqdn NAME or --domain D")
     params = {"fqdn": fqdn} if fqdn else {"domain": domain}
-    return _run_on_target(cli, "fix_hostname", params, kwargs)
+    return run_on_target(cli, "fix_hostname", params, kwargs)
 
 
 def _one_host_job(cli: Cli, action: str, host: str, params: dict[str, Any],

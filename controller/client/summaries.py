@@ -83,6 +83,17 @@ def _queue(data: Mapping[str, Any]) -> str:
     return f"{data.get('count', 0)} queued"
 
 
+def _install_agent(data: Mapping[str, Any]) -> str:
+    version, previous = data.get("version"), data.get("previous")
+    if data.get("dry_run"):
+        if previous == version:
+            return f"agent {version} installed; would check it (transport {data.get('transport')})"
+        return f"would install agent {version} (installed: {previous or 'none'})"
+    done = (f"agent {previous} → {version}" if previous and previous != version
+            else f"agent {version}")
+    return f"{done}, token {data.get('token')}; now via {data.get('agent_url')}"
+
+
 SUMMARIES: Mapping[str, Summary] = {
     "set_smarthost": _change,
     "remove_smarthost": _change,
@@ -92,6 +103,7 @@ SUMMARIES: Mapping[str, Summary] = {
     "diagnose": _diagnose,
     "read_log": _log,
     "queue_list": _queue,
+    "install_agent": _install_agent,
 }
 
 
