@@ -245,10 +245,11 @@ class DiagnoseRequestSchema(StrictSchema):
             _grammar(rules.validate_ip_address, value, "public_ip")
 
 
-#: an agent bundle's version (PEP 440 public versions and local labels: 0.2.0, 1.0rc1,
-#: 0.2.0.post1, 0.2.0+site3); it names files on hosts, so nothing else passes
-AGENT_VERSION_PATTERN = (r"[0-9]+(\.[0-9]+){0,3}((a|b|rc)[0-9]+)?(\.post[0-9]+)?"
-                         r"(\.dev[0-9]+)?(\+[a-z0-9]+(\.[a-z0-9]+)*)?")
+#: an agent bundle's version: a PEP 440 public version in its normalized form (0.2.0,
+#: 1.0rc1, 0.2.0.post1, 0.3.0.dev2), as bundles are named; it names files on hosts, so
+#: nothing else passes
+AGENT_VERSION_PATTERN = (r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*((a|b|rc)(0|[1-9][0-9]*))?"
+                         r"(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?")
 #: the port an agent listens on unless a job says otherwise
 DEFAULT_AGENT_PORT = 8587
 

@@ -58,14 +58,16 @@ def test_params_defaults_and_the_typed_request() -> None:
     public, secret = validate_params("install_agent", {}, OPTIONS)
     assert public == {"version": None, "port": 8587, "rotate_token": False} and secret is None
     request = job_action("install_agent").stored(
-        {"version": "0.2.0+site3", "port": 9000, "rotate_token": True}, None)
-    assert request == InstallAgentRequest("0.2.0+site3", 9000, True)
+        {"version": "0.2.0rc1", "port": 9000, "rotate_token": True}, None)
+    assert request == InstallAgentRequest("0.2.0rc1", 9000, True)
 
 
 @pytest.mark.parametrize(("params", "field"), [
     ({"version": "../../etc"}, "params.version"),
     ({"version": "0.2.0; reboot"}, "params.version"),
     ({"version": "0.2.0\n"}, "params.version"),
+    ({"version": "0.2.0+local"}, "params.version"),
+    ({"version": "01.2"}, "params.version"),
     ({"version": "1" * 65}, "params.version"),
     ({"port": 0}, "params.port"),
     ({"port": 65536}, "params.port"),

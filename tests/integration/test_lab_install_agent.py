@@ -1,0 +1,262 @@
+"""install_agent on a lab site of SSH hosts (sendmail Debian- and CentOS-style, Postfix),
+reached as the non-root sudo login with pinned host keys, through the real CLI, API, Redis
+and Celery worker: the hosts become agent hosts, the seed story then runs through their
+agents, a re-run changes nothing, an upgrade keeps the token, and a broken version is
+rolled back with the host still on its agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from agent.config import certificate_fingerprint
+from controller.agent_bundle import AgentBundle, _package_files, build_bundle
+from controller.db import db
+from controller.models import Host
+from tests.lab.enrol import SshLogin, host_body
+from tests.lab.lab import SINK_PORT, Lab, LabHost
+from tests.lab.services import ApiServer, ControllerStack, RelayfleetCli, lab_controller
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+SMARTHOST = {"host": "smarthost.lab.test", "port": SINK_PORT, "mx": False}
+#: (name, MTA, layout)
+SITE = [("iasd", "sendmail", "debian"), ("iasc", "sendmail", "centos"),
+        ("iapd", "postfix", "debian")]
+FIRST, SECOND, BROKEN = "0.9.0", "0.9.1", "0.9.2"
+#: dependency wheels kept between runs (only the agent's own wheel is built each time)
+WHEEL_CACHE = Path("/var/cache/relayfleet-lab/agent-wheels")
+#: install.sh's daemon (the lab hosts have no systemd)
+PID_FILE = "/run/relayfleet-agent.pid"
+#: an agent that starts and dies at once: its health check fails
+BROKEN_CLI = b"import sys\n\n\ndef main() -> None:\n    sys.exit('broken on purpose')\n"
+
+
+def host_python(lab: Lab) -> str:
+    """The X.Y of the python3 lab hosts run (the bundle carries wheels for it)."""
+    probe = lab.hosts[0].run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    return probe.stdout.decode().strip()
+
+
+@dataclass
+class Site:
+    """The site's hosts, their ids, the controller, the CLI and the bundles."""
+
+    stack: ControllerStack
+    cli: RelayfleetCli
+    hosts: list[tuple[LabHost, int]]
+    bundles: dict[str, AgentBundle]
+
+    def rows(self) -> dict[int, Host]:
+        """Every host row as stored now."""
+        with self.stack.controller.app.app_context():
+            db.session.expire_all()
+            return {row.id: row for row in db.session.scalars(select(Host))}
+
+    def install(self, *args: str) -> tuple[int, dict[str, Any]]:
+        """``relayfleet --json hosts install-agent --site lab-site --yes ARGS``: exit code and
+        the job document."""
+        done = self.cli("--json", "hosts", "install-agent", "--site", "lab-site", "--yes",
+                        *args, timeout=900)
+        assert done.stdout.strip(), done.stderr
+        return done.returncode, json.loads(done.stdout)
+
+    def box(self) -> Any:
+        """The controller's secret box."""
+        return self.stack.controller.app.extensions["relayfleet_secrets"]
+
+
+def stop_daemon(host: LabHost) -> None:
+    """Stop the agent install.sh started in the host (not one of the lab's processes)."""
+    try:
+        pid = int(host.fs(PID_FILE).read_text().split()[0])
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def site(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server: Any,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The three SSH hosts enrolled as the sudo login, three bundles (a good one, its next
+    version, a broken one), an API server, and the CLI with an admin token."""
+    user, _password = lab.ensure_ssh_user()
+    private, public = client_keys["ed25519"]
+    workdir = tmp_path_factory.mktemp("install-agent")
+    bundle_dir = workdir / "bundles"
+    with lab_controller(lab, redis_server, workdir, 7) as (stack, made):
+        controller = stack.controller
+        site_id = controller.site(controller.tenant("Lab"), "lab-site")
+        enrolled = []
+        for name, mta, layout in SITE:
+            host = lab.add_host(name, layout, mta=mta)
+            made.append(host)
+            body = host_body(host, "ssh", login=SshLogin(user, private, public, sudo=True))
+            enrolled.append((host, int(controller.ok("POST", "/v1/hosts",
+                                                     {**body, "site_id": site_id})["id"])))
+        python = host_python(lab)
+        bundles = {version: build_bundle(bundle_dir, version=version, pythons=(python,),
+                                         cache_dir=WHEEL_CACHE)
+                   for version in (FIRST, SECOND)}
+        # The worker finds bundles where RELAYFLEET_AGENT_BUNDLE_DIR says: restart it so.
+        stack.worker.stop()
+        stack.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
+        stack.worker.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
+        stack.worker.start()
+        admin = workdir / "admin.token"
+        admin.write_text(controller.admin + "\n")
+        admin.chmod(0o600)
+        try:
+            with ApiServer(stack.env, workdir / "serve.log") as server:
+                yield Site(stack, RelayfleetCli(server.url, admin, workdir / "home"),
+                           enrolled, bundles)
+        finally:
+            for host, _ in enrolled:
+                stop_daemon(host)
+
+
+def results(job: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """A job's host results by host id."""
+    return {r["host_id"]: r for r in job["results"]}
+
+
+def _subjects(lab: Lab) -> set[str]:
+    return {next((ln[9:] for ln in m["data"].splitlines() if ln.startswith("Subject: ")), "")
+            for m in lab.smarthost.messages()}
+
+
+def test_1_a_dry_run_says_what_it_would_do_and_does_nothing(site: Site) -> None:
+    code, job = site.install("--version", FIRST, "--dry-run")
+    assert code == 0, job
+    for host, host_id in site.hosts:
+        data = results(job)[host_id]["data"]
+        assert data["dry_run"] is True and data["version"] == FIRST, data
+        assert data["previous"] is None and data["transport"] == "ssh"
+        assert not host.fs("/opt/relayfleet/current").exists()
+    assert {row.transport for row in site.rows().values()} == {"ssh"}
+
+
+def test_2_the_site_becomes_agent_hosts(site: Site) -> None:
+    code, job = site.install("--version", FIRST)
+    assert code == 0 and job["status"] == "succeeded", json.dumps(job["results"], indent=1)
+    rows = site.rows()
+    for host, host_id in site.hosts:
+        result = results(job)[host_id]
+        data = result["data"]
+        assert result["changed"] is True
+        assert data["version"] == FIRST and data["token"] == "written", data
+        assert data["transport"] == "agent" and data["service"] == "daemon"
+        row = rows[host_id]
+        pinned = certificate_fingerprint(host.fs("/etc/relayfleet/agent.crt").read_text())
+        assert row.transport == "agent"
+        assert row.agent_url == f"https://{host.address}:8587"
+        assert row.agent_tls_fingerprint == pinned.removeprefix("sha256:")
+        token = host.fs("/etc/relayfleet/agent.token").read_text().strip()
+        assert site.box().open(row.agent_token_sealed) == token
+        assert row.ssh_username == "rflab" and row.ssh_private_key_sealed  # kept
+        # the token is nowhere in the job's documents
+        assert token not in json.dumps(job)
+        assert host.fs("/opt/relayfleet/current/VERSION").read_text().strip() == FIRST
+
+
+def test_3_the_seed_story_runs_through_the_agents(site: Site, lab: Lab) -> None:
+    controller = site.stack.controller
+    stamp = f"voicemail {time.time_ns()}"
+    for host, _ in site.hosts:
+        host.send_mail(["me@ourtest.com"], subject=f"{stamp} {host.name}")
+    for host, _ in site.hosts:
+        host.wait_deferred()
+    ids = [host_id for _, host_id in site.hosts]
+    job = controller.wait_job(controller.start_job(
+        {"action": "set_smarthost", "target": {"hosts": ids}, "params": SMARTHOST}))
+    assert job["status"] == "succeeded", json.dumps(job["results"], indent=1)[:4000]
+    flush = controller.wait_job(controller.start_job(
+        {"action": "flush_queue", "target": {"hosts": ids}}))
+    assert flush["status"] == "succeeded", flush["results"]
+    wanted = {f"{stamp} {host.name}" for host, _ in site.hosts}
+    deadline = time.monotonic() + 60
+    while not wanted <= _subjects(lab) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert wanted <= _subjects(lab), wanted - _subjects(lab)
+    status = controller.wait_job(controller.start_job(
+        {"action": "collect_status", "target": {"hosts": ids}}))
+    assert status["status"] == "succeeded", status["results"]
+    fleet = {item["host_id"]: item for item in controller.ok("GET", "/v1/fleet")["items"]}
+    for host, host_id in site.hosts:
+        assert fleet[host_id]["transport"] == "agent", fleet[host_id]
+        assert fleet[host_id]["last"]["queue_count"] == 0
+        assert fleet[host_id]["last"]["mta_kind"] == host.mta
+
+
+def test_4_a_rerun_changes_nothing(site: Site) -> None:
+    before = {host_id: host.fs(PID_FILE).read_text() for host, host_id in site.hosts}
+    code, job = site.install("--version", FIRST)
+    assert code == 0, job
+    for host, host_id in site.hosts:
+        result = results(job)[host_id]
+        assert result["changed"] is False, result
+        assert [step["name"] for step in result["steps"]] == ["check the agent"]
+        assert host.fs(PID_FILE).read_text() == before[host_id]  # not restarted
+
+
+def test_5_an_upgrade_keeps_the_token(site: Site) -> None:
+    before = site.rows()
+    tokens = {host_id: host.fs("/etc/relayfleet/agent.token").read_text()
+              for host, host_id in site.hosts}
+    code, job = site.install()  # the newest bundle: SECOND
+    assert code == 0, json.dumps(job["results"], indent=1)
+    after = site.rows()
+    for host, host_id in site.hosts:
+        data = results(job)[host_id]["data"]
+        assert (data["previous"], data["version"], data["token"]) == (FIRST, SECOND, "kept")
+        assert host.fs("/etc/relayfleet/agent.token").read_text() == tokens[host_id]
+        assert after[host_id].agent_token_sealed == before[host_id].agent_token_sealed
+        assert after[host_id].agent_tls_fingerprint == before[host_id].agent_tls_fingerprint
+        assert host.fs("/opt/relayfleet/current/VERSION").read_text().strip() == SECOND
+    # the agents answer as SECOND through the controller
+    status = site.stack.controller.wait_job(site.stack.controller.start_job(
+        {"action": "collect_status", "target": {"hosts": [i for _, i in site.hosts]}}))
+    assert status["status"] == "succeeded", status["results"]
+
+
+def test_6_a_broken_version_is_rolled_back(site: Site) -> None:
+    bundle_dir = site.bundles[FIRST].path.parent
+    sources = [(name, BROKEN_CLI if name == "agent/cli.py" else path.read_bytes())
+               for name, path in _package_files()]
+    build_bundle(bundle_dir, version=BROKEN, pythons=(host_python(site.hosts[0][0].lab),),
+                 cache_dir=WHEEL_CACHE, agent_sources=sources)
+    before = site.rows()
+    code, job = site.install("--version", BROKEN)
+    assert code == 1 and job["status"] == "failed", job
+    after = site.rows()
+    for host, host_id in site.hosts:
+        result = results(job)[host_id]
+        assert result["status"] == "failed"
+        assert result["error"].startswith("the new version failed its health check and was "
+                                          f"rolled back to {SECOND}"), result["error"]
+        assert after[host_id].transport == "agent"
+        assert after[host_id].agent_token_sealed == before[host_id].agent_token_sealed
+        assert host.fs("/opt/relayfleet/current/VERSION").read_text().strip() == SECOND
+    status = site.stack.controller.wait_job(site.stack.controller.start_job(
+        {"action": "collect_status", "target": {"hosts": [i for _, i in site.hosts]}}))
+    assert status["status"] == "succeeded", status["results"]
