@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from agent.config import certificate_fingerprint
-from controller.agent_bundle import AgentBundle, _package_files, build_bundle
+from controller.agent_bundle import AgentBundle, agent_sources, build_bundle
 from controller.db import db
 from controller.models import Host
 from tests.lab.enrol import SshLogin, host_body
@@ -241,8 +241,8 @@ def test_5_an_upgrade_keeps_the_token(site: Site) -> None:
 
 def test_6_a_broken_version_is_rolled_back(site: Site) -> None:
     bundle_dir = site.bundles[FIRST].path.parent
-    sources = [(name, BROKEN_CLI if name == "agent/cli.py" else path.read_bytes())
-               for name, path in _package_files()]
+    sources = [(name, BROKEN_CLI if name == "agent/cli.py" else data)
+               for name, data in agent_sources()]
     build_bundle(bundle_dir, version=BROKEN, pythons=(host_python(site.hosts[0][0].lab),),
                  cache_dir=WHEEL_CACHE, agent_sources=sources)
     before = site.rows()
