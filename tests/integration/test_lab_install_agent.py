@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent.config import certificate_fingerprint
 from controller.agent_bundle import AgentBundle, agent_sources, build_bundle
@@ -259,4 +259,35 @@ def test_6_a_broken_version_is_rolled_back(site: Site) -> None:
         assert host.fs("/opt/relayfleet/current/VERSION").read_text().strip() == SECOND
     status = site.stack.controller.wait_job(site.stack.controller.start_job(
         {"action": "collect_status", "target": {"hosts": [i for _, i in site.hosts]}}))
+    assert status["status"] == "succeeded", status["results"]
+
+
+def test_7_a_token_the_controller_lacks_needs_rotate_token(site: Site) -> None:
+    host, host_id = site.hosts[0]
+    with site.stack.controller.app.app_context():
+        # as if the host had been put back on SSH: its agent's token is no longer recorded
+        db.session.execute(update(Host).where(Host.id == host_id).values(
+            transport="ssh", agent_token_sealed=None))
+        db.session.commit()
+    old_token = host.fs("/etc/relayfleet/agent.token").read_text()
+    done = site.cli("--json", "hosts", "install-agent", "--host", str(host_id), "--yes",
+                    "--version", SECOND, timeout=900)
+    job = json.loads(done.stdout)
+    assert done.returncode == 1, job
+    assert results(job)[host_id]["error"] == (
+        "an agent is already installed with a token the controller does not have: rerun "
+        "with rotate_token")
+    assert site.rows()[host_id].transport == "ssh"
+
+    done = site.cli("--json", "hosts", "install-agent", "--host", str(host_id), "--yes",
+                    "--version", SECOND, "--rotate-token", timeout=900)
+    job = json.loads(done.stdout)
+    assert done.returncode == 0, job
+    assert results(job)[host_id]["data"]["token"] == "rotated"
+    new_token = host.fs("/etc/relayfleet/agent.token").read_text()
+    assert new_token != old_token
+    row = site.rows()[host_id]
+    assert row.transport == "agent" and site.box().open(row.agent_token_sealed) == new_token.strip()
+    status = site.stack.controller.wait_job(site.stack.controller.start_job(
+        {"action": "collect_status", "target": {"hosts": [host_id]}}))
     assert status["status"] == "succeeded", status["results"]
