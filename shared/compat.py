@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):  # noqa: UP036 -- the agent's floor is 3.9, not 
 else:
     import tomli as tomllib
 
-__all__ = ["UTC", "tomllib", "zip_strict"]
+__all__ = ["UTC", "no_leading_zeros", "tomllib", "zip_strict"]
 
 #: ``datetime.UTC`` (3.11)
 UTC = timezone.utc  # noqa: UP017
@@ -25,6 +25,17 @@ UTC = timezone.utc  # noqa: UP017
 A = TypeVar("A")
 B = TypeVar("B")
 _END = object()
+
+
+def no_leading_zeros(text: str) -> str:
+    """``text`` for ``ipaddress``, which from 3.9.5 on refuses an IPv4 part with a leading zero
+    (``010.0.0.1``: inet_aton reads it as octal, 8.0.0.1); 3.9.2 (Debian 11's) reads it as
+    10.0.0.1. ValueError here makes every Python refuse it (IPv4 in IPv6 too)."""
+    dotted = text.rsplit(":", 1)[-1]
+    if "." in dotted and any(len(part) > 1 and part.startswith("0")
+                             for part in dotted.split(".")):
+        raise ValueError(f"leading zeros in an IPv4 address are ambiguous: {text!r}")
+    return text
 
 
 def zip_strict(first: Iterable[A], second: Iterable[B]) -> Iterator[tuple[A, B]]:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from shared.compat import no_leading_zeros
 from shared.errors import ValidationError
 
 MAX_HOSTNAME: Final = 253
@@ -109,7 +110,7 @@ def validate_hostname(value: object, field: str = "host") -> str:
         raise ValidationError.for_field(
             field, "may use brackets only around a whole address: [192.0.2.1]")
     try:
-        return _literal(ipaddress.IPv4Address(value))
+        return _literal(ipaddress.IPv4Address(no_leading_zeros(value)))
     except ValueError:
         pass
     name = value.lower().removesuffix(".")
@@ -142,7 +143,7 @@ def _address_literal(value: str, field: str) -> str:
     inner = value[1:-1]
     tagged = inner[:5].lower() == "ipv6:"
     try:
-        address = ipaddress.ip_address(inner[5:] if tagged else inner)
+        address = ipaddress.ip_address(no_leading_zeros(inner[5:] if tagged else inner))
     except ValueError:
         raise ValidationError.for_field(
             field, "is not a valid address literal (use [192.0.2.1] or [IPv6:2001:db8::1])"
@@ -193,7 +194,7 @@ def validate_ip_address(value: object, field: str = "public_ip") -> str:
     if not isinstance(value, str) or "%" in value:
         raise ValidationError.for_field(field, "must be an IPv4 or IPv6 address")
     try:
-        return str(ipaddress.ip_address(value))
+        return str(ipaddress.ip_address(no_leading_zeros(value)))
     except ValueError:
         raise ValidationError.for_field(field, "must be an IPv4 or IPv6 address") from None
 

@@ -159,3 +159,23 @@ def test_zip_strict_is_zip_with_strict() -> None:
     for first, second in (("abc", [1, 2]), ("ab", [1, 2, 3])):
         with pytest.raises(ValueError, match="zip_strict: the second argument is"):
             list(zip_strict(first, second))
+
+
+@pytest.mark.parametrize("text", ["010.0.0.1", "192.0.2.01", "::ffff:192.0.2.001"])
+def test_leading_zeros_are_refused_as_python_3_9_5_does(text: str) -> None:
+    import ipaddress
+
+    from shared.compat import no_leading_zeros
+
+    with pytest.raises(ValueError, match="leading zeros"):
+        no_leading_zeros(text)
+    with pytest.raises(ValueError):  # what the newer Pythons say themselves
+        ipaddress.ip_address(text)
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1", "0.0.0.0", "192.0.2.100", "::ffff:192.0.2.10",
+                                  "2001:db8::10"])
+def test_addresses_without_leading_zeros_pass(text: str) -> None:
+    from shared.compat import no_leading_zeros
+
+    assert no_leading_zeros(text) == text
