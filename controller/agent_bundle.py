@@ -226,9 +226,9 @@ def requirements_for(lines: Iterable[str], python: str,
 
 
 # -- the agent's own wheel -------------------------------------------------------------
-def _package_files() -> list[tuple[str, Path]]:
-    """(path in the wheel, file) of the packages ``agent`` and ``shared``, sorted, without
-    ``shared/testing*`` (fakes and captures for tests) and bytecode."""
+def agent_sources() -> list[tuple[str, bytes]]:
+    """(path in the wheel, contents) of the packages ``agent`` and ``shared`` of this tree,
+    sorted, without ``shared/testing*`` (fakes and captures for tests) and bytecode."""
     files = []
     for package in (agent, shared):
         root = Path(package.__file__ or "").parent
@@ -237,7 +237,7 @@ def _package_files() -> list[tuple[str, Path]]:
             if (not path.is_file() or "__pycache__" in path.parts
                     or path.suffix in (".pyc", ".pyo") or relative.startswith("shared/testing")):
                 continue
-            files.append((relative, path))
+            files.append((relative, path.read_bytes()))
     return sorted(files)
 
 
@@ -264,7 +264,7 @@ def build_agent_wheel(out_dir: Path, version: str, requires: Sequence[str],
     """
     check_version(version)
     if sources is None:
-        sources = [(name, path.read_bytes()) for name, path in _package_files()]
+        sources = agent_sources()
     info = f"relayfleet_agent-{version}.dist-info"
     metadata_text = "".join([
         "Metadata-Version: 2.1\n", f"Name: {DIST_NAME}\n", f"Version: {version}\n",
@@ -510,5 +510,5 @@ def describe(bundle: AgentBundle) -> str:
             f"({bundle.size / 1e6:.1f} MB)\nsha256: {bundle.sha256}")
 
 
-__all__ = ["SUPPORTED_PYTHONS", "AgentBundle", "BundleError", "build_agent_wheel",
-           "build_bundle", "check_version", "find_bundle", "version_key"]
+__all__ = ["SUPPORTED_PYTHONS", "AgentBundle", "BundleError", "agent_sources",
+           "build_agent_wheel", "build_bundle", "check_version", "find_bundle", "version_key"]
