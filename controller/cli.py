@@ -108,17 +108,26 @@ def worker(concurrency: int, loglevel: str) -> None:
     """Run a Celery worker bound to the controller app."""
     app = _app()
     celery = app.extensions["celery"]
-    celery.worker_main(["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
-                        "--without-gossip", "--without-mingle", "-Q", "relayfleet"])
+    celery.worker_main([*_banner_off(), "worker", f"--loglevel={loglevel}",
+                        f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
+                        "-Q", "relayfleet"])
 
 
 def beat(loglevel: str, data_dir: str) -> None:
     """Run Celery beat for the controller's periodic tasks."""
     app = _app()
     celery = app.extensions["celery"]
-    celery.start(["beat", f"--loglevel={loglevel}",
+    celery.start([*_banner_off(), "beat", f"--loglevel={loglevel}",
                   f"--schedule={os.path.join(data_dir, 'celerybeat-schedule')}",
                   "--scheduler=controller.healthcheck:HeartbeatScheduler"])
+
+
+def _banner_off() -> list[str]:
+    """Celery's global --quiet when logs are JSON lines (its start-up banner is printed,
+    not logged)."""
+    from controller import logs
+
+    return ["--quiet"] if logs.log_format() == "json" else []
 
 
 def init_db() -> str:

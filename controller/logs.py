@@ -160,4 +160,7 @@ def configure(level: str | int = "INFO", fmt: str | None = None) -> str:
     chosen = fmt or log_format()
     logging.config.dictConfig(dict_config(level, chosen))
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Warnings (Celery's about running as root, deprecations) as records in the same format,
+    # not bare lines on stderr.
+    logging.captureWarnings(True)
     return chosen
