@@ -7,6 +7,8 @@ back to the 3.10+ spellings: each line says so to them.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import timezone
@@ -17,7 +19,7 @@ if sys.version_info >= (3, 11):  # noqa: UP036 -- the agent's floor is 3.9, not 
 else:
     import tomli as tomllib
 
-__all__ = ["UTC", "no_leading_zeros", "tomllib", "zip_strict"]
+__all__ = ["UTC", "no_leading_zeros", "timeouts_as_timeout_error", "tomllib", "zip_strict"]
 
 #: ``datetime.UTC`` (3.11)
 UTC = timezone.utc  # noqa: UP017
@@ -36,6 +38,16 @@ def no_leading_zeros(text: str) -> str:
                              for part in dotted.split(".")):
         raise ValueError(f"leading zeros in an IPv4 address are ambiguous: {text!r}")
     return text
+
+
+@contextlib.contextmanager
+def timeouts_as_timeout_error() -> Iterator[None]:
+    """A socket's time-out raised as TimeoutError: before 3.10 ``socket.timeout`` is only an
+    OSError, so code catching TimeoutError would take it for a dropped connection."""
+    try:
+        yield
+    except socket.timeout as exc:  # noqa: UP041 -- the 3.9 name; TimeoutError itself from 3.10
+        raise TimeoutError(*exc.args) from exc
 
 
 def zip_strict(first: Iterable[A], second: Iterable[B]) -> Iterator[tuple[A, B]]:

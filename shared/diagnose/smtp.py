@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from shared.compat import timeouts_as_timeout_error
 from shared.diagnose.check import Check, unbracket
 from shared.diagnose.hosts import not_qualified_reason
 from shared.diagnose.tls import (
@@ -59,7 +60,8 @@ class _SmtpReader:
 
     def send(self, line: str) -> None:
         self.stream.settimeout(self.timeout_s)
-        self.stream.sendall(line.encode("ascii") + b"\r\n")
+        with timeouts_as_timeout_error():
+            self.stream.sendall(line.encode("ascii") + b"\r\n")
 
     def reply(self) -> tuple[int, list[str]]:
         """One (possibly multi-line) reply: its code and the text of each line."""

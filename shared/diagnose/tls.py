@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.compat import UTC
+from shared.compat import UTC, timeouts_as_timeout_error
 from shared.diagnose.check import Check
 from shared.errors import ExecutorError, HostUnreachable
 from shared.executor import MISSING_CODE, ByteStream, Executor
@@ -127,7 +127,8 @@ def recv_before(stream: ByteStream, deadline: float, size: int) -> bytes:
     if remaining <= 0:
         raise TimeoutError
     stream.settimeout(None if math.isinf(remaining) else remaining)
-    return stream.recv(size)
+    with timeouts_as_timeout_error():
+        return stream.recv(size)
 
 
 class TlsStream:
@@ -146,7 +147,8 @@ class TlsStream:
     def _flush(self) -> None:
         data = self._outgoing.read()
         if data:
-            self.raw.sendall(data)
+            with timeouts_as_timeout_error():
+                self.raw.sendall(data)
 
     def _fill(self, deadline: float) -> None:
         """Feed the TLS engine the next bytes from the wire (TimeoutError past deadline)."""

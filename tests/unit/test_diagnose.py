@@ -21,6 +21,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from shared.compat import timeouts_as_timeout_error
 from shared.diagnose import (
     NO_SMARTHOST,
     Check,
@@ -338,7 +339,8 @@ class DnsStub:
     def serve(self) -> None:
         while not self.stop.is_set():
             try:
-                wire, peer = self.sock.recvfrom(4096)
+                with timeouts_as_timeout_error():  # (Python 3.9's socket.timeout)
+                    wire, peer = self.sock.recvfrom(4096)
             except TimeoutError:
                 continue
             query = dns.message.from_wire(wire)

@@ -60,7 +60,8 @@ def first(qid: str, size: int, when: str, sender: str, long: bool = False) -> st
 
 
 def why(text: str) -> str:
-    return f"{'':{max(0, 76 - len(text))}}({text})"
+    # (not f"{'':{width}}": Python 3.9 reads a width of 0 as the "0" fill flag and fails)
+    return " " * max(0, 76 - len(text)) + f"({text})"
 
 
 def rcpt(address: str, long: bool = False) -> str:
