@@ -7,12 +7,9 @@ rolled back with the host still on its agent."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +19,13 @@ from agent.config import certificate_fingerprint
 from controller.agent_bundle import AgentBundle, agent_sources, build_bundle
 from controller.db import db
 from controller.models import Host
+from tests.lab.agent_install import (
+    PID_FILE,
+    WHEEL_CACHE,
+    host_python,
+    serve_bundles,
+    stop_daemon,
+)
 from tests.lab.enrol import SshLogin, host_body
 from tests.lab.lab import SINK_PORT, Lab, LabHost
 from tests.lab.services import ApiServer, ControllerStack, RelayfleetCli, lab_controller
@@ -33,18 +37,8 @@ SMARTHOST = {"host": "smarthost.lab.test", "port": SINK_PORT, "mx": False}
 SITE = [("iasd", "sendmail", "debian"), ("iasc", "sendmail", "centos"),
         ("iapd", "postfix", "debian")]
 FIRST, SECOND, BROKEN = "0.9.0", "0.9.1", "0.9.2"
-#: dependency wheels kept between runs (only the agent's own wheel is built each time)
-WHEEL_CACHE = Path("/var/cache/relayfleet-lab/agent-wheels")
-#: install.sh's daemon (the lab hosts have no systemd)
-PID_FILE = "/run/relayfleet-agent.pid"
 #: an agent that starts and dies at once: its health check fails
 BROKEN_CLI = b"import sys\n\n\ndef main() -> None:\n    sys.exit('broken on purpose')\n"
-
-
-def host_python(lab: Lab) -> str:
-    """The X.Y of the python3 lab hosts run (the bundle carries wheels for it)."""
-    probe = lab.hosts[0].run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-    return probe.stdout.decode().strip()
 
 
 @dataclass
@@ -75,26 +69,6 @@ class Site:
         return self.stack.controller.app.extensions["relayfleet_secrets"]
 
 
-def stop_daemon(host: LabHost) -> None:
-    """Stop the agent install.sh started in the host (not one of the lab's processes)."""
-    try:
-        pid = int(host.fs(PID_FILE).read_text().split()[0])
-    except (OSError, ValueError):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def site(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server: Any,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
@@ -118,11 +92,7 @@ def site(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server: Any,
         bundles = {version: build_bundle(bundle_dir, version=version, pythons=(python,),
                                          cache_dir=WHEEL_CACHE)
                    for version in (FIRST, SECOND)}
-        # The worker finds bundles where RELAYFLEET_AGENT_BUNDLE_DIR says: restart it so.
-        stack.worker.stop()
-        stack.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
-        stack.worker.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
-        stack.worker.start()
+        serve_bundles(stack, bundle_dir)
         admin = workdir / "admin.token"
         admin.write_text(controller.admin + "\n")
         admin.chmod(0o600)

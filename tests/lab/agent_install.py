@@ -1,0 +1,55 @@
+"""Helpers for installing the agent into lab hosts with install_agent: the bundle's Python,
+a cache of dependency wheels, and stopping the daemon install.sh leaves running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.lab.lab import Lab, LabHost
+from tests.lab.services import ControllerStack
+
+#: dependency wheels kept between runs (only the agent's own wheel is built each time)
+WHEEL_CACHE = Path("/var/cache/relayfleet-lab/agent-wheels")
+#: where install.sh's daemon keeps its pid (lab hosts have no systemd)
+PID_FILE = "/run/relayfleet-agent.pid"
+
+
+def host_python(lab: Lab) -> str:
+    """The X.Y of the python3 lab hosts run (a bundle for them carries its wheels)."""
+    probe = lab.hosts[0].run(["python3", "-c",
+                              "import sys; print('%d.%d' % sys.version_info[:2])"])
+    return probe.stdout.decode().strip()
+
+
+def stop_daemon(host: LabHost) -> None:
+    """Stop the agent install.sh started in ``host`` (not one of the lab's own processes,
+    so the lab would not stop it)."""
+    try:
+        pid = int(host.fs(PID_FILE).read_text().split()[0])
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def serve_bundles(stack: ControllerStack, bundle_dir: Path) -> None:
+    """Restart the stack's worker so that it finds agent bundles in ``bundle_dir``
+    (RELAYFLEET_AGENT_BUNDLE_DIR, read when a worker starts)."""
+    stack.worker.stop()
+    # (the worker's environment is the stack's: one dict)
+    stack.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
+    stack.worker.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
+    stack.worker.start()
