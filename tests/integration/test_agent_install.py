@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,39 @@ def test_the_same_input_gives_the_same_archive(tmp_path: Path) -> None:
     assert again.path.read_bytes() == first.path.read_bytes()
     assert (tmp_path / "b" / f"{again.path.name}.sha256").read_text() == (
         f"{again.sha256}  {again.path.name}\n")
+
+
+def test_an_unpacked_bundle_its_damage_and_an_old_install(make_host: Callable[..., LabHost],
+                                                          tmp_path: Path,
+                                                          bundles: dict[str, AgentBundle]
+                                                          ) -> None:
+    host = make_host("debian")
+    opt = host.root / "opt-relayfleet"
+    with tarfile.open(bundles[V1].path) as archive:
+        archive.extractall(tmp_path, filter="data")
+    unpacked = tmp_path / f"relayfleet-agent-{V1}"
+    argv = ["sh", str(unpacked / "install.sh"), "--python", HOST_PYTHON, "--listen",
+            f"{host.address}:{PORT}", "--mta", "sendmail"]
+
+    # An agent installed by the install.sh before bundles: refused, saying what to remove.
+    (opt / "bin").mkdir()
+    (opt / "bin" / "relayfleet-agent").write_text("#!/bin/sh\n")
+    old = host.run(argv, check=False)
+    assert old.returncode == 1 and b"older install.sh" in old.stderr, old
+    assert sorted(p.name for p in opt.iterdir()) == ["bin"]
+    shutil.rmtree(opt / "bin")
+
+    # A file that is not what MANIFEST.json says: refused before anything changes.
+    wheel = next((unpacked / "wheels").glob("flask-*.whl"))
+    good = wheel.read_bytes()
+    wheel.write_bytes(good + b"\0")
+    damaged = host.run(argv, check=False)
+    assert damaged.returncode == 1, damaged
+    assert f"wheels/{wheel.name} does not match MANIFEST.json".encode() in damaged.stderr
+    assert not list(opt.iterdir())
+
+    wheel.write_bytes(good)
+    run = host.run(argv, check=False)
+    report = Run(run.returncode, run.stdout.decode(), run.stderr.decode())
+    assert report.code == 0 and report.report["version"] == V1, report
+    assert agent_answer(host, report.report["fingerprint"])[1]["version"] == V1
