@@ -378,7 +378,8 @@ def _render_launch(form: LaunchForm, *, errors: Mapping[str, list[str]] | None =
     by_field, summary = _field_errors(errors or {}, form.action)
     page = render_template(
         "launch.html", form=form, action=form.action, action_label=label(form.action),
-        actions=[(name, label(name), job_action(name).summary) for name in JOB_ACTIONS],
+        actions=[(name, label(name), job_action(name).summary) for name in JOB_ACTIONS
+                 if who.may(job_action(name).role)],
         change_actions=CHANGE_ACTIONS, param_fields=PARAM_FIELDS.get(form.action, ()),
         option_fields=OPTION_FIELDS, inventory=_inventory(who), field_errors=by_field,
         errors_listed=summary, message=message, launch_key=_new_launch_key(),

@@ -210,3 +210,12 @@ def test_the_switch_is_recorded_with_a_success_only(memory_controller: Controlle
         assert opened == token
     else:
         assert row.agent_url != "https://192.0.2.10:8587" and opened != token
+
+
+def test_the_console_offers_it_to_admins_only(memory_controller: Controller) -> None:
+    from tests.unit.test_console_launch_pages import Browser
+
+    admin = Browser(memory_controller, memory_controller.admin).page("/ui/launch")
+    operator = Browser(memory_controller, memory_controller.issue("operator")).page("/ui/launch")
+    assert "action=install_agent" in admin
+    assert "action=install_agent" not in operator and "action=set_smarthost" in operator
