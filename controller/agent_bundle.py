@@ -410,11 +410,16 @@ def build_bundle(out_dir: Path, *, version: str | None = None,
         wheels_dir = stage / "wheels"
         own = build_agent_wheel(wheels_dir, version, requires, agent_sources)
         per_python: dict[str, list[Path]] = {}
+        # pip itself too: install.sh runs the bundle's pip (from its wheel), so a host's old
+        # pip (Debian 11 ships 20.3) or a missing ensurepip does not matter. One pip for all,
+        # the newest the oldest Python takes: each pip wheel is 1.8 MB.
+        pip = "pip"
         for python in pythons:
-            # pip itself too: install.sh runs the bundle's pip (from its wheel), so a host's
-            # old pip (Debian 11 ships 20.3) or a missing ensurepip does not matter.
-            per_python[python] = [own, *download_dependencies(
-                [*requires, "pip"], python, Path(scratch) / "deps" / python, cache_dir)]
+            wheels = download_dependencies([*requires, pip], python,
+                                           Path(scratch) / "deps" / python, cache_dir)
+            per_python[python] = [own, *wheels]
+            pip = next((f"pip=={wheel_pin(w)[1]}" for w in wheels
+                        if wheel_pin(w)[0] == "pip"), pip)
         for wheels in per_python.values():
             for wheel in wheels[1:]:
                 if not (wheels_dir / wheel.name).exists():
