@@ -21,6 +21,7 @@ The token never enters a result, a step, a log line or an error.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import secrets
@@ -295,8 +296,15 @@ class AgentInstall(SshTransport):
                 or "relayfleet-install." not in directory):
             raise OperationError("cannot make a temporary directory on the host: "
                                  f"{made.output_text().strip()[:300]}")
-        self.login.write_file(f"{directory}/install.sh", install_script(bundle), mode=0o600)
-        self.login.put_file(bundle.path, f"{directory}/{bundle.path.name}")
+        try:
+            self.login.write_file(f"{directory}/install.sh", install_script(bundle),
+                                  mode=0o600)
+            self.login.put_file(bundle.path, f"{directory}/{bundle.path.name}")
+        except Exception:
+            # (a cut connection cannot clean up: the next run makes a directory of its own)
+            with contextlib.suppress(RelayfleetError):
+                self.login.run(["rm", "-rf", "--", directory], timeout=60)
+            raise
         self._step("upload", argv=["sftp", bundle.path.name],
                    output=f"{bundle.size} bytes to {directory}")
         return directory

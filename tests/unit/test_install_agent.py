@@ -219,3 +219,15 @@ def test_the_console_offers_it_to_admins_only(memory_controller: Controller) -> 
     operator = Browser(memory_controller, memory_controller.issue("operator")).page("/ui/launch")
     assert "action=install_agent" in admin
     assert "action=install_agent" not in operator and "action=set_smarthost" in operator
+
+
+def test_the_cli_says_what_each_host_got() -> None:
+    from controller.client.summaries import summarize
+
+    done = {"status": "succeeded", "data": {"version": "0.2.0", "previous": "0.1.0",
+                                            "token": "kept", "agent_url": "https://h:8587"}}
+    assert summarize("install_agent", done) == ("agent 0.1.0 → 0.2.0, token kept; now via "
+                                                "https://h:8587")
+    dry = {"status": "succeeded", "data": {"dry_run": True, "version": "0.2.0",
+                                           "previous": None, "transport": "ssh"}}
+    assert summarize("install_agent", dry) == "would install agent 0.2.0 (installed: none)"
