@@ -35,9 +35,16 @@ def prepare_metrics_dir() -> Path:
             stale.unlink()
     else:
         path = Path(tempfile.mkdtemp(prefix="relayfleet-metrics-"))
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        atexit.register(_remove_if_master, path, os.getpid())
     os.environ[MULTIPROC_ENV] = str(path)
     return path
+
+
+def _remove_if_master(path: Path, master: int) -> None:
+    # Forked workers inherit this exit hook: only the master, at its end, may remove the
+    # directory the other workers still count into.
+    if os.getpid() == master:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def child_exit(_server: Any, worker: Any) -> None:

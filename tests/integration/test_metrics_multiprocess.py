@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +25,13 @@ WORKERS = 3
 _HEALTH_COUNT = re.compile(
     r'^relayfleet_http_requests_total\{method="GET",route="/v1/health",status="200"\} '
     r"([0-9.]+)$", re.MULTILINE)
+
+
+def gunicorn_workers(master: int) -> list[int]:
+    """The pids of the gunicorn master's worker processes."""
+    found = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True,
+                           check=False).stdout.split()
+    return sorted(int(pid) for pid in found)
 
 
 def _server_env(tmp_path: Path) -> dict[str, str]:
@@ -69,12 +79,27 @@ def test_metrics_add_up_every_gunicorn_worker(memory_controller: Any, tmp_path: 
         # Every worker's histogram too: one observation per request, whoever served it.
         assert (f'relayfleet_http_request_duration_seconds_count{{route="/v1/health"}} '
                 f"{before + REQUESTS}") in after
+
+        # A worker that exits (gunicorn starts another) keeps what it counted.
+        assert api.proc is not None
+        children = gunicorn_workers(api.proc.pid)
+        assert len(children) == WORKERS
+        os.kill(children[0], signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while children[0] in (now := gunicorn_workers(api.proc.pid)) or len(now) < WORKERS:
+            assert time.monotonic() < deadline, f"gunicorn did not replace {children[0]}"
+            time.sleep(0.2)
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            statuses = list(pool.map(health, range(REQUESTS)))
+        assert statuses == [200] * REQUESTS
+        assert health_count(scrape()) == before + 2 * REQUESTS
+        total = before + 2 * REQUESTS
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     served_by = Counter(entry["process"] for entry in entries
                         if entry["logger"] == "relayfleet.controller"
                         and entry["message"].startswith("GET /v1/health 200"))
     # The sum above is only a proof if more than one process answered.
-    assert sum(served_by.values()) == before + REQUESTS and len(served_by) >= 2, served_by
+    assert sum(served_by.values()) == total and len(served_by) >= 2, served_by
     assert {"time", "level", "logger", "message", "process"} <= set(entries[0])
     assert any(entry["logger"].startswith("gunicorn") for entry in entries), entries[:5]
     assert os.environ["RELAYFLEET_SECRET_KEY"] not in log.read_text()
