@@ -196,9 +196,10 @@ stop_agent() {
 
 start_agent() {
     if [ "$service" = systemd ]; then
-        systemctl daemon-reload
-        systemctl enable relayfleet-agent >/dev/null 2>&1
-        systemctl restart relayfleet-agent
+        # A failed start is the health check's to report (and to roll back), not set -e's.
+        systemctl daemon-reload || true
+        systemctl enable relayfleet-agent >/dev/null 2>&1 || true
+        systemctl restart relayfleet-agent || echo "install.sh: systemctl restart relayfleet-agent failed" >&2
         return 0
     fi
     command -v setsid >/dev/null 2>&1 || die "no setsid on this host (util-linux)"
@@ -333,8 +334,11 @@ if [ "$previous" = "$version" ]; then
         exit 0
     fi
     start_agent
-    healthy "$version" "$HEALTH_WAIT" ||
+    if ! healthy "$version" "$HEALTH_WAIT"; then
+        # The token it had stays: the controller still holds that one.
+        [ -f "$work/token.previous" ] && mv -f "$work/token.previous" "$TOKEN_FILE"
         die "the agent $version does not run: see $LOG (and relayfleet-agent check --config $CONFIG)"
+    fi
     echo "relayfleet agent $version restarted"
     report true "$token_state" false
     exit 0
@@ -380,6 +384,11 @@ rollback() {
         fi
     else
         rm -f "$PREFIX/current"
+        if [ "$service" = systemd ] && [ ! -f "$work/unit.previous" ]; then
+            systemctl disable relayfleet-agent >/dev/null 2>&1 || true
+            rm -f "$UNIT"
+            systemctl daemon-reload || true
+        fi
         echo "install.sh: rolled back: removed $version again (no previous version)" >&2
     fi
     rm -rf "$venv"
