@@ -9,9 +9,12 @@ systemd: install.sh runs the agent as a daemon (pid in /run/relayfleet-agent.pid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -305,3 +308,49 @@ def test_an_unpacked_bundle_its_damage_and_an_old_install(make_host: Callable[..
     report = Run(run.returncode, run.stdout.decode(), run.stderr.decode())
     assert report.code == 0 and report.report["version"] == V1, report
     assert agent_answer(host, report.report["fingerprint"])[1]["version"] == V1
+
+
+def test_install_sh_on_debian_11(tmp_path: Path, bundles: dict[str, AgentBundle]) -> None:
+    """Debian 11's own dash, coreutils, openssl and Python 3.9.2 (a debootstrap tree, run
+    chrooted in a mount namespace of its own): install V1, then upgrade to V2."""
+    from tests.lab.bullseye import bullseye_tree, mount_point, run_in_tree
+
+    tree = bullseye_tree()
+    for point in ("relayfleet-bundle", "etc/relayfleet"):
+        mount_point(tree, point)
+    dirs = {name: tmp_path / name for name in ("opt", "etc", "run", "log")}
+    for directory in dirs.values():
+        directory.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    binds = [(bundles[V1].path.parent, "/relayfleet-bundle", False),
+             (dirs["opt"], "/opt", True), (dirs["etc"], "/etc/relayfleet", True),
+             (dirs["run"], "/run", True), (dirs["log"], "/var/log", True)]
+
+    def run(bundle: AgentBundle) -> Run:
+        proc = run_in_tree(tree, ["sh", "/relayfleet-bundle/install.sh", "--bundle",
+                                  f"/relayfleet-bundle/{bundle.path.name}", "--sha256",
+                                  bundle.sha256, "--listen", f"127.0.0.1:{port}", "--mta",
+                                  "sendmail"], binds=binds, timeout=300)
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    shutil.copy(INSTALL, bundles[V1].path.parent / "install.sh")
+    client = HttpClient(EgressPolicy.parse("loopback"))
+    try:
+        for version in (V1, V2):
+            done = run(bundles[version])
+            assert done.code == 0, done
+            assert done.report["version"] == version and done.report["service"] == "daemon"
+            pinned = TlsTrust(fingerprint=normalise_fingerprint(done.report["fingerprint"]))
+            answer = client.request("GET", f"https://127.0.0.1:{port}/v1/health",
+                                    deadline_s=10, max_body=4096, tls=pinned)
+            assert json.loads(answer.body)["version"] == version
+            config = dirs["opt"] / "relayfleet" / "versions" / version / "pyvenv.cfg"
+            assert "version = 3.9.2" in config.read_text()
+        assert done.report["previous"] == V1 and done.report["token"] == "kept"
+    finally:
+        pidfile = dirs["run"] / "relayfleet-agent.pid"
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
