@@ -14,6 +14,8 @@ import ast
 import json
 import os
 import re
+import secrets
+import socket
 import ssl
 import subprocess
 import sys
@@ -169,6 +171,48 @@ def _build_bundle_wheels(out: Path) -> tuple[str, Path]:
     return bundle.version, wheels
 
 
+#: asks the agent serving on 127.0.0.1:argv[1] over TLS (trusting argv[2] only) for its
+#: health, then for its status without the token; prints both answers
+_PROBE = """
+import json, ssl, sys, time, urllib.error, urllib.request
+base = "https://127.0.0.1:%s/v1/" % sys.argv[1]
+context = ssl.create_default_context(cafile=sys.argv[2])
+deadline = time.monotonic() + 60
+while True:
+    try:
+        health = json.load(urllib.request.urlopen(base + "health", context=context, timeout=5))
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+try:
+    urllib.request.urlopen(base + "status", context=context, timeout=5)
+    unauthorised = 200
+except urllib.error.HTTPError as exc:
+    unauthorised = exc.code
+print(json.dumps({"health": health, "status_without_token": unauthorised}))
+"""
+
+
+def _serving_config(work: Path) -> int:
+    """agent.toml, token, certificate and key for the agent in ``work`` (seen in the tree
+    under WORK), as install.sh makes them (make-cert.sh); returns the port it listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    subprocess.run(["sh", str(ROOT / "deploy/agent/make-cert.sh"), str(work / "agent.crt"),
+                    str(work / "agent.key"), "localhost", "127.0.0.1"], check=True, timeout=60)
+    token = work / "agent.token"
+    token.write_text(secrets.token_urlsafe(32))
+    token.chmod(0o600)
+    (work / "agent.toml").write_text(
+        f'listen = "127.0.0.1:{port}"\ntoken_file = "{WORK}/agent.token"\n'
+        f'tls_cert = "{WORK}/agent.crt"\ntls_key = "{WORK}/agent.key"\n'
+        '[mta]\nkind = "auto"\n')
+    return port
+
+
 def _wheel_modules() -> list[str]:
     """The modules the agent's wheel holds: agent and shared but shared.testing (and those
     the import check leaves out)."""
@@ -251,6 +295,14 @@ def test_the_agents_tests_pass_on_debian_11_python_3_9(tmp_path: Path) -> None:
     assert facts["file"].startswith(f"{VENV}/lib/python3.9/site-packages/"), facts
     assert facts["version"] == bundle_version, facts
     assert facts["modules"] == _wheel_modules(), facts
+    # The installed agent serves its API over TLS (cheroot) on 3.9; this tree has no MTA.
+    port = _serving_config(work)
+    served = step("serving", f'"{VENV}/bin/relayfleet-agent" serve --config {WORK}/agent.toml '
+                  f'>{WORK}/agent.log 2>&1 & agent=$!; trap \'kill $agent\' EXIT; '
+                  f'"{VENV}/bin/python" -c "$1" "$2" {WORK}/agent.crt', _PROBE, str(port))
+    answers = json.loads(served.strip().splitlines()[-1])
+    assert answers == {"health": {"status": "ok", "version": bundle_version},
+                       "status_without_token": 401}, (answers, (work / "agent.log").read_text())
 
     # The agent's unit tests against this source tree (read-only: no caches written), but
     # those that need the lab's or the controller's fixtures.
