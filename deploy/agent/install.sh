@@ -149,6 +149,10 @@ set -- $info
 version=$1 pyver=$2 pip_wheel=${3:-}
 [ -n "$pip_wheel" ] && [ -f "$src/wheels/$pip_wheel" ] || die "the bundle has no pip for Python $pyver"
 
+if { [ ! -s "$ETC/agent.crt" ] || [ ! -s "$ETC/agent.key" ]; } &&
+        ! command -v openssl >/dev/null 2>&1; then
+    die "the agent's TLS certificate is made with openssl, which this host lacks: install it (Debian/Ubuntu: apt install openssl; RHEL: dnf install openssl), or put agent.crt and agent.key in $ETC"
+fi
 if [ -e "$PREFIX/bin/relayfleet-agent" ] && [ ! -L "$PREFIX/current" ]; then
     die "an agent installed by an older install.sh is in $PREFIX (a plain virtualenv); stop it, remove $PREFIX/bin, lib, lib64, include and pyvenv.cfg (keep $ETC: its config, token and certificate are reused) and run install.sh again"
 fi

@@ -294,6 +294,17 @@ def test_an_unpacked_bundle_its_damage_and_an_old_install(make_host: Callable[..
     assert sorted(p.name for p in opt.iterdir()) == ["bin"]
     shutil.rmtree(opt / "bin")
 
+    # No openssl to make the certificate with: refused, saying what to install.
+    stub = host.root / "no-openssl"
+    stub.write_text("")
+    host.run(["mount", "--bind", str(stub), "/usr/bin/openssl"])
+    try:
+        no_openssl = host.run(argv, check=False)
+    finally:
+        host.run(["umount", "/usr/bin/openssl"])
+    assert no_openssl.returncode == 1 and b"apt install openssl" in no_openssl.stderr
+    assert not list(opt.iterdir()) and not list((host.root / "etc-relayfleet").iterdir())
+
     # A file that is not what MANIFEST.json says: refused before anything changes.
     wheel = next((unpacked / "wheels").glob("flask-*.whl"))
     good = wheel.read_bytes()
