@@ -67,6 +67,12 @@ class InstallReport:
     service: str
 
     @property
+    def port(self) -> int | None:
+        """The port of ``listen`` (None when it does not end in one)."""
+        tail = self.listen.rpartition(":")[2]
+        return int(tail) if tail.isdigit() else None
+
+    @property
     def kept_token(self) -> bool:
         """Whether the agent kept the token it had (install.sh wrote no new one)."""
         return self.token == "kept"  # noqa: S105 (a state's name, not a secret)
@@ -229,6 +235,11 @@ class AgentInstall(SshTransport):
         token = secrets.token_urlsafe(32)
         self.redact.add(token)
         report = self._run_installer(bundle, request, token, previous)
+        if report.port != request.port:
+            raise OperationError(
+                f"the agent listens on {report.listen} (an upgrade keeps its agent.toml), not "
+                f"on port {request.port}: rerun with port {report.port}, or change listen in "
+                "/etc/relayfleet/agent.toml first; the host stays on its transport")
         fingerprint = normalise_fingerprint(report.fingerprint)
         if report.kept_token:
             if self.spec.transport != "agent" or not self.spec.agent_token:

@@ -124,6 +124,13 @@ def test_1_a_dry_run_says_what_it_would_do_and_does_nothing(site: Site) -> None:
         assert data["previous"] is None and data["transport"] == "ssh"
         assert not host.fs("/opt/relayfleet/current").exists()
     assert {row.transport for row in site.rows().values()} == {"ssh"}
+    # as an operator reads it
+    done = site.cli("hosts", "install-agent", "--site", "lab-site", "--version", FIRST,
+                    "--dry-run", timeout=900)
+    assert done.returncode == 0, done.stderr
+    for host, _ in site.hosts:
+        assert any(host.fqdn in text and f"would install agent {FIRST} (installed: none)" in text
+                   for text in done.stdout.splitlines()), done.stdout
 
 
 def test_2_the_site_becomes_agent_hosts(site: Site) -> None:
@@ -261,3 +268,15 @@ def test_7_a_token_the_controller_lacks_needs_rotate_token(site: Site) -> None:
     status = site.stack.controller.wait_job(site.stack.controller.start_job(
         {"action": "collect_status", "target": {"hosts": [host_id]}}))
     assert status["status"] == "succeeded", status["results"]
+
+
+def test_8_another_port_than_the_agent_listens_on_is_refused(site: Site) -> None:
+    host, host_id = site.hosts[1]
+    done = site.cli("--json", "hosts", "install-agent", "--host", str(host_id), "--yes",
+                    "--version", SECOND, "--port", "8600", timeout=900)
+    job = json.loads(done.stdout)
+    assert done.returncode == 1, job
+    assert results(job)[host_id]["error"].startswith(
+        "the agent listens on 0.0.0.0:8587 (an upgrade keeps its agent.toml), not on port "
+        "8600: rerun with port 8587"), results(job)[host_id]["error"]
+    assert site.rows()[host_id].agent_url == f"https://{host.address}:8587"

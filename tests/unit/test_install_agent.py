@@ -107,7 +107,8 @@ def test_the_report_is_the_last_line_of_its_kind() -> None:
     out = "\n".join(["installing...", line(version="0.1.9"), "more", line(), ""])
     report = parse_report(out)
     assert report is not None and report.version == "0.2.0" and report.previous == "0.1.0"
-    assert not report.kept_token and report.service == "daemon"
+    assert not report.kept_token and report.service == "daemon" and report.port == 8587
+    assert parse_report(line(listen="[::]:9000")).port == 9000  # type: ignore[union-attr]
     assert parse_report(line(token="kept", previous=None)).kept_token  # type: ignore[union-attr]
 
 
