@@ -81,13 +81,20 @@ def _controller_command(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+def json_log(log: Path) -> list[dict[str, Any]]:
+    """Every record of a node's log: each line one JSON object (RELAYFLEET_LOG_FORMAT),
+    but for Celery's shutdown notice."""
+    entries = []
+    for line in log.read_text().splitlines():
+        if line.strip() and not CELERY_SHUTDOWN_NOTICE.fullmatch(line):
+            entries.append(json.loads(line))
+    return entries
+
+
 def _units_per_worker(log: Path, job_id: int) -> Counter[int]:
     """Hosts whose result this worker recorded for the job (from its JSON log)."""
     hosts: Counter[int] = Counter()
-    for line in log.read_text().splitlines():
-        if not line.strip() or CELERY_SHUTDOWN_NOTICE.fullmatch(line):
-            continue
-        entry = json.loads(line)  # every other line: one JSON object (RELAYFLEET_LOG_FORMAT)
+    for entry in json_log(log):
         if entry.get("job_id") == job_id and "host" in entry and (
                 entry["message"].endswith(": succeeded")):
             hosts[entry["host"]] += 1
@@ -193,5 +200,8 @@ def test_two_apis_three_workers_and_beat_share_one_database_and_redis(
     print("hosts per worker:", [sum(hosts.values()) for hosts in per_worker])
     assert sum(per_worker, Counter()) == Counter(dict.fromkeys(ids, 1))
     assert all(per_worker), "a worker ran no host: the lanes were not spread"
-    # Beat ran (the sweeper's schedule), exactly one of it, and ticked.
+    # Beat ran (the sweeper's schedule) and ticked; it and the APIs logged JSON lines too.
     assert (Path(beat.env["RELAYFLEET_DATA_DIR"]) / "beat-heartbeat").exists()
+    assert any(entry["message"].startswith("beat: Starting") for entry in json_log(beat.log))
+    for api in apis:
+        assert any(entry["logger"].startswith("gunicorn") for entry in json_log(api.log))
