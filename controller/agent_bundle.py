@@ -348,8 +348,14 @@ def download_dependencies(requirements: Sequence[str], python: str, dest: Path,
             for wheel in wheels:
                 shutil.copy2(wheel, staging)
             (staging / ".complete").touch()
-            shutil.rmtree(cached, ignore_errors=True)
-            staging.rename(cached)
+            shutil.rmtree(cached, ignore_errors=True)  # an incomplete leftover
+            try:
+                staging.rename(cached)
+            except OSError:
+                # Another build (tests run in parallel) put the same set there meanwhile.
+                shutil.rmtree(staging, ignore_errors=True)
+                if not (cached / ".complete").is_file():
+                    raise
     return [Path(shutil.copy2(wheel, dest)) for wheel in sorted(cached.glob("*.whl"))]
 
 
@@ -446,13 +452,17 @@ def build_bundle(out_dir: Path, *, version: str | None = None,
                                              + "\n")
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / archive_name(version)
-        partial = out_dir / f".{path.name}.partial"
+        # Written aside (a name of its own: builds may run at once), then renamed.
+        partial = _aside(out_dir, path.name)
         _write_tar(stage, partial)
+        partial.chmod(0o644)
         digest = file_sha256(partial)
         partial.replace(path)
         checksum = path.with_name(path.name + ".sha256")
-        checksum.with_suffix(".partial").write_text(f"{digest}  {path.name}\n")
-        checksum.with_suffix(".partial").replace(checksum)
+        partial = _aside(out_dir, checksum.name)
+        partial.write_text(f"{digest}  {path.name}\n")
+        partial.chmod(0o644)
+        partial.replace(checksum)
     return AgentBundle(path=path, version=version, sha256=digest, size=path.stat().st_size)
 
 
@@ -464,6 +474,13 @@ def _asked_extras(wheels: Sequence[Path], python: str) -> dict[str, set[str]]:
             req = Requirement(line)
             extras.setdefault(canonicalize_name(req.name), set()).update(req.extras)
     return extras
+
+
+def _aside(directory: Path, name: str) -> Path:
+    """A new empty file in ``directory`` to write ``name``'s contents into first."""
+    handle, aside = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    os.close(handle)
+    return Path(aside)
 
 
 def _requirements_file(pins: Sequence[str], hashes: dict[str, str],
