@@ -19,6 +19,7 @@ from controller.agent_install import (
     install_argv,
     parse_report,
 )
+from controller.client.errors import UsageProblem
 from controller.crypto import SecretBox
 from controller.db import db
 from controller.job_params import validate_params
@@ -232,3 +233,24 @@ def test_the_cli_says_what_each_host_got() -> None:
     dry = {"status": "succeeded", "data": {"dry_run": True, "version": "0.2.0",
                                            "previous": None, "transport": "ssh"}}
     assert summarize("install_agent", dry) == "would install agent 0.2.0 (installed: none)"
+
+
+def test_the_cli_starts_it_once_confirmed(memory_controller: Controller) -> None:
+    from tests.unit.test_cli_jobs import invoke, wsgi_cli
+
+    site = memory_controller.site(memory_controller.tenant("Acme"), "lyon")
+    memory_controller.host(site, "pbx-1")
+    state = wsgi_cli(memory_controller)
+    with pytest.raises(UsageProblem, match="no terminal to ask on"):
+        invoke(state, "hosts", "install-agent", "--site", "lyon", "--no-wait")
+    assert memory_controller.ok("GET", "/v1/jobs")["items"] == []
+    result = invoke(state, "hosts", "install-agent", "--site", "lyon", "--version", "0.2.0",
+                    "--port", "9000", "--rotate-token", "--yes", "--no-wait")
+    assert result.return_value == 0, result.output
+    job = memory_controller.ok("GET", f"/v1/jobs/{int(result.output.split()[0])}")
+    assert job["action"] == "install_agent"
+    assert job["params"] == {"version": "0.2.0", "port": 9000, "rotate_token": True}
+    assert job["options"]["timeout_s"] == 600
+    # a dry run asks nothing
+    dry = invoke(state, "hosts", "install-agent", "--site", "lyon", "--dry-run", "--no-wait")
+    assert dry.return_value == 0, dry.output
