@@ -151,8 +151,9 @@ def test_2_the_site_becomes_agent_hosts(site: Site) -> None:
         token = host.fs("/etc/relayfleet/agent.token").read_text().strip()
         assert site.box().open(row.agent_token_sealed) == token
         assert row.ssh_username == "rflab" and row.ssh_private_key_sealed  # kept
-        # the token is nowhere in the job's documents
+        # the token is nowhere in the job's documents, nor in the worker's log
         assert token not in json.dumps(job)
+        assert token not in site.stack.worker.log.read_text(errors="replace")
         assert host.fs("/opt/relayfleet/current/VERSION").read_text().strip() == FIRST
 
 
