@@ -81,9 +81,9 @@ def pair(request: pytest.FixtureRequest, make_host: Callable[..., LabHost],
 
 def test_every_job_action_is_covered() -> None:
     # (install_agent is the worker's own, over SSH: tests/integration/test_lab_install_agent.py)
-    assert set(JOB_ACTIONS) - set(WORKER_ACTIONS) == {"set_smarthost", "remove_smarthost", "flush_queue",
-                                "collect_status", "diagnose", "read_log", "fix_hostname",
-                                "queue_list"}
+    assert set(JOB_ACTIONS) - set(WORKER_ACTIONS) == {
+        "set_smarthost", "remove_smarthost", "flush_queue", "collect_status", "diagnose",
+        "read_log", "fix_hostname", "queue_list"}
 
 
 def test_reads_agree(pair: Pair) -> None:
