@@ -361,6 +361,10 @@ rm -rf "$venv"
     { rm -rf "$venv"; die "the agent's dependencies in $venv do not fit together (pip check)"; }
 printf '%s\n' "$version" > "$venv/VERSION"
 chmod -R go+rX "$venv"
+# SELinux hosts (RHEL): the labels of /opt and /etc for what was just written.
+if command -v restorecon >/dev/null 2>&1; then
+    restorecon -R "$PREFIX" "$ETC" 2>/dev/null || true
+fi
 
 switch_to() {
     ln -sfn "versions/$1" "$PREFIX/.current.new"
