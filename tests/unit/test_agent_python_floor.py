@@ -1,5 +1,6 @@
 """The agent's import path (agent/ and shared/) needs no Python newer than 3.9 (Debian 11 and
-RHEL 9 ship 3.9): checked with vermin, plus what vermin cannot see reliably.
+RHEL 9 ship 3.9): checked with vermin and ruff's parser (set to 3.9 for this check only),
+plus what vermin cannot see reliably.
 
 shared/testing/ is not on the agent's import path, but the agent's tests use it when they
 run on Debian 11's Python 3.9 (tests/integration/test_agent_py39.py): it is checked too.
@@ -100,6 +101,15 @@ def test_vermin_finds_nothing_newer_than_the_floor() -> None:
     assert proc.returncode == 0, f"needs a Python newer than {FLOOR}:\n{proc.stdout}{proc.stderr}"
     assert f"Minimum required versions: {FLOOR}" in proc.stdout or \
         "Minimum required versions: ~" in proc.stdout, proc.stdout
+
+
+def test_ruff_parses_it_as_python_3_9() -> None:
+    # ruff's parser knows exactly which syntax each version has (match, except*, ...); the
+    # project's own ruff settings target 3.11, so this one check runs with none of them.
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache",
+                           "--target-version", "py39", "--select", "E9", *CHECKED],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_vermin_reports_what_is_newer_than_the_floor(tmp_path: Path) -> None:
