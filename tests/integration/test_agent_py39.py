@@ -247,6 +247,9 @@ def _collected_here(arguments: list[str]) -> int:
     return int(found.group(1))
 
 
+# A first run builds the Debian tree (about a minute), downloads the bundle's wheels and
+# the test tools: more than the suite's 300 s per test may be needed.
+@pytest.mark.timeout(1800)
 def test_the_agents_tests_pass_on_debian_11_python_3_9(tmp_path: Path) -> None:
     files = agent_test_files()
     names = [path.name for path in files]
