@@ -4,7 +4,8 @@ The bundles are built once for the session from this tree (dependency wheels dow
 PyPI once, then kept in the lab cache): V1, V2, and two broken ones: an agent whose
 ``agent.app`` raises at import (``check`` passes, ``serve`` dies: the health check fails) and
 one whose ``agent.cli`` raises at import (``check`` itself fails). Lab hosts have no
-systemd: install.sh runs the agent as a daemon (pid in /run/relayfleet-agent.pid).
+systemd: install.sh runs the agent as a daemon (pid in /run/relayfleet-agent.pid). Python
+3.9 is Debian 11's own, in its debootstrap tree (tests/lab/bullseye.py).
 """
 
 from __future__ import annotations
@@ -226,29 +227,6 @@ def test_rotate_token_and_the_same_version_restarted(make_host: Callable[..., La
     restarted = install(host, bundles[V1])
     assert restarted.code == 0 and restarted.report["changed"] is True, restarted
     assert agent_answer(host, fingerprint)[1]["version"] == V1
-
-
-def python39() -> str:
-    """A CPython 3.9 the lab hosts can run (they see this machine's /usr and /root)."""
-    root = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv"))
-    found = sorted(root.glob("versions/3.9*/bin/python3.9")) + [
-        Path(p) for p in (shutil.which("python3.9"), "/usr/bin/python3.9") if p]
-    for candidate in found:
-        if candidate.is_file() and "shims" not in candidate.parts:
-            return str(candidate)
-    pytest.fail("no CPython 3.9 on this machine: `pyenv install 3.9` (or apt install "
-                "python3.9); the agent bundle must install on it")
-
-
-def test_the_bundle_installs_and_serves_on_python_3_9(make_host: Callable[..., LabHost],
-                                                      bundles: dict[str, AgentBundle]) -> None:
-    host = make_host("centos")
-    run = install(host, bundles[V1], token=TOKEN, python=python39())
-    assert run.code == 0, run
-    venv_python = host.root / "opt-relayfleet" / "versions" / V1 / "pyvenv.cfg"
-    assert "version = 3.9" in venv_python.read_text()
-    assert agent_answer(host, run.report["fingerprint"]) == (200, {"status": "ok",
-                                                                   "version": V1})
 
 
 def test_a_python_the_bundle_does_not_serve_is_refused(make_host: Callable[..., LabHost],
