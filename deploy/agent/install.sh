@@ -329,7 +329,13 @@ CONF
     mv -f "$CONFIG.new" "$CONFIG"
 fi
 
-# -- the same version already runs: nothing to do (or a restart) --------------------------
+# -- the same version already runs: nothing to do (or a restart, or a repair) -------------
+if [ "$previous" = "$version" ] &&
+        ! "$PREFIX/versions/$version/bin/python" -c 'import agent.cli' >/dev/null 2>&1; then
+    echo "install.sh: the installed $version is damaged (its agent does not import): installing it again" >&2
+    stop_agent
+    previous=""
+fi
 if [ "$previous" = "$version" ]; then
     agent_check "$version" || { cat "$work/check.err" >&2; die "relayfleet-agent check fails with $CONFIG: fix it and run install.sh again"; }
     if [ "$token_state" = kept ] && running && healthy "$version" 5 2>/dev/null; then

@@ -228,6 +228,16 @@ def test_rotate_token_and_the_same_version_restarted(make_host: Callable[..., La
     assert restarted.code == 0 and restarted.report["changed"] is True, restarted
     assert agent_answer(host, fingerprint)[1]["version"] == V1
 
+    # A damaged install of the current version is installed again, config and token kept.
+    config = tree(host.root / "etc-relayfleet")
+    shutil.rmtree(next((host.root / "opt-relayfleet" / "versions" / V1).glob(
+        "lib/python3*/site-packages/agent")))
+    repaired = install(host, bundles[V1])
+    assert repaired.code == 0 and repaired.report["changed"] is True, repaired
+    assert "damaged" in repaired.stderr
+    assert agent_answer(host, fingerprint)[1]["version"] == V1
+    assert tree(host.root / "etc-relayfleet") == config
+
 
 def test_a_python_the_bundle_does_not_serve_is_refused(make_host: Callable[..., LabHost],
                                                        tmp_path: Path,
