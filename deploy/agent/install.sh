@@ -312,8 +312,10 @@ chmod 600 "$TOKEN_FILE"
 # TLS by default: a key (0600) and a self-signed certificate; the controller pins the
 # certificate's fingerprint (printed at the end), as it pins SSH host keys.
 # shellcheck disable=SC2086 # the names are checked words
-sh "$src/make-cert.sh" "$ETC/agent.crt" "$ETC/agent.key" \
-    "$(hostname -f 2>/dev/null || hostname)" $cert_names
+name=$(hostname -f 2>/dev/null || true)
+[ -n "$name" ] || name=$(hostname)
+sh "$src/make-cert.sh" "$ETC/agent.crt" "$ETC/agent.key" "$name" $cert_names ||
+    die "openssl could not make $ETC/agent.crt and agent.key for $name: make them by hand (deploy/agent/make-cert.sh) and run install.sh again"
 if [ ! -f "$CONFIG" ]; then
     cat > "$CONFIG.new" <<CONF
 listen = "$listen"
