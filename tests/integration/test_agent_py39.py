@@ -4,8 +4,10 @@ A Debian 11 tree made by debootstrap from Debian's archive (tests/lab/bullseye.p
 gets a venv of its python3.9 with the agent's dependencies installed from the agent bundle's
 wheels (``pip install --no-index``: the bundle's 3.9 wheels are the ones proven here); the
 test tools come from PyPI, held to the versions the bundle installed. The installed agent
-must import whole, and the agent's unit tests (chosen by ``agent_test_files``) run with
-pytest in that venv against this source tree, mounted read-only.
+must import whole and serve its API over TLS, and the agent's unit tests (chosen by
+``agent_test_files``) run with pytest in that venv against this source tree, mounted
+read-only. Each step runs chrooted in a mount namespace of its own (tests/lab/bullseye.py):
+nothing stays mounted afterwards.
 """
 
 from __future__ import annotations
