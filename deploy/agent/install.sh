@@ -124,7 +124,7 @@ fi
 
 # The bundle's files against its manifest, and this Python against the ones it serves.
 # (Old Pythons must get as far as the version check: no f-strings here.)
-read_manifest='import hashlib, json, os, re, sys
+read_manifest='import hashlib, json, os, platform, re, sys
 if sys.version_info < (3, 9):
     sys.exit("install.sh: Python %d.%d is too old for the agent (3.9 or newer): install "
              "python3.9+ or name one with --python" % sys.version_info[:2])
@@ -138,6 +138,14 @@ for name, digest in sorted(manifest["files"].items()):
 version = manifest["version"]
 if not re.fullmatch(r"[0-9][0-9a-z.]*", version) or ".." in version:
     sys.exit("install.sh: MANIFEST.json names no usable version")
+machine = platform.machine()
+if not manifest["platform"].endswith("_" + machine):
+    sys.exit("install.sh: this bundle is for %s hosts; this one is %s"
+             % (manifest["platform"], machine))
+libc, libc_version = platform.libc_ver()
+if libc != "glibc":
+    sys.exit("install.sh: the wheels of this bundle need glibc 2.17 or newer; this Python runs on "
+             "%s" % (libc or "another C library"))
 python = "%d.%d" % sys.version_info[:2]
 if python not in manifest["pythons"]:
     sys.exit("install.sh: this bundle serves Python %s; %s is %s: name one of those with "
