@@ -234,8 +234,13 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
     rebuild_label: str = "rebuild"
     #: profile keys a change reads or writes, confined before it starts
     change_files: tuple[str, ...]
-    #: files that may be mount points (/etc/hosts is bind-mounted in containers and lab
-    #: hosts): when a rename cannot replace one, its content is replaced in place
+    #: files whose content is always replaced in place, never renamed over: /etc/hosts.
+    #: A rename cannot replace it where it is a mount point (containers, lab hosts, the
+    #: agent's unit, which bind-mounts it writable and leaves /etc read-only), a temp file
+    #: beside it would need /etc writable, and a file renamed in from another directory
+    #: changes its inode and SELinux label. Written in place it keeps all three; the cost
+    #: is atomicity (a reader may see the small file part-written for that moment), and
+    #: the backup taken before the swap still lets the rollback put it back byte for byte.
     in_place_files: tuple[str, ...] = (diag.HOSTS_FILE,)
     #: the files of the change being applied (what _backup saves and _rollback puts back);
     #: None: the smarthost change's (:meth:`_managed_files`)
@@ -503,7 +508,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         for edit in edits:
             if not edit.changed:
                 continue
-            tmp = self.executor.temp_path_for(edit.path)
+            tmp = self._temp_for(edit.path)
             temps.append(tmp)
             self._write_like(edit.path, tmp, _bytes(edit.new))
             rec.note(f"write {posixpath.basename(edit.path)} (temporary)", tmp)
@@ -637,25 +642,26 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         return (posixpath.basename(path) if posixpath.dirname(path) == self.profile.home
                 else path)
 
+    def _temp_for(self, path: str, tag: str = "new") -> str:
+        """A fresh temporary name for ``path``'s next content: beside it, or in the MTA's
+        home for a file written in place (its own directory need not be writable)."""
+        if path in self.in_place_files:
+            path = posixpath.join(self.profile.home, posixpath.basename(path))
+        return self.executor.temp_path_for(path, tag)
+
     def _install(self, tmp: str, live: str) -> str | None:
-        """Rename ``tmp`` over ``live``. A file that may be a mount point (in_place_files)
-        cannot be renamed over: when that rename is refused, ``tmp``'s content is copied
-        into ``live`` itself (``cp -p``; not atomic: a reader may see it part-written for
-        that moment) and ``tmp`` removed. Returns what was done instead (None: renamed)."""
+        """Rename ``tmp`` over ``live``; a file in ``in_place_files`` instead gets ``tmp``'s
+        bytes written into it (same inode, mode and owner; flushed to disk by the local
+        executor) and ``tmp`` removed. Returns what was done instead (None: renamed)."""
         ex = self.executor
-        try:
+        if live not in self.in_place_files:
             ex.rename(tmp, live)
             return None
-        except (HostUnreachable, CommandTimeout):
-            raise
-        except ExecutorError as exc:
-            if live not in self.in_place_files:
-                raise
-            refused = exc.message
-        ex.copy_file(tmp, live)
+        info = ex.file_info(live)
+        ex.write_file(live, ex.read_file(tmp), mode=info.mode if info is not None else 0o644)
         with contextlib.suppress(ExecutorError):
             ex.remove(tmp)
-        return f"{live} could not be renamed over ({refused}): its content was replaced in place"
+        return f"{live} is never renamed over: its content was replaced in place"
 
     def _maps(self, change: ChangeT) -> list[MapChange]:
         """Every map ``change`` may rewrite: the credentials map first, then the others."""
@@ -898,7 +904,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             if ex.exists(path):
                 raise OperationError(f"{path} is still there after removing it")
             return
-        tmp = ex.temp_path_for(path, "restore")
+        tmp = self._temp_for(path, "restore")
         try:
             ex.copy_file(source, tmp)
             self._install(tmp, path)

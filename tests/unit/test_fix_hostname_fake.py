@@ -158,17 +158,37 @@ def test_a_right_file_newer_than_sendmail_restarts_it() -> None:
     assert fix(host).ok and len(host.ran("/etc/init.d/sendmail")) == restarts
 
 
-def test_a_bind_mounted_etc_hosts_is_replaced_in_place() -> None:
+def _etc_writes(host: FakeExecutor, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path directly in /etc that the host is asked to create, write or rename."""
+    written: list[str] = []
+    for method in ("write_file", "rename", "copy_file", "make_dir", "set_owner_mode"):
+        real = getattr(host, method)
+
+        def recording(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            written.extend(path for path in args if isinstance(path, str)
+                           and path.rsplit("/", 1)[0] == "/etc")
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(host, method, recording)
+    return written
+
+
+@pytest.mark.parametrize("mounted", [False, True])
+def test_etc_hosts_is_written_in_place_and_nothing_else_in_etc(
+        mounted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/etc/hosts is never renamed over, and no temp file goes beside it: the agent's unit
+    keeps /etc read-only and /etc/hosts may be a bind mount."""
     host = sendmail_host()
-    host.mount_points.add(HOSTS)
+    if mounted:
+        host.mount_points.add(HOSTS)
+    written = _etc_writes(host, monkeypatch)
     result = fix(host)
     assert result.ok, result.error
     assert host.read_file(HOSTS) == FIXED
     (swap,) = [s.output for s in result.steps if s.name == "swap"]
-    assert swap.startswith("installed new /etc/hosts; /etc/hosts could not be renamed over "
-                           "(cannot rename /etc/.hosts.relayfleet-new-")
-    assert swap.endswith("Device or resource busy): its content was replaced in place")
-    assert not [p for p in host.snapshot("/etc") if p.startswith("/etc/.hosts")]
+    assert swap == ("installed new /etc/hosts; /etc/hosts is never renamed over: its "
+                    "content was replaced in place")
+    assert set(written) == {HOSTS}
+    assert not [p for p in host.snapshot("/etc") if ".hosts.relayfleet" in p]
 
 
 @pytest.mark.parametrize("mounted", [False, True])
