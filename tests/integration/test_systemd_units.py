@@ -68,21 +68,30 @@ def installed_tree(root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One installed tree for the module: each verify puts its unit in and takes it out."""
+    return installed_tree(tmp_path_factory.mktemp("units") / "root")
+
+
 def verify(root: Path, unit_text: str, name: str) -> tuple[int, list[str]]:
-    """Install ``unit_text`` as ``name`` in ``root`` and verify it: (exit code, the lines
-    verify printed about it)."""
-    (root / "etc/systemd/system" / name).write_text(unit_text)
-    proc = subprocess.run([_systemd_analyze(), "verify", f"--root={root}",
-                           f"/etc/systemd/system/{name}"], capture_output=True, text=True,
-                          timeout=120, check=False)
+    """Install ``unit_text`` as ``name`` in ``root``, verify it and take it out again:
+    (exit code, the lines verify printed about it)."""
+    installed = root / "etc/systemd/system" / name
+    installed.write_text(unit_text)
+    try:
+        proc = subprocess.run([_systemd_analyze(), "verify", f"--root={root}",
+                               f"/etc/systemd/system/{name}"], capture_output=True, text=True,
+                              timeout=120, check=False)
+    finally:
+        installed.unlink()
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if name in line]
     return proc.returncode, lines
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda path: path.name)
-def test_systemd_analyze_verify_is_clean(unit: Path, tmp_path: Path) -> None:
-    root = installed_tree(tmp_path / "root")
-    code, said = verify(root, unit.read_text(), unit.name)
+def test_systemd_analyze_verify_is_clean(unit: Path, tree: Path) -> None:
+    code, said = verify(tree, unit.read_text(), unit.name)
     assert code == 0 and not said, "\n".join(said)
 
 
@@ -124,8 +133,8 @@ def _no_such_program(text: str) -> str:
 @pytest.mark.parametrize("spoil", [_misspelt, _bad_value, _no_such_program],
                          ids=["misspelt key", "bad value", "missing program"])
 def test_verify_catches_a_broken_unit(unit: Path, spoil: Callable[[str], str],
-                                      tmp_path: Path) -> None:
+                                      tree: Path) -> None:
     text = unit.read_text()
     assert spoil(text) != text
-    code, said = verify(installed_tree(tmp_path / "root"), spoil(text), unit.name)
+    code, said = verify(tree, spoil(text), unit.name)
     assert code != 0 or said

@@ -5,9 +5,10 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+from shared.change import ConfigChangeOperations
+from shared.profile import FLAVOURS, PROFILE_KINDS, build_profile, is_under
+
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "agent" / "relayfleet-agent.service"
-#: the one writable path every host has (the MTA's and the others may be absent)
-REQUIRED = {"/etc"}
 
 
 def _service() -> configparser.SectionProxy:
@@ -17,30 +18,54 @@ def _service() -> configparser.SectionProxy:
     return parser["Service"]
 
 
-def test_only_what_the_agent_writes_is_writable() -> None:
-    """Before, all of /run and /var/log were writable, and one absent spool directory
-    (mqueue-client is Debian's, clientmqueue RHEL's) kept the unit from starting."""
-    paths = _service()["ReadWritePaths"].split()
-    bare = {path.lstrip("-") for path in paths}
-    assert not bare & {"/run", "/var/run", "/var/log", "/var", "/"}
-    assert bare >= REQUIRED
-    assert {"/var/spool/mqueue", "/var/spool/clientmqueue", "/var/spool/mqueue-client",
-            "/var/spool/postfix", "/var/lib/postfix"} <= bare
-    for path in paths:
-        assert path in REQUIRED or path.startswith("-"), f"{path} would stop the unit if absent"
+def _paths(key: str) -> set[str]:
+    """A path list of the unit, each path without its "-" (may be absent) prefix."""
+    return {path.lstrip("-") for path in _service()[key].split()}
 
 
-def test_etc_is_writable_for_etc_hosts_but_not_what_opens_the_box() -> None:
-    """fix_hostname writes /etc/hosts through a temp file in /etc renamed over it (so /etc
-    itself is writable); units, sudo, accounts, sshd, cron, the loader and the agent's own
-    token and key stay read-only, each optional ("-")."""
+def _written_by_operations() -> set[str]:
+    """What the operations write on every default profile: the MTA's directory (its files,
+    temp files, backups, change lock), its queues, and the files written in place."""
+    written: set[str] = set(ConfigChangeOperations.in_place_files)
+    for kind in PROFILE_KINDS:
+        for flavour in FLAVOURS:
+            profile = build_profile(kind, flavour)
+            written |= {profile.home, profile.queue_dir}
+            if kind == "sendmail":
+                written.add(profile.client_queue_dir)
+    return written
+
+
+def _covered(path: str, by: set[str]) -> bool:
+    return any(path == root or is_under(path, root) for root in by)
+
+
+def test_each_path_the_operations_write_is_writable() -> None:
+    writable = _paths("ReadWritePaths")
+    missing = {path for path in _written_by_operations() if not _covered(path, writable)}
+    assert not missing, f"the unit would refuse these writes: {sorted(missing)}"
+    for path in _service()["ReadWritePaths"].split():
+        assert path.startswith("-"), f"{path} would stop the unit if absent"
+
+
+def test_etc_itself_is_not_writable() -> None:
+    """Before, ReadWritePaths=/etc left cron, apt, profile, tmpfiles.d, udev and more
+    writable to root code: now only the MTA's directories and /etc/hosts are."""
+    writable = _paths("ReadWritePaths")
+    assert not _covered("/etc", writable)
+    assert not _covered("/etc/cron.daily/x", writable)
+    assert {path for path in writable if is_under(path, "/etc")} <= _written_by_operations()
+    assert not writable & {"/run", "/var/run", "/var/log", "/var", "/"}
+
+
+def test_token_keys_and_password_hashes_are_out_of_reach() -> None:
     service = _service()
-    read_only = {path.lstrip("-") for path in service["ReadOnlyPaths"].split()}
-    assert all(path.startswith("-") for path in service["ReadOnlyPaths"].split())
-    assert read_only >= {"/etc/relayfleet", "/etc/systemd", "/etc/sudoers", "/etc/sudoers.d",
-                         "/etc/passwd", "/etc/shadow", "/etc/ssh", "/etc/cron.d",
-                         "/etc/ld.so.preload", "/etc/pam.d"}
-    assert not read_only & {"/etc/mail", "/etc/postfix", "/etc/hosts", "/etc"}
+    assert service["ProtectSystem"] == "strict" and service["ProtectHome"] == "read-only"
+    assert "/etc/relayfleet" in _paths("ReadOnlyPaths")
+    assert _paths("InaccessiblePaths") >= {"/etc/shadow", "/etc/gshadow", "/etc/ssh",
+                                           "/root/.ssh"}
+    assert not _paths("ReadWritePaths") & (_paths("ReadOnlyPaths")
+                                           | _paths("InaccessiblePaths"))
 
 
 def test_system_calls_and_setuid_files_are_restricted() -> None:
@@ -49,4 +74,4 @@ def test_system_calls_and_setuid_files_are_restricted() -> None:
     assert service["SystemCallFilter"].split() == ["@system-service"]
     assert service["SystemCallErrorNumber"] == "EPERM"
     assert service["RestrictSUIDSGID"] == "yes"
-    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    assert service["NoNewPrivileges"] == "yes"
