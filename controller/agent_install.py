@@ -6,15 +6,22 @@ login that is not root), whatever the host's transport is now:
 1. read the version installed (``/opt/relayfleet/current/VERSION``);
 2. the same version as the bundle's, on a host already managed through that agent (pinned
    fingerprint) that answers its health and an authenticated call: nothing to do;
-3. otherwise upload the bundle and its ``install.sh`` into a private temporary directory of
-   the login user (SFTP), run ``install.sh`` under sudo with a fresh token on stdin (never
-   in argv), read its ``RELAYFLEET-INSTALL`` line, and remove the upload;
-4. check the agent from here, through the egress policy, trusting only the certificate's
+3. otherwise take the host's change lock (the one MTA changes take, see
+   :mod:`shared.hostlock`), so no other install and no MTA change runs meanwhile;
+4. read the ``agent.toml`` an earlier install left (install.sh keeps it): refuse, before
+   anything changes, one that listens on another port or serves plain HTTP;
+5. upload the bundle and its ``install.sh`` into a private temporary directory of the login
+   user (SFTP), run ``install.sh`` under sudo and ``timeout`` (ending before the host's time
+   box does) with a fresh token on stdin (never in argv), read its ``RELAYFLEET-INSTALL``
+   line, and remove the upload;
+6. check the agent from here, through the egress policy, trusting only the certificate's
    fingerprint: its health names the bundle's version, and one authenticated call works;
-5. only then switch the host's record: transport agent, its URL, the pinned fingerprint,
+7. only then switch the host's record: transport agent, its URL, the pinned fingerprint,
    and the sealed token when the installer wrote or rotated it. The SSH login is kept (for
-   later upgrades). The change travels beside the result (:attr:`AgentInstall.host_change`):
-   the ledger writes it with the unit's result, in one transaction.
+   later upgrades). The switch travels beside the result (:attr:`AgentInstall.agent_switch`):
+   the ledger applies it with the unit's result, in one transaction. When install.sh gave
+   the agent a new token but a later step fails, the switch carries the token alone: the
+   host stays on its transport, and the controller still has the token the agent has.
 
 The token never enters a result, a step, a log line or an error.
 """
@@ -26,17 +33,21 @@ import ipaddress
 import json
 import secrets
 import tarfile
+import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.config import DEFAULT_LISTEN, parse_listen
 from controller.agent_bundle import AgentBundle, find_bundle
 from controller.egress import HttpClient, normalise_fingerprint
-from controller.transports import AgentTransport, HostSpec, SshTransport
+from controller.transports import AgentSwitch, AgentTransport, HostSpec, SshTransport
 from shared.actions import InstallAgentRequest
-from shared.errors import OperationError, RelayfleetError
+from shared.errors import ChangeInProgress, ConfigError, OperationError, RelayfleetError
 from shared.executor import CommandResult
+from shared.hostlock import HostLock
 from shared.mta import NoParams
 from shared.results import OperationResult, Redactor, Step, trim_output
 
@@ -51,6 +62,17 @@ EXIT_ROLLED_BACK = 3
 EXIT_USAGE = 2
 #: the longest a health or status call from the worker may take
 CHECK_TIMEOUT_S = 20.0
+#: the agent's configuration, kept by install.sh once written
+AGENT_CONFIG = "/etc/relayfleet/agent.toml"
+#: what install.sh's ``timeout`` leaves of the host's time box: the agent's two checks from
+#: here, removing the upload, and slack; the box's own cut then never lands inside install.sh
+AFTER_INSTALLER_S = 2 * CHECK_TIMEOUT_S + 30
+#: ``timeout`` sends SIGKILL this long after its SIGTERM if install.sh is still running
+KILL_AFTER_S = 10
+#: the least time install.sh is started with (else the host fails before anything changes)
+MIN_INSTALLER_S = 60
+#: ``timeout``'s exit codes: install.sh ended by its SIGTERM, or by the SIGKILL after it
+EXIT_TIMED_OUT = (124, 137)
 
 
 @dataclass(frozen=True)
@@ -109,10 +131,12 @@ def agent_url(address: str, port: int) -> str:
 
 
 def install_argv(directory: str, bundle: AgentBundle, request: InstallAgentRequest,
-                 spec: HostSpec) -> list[str]:
-    """install.sh's command line on the host (the token goes on stdin, never here)."""
-    argv = ["sh", f"{directory}/install.sh", "--bundle", f"{directory}/{bundle.path.name}",
-            "--sha256", bundle.sha256, "--token-stdin"]
+                 spec: HostSpec, limit_s: int) -> list[str]:
+    """install.sh's command line on the host, ended by ``timeout`` after ``limit_s`` seconds
+    (the token goes on stdin, never here)."""
+    argv = ["timeout", "-k", str(KILL_AFTER_S), str(limit_s), "sh", f"{directory}/install.sh",
+            "--bundle", f"{directory}/{bundle.path.name}", "--sha256", bundle.sha256,
+            "--token-stdin"]
     if request.rotate_token:
         argv.append("--rotate-token")
     return [*argv, "--listen", f"0.0.0.0:{request.port}", "--mta", spec.mta_kind,
@@ -134,15 +158,28 @@ def install_script(bundle: AgentBundle) -> bytes:
                              ) from exc
 
 
+def agent_log_hint(service: str | None) -> str:
+    """Where the agent's own log is on the host, for the service manager that runs it."""
+    if service == "systemd":
+        return "journalctl -u relayfleet-agent on the host"
+    if service is None:
+        return ("journalctl -u relayfleet-agent on the host (/var/log/relayfleet-agent.log "
+                "where there is no systemd)")
+    return "/var/log/relayfleet-agent.log on the host"
+
+
 def failure_text(result: CommandResult, report: InstallReport | None,
-                 previous: str | None) -> str:
+                 previous: str | None, limit_s: int | None = None) -> str:
     """Why install.sh failed, and what to do, from its exit code and output."""
     if result.exit_code == EXIT_ROLLED_BACK:
         back = (report.previous if report else None) or previous
         return ("the new version failed its health check and was rolled back to "
                 f"{back or 'the state before (no agent)'}; the host stays on its transport; "
-                f"see {'/var/log/relayfleet-agent.log'} on the host")
+                f"see {agent_log_hint(report.service if report else None)}")
     said = trim_output(result.output_text().strip(), 600) or "no output"
+    if limit_s is not None and result.exit_code in EXIT_TIMED_OUT:
+        return (f"install.sh did not finish within {limit_s} s and was stopped (give the job "
+                f"a longer timeout_s); the host stays on its transport: {said}")
     if result.exit_code == EXIT_USAGE:
         return f"install.sh refused its command line (exit 2): {said}"
     return f"install.sh failed (exit {result.exit_code}): {said}"
@@ -151,8 +188,9 @@ def failure_text(result: CommandResult, report: InstallReport | None,
 class AgentInstall(SshTransport):
     """Runs install_agent on one host over its SSH login (a transport for the lanes).
 
-    :attr:`host_change` holds, after a successful run, the host record's new values (the
-    token sealed); the lane hands it to the ledger with the unit's result.
+    :attr:`agent_switch` holds, after a successful run, the switch to the agent (the token
+    sealed); after a failure past install.sh, the agent's new token alone (if it got one).
+    The lane hands it to the ledger with the unit's result.
     """
 
     def __init__(self, spec: HostSpec, pool: Any, *, bundle_dir: Path,
@@ -166,7 +204,7 @@ class AgentInstall(SshTransport):
         self.http = http
         #: the login user's own commands (its temporary directory, the upload): no sudo
         self.login = SshExecutor(replace(self.executor.target, sudo=False), pool)
-        self.host_change: dict[str, Any] | None = None
+        self.agent_switch: AgentSwitch | None = None
         self.steps: list[Step] = []
         self.redact = Redactor()
 
@@ -186,7 +224,8 @@ class AgentInstall(SshTransport):
         if not isinstance(request, InstallAgentRequest):
             raise OperationError(f"{action} is not {ACTION}")
         self._check_login()
-        return self._boxed(timeout_s, lambda: self._install(request, dry_run))
+        deadline = time.monotonic() + timeout_s
+        return self._boxed(timeout_s, lambda: self._install(request, dry_run, deadline))
 
     # -- the steps ------------------------------------------------------------------------
     def _check_login(self) -> None:
@@ -216,7 +255,8 @@ class AgentInstall(SshTransport):
         text = result.stdout.decode("utf-8", "replace").strip()
         return (text or None) if result.exit_code == 0 else None
 
-    def _install(self, request: InstallAgentRequest, dry_run: bool) -> OperationResult:
+    def _install(self, request: InstallAgentRequest, dry_run: bool,
+                 deadline: float) -> OperationResult:
         bundle = self._bundle(request.version)
         previous = self._installed()
         url = agent_url(self.spec.address, request.port)
@@ -232,15 +272,46 @@ class AgentInstall(SshTransport):
             return self._result(changed=False, data={
                 **base, "previous": previous, "fingerprint": self.spec.agent_tls_fingerprint,
                 "token": "kept", "transport": "agent"})
+        lock = HostLock(self.executor, self._profile().home, self.lock_owner)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(lock.held())
+            except ChangeInProgress as exc:
+                raise ChangeInProgress("another change is running on this host (it holds "
+                                       f"{lock.path}): install_agent changed nothing; try "
+                                       "again when it has finished") from exc
+            self._step("change lock", output=f"{lock.path} held")
+            return self._install_locked(bundle, request, previous=previous, url=url,
+                                        base=base, deadline=deadline)
+
+    def _install_locked(self, bundle: AgentBundle, request: InstallAgentRequest, *,
+                        previous: str | None, url: str, base: dict[str, Any],
+                        deadline: float) -> OperationResult:
+        """Steps 4 to 7 of the module's list, the host's change lock held."""
+        self._check_kept_config(request)
         token = secrets.token_urlsafe(32)
         self.redact.add(token)
-        report = self._run_installer(bundle, request, token, previous)
+        report = self._run_installer(bundle, request, token, previous, deadline)
+        sealed = None if report.kept_token else self.seal(token)
+        if sealed is not None:
+            # The agent has this token now, whatever fails below: keep it (the host stays
+            # on its transport), or the next run could not talk to its agent.
+            self.agent_switch = AgentSwitch(url, report.fingerprint, sealed, checked=False)
+        if report.version != bundle.version:
+            raise OperationError(f"install.sh installed {report.version}, not the bundle's "
+                                 f"{bundle.version}; the host stays on its transport")
         if report.port != request.port:
             raise OperationError(
-                f"the agent listens on {report.listen} (an upgrade keeps its agent.toml), not "
-                f"on port {request.port}: rerun with port {report.port}, or change listen in "
-                "/etc/relayfleet/agent.toml first; the host stays on its transport")
-        fingerprint = normalise_fingerprint(report.fingerprint)
+                f"the agent listens on {report.listen}, not on port {request.port}: rerun "
+                f"with port {report.port}, or change listen in {AGENT_CONFIG}; the host "
+                "stays on its transport")
+        try:
+            fingerprint = normalise_fingerprint(report.fingerprint)
+        except ValueError:
+            raise OperationError(
+                f"the agent reports no TLS certificate fingerprint ({report.fingerprint!r}): "
+                f"give it tls_cert and tls_key in {AGENT_CONFIG}; the host stays on its "
+                "transport") from None
         if report.kept_token:
             if self.spec.transport != "agent" or not self.spec.agent_token:
                 raise OperationError(
@@ -248,12 +319,7 @@ class AgentInstall(SshTransport):
                     "have: rerun with rotate_token")
             token = self.spec.agent_token
         self._check_agent(url, token, fingerprint, bundle.version)
-        change: dict[str, Any] = {"transport": "agent", "agent_url": url,
-                                  "agent_tls_fingerprint": fingerprint,
-                                  "agent_ca_cert": None, "agent_insecure_http": False}
-        if not report.kept_token:
-            change["agent_token_sealed"] = self.seal(token)
-        self.host_change = change
+        self.agent_switch = AgentSwitch(url, fingerprint, sealed, checked=True)
         # changed: new software, a new token, or the record now reaches the host otherwise
         moved = (self.spec.transport, self.spec.agent_url, self.spec.agent_tls_fingerprint
                  ) != ("agent", url, fingerprint)
@@ -262,6 +328,38 @@ class AgentInstall(SshTransport):
             data={**base, "previous": report.previous if report.changed else previous,
                   "version": report.version, "fingerprint": fingerprint,
                   "token": report.token, "transport": "agent", "service": report.service})
+
+    def _check_kept_config(self, request: InstallAgentRequest) -> None:
+        """Refuse, before install.sh runs, an ``agent.toml`` it would keep that the switch
+        cannot use: another port than the job's, or plain HTTP (nothing is changed yet)."""
+        raw = self.executor.read_file_if_exists(AGENT_CONFIG)
+        if raw is None:
+            return  # install.sh writes one with the job's port and TLS
+        keep = (f"install.sh keeps {AGENT_CONFIG}; nothing was changed and the host stays "
+                "on its transport")
+        try:
+            doc = tomllib.loads(raw.decode("utf-8"))
+            listen = str(doc.get("listen", DEFAULT_LISTEN))
+            port = parse_listen(listen)[1]
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, ConfigError) as exc:
+            why = exc.message if isinstance(exc, ConfigError) else str(exc)
+            raise OperationError(f"{AGENT_CONFIG} on the host cannot be read ({why}): fix "
+                                 f"or remove it; {keep}") from None
+        if port != request.port:
+            raise OperationError(
+                f"the agent's {AGENT_CONFIG} says listen = {listen!r}, not port "
+                f"{request.port}: rerun with port {port}, or change listen there first; "
+                f"{keep}")
+        plain = doc.get("plain_http", doc.get("insecure_http", False)) is True
+        if plain or not doc.get("tls_cert"):
+            raise OperationError(
+                f"the agent's {AGENT_CONFIG} serves plain HTTP ("
+                f"{'plain_http = true' if plain else 'no tls_cert'}), and install_agent pins "
+                "a TLS certificate: set tls_cert = \"/etc/relayfleet/agent.crt\" and tls_key "
+                "= \"/etc/relayfleet/agent.key\" there (install.sh makes the pair) and "
+                f"remove plain_http, or remove the file to have a new one written; {keep}")
+        self._step("read agent.toml", argv=["cat", AGENT_CONFIG],
+                   output=f"listen = {listen!r}, TLS")
 
     def _already_managed(self, url: str, version: str) -> bool:
         """Whether the host is already managed through this agent, which answers."""
@@ -277,11 +375,19 @@ class AgentInstall(SshTransport):
         return True
 
     def _run_installer(self, bundle: AgentBundle, request: InstallAgentRequest,
-                       token: str, previous: str | None) -> InstallReport:
+                       token: str, previous: str | None, deadline: float) -> InstallReport:
         directory = self._upload(bundle)
         try:
-            argv = install_argv(directory, bundle, request, self.spec)
-            # install.sh waits for the agent's health itself: give it the host's time box
+            # install.sh waits for the agent's health itself: it gets what is left of the
+            # host's time box, less the checks after it, so ``timeout`` stops it (and its
+            # own traps clean up) before the box cuts the connection under it
+            limit_s = int(deadline - time.monotonic() - AFTER_INSTALLER_S)
+            if limit_s < MIN_INSTALLER_S:
+                raise OperationError(
+                    f"only {max(limit_s, 0)} s of the host's time box are left for install.sh "
+                    f"(it needs {MIN_INSTALLER_S} s at least): give the job a longer "
+                    "timeout_s; nothing was changed")
+            argv = install_argv(directory, bundle, request, self.spec, limit_s)
             result = self.executor.run(argv, input=f"{token}\n".encode(), timeout=None)
         finally:
             self.login.run(["rm", "-rf", "--", directory], timeout=60)
@@ -292,10 +398,8 @@ class AgentInstall(SshTransport):
             if result.exit_code == 0:
                 raise OperationError("install.sh ended without its RELAYFLEET-INSTALL line; "
                                      "the host stays on its transport")
-            raise OperationError(self.redact(failure_text(result, report, previous)))
-        if report.version != bundle.version:
-            raise OperationError(f"install.sh installed {report.version}, not the bundle's "
-                                 f"{bundle.version}; the host stays on its transport")
+            raise OperationError(self.redact(failure_text(result, report, previous,
+                                                          limit_s)))
         return report
 
     def _upload(self, bundle: AgentBundle) -> str:

@@ -49,7 +49,7 @@ from controller.db import Database
 from controller.idempotency import purge_expired
 from controller.job_params import learned, stored_request
 from controller.ledger import MAX_ATTEMPTS, Claim, Outcome, UnitState
-from controller.transports import HostSpec, HostTransport, transport_for
+from controller.transports import AgentSwitch, HostSpec, HostTransport, transport_for
 from shared.errors import HostUnreachable, RelayfleetError
 from shared.results import OperationResult
 
@@ -193,7 +193,7 @@ class Lane:
                 spec = self._spec(claim.host)
             except RelayfleetError as exc:
                 status, error = UnitState.FAILED, exc.message
-        host_change: dict[str, Any] | None = None
+        switch: AgentSwitch | None = None
         if spec is not None:
             try:
                 with self._transport(plan, spec, claim) as transport:
@@ -202,8 +202,8 @@ class Lane:
                         result = transport.run(plan.action, plan.request,
                                                dry_run=plan.dry_run, timeout_s=plan.timeout_s)
                     finally:
-                        mta_kind = transport.mta_kind
-                    host_change = transport.host_change if result.ok else None
+                        # (a failed install may still have given the agent a new token)
+                        mta_kind, switch = transport.mta_kind, transport.agent_switch
                 status = UnitState.SUCCEEDED if result.ok else UnitState.FAILED
                 error = result.error
             except HostUnreachable as exc:
@@ -211,12 +211,13 @@ class Lane:
             except RelayfleetError as exc:
                 status, error = UnitState.FAILED, exc.message
             except Exception as exc:  # a bug must cost one host, not the lane
-                log.exception("job %s host %s: unexpected error", self.job_id, claim.host_id)
+                log.exception("job %s host %s: unexpected error", self.job_id, claim.host_id,
+                              extra={"job_id": self.job_id, "host": claim.host_id})
                 status, error = UnitState.FAILED, (f"internal error ({type(exc).__name__}); "
                                                    "see the worker log")
         self._release(claim)
         self.record(plan, claim, status=status, error=error, result=result, mta_kind=mta_kind,
-                    host_change=host_change)
+                    switch=switch)
 
     def _transport(self, plan: JobPlan, spec: HostSpec, claim: Claim) -> HostTransport:
         """What runs the unit: the host's transport, or the worker's own runner for an
@@ -254,7 +255,7 @@ class Lane:
         for unit, (attempt, transport) in due.items():
             if unit not in kept and transport is not None:
                 log.warning("job %s unit %s: attempt %s was taken over; cutting it",
-                            self.job_id, unit, attempt)
+                            self.job_id, unit, attempt, extra={"job_id": self.job_id})
                 transport.cut()
 
     def _keep_leases(self, stop: threading.Event) -> None:
@@ -264,15 +265,15 @@ class Lane:
             except Exception:
                 # A database hiccup: the next tick tries again (the lease outlives two).
                 log.exception("job %s lane %s: renewing leases failed", self.job_id,
-                              self.lane)
+                              self.lane, extra={"job_id": self.job_id})
 
     def record(self, plan: JobPlan, claim: Claim, *, status: str, error: str | None,
                result: OperationResult | None, mta_kind: str | None = None,
-               host_change: dict[str, Any] | None = None) -> None:
+               switch: AgentSwitch | None = None) -> None:
         """Store a unit's outcome and what it taught us about the host (one transaction);
         ``mta_kind``: the kind the transport drove the host as, when it knows;
-        ``host_change``: what the run changed in the host's record (install_agent's switch
-        to the agent), written with the outcome or not at all."""
+        ``switch``: what the run changed in the host's record (install_agent's), written
+        with the outcome or not at all."""
         outcome = Outcome(
             UnitState(status), error=_text(error),
             changed=result.changed if result else None,
@@ -282,14 +283,15 @@ class Lane:
         host_state = learned(self.job_id, {"action": plan.action, "options": plan.options},
                              status=status, error=error, result=result, mta_kind=mta_kind)
         with self.db.transaction() as session:
-            stored = ledger.record(session, claim, outcome, host_state,
-                                   host_change=host_change)
+            stored = ledger.record(session, claim, outcome, host_state, switch=switch)
         if not stored:
             log.warning("job %s unit %s: attempt %s was overtaken; result dropped",
-                        self.job_id, claim.unit_id, claim.attempt)
+                        self.job_id, claim.unit_id, claim.attempt,
+                        extra={"job_id": self.job_id, "host": claim.host_id})
             return
         log.info("job %s host %s: %s%s", self.job_id, claim.host_id, status,
-                 f" ({error})" if error else "")
+                 f" ({error})" if error else "",
+                 extra={"job_id": self.job_id, "host": claim.host_id, "status": str(status)})
 
     def run(self) -> None:
         """Work until the budget is spent or nothing is left; then hand over or finish."""
@@ -316,7 +318,8 @@ class Lane:
                 except Exception:
                     # The database hiccupped: this thread stops; the lease brings the unit
                     # back, and hand_over still runs for the lane.
-                    log.exception("job %s lane %s: a thread stopped", self.job_id, self.lane)
+                    log.exception("job %s lane %s: a thread stopped", self.job_id, self.lane,
+                                  extra={"job_id": self.job_id})
                     return
 
         stop = threading.Event()
@@ -357,7 +360,8 @@ def finish_job(database: Database, job_id: int) -> None:
     """End a job whose hosts are all done, once; its callback is queued after that."""
     final = ledger.finish_job(database, job_id)
     if final is not None:
-        log.info("job %s finished: %s", job_id, final.value)
+        log.info("job %s finished: %s", job_id, final.value,
+                 extra={"job_id": job_id, "status": final.value})
 
 
 def lock_owner(job_id: int, host_id: int, attempt: int) -> str:

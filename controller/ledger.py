@@ -9,6 +9,10 @@ row). This module is the only code that writes ``jobs`` and ``job_hosts``; every
               │                  └─abandon_lapsed (job may start no more hosts)──▶ failed
               └─skip_pending (cancelled, too many failures, queue down)──▶ skipped
 
+    host:  (install_agent) switch_to_agent: transport agent, its URL, pinned certificate,
+           new token | keep_agent_token: the token an agent now has, host left on its
+           transport (the agent was installed, but did not answer from the worker)
+
     job:   queued ──start──▶ running ──finish──▶ succeeded | partial | failed
               │                 └──cancel──▶ cancelled ──finish──▶ cancelled (finished_at set)
               └─fail_undispatched (the queue was unreachable)──▶ failed
@@ -31,6 +35,7 @@ from sqlalchemy.orm import Session
 from controller import dispatch
 from controller.db import Database, utcnow
 from controller.models import Host, Job, JobHost
+from controller.transports import AgentSwitch
 
 #: added to a unit's timeout: claiming, recording and clock slack
 LEASE_MARGIN_S = 10
@@ -220,11 +225,11 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
 
 
 def record(session: Session, claim_: Claim, outcome: Outcome,
-           host_state: dict[str, Any], host_change: dict[str, Any] | None = None) -> bool:
+           host_state: dict[str, Any], switch: AgentSwitch | None = None) -> bool:
     """Store an attempt's outcome and what it taught about the host, and what the attempt
-    changed in the host's record (``host_change``: install_agent's switch to the agent, its
-    token sealed), all or nothing; ``False`` (nothing stored) when a later attempt has taken
-    the unit over."""
+    changed in the host's record (``switch``: install_agent's, see :func:`apply_switch`),
+    all or nothing; ``False`` (nothing stored) when a later attempt has taken the unit
+    over."""
     done = session.execute(
         update(JobHost).where(JobHost.id == claim_.unit_id,
                               JobHost.attempts == claim_.attempt,
@@ -234,9 +239,37 @@ def record(session: Session, claim_: Claim, outcome: Outcome,
                 steps=outcome.steps))
     if _rowcount(done) != 1:
         return False
-    session.execute(update(Host).where(Host.id == claim_.host_id).values(
-        **host_state, **(host_change or {})))
+    session.execute(update(Host).where(Host.id == claim_.host_id).values(**host_state))
+    if switch is not None:
+        apply_switch(session, claim_.host_id, switch)
     return True
+
+
+def apply_switch(session: Session, host_id: int, switch: AgentSwitch) -> None:
+    """:func:`switch_to_agent` when the agent was checked, else :func:`keep_agent_token`
+    when the installer gave it a new token."""
+    if switch.checked:
+        switch_to_agent(session, host_id, switch)
+    elif switch.sealed_token is not None:
+        keep_agent_token(session, host_id, switch.sealed_token)
+
+
+def switch_to_agent(session: Session, host_id: int, switch: AgentSwitch) -> None:
+    """The host is managed through its agent from now on: its URL, the pinned certificate
+    (no CA, never plain HTTP) and, when the installer gave it one, its new token."""
+    values: dict[str, Any] = {"transport": "agent", "agent_url": switch.url,
+                              "agent_tls_fingerprint": switch.fingerprint,
+                              "agent_ca_cert": None, "agent_insecure_http": False}
+    if switch.sealed_token is not None:
+        values["agent_token_sealed"] = switch.sealed_token
+    session.execute(update(Host).where(Host.id == host_id).values(**values))
+
+
+def keep_agent_token(session: Session, host_id: int, sealed_token: str) -> None:
+    """The agent on the host now has this token (the installer wrote or rotated it), though
+    the host stays on its transport: store it, so a later run can still talk to it."""
+    session.execute(update(Host).where(Host.id == host_id).values(
+        agent_token_sealed=sealed_token))
 
 
 def renew_leases(session: Session, job_id: int, held: list[tuple[int, int]],

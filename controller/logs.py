@@ -2,11 +2,12 @@
 
 ``RELAYFLEET_LOG_FORMAT=json`` makes every record one line of JSON with ``time`` (UTC,
 ISO 8601), ``level``, ``logger``, ``message``, ``process``, ``job_id`` / ``host`` /
-``tenant`` when the record carries them, and ``exception`` (the traceback text) when there
-is one; ``text`` (the default) keeps the classic line. Either way, the values of the
-controller's own secrets (``RELAYFLEET_SECRET_KEY``, the old keys, the callback secret, the
-passwords in the database and broker URLs) are replaced by ``[redacted]`` in what is
-written, with the Redactor operation results already use.
+``status`` / ``tenant`` when the record carries them (the worker passes them as
+``extra=``; the API's tenant comes from the request), and ``exception`` (the traceback
+text) when there is one; ``text`` (the default) keeps the classic line. Either way, the
+values of the controller's own secrets (``RELAYFLEET_SECRET_KEY``, the old keys, the
+callback secret, the passwords in the database and broker URLs) are replaced by
+``[redacted]`` in what is written, with the Redactor operation results already use.
 
 Gunicorn's own loggers get the same handler through :func:`dict_config` (see
 :mod:`controller.gunicorn_conf`); Celery's worker and beat leave an already configured root
@@ -32,9 +33,7 @@ from shared.results import Redactor
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 #: record attributes copied into the JSON object when a record carries them
-CONTEXT_FIELDS = ("job_id", "host", "tenant")
-#: the worker's messages name their job (and host) as the first arguments: "job %s host %s"
-_JOB_MESSAGE = re.compile(r"job %[sd](?P<host> host %[sd])?")
+CONTEXT_FIELDS = ("job_id", "host", "status", "tenant")
 
 
 def log_format(environ: Mapping[str, str] | None = None) -> str:
@@ -64,17 +63,11 @@ def secrets_in(environ: Mapping[str, str]) -> list[str]:
 
 
 class ContextFilter(logging.Filter):
-    """Adds ``job_id``/``host`` to the worker's "job N host M" records and ``tenant`` to the
-    API's records of a tenant-scoped request, unless the record already carries them."""
+    """Adds ``tenant`` to the API's records of a tenant-scoped request, unless the record
+    already carries one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Annotate ``record``; never drops one."""
-        args = record.args if isinstance(record.args, tuple) else ()
-        match = _JOB_MESSAGE.match(record.msg) if isinstance(record.msg, str) else None
-        if match and args and not hasattr(record, "job_id"):
-            record.job_id = args[0]
-            if match.group("host") and len(args) > 1 and not hasattr(record, "host"):
-                record.host = args[1]
         if not hasattr(record, "tenant"):
             tenant = _request_tenant()
             if tenant is not None:

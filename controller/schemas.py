@@ -18,6 +18,7 @@ from marshmallow import (
     ValidationError,
     fields,
     missing,
+    post_load,
     validate,
     validates,
     validates_schema,
@@ -28,7 +29,7 @@ from controller.ledger import JobState, UnitState
 from controller.models import ROLES, TRANSPORTS, Host
 from shared import errors as rf_errors
 from shared import validation as rules
-from shared.actions import JOB_ACTIONS, params_summary
+from shared.actions import INSTALL_MIN_TIMEOUT_S, JOB_ACTIONS, min_timeout_s, params_summary
 from shared.profile import FLAVOURS, MTA_KINDS, PROFILE_KINDS, check_settings
 from shared.schemas import (
     ErrorSchema,
@@ -623,6 +624,10 @@ class TargetSchema(StrictSchema):
                     raise ValidationError("each item must be an id or a name", key)
 
 
+#: each host's time box when a job gives none (an action may ask more: min_timeout_s)
+DEFAULT_TIMEOUT_S = 120
+
+
 class OptionsSchema(StrictSchema):
     """How to run a job."""
 
@@ -633,8 +638,11 @@ class OptionsSchema(StrictSchema):
         "description": "start no new host once more hosts than this failed"})
     dry_run = fields.Boolean(load_default=False, metadata={
         "description": "set/remove_smarthost: report the diff, change nothing"})
-    timeout_s = WholeInteger(load_default=120, strict=True, validate=validate.Range(5, 3600),
-                               metadata={"description": "time box for each host"})
+    # (None when not given: the job fills in its action's default, see JobCreateSchema)
+    timeout_s = WholeInteger(load_default=None, allow_none=False, strict=True,
+                             validate=validate.Range(5, 3600), metadata={
+        "description": f"time box for each host (default {DEFAULT_TIMEOUT_S} s; "
+                       f"install_agent: at least and by default {INSTALL_MIN_TIMEOUT_S} s)"})
 
 
 class JobCreateSchema(StrictSchema):
@@ -645,6 +653,24 @@ class JobCreateSchema(StrictSchema):
     params = fields.Dict(keys=fields.String(), load_default=dict,
                          metadata={"description": params_summary()})
     options = fields.Nested(OptionsSchema, load_default=lambda: OptionsSchema().load({}))
+
+    @validates_schema
+    def _time_box(self, data: dict[str, Any], **_: Any) -> None:
+        action, options = data.get("action"), data.get("options") or {}
+        least = min_timeout_s(action) if action in JOB_ACTIONS else None
+        given = options.get("timeout_s")
+        if least is not None and given is not None and given < least:
+            raise ValidationError(
+                f"{action} needs at least {least} s per host: install.sh builds a "
+                "virtualenv and may wait for two health checks before it rolls back, and a "
+                "box cut shorter leaves the host half installed", "options.timeout_s")
+
+    @post_load
+    def _default_time_box(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        options = data["options"]
+        if options.get("timeout_s") is None:
+            options["timeout_s"] = min_timeout_s(data["action"]) or DEFAULT_TIMEOUT_S
+        return data
     callback_url = fields.String(load_default=None, allow_none=True, metadata={
         "description": "gets the final job document, signed (X-Relayfleet-Signature)"})
 

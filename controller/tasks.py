@@ -35,7 +35,7 @@ def sweep() -> None:
     callbacks that never reached the queue, and forget expired Idempotency-Keys."""
     for job_id in lanes.sweep(lanes.app_database(), lanes.app_settings()):
         log.warning("job %s: no live lane (a worker died or a message was lost); "
-                    "queueing one", job_id)
+                    "queueing one", job_id, extra={"job_id": job_id})
         dispatch.send(dispatch.RUN_LANE, job_id, 0)
     database = lanes.app_database()
 
@@ -49,7 +49,8 @@ def sweep() -> None:
     # now. Marked first, so that the next sweep does not queue one a second time.
     with database.transaction() as session:
         for job_id in ledger.callbacks_not_queued(session):
-            log.warning("job %s: its callback never reached the queue; queueing it", job_id)
+            log.warning("job %s: its callback never reached the queue; queueing it", job_id,
+                        extra={"job_id": job_id})
             ledger.note_callback(session, job_id, "queued again by the sweeper")
             dispatch.send_after_commit(session, dispatch.SEND_CALLBACK, job_id,
                                        on_failure=still_not_queued(job_id), required=False)

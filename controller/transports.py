@@ -81,6 +81,20 @@ class HostSpec:
     ssh_sudo: bool = False
 
 
+@dataclass(frozen=True)
+class AgentSwitch:
+    """What install_agent changed in a host's record: the agent it reaches, its pinned
+    certificate and, when the installer wrote or rotated it, its new token (sealed)."""
+
+    url: str
+    fingerprint: str
+    #: the agent's new token, sealed; None when the agent kept the one the controller has
+    sealed_token: str | None
+    #: the agent answered from the worker: the host moves to it. False: only the new token
+    #: is kept (the agent already has it), the host stays on its transport
+    checked: bool
+
+
 class HostTransport(abc.ABC):
     """Runs one action on one host; a context manager that closes what it opened."""
 
@@ -90,7 +104,7 @@ class HostTransport(abc.ABC):
     mta_kind: str | None = None
     #: what the run changed in the host's record, applied by the ledger with the unit's
     #: result (install_agent's switch to the agent); None for an MTA operation
-    host_change: dict[str, Any] | None = None
+    agent_switch: AgentSwitch | None = None
 
     def __enter__(self) -> HostTransport:
         return self

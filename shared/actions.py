@@ -36,6 +36,7 @@ from shared.results import OperationResult, Step
 from shared.validation import SmarthostRequest, parse_smarthost_request, refusal
 
 R = TypeVar("R")
+T = TypeVar("T")
 if TYPE_CHECKING:
     from typing import TypeAlias  # novermin -- read by type checkers only (3.10+)
 #: a typed request of any action (quoted: the agent runs on Python 3.9, which has no X | Y)
@@ -196,6 +197,14 @@ class WorkerAction(RequestRules[R]):
     changes_host: bool = True
     role: str = "operator"
     one_host_params: Mapping[str, str] = field(default_factory=dict)
+    #: the shortest time box per host a job may give it (its default, too)
+    min_timeout_s: int | None = None
+
+
+#: install_agent's shortest time box per host: install.sh builds a virtualenv and may wait
+#: for the new agent's health and then the old one's (30 s each) before it rolls back; a
+#: box cut shorter leaves the host half installed
+INSTALL_MIN_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -408,7 +417,7 @@ _WORKER_CATALOGUE: tuple[WorkerAction[Any], ...] = (
         params_schema=s.InstallAgentRequestSchema, build=_build_install_agent,
         result_schema=s.InstallAgentResultSchema, learn=_learn_nothing,
         # installing software as root and replacing how the host is reached: an admin's call
-        role="admin"),
+        role="admin", min_timeout_s=INSTALL_MIN_TIMEOUT_S),
 )
 
 #: every action a host runs (agent routes, relayfleet-ops commands), by name
@@ -428,22 +437,29 @@ CHANGE_ACTIONS: tuple[str, ...] = tuple(name for name, action in _JOBS.items()
                                         if action.changes_host)
 
 
-def action_named(name: str) -> Action[Any]:
-    """The catalogue entry of the host action ``name``."""
-    action = ACTIONS.get(name)
+def _lookup(table: Mapping[str, T], name: str) -> T:
+    """``table[name]``, or a refusal naming the actions there are."""
+    action = table.get(name)
     if action is None:
         raise ValidationError.for_field("action", f"unknown action {name!r}; one of "
-                                                  f"{', '.join(ACTIONS)}")
+                                                  f"{', '.join(table)}")
     return action
+
+
+def action_named(name: str) -> Action[Any]:
+    """The catalogue entry of the host action ``name``."""
+    return _lookup(ACTIONS, name)
 
 
 def job_action(name: str) -> JobAction:
     """The catalogue entry of a job action (a host's or a worker's)."""
-    action = _JOBS.get(name)
-    if action is None:
-        raise ValidationError.for_field("action", f"unknown action {name!r}; one of "
-                                                  f"{', '.join(JOB_ACTIONS)}")
-    return action
+    return _lookup(_JOBS, name)
+
+
+def min_timeout_s(name: str) -> int | None:
+    """The shortest time box per host a job of action ``name`` may have (None: any)."""
+    action = job_action(name)
+    return action.min_timeout_s if isinstance(action, WorkerAction) else None
 
 
 def params_summary() -> str:

@@ -95,8 +95,8 @@ def _units_per_worker(log: Path, job_id: int) -> Counter[int]:
     """Hosts whose result this worker recorded for the job (from its JSON log)."""
     hosts: Counter[int] = Counter()
     for entry in json_log(log):
-        if entry.get("job_id") == job_id and "host" in entry and (
-                entry["message"].endswith(": succeeded")):
+        if (entry.get("job_id"), entry.get("status")) == (job_id, "succeeded") and (
+                "host" in entry):
             hosts[entry["host"]] += 1
     return hosts
 

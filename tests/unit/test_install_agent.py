@@ -5,6 +5,7 @@ scripted runner in place of SSH (the real thing: tests/integration/test_lab_inst
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from controller.db import db
 from controller.job_params import validate_params
 from controller.lanes import WORKER_RUNNERS, Lane
 from controller.models import Host
-from controller.transports import HostSpec, HostTransport
+from controller.transports import AgentSwitch, HostSpec, HostTransport
 from shared.actions import WORKER_ACTIONS, InstallAgentRequest, job_action
 from shared.errors import OperationError, ValidationError
 from shared.executor import CommandResult
@@ -88,6 +89,20 @@ def test_it_has_a_dry_run_and_needs_an_admin() -> None:
     assert job_action("set_smarthost").role == "operator"
 
 
+def test_its_time_box_is_300_s_at_least_and_by_default(memory_controller: Controller) -> None:
+    site = memory_controller.site(memory_controller.tenant("Acme"), "Leeds")
+    memory_controller.host(site, "pbx-1")
+    short = memory_controller.post("/v1/jobs", {"action": "install_agent",
+                                                "target": {"all": True},
+                                                "options": {"timeout_s": 120}})
+    assert short.status == 422, short.json
+    assert "install_agent needs at least 300 s per host" in json.dumps(short.json)
+    given = memory_controller.start_job({"action": "install_agent", "target": {"all": True}})
+    assert memory_controller.ok("GET", f"/v1/jobs/{given}")["options"]["timeout_s"] == 300
+    other = memory_controller.start_job({"action": "collect_status", "target": {"all": True}})
+    assert memory_controller.ok("GET", f"/v1/jobs/{other}")["options"]["timeout_s"] == 120
+
+
 def test_every_worker_action_has_a_runner() -> None:
     assert set(WORKER_RUNNERS) == set(WORKER_ACTIONS)
 
@@ -125,11 +140,13 @@ def test_a_report_that_is_not_the_documented_one_is_none(out: str) -> None:
 def test_the_command_line_carries_no_token() -> None:
     bundle = AgentBundle(Path("/b/relayfleet-agent-0.2.0.tar.gz"), "0.2.0", "cd" * 32, 10)
     argv = install_argv("/tmp/x", bundle, InstallAgentRequest(None, 9000, True),
-                        spec(mta_kind="postfix", mta_flavour="rhel"))
-    assert argv == ["sh", "/tmp/x/install.sh", "--bundle", "/tmp/x/relayfleet-agent-0.2.0.tar.gz",
-                    "--sha256", "cd" * 32, "--token-stdin", "--rotate-token",
-                    "--listen", "0.0.0.0:9000", "--mta", "postfix", "--flavour", "rhel"]
-    plain = install_argv("/tmp/x", bundle, InstallAgentRequest(), spec())
+                        spec(mta_kind="postfix", mta_flavour="rhel"), 230)
+    # (``timeout`` ends install.sh before the host's time box cuts the connection under it)
+    assert argv == ["timeout", "-k", "10", "230", "sh", "/tmp/x/install.sh", "--bundle",
+                    "/tmp/x/relayfleet-agent-0.2.0.tar.gz", "--sha256", "cd" * 32,
+                    "--token-stdin", "--rotate-token", "--listen", "0.0.0.0:9000", "--mta",
+                    "postfix", "--flavour", "rhel"]
+    plain = install_argv("/tmp/x", bundle, InstallAgentRequest(), spec(), 230)
     assert "--rotate-token" not in plain and "0.0.0.0:8587" in plain
 
 
@@ -144,8 +161,17 @@ def test_failure_messages_say_what_happened() -> None:
     text = failure_text(rolled, parse_report(rolled.stdout.decode()), "0.0.9")
     assert text.startswith("the new version failed its health check and was rolled back to "
                            "0.1.0")
+    assert text.endswith("see /var/log/relayfleet-agent.log on the host")
+    under_systemd = CommandResult(("sh",), 3, line(rolled_back=True, service="systemd")
+                                  .encode(), b"", 1.0)
+    assert failure_text(under_systemd, parse_report(under_systemd.stdout.decode()), None
+                        ).endswith("see journalctl -u relayfleet-agent on the host")
     bare = CommandResult(("sh",), 3, b"", b"", 1.0)
     assert "rolled back to 0.0.9" in failure_text(bare, None, "0.0.9")
+    stopped = CommandResult(("timeout",), 124, b"", b"waiting for the agent", 230.0)
+    assert failure_text(stopped, None, None, 230).startswith(
+        "install.sh did not finish within 230 s and was stopped (give the job a longer "
+        "timeout_s)")
     usage = CommandResult(("sh",), 2, b"", b"unknown option --frob", 0.1)
     assert failure_text(usage, None, None) == ("install.sh refused its command line (exit 2): "
                                                "unknown option --frob")
@@ -165,53 +191,65 @@ def test_a_host_without_an_ssh_login_is_refused_before_anything_runs(tmp_path: P
         unpinned.run("install_agent", InstallAgentRequest(), dry_run=False, timeout_s=60)
 
 
-# -- the lane records the switch with the result, or not at all ----------------------------
+# -- the lane records the switch with the result, or only the agent's new token ------------
 
 class ScriptedInstall(HostTransport):
-    """A runner that answers as scripted and proposes a host record change."""
+    """A runner that answers as scripted and proposes a switch to the agent: checked (the
+    success), or not (the agent got the new token, then failed its check)."""
 
     def __init__(self, spec_: HostSpec, pool: Any, *, settings: Any, seal: Any,
                  lock_owner: str | None, ok: bool, token: str) -> None:
         self.spec, self.ok = spec_, ok
-        self.host_change = {"transport": "agent", "agent_url": "https://192.0.2.10:8587",
-                            "agent_tls_fingerprint": "ab" * 32,
-                            "agent_token_sealed": seal(token)}
+        self.agent_switch = AgentSwitch("https://192.0.2.10:8587", "ab" * 32, seal(token),
+                                        checked=ok)
 
     def run(self, action: str, request: Any, *, dry_run: bool,
             timeout_s: float) -> OperationResult:
-        """The scripted outcome."""
-        return OperationResult(action, ok=self.ok, error=None if self.ok else "rolled back",
-                               data={"version": "0.2.0", "token": "written"})
+        """The scripted outcome: a success, or the failed check raised."""
+        if not self.ok:
+            raise OperationError("the agent at https://192.0.2.10:8587 answers, but its "
+                                 "status failed; the host stays on its transport")
+        return OperationResult(action, ok=True, data={"version": "0.2.0", "token": "written"})
 
     def close(self) -> None:
         """Nothing to close."""
 
 
 @pytest.mark.parametrize("ok", [True, False])
-def test_the_switch_is_recorded_with_a_success_only(memory_controller: Controller,
-                                                    ok: bool) -> None:
+def test_the_switch_is_recorded_with_a_success_and_a_new_token_always(
+        memory_controller: Controller, ok: bool, caplog: pytest.LogCaptureFixture) -> None:
     controller = memory_controller
     site = controller.site(controller.tenant("Acme"), "Leeds")
-    host_id = int(controller.host(site, "pbx-1")["id"])
+    before = controller.host(site, "pbx-1")
+    host_id = int(before["id"])
     job = controller.start_job({"action": "install_agent", "target": {"all": True}})
     token = "the-fresh-agent-token-" + "x" * 20
 
     def runner(spec_: HostSpec, pool: Any, **kwargs: Any) -> HostTransport:
         return ScriptedInstall(spec_, pool, ok=ok, token=token, **kwargs)
 
-    with controller.app.app_context():
+    with controller.app.app_context(), caplog.at_level(logging.INFO, "relayfleet.worker"):
         Lane(job, 0, send=Sent(), runners={"install_agent": runner}).run()
         row = db.session.execute(select(Host).where(Host.id == host_id)).scalar_one()
         box: SecretBox = controller.app.extensions["relayfleet_secrets"]
         opened = box.open(row.agent_token_sealed)
     doc = controller.ok("GET", f"/v1/jobs/{job}")
-    assert doc["results"][0]["status"] == ("succeeded" if ok else "failed")
-    assert token not in json.dumps(doc)
+    status = "succeeded" if ok else "failed"
+    assert doc["results"][0]["status"] == status
+    assert token not in json.dumps(doc) and token not in caplog.text
+    # the agent has the new token either way: the controller keeps it
+    assert opened == token
     if ok:
         assert (row.transport, row.agent_url) == ("agent", "https://192.0.2.10:8587")
-        assert opened == token
+        assert row.agent_tls_fingerprint == "ab" * 32
     else:
-        assert row.agent_url != "https://192.0.2.10:8587" and opened != token
+        assert (row.transport, row.agent_url) == (before["transport"],
+                                                  before["agent"]["url"])
+    # the worker's record of the unit carries its job, host and status as fields
+    (recorded,) = [r for r in caplog.records
+                   if getattr(r, "status", None) == status and hasattr(r, "host")]
+    assert (getattr(recorded, "job_id", None), getattr(recorded, "host", None)) == (
+        job, host_id)
 
 
 def test_the_console_offers_it_to_admins_only(memory_controller: Controller) -> None:

@@ -55,18 +55,18 @@ def test_one_object_per_line_with_the_fields(capture: tuple[logging.Logger, io.S
     assert "job_id" not in entry and "host" not in entry and "exception" not in entry
 
 
-def test_job_and_host_come_from_the_workers_messages_or_extra(
+def test_job_host_and_status_come_from_extra_fields_not_the_message(
         capture: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = capture
-    logger.info("job %s host %s: %s%s", 42, 7, "succeeded", "")
-    logger.warning("job %s: no live lane", 43)
+    logger.info("job %s host %s: %s%s", 42, 7, "succeeded", "",
+                extra={"job_id": 42, "host": 7, "status": "succeeded"})
     logger.info("unit finished", extra={"job_id": 44, "host": "pbx1", "tenant": 3})
-    logger.info("jobs %s are many", 5)  # not a "job N" message
-    first, second, third, fourth = lines(stream)
-    assert (first["job_id"], first["host"]) == (42, 7)
-    assert second["job_id"] == 43 and "host" not in second
-    assert (third["job_id"], third["host"], third["tenant"]) == (44, "pbx1", 3)
-    assert "job_id" not in fourth
+    logger.info("job %s host %s: %s", 5, 6, "failed")  # text alone names nothing
+    first, second, third = lines(stream)
+    assert (first["job_id"], first["host"], first["status"]) == (42, 7, "succeeded")
+    assert (second["job_id"], second["host"], second["tenant"]) == (44, "pbx1", 3)
+    assert "status" not in second
+    assert "job_id" not in third and "host" not in third
 
 
 def test_exceptions_are_kept_as_text(capture: tuple[logging.Logger, io.StringIO]) -> None:
@@ -74,7 +74,8 @@ def test_exceptions_are_kept_as_text(capture: tuple[logging.Logger, io.StringIO]
     try:
         raise ValueError("boom")
     except ValueError:
-        logger.exception("job %s host %s: unexpected error", 1, 2)
+        logger.exception("job %s host %s: unexpected error", 1, 2,
+                         extra={"job_id": 1, "host": 2})
     (entry,) = lines(stream)
     assert entry["level"] == "ERROR" and entry["job_id"] == 1
     assert "Traceback" in entry["exception"] and "ValueError: boom" in entry["exception"]
