@@ -1,10 +1,15 @@
 """The production compose file's structure (no Docker engine needed): healthchecks, real
-commands, documented settings, no literal secret, a scalable worker, Redis with AOF."""
+commands, documented settings, no literal secret, a scalable worker, Redis with AOF and a
+password (its start and healthcheck scripts run against this machine's redis-server), and
+networks that keep the front and the managed hosts away from Redis and PostgreSQL."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +18,7 @@ import yaml
 
 from controller.cli import build_parser
 from controller.healthcheck import PROBES
+from tests.lab.services import _wait_tcp, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -20,7 +26,7 @@ DEMO = ROOT / "deploy" / "compose" / "demo.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose" / "relayfleet.env.example"
 CONTROLLER_IMAGE = "relayfleet-controller"
 #: commands of the other images, as those images ship them
-IMAGE_COMMANDS = {"redis": {"redis-server"}, "postgres": {"postgres"}, "caddy": {"caddy"}}
+IMAGE_COMMANDS = {"redis": {"redis-server", "sh"}, "postgres": {"postgres"}, "caddy": {"caddy"}}
 #: RELAYFLEET_ names in the code that are not environment variables of the server
 NOT_SERVER_SETTINGS = {"RELAYFLEET_SETTINGS"}  # a Flask config key
 _SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|_KEY_", re.IGNORECASE)
@@ -119,9 +125,92 @@ def test_the_worker_scales(compose: dict[str, Any]) -> None:
 
 def test_redis_keeps_an_append_only_file(compose: dict[str, Any]) -> None:
     redis = compose["services"]["redis"]
-    command = redis["command"]
+    command = redis["command"][-1].split("<<", 1)[0].split()
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+#: where the compose file's Redis reads its password
+REDIS_SECRET = "/run/secrets/redis_password"
+#: the networks and who is on them: only the front and the API face the outside; Redis and
+#: PostgreSQL are on the internal network alone; workers reach the fleet through egress
+NETWORKS = {"front": {"front", "api"},
+            "back": {"api", "migrate", "worker", "beat", "redis", "postgres"},
+            "egress": {"worker"}}
+
+
+def _members(document: dict[str, Any]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for name, service in document["services"].items():
+        for network in service.get("networks", ["default"]):
+            out.setdefault(network, set()).add(name)
+    return out
+
+
+def test_networks_keep_redis_and_postgres_internal(compose: dict[str, Any]) -> None:
+    """Before: one default network, so the internet-facing Caddy (and the demo agents)
+    could reach an unauthenticated Redis."""
+    assert _members(compose) == NETWORKS
+    assert compose["networks"]["back"] == {"internal": True}
+    assert not compose["networks"]["front"] and not compose["networks"]["egress"]
+    demo = load(DEMO)
+    agents = {name for name, service in demo["services"].items() if "image" in service}
+    assert agents and {network for name in agents
+                       for network in demo["services"][name]["networks"]} == {"egress"}
+
+
+def _local(script: str, secret: Path, port: int) -> str:
+    """A compose shell script run on this machine: compose's $$ unescaped, the secret at
+    ``secret``, Redis on ``port``."""
+    return (script.replace("$$", "$").replace(REDIS_SECRET, str(secret))
+            .replace("docker-entrypoint.sh ", "")
+            .replace(" <<EOF", f" --port {port} --bind 127.0.0.1 --dir {secret.parent} <<EOF")
+            .replace("redis-cli ping", f"redis-cli -p {port} ping"))
+
+
+def test_redis_requires_the_password_from_its_secret(compose: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    """Redis started by the compose file's own script refuses a client without the
+    password, its healthcheck passes with it and fails with another, the controller's
+    broker URL carries it (from the env file), and it is in no process's argv."""
+    for tool in ("redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: apt-get install redis-server")
+    redis = compose["services"]["redis"]
+    assert redis["secrets"] == ["redis_password"]
+    assert compose["secrets"]["redis_password"]["file"] == "deploy/compose/secrets/redis_password"
+    assert redis["command"][:2] == ["sh", "-c"]
+    script = redis["command"][2]
+    assert script.startswith("exec docker-entrypoint.sh redis-server - ")
+    assert f"requirepass $$(cat {REDIS_SECRET})" in script
+    check = redis["healthcheck"]["test"]
+    assert check[0] == "CMD-SHELL" and REDIS_SECRET in check[1]
+    for name, service in compose["services"].items():
+        if image_of(service) == CONTROLLER_IMAGE:
+            assert "RELAYFLEET_BROKER_URL" not in service["environment"], name
+    assert re.search(r"^RELAYFLEET_BROKER_URL=redis://:PASSWORD@redis:6379/0$",
+                     ENV_EXAMPLE.read_text(), re.M)
+
+    password = os.urandom(12).hex()
+    secret = tmp_path / "redis_password"
+    secret.write_text(password + "\n")
+    port = free_port()
+    server = subprocess.Popen(["sh", "-c", _local(script, secret, port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_tcp(port, server, "redis-server")
+        assert password not in (Path(f"/proc/{server.pid}/cmdline").read_bytes()
+                                .decode(errors="replace"))
+        anonymous = subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                                   capture_output=True, text=True, timeout=30, check=False)
+        assert anonymous.stdout.startswith("NOAUTH"), anonymous
+        healthcheck = ["sh", "-c", _local(check[1], secret, port)]
+        assert subprocess.run(healthcheck, timeout=30, check=False).returncode == 0
+        secret.write_text("not-the-password\n")
+        assert subprocess.run(healthcheck, timeout=30, check=False).returncode != 0
+    finally:
+        server.kill()
+        server.wait(timeout=30)
 
 
 def test_json_logs_everywhere(compose: dict[str, Any]) -> None:
