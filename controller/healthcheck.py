@@ -8,7 +8,8 @@
 - ``beat``: the scheduler ticked recently: :class:`HeartbeatScheduler` (which
   ``relayfleet-controller beat`` runs) touches ``beat-heartbeat`` in the data directory at
   every tick, at least once per sweep interval.
-- ``db``: the database answers and its schema is at the newest revision (``init-db`` ran).
+- ``db``: the database answers and its schema is at the newest revision
+  (``relayfleet-controller init-db`` ran).
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ import socket
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from celery.beat import PersistentScheduler
 
-#: what ``python -m controller.healthcheck`` can probe
-PROBES = ("api", "worker", "beat", "db")
 HEARTBEAT_FILE = "beat-heartbeat"
 #: a beat whose last tick is older than this many sweep intervals (and a minute) is stuck
 STALE_SWEEPS = 6
@@ -104,21 +103,29 @@ def check_db() -> str:
     now = current(url)
     newest = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     if now != newest:
-        raise RuntimeError(f"schema at {now}, newest is {newest}: run init-db")
+        raise RuntimeError(f"schema at {now}, newest is {newest}: run relayfleet-controller "
+                           "init-db")
     return f"schema at {now}"
+
+
+#: what ``python -m controller.healthcheck`` can probe, each given the parsed command line
+PROBES: Mapping[str, Callable[[argparse.Namespace], str]] = {
+    "api": lambda args: check_api(args.url),
+    "worker": lambda _args: check_worker(),
+    "beat": lambda _args: check_beat(),
+    "db": lambda _args: check_db(),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one probe; 0 healthy, 1 not."""
     parser = argparse.ArgumentParser(prog="python -m controller.healthcheck")
-    parser.add_argument("what", choices=PROBES)
+    parser.add_argument("what", choices=list(PROBES))
     parser.add_argument("--url", default=os.environ.get(
         "RELAYFLEET_HEALTH_URL", "http://127.0.0.1:8080/v1/health"))
     args = parser.parse_args(argv)
-    probes = {"api": lambda: check_api(args.url), "worker": check_worker,
-              "beat": check_beat, "db": check_db}
     try:
-        print(probes[args.what]())
+        print(PROBES[args.what](args))
     except Exception as exc:  # whatever went wrong, the answer is "unhealthy, because"
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
