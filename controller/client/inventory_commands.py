@@ -499,9 +499,9 @@ def hosts_install_agent(cli: Cli, /, *, version: str | None, port: int | None,
 
     Each host gets the controller's agent bundle, a fresh token and its own TLS
     certificate, whose fingerprint the controller pins. A host whose agent fails its
-    health check is rolled back and stays on SSH; its SSH login is kept for upgrades.
-    Run with --dry-run first to see the version each host has. Each host's time box is
-    600 s unless --timeout says otherwise.
+    health check is rolled back and stays on its transport; its SSH login is kept for
+    upgrades. Run with --dry-run first to see the version each host has. Each host's time
+    box is 600 s unless --timeout says otherwise (300 s at least).
     """
     params: dict[str, Any] = {key: value for key, value in (
         ("version", version), ("port", port)) if value is not None}

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -69,7 +70,12 @@ def agent_farm(hosts: list[dict[str, str]], log: Path) -> Iterator[str]:
             yield str(port)
         finally:
             proc.terminate()
-            proc.wait(20)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                # (its own session: the group goes, whatever it started with it)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _controller_command(env: dict[str, str], *args: str) -> str:
@@ -102,6 +108,7 @@ def _units_per_worker(log: Path, job_id: int) -> Counter[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # (the job alone may take up to 600 s: see the deadline below)
 def test_two_apis_three_workers_and_beat_share_one_database_and_redis(
         postgres_server: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> None:
     redis_server.flush()
