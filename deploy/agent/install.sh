@@ -9,8 +9,13 @@
 # Layout: /opt/relayfleet/versions/V (a virtualenv), /opt/relayfleet/current -> versions/V,
 # /etc/relayfleet/{agent.toml,agent.token,agent.crt,agent.key} made only when absent.
 # Exit: 0 ok (also nothing to do), 2 usage, 3 the new version failed its check or health
-# check and the previous one runs again, 1 anything else (stderr says what to do).
+# check and the previous one runs again, 4 busy: another install.sh runs on this host
+# (nothing was changed: run it again later), 1 anything else (stderr says what to do).
 # The last line of stdout is: RELAYFLEET-INSTALL {json}. The token is never printed.
+# A cut session (SSH) does not stop a run: its messages also go to
+# /var/log/relayfleet-install.log (the last run's, root only), and what it changed is undone
+# unless it finished. The bundle is copied to a private directory first: the login that
+# uploads it must be root or root-equivalent (sudo) anyway.
 set -eu
 
 PREFIX=/opt/relayfleet
@@ -21,15 +26,30 @@ UNIT=/etc/systemd/system/relayfleet-agent.service
 PIDFILE=/run/relayfleet-agent.pid
 LOG=/var/log/relayfleet-agent.log
 HEALTH_WAIT=30
+LOCK=/run/relayfleet-install.lock
+INSTALL_LOG=/var/log/relayfleet-install.log
+EXIT_BUSY=4
 
-usage() { echo "install.sh: $1 (try --help)" >&2; exit 2; }
-die() { echo "install.sh: $1" >&2; exit 1; }
+# The caller's channel (an SSH session that may be cut at any time) is fd 3 (stdout) and fd 4
+# (stderr), /dev/null when closed; once the run's log exists, fds 1 and 2 (this script's and
+# every command's output) go to it. A write to the channel may fail: it never stops the run.
+if (exec 9>&1) 2>/dev/null; then exec 3>&1; else exec 3>/dev/null; fi
+if (exec 9>&2) 2>/dev/null; then exec 4>&2; else exec 4>/dev/null; fi
+trap '' HUP PIPE
+run_log=""
+to_log() { if [ -n "$run_log" ]; then printf '%s\n' "$1" >> "$run_log" 2>/dev/null || true; fi; }
+say() { to_log "$1"; printf '%s\n' "$1" >&3 2>/dev/null || true; }
+warn() { to_log "$1"; printf '%s\n' "$1" >&4 2>/dev/null || true; }
+relay() { cat "$1" 2>/dev/null || true; cat "$1" >&4 2>/dev/null || true; }  # a file, to both
+
+usage() { warn "install.sh: $1 (try --help)"; exit 2; }
+die() { warn "install.sh: $1"; exit 1; }
 
 bundle="" sha256="" listen="0.0.0.0:8587" mta="auto" flavour="" python="python3"
 token_stdin=false rotate=false cert_names=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" >&3 2>/dev/null || true; exit 0 ;;
         --token-stdin) token_stdin=true; shift; continue ;;
         --rotate-token) rotate=true; token_stdin=true; shift; continue ;;
         --bundle|--sha256|--listen|--mta|--flavour|--python|--cert-name)
@@ -64,7 +84,7 @@ case "$(printf '%s' "$listen" | tr -d '[]')" in
     *) usage "--listen must be ADDR:PORT" ;;
 esac
 case "$port" in ''|*[!0-9]*) usage "--listen must end in a port number" ;; esac
-[ "$port" -ge 1 ] && [ "$port" -le 65535 ] || usage "--listen's port must be 1 to 65535"
+if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then usage "--listen's port must be 1 to 65535"; fi
 if [ -n "$bundle" ]; then
     [ -n "$sha256" ] || usage "--bundle needs --sha256 (the archive's checksum, from its .sha256 file)"
     case "$sha256" in
@@ -73,6 +93,15 @@ if [ -n "$bundle" ]; then
     [ ${#sha256} -eq 64 ] || usage "--sha256 takes 64 hex digits"
 fi
 [ "$(id -u)" = 0 ] || die "run as root (sudo sh install.sh ...)"
+# Paths the caller gave, made absolute; then nothing of the login's directory is used (its
+# files could change under us, and root's Pythons run with -I: no cwd on sys.path).
+if [ -n "$bundle" ]; then
+    case "$bundle" in /*) ;; *) bundle=$(pwd)/$bundle ;; esac
+    given_src=""
+else
+    given_src=$(cd "$(dirname "$0")" && pwd)
+fi
+cd /
 
 # pip, python and the agent see nothing of the caller's Python settings (a pip.conf's extra
 # index, a PYTHONPATH): the bundle is the only source.
@@ -93,33 +122,89 @@ fi
 
 host_python=$(command -v "$python" 2>/dev/null) ||
     die "no $python on this host: install Python 3.9 or newer (python3), or name one with --python"
+if [ -d /run/systemd/system ]; then service=systemd; else service=daemon; fi
+if [ "$service" = daemon ]; then
+    command -v setsid >/dev/null 2>&1 || die "no setsid on this host (util-linux)"
+fi
+
+# One install.sh at a time on a host (a second one would remove the virtualenv the first
+# one installs into, or write another token).
+command -v flock >/dev/null 2>&1 || die "no flock on this host (util-linux)"
+exec 9> "$LOCK"
+if ! flock -n 9; then
+    warn "install.sh: busy: another install.sh runs on this host (it holds $LOCK); nothing was changed: run it again when that one has finished"
+    exit "$EXIT_BUSY"
+fi
 
 work=$(mktemp -d /tmp/relayfleet-install.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-trap 'exit 1' INT TERM HUP
+run_log=$work/install.log
+exec >> "$run_log" 2>&1
+to_log "install.sh $(date -u '+%Y-%m-%dT%H:%M:%SZ' 2>/dev/null || true): $*"
 
+# What this run changed, undone on any exit but a finished run (see on_exit).
+committed=false phase="" restarted=false new_venv="" made_files="" token_state=kept
+undo_token() {  # the token of before this run again (none, if this run wrote the first one)
+    if [ -f "$work/token.previous" ]; then
+        mv -f "$work/token.previous" "$TOKEN_FILE"
+    elif [ "$token_state" = written ]; then
+        rm -f "$TOKEN_FILE"
+    fi
+    token_state=kept
+}
+on_exit() {
+    code=$?
+    trap '' INT TERM
+    if ! $committed; then
+        # stopped between the switch and the health check (set -e): back to what ran before
+        if [ "$phase" = switched ]; then undo_changes "stopped before it finished (exit $code)"; fi
+        if [ "$token_state" != kept ]; then
+            had_previous=false
+            [ -f "$work/token.previous" ] && had_previous=true
+            undo_token
+            # an agent this run started with the new token gets the previous one back
+            if $had_previous && $restarted; then start_agent || true; fi
+        fi
+        [ -n "$new_venv" ] && [ "$phase" != switched ] && rm -rf "$new_venv"
+        for made in $made_files; do rm -f "$made"; done
+    fi
+    install -m 600 "$run_log" "$INSTALL_LOG" 2>/dev/null || true
+    rm -rf "$work"
+    exit "$code"
+}
+on_signal() {
+    trap '' INT TERM
+    [ "$phase" = switched ] && rollback "stopped by a signal"
+    die "stopped by a signal: what this run changed is undone"
+}
+trap on_exit EXIT
+trap on_signal INT TERM
+
+# The bundle is copied here (root's, private) and only the copy is checked and used.
 if [ -n "$bundle" ]; then
     [ -f "$bundle" ] || die "no bundle at $bundle"
+    cp "$bundle" "$work/bundle.tar.gz" || die "cannot copy $bundle"
     if command -v sha256sum >/dev/null 2>&1; then
-        actual=$(sha256sum "$bundle" | cut -d' ' -f1)
+        actual=$(sha256sum "$work/bundle.tar.gz" | cut -d' ' -f1)
     else
-        actual=$("$host_python" -c 'import hashlib,sys
+        actual=$("$host_python" -I -c 'import hashlib,sys
 h = hashlib.sha256()
 with open(sys.argv[1], "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
-print(h.hexdigest())' "$bundle")
+print(h.hexdigest())' "$work/bundle.tar.gz")
     fi
     [ "$actual" = "$sha256" ] ||
         die "refused: $bundle has sha256 $actual, not the $sha256 given; nothing was changed (copy the bundle again)"
-    tar -xzf "$bundle" -C "$work" || die "cannot unpack $bundle"
+    mkdir "$work/unpacked"
+    tar -xzf "$work/bundle.tar.gz" -C "$work/unpacked" || die "cannot unpack $bundle"
     src=""
-    for dir in "$work"/relayfleet-agent-*; do [ -d "$dir" ] && src=$dir; done
+    for dir in "$work"/unpacked/relayfleet-agent-*; do [ -d "$dir" ] && src=$dir; done
     [ -n "$src" ] || die "$bundle holds no relayfleet-agent-V directory"
 else
-    src=$(cd "$(dirname "$0")" && pwd)
-    [ -f "$src/MANIFEST.json" ] ||
+    [ -f "$given_src/MANIFEST.json" ] ||
         die "no MANIFEST.json beside install.sh: give --bundle FILE --sha256 HEX, or run the install.sh of an extracted bundle"
+    src=$work/unpacked
+    cp -RL "$given_src" "$src" || die "cannot copy $given_src"
 fi
 
 # The bundle's files against its manifest, and this Python against the ones it serves.
@@ -136,7 +221,9 @@ for name, digest in sorted(manifest["files"].items()):
         if hashlib.sha256(f.read()).hexdigest() != digest:
             sys.exit("install.sh: %s does not match MANIFEST.json: the bundle is damaged" % name)
 version = manifest["version"]
-if not re.fullmatch(r"[0-9][0-9a-z.]*", version) or ".." in version:
+# shared/schemas.py AGENT_VERSION_PATTERN, verbatim (a unit test holds them together)
+VERSION = r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*((a|b|rc)(0|[1-9][0-9]*))?(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?"
+if not re.fullmatch(VERSION, version):
     sys.exit("install.sh: MANIFEST.json names no usable version")
 machine = platform.machine()
 if not manifest["platform"].endswith("_" + machine):
@@ -152,10 +239,14 @@ if python not in manifest["pythons"]:
              "--python" % (", ".join(manifest["pythons"]), sys.executable, python))
 pip = [p for p in manifest["pinned"][python] if p.startswith("pip==")]
 print(version, python, "pip-%s-py3-none-any.whl" % pip[0][5:] if pip else "")'
-info=$("$host_python" -c "$read_manifest" "$src") || exit 1
+info=$("$host_python" -I -c "$read_manifest" "$src" 2> "$work/manifest.err") ||
+    { relay "$work/manifest.err"; exit 1; }
+# shellcheck disable=SC2086 # split on purpose: the manifest step printed checked words
 set -- $info
 version=$1 pyver=$2 pip_wheel=${3:-}
-[ -n "$pip_wheel" ] && [ -f "$src/wheels/$pip_wheel" ] || die "the bundle has no pip for Python $pyver"
+if [ -z "$pip_wheel" ] || [ ! -f "$src/wheels/$pip_wheel" ]; then
+    die "the bundle has no pip for Python $pyver"
+fi
 
 if { [ ! -s "$ETC/agent.crt" ] || [ ! -s "$ETC/agent.key" ]; } &&
         ! command -v openssl >/dev/null 2>&1; then
@@ -171,7 +262,6 @@ if [ -L "$PREFIX/current" ]; then
     previous=${previous#versions/}
     [ -f "$PREFIX/versions/$previous/VERSION" ] || previous=""
 fi
-if [ -d /run/systemd/system ]; then service=systemd; else service=daemon; fi
 
 # -- the service ------------------------------------------------------------------------
 daemon_pid() {
@@ -207,21 +297,23 @@ stop_agent() {
 }
 
 start_agent() {
+    restarted=true
     if [ "$service" = systemd ]; then
         # A failed start is the health check's to report (and to roll back), not set -e's.
         systemctl daemon-reload || true
         systemctl enable relayfleet-agent >/dev/null 2>&1 || true
-        systemctl restart relayfleet-agent || echo "install.sh: systemctl restart relayfleet-agent failed" >&2
+        systemctl restart relayfleet-agent || warn "install.sh: systemctl restart relayfleet-agent failed"
         return 0
     fi
-    command -v setsid >/dev/null 2>&1 || die "no setsid on this host (util-linux)"
     stop_agent
     rm -f "$PIDFILE"
-    # Its own session, no terminal, nothing of ours open: it outlives this script (and an
-    # SSH session running it). The shell writes its pid, then becomes the agent.
+    # Its own session, no terminal, nothing of ours open (not the caller's channel, not the
+    # lock): it outlives this script (and an SSH session running it). The shell writes its
+    # pid, then becomes the agent.
+    # shellcheck disable=SC2016 # $$ and $1 are the inner shell's
     (cd / && setsid sh -c 'echo $$ > "$1"; shift; exec "$@"' relayfleet-agent "$PIDFILE" \
         "$PREFIX/current/bin/relayfleet-agent" serve --config "$CONFIG" \
-        < /dev/null >> "$LOG" 2>&1 &)
+        < /dev/null >> "$LOG" 2>&1 3>&- 4>&- 9>&- &)
     n=0
     while [ ! -s "$PIDFILE" ] && [ $n -lt 25 ]; do nap; n=$((n + 1)); done
 }
@@ -264,25 +356,35 @@ while True:
                  % (want, wait, last))
     time.sleep(0.3)'
 
-fingerprint="" address="" scheme=""
-# Run the agent's own check with version $1's virtualenv; keep the fingerprint and address.
+# What `relayfleet-agent check` resolved (check.json), in one step: the listen address, the
+# host and port to ask for health, the certificate's fingerprint (none without TLS).
+read_check='import json, sys
+with open(sys.argv[1]) as f:
+    facts = json.load(f)
+listen = facts["listen"]
+host, _, port = listen.rpartition(":")
+host = {"0.0.0.0": "127.0.0.1", "[::]": "::1", "::": "::1"}.get(host, host.strip("[]"))
+print(listen, host, port, facts.get("tls_fingerprint") or "")'
+
+fingerprint="" checked_listen="" check_host="" check_port=""
+# Run the agent's own check with version $1's virtualenv; keep what it resolved.
 agent_check() {
     "$PREFIX/versions/$1/bin/relayfleet-agent" check --config "$CONFIG" \
         > "$work/check.json" 2> "$work/check.err" || return 1
-    fingerprint=$(sed -n 's/^certificate fingerprint: //p' "$work/check.err")
-    address=$("$PREFIX/versions/$1/bin/python" -c 'import json, sys
-listen = json.load(open(sys.argv[1]))["listen"]
-host, _, port = listen.rpartition(":")
-host = {"0.0.0.0": "127.0.0.1", "[::]": "::1", "::": "::1"}.get(host, host.strip("[]"))
-print(host, port)' "$work/check.json") || return 1
+    facts=$("$PREFIX/versions/$1/bin/python" -I -c "$read_check" "$work/check.json") ||
+        return 1
+    # shellcheck disable=SC2086 # split on purpose: four words, none empty but the last
+    set -- $facts
+    checked_listen=$1 check_host=$2 check_port=$3 fingerprint=${4:-}
 }
 
-healthy() {  # VERSION WAIT
-    set -- "$1" "$2" $address
+healthy() {  # VERSION WAIT [quiet]
     pidfile=""
     [ "$service" = daemon ] && pidfile=$PIDFILE
-    "$PREFIX/versions/$1/bin/python" -c "$health_check" "$3" "$4" "$1" "$fingerprint" \
-        "$pidfile" "$2"
+    "$PREFIX/versions/$1/bin/python" -I -c "$health_check" "$check_host" "$check_port" "$1" \
+        "$fingerprint" "$pidfile" "$2" 2> "$work/health.err" && return 0
+    if [ "${3:-}" = quiet ]; then cat "$work/health.err"; else relay "$work/health.err"; fi
+    return 1
 }
 
 report() {  # CHANGED TOKEN ROLLED_BACK
@@ -290,41 +392,51 @@ report() {  # CHANGED TOKEN ROLLED_BACK
     [ -n "$previous" ] && prev="\"$previous\""
     fp=null
     [ -n "$fingerprint" ] && fp="\"$fingerprint\""
-    now_listen=$(sed -n 's/^  "listen": "\(.*\)",$/\1/p' "$work/check.json" 2>/dev/null || true)
-    printf 'RELAYFLEET-INSTALL {"version": "%s", "previous": %s, "changed": %s, "token": "%s", "fingerprint": %s, "listen": "%s", "rolled_back": %s, "service": "%s"}\n' \
-        "$version" "$prev" "$1" "$2" "$fp" "${now_listen:-$listen}" "$3" "$service"
+    say "$(printf 'RELAYFLEET-INSTALL {"version": "%s", "previous": %s, "changed": %s, "token": "%s", "fingerprint": %s, "listen": "%s", "rolled_back": %s, "service": "%s"}' \
+        "$version" "$prev" "$1" "$2" "$fp" "${checked_listen:-$listen}" "$3" "$service")"
 }
 
 # -- configuration: made only when absent ------------------------------------------------
 mkdir -p "$ETC" "$PREFIX/versions"
-token_state=kept
+# The token changes last (put_token), after the new version's virtualenv and its check; until
+# the run finishes, the one before it is kept aside ($work/token.previous) and put back.
+token_todo=none
 if [ ! -s "$TOKEN_FILE" ]; then
+    token_todo=fresh
+elif $rotate; then
+    token_todo=rotate
+elif [ -n "$token" ]; then
+    warn "install.sh: kept the existing $TOKEN_FILE (--rotate-token replaces it)"
+fi
+put_token() {
+    if [ "$token_todo" = rotate ]; then
+        cp -p "$TOKEN_FILE" "$work/token.previous"
+        token_state=rotated
+    else
+        token_state=written
+    fi
     if [ -n "$token" ]; then
         printf '%s\n' "$token" > "$TOKEN_FILE.new"
     else
-        "$host_python" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$TOKEN_FILE.new"
+        "$host_python" -I -c 'import secrets; print(secrets.token_urlsafe(32))' > "$TOKEN_FILE.new"
     fi
     chmod 600 "$TOKEN_FILE.new"
     mv -f "$TOKEN_FILE.new" "$TOKEN_FILE"
-    token_state=written
-elif $rotate; then
-    cp -p "$TOKEN_FILE" "$work/token.previous"
-    printf '%s\n' "$token" > "$TOKEN_FILE.new"
-    chmod 600 "$TOKEN_FILE.new"
-    mv -f "$TOKEN_FILE.new" "$TOKEN_FILE"
-    token_state=rotated
-elif [ -n "$token" ]; then
-    echo "install.sh: kept the existing $TOKEN_FILE (--rotate-token replaces it)" >&2
-fi
-chmod 600 "$TOKEN_FILE"
+    token_todo=none
+}
+[ ! -e "$TOKEN_FILE" ] || chmod 600 "$TOKEN_FILE"
 # TLS by default: a key (0600) and a self-signed certificate; the controller pins the
 # certificate's fingerprint (printed at the end), as it pins SSH host keys.
-# shellcheck disable=SC2086 # the names are checked words
 name=$(hostname -f 2>/dev/null || true)
 [ -n "$name" ] || name=$(hostname)
+if [ ! -s "$ETC/agent.crt" ] || [ ! -s "$ETC/agent.key" ]; then
+    made_files="$made_files $ETC/agent.crt $ETC/agent.key"
+fi
+# shellcheck disable=SC2086 # the names are checked words
 sh "$src/make-cert.sh" "$ETC/agent.crt" "$ETC/agent.key" "$name" $cert_names ||
     die "openssl could not make $ETC/agent.crt and agent.key for $name: make them by hand (deploy/agent/make-cert.sh) and run install.sh again"
 if [ ! -f "$CONFIG" ]; then
+    made_files="$made_files $CONFIG"
     cat > "$CONFIG.new" <<CONF
 listen = "$listen"
 token_file = "/etc/relayfleet/agent.token"
@@ -341,40 +453,44 @@ fi
 
 # -- the same version already runs: nothing to do (or a restart, or a repair) -------------
 if [ "$previous" = "$version" ] &&
-        ! "$PREFIX/versions/$version/bin/python" -c 'import agent.cli' >/dev/null 2>&1; then
-    echo "install.sh: the installed $version is damaged (its agent does not import): installing it again" >&2
+        ! "$PREFIX/versions/$version/bin/python" -I -c 'import agent.cli' >/dev/null 2>&1; then
+    warn "install.sh: the installed $version is damaged (its agent does not import): installing it again"
     stop_agent
     previous=""
 fi
 if [ "$previous" = "$version" ]; then
-    agent_check "$version" || { cat "$work/check.err" >&2; die "relayfleet-agent check fails with $CONFIG: fix it and run install.sh again"; }
-    if [ "$token_state" = kept ] && running && healthy "$version" 5 2>/dev/null; then
-        echo "relayfleet agent $version is installed and healthy: nothing to do"
+    if [ "$token_todo" = fresh ]; then put_token; fi  # the check reads it
+    agent_check "$version" || { relay "$work/check.err"; die "relayfleet-agent check fails with $CONFIG: fix it and run install.sh again"; }
+    if [ "$token_todo" = rotate ]; then put_token; fi
+    if [ "$token_state" = kept ] && running && healthy "$version" 5 quiet; then
+        committed=true
+        say "relayfleet agent $version is installed and healthy: nothing to do"
         report false "$token_state" false
         exit 0
     fi
     start_agent
-    if ! healthy "$version" "$HEALTH_WAIT"; then
-        # The token it had stays: the controller still holds that one.
-        [ -f "$work/token.previous" ] && mv -f "$work/token.previous" "$TOKEN_FILE"
+    # (a failure: on_exit puts the token it had back and restarts the agent with it)
+    healthy "$version" "$HEALTH_WAIT" ||
         die "the agent $version does not run: see $LOG (and relayfleet-agent check --config $CONFIG)"
-    fi
-    echo "relayfleet agent $version restarted"
+    committed=true
+    say "relayfleet agent $version restarted"
     report true "$token_state" false
     exit 0
 fi
 
 # -- a new version: its own virtualenv, from the bundle's wheels only --------------------
 venv=$PREFIX/versions/$version
+new_venv=$venv
+phase=venv
 rm -rf "$venv"
-"$host_python" -m venv --without-pip "$venv" ||
-    die "cannot make a virtualenv with $host_python (Debian/Ubuntu: apt install python3-venv)"
-"$venv/bin/python" "$src/wheels/$pip_wheel/pip" install --quiet --no-index --no-cache-dir \
+"$host_python" -I -m venv --without-pip "$venv" 2> "$work/venv.err" ||
+    { relay "$work/venv.err"; die "cannot make a virtualenv with $host_python (Debian/Ubuntu: apt install python3-venv)"; }
+"$venv/bin/python" -I "$src/wheels/$pip_wheel/pip" install --quiet --no-index --no-cache-dir \
     --no-warn-script-location --find-links "$src/wheels" --require-hashes \
-    -r "$src/requirements/$pyver.txt" ||
-    { rm -rf "$venv"; die "installing the agent's wheels into $venv failed (above)"; }
-"$venv/bin/python" -m pip check >/dev/null ||
-    { rm -rf "$venv"; die "the agent's dependencies in $venv do not fit together (pip check)"; }
+    -r "$src/requirements/$pyver.txt" 2> "$work/pip.err" ||
+    { relay "$work/pip.err"; die "installing the agent's wheels into $venv failed (above)"; }
+"$venv/bin/python" -I -m pip check > "$work/pip.err" 2>&1 ||
+    { relay "$work/pip.err"; die "the agent's dependencies in $venv do not fit together (pip check)"; }
 printf '%s\n' "$version" > "$venv/VERSION"
 chmod -R go+rX "$venv"
 # SELinux hosts (RHEL): the labels of /opt and /etc for what was just written.
@@ -387,24 +503,24 @@ switch_to() {
     mv -T "$PREFIX/.current.new" "$PREFIX/current"
 }
 
-rollback() {
-    echo "install.sh: $1" >&2
+# Back to what ran before; every message goes to the log first, and a failed write to the
+# caller's channel (cut) stops nothing here.
+undo_changes() {
+    trap '' INT TERM
+    warn "install.sh: $1"
     stop_agent
     if [ -f "$work/unit.previous" ]; then
         cp "$work/unit.previous" "$UNIT"
         chmod 644 "$UNIT"
     fi
-    if [ -f "$work/token.previous" ]; then
-        mv -f "$work/token.previous" "$TOKEN_FILE"
-        token_state=kept
-    fi
+    undo_token
     if [ -n "$previous" ]; then
         switch_to "$previous"
         start_agent
         if agent_check "$previous" && healthy "$previous" "$HEALTH_WAIT"; then
-            echo "install.sh: rolled back to $previous" >&2
+            warn "install.sh: rolled back to $previous"
         else
-            echo "install.sh: rolled back to $previous, but it does not answer either: see $LOG" >&2
+            warn "install.sh: rolled back to $previous, but it does not answer either: see $LOG"
         fi
     else
         rm -f "$PREFIX/current"
@@ -413,33 +529,39 @@ rollback() {
             rm -f "$UNIT"
             systemctl daemon-reload || true
         fi
-        echo "install.sh: rolled back: removed $version again (no previous version)" >&2
+        warn "install.sh: rolled back: removed $version again (no previous version)"
     fi
     rm -rf "$venv"
-    report false "$token_state" true
-    exit 3
+    phase=rolled_back
 }
+rollback() { undo_changes "$1"; report false "$token_state" true; exit 3; }
 
 switch_to "$version"
+phase=switched
 if [ "$service" = systemd ]; then
     [ -f "$UNIT" ] && cp "$UNIT" "$work/unit.previous"
     install -m 0644 "$src/relayfleet-agent.service" "$UNIT"
 fi
+if [ "$token_todo" = fresh ]; then put_token; fi  # the check reads it
 if ! agent_check "$version"; then
-    cat "$work/check.err" >&2
+    relay "$work/check.err"
     rollback "relayfleet-agent $version check --config $CONFIG failed"
 fi
+if [ "$token_todo" = rotate ]; then put_token; fi
 start_agent
 healthy "$version" "$HEALTH_WAIT" || rollback "the agent $version failed its health check (see $LOG)"
+committed=true
 
 # Keep the running version, the one before it and one more.
 keep_extra=1
+# (newest first: only ls sorts by time; the names are checked versions, without blanks)
+# shellcheck disable=SC2045
 for dir in $(ls -1t "$PREFIX/versions"); do
     [ "$dir" = "$version" ] || [ "$dir" = "$previous" ] && continue
     if [ $keep_extra -gt 0 ]; then keep_extra=$((keep_extra - 1)); continue; fi
     rm -rf "${PREFIX:?}/versions/$dir"
 done
 
-echo "relayfleet agent $version installed${previous:+ (was $previous)}; pin its certificate in the controller (agent.tls_fingerprint):"
-echo "  ${fingerprint:-(no TLS configured in $CONFIG)}"
+say "relayfleet agent $version installed${previous:+ (was $previous)}; pin its certificate in the controller (agent.tls_fingerprint):"
+say "  ${fingerprint:-(no TLS configured in $CONFIG)}"
 report true "$token_state" false

@@ -5,18 +5,21 @@ PyPI once, then kept in the lab cache): V1, V2, and two broken ones: an agent wh
 ``agent.app`` raises at import (``check`` passes, ``serve`` dies: the health check fails) and
 one whose ``agent.cli`` raises at import (``check`` itself fails). Lab hosts have no
 systemd: install.sh runs the agent as a daemon (pid in /run/relayfleet-agent.pid). Python
-3.9 is Debian 11's own, in its debootstrap tree (tests/lab/bullseye.py).
+3.9 is Debian 11's own, in its debootstrap tree (tests/lab/bullseye.py): the bundles carry
+wheels for 3.9 and the lab hosts' Python only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
-import socket
+import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,19 +27,33 @@ from typing import Any
 import pytest
 
 from controller.agent_bundle import AgentBundle, agent_sources, build_bundle, file_sha256
+from controller.agent_install import parse_report
 from controller.egress import EgressPolicy, HttpClient, TlsTrust, normalise_fingerprint
-from tests.lab.lab import CACHE_DIR, LabHost
+from tests.lab.agent_install import WHEEL_CACHE, agent_pid
+from tests.lab.lab import LabHost
+from tests.lab.services import free_port
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow]
+# Each test installs, upgrades and rolls back agents (about 30 s each), and the first one
+# builds the session's bundles (wheels downloaded once) and the Debian 11 tree (debootstrap,
+# the first time on a machine): more than the suite's 300 s default.
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "agent" / "install.sh"
-WHEEL_CACHE = CACHE_DIR / "agent-wheels"
 TOKEN = "install-test-token-0123456789abcdef"
 PORT = 8587
 V1, V2, BROKEN_SERVE, BROKEN_CHECK = "7.0.0", "7.0.1", "7.0.2", "7.0.3"
 #: the host's own Python (Debian 12: 3.11), not the test run's virtualenv
 HOST_PYTHON = "/usr/bin/python3"
+#: install.sh's lock and its exit code when another run holds it
+LOCK = "/run/relayfleet-install.lock"
+EXIT_BUSY = 4
+
+
+def host_python_version() -> str:
+    """X.Y of HOST_PYTHON (the lab hosts' python3)."""
+    return subprocess.run([HOST_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def broken(module: str) -> list[tuple[str, bytes]]:
@@ -47,39 +64,47 @@ def broken(module: str) -> list[tuple[str, bytes]]:
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AgentBundle]:
-    """The session's bundles by version (built once; dependency wheels cached)."""
+    """The session's bundles by version (built once; dependency wheels cached), for the
+    Pythons the tests run install.sh with: the lab hosts' and Debian 11's 3.9."""
     out = tmp_path_factory.mktemp("agent-bundles")
+    pythons = sorted({"3.9", host_python_version()})
     return {
-        V1: build_bundle(out, version=V1, cache_dir=WHEEL_CACHE),
-        V2: build_bundle(out, version=V2, cache_dir=WHEEL_CACHE),
+        V1: build_bundle(out, version=V1, cache_dir=WHEEL_CACHE, pythons=pythons),
+        V2: build_bundle(out, version=V2, cache_dir=WHEEL_CACHE, pythons=pythons),
         BROKEN_SERVE: build_bundle(out, version=BROKEN_SERVE, cache_dir=WHEEL_CACHE,
-                                   agent_sources=broken("agent/app.py")),
+                                   pythons=pythons, agent_sources=broken("agent/app.py")),
         BROKEN_CHECK: build_bundle(out, version=BROKEN_CHECK, cache_dir=WHEEL_CACHE,
-                                   agent_sources=broken("agent/cli.py")),
+                                   pythons=pythons, agent_sources=broken("agent/cli.py")),
     }
 
 
 class Run:
-    """One install.sh run: exit code, its report (the last stdout line), stderr."""
+    """One install.sh run: exit code, its report (the RELAYFLEET-INSTALL line, read as the
+    controller reads it), stderr."""
 
     def __init__(self, code: int, stdout: str, stderr: str) -> None:
         self.code, self.stdout, self.stderr = code, stdout, stderr
-        last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-        self.report: dict[str, Any] = (json.loads(last.removeprefix("RELAYFLEET-INSTALL "))
-                                       if last.startswith("RELAYFLEET-INSTALL ") else {})
+        parsed = parse_report(stdout)
+        self.report: dict[str, Any] = dataclasses.asdict(parsed) if parsed else {}
 
     def __repr__(self) -> str:
         return f"exit {self.code}\n{self.stdout}\n{self.stderr}"
 
 
+def install_argv(host: LabHost, bundle: AgentBundle, *extra: str, token: bool = False,
+                 sha256: str | None = None, python: str = HOST_PYTHON) -> list[str]:
+    """install.sh's command line for the host (--token-stdin when ``token``)."""
+    return ["sh", str(INSTALL), "--bundle", str(bundle.path), "--sha256",
+            sha256 or bundle.sha256, "--python", python, "--mta", host.mta, "--flavour",
+            host.flavour, "--listen", f"{host.address}:{PORT}", *extra,
+            *(["--token-stdin"] if token else [])]
+
+
 def install(host: LabHost, bundle: AgentBundle, *extra: str, token: str | None = None,
             sha256: str | None = None, python: str = HOST_PYTHON) -> Run:
     """Run install.sh inside the host as root, the token (if any) on stdin."""
-    argv = ["sh", str(INSTALL), "--bundle", str(bundle.path), "--sha256",
-            sha256 or bundle.sha256, "--python", python, "--mta", host.mta, "--flavour",
-            host.flavour, "--listen", f"{host.address}:{PORT}", *extra]
-    if token is not None:
-        argv.append("--token-stdin")
+    argv = install_argv(host, bundle, *extra, token=token is not None, sha256=sha256,
+                        python=python)
     proc = host.run(argv, check=False, timeout=300,
                     input=(token + "\n").encode() if token is not None else None)
     return Run(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
@@ -107,8 +132,11 @@ def tree(root: Path) -> dict[str, bytes | str]:
     return found
 
 
-def agent_pid(host: LabHost) -> int:
-    return int((host.root / "run" / "relayfleet-agent.pid").read_text())
+def running_agent(host: LabHost) -> int:
+    """The pid of the agent daemon install.sh started in the host (it must have one)."""
+    pid = agent_pid(host)
+    assert pid is not None, "install.sh left no pid file"
+    return pid
 
 
 def gone(pid: int) -> bool:
@@ -117,6 +145,14 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def wait_gone(pid: int, timeout_s: float = 30) -> None:
+    """Wait until the process is gone (a SIGTERMed agent takes a moment to stop)."""
+    deadline = time.monotonic() + timeout_s
+    while not gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs after {timeout_s} s"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(("layout", "mta"), [("debian", "sendmail"), ("centos", "postfix")])
@@ -152,14 +188,14 @@ def test_install_rerun_upgrade_and_rollback(layout: str, mta: str,
     assert (etc / "agent.key").stat().st_mode & 0o777 == 0o600
     assert os.readlink(opt / "current") == f"versions/{V1}"
     assert (opt / "versions" / V1 / "VERSION").read_text() == V1 + "\n"
-    pid = agent_pid(host)
+    pid = running_agent(host)
 
     # The same bundle again: nothing to do, nothing restarted.
     again = install(host, bundles[V1], token=TOKEN)
     assert again.code == 0, again
     assert again.report["changed"] is False and again.report["token"] == "kept", again
     assert again.report["previous"] == V1
-    assert agent_pid(host) == pid and not gone(pid)
+    assert running_agent(host) == pid and not gone(pid)
 
     # An upgrade keeps agent.toml, the token and the certificate byte for byte.
     config = tree(etc)
@@ -195,7 +231,7 @@ def test_install_rerun_upgrade_and_rollback(layout: str, mta: str,
     assert sorted(p.name for p in (opt / "versions").iterdir()) == [V1, V2]
 
     # Closing the lab host stops the daemon install.sh started inside it.
-    pid = agent_pid(host)
+    pid = running_agent(host)
     host.close()
     assert gone(pid)
 
@@ -223,7 +259,9 @@ def test_rotate_token_and_the_same_version_restarted(make_host: Callable[..., La
     assert agent_answer(host, fingerprint, "/v1/status", token=generated)[0] == 401
 
     # A stopped agent of the current version is started again, not reinstalled.
-    os.kill(agent_pid(host), 15)
+    stopped = running_agent(host)
+    os.kill(stopped, signal.SIGTERM)
+    wait_gone(stopped)
     restarted = install(host, bundles[V1])
     assert restarted.code == 0 and restarted.report["changed"] is True, restarted
     assert agent_answer(host, fingerprint)[1]["version"] == V1
@@ -237,6 +275,73 @@ def test_rotate_token_and_the_same_version_restarted(make_host: Callable[..., La
     assert "damaged" in repaired.stderr
     assert agent_answer(host, fingerprint)[1]["version"] == V1
     assert tree(host.root / "etc-relayfleet") == config
+
+
+def test_a_cut_channel_does_not_stop_a_rollback(make_host: Callable[..., LabHost],
+                                               bundles: dict[str, AgentBundle]) -> None:
+    """install.sh's stdout and stderr are a pipe nobody reads any more (an SSH session cut
+    while it runs): an upgrade whose agent fails its health check, with a new token, still
+    rolls back to the version before it, with the token before it."""
+    host = make_host("debian")
+    first = install(host, bundles[V1], token=TOKEN)
+    assert first.code == 0, first
+    fingerprint = first.report["fingerprint"]
+
+    reader, writer = os.pipe()
+    os.close(reader)  # every write to the channel now fails (EPIPE, or SIGPIPE if not ignored)
+    try:
+        proc = subprocess.run(
+            host.nsenter(install_argv(host, bundles[BROKEN_SERVE], "--rotate-token",
+                                      token=True)),
+            input=b"a-token-that-must-not-stay-0123456789\n", stdout=writer, stderr=writer,
+            timeout=300, check=False)
+    finally:
+        os.close(writer)
+    log = (host.root / "log" / "relayfleet-install.log").read_text()
+    assert proc.returncode == 3, log
+    assert f"rolled back to {V1}" in log and '"rolled_back": true' in log, log
+    assert "a-token-that-must-not-stay" not in log
+    assert agent_answer(host, fingerprint) == (200, {"status": "ok", "version": V1})
+    assert agent_answer(host, fingerprint, "/v1/status", token=TOKEN)[0] == 200
+    assert (host.root / "etc-relayfleet" / "agent.token").read_text() == TOKEN + "\n"
+    assert os.readlink(host.root / "opt-relayfleet" / "current") == f"versions/{V1}"
+    assert (host.root / "log" / "relayfleet-install.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_fresh_install_rolled_back_leaves_nothing(make_host: Callable[..., LabHost],
+                                                    bundles: dict[str, AgentBundle]) -> None:
+    host = make_host("debian")
+    etc, opt = host.root / "etc-relayfleet", host.root / "opt-relayfleet"
+    failed = install(host, bundles[BROKEN_SERVE], token=TOKEN)
+    assert failed.code == 3, failed
+    assert failed.report["rolled_back"] is True and failed.report["token"] == "kept", failed
+    # no token (the next run would keep it, and the controller never had it), no config
+    assert tree(etc) == {}, sorted(tree(etc))
+    assert not (opt / "current").exists() and not list((opt / "versions").iterdir())
+
+    # The next run starts from nothing: a token written, the one given.
+    fresh = install(host, bundles[V1], token=TOKEN)
+    assert fresh.code == 0 and fresh.report["token"] == "written", fresh
+    assert agent_answer(host, fresh.report["fingerprint"], "/v1/status", token=TOKEN)[0] == 200
+
+
+def test_a_second_install_at_once_is_busy(make_host: Callable[..., LabHost],
+                                          bundles: dict[str, AgentBundle]) -> None:
+    host = make_host("debian")
+    # flock(1) holds install.sh's lock while it runs install.sh: as another run would.
+    argv = ["flock", LOCK, *install_argv(host, bundles[V1])]
+    proc = host.run(argv, check=False, timeout=300)
+    assert proc.returncode == EXIT_BUSY, proc
+    assert b"busy: another install.sh runs on this host" in proc.stderr, proc
+    assert b"nothing was changed" in proc.stderr and proc.stdout == b""
+    assert tree(host.root / "etc-relayfleet") == {}
+    assert not list((host.root / "opt-relayfleet").iterdir())
+
+    # The lock is free again afterwards (the daemon install.sh starts does not inherit it).
+    done = install(host, bundles[V1])
+    assert done.code == 0, done
+    again = install(host, bundles[V1])
+    assert again.code == 0 and again.report["changed"] is False, again
 
 
 def test_a_python_the_bundle_does_not_serve_is_refused(make_host: Callable[..., LabHost],
@@ -320,9 +425,7 @@ def test_install_sh_on_debian_11(tmp_path: Path, bundles: dict[str, AgentBundle]
     dirs = {name: tmp_path / name for name in ("opt", "etc", "run", "log")}
     for directory in dirs.values():
         directory.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     binds = [(bundles[V1].path.parent, "/relayfleet-bundle", False),
              (dirs["opt"], "/opt", True), (dirs["etc"], "/etc/relayfleet", True),
              (dirs["run"], "/run", True), (dirs["log"], "/var/log", True)]
@@ -331,7 +434,7 @@ def test_install_sh_on_debian_11(tmp_path: Path, bundles: dict[str, AgentBundle]
         proc = run_in_tree(tree, ["sh", "/relayfleet-bundle/install.sh", "--bundle",
                                   f"/relayfleet-bundle/{bundle.path.name}", "--sha256",
                                   bundle.sha256, "--listen", f"127.0.0.1:{port}", "--mta",
-                                  "sendmail"], binds=binds, timeout=300)
+                                  "sendmail"], binds=binds, own_pids=False, timeout=300)
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
     shutil.copy(INSTALL, bundles[V1].path.parent / "install.sh")
