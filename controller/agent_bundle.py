@@ -14,8 +14,8 @@ on, not the target one, so the closure is completed here: every wheel's requirem
 markers hold for the target are asked for explicitly until nothing new turns up.
 
 Errors: :class:`BundleError` (a :class:`controller.errors.ControllerError`) when a bundle is
-missing, does not match its checksum, or cannot be built (no network, no pip); a bad version
-or Python is a :class:`shared.errors.ValidationError`.
+missing, does not match its checksum, or cannot be built (no network, no pip, a wheel cache
+others could write to); a bad version or Python is a :class:`shared.errors.ValidationError`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -39,11 +40,13 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 import agent
 import shared
 from controller.errors import ControllerError
 from shared.errors import ValidationError
+from shared.schemas import AGENT_VERSION_PATTERN
 
 SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
 #: the one platform bundles are made for (pip's tag; markupsafe is the only compiled wheel)
@@ -55,12 +58,11 @@ ARCHIVE_SUFFIX = ".tar.gz"
 DEPLOY_FILES = ("install.sh", "make-cert.sh", "relayfleet-agent.service")
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "agent"
 #: PEP 440 public versions in their normalized form only, so the file name, the wheel's
-#: version and what /v1/health reports are the same string
-VERSION_RE = re.compile(r"(?P<release>(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*))*)"
-                        r"(?:(?P<pre>a|b|rc)(?P<pre_n>0|[1-9]\d*))?"
-                        r"(?:\.post(?P<post>0|[1-9]\d*))?(?:\.dev(?P<dev>0|[1-9]\d*))?")
+#: version and what /v1/health reports are the same string (the API's grammar; install.sh
+#: carries the same pattern)
+VERSION_RE = re.compile(AGENT_VERSION_PATTERN)
 _PYTHON_RE = re.compile(r"3\.(?:9|[1-9]\d)")
-_ARCHIVE_RE = re.compile(rf"{re.escape(ARCHIVE_PREFIX)}(?P<version>[0-9][0-9a-z.]*)"
+_ARCHIVE_RE = re.compile(rf"{re.escape(ARCHIVE_PREFIX)}(?P<version>{AGENT_VERSION_PATTERN})"
                          rf"{re.escape(ARCHIVE_SUFFIX)}")
 #: zip's earliest date, for wheels and archives that come out byte-identical from the same input
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -91,25 +93,6 @@ def check_version(version: str) -> str:
         raise ValidationError.for_field(
             "version", f"{version!r} is not a version like 1.2.3, 1.2.3rc1 or 1.2.3.post1")
     return version
-
-
-def version_key(version: str) -> tuple[tuple[int, ...], tuple[int, int], int, float]:
-    """A sort key ordering versions as PEP 440 does (1.0.dev1 < 1.0a1 < 1.0 < 1.0.post1)."""
-    match = VERSION_RE.fullmatch(check_version(version))
-    assert match is not None
-    numbers = [int(part) for part in match["release"].split(".")]
-    while len(numbers) > 1 and numbers[-1] == 0:
-        numbers.pop()  # 1.0 == 1.0.0
-    release = tuple(numbers)
-    letter, pre_n, post, dev = match["pre"], match["pre_n"], match["post"], match["dev"]
-    if letter:
-        pre = ({"a": 0, "b": 1, "rc": 2}[letter], int(pre_n))
-    elif dev is not None and post is None:
-        pre = (-1, 0)  # 1.0.dev1 comes before 1.0a1
-    else:
-        pre = (3, 0)
-    return (release, pre, int(post) if post is not None else -1,
-            int(dev) if dev is not None else float("inf"))
 
 
 def check_python(python: str) -> str:
@@ -143,12 +126,11 @@ def find_bundle(bundle_dir: Path, version: str | None = None) -> AgentBundle:
                           f"`relayfleet-controller agent-bundle --out {bundle_dir}`")
     if version is None:
         versions = [m.group("version") for m in map(_ARCHIVE_RE.fullmatch,
-                                                    os.listdir(bundle_dir))
-                    if m and VERSION_RE.fullmatch(m.group("version"))]
+                                                    os.listdir(bundle_dir)) if m]
         if not versions:
             raise BundleError(f"no agent bundle in {bundle_dir}: build one with "
                               f"`relayfleet-controller agent-bundle --out {bundle_dir}`")
-        version = max(versions, key=version_key)
+        version = max(versions, key=Version)
     path = bundle_dir / archive_name(version)
     if not path.is_file():
         raise BundleError(f"no agent bundle of version {version} in {bundle_dir} "
@@ -332,10 +314,12 @@ def download_dependencies(requirements: Sequence[str], python: str, dest: Path,
     ``dest``; return them. With ``cache_dir``, a set already downloaded for the same
     requirements, Python and platform is copied from there (and a new one kept there)."""
     check_python(python)
-    key = hashlib.sha256(json.dumps([python, PLATFORM, sorted(requirements)])
-                         .encode()).hexdigest()[:16]
     dest.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / f"py{python}-{key}" if cache_dir else None
+    cached = cached_set(cache_dir, requirements, python) if cache_dir else None
+    if cache_dir is not None:
+        # Its wheels go into every host's agent, run as root: only we may write there.
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private(cache_dir)
     if cached is None or not (cached / ".complete").is_file():
         with tempfile.TemporaryDirectory(prefix="relayfleet-wheels-") as scratch:
             wheels = _resolve_closure(requirements, python, Path(scratch))
@@ -343,12 +327,14 @@ def download_dependencies(requirements: Sequence[str], python: str, dest: Path,
                 return [Path(shutil.copy2(wheel, dest)) for wheel in wheels]
             # Complete sets only: built aside, marked, then renamed into place.
             assert cache_dir is not None
-            cache_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir))
             for wheel in wheels:
                 shutil.copy2(wheel, staging)
             (staging / ".complete").touch()
-            shutil.rmtree(cached, ignore_errors=True)  # an incomplete leftover
+            if not (cached / ".complete").is_file():
+                # an incomplete leftover of a build that died (a complete set is another
+                # build's, finished meanwhile, that others may be copying from: it stays)
+                shutil.rmtree(cached, ignore_errors=True)
             try:
                 staging.rename(cached)
             except OSError:
@@ -356,7 +342,42 @@ def download_dependencies(requirements: Sequence[str], python: str, dest: Path,
                 shutil.rmtree(staging, ignore_errors=True)
                 if not (cached / ".complete").is_file():
                     raise
-    return [Path(shutil.copy2(wheel, dest)) for wheel in sorted(cached.glob("*.whl"))]
+    check_private(cached)
+    wheels = sorted(cached.glob("*.whl"))
+    for wheel in wheels:
+        check_private(wheel)
+    return [Path(shutil.copy2(wheel, dest)) for wheel in wheels]
+
+
+def cached_set(cache_dir: Path, requirements: Sequence[str], python: str) -> Path:
+    """Where ``cache_dir`` keeps the wheels of ``requirements`` on ``python``."""
+    key = hashlib.sha256(json.dumps([python, PLATFORM, sorted(requirements)])
+                         .encode()).hexdigest()[:16]
+    return cache_dir / f"py{python}-{key}"
+
+
+def check_private(path: Path) -> None:
+    """BundleError unless ``path`` (not a symlink) belongs to this process's user and no one
+    else may write to it (the wheel cache's directories and files)."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise BundleError(f"the wheel cache holds a symlink, {path}: refused (remove it)")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise BundleError(
+            f"{path} belongs to uid {info.st_uid} with mode {stat.filemode(info.st_mode)}: a "
+            f"wheel cache must be this user's (uid {os.geteuid()}) and writable by it alone, "
+            f"since its wheels are installed as root on every host (chown it, chmod go-w, "
+            f"or remove it)")
+
+
+def _extras_asked(lines: Iterable[str]) -> dict[str, set[str]]:
+    """The extras requirement ``lines`` ask of each distribution (``apispec[marshmallow]``),
+    by normalized name."""
+    extras: dict[str, set[str]] = {}
+    for line in lines:
+        req = Requirement(line)
+        extras.setdefault(canonicalize_name(req.name), set()).update(req.extras)
+    return extras
 
 
 def _resolve_closure(requirements: Sequence[str], python: str, scratch: Path) -> list[Path]:
@@ -367,10 +388,7 @@ def _resolve_closure(requirements: Sequence[str], python: str, scratch: Path) ->
         dest = scratch / str(attempt)
         _pip_download(sorted(wanted), python, dest)
         wheels = sorted(dest.glob("*.whl"))
-        extras: dict[str, set[str]] = {}
-        for line in wanted:
-            req = Requirement(line)
-            extras.setdefault(canonicalize_name(req.name), set()).update(req.extras)
+        extras = _extras_asked(wanted)
         more = set(wanted)
         for wheel in wheels:
             name, lines = _wheel_requires(wheel)
@@ -468,12 +486,8 @@ def build_bundle(out_dir: Path, *, version: str | None = None,
 
 def _asked_extras(wheels: Sequence[Path], python: str) -> dict[str, set[str]]:
     """The extras the wheels ask of each other on ``python`` (``apispec[marshmallow]``)."""
-    extras: dict[str, set[str]] = {}
-    for wheel in wheels:
-        for line in requirements_for(_wheel_requires(wheel)[1], python):
-            req = Requirement(line)
-            extras.setdefault(canonicalize_name(req.name), set()).update(req.extras)
-    return extras
+    return _extras_asked(line for wheel in wheels
+                         for line in requirements_for(_wheel_requires(wheel)[1], python))
 
 
 def _aside(directory: Path, name: str) -> Path:
@@ -532,5 +546,8 @@ def describe(bundle: AgentBundle) -> str:
             f"({bundle.size / 1e6:.1f} MB)\nsha256: {bundle.sha256}")
 
 
-__all__ = ["SUPPORTED_PYTHONS", "AgentBundle", "BundleError", "agent_sources",
-           "build_agent_wheel", "build_bundle", "check_version", "find_bundle", "version_key"]
+__all__ = ["DIST_NAME", "PLATFORM", "SUPPORTED_PYTHONS", "AgentBundle", "BundleError",
+           "agent_requirements", "agent_sources", "archive_name", "build_agent_wheel",
+           "build_bundle", "cached_set", "check_private", "check_python", "check_version",
+           "describe", "download_dependencies", "file_sha256", "find_bundle",
+           "requirements_for", "wheel_pin"]

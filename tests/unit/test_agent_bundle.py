@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import re
+import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 import shared
+from controller import agent_bundle
 from controller.agent_bundle import (
     AgentBundle,
     BundleError,
@@ -19,19 +24,21 @@ from controller.agent_bundle import (
     agent_requirements,
     archive_name,
     build_agent_wheel,
+    cached_set,
     check_python,
     check_version,
     download_dependencies,
     find_bundle,
     requirements_for,
-    version_key,
     wheel_pin,
 )
 from controller.errors import ControllerError
 from shared.errors import ValidationError
+from shared.schemas import AGENT_VERSION_PATTERN
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "agent" / "install.sh"
+ResolveClosure = Callable[[Sequence[str], str, Path], list[Path]]
 
 
 # -- versions ---------------------------------------------------------------------------
@@ -49,11 +56,19 @@ def test_other_versions_are_refused(version: str) -> None:
     assert caught.value.errors == {"version": [caught.value.message.removeprefix("version: ")]}
 
 
-def test_versions_sort_as_pep_440_says() -> None:
+def test_the_newest_bundle_is_the_newest_as_pep_440_says(tmp_path: Path) -> None:
     ordered = ["0.9", "1.0.dev1", "1.0a1", "1.0b1.dev2", "1.0b1", "1.0rc2", "1.0",
                "1.0.post1", "1.0.1", "1.10", "2"]
-    assert sorted(reversed(ordered), key=version_key) == ordered
-    assert version_key("1.0") == version_key("1.0.0")
+    for newest in range(len(ordered)):
+        fake_bundle(tmp_path / str(newest), ordered[newest])
+        for older in ordered[:newest]:
+            fake_bundle(tmp_path / str(newest), older)
+        assert find_bundle(tmp_path / str(newest)).version == ordered[newest]
+
+
+def test_install_sh_takes_the_same_versions() -> None:
+    # install.sh checks MANIFEST.json's version with the API's grammar, verbatim.
+    assert f'VERSION = r"{AGENT_VERSION_PATTERN}"' in INSTALL.read_text()
 
 
 @pytest.mark.parametrize("python", ["3.9", "3.10", "3.13", "3.20"])
@@ -106,6 +121,83 @@ def test_no_index_reachable_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv(name, value)
     with pytest.raises(BundleError, match=r"Python 3\.9 failed \(is PyPI.*reachable"):
         download_dependencies(["flask<4,>=3.0"], "3.9", tmp_path / "wheels")
+
+
+# -- the wheel cache ------------------------------------------------------------------
+REQUIRES = ["flask<4,>=3.0"]
+
+
+def fake_closure(made: str, other_build: Path | None = None) -> ResolveClosure:
+    """A stand-in for pip download giving the wheel ``made``; with ``other_build``, another
+    build completes that cached set (with ``other-1.0``) while this one downloads."""
+    def resolve(requirements: Sequence[str], python: str, scratch: Path) -> list[Path]:
+        if other_build is not None:
+            other_build.mkdir()
+            (other_build / "other-1.0-py3-none-any.whl").write_bytes(b"the other build's")
+            (other_build / ".complete").touch()
+        (scratch / made).write_bytes(made.encode())
+        return [scratch / made]
+    return resolve
+
+
+def test_a_set_another_build_completed_meanwhile_stays(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    theirs = cached_set(cache, REQUIRES, "3.11")
+    monkeypatch.setattr(agent_bundle, "_resolve_closure",
+                        fake_closure("mine-1.0-py3-none-any.whl", other_build=theirs))
+    wheels = download_dependencies(REQUIRES, "3.11", tmp_path / "dest", cache)
+    # The other build's set stays as it was (others may be copying from it) and is used.
+    assert sorted(path.name for path in theirs.iterdir()) == [
+        ".complete", "other-1.0-py3-none-any.whl"]
+    assert [path.name for path in wheels] == ["other-1.0-py3-none-any.whl"]
+    assert [path.name for path in cache.iterdir()] == [theirs.name]  # no staging left
+
+
+def test_an_incomplete_leftover_is_replaced(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    leftover = cached_set(cache, REQUIRES, "3.11")
+    leftover.mkdir(parents=True, mode=0o700)
+    cache.chmod(0o700)
+    (leftover / "half-1.0-py3-none-any.whl").write_bytes(b"half")
+    monkeypatch.setattr(agent_bundle, "_resolve_closure",
+                        fake_closure("mine-1.0-py3-none-any.whl"))
+    wheels = download_dependencies(REQUIRES, "3.11", tmp_path / "dest", cache)
+    assert [path.name for path in wheels] == ["mine-1.0-py3-none-any.whl"]
+    assert (leftover / ".complete").is_file()
+
+
+def test_the_wheel_cache_must_be_private(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_bundle, "_resolve_closure", fake_closure("a-1.0-py3-none-any.whl"))
+    cache = tmp_path / "cache"
+    download_dependencies(REQUIRES, "3.11", tmp_path / "a", cache)
+    assert cache.stat().st_mode & 0o777 == 0o700
+
+    # writable by its group or by anyone: refused, saying why and what to do
+    for mode in (0o770, 0o757):
+        cache.chmod(mode)
+        with pytest.raises(BundleError, match=r"writable by it alone.*chmod go-w"):
+            download_dependencies(REQUIRES, "3.11", tmp_path / "b", cache)
+    cache.chmod(0o700)
+    # a cached set or a wheel someone else could change: refused too
+    wheel = next(cached_set(cache, REQUIRES, "3.11").glob("*.whl"))
+    wheel.chmod(0o666)
+    with pytest.raises(BundleError, match=re.escape(str(wheel))):
+        download_dependencies(REQUIRES, "3.11", tmp_path / "c", cache)
+    wheel.chmod(0o644)
+    # another user's cache (the tests run as root: they make the lab's hosts)
+    os.chown(cache, 65534, 65534)
+    with pytest.raises(BundleError, match="belongs to uid 65534"):
+        download_dependencies(REQUIRES, "3.11", tmp_path / "d", cache)
+    os.chown(cache, os.geteuid(), os.getegid())
+    # a symlinked set: refused
+    target = cached_set(cache, REQUIRES, "3.11")
+    shutil.move(target, tmp_path / "elsewhere")
+    target.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BundleError, match="symlink"):
+        download_dependencies(REQUIRES, "3.11", tmp_path / "e", cache)
 
 
 # -- the agent's wheel ------------------------------------------------------------------
@@ -198,10 +290,23 @@ def test_a_corrupt_or_unchecked_bundle_is_not_found(tmp_path: Path) -> None:
 
 # -- install.sh's command line ----------------------------------------------------------
 def test_install_sh_is_posix_sh() -> None:
-    for shell in ("sh", "dash"):
-        subprocess.run([shell, "-n", str(INSTALL)], check=True)
-    text = INSTALL.read_text()
-    assert "[[" not in text and "function " not in text and "$'" not in text
+    # shellcheck -s sh flags what dash, busybox sh or RHEL's sh would not run the same
+    # (bashisms, unquoted expansions), every severity; each exception is a comment in place.
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is missing: apt-get install shellcheck "
+                    "(deploy/dev/bootstrap.sh installs it)")
+    run = subprocess.run(["shellcheck", "-s", "sh", "-S", "style", str(INSTALL),
+                          str(INSTALL.with_name("make-cert.sh"))],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_shellcheck_finds_a_bashism(tmp_path: Path) -> None:
+    script = tmp_path / "bashism.sh"
+    script.write_text('#!/bin/sh\nif [[ -n "$1" ]]; then echo $1; fi\n')
+    run = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 1 and "SC3010" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -229,3 +334,13 @@ def test_install_sh_help_names_every_option() -> None:
     for option in ("--bundle", "--sha256", "--listen", "--mta", "--flavour", "--python",
                    "--token-stdin", "--rotate-token", "--cert-name"):
         assert option in run.stdout
+    assert "4 busy: another install.sh runs on this host" in run.stdout
+    assert "/var/log/relayfleet-install.log" in run.stdout
+    assert run.stdout.rstrip().endswith("(sudo) anyway."), run.stdout  # the whole header
+
+
+def test_install_sh_usage_errors_reach_a_closed_stdout_or_none() -> None:
+    # stdout closed: the usage error still goes to stderr, and install.sh does not die of it
+    run = subprocess.run(["dash", "-c", 'exec 1>&-; exec dash "$0" --mta exim', str(INSTALL)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 2 and "--mta must be" in run.stderr, run
