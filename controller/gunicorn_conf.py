@@ -5,8 +5,11 @@ its HTTP counters in files under ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics
 worker) adds up all of them (:mod:`controller.metrics`). The directory must be set before
 ``prometheus_client`` is first imported (it picks its value store then), must start empty
 (files of a previous run would be counted again), and belongs to one server: two servers
-sharing it would add up each other's figures and wipe them at start. :func:`prepare_metrics_dir`
-does this in the master before the app is loaded; a worker that exits is marked dead
+sharing it would add up each other's figures and wipe them at start. It must be private:
+whoever can write to it can plant figures (or symlinks the server would follow), so one that
+is not the server user's own, or that its group or others may write to, is refused
+(:class:`MetricsDirError`). :func:`prepare_metrics_dir` does this in the master before the
+app is loaded; a worker that exits is marked dead
 (:func:`child_exit`), so that its live gauges go while its counters still count.
 """
 
@@ -15,13 +18,21 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from controller import logs
+from controller.errors import ControllerError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class MetricsDirError(ControllerError):
+    """``$PROMETHEUS_MULTIPROC_DIR`` is not a private directory of the server's user."""
+
+    kind = "metrics_dir"
 
 
 def prepare_metrics_dir() -> Path:
@@ -30,7 +41,8 @@ def prepare_metrics_dir() -> Path:
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_dir(path)
         for stale in path.glob("*.db"):
             stale.unlink()
     else:
@@ -38,6 +50,20 @@ def prepare_metrics_dir() -> Path:
         atexit.register(_remove_if_master, path, os.getpid())
     os.environ[MULTIPROC_ENV] = str(path)
     return path
+
+
+def check_private_dir(path: Path) -> None:
+    """MetricsDirError unless ``path`` is a directory (not a symlink) of this process's user
+    that neither its group nor others may write to."""
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise MetricsDirError(f"{MULTIPROC_ENV}={path} is not a directory (a symlink?): "
+                              "name a directory of the server's own")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise MetricsDirError(
+            f"{MULTIPROC_ENV}={path} belongs to uid {info.st_uid} with mode "
+            f"{stat.filemode(info.st_mode)}: it must be the server user's (uid "
+            f"{os.geteuid()}) and writable by it alone (chown it, chmod 700), or unset it")
 
 
 def _remove_if_master(path: Path, master: int) -> None:
