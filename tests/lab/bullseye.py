@@ -1,12 +1,14 @@
 """A Debian 11 ("bullseye") tree with Debian's own Python 3.9, for running the agent there.
 
-``bullseye_tree()`` builds it once with ``debootstrap --variant=minbase`` from Debian's
-archive into ``$RELAYFLEET_LAB_CACHE/bullseye`` and reuses it afterwards. The tree is built
-in a temporary directory beside it and renamed into place only when debootstrap finished, so
-a half-built tree is never reused. ``run_in_tree()`` runs a script chrooted into it inside a
-mount namespace of its own: the tree is mounted read-only there, with /proc, a fresh /tmp
-and the given bind mounts on top, and every mount vanishes with the namespace, even when the
-run is killed.
+``bullseye_tree()`` builds it once with ``debootstrap --variant=minbase`` into
+``$RELAYFLEET_LAB_CACHE/bullseye`` and reuses it afterwards: from deb.debian.org, or from
+archive.debian.org once bullseye has moved there (its LTS ended in August 2026). The tree is
+built in a temporary directory beside it and renamed into place only when debootstrap
+finished, so a half-built tree is never reused. ``run_in_tree()`` runs a script chrooted into
+it inside a mount namespace of its own (and, unless told otherwise, a PID namespace whose
+processes all end with it): the tree is mounted read-only there, with /proc, a fresh /tmp and
+the given bind mounts on top, and every mount vanishes with the namespace, even when the run
+is killed.
 
 ``python -m tests.lab.bullseye`` builds the tree (if needed) and prints its Python version.
 """
@@ -25,13 +27,16 @@ from pathlib import Path
 
 from tests.lab.lab import CACHE_DIR, LabError
 
-MIRROR = "http://deb.debian.org/debian"
+#: where bullseye is, tried in this order: the mirrors, then the archive it moves to
+MIRRORS = ("http://deb.debian.org/debian", "http://archive.debian.org/debian")
 SUITE = "bullseye"
-PACKAGES = ("python3", "python3-venv")
-#: written last into a finished tree: a tree without it is never used
+#: what the tests use there, named (not left to arrive as some package's dependency):
+#: Python 3.9 and its venv, and openssl for install.sh's certificate
+PACKAGES = ("python3", "python3-venv", "openssl")
 #: Debian's /etc/hosts as its installer writes it (without the host's own name)
 ETC_HOSTS = ("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
              "ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n")
+#: written last into a finished tree: a tree without it is never used
 STAMP = ".relayfleet-complete"
 _HINT = "run `bash deploy/dev/bootstrap.sh` as root (it installs debootstrap and util-linux)"
 
@@ -58,16 +63,7 @@ def bullseye_tree(cache_dir: Path = CACHE_DIR) -> Path:
             _remove_tree(tree)
         staging = Path(tempfile.mkdtemp(prefix=f".{SUITE}.build-", dir=cache_dir))
         try:
-            # debootstrap mounts /proc and /sys inside the target while it installs: in a
-            # mount namespace of its own those mounts cannot outlive it.
-            proc = subprocess.run(
-                ["unshare", "--mount", "--propagation", "private", "--",
-                 "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                 SUITE, str(staging), MIRROR],
-                capture_output=True, text=True, timeout=1800, check=False)
-            if proc.returncode != 0:
-                raise LabError(f"debootstrap {SUITE} from {MIRROR} exited {proc.returncode}: "
-                               f"{(proc.stdout + proc.stderr).strip()[-1500:]}")
+            mirror = _debootstrap(staging, cache_dir)
             python = staging / "usr/bin/python3.9"
             if not python.exists():
                 raise LabError(f"debootstrap finished but {python} is missing")
@@ -76,7 +72,8 @@ def bullseye_tree(cache_dir: Path = CACHE_DIR) -> Path:
             (staging / "etc/resolv.conf").touch()
             # what Debian's installer writes and debootstrap does not: localhost resolves
             (staging / "etc/hosts").write_text(ETC_HOSTS)
-            (staging / STAMP).write_text(_STAMP_TEXT)
+            (staging / STAMP).write_text(f"{SUITE} {mirror} {' '.join(PACKAGES)} "
+                                         f"{_STAMP_MARK}\n")
             staging.rename(tree)
         except BaseException:
             _remove_tree(staging)
@@ -84,15 +81,44 @@ def bullseye_tree(cache_dir: Path = CACHE_DIR) -> Path:
     return tree
 
 
-_STAMP_TEXT = f"{SUITE} {MIRROR} {' '.join(PACKAGES)} /etc/hosts\n"
+#: the last word of the stamp of a tree that has the /etc/hosts above
+_STAMP_MARK = "/etc/hosts"
+
+
+def _debootstrap(staging: Path, cache_dir: Path) -> str:
+    """debootstrap the suite into ``staging`` from the first of MIRRORS that has it; the
+    mirror used."""
+    said = []
+    for mirror in MIRRORS:
+        # debootstrap mounts /proc and /sys inside the target while it installs: in a
+        # mount namespace of its own those mounts cannot outlive it.
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--",
+             "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+             SUITE, str(staging), mirror],
+            capture_output=True, text=True, timeout=1800, check=False)
+        if proc.returncode == 0:
+            return mirror
+        said.append(f"from {mirror}: exit {proc.returncode}: "
+                    f"{(proc.stdout + proc.stderr).strip()[-1000:]}")
+        # a fresh target for the next mirror (nothing is mounted in it: see above)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    raise LabError(f"debootstrap {SUITE} failed " + " | ".join(said))
 
 
 def _finished(tree: Path) -> bool:
-    """The tree is complete and was built from today's package list."""
+    """The tree is complete (its stamp written last) and has every package of PACKAGES
+    (a tree built from a shorter list is built again)."""
     try:
-        return (tree / STAMP).read_text() == _STAMP_TEXT
+        stamp = (tree / STAMP).read_text()
+        status = (tree / "var/lib/dpkg/status").read_text()
     except OSError:
         return False
+    installed = {block.split("\n", 1)[0].removeprefix("Package: ")
+                 for block in status.split("\n\n")
+                 if "\nStatus: install ok installed" in block}
+    return stamp.rstrip().endswith(_STAMP_MARK) and set(PACKAGES) <= installed
 
 
 def _remove_tree(path: Path) -> None:
@@ -128,10 +154,16 @@ exec chroot "$tree" "$@"
 
 def run_in_tree(tree: Path, argv: Sequence[str], *,
                 binds: Sequence[tuple[Path, str, bool]] = (),
-                env: Mapping[str, str] | None = None,
+                env: Mapping[str, str] | None = None, own_pids: bool = True,
                 timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` chrooted into ``tree``; ``binds`` are (host path, path in the tree,
-    writable) and each path in the tree must already exist there (see ``mount_point``)."""
+    writable) and each path in the tree must already exist there (see ``mount_point``).
+
+    With ``own_pids`` (the default) it runs in a PID namespace of its own: when ``argv``
+    ends, or is killed (the timeout), every process it started ends too, and nothing keeps
+    the mount namespace alive. ``own_pids=False`` lets a daemon it starts outlive it (the
+    caller stops that one).
+    """
     bind_args: list[str] = []
     for source, target, writable in binds:
         if not (tree / target.lstrip("/")).exists():
@@ -139,8 +171,9 @@ def run_in_tree(tree: Path, argv: Sequence[str], *,
         bind_args += [str(source), target, "rw" if writable else "ro"]
     base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
                 "HOME": "/tmp"}
+    pids = ["--pid", "--fork", "--kill-child", "--mount-proc"] if own_pids else []
     return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--",
+        ["unshare", "--mount", "--propagation", "private", *pids, "--",
          "sh", "-c", _CHROOT_SCRIPT, "bullseye-chroot", str(tree), *bind_args, "--",
          *argv],
         env={**base_env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
