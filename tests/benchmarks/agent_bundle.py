@@ -6,7 +6,7 @@ Builds the offline agent bundle into a temporary directory and prints its size, 
 per part (the agent's own wheel, the dependencies' wheels, pip's wheels, the rest:
 install.sh, the unit, requirements, MANIFEST.json), the number of wheels and their size
 per Python (what one host installs), and the build time: median of ``--runs`` builds with
-the dependency wheels taken from the lab cache (``/var/cache/relayfleet-lab/agent-wheels``)
+the dependency wheels taken from the lab cache (``$RELAYFLEET_LAB_CACHE/agent-wheels``)
 and, with ``--cold``, one build that downloads everything (needs PyPI).
 """
 
@@ -22,9 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller.agent_bundle import SUPPORTED_PYTHONS, AgentBundle, build_bundle
-from tests.lab.lab import CACHE_DIR
-
-WHEEL_CACHE = CACHE_DIR / "agent-wheels"
+from tests.lab.agent_install import WHEEL_CACHE
 
 
 def timed_build(out: Path, pythons: Sequence[str],
