@@ -297,15 +297,18 @@ def test_a_cut_channel_does_not_stop_a_rollback(make_host: Callable[..., LabHost
             timeout=300, check=False)
     finally:
         os.close(writer)
-    log = (host.root / "log" / "relayfleet-install.log").read_text()
+    # V1 runs again, with the token it had
+    assert os.readlink(host.root / "opt-relayfleet" / "current") == f"versions/{V1}"
+    assert (host.root / "etc-relayfleet" / "agent.token").read_text() == TOKEN + "\n"
+    assert agent_answer(host, fingerprint) == (200, {"status": "ok", "version": V1})
+    assert agent_answer(host, fingerprint, "/v1/status", token=TOKEN)[0] == 200
+    # and the run's log says what happened (what the cut session did not see)
+    install_log = host.root / "log" / "relayfleet-install.log"
+    log = install_log.read_text()
     assert proc.returncode == 3, log
     assert f"rolled back to {V1}" in log and '"rolled_back": true' in log, log
     assert "a-token-that-must-not-stay" not in log
-    assert agent_answer(host, fingerprint) == (200, {"status": "ok", "version": V1})
-    assert agent_answer(host, fingerprint, "/v1/status", token=TOKEN)[0] == 200
-    assert (host.root / "etc-relayfleet" / "agent.token").read_text() == TOKEN + "\n"
-    assert os.readlink(host.root / "opt-relayfleet" / "current") == f"versions/{V1}"
-    assert (host.root / "log" / "relayfleet-install.log").stat().st_mode & 0o777 == 0o600
+    assert install_log.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_fresh_install_rolled_back_leaves_nothing(make_host: Callable[..., LabHost],
