@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.lab.delivered import wait_for_subjects
 from tests.lab.enrol import SshLogin, host_body
 from tests.lab.lab import SINK_PORT, Lab, LabHost
 from tests.lab.services import ControllerStack, lab_controller
@@ -55,11 +55,6 @@ def mixed_fleet(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server:
         yield stack, enrolled
 
 
-def _subjects(lab: Lab) -> set[str]:
-    return {next((ln[9:] for ln in m["data"].splitlines() if ln.startswith("Subject: ")), "")
-            for m in lab.smarthost.messages()}
-
-
 def test_one_fleet_of_sendmail_and_postfix_hosts(
         mixed_fleet: tuple[ControllerStack, list[tuple[LabHost, int]]], lab: Lab) -> None:
     stack, enrolled = mixed_fleet
@@ -95,10 +90,7 @@ def test_one_fleet_of_sendmail_and_postfix_hosts(
     flush = controller.wait_job(controller.start_job(
         {"action": "flush_queue", "target": {"hosts": ids}}))
     assert flush["status"] == "succeeded", json.dumps(flush["results"], indent=1)[:4000]
-    deadline = time.monotonic() + 60
-    while not wanted <= _subjects(lab) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert wanted <= _subjects(lab), wanted - _subjects(lab)
+    wait_for_subjects(lab, wanted)
 
     # The fleet view says what each host runs: as enrolled, and as found.
     status = controller.wait_job(controller.start_job(

@@ -8,11 +8,11 @@ import signal
 import time
 from pathlib import Path
 
-from tests.lab.lab import Lab, LabHost
+from tests.lab.lab import CACHE_DIR, Lab, LabHost
 from tests.lab.services import ControllerStack
 
 #: dependency wheels kept between runs (only the agent's own wheel is built each time)
-WHEEL_CACHE = Path("/var/cache/relayfleet-lab/agent-wheels")
+WHEEL_CACHE = CACHE_DIR / "agent-wheels"
 #: where install.sh's daemon keeps its pid (lab hosts have no systemd)
 PID_FILE = "/run/relayfleet-agent.pid"
 
@@ -24,12 +24,19 @@ def host_python(lab: Lab) -> str:
     return probe.stdout.decode().strip()
 
 
+def agent_pid(host: LabHost) -> int | None:
+    """The pid of the agent daemon install.sh started in ``host`` (None: no pid file)."""
+    try:
+        return int(host.fs(PID_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def stop_daemon(host: LabHost) -> None:
     """Stop the agent install.sh started in ``host`` (not one of the lab's own processes,
     so the lab would not stop it)."""
-    try:
-        pid = int(host.fs(PID_FILE).read_text().split()[0])
-    except (OSError, ValueError):
+    pid = agent_pid(host)
+    if pid is None:
         return
     try:
         os.kill(pid, signal.SIGTERM)
@@ -45,11 +52,14 @@ def stop_daemon(host: LabHost) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def serve_bundles(stack: ControllerStack, bundle_dir: Path) -> None:
-    """Restart the stack's worker so that it finds agent bundles in ``bundle_dir``
-    (RELAYFLEET_AGENT_BUNDLE_DIR, read when a worker starts)."""
+def restart_worker(stack: ControllerStack, **env: str) -> None:
+    """Restart the stack's worker with ``env`` set (settings are read when it starts)."""
     stack.worker.stop()
-    # (the worker's environment is the stack's: one dict)
-    stack.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
-    stack.worker.env["RELAYFLEET_AGENT_BUNDLE_DIR"] = str(bundle_dir)
+    # (stack.env is the worker's environment too: one dict)
+    stack.env.update(env)
     stack.worker.start()
+
+
+def serve_bundles(stack: ControllerStack, bundle_dir: Path) -> None:
+    """Restart the stack's worker so that it finds agent bundles in ``bundle_dir``."""
+    restart_worker(stack, RELAYFLEET_AGENT_BUNDLE_DIR=str(bundle_dir))
