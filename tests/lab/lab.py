@@ -330,9 +330,10 @@ class LabHost:
     # -- relayfleet ----------------------------------------------------------------
     def ops(self, command: str, *args: str, body: Any = None, timeout: float = 240,
             profile: dict[str, Any] | None = None,
-            kind: str | None = None) -> tuple[int, dict[str, Any]]:
+            kind: str | None = None, wrap: Sequence[str] = ()) -> tuple[int, dict[str, Any]]:
         """Run ``relayfleet-ops COMMAND`` inside the host (LocalExecutor, the real MTA);
-        ``--mta`` is the host's MTA unless ``kind`` says otherwise."""
+        ``--mta`` is the host's MTA unless ``kind`` says otherwise; ``wrap``: an argv prefix
+        that runs it (a sandbox)."""
         argv = [sys.executable, "-m", "shared.cli", "--flavour", self.flavour,
                 "--mta", kind or self.mta]
         if profile:
@@ -340,7 +341,7 @@ class LabHost:
         argv += [command, *args]
         if body is not None:
             argv += ["--json", "-"]
-        proc = self.run(["env", f"PYTHONPATH={REPO_ROOT}", *argv], check=False,
+        proc = self.run([*wrap, "env", f"PYTHONPATH={REPO_ROOT}", *argv], check=False,
                         input=json.dumps(body).encode() if body is not None else None,
                         timeout=timeout)
         try:

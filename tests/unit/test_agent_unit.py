@@ -18,7 +18,7 @@ def _service() -> configparser.SectionProxy:
     return parser["Service"]
 
 
-def _paths(key: str) -> set[str]:
+def unit_paths(key: str) -> set[str]:
     """A path list of the unit, each path without its "-" (may be absent) prefix."""
     return {path.lstrip("-") for path in _service()[key].split()}
 
@@ -41,7 +41,7 @@ def _covered(path: str, by: set[str]) -> bool:
 
 
 def test_each_path_the_operations_write_is_writable() -> None:
-    writable = _paths("ReadWritePaths")
+    writable = unit_paths("ReadWritePaths")
     missing = {path for path in _written_by_operations() if not _covered(path, writable)}
     assert not missing, f"the unit would refuse these writes: {sorted(missing)}"
     for path in _service()["ReadWritePaths"].split():
@@ -51,7 +51,7 @@ def test_each_path_the_operations_write_is_writable() -> None:
 def test_etc_itself_is_not_writable() -> None:
     """Before, ReadWritePaths=/etc left cron, apt, profile, tmpfiles.d, udev and more
     writable to root code: now only the MTA's directories and /etc/hosts are."""
-    writable = _paths("ReadWritePaths")
+    writable = unit_paths("ReadWritePaths")
     assert not _covered("/etc", writable)
     assert not _covered("/etc/cron.daily/x", writable)
     assert {path for path in writable if is_under(path, "/etc")} <= _written_by_operations()
@@ -61,11 +61,11 @@ def test_etc_itself_is_not_writable() -> None:
 def test_token_keys_and_password_hashes_are_out_of_reach() -> None:
     service = _service()
     assert service["ProtectSystem"] == "strict" and service["ProtectHome"] == "read-only"
-    assert "/etc/relayfleet" in _paths("ReadOnlyPaths")
-    assert _paths("InaccessiblePaths") >= {"/etc/shadow", "/etc/gshadow", "/etc/ssh",
+    assert "/etc/relayfleet" in unit_paths("ReadOnlyPaths")
+    assert unit_paths("InaccessiblePaths") >= {"/etc/shadow", "/etc/gshadow", "/etc/ssh",
                                            "/root/.ssh"}
-    assert not _paths("ReadWritePaths") & (_paths("ReadOnlyPaths")
-                                           | _paths("InaccessiblePaths"))
+    assert not unit_paths("ReadWritePaths") & (unit_paths("ReadOnlyPaths")
+                                           | unit_paths("InaccessiblePaths"))
 
 
 def test_system_calls_and_setuid_files_are_restricted() -> None:
