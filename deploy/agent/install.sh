@@ -45,6 +45,7 @@ relay() { cat "$1" 2>/dev/null || true; cat "$1" >&4 2>/dev/null || true; }  # a
 usage() { warn "install.sh: $1 (try --help)"; exit 2; }
 die() { warn "install.sh: $1"; exit 1; }
 
+command_line="$*"  # for the log (no secret is ever an argument)
 bundle="" sha256="" listen="0.0.0.0:8587" mta="auto" flavour="" python="python3"
 token_stdin=false rotate=false cert_names=""
 while [ $# -gt 0 ]; do
@@ -139,7 +140,7 @@ fi
 work=$(mktemp -d /tmp/relayfleet-install.XXXXXX)
 run_log=$work/install.log
 exec >> "$run_log" 2>&1
-to_log "install.sh $(date -u '+%Y-%m-%dT%H:%M:%SZ' 2>/dev/null || true): $*"
+to_log "install.sh $command_line (started $(date -u '+%Y-%m-%dT%H:%M:%SZ' 2>/dev/null || true))"
 
 # What this run changed, undone on any exit but a finished run (see on_exit).
 committed=false phase="" restarted=false new_venv="" made_files="" token_state=kept
