@@ -904,6 +904,11 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             if ex.exists(path):
                 raise OperationError(f"{path} is still there after removing it")
             return
+        if path in self.in_place_files and ex.read_file_if_exists(path) == ex.read_file(source):
+            # The write into it failed before changing it (e.g. read-only for the agent
+            # since something renamed a new /etc/hosts in): there is nothing to put back,
+            # and writing would fail the same way.
+            return
         tmp = self._temp_for(path, "restore")
         try:
             ex.copy_file(source, tmp)

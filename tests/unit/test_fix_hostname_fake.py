@@ -17,7 +17,7 @@ from agent.app import create_app
 from agent.config import AgentConfig, MtaSettings
 from shared import diagnose as diag
 from shared.actions import ACTIONS
-from shared.errors import ValidationError
+from shared.errors import ExecutorError, ValidationError
 from shared.mta import HostnameRequest, MtaOperations, operations_for
 from shared.profile import build_profile
 from shared.results import OperationResult
@@ -189,6 +189,27 @@ def test_etc_hosts_is_written_in_place_and_nothing_else_in_etc(
                     "content was replaced in place")
     assert set(written) == {HOSTS}
     assert not [p for p in host.snapshot("/etc") if ".hosts.relayfleet" in p]
+
+
+def test_an_etc_hosts_that_cannot_be_written_is_reported_and_left_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's /etc/hosts turns read-only when something else renames a new one in:
+    the change fails saying so, and the rollback reports the file as it is (untouched)."""
+    host = sendmail_host()
+    real = host.write_file
+
+    def write_file(path: str, data: bytes, *, mode: int = 0o600) -> None:
+        if path == HOSTS:
+            raise ExecutorError(f"cannot write {path}: Read-only file system")
+        real(path, data, mode=mode)
+    monkeypatch.setattr(host, "write_file", write_file)
+    result = fix(host)
+    assert not result.ok and result.rolled_back
+    assert "cannot write /etc/hosts: Read-only file system" in (result.error or "")
+    doc = document(result)
+    assert doc["restored"] == [HOSTS] and doc["not_restored"] == []
+    assert doc["mta_running"] is True
+    assert host.read_file(HOSTS) == UNQUALIFIED
 
 
 @pytest.mark.parametrize("mounted", [False, True])
