@@ -347,6 +347,28 @@ def test_a_second_install_at_once_is_busy(make_host: Callable[..., LabHost],
     assert again.code == 0 and again.report["changed"] is False, again
 
 
+def test_nothing_of_the_callers_directory_runs_as_root(make_host: Callable[..., LabHost],
+                                                      tmp_path: Path,
+                                                      bundles: dict[str, AgentBundle]) -> None:
+    """Run from a directory the login user writes to, holding a planted json.py: root's
+    Pythons never import it (install.sh works from / with python -I), and a relative
+    --bundle is still found."""
+    host = make_host("debian")
+    login_dir = tmp_path / "login-home"
+    login_dir.mkdir()
+    shutil.copy(bundles[V1].path, login_dir)
+    planted = login_dir / "json.py"
+    planted.write_text("open(__file__ + '.ran', 'w').close()\n"
+                       "raise SystemExit('a planted json.py ran')\n")
+    argv = install_argv(host, bundles[V1])
+    argv[argv.index("--bundle") + 1] = bundles[V1].path.name
+    proc = host.run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(login_dir), *argv],
+                    check=False, timeout=300)
+    run = Run(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+    assert not Path(f"{planted}.ran").exists(), run
+    assert run.code == 0 and run.report["version"] == V1, run
+
+
 def test_a_python_the_bundle_does_not_serve_is_refused(make_host: Callable[..., LabHost],
                                                        tmp_path: Path,
                                                        bundles: dict[str, AgentBundle]) -> None:
