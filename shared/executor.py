@@ -312,8 +312,14 @@ class LocalExecutor(Executor):
 
     def remove(self, path: str) -> None:
         """Remove a file if it exists."""
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # e.g. EROFS even for a missing file in a directory the agent's unit keeps
+            # read-only: callers clean up with suppress(ExecutorError), never a bare OSError
+            raise ExecutorError(f"cannot remove {path}: {exc.strerror}") from exc
 
     def make_dir(self, path: str, *, mode: int = 0o700) -> bool:
         """mkdir; False if it already existed."""
