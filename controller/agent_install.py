@@ -60,6 +60,8 @@ REPORT_PREFIX = "RELAYFLEET-INSTALL "
 EXIT_ROLLED_BACK = 3
 #: install.sh's exit code for a command line it refuses
 EXIT_USAGE = 2
+#: install.sh's exit code when another install.sh runs on the host (it changed nothing)
+EXIT_BUSY = 4
 #: the longest a health or status call from the worker may take
 CHECK_TIMEOUT_S = 20.0
 #: the agent's configuration, kept by install.sh once written
@@ -180,6 +182,9 @@ def failure_text(result: CommandResult, report: InstallReport | None,
     if limit_s is not None and result.exit_code in EXIT_TIMED_OUT:
         return (f"install.sh did not finish within {limit_s} s and was stopped (give the job "
                 f"a longer timeout_s); the host stays on its transport: {said}")
+    if result.exit_code == EXIT_BUSY:
+        return ("another change is running on this host (another install.sh): install_agent "
+                "changed nothing; try again when it has finished")
     if result.exit_code == EXIT_USAGE:
         return f"install.sh refused its command line (exit 2): {said}"
     return f"install.sh failed (exit {result.exit_code}): {said}"

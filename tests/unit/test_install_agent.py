@@ -175,6 +175,8 @@ def test_failure_messages_say_what_happened() -> None:
     usage = CommandResult(("sh",), 2, b"", b"unknown option --frob", 0.1)
     assert failure_text(usage, None, None) == ("install.sh refused its command line (exit 2): "
                                                "unknown option --frob")
+    busy = CommandResult(("sh",), 4, b"", b"install.sh: busy", 0.1)
+    assert failure_text(busy, None, None).startswith("another change is running on this host")
     other = CommandResult(("sh",), 1, b"", b"python3 not found: install python3", 0.1)
     assert "exit 1" in failure_text(other, None, None)
 
