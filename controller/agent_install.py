@@ -69,8 +69,10 @@ AGENT_CONFIG = "/etc/relayfleet/agent.toml"
 #: what install.sh's ``timeout`` leaves of the host's time box: the agent's two checks from
 #: here, removing the upload, and slack; the box's own cut then never lands inside install.sh
 AFTER_INSTALLER_S = 2 * CHECK_TIMEOUT_S + 30
-#: ``timeout`` sends SIGKILL this long after its SIGTERM if install.sh is still running
-KILL_AFTER_S = 10
+#: ``timeout`` sends SIGKILL this long after its SIGTERM if install.sh is still running:
+#: long enough for the rollback its SIGTERM starts (stop, switch back, start, one health
+#: wait), and still inside the time box (AFTER_INSTALLER_S is longer)
+KILL_AFTER_S = 60
 #: the least time install.sh is started with (else the host fails before anything changes)
 MIN_INSTALLER_S = 60
 #: ``timeout``'s exit codes: install.sh ended by its SIGTERM, or by the SIGKILL after it

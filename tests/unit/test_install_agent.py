@@ -142,7 +142,7 @@ def test_the_command_line_carries_no_token() -> None:
     argv = install_argv("/tmp/x", bundle, InstallAgentRequest(None, 9000, True),
                         spec(mta_kind="postfix", mta_flavour="rhel"), 230)
     # (``timeout`` ends install.sh before the host's time box cuts the connection under it)
-    assert argv == ["timeout", "-k", "10", "230", "sh", "/tmp/x/install.sh", "--bundle",
+    assert argv == ["timeout", "-k", "60", "230", "sh", "/tmp/x/install.sh", "--bundle",
                     "/tmp/x/relayfleet-agent-0.2.0.tar.gz", "--sha256", "cd" * 32,
                     "--token-stdin", "--rotate-token", "--listen", "0.0.0.0:9000", "--mta",
                     "postfix", "--flavour", "rhel"]
