@@ -68,7 +68,7 @@ def run(hosts_wanted: int) -> None:
                                                      {**body, "site_id": site})["id"])
                         start = time.monotonic()
                         bundle = build_bundle(workdir / "bundles", version=VERSION,
-                                              pythons=(host_python(lab),),
+                                              pythons=(host_python(made[0]),),
                                               cache_dir=WHEEL_CACHE)
                         built = time.monotonic() - start
                         serve_bundles(stack, workdir / "bundles")

@@ -121,7 +121,7 @@ def site(lab: Lab, client_keys: dict[str, tuple[str, str]], redis_server: Any,
             host_id = int(controller.ok("POST", "/v1/hosts", {**body, "site_id": site_id})["id"])
             enrolled.append((host, host_id))
             logins[host_id] = body["ssh"]
-        python = host_python(lab)
+        python = host_python(enrolled[0][0])
         bundles = {version: build_bundle(bundle_dir, version=version, pythons=(python,),
                                          cache_dir=WHEEL_CACHE)
                    for version in (FIRST, SECOND)}
@@ -241,7 +241,7 @@ def test_6_a_broken_version_is_rolled_back(site: Site) -> None:
     bundle_dir = site.bundles[FIRST].path.parent
     sources = [(name, BROKEN_CLI if name == "agent/cli.py" else data)
                for name, data in agent_sources()]
-    build_bundle(bundle_dir, version=BROKEN, pythons=(host_python(site.hosts[0][0].lab),),
+    build_bundle(bundle_dir, version=BROKEN, pythons=(host_python(site.hosts[0][0]),),
                  cache_dir=WHEEL_CACHE, agent_sources=sources)
     before = site.rows()
     code, job = site.install("--version", BROKEN)

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.lab.lab import CACHE_DIR, Lab, LabHost
+from tests.lab.lab import CACHE_DIR, LabHost
 from tests.lab.services import ControllerStack
 
 #: dependency wheels kept between runs (only the agent's own wheel is built each time)
@@ -17,10 +17,9 @@ WHEEL_CACHE = CACHE_DIR / "agent-wheels"
 PID_FILE = "/run/relayfleet-agent.pid"
 
 
-def host_python(lab: Lab) -> str:
-    """The X.Y of the python3 lab hosts run (a bundle for them carries its wheels)."""
-    probe = lab.hosts[0].run(["python3", "-c",
-                              "import sys; print('%d.%d' % sys.version_info[:2])"])
+def host_python(host: LabHost) -> str:
+    """The X.Y of the python3 ``host`` runs (a bundle for it carries its wheels)."""
+    probe = host.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
     return probe.stdout.decode().strip()
 
 

@@ -640,7 +640,8 @@ class Lab:
 
     def _start_dns(self) -> None:
         self._write_dns_hosts()
-        seed_spf = f"v=spf1 ip4:{self.ip(0)}/25 -all"
+        # the whole subnet: a long session lab numbers its hosts up to .253
+        seed_spf = f"v=spf1 ip4:{self.ip(0)}/24 -all"
         argv = [
             "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
             f"--listen-address={self.gateway}", "--except-interface=lo",
