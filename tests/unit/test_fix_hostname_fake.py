@@ -86,6 +86,14 @@ def outside_backups(host: FakeExecutor) -> dict[str, Any]:
 # -- sendmail ----------------------------------------------------------------------------
 
 
+def assert_hosts_file_restored(host: Any, result: Any) -> None:
+    """The rollback put /etc/hosts back as it was, and the MTA runs."""
+    doc = document(result)
+    assert doc["restored"] == [HOSTS] and doc["not_restored"] == []
+    assert doc["mta_running"] is True
+    assert host.read_file(HOSTS) == UNQUALIFIED
+
+
 def test_the_fake_resolves_its_name_from_etc_hosts() -> None:
     host = sendmail_host()
     assert host.run(["hostname", "-f"]).stdout_text() == "localhost\n"
@@ -206,10 +214,7 @@ def test_an_etc_hosts_that_cannot_be_written_is_reported_and_left_as_it_was(
     result = fix(host)
     assert not result.ok and result.rolled_back
     assert "cannot write /etc/hosts: Read-only file system" in (result.error or "")
-    doc = document(result)
-    assert doc["restored"] == [HOSTS] and doc["not_restored"] == []
-    assert doc["mta_running"] is True
-    assert host.read_file(HOSTS) == UNQUALIFIED
+    assert_hosts_file_restored(host, result)
 
 
 @pytest.mark.parametrize("mounted", [False, True])
@@ -223,10 +228,7 @@ def test_a_failed_restart_rolls_back_byte_for_byte(mounted: bool) -> None:
     result = fix(host)
     assert not result.ok and result.rolled_back
     assert "the previous configuration was restored and sendmail runs it" in (result.error or "")
-    doc = document(result)
-    assert doc["restored"] == [HOSTS] and doc["not_restored"] == []
-    assert doc["mta_running"] is True
-    assert host.read_file(HOSTS) == UNQUALIFIED
+    assert_hosts_file_restored(host, result)
     after = outside_backups(host)
     assert after[HOSTS].data == before[HOSTS].data and after[HOSTS].mode == before[HOSTS].mode
     assert j_macro(host) == "localhost"
