@@ -21,7 +21,7 @@ from sqlalchemy import insert
 
 from controller import console
 from controller import errors as ctl_errors
-from controller.api import fleet, inventory, jobs
+from controller.api import alerts, doctor, fleet, inbound, inventory, jobs, policies, schedules
 from controller.auth import authenticate
 from controller.celery_app import celery_init_app
 from controller.config import load_settings
@@ -37,6 +37,9 @@ from shared.webapi import EnvelopeApi, register_error_handler
 
 log = logging.getLogger("relayfleet.controller")
 OPEN_PATHS = frozenset({"/v1/health"})
+#: paths that authenticate by their own means, not a bearer token: an inbound ticketing
+#: hook checks the HMAC signature its sender computed (controller.inbound)
+OPEN_PREFIXES = ("/v1/inbound/",)
 _ROUTE_ARG = re.compile(r"<(?:[^:<>]+:)?(\w+)>")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: unauthenticated calls from one address are audited one by one only once per this
@@ -84,7 +87,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                                               "idempotency v1")
     api = EnvelopeApi(app)
     app.extensions["relayfleet_api"] = api
-    for blueprint in (health, inventory.blp, jobs.blp, fleet.blp, fleet.meta):
+    for blueprint in (health, inventory.blp, jobs.blp, fleet.blp, policies.blp, schedules.blp,
+                      alerts.blp, doctor.blp, inbound.blp, fleet.meta):
         api.register_blueprint(blueprint)
     _publish_action_results(api)
     celery_init_app(app)
@@ -92,7 +96,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.before_request
     def authenticate_request() -> None:
         g.started = time.monotonic()
-        if request.path in OPEN_PATHS or console.is_console_path(request.path):
+        if (request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES)
+                or console.is_console_path(request.path)):
             return  # the console authenticates by its session cookie (console.session)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")

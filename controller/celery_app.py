@@ -46,7 +46,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "beat_schedule": {"relayfleet-sweep": {"task": "relayfleet.sweep",
-                                               "schedule": float(settings.sweep_every_s)}},
+                                               "schedule": float(settings.sweep_every_s)},
+                          "relayfleet-tick": {"task": "relayfleet.tick",
+                                              "schedule": float(settings.scheduler_tick_s)}},
     }
 
 

@@ -178,10 +178,20 @@ def agent_bundle(out: Path | None, version: str | None, pythons: Sequence[str] |
 
 def _sealed_columns() -> list[Any]:
     """Every column that holds a secret sealed with the controller's key."""
-    from controller.models import Host, Job, Tenant
+    from controller.models import (
+        AlertChannel,
+        Credential,
+        Host,
+        InboundHook,
+        Job,
+        Schedule,
+        Tenant,
+    )
 
     return [Host.agent_token_sealed, Host.ssh_private_key_sealed, Host.ssh_passphrase_sealed,
-            Host.ssh_password_sealed, Job.params_sealed, Tenant.callback_key_sealed]
+            Host.ssh_password_sealed, Job.params_sealed, Tenant.callback_key_sealed,
+            Credential.password_sealed, Schedule.params_sealed, AlertChannel.target_sealed,
+            AlertChannel.secret_sealed, InboundHook.secret_sealed]
 
 
 def rotate_secret_key(settings: Any, batch: int = 500) -> dict[str, int]:

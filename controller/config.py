@@ -29,6 +29,16 @@
 ``RELAYFLEET_AGENT_BUNDLE_DIR`` where ``relayfleet-controller agent-bundle`` writes the
                               agent's offline bundles and ``install_agent`` jobs take them
                               from (default: ``agent-bundles`` in the data directory)
+``RELAYFLEET_SCHEDULER_TICK_S`` how often beat looks for due status collections, schedules,
+                              alert rules and remediations (default 30)
+``RELAYFLEET_MIN_STATUS_EVERY_S`` the shortest status collection interval a tenant may ask for
+                              (default 60)
+``RELAYFLEET_SMTP_URL``       the controller's own mail server for alert emails:
+                              ``smtp://HOST[:PORT]`` (plain), ``smtp+starttls://HOST[:PORT]``
+                              or ``smtps://HOST[:PORT]``; unset: email channels cannot send
+``RELAYFLEET_SMTP_FROM``      the sender of alert emails (default ``relayfleet@`` + this host)
+``RELAYFLEET_SMTP_USERNAME`` / ``RELAYFLEET_SMTP_PASSWORD_FILE`` AUTH for that server
+``RELAYFLEET_INBOUND_WINDOW_S`` how old a signed inbound (ticketing) request may be (default 300)
 """
 
 from __future__ import annotations
@@ -92,6 +102,17 @@ class Settings:
     console_secure_cookie: bool = False
     #: the agent's offline bundles (``relayfleet-agent-VERSION.tar.gz`` and its ``.sha256``)
     agent_bundle_dir: Path = Path("agent-bundles")
+    #: beat's fleet-health tick: due status collections, schedules, alerts, remediations
+    scheduler_tick_s: int = 30
+    #: the shortest status collection interval a tenant may set
+    min_status_every_s: int = 60
+    #: alert emails: the controller's own SMTP server ("" : email channels cannot send)
+    smtp_url: str = ""
+    smtp_from: str = ""
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    #: a signed inbound request older (or newer) than this is refused
+    inbound_window_s: int = 300
 
     @property
     def egress_policy(self) -> EgressPolicy:
@@ -184,6 +205,18 @@ def _secure_cookie(env: Mapping[str, str]) -> bool:
     return raw == "always"
 
 
+def _file_secret(env: Mapping[str, str], name: str) -> str:
+    """The secret in the file ``env[name]`` names ("" when unset): secrets are passed as
+    files, never as environment values a process listing or a crash report could show."""
+    path = env.get(name)
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+
 def _egress_allow(env: Mapping[str, str]) -> str:
     raw = env.get("RELAYFLEET_EGRESS_ALLOW") or ""
     EgressPolicy.parse(raw)  # a mistake stops the process at start, not at the first job
@@ -217,4 +250,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         console_secure_cookie=_secure_cookie(env),
         agent_bundle_dir=Path(env.get("RELAYFLEET_AGENT_BUNDLE_DIR")
                               or data_dir / "agent-bundles"),
+        scheduler_tick_s=_int_env(env, "RELAYFLEET_SCHEDULER_TICK_S",
+                                  Settings.scheduler_tick_s),
+        min_status_every_s=_int_env(env, "RELAYFLEET_MIN_STATUS_EVERY_S",
+                                    Settings.min_status_every_s),
+        smtp_url=env.get("RELAYFLEET_SMTP_URL") or "",
+        smtp_from=env.get("RELAYFLEET_SMTP_FROM") or "",
+        smtp_username=env.get("RELAYFLEET_SMTP_USERNAME") or "",
+        smtp_password=_file_secret(env, "RELAYFLEET_SMTP_PASSWORD_FILE"),
+        inbound_window_s=_int_env(env, "RELAYFLEET_INBOUND_WINDOW_S",
+                                  Settings.inbound_window_s),
     )

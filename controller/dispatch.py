@@ -26,6 +26,10 @@ from controller.errors import Unavailable
 RUN_LANE = "relayfleet.run_lane"
 SWEEP = "relayfleet.sweep"
 SEND_CALLBACK = "relayfleet.send_callback"
+#: beat's fleet-health tick (controller.tasks.tick)
+TICK = "relayfleet.tick"
+#: one alert notice to one channel (controller.alerts)
+SEND_NOTICE = "relayfleet.send_notice"
 
 _PENDING = "relayfleet_after_commit"
 _FAILED = "relayfleet_not_queued"

@@ -21,6 +21,7 @@ from controller.db import Database
 from controller.errors import Conflict
 from controller.inventory import get_scoped, scoped
 from controller.job_params import check_target_size, validate_params
+from controller.ledger import JobOrigin
 from controller.models import Host, HostTag, Job, JobHost, Site, Tenant
 from shared.actions import job_action
 from shared.errors import ValidationError
@@ -85,7 +86,7 @@ def lanes_for(concurrency: int, total: int, lane_threads: int) -> int:
 def start_job(session: Session, who: Principal, body: dict[str, Any], box: SecretBox,
               database: Database, *, max_timeout_s: int, lane_threads: int,
               host_rows: list[tuple[int, str]] | None = None,
-              retry_of: int | None = None) -> Job:
+              retry_of: int | None = None, origin: JobOrigin | None = None) -> Job:
     """Validate and store a job and its units (``queued``, not committed); its lanes are
     queued when the session commits (if they cannot be, the job ends ``failed`` and the
     commit raises :class:`controller.dispatch.NotQueued`)."""
@@ -102,7 +103,7 @@ def start_job(session: Session, who: Principal, body: dict[str, Any], box: Secre
                         action=body["action"], target=body["target"], params=params,
                         params_sealed=box.seal(json.dumps(secret)) if secret else None,
                         options=options, callback_url=body.get("callback_url"),
-                        retry_of=retry_of, hosts=hosts)
+                        retry_of=retry_of, hosts=hosts, origin=origin or JobOrigin())
     job_id = job.id
 
     def not_queued() -> None:

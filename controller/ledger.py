@@ -93,6 +93,25 @@ class SkipReason(enum.Enum):
         return str(self.value).format(**facts)
 
 
+class OriginKind(enum.StrEnum):
+    """What started a job."""
+
+    API = "api"
+    SCHEDULE = "schedule"
+    REMEDIATE = "remediate"
+    INBOUND = "inbound"
+
+
+@dataclass(frozen=True)
+class JobOrigin:
+    """What started a job: a token's call (the API, CLI, console), a schedule, a
+    remediation, or an inbound ticketing hook (with that schedule's or hook's id)."""
+
+    kind: OriginKind = OriginKind.API
+    schedule_id: int | None = None
+    inbound_hook_id: int | None = None
+
+
 @dataclass(frozen=True)
 class Claim:
     """A unit a lane has taken: which attempt it is, and its host's row (still sealed)."""
@@ -133,12 +152,15 @@ def _rowcount(result: object) -> int:
 def accept(session: Session, *, tenant_id: int | None, token_id: int | None, action: str,
            target: dict[str, Any], params: dict[str, Any], params_sealed: str | None,
            options: dict[str, Any], callback_url: str | None, retry_of: int | None,
-           hosts: list[tuple[int, str]]) -> Job:
+           hosts: list[tuple[int, str]], origin: JobOrigin | None = None) -> Job:
     """Store a job (``queued``) and one ``pending`` unit per host."""
+    origin = origin or JobOrigin()
     job = Job(tenant_id=tenant_id, token_id=token_id, action=action, target=target,
               params=params, params_sealed=params_sealed, options=options,
               callback_url=callback_url, retry_of=retry_of, total=len(hosts),
-              status=JobState.QUEUED.value, heartbeat_at=time.time())
+              status=JobState.QUEUED.value, heartbeat_at=time.time(),
+              origin=origin.kind.value, schedule_id=origin.schedule_id,
+              inbound_hook_id=origin.inbound_hook_id)
     session.add(job)
     session.flush()
     # One multi-row INSERT for every unit: 10,000 hosts are one statement, not 10,000.

@@ -14,13 +14,15 @@ from typing import Any
 
 from celery import shared_task
 
-from controller import callbacks, dispatch, lanes, ledger
+from controller import alerts, callbacks, dispatch, lanes, ledger, policy, schedules
 
 log = logging.getLogger("relayfleet.worker")
 
 _ONCE_AT_LEAST = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
-
-
+#: beat's fleet-health steps, in order: start what is due (status collections and
+#: schedules), judge the fleet's state (alerts), then act on drift where policies say so
+TICK_STEPS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("schedules", schedules.tick), ("alerts", alerts.tick), ("remediation", policy.tick))
 
 
 @shared_task(name=dispatch.RUN_LANE, **_ONCE_AT_LEAST)
@@ -64,4 +66,28 @@ def send_callback(self: Any, job_id: int) -> None:
     delivered = callbacks.deliver(lanes.app_database(), lanes.app_settings(), job_id,
                                   attempt=retries + 1)
     if not delivered and retries < callbacks.CALLBACK_RETRIES:
+        raise self.retry(countdown=callbacks.retry_delay_s(retries))
+
+
+@shared_task(name=dispatch.TICK, **_ONCE_AT_LEAST)
+def tick() -> None:
+    """Periodic (beat): start due status collections and schedules, fire and resolve
+    alerts, remediate drifted hosts whose policy says so. Each step stands alone: one
+    failing does not stop the others."""
+    database, settings = lanes.app_database(), lanes.app_settings()
+    for name, step in TICK_STEPS:
+        try:
+            step(database, settings)
+        except Exception:
+            log.exception("fleet tick: the %s step failed; the next tick tries again", name)
+
+
+@shared_task(name=dispatch.SEND_NOTICE, bind=True, max_retries=alerts.NOTICE_RETRIES,
+             **_ONCE_AT_LEAST)
+def send_notice(self: Any, notice_id: int) -> None:
+    """Deliver one alert notice to its channel; retry with backoff."""
+    retries = self.request.retries
+    delivered = alerts.deliver(lanes.app_database(), lanes.app_settings(), notice_id,
+                               attempt=retries + 1)
+    if not delivered and retries < alerts.NOTICE_RETRIES:
         raise self.retry(countdown=callbacks.retry_delay_s(retries))

@@ -10,7 +10,15 @@ import sys
 
 import click
 
-from controller.client import inventory_commands, job_commands
+from controller.client import (
+    alert_commands,
+    doctor_commands,
+    inbound_commands,
+    inventory_commands,
+    job_commands,
+    policy_commands,
+    schedule_commands,
+)
 from controller.client.config import ENV_API, ENV_TOKEN
 from controller.client.context import CONTEXT_SETTINGS, Cli, Group, examples
 from controller.client.errors import EXIT_DETACHED, EXIT_INTERNAL, EXIT_USAGE, CliError
@@ -62,6 +70,9 @@ def cli(ctx: click.Context, /, *, api_url: str | None, token: str | None, token_
 
 job_commands.register(cli)
 inventory_commands.register(cli)
+for commands in (policy_commands, schedule_commands, alert_commands, doctor_commands,
+                 inbound_commands):
+    commands.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,7 +103,15 @@ def error_page(exc: HTTPException) -> Any:
 def init_app(app: Flask) -> None:
     """Register the console's pages, its assets and the ``/`` redirect."""
     # importing them adds their routes to bp (once per process, before any registration)
-    from controller.console import fleet_pages, launch_pages, session  # noqa: F401
+    from controller.console import (  # noqa: F401
+        alert_pages,
+        doctor_pages,
+        fleet_pages,
+        launch_pages,
+        policy_pages,
+        schedule_pages,
+        session,
+    )
 
     app.jinja_env.globals["asset"] = asset
     app.register_blueprint(bp)

@@ -1,0 +1,3 @@
+"""Console pages for alerts."""
+
+from __future__ import annotations

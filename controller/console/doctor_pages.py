@@ -1,0 +1,3 @@
+"""Console pages for doctors."""
+
+from __future__ import annotations

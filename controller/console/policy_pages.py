@@ -1,0 +1,3 @@
+"""Console pages for policys."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Console pages for schedules."""
+
+from __future__ import annotations

@@ -1,0 +1,10 @@
+"""Desired state per tenant, site and host; drift; remediation."""
+
+from __future__ import annotations
+
+from controller.config import Settings
+from controller.db import Database
+
+
+def tick(database: Database, settings: Settings) -> None:
+    """Beat's step for this module."""
