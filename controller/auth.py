@@ -50,6 +50,17 @@ class Principal:
         return self.tenant_id is None or self.tenant_id == tenant_id
 
 
+#: the token id of the controller acting on its own (beat's status collections and
+#: automatic remediations): no token row has it, and jobs it starts store no token
+SYSTEM_TOKEN_ID = 0
+
+
+def system_principal(tenant_id: int | None, name: str) -> Principal:
+    """The controller itself acting for one tenant (``None``: MSP-wide) with the operator
+    role: what beat's status collections and automatic remediations run as."""
+    return Principal(SYSTEM_TOKEN_ID, name, "operator", tenant_id)
+
+
 def check_role(role: str) -> str:
     """``role`` if it is one of the roles (a programming error otherwise)."""
     if role not in _RANK:

@@ -99,7 +99,7 @@ def start_job(session: Session, who: Principal, body: dict[str, Any], box: Secre
     params, secret = validate_params(body["action"], dict(body.get("params") or {}), options)
     hosts = host_rows if host_rows is not None else resolve_target(session, who, body["target"])
     check_target_size(body["action"], params, len(hosts))
-    job = ledger.accept(session, tenant_id=who.tenant_id, token_id=who.token_id,
+    job = ledger.accept(session, tenant_id=who.tenant_id, token_id=who.token_id or None,
                         action=body["action"], target=body["target"], params=params,
                         params_sealed=box.seal(json.dumps(secret)) if secret else None,
                         options=options, callback_url=body.get("callback_url"),
