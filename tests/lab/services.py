@@ -175,6 +175,12 @@ class PostgresServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+#: beat's fleet tick in tests that do not ask for it (FAST_BEAT_ENV does): once a day, so
+#: never within a test; its status collections would add jobs that tests counting the jobs
+#: they started do not expect
+QUIET_TICK_ENV = {"RELAYFLEET_SCHEDULER_TICK_S": "86400"}
+
+
 class ControllerWorker:
     """``relayfleet-controller worker`` as a real process (its own session, so that a test
     can SIGKILL the whole worker, pool children included)."""
@@ -196,10 +202,12 @@ class ControllerWorker:
         handle = open(self.log, "ab")  # noqa: SIM115 (kept for the process)
         command = ["beat"] if self.beat else ["worker", f"--concurrency={self.concurrency}"]
         ready = b"beat: Starting" if self.beat else b" ready."
+        env = {**os.environ, **self.env}
+        if self.beat:
+            env = {**QUIET_TICK_ENV, **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", *command],
-            env={**os.environ, **self.env}, stdout=handle, stderr=handle,
-            start_new_session=True)
+            env=env, stdout=handle, stderr=handle, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -353,18 +361,33 @@ class RelayfleetCli:
 
 @dataclass
 class ControllerStack:
-    """One controller (API in-process, worker as a process) over one database."""
+    """One controller (API in-process, worker as a process, beat as a process when asked
+    for) over one database."""
 
     controller: Controller
     worker: ControllerWorker
     env: dict[str, str]
+    beat: ControllerWorker | None = None
+
+    def stop(self) -> None:
+        """Stop beat (first: it queues work) and the worker."""
+        if self.beat is not None:
+            self.beat.stop()
+        self.worker.stop()
+
+
+#: beat's settings for tests that run it: a tick every 2 s, status intervals from 10 s (the
+#: product's defaults are 30 s and 60 s); a test may override them
+FAST_BEAT_ENV = {"RELAYFLEET_SCHEDULER_TICK_S": "2", "RELAYFLEET_MIN_STATUS_EVERY_S": "10"}
 
 
 def controller_stack(database_url: str, workdir: Path, redis: RedisServer,
                      monkeypatch: pytest.MonkeyPatch, lab_network: str, redis_db: int = 0,
-                     **extra_env: str) -> ControllerStack:
+                     beat: bool = False, **extra_env: str) -> ControllerStack:
     """Migrate the database, point this process's controller and a worker process at it and
-    at Redis, and let exactly the lab network and loopback (callbacks) through egress."""
+    at Redis, and let exactly the lab network and loopback (callbacks) through egress.
+    ``beat``: run beat too, with :data:`FAST_BEAT_ENV` unless ``extra_env`` says
+    otherwise (stop it with :meth:`ControllerStack.stop`)."""
     from controller.migrate import upgrade
     from tests.conftest import TEST_SECRET_KEY
 
@@ -372,27 +395,37 @@ def controller_stack(database_url: str, workdir: Path, redis: RedisServer,
     broker = redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
     env = {"RELAYFLEET_DATABASE_URL": database_url, "RELAYFLEET_BROKER_URL": broker,
            "RELAYFLEET_SECRET_KEY": TEST_SECRET_KEY, "RELAYFLEET_DATA_DIR": str(workdir),
-           "RELAYFLEET_EGRESS_ALLOW": f"loopback,{lab_network}", **extra_env}
+           "RELAYFLEET_EGRESS_ALLOW": f"loopback,{lab_network}",
+           **(FAST_BEAT_ENV if beat else {}), **extra_env}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     controller = Controller.create()
     worker = ControllerWorker(env, workdir / "worker.log").start()
-    return ControllerStack(controller, worker, env)
+    stack = ControllerStack(controller, worker, env)
+    if beat:
+        try:
+            stack.beat = ControllerWorker(env, workdir / "beat.log", beat=True).start()
+        except BaseException:
+            worker.stop()
+            raise
+    return stack
 
 
 @contextlib.contextmanager
-def lab_controller(lab: Lab, redis: RedisServer, workdir: Path, redis_db: int
+def lab_controller(lab: Lab, redis: RedisServer, workdir: Path, redis_db: int,
+                   beat: bool = False, **extra_env: str
                    ) -> Iterator[tuple[ControllerStack, list[LabHost]]]:
-    """A controller stack on SQLite in ``workdir`` for ``lab``'s hosts: yields it with a list
-    the caller fills with the hosts it adds; afterwards the worker stops and those hosts
-    close."""
+    """A controller stack on SQLite in ``workdir`` for ``lab``'s hosts (``beat``: with beat
+    running, see :func:`controller_stack`): yields it with a list the caller fills with the
+    hosts it adds; afterwards beat and the worker stop and those hosts close."""
     hosts: list[LabHost] = []
     with pytest.MonkeyPatch.context() as monkeypatch:
         stack = controller_stack(f"sqlite:///{workdir / 'relayfleet.db'}", workdir, redis,
-                                 monkeypatch, lab.network, redis_db=redis_db)
+                                 monkeypatch, lab.network, redis_db=redis_db, beat=beat,
+                                 **extra_env)
         try:
             yield stack, hosts
         finally:
-            stack.worker.stop()
+            stack.stop()
             for host in hosts:
                 host.close()
