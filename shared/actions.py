@@ -45,8 +45,8 @@ Request: TypeAlias = ("SmarthostRequest | FlushRequest | DiagnoseRequest | LogRe
 #: the keys of an answer document that are the operation's outcome rather than its data
 OUTCOME_KEYS = ("ok", "error", "error_kind", "steps", "changed", "rolled_back")
 #: what a result may teach about a host's last known state
-HOST_STATE_KEYS = ("queue_count", "smarthost", "config_in_sync", "mta_running",
-                   "mta_detected_kind")
+HOST_STATE_KEYS = ("queue_count", "queue_oldest_age_s", "smarthost", "config_in_sync",
+                   "mta_running", "mta_detected_kind")
 
 
 def _fields(request: Any) -> dict[str, Any]:
@@ -255,7 +255,23 @@ def _change_answer(result: OperationResult) -> dict[str, Any]:
             "rolled_back": result.rolled_back, "dry_run": bool(data.get("dry_run")),
             "backup": data.get("backup"), "mta_running": data.get("mta_running"),
             "restored": list(data.get("restored", [])),
-            "not_restored": list(data.get("not_restored", []))}
+            "not_restored": list(data.get("not_restored", [])),
+            **_delivery_answer(data)}
+
+
+def _delivery_answer(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The delivery probe's part of an answer (``verify``): absent when none ran."""
+    if "delivery" not in data:
+        return {}
+    return {"delivery": data["delivery"], "delivery_verified": data.get("delivery_verified")}
+
+
+def _flush_answer(result: OperationResult) -> dict[str, Any]:
+    """A flush's answer (FlushResultSchema), with its delivery probe if any."""
+    data = result.data
+    return {**_outcome(result), **{key: data[key] for key in
+                                   ("before", "after", "deliveries", "remaining")},
+            **_delivery_answer(data)}
 
 
 def _outcome_and(*keys: str) -> Callable[[OperationResult], dict[str, Any]]:
@@ -286,7 +302,8 @@ def _learn_status(status: str, data: Mapping[str, Any], dry_run: bool) -> dict[s
     if status != "succeeded":
         return {}
     mta = data.get("mta") or {}
-    learnt = {"queue_count": (data.get("queue") or {}).get("count"),
+    queue = data.get("queue") or {}
+    learnt = {"queue_count": queue.get("count"), "queue_oldest_age_s": queue.get("oldest_age_s"),
               "smarthost": data.get("smarthost"), "config_in_sync": data.get("config_in_sync"),
               "mta_running": mta.get("running")}
     if mta.get("kind") in PROFILE_KINDS:
@@ -305,6 +322,8 @@ def _smarthost_json(request: SmarthostRequest) -> dict[str, Any]:
     doc["tls"] = asdict(request.tls_policy)
     if request.masquerade is not None:
         doc["masquerade"] = asdict(request.masquerade)
+    if request.verify is not None:
+        doc["verify"] = request.verify.to_json()
     return doc
 
 
@@ -318,6 +337,15 @@ def _no_json(request: NoParams) -> dict[str, Any]:
 
 def _build_flush(loaded: dict[str, Any]) -> FlushRequest:
     return FlushRequest(**loaded)
+
+
+def _flush_json(request: FlushRequest) -> dict[str, Any]:
+    doc: dict[str, Any] = {"reset_host_status": request.reset_host_status,
+                           "queue_id": request.queue_id, "recipient": request.recipient,
+                           "sender": request.sender}
+    if request.verify is not None:
+        doc["verify"] = request.verify.to_json()
+    return doc
 
 
 def _build_diagnose(loaded: dict[str, Any]) -> DiagnoseRequest:
@@ -359,8 +387,8 @@ _CATALOGUE: tuple[Action[Any], ...] = (
         params_schema=s.FlushRequestSchema, build=_build_flush,
         operation=lambda ops, request, _dry_run: ops.queue_flush(request),
         route=HttpRoute("POST", "/v1/queue/flush", "json"),
-        result_schema=s.FlushResultSchema,
-        answer=_outcome_and("before", "after", "deliveries", "remaining"), learn=_learn_flush),
+        result_schema=s.FlushResultSchema, answer=_flush_answer, learn=_learn_flush,
+        to_json=_flush_json),
     Action[NoParams](
         name="collect_status", command="status",
         summary="hostname, MTA, smarthost, queue and /etc/hosts in one look",

@@ -16,13 +16,13 @@ import abc
 import contextlib
 import posixpath
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from shared import diagnose as diag
-from shared import hostsfile
+from shared import hostsfile, reasons
 from shared.compat import UTC, zip_strict
 from shared.diagnose.check import first_line
 from shared.errors import (
@@ -42,7 +42,15 @@ from shared.results import OperationResult, Redactor, StepRecorder
 from shared.sendmail.maillog import LogRecord, summarize
 from shared.sendmail.mailq import MailqReport
 from shared.sendmail.mc import unified_diff
-from shared.validation import validate_fqdn
+from shared.validation import SmarthostRequest, VerifyRequest, validate_fqdn
+from shared.verify import (
+    Delivery,
+    DeliveryNotVerified,
+    Prober,
+    log_check_command,
+    log_position,
+    record_delivery,
+)
 
 BACKUP_DIR = ".relayfleet-backup"
 BACKUPS_KEPT = 5
@@ -142,6 +150,10 @@ class ChangeSteps(Generic[PlanT]):
     unnamed: Callable[[PlanT], set[str]] = _none
     #: what the steps say when every file is already as wanted
     unchanged: str = "configuration already as requested; no file touched"
+    #: checks the change's effect once the MTA runs it (a delivery probe): runs after
+    #: ``activate`` (a failure rolls the change back) and after an unchanged change's
+    #: look; raises when the check fails
+    confirm: Callable[[StepRecorder, OperationResult], None] | None = None
 
 
 @dataclass
@@ -361,20 +373,25 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         return result
 
     def status(self) -> OperationResult:
-        """One look at the host: names, MTA, smarthost, config sync, queue, /etc/hosts.
+        """One look at the host: names, MTA, smarthost, config sync, queue (with why its
+        messages wait), /etc/hosts, and a summary of the maillog's recent tail.
 
         Everything is read in one batch: over SSH that is a single round trip. A file that
         cannot be read fails the result but not the look: the rest is still worth reporting.
         """
-        self._confine(*self.status_files)
+        log_readable = self._confine_status()
         rec = StepRecorder(self.executor)
         result = OperationResult("status", steps=rec.steps)
         prof = self.profile
         own, quiet = self._status_commands()
+        # the maillog's tail rides in the same batch (no extra round trip over SSH)
+        tail = [("tail maillog", ["tail", "-n", str(reasons.RECENT_LINES), prof.maillog])
+                ] if log_readable else []
         short, full, hosts, alive, *answers = rec.run_many(
             [*diag.HOSTNAME_COMMANDS, ("read /etc/hosts", read_command("/etc/hosts")),
-             ("mta running", diag.alive_command(prof.daemon_pid_file)), *own],
-            timeout=prof.validate_timeout_s, quiet=("read /etc/hosts", *quiet))
+             ("mta running", diag.alive_command(prof.daemon_pid_file)), *own, *tail],
+            timeout=prof.validate_timeout_s, quiet=("read /etc/hosts", "tail maillog", *quiet))
+        log = answers.pop() if tail else None
         facts = self._status_facts(answers)
         name_check = diag.hostname_check(short, full)
         hostname = str(name_check.data.get("hostname", ""))
@@ -389,12 +406,27 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             "smarthost": facts.smarthost["smarthost"],
             "config_in_sync": facts.smarthost["config_in_sync"],
             "queue": {"count": facts.queue.count,
-                      "oldest_age_s": oldest_age_s([m.queued_at for m in queued])},
+                      "oldest_age_s": oldest_age_s([m.queued_at for m in queued]),
+                      "reasons": reasons.queue_reasons(queued)},
             "hosts_file": {"ok": bool(hosts_check.ok),
                            "problems": list(hosts_check.data.get("problems", []))},
+            # an unreadable maillog leaves the look without it (null), not failed
+            "recent": reasons.recent_summary(log.stdout_text().splitlines(),
+                                             self._parse_log_line)
+            if log is not None and log.ok else None,
         }
         fail(result, *facts.problems)
         return result
+
+    def _confine_status(self) -> bool:
+        """Confine the files status reads; True when the maillog may be read too (a maillog
+        leading out of its directory is left unread rather than failing the look)."""
+        try:
+            self._confine(*self.status_files, "maillog")
+        except ConfigError:
+            self._confine(*self.status_files)
+            return False
+        return True
 
     def read_smarthost(self) -> OperationResult:
         """Report the configured smarthost and whether the configuration is in sync."""
@@ -544,15 +576,89 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
 
     # -- the transaction --------------------------------------------------------------
     def _change(self, name: str, plan: Callable[[StepRecorder], ChangeT], dry_run: bool,
-                redactor: Redactor, wanted: WantedT | None) -> OperationResult:
-        """A smarthost change (set or remove) through :meth:`_transact`."""
+                redactor: Redactor, wanted: WantedT | None, *,
+                request: SmarthostRequest | None = None) -> OperationResult:
+        """A smarthost change (set or remove) through :meth:`_transact`; ``request``'s
+        ``verify`` probes delivery through the new relay once the MTA runs it (a probe not
+        delivered rolls the change back, as any failed verification does)."""
+        verify = request.verify if request is not None else None
+        confirm = None
+        confine = self.change_files
+        if verify is not None:
+            wanted_relay = {"host": request.host, "mx": request.mx} if request else None
+            confine = (*confine, "maillog")
+            planned = plan
+
+            def plan(rec: StepRecorder) -> ChangeT:
+                # the probe is followed in the maillog: a host without a readable text
+                # maillog is refused here, before anything changes (not rolled back later)
+                log_position(rec.run("check maillog", log_check_command(self.profile.maillog),
+                                     timeout=30, check=False), self.profile.maillog)
+                return planned(rec)
+
+            def confirm(rec: StepRecorder, result: OperationResult) -> None:
+                self._verify_delivery(rec, result, verify, wanted_relay)
+
         steps = ChangeSteps[ChangeT](
-            confine=self.change_files,
+            confine=confine,
             describe=lambda change, result: self._describe(change, result, wanted),
             files=lambda _change: self._managed_files(), build=self._build_smarthost,
             activate=lambda rec: self._activate_verify(rec, wanted), stale=self._stale_reason,
-            unnamed=lambda change: {entry.compiled for entry in self._maps(change)})
+            unnamed=lambda change: {entry.compiled for entry in self._maps(change)},
+            confirm=confirm)
         return self._transact(name, plan, dry_run, redactor, steps)
+
+    def _verify_delivery(self, rec: StepRecorder, result: OperationResult,
+                         request: VerifyRequest, smarthost: Mapping[str, Any] | None,
+                         ) -> None:
+        """Send a delivery probe through the MTA and wait for the relay's verdict; put it
+        in ``result`` and raise :class:`shared.verify.DeliveryNotVerified` when the relay
+        the host should use (``smarthost``: its ``host`` and ``mx``; None: any) did not
+        accept it."""
+        self._confine("maillog")
+        prober = Prober(self.executor, self.profile.sendmail, self.profile.maillog,
+                        self._parse_log_line)
+        delivery = prober.run(rec, request, smarthost)
+        record_delivery(result, delivery)
+        if not delivery.verified:
+            if delivery.submitted:
+                # before a rollback restarts the MTA (which runs its queue): a probe left
+                # queued would be retried for days, through whichever relay is set then
+                self._clean_up_probe(rec, delivery)
+            raise delivery.error()
+
+    def _clean_up_probe(self, rec: StepRecorder, delivery: Delivery) -> None:
+        """Remove a probe not verified from the queue; say what was done in the steps
+        (a failure to is said there, and does not change the host's error)."""
+        started = time.monotonic()
+        try:
+            detail = self._remove_probe(rec, delivery)
+        except HostUnreachable:
+            raise
+        except RelayfleetError as exc:
+            rec.note("remove probe", f"the probe {delivery.message_id} could not be removed "
+                     f"from the queue ({exc.message}): find it in the queue by its sender "
+                     "and delete it by hand", ok=False, started=started)
+            return
+        rec.note("remove probe", detail, started=started)
+
+    @abc.abstractmethod
+    def _remove_probe(self, rec: StepRecorder, delivery: Delivery) -> str:
+        """Delete the queue entries of a probe not verified (its ``queue_ids``, checked,
+        and whatever else carries its Message-ID where the MTA can tell); what was done."""
+
+    def _verify_after_flush(self, rec: StepRecorder, result: OperationResult,
+                            request: VerifyRequest) -> None:
+        """The delivery probe of a flush: through the configured smarthost (any relay when
+        none is set); a probe not delivered fails the result with the relay's reply."""
+        smarthost, _problems = self._current_smarthost()
+        try:
+            self._verify_delivery(rec, result, request, smarthost.get("smarthost"))
+        except RelayfleetError as exc:
+            if result.ok:
+                fail(result, exc)
+            else:  # the run failed already: say both
+                result.error = f"{result.error}; {exc.message}"
 
     def _transact(self, name: str, plan: Callable[[StepRecorder], PlanT], dry_run: bool,
                   redactor: Redactor, steps: ChangeSteps[PlanT]) -> OperationResult:
@@ -575,6 +681,8 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
                 else:
                     rec.note("compare", steps.unchanged)
                     self._ensure_running(rec, result, steps)
+                    if steps.confirm is not None:
+                        steps.confirm(rec, result)
         except RelayfleetError as exc:
             fail(result, exc, redact=redactor)
         # Done, refused or rolled back: the answer says what the files say now. Reading them
@@ -619,7 +727,14 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
                     self._file_name(live) for _tmp, live in renames if live not in unnamed),
                     *notes]))
 
-            self._run_swapped(rec, result, backup, swap, steps.activate)
+            confirm = steps.confirm
+
+            def activate(rec: StepRecorder) -> None:
+                steps.activate(rec)
+                if confirm is not None:
+                    confirm(rec, result)
+
+            self._run_swapped(rec, result, backup, swap, activate)
         finally:
             self._changing = None
             for tmp in temps:
@@ -705,8 +820,9 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             undo = self._rollback(rec, backup)
             result.rolled_back = undo.files_back
             result.data.update(undo.to_data())
-            raise OperationError(f"{exc.message}; {self._rollback_summary(undo, backup)}"
-                                 ) from exc
+            # a probe the relay refused stays that kind of error: the change was fine
+            kind = DeliveryNotVerified if isinstance(exc, DeliveryNotVerified) else OperationError
+            raise kind(f"{exc.message}; {self._rollback_summary(undo, backup)}") from exc
 
     # -- files ------------------------------------------------------------------------
     def _read_map(self, path: str) -> str | None:

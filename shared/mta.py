@@ -18,6 +18,8 @@ from shared.profile import PROFILE_KINDS, HostProfile
 from shared.results import OperationResult
 from shared.validation import (
     SmarthostRequest,
+    VerifyRequest,
+    parse_verify,
     refusal,
     validate_domain,
     validate_fqdn,
@@ -55,10 +57,14 @@ class FlushRequest:
     queue_id: str | None = None
     recipient: str | None = None
     sender: str | None = None
+    #: after the run, probe delivery through the configured relay (None: do not)
+    verify: VerifyRequest | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that break the grammars (they become sendmail arguments)."""
         errors: dict[str, list[str]] = {}
+        if self.verify is not None and not isinstance(self.verify, VerifyRequest):
+            object.__setattr__(self, "verify", parse_verify(self.verify, errors))
         if not isinstance(self.reset_host_status, bool):
             errors["reset_host_status"] = ["must be true or false"]
         for key, regex, what in _SELECTOR_RULES:
@@ -66,7 +72,8 @@ class FlushRequest:
             # fullmatch: a pattern's "$" would let a trailing newline through
             if value is not None and (not isinstance(value, str) or not regex.fullmatch(value)):
                 errors[key] = [f"must be {what}"]
-        for key, reasons in flush_selector_errors(vars(self)).items():
+        selectors = {key: getattr(self, key) for key in FLUSH_SELECTORS}
+        for key, reasons in flush_selector_errors(selectors).items():
             errors.setdefault(key, []).extend(reasons)
         if errors:
             raise refusal("flush request", errors)

@@ -137,6 +137,35 @@ class MasqueradeSchema(StrictSchema):
         _grammar(rules.validate_domain, value, "domain")
 
 
+class VerifySchema(StrictSchema):
+    """Probe delivery after the change or flush: a message to ``to`` through the host's
+    own MTA, followed in its maillog until the relay accepts or refuses it."""
+
+    to = fields.String(required=True, metadata={
+        "description": "where the probe goes (a mailbox that accepts it)",
+        "example": "probe@ourtest.com"})
+    from_ = fields.String(load_default=None, allow_none=True, data_key="from",
+                          attribute="from", metadata={
+        "description": "the probe's sender (default: a local sender of the host, qualified "
+                       "and masqueraded as the PBX's mail is)", "example": "pbx1@ourtest.com"})
+    timeout_s = WholeInteger(load_default=rules.DEFAULT_VERIFY_TIMEOUT_S, strict=True, metadata={
+        "description": "how long to wait for the relay's verdict (seconds)",
+        "minimum": rules.VERIFY_TIMEOUT_RANGE[0], "maximum": rules.VERIFY_TIMEOUT_RANGE[1]})
+
+    @validates("timeout_s")
+    def _timeout(self, value: int, **_: Any) -> None:
+        _grammar(rules.validate_verify_timeout, value, "timeout_s")
+
+    @validates("to")
+    def _to(self, value: str, **_: Any) -> None:
+        _grammar(rules.validate_address, value, "to")
+
+    @validates("from_")
+    def _from(self, value: str | None, **_: Any) -> None:
+        if value is not None:
+            _grammar(rules.validate_address, value, "from")
+
+
 class SmarthostRequestSchema(StrictSchema):
     """PUT /v1/smarthost."""
 
@@ -153,6 +182,9 @@ class SmarthostRequestSchema(StrictSchema):
     auth = fields.Nested(AuthSchema, load_default=None, allow_none=True)
     tls = fields.Nested(TlsSchema, load_default=None, allow_none=True)
     masquerade = fields.Nested(MasqueradeSchema, load_default=None, allow_none=True)
+    verify = fields.Nested(VerifySchema, load_default=None, allow_none=True, metadata={
+        "description": "after the change, send a probe and wait for the relay's verdict; "
+                       "a probe not delivered rolls the change back (never on a dry run)"})
     dry_run = fields.Boolean(load_default=False)
 
     @validates("host")
@@ -211,6 +243,8 @@ class FlushRequestSchema(StrictSchema):
                               validate=FullRegexp(ADDRESS_PART_PATTERN))
     sender = fields.String(load_default=None, allow_none=True,
                            validate=FullRegexp(ADDRESS_PART_PATTERN))
+    verify = fields.Nested(VerifySchema, load_default=None, allow_none=True, metadata={
+        "description": "after the run, send a probe and wait for the relay's verdict"})
 
     @validates_schema
     def _one_selector(self, data: dict[str, Any], **_: Any) -> None:
@@ -332,6 +366,20 @@ class SmarthostReadSchema(Schema):
     config_in_sync = fields.Boolean(required=True)
 
 
+class DeliveryProbeSchema(Schema):
+    """What became of a delivery probe (``verify``)."""
+
+    verified = fields.Boolean(required=True, metadata={
+        "description": "the relay the host should use accepted the probe"})
+    relay = fields.String(allow_none=True, required=True, metadata={
+        "description": "the relay the MTA handed the probe to (null: never tried)"})
+    reply = fields.String(allow_none=True, required=True, metadata={
+        "description": "the relay's answer, or why there was none"})
+    queue_id = fields.String(allow_none=True, required=True)
+    message_id = fields.String(required=True)
+    waited_s = fields.Float(required=True)
+
+
 class ChangeResultSchema(OperationSchema):
     """PUT and DELETE /v1/smarthost."""
 
@@ -355,6 +403,11 @@ class ChangeResultSchema(OperationSchema):
     not_restored = fields.List(fields.String(), load_default=list, metadata={
         "description": "after a rollback: the files it could not put back (the error says "
                        "why and what to do); empty when rolled_back is true"})
+    delivery = fields.Nested(DeliveryProbeSchema, allow_none=True, load_default=None,
+                             metadata={"description": "the delivery probe (verify), if any"})
+    delivery_verified = fields.Boolean(allow_none=True, load_default=None, metadata={
+        "description": "true: the relay the host should use accepted the probe; absent "
+                       "when no probe ran (no verify, a dry run, or a failure before it)"})
 
 
 class QueuedMessageSchema(Schema):
@@ -400,6 +453,11 @@ class FlushResultSchema(OperationSchema):
     after = WholeInteger(required=True)
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
     remaining = fields.List(fields.Nested(QueuedMessageSchema), required=True)
+    delivery = fields.Nested(DeliveryProbeSchema, allow_none=True, load_default=None,
+                             metadata={"description": "the delivery probe (verify), if any"})
+    delivery_verified = fields.Boolean(allow_none=True, load_default=None, metadata={
+        "description": "true: the relay the host should use accepted the probe; absent "
+                       "when no probe ran (no verify, a dry run, or a failure before it)"})
 
 
 class LogRecordSchema(Schema):
@@ -480,11 +538,55 @@ class MtaStateSchema(Schema):
     running = fields.Boolean(required=True)
 
 
+class QueueReasonSchema(Schema):
+    """One deferral text of the queued messages and how many messages give it."""
+
+    text = fields.String(required=True)
+    count = WholeInteger(required=True)
+
+
 class QueueSummarySchema(Schema):
-    """Queue size and the age of its oldest message."""
+    """Queue size, the age of its oldest message and why its messages wait."""
 
     count = WholeInteger(required=True)
     oldest_age_s = WholeInteger(allow_none=True, required=True)
+    # not required: agents from before it answer without it
+    reasons = fields.List(fields.Nested(QueueReasonSchema), load_default=list, metadata={
+        "description": "the queued messages' deferral texts grouped, most messages first "
+                       "(at most 20)"})
+
+
+class RecentProblemSchema(Schema):
+    """How many recent maillog lines show one relay problem."""
+
+    problem = fields.String(required=True, validate=validate.OneOf(PROBLEMS))
+    lines = WholeInteger(required=True)
+    deliveries = WholeInteger(required=True)
+
+
+class UnresolvedSchema(Schema):
+    """A delivery failure logged after the last delivery a relay accepted."""
+
+    text = fields.String(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(("deferred", "bounced")))
+    problem = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(PROBLEMS),
+                            metadata={"description": "the relay problem the line shows"})
+    count = WholeInteger(required=True)
+
+
+class RecentLogSchema(Schema):
+    """A summary of the maillog's recent tail."""
+
+    lines = WholeInteger(required=True, metadata={"description": "maillog lines read"})
+    deliveries = WholeInteger(required=True)
+    sent = WholeInteger(required=True)
+    deferred = WholeInteger(required=True)
+    bounced = WholeInteger(required=True)
+    local_handoffs = WholeInteger(load_default=0)
+    by_stat = fields.Dict(keys=fields.String(), values=WholeInteger(), required=True)
+    problems = fields.List(fields.Nested(RecentProblemSchema), required=True)
+    unresolved = fields.List(fields.Nested(UnresolvedSchema), load_default=list, metadata={
+        "description": "failures logged after the last delivery a relay accepted"})
 
 
 class HostsFileSchema(Schema):
@@ -504,6 +606,8 @@ class StatusSchema(Schema):
     config_in_sync = fields.Boolean(required=True)
     queue = fields.Nested(QueueSummarySchema, required=True)
     hosts_file = fields.Nested(HostsFileSchema, required=True)
+    recent = fields.Nested(RecentLogSchema, allow_none=True, load_default=None, metadata={
+        "description": "the recent maillog tail summarised (null: the maillog was not read)"})
 
 
 class HealthSchema(Schema):

@@ -199,6 +199,87 @@ def validate_ip_address(value: object, field: str = "public_ip") -> str:
         raise ValidationError.for_field(field, "must be an IPv4 or IPv6 address") from None
 
 
+#: a probe address's local part: letters, digits and . _ % + = - (it becomes an argument
+#: of the host's sendmail and a header line)
+_LOCAL_PART = re.compile(r"[A-Za-z0-9._%+=-]{1,64}")
+#: how long a delivery probe may wait for its outcome (seconds), and its default: a relay
+#: answers within seconds, and the default leaves a job's default 120 s time box the
+#: margin its change and rollback need (controller.schemas.PROBE_MARGIN_S)
+VERIFY_TIMEOUT_RANGE: Final = (10, 300)
+DEFAULT_VERIFY_TIMEOUT_S: Final = 60
+
+
+def validate_verify_timeout(value: object, field: str = "verify.timeout_s") -> int:
+    """Return a probe's wait in seconds: a whole number within :data:`VERIFY_TIMEOUT_RANGE`
+    (the one place that range is checked)."""
+    low, high = VERIFY_TIMEOUT_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError.for_field(field, f"must be an integer from {low} to {high}")
+    return value
+
+
+def validate_address(value: object, field: str = "verify.to") -> str:
+    """Return a mail address ``local@domain`` (local part of letters, digits and
+    ``._%+=-``; domain as :func:`validate_domain`, lowercased)."""
+    if not isinstance(value, str):
+        raise ValidationError.for_field(field, f"must be a string, not {_json_type(value)}")
+    local, at, domain = value.rpartition("@")
+    # (a leading "-" would read as an option to the host's sendmail)
+    if not at or not _LOCAL_PART.fullmatch(local) or local.startswith((".", "-")) \
+            or local.endswith("."):
+        raise ValidationError.for_field(
+            field, "must be an address like probe@ourtest.com (local part: letters, digits "
+                   "and . _ % + = -, not starting with . or -)")
+    return f"{local}@{validate_domain(domain, field)}"
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """After a change or a flush, send a probe message to ``to`` through the host's own
+    MTA and wait up to ``timeout_s`` for the relay's verdict (``sender`` None: the MTA's
+    own local sender, qualified and masqueraded like a PBX's)."""
+
+    to: str
+    sender: str | None = None
+    timeout_s: int = DEFAULT_VERIFY_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        """Validate and normalise the addresses and the wait."""
+        object.__setattr__(self, "to", validate_address(self.to, "verify.to"))
+        if self.sender is not None:
+            object.__setattr__(self, "sender", validate_address(self.sender, "verify.from"))
+        validate_verify_timeout(self.timeout_s)
+
+    def to_json(self) -> dict[str, object]:
+        """The request's JSON form (``from``, as the API names the sender)."""
+        return {"to": self.to, "from": self.sender, "timeout_s": self.timeout_s}
+
+
+def parse_verify(raw: object, errors: dict[str, list[str]]) -> VerifyRequest | None:
+    """``verify`` of a request (None: absent or null), its problems put in ``errors``."""
+    if raw is None:
+        return None
+    if isinstance(raw, VerifyRequest):
+        return raw
+    if not isinstance(raw, Mapping):
+        errors["verify"] = [f"must be an object with to, from and timeout_s, "
+                            f"not {_json_type(raw)}"]
+        return None
+    _unknown_keys(raw, ("to", "from", "timeout_s"), "verify.", errors)
+    if "to" not in raw:
+        errors["verify.to"] = ["is required"]
+    to = _collect(errors, validate_address, raw.get("to"), "verify.to") if "to" in raw else None
+    sender = raw.get("from")
+    if sender is not None:
+        sender = _collect(errors, validate_address, sender, "verify.from")
+    raw_timeout = raw.get("timeout_s")
+    timeout = (DEFAULT_VERIFY_TIMEOUT_S if raw_timeout is None else
+               _collect(errors, validate_verify_timeout, raw_timeout, "verify.timeout_s"))
+    if to is None or timeout is None or any(key.startswith("verify") for key in errors):
+        return None
+    return VerifyRequest(to, None if sender is None else str(sender), timeout)
+
+
 def _credential(value: object, field: str, limit: int = MAX_CREDENTIAL) -> str:
     """Check the type and length (1 to ``limit``) shared by user names and passwords."""
     if not isinstance(value, str):
@@ -347,6 +428,8 @@ class SmarthostRequest:
     #: None: "may" without auth, "encrypt" with auth
     tls: TlsPolicy | None = None
     masquerade: Masquerade | None = None
+    #: after the change, probe delivery through the new relay (None: do not)
+    verify: VerifyRequest | None = None
 
     def __post_init__(self) -> None:
         """Validate and normalise every field, even when built directly."""
@@ -367,6 +450,8 @@ class SmarthostRequest:
             raise ValidationError.for_field("tls.mode", AUTH_NEEDS_TLS)
         if self.masquerade is not None and not isinstance(self.masquerade, Masquerade):
             raise ValidationError.for_field("masquerade", "must be a Masquerade")
+        if self.verify is not None and not isinstance(self.verify, VerifyRequest):
+            raise ValidationError.for_field("verify", "must be a VerifyRequest")
 
     @property
     def tls_policy(self) -> TlsPolicy:
@@ -421,8 +506,8 @@ def parse_smarthost_request(data: object) -> SmarthostRequest:
     if not isinstance(data, Mapping):
         raise ValidationError.for_field("body", f"must be a JSON object, not {_json_type(data)}")
     errors: dict[str, list[str]] = {}
-    _unknown_keys(data, ("host", "port", "mx", "mailer", "auth", "tls", "masquerade"), "",
-                  errors)
+    _unknown_keys(data, ("host", "port", "mx", "mailer", "auth", "tls", "masquerade",
+                         "verify"), "", errors)
 
     host = _collect(errors, validate_hostname, data["host"], "host") if "host" in data else None
     if "host" not in data:
@@ -460,12 +545,13 @@ def parse_smarthost_request(data: object) -> SmarthostRequest:
 
     tls = _parse_tls(data.get("tls"), raw_auth is not None, errors)
     masquerade = _parse_masquerade(data.get("masquerade"), errors)
+    verify = parse_verify(data.get("verify"), errors)
     if tls is not None and raw_auth is not None and not tls.required:
         errors.setdefault("tls.mode", []).append(AUTH_NEEDS_TLS)
     if errors or host is None:
         raise refusal("smarthost request", errors)
     return SmarthostRequest(host=host, port=port, mx=mx is True, mailer=str(mailer), auth=auth,
-                            tls=tls, masquerade=masquerade)
+                            tls=tls, masquerade=masquerade, verify=verify)
 
 
 def _object_fields(raw: object, name: str, keys: tuple[str, ...],

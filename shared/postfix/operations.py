@@ -54,6 +54,7 @@ from shared.sendmail.maillog import LogRecord, outcome
 from shared.sendmail.mailq import MailqReport
 from shared.sendmail.mc import Smarthost
 from shared.validation import SmarthostRequest
+from shared.verify import CLEANUP_TIMEOUT_S, POSTFIX_QUEUE_ID, Delivery, checked_queue_ids
 
 RELOAD_PENDING = ".relayfleet-reload-pending"
 #: prints the queue as JSON (Postfix >= 3.1), or as text on older Postfix
@@ -209,7 +210,7 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
             return _Change(main_old, self._stage(rec, main_old, edits), sasl_old, sasl_new,
                            maps=[], map_type=self._map_type)
 
-        return self._change("set_smarthost", plan, dry_run, redactor, wanted)
+        return self._change("set_smarthost", plan, dry_run, redactor, wanted, request=request)
 
     def remove_smarthost(self, *, dry_run: bool = False) -> OperationResult:
         """Take relayhost (and its SASL settings and map entry, a required TLS level and its
@@ -461,6 +462,8 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
         deliveries, after = self._settle(rec, offset, ids)
         result.data = {"before": before.count, "after": after.count,
                        "deliveries": deliveries, "remaining": after.to_dict()["messages"]}
+        if request.verify is not None:
+            self._verify_after_flush(rec, result, request.verify)
         return result
 
     def _settle(self, rec: StepRecorder, offset: int,
@@ -507,6 +510,23 @@ class PostfixOperations(ConfigChangeOperations[_Change, Smarthost]):
                                       f"; {prof.maillog} cannot be read: the outcome of each "
                                       "message is not known"), started=started)
         return deliveries, after
+
+    def _remove_probe(self, rec: StepRecorder, delivery: Delivery) -> str:
+        """Delete the probe's queue ids (``postsuper -d -``, the ids on stdin): the ones the
+        maillog showed carrying its Message-ID."""
+        ids = checked_queue_ids(delivery, POSTFIX_QUEUE_ID)
+        if not ids:
+            return (f"the probe {delivery.message_id} was not seen queued in the maillog: "
+                    "if postqueue -p lists it (from relayfleet-probe or the probe's sender), "
+                    "delete it with postsuper -d ID")
+        prof = self.profile
+        # postsuper sits beside postqueue (the profile names postqueue)
+        postsuper = (posixpath.join(posixpath.dirname(prof.postqueue), "postsuper")
+                     if "/" in prof.postqueue else "postsuper")
+        rec.run("remove probe from queue", [postsuper, "-c", prof.config_dir, "-d", "-"],
+                input="".join(f"{qid}\n" for qid in ids).encode(), timeout=CLEANUP_TIMEOUT_S)
+        return (f"removed the probe {delivery.message_id} from the queue (it would be "
+                f"retried for days): postsuper -d {' '.join(ids)}")
 
     # -- log ------------------------------------------------------------------------
     def _parse_log_line(self, line: str) -> LogRecord | None:

@@ -53,8 +53,20 @@ from shared.sendmail.mc import (
     set_smarthost_mc,
 )
 from shared.validation import SmarthostRequest
+from shared.verify import CLEANUP_TIMEOUT_S, SENDMAIL_QUEUE_ID, Delivery, checked_queue_ids
 
 #: exit codes of ``sendmail -q`` that mean it could not run at all (usage, permission, config)
+#: removes a probe's queue files: ``$1`` its Message-ID, ``$2`` and ``$3`` the MTA's and
+#: the submission queues, the rest its queue ids; the ids of qf files written in the last
+#: 30 minutes that carry the Message-ID are added (the probe is younger than that). Only
+#: ids of letters and digits are used; each file removed is printed.
+_REMOVE_PROBE_SCRIPT = (
+    'mid=$1 q=$2 c=$3; shift 3; '
+    'for f in $(find "$q" "$c" -maxdepth 2 -type f -name "qf*" -mmin -30 '
+    '-exec grep -l -F -e "$mid" {} + 2>/dev/null); do set -- "$@" "${f##*/qf}"; done; '
+    'for id in "$@"; do case $id in ""|*[!A-Za-z0-9]*) continue;; esac; '
+    'for d in "$q" "$c"; do for p in qf df xf tf Qf; do for x in "$d/$p$id" "$d/$p/$p$id"; '
+    'do if [ -e "$x" ]; then rm -f -- "$x" && echo "$x"; fi; done; done; done; done; exit 0')
 _FLUSH_OK_CODES = frozenset(range(256)) - {64, 77, 78}
 
 
@@ -214,7 +226,7 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
                            cf_text=self._read_config_file(self.profile.cf_path), maps=[access])
 
         wanted = Smarthost.from_request(request)
-        return self._change("set_smarthost", plan, dry_run, redactor, wanted)
+        return self._change("set_smarthost", plan, dry_run, redactor, wanted, request=request)
 
     def _check_tls(self, request: SmarthostRequest, mc_text: str, state: McState) -> None:
         """Refuse, before anything changes, a TLS policy this host cannot carry out."""
@@ -419,7 +431,26 @@ class SendmailOperations(ConfigChangeOperations[_Change, Smarthost]):
                                     f"{step.output.strip()[-300:]}")
         result.data = {"before": before.count if before else None, "after": after.count,
                        "deliveries": deliveries, "remaining": after.to_dict()["messages"]}
+        if request.verify is not None:
+            self._verify_after_flush(rec, result, request.verify)
         return result
+
+    def _remove_probe(self, rec: StepRecorder, delivery: Delivery) -> str:
+        """Delete the queue files (qf, df, xf, tf, Qf) of the probe's queue ids and of any
+        recent qf in the MTA's or the submission queue carrying its Message-ID (the ids the
+        maillog did not show), in both queues."""
+        self._confine("queue_dir", "client_queue_dir")
+        prof = self.profile
+        ids = checked_queue_ids(delivery, SENDMAIL_QUEUE_ID)
+        out = rec.run("remove probe from queue",
+                      ["sh", "-c", _REMOVE_PROBE_SCRIPT, "sh", delivery.message_id,
+                       prof.queue_dir, prof.client_queue_dir, *ids],
+                      timeout=CLEANUP_TIMEOUT_S)
+        removed = out.stdout_text().split()
+        if not removed:
+            return f"nothing of the probe {delivery.message_id} is left in the queues"
+        return (f"removed the probe {delivery.message_id} from the queue (it would be "
+                f"retried for days): {', '.join(removed)}")
 
     # -- log ------------------------------------------------------------------------
     def _parse_log_line(self, line: str) -> LogRecord | None:

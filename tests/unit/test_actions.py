@@ -274,7 +274,8 @@ def _data(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("name", "status", "dry_run", "expected"), [
-    ("collect_status", "succeeded", False, {"queue_count": 3, "smarthost": SMARTHOST,
+    ("collect_status", "succeeded", False, {"queue_count": 3, "queue_oldest_age_s": 60,
+                                            "smarthost": SMARTHOST,
                                             "config_in_sync": True, "mta_running": True,
                                             "mta_detected_kind": "sendmail"}),
     ("collect_status", "failed", False, {}),
@@ -304,8 +305,12 @@ def test_learned_is_generic_glue() -> None:
     values = learned(7, job, status="succeeded", error=None, result=result)
     assert values["queue_count"] == 0 and values["last_reachable"] is True
     assert values["last_job_id"] == 7 and values["last_error"] is None
-    assert learned(7, job, status="unreachable", error="down", result=None) == {
-        "last_job_id": 7, "last_reachable": False, "last_error": "down"}
+    unreachable = learned(7, job, status="unreachable", error="down", result=None)
+    streak = unreachable.pop("unreachable_streak")
+    assert unreachable == {"last_job_id": 7, "last_reachable": False, "last_error": "down"}
+    # one more check in a row that could not reach the host (counted by the database)
+    assert str(streak) == "hosts.unreachable_streak + :unreachable_streak_1"
+    assert values["unreachable_streak"] == 0
     failed = learned(7, job, status="failed", error="boom", result=None)
     assert failed["last_error"] == "boom" and "queue_count" not in failed
 

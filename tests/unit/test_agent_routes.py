@@ -83,8 +83,13 @@ def test_status(client: FlaskClient) -> None:
     assert doc == {"hostname": "lab1", "fqdn": "lab1.lab.test",
                    "mta": {"kind": "sendmail", "version": "8.17.1.9", "running": True},
                    "smarthost": None, "config_in_sync": True,
-                   "queue": {"count": 4, "oldest_age_s": doc["queue"]["oldest_age_s"]},
-                   "hosts_file": {"ok": True, "problems": []}}
+                   "queue": {"count": 4, "oldest_age_s": doc["queue"]["oldest_age_s"],
+                             "reasons": doc["queue"]["reasons"]},
+                   "hosts_file": {"ok": True, "problems": []}, "recent": doc["recent"]}
+    # the queued messages' reasons, most messages first, and the maillog's recent tail
+    assert doc["queue"]["reasons"][0] == {"text": "Operating system error", "count": 2}
+    assert sum(r["count"] for r in doc["queue"]["reasons"]) == 4
+    assert doc["recent"]["deliveries"] >= doc["recent"]["deferred"] >= 1
 
 
 def test_smarthost_set_read_again_and_remove(client: FlaskClient,
