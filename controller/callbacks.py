@@ -83,7 +83,8 @@ def post(settings: Settings, url: str, body: bytes,
          headers: dict[str, str]) -> tuple[bool, str]:
     """POST ``body`` to ``url`` under the egress policy; whether a 2xx came back, and what
     the tenant may see of the outcome (a status, "refused by egress policy",
-    "unreachable" or "timed out" — never a socket error)."""
+    "unreachable" or "timed out" — never a socket error). Job callbacks and alert
+    channels both post through it; its log names the URL's host only."""
     client = HttpClient(settings.egress_policy)
     try:
         answer = client.request("POST", url, body=body, headers=headers,
@@ -92,6 +93,8 @@ def post(settings: Settings, url: str, body: bytes,
     except DeadlineExceeded:
         return False, f"timed out after {CALLBACK_DEADLINE_S:g} s"
     except EgressError as exc:
-        log.info("callback to %s: %s", url, exc)
+        # the host only: the path of a Slack or Teams incoming webhook is its key
+        host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+        log.info("POST to %s/…: %s", host, exc)
         return False, str(exc)
     return 200 <= answer.status < 300, f"HTTP {answer.status}"

@@ -39,6 +39,8 @@
 ``RELAYFLEET_SMTP_FROM``      the sender of alert emails (default ``relayfleet@`` + this host)
 ``RELAYFLEET_SMTP_USERNAME`` / ``RELAYFLEET_SMTP_PASSWORD_FILE`` AUTH for that server
 ``RELAYFLEET_INBOUND_WINDOW_S`` how old a signed inbound (ticketing) request may be (default 300)
+``RELAYFLEET_PROBE_ALLOW``    the domains a delivery probe (``params.verify``) may be addressed
+                              to and from, comma-separated (their subdomains too); unset: any
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ class Settings:
     smtp_password: str = field(default="", repr=False)
     #: a signed inbound request older (or newer) than this is refused
     inbound_window_s: int = 300
+    #: the domains (and their subdomains) delivery probes may be addressed to and from;
+    #: empty: any
+    probe_allow: tuple[str, ...] = ()
 
     @property
     def egress_policy(self) -> EgressPolicy:
@@ -223,6 +228,25 @@ def _egress_allow(env: Mapping[str, str]) -> str:
     return raw
 
 
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                     r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _probe_allow(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``RELAYFLEET_PROBE_ALLOW``: domains, comma-separated (``@`` before one and case do
+    not matter); a mistake stops the process at start, not at the first job."""
+    domains = []
+    for raw in (env.get("RELAYFLEET_PROBE_ALLOW") or "").split(","):
+        domain = raw.strip().lstrip("@").rstrip(".").lower()
+        if not domain:
+            continue
+        if not _DOMAIN.fullmatch(domain):
+            raise ConfigError(f"RELAYFLEET_PROBE_ALLOW: {raw.strip()!r} is not a domain "
+                              "(give domains separated by commas, e.g. acme.fr,example.net)")
+        domains.append(domain)
+    return tuple(domains)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from the environment (``environ`` defaults to ``os.environ``)."""
     env = os.environ if environ is None else environ
@@ -260,4 +284,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_password=_file_secret(env, "RELAYFLEET_SMTP_PASSWORD_FILE"),
         inbound_window_s=_int_env(env, "RELAYFLEET_INBOUND_WINDOW_S",
                                   Settings.inbound_window_s),
+        probe_allow=_probe_allow(env),
     )

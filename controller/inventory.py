@@ -277,8 +277,20 @@ def update_host(session: Session, who: Principal, host_id: int, data: dict[str, 
         site = _visible_sites(session, who, [data["site_id"]]).get(data["site_id"])
         if site is None:
             raise ValidationError.for_field("site_id", f"no site {data['site_id']}")
+        moved_tenant = site.tenant_id != host.tenant_id
         host.site_id, host.tenant_id = site.id, site.tenant_id
     _apply_host_fields(host, data, box, who.tenant_id)
+    if "site_id" in data:
+        from controller import policy
+
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            session.rollback()
+            raise Conflict(f"host {host.name!r} already exists: names must be unique") from exc
+        # its new site's (and tenant's) policy applies; its own policy named its old
+        # tenant's credential: it goes when the tenant changes
+        policy.host_moved(session, host.id, new_tenant=moved_tenant)
     commit_unique(session, f"host {host.name!r}")
     return host
 
@@ -308,6 +320,11 @@ def host_query(who: Principal, filters: dict[str, Any]) -> Any:
         # out of sync is what fleet_summary counts: known to differ (never seen is not)
         query = query.where(Host.config_in_sync.is_(False) if filters["out_of_sync"]
                             else func.coalesce(Host.config_in_sync, True).is_(True))
+    if filters.get("drifted") is not None:
+        from controller.policy import drifted_clause
+
+        # drifted: the drift list is not empty (null, no policy or never seen, is not)
+        query = query.where(drifted_clause() if filters["drifted"] else ~drifted_clause())
     return query
 
 

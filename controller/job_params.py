@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from controller.db import utcnow
+from controller.doctor import host_causes
+from controller.models import Host
 from shared.actions import CHANGE_ACTIONS, Request, job_action
 from shared.errors import ValidationError
 from shared.profile import PROFILE_KINDS
@@ -57,12 +59,17 @@ def learned(job_id: int, job: dict[str, Any], *, status: str, error: str | None,
     """What one result says about its host's last known state (for ``GET /v1/fleet``);
     ``mta_kind`` is the kind the transport drove the host as, when it knows (SSH)."""
     if status == "unreachable":
-        return {"last_job_id": job_id, "last_reachable": False, "last_error": error}
+        # an SQL expression: concurrent units of the host count each miss, none lost
+        return {"last_job_id": job_id, "last_reachable": False, "last_error": error,
+                "unreachable_streak": Host.unreachable_streak + 1}
     values: dict[str, Any] = {"last_job_id": job_id, "last_reachable": True,
-                              "last_seen_at": utcnow(),
+                              "last_seen_at": utcnow(), "unreachable_streak": 0,
                               "last_error": error if status == "failed" else None}
     if mta_kind in PROFILE_KINDS:
         values["mta_detected_kind"] = mta_kind
+    data = result.data if result else {}
     values.update(job_action(job["action"]).learn(
-        status, result.data if result else {}, bool(job["options"].get("dry_run"))))
+        status, data, bool(job["options"].get("dry_run"))))
+    if job["action"] == "collect_status" and status == "succeeded":
+        values["causes"] = host_causes(data, data.get("smarthost"))
     return values

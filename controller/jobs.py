@@ -184,7 +184,9 @@ def cancel_job(session: Session, who: Principal, job_id: int, database: Database
 
 
 def retry_hosts(session: Session, who: Principal, job_id: int) -> list[tuple[int, str]]:
-    """The failed and unreachable hosts of a finished job, still visible to the principal."""
+    """The failed and unreachable hosts of a finished job, still visible to the principal;
+    in a job rolled out in waves also the hosts a failed wave left unstarted (the retry
+    rolls them out again, in waves)."""
     who.require("operator")
     job = get_job(session, who, job_id)
     if job.status not in ledger.FINISHED_JOB_STATES:
@@ -192,7 +194,7 @@ def retry_hosts(session: Session, who: Principal, job_id: int) -> list[tuple[int
     rows = session.execute(
         scoped(select(Host.id, Host.name), Host, who)
         .join(JobHost, JobHost.host_id == Host.id)
-        .where(JobHost.job_id == job.id, JobHost.status.in_(ledger.RETRYABLE_UNIT_STATES))
+        .where(JobHost.job_id == job.id, ledger.retryable(job.options))
         .order_by(Host.id)).all()
     if not rows:
         raise ValidationError.for_field("job", f"job {job_id} has no failed or unreachable "

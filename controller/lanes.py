@@ -42,7 +42,7 @@ from typing import Any
 
 from flask import current_app
 
-from controller import dispatch, ledger
+from controller import dispatch, ledger, policy
 from controller.config import Settings
 from controller.crypto import SecretBox
 from controller.db import Database
@@ -71,6 +71,9 @@ WORKER_RUNNERS: Mapping[str, TransportFactory] = {"install_agent": _install_agen
 
 #: how long a lane that could claim nothing (its tenant at its share) waits to look again
 SHARE_WAIT_S = 2.0
+#: how long a thread of a lane rolling out in waves waits, while the lane's other threads
+#: finish the open wave, before it looks for the next wave's hosts
+WAVE_WAIT_S = 0.5
 
 _pool_lock = threading.Lock()
 _pools: dict[int, Any] = {}
@@ -117,6 +120,11 @@ class JobPlan:
     def timeout_s(self) -> float:
         """Each host's time box."""
         return float(self.options["timeout_s"])
+
+    @property
+    def waves(self) -> bool:
+        """Whether the job rolls out in waves (a wave opens when the earlier ones end)."""
+        return ledger.in_waves(self.options)
 
 
 class Lane:
@@ -215,9 +223,14 @@ class Lane:
                               extra={"job_id": self.job_id, "host": claim.host_id})
                 status, error = UnitState.FAILED, (f"internal error ({type(exc).__name__}); "
                                                    "see the worker log")
-        self._release(claim)
-        self.record(plan, claim, status=status, error=error, result=result, mta_kind=mta_kind,
-                    switch=switch)
+        try:
+            self.record(plan, claim, status=status, error=error, result=result,
+                        mta_kind=mta_kind, switch=switch)
+        finally:
+            # Held until stored: till then the unit still runs as far as the ledger knows
+            # (its wave is still the open one), and the lane's other threads must wait for
+            # the next wave rather than find nothing to take and quit.
+            self._release(claim)
 
     def _transport(self, plan: JobPlan, spec: HostSpec, claim: Claim) -> HostTransport:
         """What runs the unit: the host's transport, or the worker's own runner for an
@@ -239,6 +252,11 @@ class Lane:
     def _release(self, claim: Claim) -> None:
         with self._held_lock:
             self._held.pop(claim.unit_id, None)
+
+    def _running_here(self) -> bool:
+        """Whether this lane runs a unit now."""
+        with self._held_lock:
+            return bool(self._held)
 
     def renew(self) -> None:
         """Renew the leases of the units running now; cut the ones another attempt took."""
@@ -284,6 +302,10 @@ class Lane:
                              status=status, error=error, result=result, mta_kind=mta_kind)
         with self.db.transaction() as session:
             stored = ledger.record(session, claim, outcome, host_state, switch=switch)
+            if stored:
+                # what the unit taught about the host may put it in or out of line (a
+                # savepoint: a failure there never loses the unit's result)
+                policy.refresh_drift_after(session, plan.action, claim.host_id)
         if not stored:
             log.warning("job %s unit %s: attempt %s was overtaken; result dropped",
                         self.job_id, claim.unit_id, claim.attempt,
@@ -310,11 +332,24 @@ class Lane:
             while time.monotonic() < deadline:
                 try:
                     claimed = self.claim(plan)
+                    if claimed is None and plan.waves and self._running_here():
+                        # the open wave still runs in this lane: its end opens the next
+                        # one, which this thread then works on (concurrency kept)
+                        time.sleep(WAVE_WAIT_S)
+                        continue
                     if claimed is None:
                         refused.append(True)
                         return
                     took.append(claimed.unit_id)
-                    self.run_unit(plan, claimed)
+                    # held from the claim on, so that the lane's other threads wait for
+                    # the wave it belongs to (the transport is noted when it is made)
+                    self._hold(claimed, plan, None)
+                    try:
+                        self.run_unit(plan, claimed)
+                    finally:
+                        # (a run that broke must not keep its lease renewed, nor the
+                        # other threads waiting for its wave)
+                        self._release(claimed)
                 except Exception:
                     # The database hiccupped: this thread stops; the lease brings the unit
                     # back, and hand_over still runs for the lane.
@@ -333,27 +368,40 @@ class Lane:
         finally:
             stop.set()
             keeper.join()
-        self.hand_over(idle=bool(refused) and not took)
+        self.hand_over(idle=bool(refused) and not took, waves=plan.waves)
 
-    def hand_over(self, idle: bool = False) -> None:
+    def hand_over(self, idle: bool = False, waves: bool = False) -> None:
         """Continue (work left), look again later (others still running, or this run could
-        claim nothing: its tenant is at its share), or finish."""
+        claim nothing: its tenant is at its share, or the open wave of a job rolled out in
+        waves runs in another lane), or finish."""
         with self.db.transaction() as session:
             progress = ledger.heartbeat(session, self.job_id)
         if progress is None:
             return
         if progress.tally[UnitState.PENDING] and progress.state in ledger.ACTIVE_JOB_STATES:
-            # A run that took nothing though hosts wait (its tenant is at its share) looks
-            # again a moment later: no busy loop through the broker.
-            self.send(dispatch.RUN_LANE, self.job_id, self.lane,
-                      countdown=SHARE_WAIT_S if idle else None)
+            countdown: float | None = None
+            if idle and waves and progress.earliest_lease is not None:
+                # The open wave runs elsewhere; the lane running it goes on to the next
+                # wave itself. Look again when its first lease would lapse (a dead
+                # worker's unit is then free), not every SHARE_WAIT_S through the broker.
+                countdown = self._until_lease(progress)
+            elif idle:
+                # A run that took nothing though hosts wait (its tenant is at its share)
+                # looks again a moment later: no busy loop through the broker.
+                countdown = SHARE_WAIT_S
+            self.send(dispatch.RUN_LANE, self.job_id, self.lane, countdown=countdown)
         elif progress.tally[UnitState.RUNNING]:
             # Another lane is still on it, or a dead worker's lease has to run out first.
-            wait = (progress.earliest_lease or time.time()) - time.time() + 1
-            countdown = min(max(1.0, wait), self.settings.visibility_timeout_s / 2)
-            self.send(dispatch.RUN_LANE, self.job_id, self.lane, countdown=countdown)
+            self.send(dispatch.RUN_LANE, self.job_id, self.lane,
+                      countdown=self._until_lease(progress))
         else:
             finish_job(self.db, self.job_id)
+
+    def _until_lease(self, progress: ledger.Progress) -> float:
+        """Seconds until just after the job's first running unit's lease ends (at least
+        one, at most half the broker's visibility timeout)."""
+        wait = (progress.earliest_lease or time.time()) - time.time() + 1
+        return min(max(1.0, wait), self.settings.visibility_timeout_s / 2)
 
 
 def finish_job(database: Database, job_id: int) -> None:

@@ -25,12 +25,13 @@ caller's transaction decides what happens together.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from controller import dispatch
 from controller.db import Database, utcnow
@@ -87,6 +88,7 @@ class SkipReason(enum.Enum):
     CANCELLED = "cancelled before it started"
     QUEUE_UNREACHABLE = "not started: the job queue was unreachable"
     TOO_MANY_FAILURES = "not started: more than {max_failures} hosts failed"
+    WAVE_FAILED = "not started: wave {wave} failed: host {host}: {error}"
 
     def text(self, **facts: object) -> str:
         """The reason as a unit shows it."""
@@ -147,14 +149,92 @@ def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
+# -- rollout waves -----------------------------------------------------------------------
+
+#: how much of a failed host's error a skipped unit quotes
+_WAVE_ERROR_CHARS = 300
+#: what the text of every unit skipped with SkipReason.WAVE_FAILED looks like (SQL LIKE)
+_WAVE_FAILED_PATTERN = SkipReason.WAVE_FAILED.text(wave="%", host="%", error="%")
+
+
+def canary_size(total: int, canary: int | str) -> int:
+    """How many of ``total`` hosts the canary wave holds: ``N`` hosts or ``"P%"`` of them
+    (rounded up), at least one and at most all."""
+    count = (math.ceil(total * int(canary.rstrip("%")) / 100) if isinstance(canary, str)
+             else canary)
+    return max(1, min(total, count))
+
+
+def wave_numbers(total: int, canary: int | str | None, wave_size: int | None) -> list[int]:
+    """Each unit's rollout wave, in the job's host order: wave 0 is the canary (without
+    one, the first ``wave_size`` hosts), then waves of ``wave_size`` hosts (without it, all
+    the rest in one wave). No canary and no wave size: every unit is in wave 0."""
+    if total <= 0 or (canary is None and wave_size is None):
+        return [0] * max(total, 0)
+    first = canary_size(total, canary) if canary is not None else min(total, wave_size or total)
+    size = max(1, wave_size or (total - first))
+    return [0 if index < first else 1 + (index - first) // size for index in range(total)]
+
+
+def in_waves(options: dict[str, Any] | None) -> bool:
+    """Whether a job's options roll it out in waves."""
+    if not options:
+        return False
+    return options.get("canary") is not None or options.get("wave_size") is not None
+
+
+def _skip_after_wave_failure(session: Session, job_id: int, now: float) -> bool:
+    """When a unit of a job rolled out in waves failed: skip its pending units (naming the
+    wave and the host that failed), give up units whose worker died, and say so."""
+    failed = session.execute(
+        select(JobHost.wave, JobHost.host_name, JobHost.status, JobHost.error)
+        .where(JobHost.job_id == job_id, JobHost.status.in_(RETRYABLE_UNIT_STATES))
+        .order_by(JobHost.wave, JobHost.id).limit(1)).first()
+    if failed is None:
+        return False
+    error = (failed[3] or failed[2])[:_WAVE_ERROR_CHARS]
+    skip_pending(session, job_id, SkipReason.WAVE_FAILED, wave=failed[0], host=failed[1],
+                 error=error)
+    abandon_lapsed(session, job_id, now, f"wave {failed[0]} failed")
+    return True
+
+
+def _in_open_wave(job_id: int) -> list[ColumnElement[bool]]:
+    """Conditions on a job's unit that hold only in its open wave: no unit of the job
+    failed, and the unit is in the lowest wave with a unit pending or running. Part of the
+    claim's one UPDATE, so they and the claim see the same rows: a failure committed while
+    a claim decides either shows (nothing is claimed) or not (the failed unit was still
+    running, which keeps its wave the open one)."""
+    other = aliased(JobHost)
+    failed = select(other.id).where(other.job_id == job_id,
+                                    other.status.in_(RETRYABLE_UNIT_STATES))
+    lowest = aliased(JobHost)
+    open_wave = select(func.min(lowest.wave)).where(
+        lowest.job_id == job_id,
+        lowest.status.in_((UnitState.PENDING.value, UnitState.RUNNING.value)))
+    return [~failed.exists(), JobHost.wave == open_wave.scalar_subquery()]
+
+
+def retryable(options: dict[str, Any] | None) -> ColumnElement[bool]:
+    """The units a retry starts again: failed and unreachable ones, and in a job rolled
+    out in waves the ones skipped because a wave failed (they never ran)."""
+    condition = JobHost.status.in_(RETRYABLE_UNIT_STATES)
+    if not in_waves(options):
+        return condition
+    return or_(condition, and_(JobHost.status == UnitState.SKIPPED.value,
+                               JobHost.error.like(_WAVE_FAILED_PATTERN)))
+
+
 # -- accepting -------------------------------------------------------------------------
 
 def accept(session: Session, *, tenant_id: int | None, token_id: int | None, action: str,
            target: dict[str, Any], params: dict[str, Any], params_sealed: str | None,
            options: dict[str, Any], callback_url: str | None, retry_of: int | None,
            hosts: list[tuple[int, str]], origin: JobOrigin | None = None) -> Job:
-    """Store a job (``queued``) and one ``pending`` unit per host."""
+    """Store a job (``queued``) and one ``pending`` unit per host, each in its rollout wave
+    (``options.canary``, ``options.wave_size``; see :func:`wave_numbers`)."""
     origin = origin or JobOrigin()
+    waves = wave_numbers(len(hosts), options.get("canary"), options.get("wave_size"))
     job = Job(tenant_id=tenant_id, token_id=token_id, action=action, target=target,
               params=params, params_sealed=params_sealed, options=options,
               callback_url=callback_url, retry_of=retry_of, total=len(hosts),
@@ -165,8 +245,9 @@ def accept(session: Session, *, tenant_id: int | None, token_id: int | None, act
     session.flush()
     # One multi-row INSERT for every unit: 10,000 hosts are one statement, not 10,000.
     session.execute(insert(JobHost), [
-        {"job_id": job.id, "host_id": host_id, "host_name": name,
-         "status": UnitState.PENDING.value, "attempts": 0} for host_id, name in hosts])
+        {"job_id": job.id, "host_id": host_id, "host_name": name, "wave": wave,
+         "status": UnitState.PENDING.value, "attempts": 0}
+        for (host_id, name), wave in zip(hosts, waves, strict=True)])
     return job
 
 
@@ -209,11 +290,20 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
     or more than ``max_failures`` failed: then its pending units are skipped, and units
     whose worker died are given up), or nothing *now*: the job's tenant already runs
     ``tenant_max_running`` units (its fair share; a lane looks again a moment later).
+
+    A job rolled out in waves (``options.canary``/``wave_size``) starts a host only in its
+    open wave (:func:`_in_open_wave`): the next wave opens when every host of the earlier
+    ones succeeded; after a failure its pending hosts are skipped, with a reason that names
+    the wave and the host (checked before ``max_failures``, whose reason would not).
     """
     now = time.time()
-    state = session.scalar(select(Job.status).where(Job.id == job_id))
+    job_row = session.execute(select(Job.status, Job.options).where(Job.id == job_id)).first()
+    state, options = (job_row[0], job_row[1]) if job_row is not None else (None, None)
     if state not in ACTIVE_JOB_STATES:
         abandon_lapsed(session, job_id, now, "the job was cancelled")
+        return None
+    waves = in_waves(options)
+    if waves and _skip_after_wave_failure(session, job_id, now):
         return None
     if max_failures is not None:
         failed = session.scalar(select(func.count()).where(
@@ -226,8 +316,9 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
     if (tenant_max_running is not None
             and tenant_running(session, job_id, now) >= tenant_max_running):
         return None
+    in_wave = _in_open_wave(job_id) if waves else []
     candidate = (select(JobHost.id).where(
-        JobHost.job_id == job_id,
+        JobHost.job_id == job_id, *in_wave,
         or_(JobHost.status == UnitState.PENDING.value,
             and_(JobHost.status == UnitState.RUNNING.value, JobHost.lease_until < now)))
         .order_by(JobHost.id).limit(1).with_for_update(skip_locked=True)

@@ -318,6 +318,18 @@ class Policy(Base):
     updated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
 
+class HostRemediation(Base):
+    """The automatic remediation's back-off for one host: the drift it last set out to fix
+    and how many automatic remediations in a row met that same drift."""
+
+    __tablename__ = "host_remediations"
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    drift: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class Schedule(Base):
     """An operator's schedule: an action on a target, run by beat at the times a cron
     expression names in a time zone."""
@@ -438,6 +450,12 @@ class AlertNotice(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    #: when a worker took the notice for the attempt under way (NULL: none is): a second
+    #: message for the same notice finds it taken and sends nothing
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    #: when a worker or the tick last acted on the notice (made, taken, its outcome
+    #: noted, queued again): a pending notice untouched for long lost its message
+    touched_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
 
 class InboundHook(Base):

@@ -27,6 +27,7 @@ from marshmallow import (
 from controller.egress import EgressPolicy, normalise_fingerprint
 from controller.ledger import JobState, UnitState
 from controller.models import ROLES, TRANSPORTS, Host
+from controller.policy import drifted as policy_drifted
 from shared import errors as rf_errors
 from shared import validation as rules
 from shared.actions import INSTALL_MIN_TIMEOUT_S, JOB_ACTIONS, min_timeout_s, params_summary
@@ -188,6 +189,25 @@ def _check_egress(url: str) -> None:
         raise ValidationError(f"refused by egress policy ({why} address)")
 
 
+def check_http_url(value: str, max_len: int) -> None:
+    """An http(s) URL the controller may POST to (a job's or hook's callback, an alert
+    channel): a host, no user or password, a port from 1 to 65535, at most ``max_len``
+    characters, not refused by the egress policy; marshmallow's ValidationError otherwise."""
+    problem = len(value) > max_len
+    if not problem:
+        try:
+            parts = urlsplit(value)
+            problem = (parts.scheme not in ("http", "https") or not parts.hostname
+                       or bool(parts.username) or parts.password is not None
+                       or parts.port == 0)
+        except ValueError:  # a bad IPv6 literal, a port out of range or not a number
+            problem = True
+    if problem:
+        raise ValidationError(f"must be an http(s) URL without user or password, with a "
+                              f"valid port (at most {max_len} characters)")
+    _check_egress(value)
+
+
 class AgentAccessSchema(StrictSchema):
     """How to reach the host's agent; ``token`` is write-only."""
 
@@ -339,6 +359,14 @@ class MtaSchema(StrictSchema):
             raise ValidationError(exc.message, "overrides") from None
 
 
+class CauseCountSchema(Schema):
+    """One named cause on a host: how many messages show it and one of their texts."""
+
+    cause = fields.String(required=True)
+    count = WholeInteger(required=True)
+    sample = fields.String(required=True)
+
+
 class HostLastSchema(Schema):
     """What the controller last learnt about the host."""
 
@@ -348,6 +376,13 @@ class HostLastSchema(Schema):
     error = fields.String(allow_none=True, attribute="last_error")
     job_id = WholeInteger(allow_none=True, attribute="last_job_id")
     queue_count = WholeInteger(allow_none=True)
+    queue_oldest_age_s = WholeInteger(allow_none=True, metadata={
+        "description": "how long the oldest queued message has waited (seconds)"})
+    causes = fields.List(fields.Nested(CauseCountSchema), allow_none=True, metadata={
+        "description": "why mail waits or bounces, as named causes (GET /v1/doctor): "
+                       "[{cause, count, sample}]; [] none; null never looked at"})
+    unreachable_streak = WholeInteger(allow_none=True, metadata={
+        "description": "jobs in a row that could not reach the host (0: the last one did)"})
     smarthost = fields.Dict(allow_none=True)
     config_in_sync = fields.Boolean(allow_none=True)
     mta_running = fields.Boolean(allow_none=True)
@@ -628,6 +663,40 @@ class TargetSchema(StrictSchema):
 DEFAULT_TIMEOUT_S = 120
 
 
+#: the actions a job may roll out in waves (those that change hosts, and flush_queue)
+ROLLOUT_ACTIONS = ("set_smarthost", "remove_smarthost", "fix_hostname", "flush_queue")
+#: the rollout actions whose canary must prove delivery (params.verify)
+VERIFIED_CANARY_ACTIONS = ("set_smarthost", "flush_queue")
+#: what a host's time box must hold besides a delivery probe's wait: the change's reads and
+#: build, its activation (a restart or reload, then up to 10 s waiting for the daemon), the
+#: probe's clean-up (10 s at most) and, when the probe fails, the rollback (files back, a
+#: rebuild, a second restart and its 10 s wait), over SSH round trips. A sendmail restart
+#: takes a few seconds, so 60 s covers a normal change and its rollback with room to
+#: spare (not a restart that hangs to the profile's command_timeout_s: the box cuts it).
+#: The default probe wait (60 s) leaves the default 120 s box exactly this margin.
+PROBE_MARGIN_S = 60
+_CANARY_PERCENT = re.compile(r"([1-9][0-9]?|100)%")
+MAX_WAVE = 10**6
+
+
+_CANARY_INVALID = ("must be a number of hosts (1 or more) or a percentage such as \"10%\" "
+                   "(1% to 100%)")
+
+
+class Canary(fields.Field[Any]):
+    """``options.canary``: a number of hosts (1 or more) or a share of them (``"10%"``)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WAVE:
+            return value
+        if isinstance(value, str):
+            if value.isdigit() and 1 <= int(value) <= MAX_WAVE:
+                return int(value)
+            if _CANARY_PERCENT.fullmatch(value):
+                return value
+        raise ValidationError(_CANARY_INVALID)
+
+
 class OptionsSchema(StrictSchema):
     """How to run a job."""
 
@@ -643,6 +712,19 @@ class OptionsSchema(StrictSchema):
                              validate=validate.Range(5, 3600), metadata={
         "description": f"time box for each host (default {DEFAULT_TIMEOUT_S} s; "
                        f"install_agent: at least and by default {INSTALL_MIN_TIMEOUT_S} s)"})
+    canary = Canary(load_default=None, allow_none=True, metadata={
+        "description": "roll out in waves, starting with this many hosts (N, or \"P%\" of "
+                       "them, at least one): the next wave starts only when every host of "
+                       "the earlier ones succeeded; on a failure the rest are skipped. For "
+                       f"{', '.join(ROLLOUT_ACTIONS)}; set_smarthost and flush_queue need "
+                       "params.verify; not with max_failures", "example": "10%",
+        "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string",
+                                                       "pattern": "^([1-9][0-9]?|100)%$"}]})
+    wave_size = WholeInteger(load_default=None, allow_none=True, strict=True,
+                             validate=validate.Range(1, MAX_WAVE), metadata={
+        "description": "hosts per wave after the canary (default: all the rest in one "
+                       "wave; without canary the first wave is the canary, so set_smarthost "
+                       "and flush_queue need params.verify; not with max_failures)"})
 
 
 class JobCreateSchema(StrictSchema):
@@ -665,6 +747,67 @@ class JobCreateSchema(StrictSchema):
                 "virtualenv and may wait for two health checks before it rolls back, and a "
                 "box cut shorter leaves the host half installed", "options.timeout_s")
 
+    @validates_schema
+    def _probe_time(self, data: dict[str, Any], **_: Any) -> None:
+        action, options = data.get("action"), data.get("options") or {}
+        verify = (data.get("params") or {}).get("verify")
+        if action not in VERIFIED_CANARY_ACTIONS or not isinstance(verify, dict):
+            return
+        probe = verify.get("timeout_s", rules.DEFAULT_VERIFY_TIMEOUT_S)
+        if isinstance(probe, bool) or not isinstance(probe, int):
+            return  # the params' own checks say what is wrong with it
+        box = options.get("timeout_s") or DEFAULT_TIMEOUT_S
+        if box < probe + PROBE_MARGIN_S:
+            raise ValidationError(
+                f"{box} s per host leaves no room for the {action} and its {probe} s delivery "
+                f"probe: give at least {probe + PROBE_MARGIN_S} s, or a shorter "
+                "params.verify.timeout_s", "options.timeout_s")
+
+    @validates_schema
+    def _rollout(self, data: dict[str, Any], **_: Any) -> None:
+        action, options = data.get("action"), data.get("options") or {}
+        if options.get("canary") is None and options.get("wave_size") is None:
+            return
+        field = "options.canary" if options.get("canary") is not None else "options.wave_size"
+        if action not in ROLLOUT_ACTIONS:
+            raise ValidationError(
+                f"waves are for actions that change hosts and for flush_queue "
+                f"({', '.join(ROLLOUT_ACTIONS)}), not {action}: leave canary and wave_size "
+                "out", field)
+        if options.get("max_failures") is not None:
+            raise ValidationError(
+                "max_failures does not go with canary or wave_size: a rollout in waves "
+                "already stops at the first failed host (the hosts not started are "
+                "skipped); leave max_failures out", "options.max_failures")
+        verify = (data.get("params") or {}).get("verify")
+        if action in VERIFIED_CANARY_ACTIONS and not verify:
+            # (wave_size alone makes the first wave the canary: it needs the probe too)
+            raise ValidationError(
+                f"a {action} canary (canary or wave_size) needs params.verify "
+                f"({{\"to\": ADDRESS}}): without a delivery probe a canary cannot show "
+                "that mail still flows; add verify, or leave canary and wave_size out",
+                "params.verify")
+
+    @validates_schema
+    def _probe_recipients(self, data: dict[str, Any], **_: Any) -> None:
+        verify = (data.get("params") or {}).get("verify")
+        if data.get("action") not in VERIFIED_CANARY_ACTIONS or not isinstance(verify, dict):
+            return
+        allowed = (current_app.config["RELAYFLEET_SETTINGS"].probe_allow
+                   if has_app_context() else ())
+        if not allowed:
+            return
+        for key in ("to", "from"):
+            address = verify.get(key)
+            if not isinstance(address, str) or "@" not in address:
+                continue  # absent, or the params' own checks say what is wrong with it
+            domain = address.rsplit("@", 1)[1].strip().rstrip(".").lower()
+            if not any(domain == name or domain.endswith(f".{name}") for name in allowed):
+                raise ValidationError(
+                    f"probes may only be addressed within {', '.join(allowed)} on this "
+                    f"controller (RELAYFLEET_PROBE_ALLOW): use an address there, or ask its "
+                    "administrator to add the domain", f"params.verify.{key}")
+
     @post_load
     def _default_time_box(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         options = data["options"]
@@ -676,13 +819,8 @@ class JobCreateSchema(StrictSchema):
 
     @validates("callback_url")
     def _callback(self, value: str | None, **_: Any) -> None:
-        if value is None:
-            return
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
-                or parts.password or len(value) > 2000:
-            raise ValidationError("must be an http(s) URL without user or password")
-        _check_egress(value)
+        if value is not None:
+            check_http_url(value, 2000)
 
 
 class CountsSchema(Schema):
@@ -706,6 +844,9 @@ class HostResultSchema(Schema):
     error = fields.String(allow_none=True, required=True)
     changed = fields.Boolean(allow_none=True, required=True)
     attempts = WholeInteger(required=True)
+    wave = WholeInteger(load_default=0, metadata={
+        "description": "the rollout wave (options.canary, wave_size): 0 is the canary; 0 "
+                       "for every host of a job without waves"})
     data = fields.Dict(allow_none=True, required=True, metadata={
         "description": "the action's answer, the same over the agent and SSH: the fields of "
                        "its result schema (SetSmarthostResult, FlushQueueResult, ...) other "
@@ -737,6 +878,11 @@ class JobSchema(Schema):
     callback_url = fields.String(allow_none=True, required=True)
     callback_state = fields.String(allow_none=True, required=True)
     retry_of = WholeInteger(allow_none=True, required=True)
+    origin = fields.String(required=True, metadata={
+        "description": "what started it: api (a token: API, CLI, console), schedule, "
+                       "remediate, inbound (a ticketing webhook)"})
+    schedule_id = WholeInteger(allow_none=True, required=True)
+    inbound_hook_id = WholeInteger(allow_none=True, required=True)
     counts = fields.Nested(CountsSchema, required=True)
     created_at = fields.DateTime(required=True)
     started_at = fields.DateTime(allow_none=True, required=True)
@@ -779,6 +925,12 @@ class FleetHostSchema(Schema):
         "description": "the MTA kind as configured (the host's mta.kind: sendmail, postfix "
                        "or auto); the kind found running is last.mta_kind"})
     last = NestedFrom(HostLastSchema, _itself, required=True)
+    drift = fields.List(fields.Dict(), allow_none=True, required=True, metadata={
+        "description": "how the last known state differs from the host's policy: "
+                       "[{field, want, have}]; [] in line; null: no complete policy applies "
+                       "or the host was never seen (GET /v1/hosts/{id}/desired)"})
+    drifted = fields.Function(policy_drifted, required=True, metadata={
+        "type": "boolean", "description": "the host differs from its policy"})
 
 
 class FleetSummarySchema(Schema):
@@ -801,6 +953,8 @@ class FleetQuerySchema(HostQuerySchema):
     out_of_sync = fields.Boolean(metadata={
         "description": "true: only hosts whose compiled configuration differs from their "
                        "source (config_in_sync false; never-seen hosts are not counted)"})
+    drifted = fields.Boolean(metadata={
+        "description": "true: only hosts known to differ from their policy (drift not empty)"})
 
 
 class FleetSchema(PageSchema):

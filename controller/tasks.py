@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import shared_task
 
-from controller import alerts, callbacks, dispatch, lanes, ledger, policy, schedules
+from controller import alerts, callbacks, dispatch, inbound, lanes, ledger, policy, schedules
 
 log = logging.getLogger("relayfleet.worker")
 
@@ -34,7 +34,9 @@ def run_lane(job_id: int, lane: int) -> None:
 @shared_task(name=dispatch.SWEEP, **_ONCE_AT_LEAST)
 def sweep() -> None:
     """Periodic (beat): give a lane back to unfinished jobs whose lanes went silent, queue
-    callbacks that never reached the queue, and forget expired Idempotency-Keys."""
+    callbacks that never reached the queue, forget expired Idempotency-Keys, and last,
+    on its own (its failing stops nothing before it), forget inbound requests past their
+    replay window."""
     for job_id in lanes.sweep(lanes.app_database(), lanes.app_settings()):
         log.warning("job %s: no live lane (a worker died or a message was lost); "
                     "queueing one", job_id, extra={"job_id": job_id})
@@ -56,6 +58,11 @@ def sweep() -> None:
             ledger.note_callback(session, job_id, "queued again by the sweeper")
             dispatch.send_after_commit(session, dispatch.SEND_CALLBACK, job_id,
                                        on_failure=still_not_queued(job_id), required=False)
+    try:
+        inbound.purge_deliveries(database, lanes.app_settings())  # replays past the window
+    except Exception:
+        log.exception("sweep: forgetting old inbound requests failed; the next sweep tries "
+                      "again")
 
 
 @shared_task(name=dispatch.SEND_CALLBACK, bind=True, max_retries=callbacks.CALLBACK_RETRIES,

@@ -3,8 +3,10 @@ follow them (jobs list/show/watch/cancel/retry)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
@@ -57,12 +59,78 @@ def job_options(*, dry_run: bool = False) -> Callable[[F], F]:
     return decorate
 
 
+@dataclass
+class RolloutOptions(JobOptions):
+    """Job options with a rollout in waves (``--canary``, ``--wave-size``)."""
+
+    canary: int | str | None = None
+    wave_size: int | None = None
+
+    def api_options(self) -> dict[str, Any]:
+        """The job's ``options`` document, waves included when given."""
+        options = super().api_options()
+        if self.canary is not None:
+            options["canary"] = self.canary
+        if self.wave_size is not None:
+            options["wave_size"] = self.wave_size
+        return options
+
+
+def _canary(text: str | None) -> int | str | None:
+    """``--canary``'s value: a number of hosts, or a percentage kept as ``"P%"``."""
+    if text is None:
+        return None
+    if re.fullmatch(r"[1-9][0-9]{0,5}", text):
+        return int(text)
+    if re.fullmatch(r"([1-9][0-9]?|100)%", text):
+        return text
+    raise UsageProblem(f"--canary {text}: give a number of hosts (e.g. 2) or a percentage "
+                       "(e.g. 10%)")
+
+
+def rollout_options(*, verify: bool) -> Callable[[F], F]:
+    """``--canary`` and ``--wave-size`` (and ``--verify-to`` where the action can probe
+    delivery) for the commands that change hosts, and flush."""
+
+    def decorate(function: F) -> F:
+        options = [
+            click.option("--canary", metavar="N|P%",
+                         help="Roll out in waves: first N hosts (or P% of them); the next "
+                              "wave starts only when every earlier host succeeded."),
+            click.option("--wave-size", type=click.IntRange(1), metavar="N",
+                         help="Hosts per wave after the canary (default: all the rest)."),
+        ]
+        if verify:
+            options.insert(0, click.option(
+                "--verify-to", metavar="ADDRESS",
+                help="After the change, send a probe to ADDRESS through each host and wait "
+                     "for the relay's verdict (a probe not delivered fails the host; a "
+                     "smarthost change is rolled back). Needed with --canary."))
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _verify_params(params: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with ``verify`` when ``--verify-to`` was given."""
+    to = kwargs.pop("verify_to", None)
+    if to:
+        params["verify"] = {"to": to}
+    return params
+
+
 def _take_job_options(kwargs: dict[str, Any]) -> JobOptions:
-    return JobOptions(concurrency=kwargs.pop("concurrency"),
-                      max_failures=kwargs.pop("max_failures"),
-                      timeout_s=kwargs.pop("timeout_s"), dry_run=kwargs.pop("dry_run", False),
-                      wait=not kwargs.pop("no_wait"),
-                      cancel_on_interrupt=kwargs.pop("cancel_on_interrupt"))
+    common: dict[str, Any] = {
+        "concurrency": kwargs.pop("concurrency"), "max_failures": kwargs.pop("max_failures"),
+        "timeout_s": kwargs.pop("timeout_s"), "dry_run": kwargs.pop("dry_run", False),
+        "wait": not kwargs.pop("no_wait"),
+        "cancel_on_interrupt": kwargs.pop("cancel_on_interrupt")}
+    if "canary" in kwargs or "wave_size" in kwargs:
+        return RolloutOptions(**common, canary=_canary(kwargs.pop("canary", None)),
+                              wave_size=kwargs.pop("wave_size", None))
+    return JobOptions(**common)
 
 
 def run_on_target(cli: Cli, action: str, params: dict[str, Any],
@@ -144,7 +212,9 @@ def smarthost_show(cli: Cli, /, **kwargs: Any) -> int:
     "relayfleet smarthost set smtp-relay.gmail.com:587 --tenant acme --auth-user pbx@acme.fr "
     "--password-stdin < pw.txt",
     "relayfleet smarthost set relay.example.net --all --tls verify --dry-run",
-    "relayfleet smarthost set relay.example.net --tag pbx --masquerade acme.fr"))
+    "relayfleet smarthost set relay.example.net --tag pbx --masquerade acme.fr",
+    "relayfleet smarthost set relay.example.net:587 --tenant acme --verify-to probe@acme.fr "
+    "--canary 10% --wave-size 20"))
 @click.argument("relay", metavar="RELAY[:PORT]")
 @target_options
 @click.option("--mx/--no-mx", default=False, show_default=True,
@@ -163,6 +233,7 @@ def smarthost_show(cli: Cli, /, **kwargs: Any) -> int:
               help="Send the hosts' own mail as @DOMAIN (relays check the sender domain).")
 @click.option("--masquerade-headers-only", is_flag=True,
               help="Rewrite only the From: headers, not the envelope sender.")
+@rollout_options(verify=True)
 @job_options(dry_run=True)
 @pass_cli
 def smarthost_set(cli: Cli, /, *, relay: str, mx: bool, mailer: str | None, auth_user: str | None,
@@ -192,11 +263,12 @@ def smarthost_set(cli: Cli, /, *, relay: str, mx: bool, mailer: str | None, auth
         params["masquerade"] = {"domain": masquerade, "envelope": not masquerade_headers_only}
     elif masquerade_headers_only:
         raise UsageProblem("--masquerade-headers-only needs --masquerade DOMAIN")
-    return run_on_target(cli, "set_smarthost", params, kwargs)
+    return run_on_target(cli, "set_smarthost", _verify_params(params, kwargs), kwargs)
 
 
 @smarthost.command("remove", epilog=examples("relayfleet smarthost remove --site lyon --dry-run"))
 @target_options
+@rollout_options(verify=False)
 @job_options(dry_run=True)
 @pass_cli
 def smarthost_remove(cli: Cli, /, **kwargs: Any) -> int:
@@ -209,7 +281,8 @@ def smarthost_remove(cli: Cli, /, **kwargs: Any) -> int:
 @click.command("flush", cls=Command, epilog=examples(
     "relayfleet flush --all",
     "relayfleet flush --tenant acme --recipient boss@acme.fr",
-    "relayfleet flush --host pbx-lyon-1 --queue-id 4B1C2D3E4F"))
+    "relayfleet flush --host pbx-lyon-1 --queue-id 4B1C2D3E4F",
+    "relayfleet flush --site lyon --verify-to probe@acme.fr --canary 1"))
 @target_options
 @click.option("--queue-id", metavar="ID", help="Only this message.")
 @click.option("--recipient", metavar="R", help="Only messages to this address or domain.")
@@ -217,6 +290,7 @@ def smarthost_remove(cli: Cli, /, **kwargs: Any) -> int:
 @click.option("--keep-host-status", is_flag=True,
               help="Do not forget remembered relay failures first (sendmail's "
                    "-OTimeout.hoststatus=0m is used by default).")
+@rollout_options(verify=True)
 @job_options()
 @pass_cli
 def flush(cli: Cli, /, *, queue_id: str | None, recipient: str | None, sender: str | None,
@@ -226,7 +300,7 @@ def flush(cli: Cli, /, *, queue_id: str | None, recipient: str | None, sender: s
         ("queue_id", queue_id), ("recipient", recipient), ("sender", sender)) if value}
     if keep_host_status:
         params["reset_host_status"] = False
-    return run_on_target(cli, "flush_queue", params, kwargs)
+    return run_on_target(cli, "flush_queue", _verify_params(params, kwargs), kwargs)
 
 
 @click.command("status", cls=Command, epilog=examples("relayfleet status --all",
@@ -261,6 +335,7 @@ def diagnose(cli: Cli, /, *, domain: str | None, public_ip: str | None, **kwargs
 @target_options
 @click.option("--fqdn", metavar="NAME", help="The host's full name (one host).")
 @click.option("--domain", metavar="D", help="Qualify each host's own short name with D.")
+@rollout_options(verify=False)
 @job_options(dry_run=True)
 @pass_cli
 def hostname(cli: Cli, /, *, fqdn: str | None, domain: str | None, **kwargs: Any) -> int:

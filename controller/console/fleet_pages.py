@@ -29,7 +29,7 @@ from werkzeug.wrappers import Response
 
 from controller import inventory as inv
 from controller import jobs as svc
-from controller import ledger
+from controller import ledger, policy
 from controller import schemas as s
 from controller.api import audit_target
 from controller.api import jobs as jobs_api
@@ -41,7 +41,7 @@ from controller.console.session import principal, requires, signed_in
 from controller.db import db, utcnow
 from controller.errors import Conflict
 from controller.ledger import RETRYABLE_UNIT_STATES, UnitState
-from controller.models import TRANSPORTS, Host, Job, JobHost, Site, Tenant, Token
+from controller.models import TRANSPORTS, Host, Job, JobHost, Policy, Site, Tenant, Token
 from shared.actions import JOB_ACTIONS
 from shared.errors import RelayfleetError, ValidationError
 from shared.schemas import WholeInteger
@@ -49,7 +49,7 @@ from shared.sendmail.maillog import outcome
 
 #: the fleet's views: every host, and the two lists a NOC works through
 FLEET_VIEWS = (("all", "Every host"), ("holding_mail", "Holding mail"),
-               ("out_of_sync", "Out of sync"))
+               ("out_of_sync", "Out of sync"), ("drifted", "Drifted from policy"))
 #: a job's host states that need someone's attention (listed first, as the CLI does)
 BAD_UNIT_STATES = (*RETRYABLE_UNIT_STATES, UnitState.SKIPPED.value)
 #: the job page shows this many hosts unless asked for all (each row may hold steps)
@@ -231,6 +231,15 @@ class FleetGroup:
     rows: list[tuple[Host, Measured | None]] = field(default_factory=list)
 
 
+def _drifted_count(who: Principal) -> int | None:
+    """How many hosts the principal sees drifted from their policy (None: it sees no
+    policy, so nothing can drift and the count is not shown)."""
+    if db.session.scalar(inv.scoped(select(Policy.id), Policy, who).limit(1)) is None:
+        return None
+    return int(db.session.scalar(select(func.count()).select_from(
+        inv.host_query(who, {"drifted": True}).order_by(None).subquery())) or 0)
+
+
 @bp.route("/fleet")
 @signed_in
 def fleet() -> tuple[str, int]:
@@ -264,6 +273,7 @@ def fleet() -> tuple[str, int]:
             groups[-1].rows.append((host, oldest_message(host, last.get(host.id, {}))))
     return _render(
         "fleet.html", 422 if errors else 200, summary=inv.fleet_summary(db.session, who),
+        drifted_count=_drifted_count(who),
         views=FLEET_VIEWS, view=view, form=form, errors=errors, groups=groups, page=result,
         tenants=tenants, sites=sites, transports=TRANSPORTS,
         filtered=any(form.get(key) is not None for key in
@@ -336,7 +346,8 @@ def host(host_id: int) -> tuple[str, int]:
         flush=units.get("flush_queue"), log=units.get("read_log"),
         log_lines=log_lines((units["read_log"].data or {}) if "read_log" in units else {}),
         diagnose=units.get("diagnose"), jobs=jobs,
-        oldest=oldest_message(row, units), reads=HOST_READS, launches=HOST_LAUNCHES)
+        oldest=oldest_message(row, units), reads=HOST_READS, launches=HOST_LAUNCHES,
+        desired=policy.effective_policies(db.session, [row.id])[row.id].doc())
 
 
 @bp.route("/hosts/<int(max=2147483647):host_id>/run", methods=["POST"])

@@ -122,6 +122,10 @@ PARAM_FIELDS: Mapping[str, tuple[FormField, ...]] = {
                        "domain); empty: no masquerading"),
         FormField("masquerade_envelope", "Masquerade rewrites", "params.masquerade.envelope",
                   "select", choices=(("1", "headers and envelope"), ("0", "headers only"))),
+        FormField("verify_to", "Verify delivery to", "params.verify.to",
+                  hint="after the change each host sends a probe here and waits for the "
+                       "relay's verdict; not delivered: the change is rolled back. Needed "
+                       "for a canary", placeholder="probe@example.com"),
     ),
     "flush_queue": (
         FormField("queue_id", "Queue id", "params.queue_id", hint="only this message"),
@@ -132,6 +136,9 @@ PARAM_FIELDS: Mapping[str, tuple[FormField, ...]] = {
         FormField("keep_host_status", "Keep remembered relay failures",
                   "params.reset_host_status", "checkbox",
                   hint="unchecked: forget them first, so every message is tried now"),
+        FormField("verify_to", "Verify delivery to", "params.verify.to",
+                  hint="after the run each host sends a probe here and waits for the "
+                       "relay's verdict. Needed for a canary", placeholder="probe@example.com"),
     ),
     "diagnose": (
         FormField("domain", "Sender domain", "params.domain",
@@ -158,10 +165,15 @@ OPTION_FIELDS: tuple[FormField, ...] = (
               "number", hint="empty: never stop early"),
     FormField("timeout_s", "Time box per host (seconds)", "options.timeout_s", "number",
               placeholder="120"),
+    FormField("canary", "Canary: hosts first", "options.canary",
+              hint="N hosts or P% (e.g. 10%): the rest start only when these succeeded; "
+                   "changes and flush only; empty: all at once", placeholder="10%"),
+    FormField("wave_size", "Hosts per later wave", "options.wave_size", "number",
+              hint="empty: all the rest in one wave"),
 )
 #: errors about these keys go next to the field that sets them
 _ERROR_ALIASES = {"params.auth": "auth_username", "params.tls": "tls_mode",
-                  "params.masquerade": "masquerade_domain"}
+                  "params.masquerade": "masquerade_domain", "params.verify": "verify_to"}
 _SECRET_FIELDS = frozenset({"auth_password"})
 
 
@@ -189,6 +201,13 @@ def _smarthost_params(v: Mapping[str, str]) -> dict[str, Any]:
     if v.get("masquerade_domain"):
         params["masquerade"] = {"domain": v["masquerade_domain"],
                                 "envelope": v.get("masquerade_envelope") != "0"}
+    return _verify_param(params, v)
+
+
+def _verify_param(params: dict[str, Any], v: Mapping[str, str]) -> dict[str, Any]:
+    """``params`` with ``verify`` when the form names a probe address."""
+    if v.get("verify_to"):
+        params["verify"] = {"to": v["verify_to"]}
     return params
 
 
@@ -197,7 +216,7 @@ def _flush_params(v: Mapping[str, str]) -> dict[str, Any]:
                                           for key in ("queue_id", "recipient", "sender")))
     if v.get("keep_host_status") == "1":
         params["reset_host_status"] = False
-    return params
+    return _verify_param(params, v)
 
 
 def _log_params(v: Mapping[str, str]) -> dict[str, Any]:

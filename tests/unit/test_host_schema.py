@@ -13,7 +13,8 @@ NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 WHEN = "2024-05-01T12:00:00+00:00"
 NEVER_SEEN = {"seen_at": None, "reachable": None, "error": None, "job_id": None,
               "queue_count": None, "smarthost": None, "config_in_sync": None,
-              "mta_running": None, "mta_kind": None}
+              "mta_running": None, "mta_kind": None, "queue_oldest_age_s": None,
+              "causes": None, "unreachable_streak": None}
 
 
 def make_host(**columns: Any) -> Host:
@@ -70,10 +71,15 @@ def test_last_known_state_and_profile_come_from_the_row() -> None:
                      mta_flavour="rhel", mta_overrides={"restart": "/bin/true"},
                      last_seen_at=NOW, last_reachable=False, last_error="timed out",
                      last_job_id=4, queue_count=3, smarthost={"host": "relay.example.net"},
-                     config_in_sync=True, mta_running=False, mta_detected_kind="postfix")
+                     config_in_sync=True, mta_running=False, mta_detected_kind="postfix",
+                     queue_oldest_age_s=600, unreachable_streak=2,
+                     causes=[{"cause": "auth_failed", "count": 3, "sample": "535 5.7.8"}],
+                     drift=[{"field": "port", "want": 587, "have": 25}])
     last = {"seen_at": WHEN, "reachable": False, "error": "timed out", "job_id": 4,
             "queue_count": 3, "smarthost": {"host": "relay.example.net"},
-            "config_in_sync": True, "mta_running": False, "mta_kind": "postfix"}
+            "config_in_sync": True, "mta_running": False, "mta_kind": "postfix",
+            "queue_oldest_age_s": 600, "unreachable_streak": 2,
+            "causes": [{"cause": "auth_failed", "count": 3, "sample": "535 5.7.8"}]}
     doc = HostSchema().dump(host)
     # configured in mta.kind, found running in last.mta_kind
     assert doc["mta"] == {"kind": "auto", "flavour": "rhel",
@@ -81,7 +87,9 @@ def test_last_known_state_and_profile_come_from_the_row() -> None:
     assert doc["last"] == last
     assert FleetHostSchema().dump(host) == {"host_id": 7, "name": "pbx01", "tenant_id": 2,
                                             "site_id": 3, "transport": "agent",
-                                            "mta_kind": "auto", "last": last}
+                                            "mta_kind": "auto", "last": last,
+                                            "drift": [{"field": "port", "want": 587,
+                                                       "have": 25}], "drifted": True}
 
 
 def test_a_page_dumps_its_rows() -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-03 13:23:25.920920
+Create Date: 2026-12-03 14:26:32.667773
 """
 
 from __future__ import annotations
@@ -148,6 +148,14 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_alerts_tenant_id'), ['tenant_id'], unique=False)
         batch_op.create_index('uq_alerts_open', ['rule_id', 'host_id'], unique=True, sqlite_where=sa.text('resolved_at IS NULL'), postgresql_where=sa.text('resolved_at IS NULL'))
 
+    op.create_table('host_remediations',
+    sa.Column('host_id', sa.Integer(), nullable=False),
+    sa.Column('drift', sa.JSON(none_as_null=True), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('updated_at', controller.db.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['host_id'], ['hosts.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('host_id')
+    )
     op.create_table('inbound_deliveries',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('hook_id', sa.Integer(), nullable=False),
@@ -199,6 +207,8 @@ def upgrade() -> None:
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('created_at', controller.db.UtcDateTime(timezone=True), nullable=False),
     sa.Column('sent_at', controller.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_at', controller.db.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('touched_at', controller.db.UtcDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['alert_id'], ['alerts.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['channel_id'], ['alert_channels.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -268,6 +278,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_inbound_deliveries_hook_id'))
 
     op.drop_table('inbound_deliveries')
+    op.drop_table('host_remediations')
     with op.batch_alter_table('alerts', schema=None) as batch_op:
         batch_op.drop_index('uq_alerts_open', sqlite_where=sa.text('resolved_at IS NULL'), postgresql_where=sa.text('resolved_at IS NULL'))
         batch_op.drop_index(batch_op.f('ix_alerts_tenant_id'))
