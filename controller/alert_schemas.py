@@ -19,6 +19,7 @@ from controller.schemas import (
     PageQuerySchema,
     PageSchema,
     check_http_url,
+    name_field,
 )
 from shared import errors as rf_errors
 from shared import validation as rules
@@ -38,12 +39,6 @@ DEFAULT_UNREACHABLE_CHECKS = 3
 MAX_CHANNELS_PER_RULE = 20
 
 
-def _name(**kwargs: Any) -> fields.String:
-    return fields.String(validate=FullRegexp(
-        NAME_RE, error="1-100 letters, digits, spaces, '.', '_' or '-', starting with a "
-                       "letter or digit"), **kwargs)
-
-
 def _ref_ok(ref: Any, pattern: str) -> bool:
     """An id (1..MAX_ID) or a name following ``pattern``."""
     if isinstance(ref, bool):
@@ -61,7 +56,7 @@ _REF = fields.Raw(metadata={"description": "an id (integer) or a name (string)"}
 class ChannelCreateSchema(StrictSchema):
     """POST /v1/alert-channels."""
 
-    name = _name(required=True, metadata={"example": "noc-webhook"})
+    name = name_field(required=True, metadata={"example": "noc-webhook"})
     tenant_id = WholeInteger(load_default=None, allow_none=True,
                              validate=validate.Range(1, MAX_ID), metadata={
         "description": "the tenant it belongs to (a tenant's token: its own; null from an "
@@ -154,7 +149,7 @@ class RuleScopeSchema(StrictSchema):
 
 
 class _RuleFields(StrictSchema):
-    name = _name(metadata={"example": "queue over 50"})
+    name = name_field(metadata={"example": "queue over 50"})
     threshold = WholeInteger(allow_none=True, validate=validate.Range(0, 10**9), metadata={
         "description": "queue_count: fires above this many messages; oldest_age: above "
                        "this many seconds; unreachable: at this many failed checks in a "
@@ -202,7 +197,7 @@ def check_rule_fields(kind: str, threshold: int | None, cause: str | None) -> in
 class RuleCreateSchema(_RuleFields):
     """POST /v1/alert-rules."""
 
-    name = _name(required=True, metadata={"example": "queue over 50"})
+    name = name_field(required=True, metadata={"example": "queue over 50"})
     tenant_id = WholeInteger(load_default=None, allow_none=True,
                              validate=validate.Range(1, MAX_ID), metadata={
         "description": "the tenant whose hosts it watches (a tenant's token: its own; null "

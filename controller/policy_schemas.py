@@ -11,59 +11,34 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
-from controller.schemas import MAX_ID, NAME_RE, OptionsSchema, TargetSchema
-from shared import errors as rf_errors
+from controller.schemas import MAX_ID, OptionsSchema, TargetSchema, name_field
 from shared import validation as rules
-from shared.schemas import FullRegexp, MasqueradeSchema, StrictSchema, TlsSchema, WholeInteger
-
-
-def _grammar(check: Any, value: Any, field: str) -> None:
-    try:
-        check(value, field)
-    except rf_errors.ValidationError as exc:
-        raise ValidationError(exc.errors.get(field, [exc.message])) from None
-
-
-def _name(**kwargs: Any) -> fields.String:
-    return fields.String(validate=FullRegexp(
-        NAME_RE, error="1-100 letters, digits, spaces, '.', '_' or '-', starting with a "
-                       "letter or digit"), **kwargs)
-
+from shared.schemas import (
+    AuthSchema,
+    FullRegexp,
+    MasqueradeSchema,
+    StrictSchema,
+    TlsSchema,
+    WholeInteger,
+    check_grammar,
+)
 
 # -- credentials ------------------------------------------------------------------------
 
-class CredentialCreateSchema(StrictSchema):
+class CredentialCreateSchema(AuthSchema):
     """POST /v1/credentials: a relay login policies name (the password is write-only)."""
 
     tenant_id = WholeInteger(load_default=None, allow_none=True,
                              validate=validate.Range(1, MAX_ID), metadata={
         "description": "the tenant it belongs to (a tenant's token: its own)"})
-    name = _name(required=True, metadata={"example": "acme-relay"})
-    username = fields.String(required=True, metadata={"example": "pbx-relay@acme.example"})
-    password = fields.String(required=True, load_only=True)
-
-    @validates("username")
-    def _username(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_username, value, "username")
-
-    @validates("password")
-    def _password(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_password, value, "password")
+    name = name_field(required=True, metadata={"example": "acme-relay"})
 
 
-class CredentialUpdateSchema(StrictSchema):
+class CredentialUpdateSchema(AuthSchema):
     """PATCH /v1/credentials/{id}: a new user name, password, or both."""
 
     username = fields.String()
     password = fields.String(load_only=True)
-
-    @validates("username")
-    def _username(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_username, value, "username")
-
-    @validates("password")
-    def _password(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_password, value, "password")
 
     @validates_schema
     def _something(self, data: dict[str, Any], **_: Any) -> None:
@@ -111,7 +86,7 @@ class PolicySmarthostSchema(StrictSchema):
 
     @validates("host")
     def _host(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_hostname, value, "host")
+        check_grammar(rules.validate_hostname, value, "host")
 
 
 class PolicyPutSchema(StrictSchema):
@@ -120,7 +95,7 @@ class PolicyPutSchema(StrictSchema):
 
     smarthost = fields.Nested(PolicySmarthostSchema, allow_none=True, metadata={
         "description": "the relay this level wants (null: deliver directly, no smarthost)"})
-    credential = _name(allow_none=True, metadata={
+    credential = name_field(allow_none=True, metadata={
         "description": "the name of one of the tenant's credentials (null: no SMTP AUTH)"})
     auto_remediate = fields.Boolean(allow_none=True, metadata={
         "description": "remediate drifted hosts without being asked"})

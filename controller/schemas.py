@@ -55,7 +55,8 @@ def _id(**kwargs: Any) -> fields.Integer:
     return WholeInteger(validate=validate.Range(1, MAX_ID), **kwargs)
 
 
-def _name(**kwargs: Any) -> fields.String:
+def name_field(**kwargs: Any) -> fields.String:
+    """A field for an object's name: 1-100 letters, digits, spaces, ".", "_" or "-"."""
     return fields.String(validate=FullRegexp(
         NAME_RE, error="1-100 letters, digits, spaces, '.', '_' or '-', starting with a "
                        "letter or digit"), **kwargs)
@@ -103,7 +104,7 @@ class NestedFrom(fields.Nested):
 class TenantCreateSchema(StrictSchema):
     """POST /v1/tenants."""
 
-    name = _name(required=True, metadata={"example": "Acme Dental"})
+    name = name_field(required=True, metadata={"example": "Acme Dental"})
 
 
 class TenantSchema(Schema):
@@ -139,13 +140,13 @@ class SiteCreateSchema(StrictSchema):
     """POST /v1/sites."""
 
     tenant_id = _id(required=True, strict=True)
-    name = _name(required=True, metadata={"example": "Leeds office"})
+    name = name_field(required=True, metadata={"example": "Leeds office"})
 
 
 class SiteUpdateSchema(StrictSchema):
     """PATCH /v1/sites/{id}."""
 
-    name = _name(required=True)
+    name = name_field(required=True)
 
 
 class SiteSchema(Schema):
@@ -591,7 +592,7 @@ class HostImportResultSchema(Schema):
 class TokenCreateSchema(StrictSchema):
     """POST /v1/tokens."""
 
-    name = _name(required=True)
+    name = name_field(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     tenant_id = _id(load_default=None, allow_none=True, strict=True)
 

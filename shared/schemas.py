@@ -83,7 +83,8 @@ class StrictSchema(Schema):
         return data
 
 
-def _grammar(check: Any, value: Any, field: str) -> None:
+def check_grammar(check: Any, value: Any, field: str) -> None:
+    """Run one of :mod:`shared.validation`'s grammar checks as a marshmallow validator."""
     try:
         check(value, field)
     except rf_errors.ValidationError as exc:
@@ -98,11 +99,11 @@ class AuthSchema(StrictSchema):
 
     @validates("username")
     def _username(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_username, value, "username")
+        check_grammar(rules.validate_username, value, "username")
 
     @validates("password")
     def _password(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_password, value, "password")
+        check_grammar(rules.validate_password, value, "password")
 
 
 class TlsSchema(StrictSchema):
@@ -122,7 +123,7 @@ class TlsSchema(StrictSchema):
     @validates("ca_file")
     def _ca_file(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            _grammar(rules.validate_ca_file, value, "ca_file")
+            check_grammar(rules.validate_ca_file, value, "ca_file")
 
 
 class MasqueradeSchema(StrictSchema):
@@ -134,7 +135,7 @@ class MasqueradeSchema(StrictSchema):
 
     @validates("domain")
     def _domain(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_domain, value, "domain")
+        check_grammar(rules.validate_domain, value, "domain")
 
 
 class VerifySchema(StrictSchema):
@@ -154,16 +155,16 @@ class VerifySchema(StrictSchema):
 
     @validates("timeout_s")
     def _timeout(self, value: int, **_: Any) -> None:
-        _grammar(rules.validate_verify_timeout, value, "timeout_s")
+        check_grammar(rules.validate_verify_timeout, value, "timeout_s")
 
     @validates("to")
     def _to(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_address, value, "to")
+        check_grammar(rules.validate_address, value, "to")
 
     @validates("from_")
     def _from(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            _grammar(rules.validate_address, value, "from")
+            check_grammar(rules.validate_address, value, "from")
 
 
 class SmarthostRequestSchema(StrictSchema):
@@ -189,7 +190,7 @@ class SmarthostRequestSchema(StrictSchema):
 
     @validates("host")
     def _host(self, value: str, **_: Any) -> None:
-        _grammar(rules.validate_hostname, value, "host")
+        check_grammar(rules.validate_hostname, value, "host")
 
     @validates_schema
     def _no_clear_credentials(self, data: dict[str, Any], **_: Any) -> None:
@@ -213,12 +214,12 @@ class HostnameRequestSchema(StrictSchema):
     @validates("fqdn")
     def _fqdn(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            _grammar(rules.validate_fqdn, value, "fqdn")
+            check_grammar(rules.validate_fqdn, value, "fqdn")
 
     @validates("domain")
     def _domain(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            _grammar(rules.validate_domain, value, "domain")
+            check_grammar(rules.validate_domain, value, "domain")
 
     @validates_schema
     def _exactly_one(self, data: dict[str, Any], **_: Any) -> None:
@@ -271,12 +272,12 @@ class DiagnoseRequestSchema(StrictSchema):
     @validates("domain")
     def _domain(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            _grammar(rules.validate_domain, value, "domain")
+            check_grammar(rules.validate_domain, value, "domain")
 
     @validates("public_ip")
     def _ip(self, value: str | None, **_: Any) -> None:
         if value is not None:
-            _grammar(rules.validate_ip_address, value, "public_ip")
+            check_grammar(rules.validate_ip_address, value, "public_ip")
 
 
 #: an agent bundle's version: a PEP 440 public version in its normalized form (0.2.0,
