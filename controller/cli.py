@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
                         help="lane tasks run at once (each runs up to 25 hosts in threads)")
     worker.add_argument("--loglevel", default="INFO")
-    beat = sub.add_parser("beat", help="run the scheduler (the sweeper, every few seconds)")
+    beat = sub.add_parser("beat", help="run the scheduler: the sweeper (stalled jobs), status "
+                          "collections, schedules, alerts and remediations")
     beat.add_argument("--loglevel", default="INFO")
     sub.add_parser("init-db", help="create or migrate the database schema")
     token = sub.add_parser("token", help="manage API tokens")

@@ -33,6 +33,8 @@
                               alert rules and remediations (default 30)
 ``RELAYFLEET_MIN_STATUS_EVERY_S`` the shortest status collection interval a tenant may ask for
                               (default 60)
+``RELAYFLEET_STATUS_JOB_RETENTION_DAYS`` how long beat's finished status collection jobs
+                              are kept before beat deletes them (default 7)
 ``RELAYFLEET_SMTP_URL``       the controller's own mail server for alert emails:
                               ``smtp://HOST[:PORT]`` (plain), ``smtp+starttls://HOST[:PORT]``
                               or ``smtps://HOST[:PORT]``; unset: email channels cannot send
@@ -108,6 +110,8 @@ class Settings:
     scheduler_tick_s: int = 30
     #: the shortest status collection interval a tenant may set
     min_status_every_s: int = 60
+    #: beat deletes its own finished status collection jobs after this many days
+    status_job_retention_days: int = 7
     #: alert emails: the controller's own SMTP server ("" : email channels cannot send)
     smtp_url: str = ""
     smtp_from: str = ""
@@ -278,6 +282,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                   Settings.scheduler_tick_s),
         min_status_every_s=_int_env(env, "RELAYFLEET_MIN_STATUS_EVERY_S",
                                     Settings.min_status_every_s),
+        status_job_retention_days=_int_env(env, "RELAYFLEET_STATUS_JOB_RETENTION_DAYS",
+                                           Settings.status_job_retention_days),
         smtp_url=env.get("RELAYFLEET_SMTP_URL") or "",
         smtp_from=env.get("RELAYFLEET_SMTP_FROM") or "",
         smtp_username=env.get("RELAYFLEET_SMTP_USERNAME") or "",

@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from marshmallow import ValidationError as MarshmallowError
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -25,6 +26,8 @@ from controller.ledger import JobOrigin
 from controller.models import Host, HostTag, Job, JobHost, Site, Tenant
 from shared.actions import job_action
 from shared.errors import ValidationError
+from shared.schemas import flatten_errors
+from shared.validation import refusal
 
 
 def _split_refs(refs: list[Any]) -> tuple[list[int], list[str]]:
@@ -78,18 +81,30 @@ def resolve_target(session: Session, who: Principal, target: dict[str, Any]) -> 
     return rows
 
 
+def load_body(raw: dict[str, Any]) -> dict[str, Any]:
+    """A job document checked as ``POST /v1/jobs`` checks it (defaults filled in); errors
+    are named as the API names them (``target``, ``options.concurrency``)."""
+    # imported here: controller.schemas imports controller.policy, which imports this module
+    from controller.schemas import JobCreateSchema
+
+    try:
+        body: dict[str, Any] = JobCreateSchema().load(raw)
+    except MarshmallowError as exc:
+        raise refusal("job", flatten_errors(exc.messages)) from None
+    return body
+
+
 def lanes_for(concurrency: int, total: int, lane_threads: int) -> int:
     """How many lane tasks a job needs to run ``concurrency`` hosts at once."""
     return max(1, math.ceil(min(concurrency, max(total, 1)) / lane_threads))
 
 
-def start_job(session: Session, who: Principal, body: dict[str, Any], box: SecretBox,
-              database: Database, *, max_timeout_s: int, lane_threads: int,
-              host_rows: list[tuple[int, str]] | None = None,
-              retry_of: int | None = None, origin: JobOrigin | None = None) -> Job:
-    """Validate and store a job and its units (``queued``, not committed); its lanes are
-    queued when the session commits (if they cannot be, the job ends ``failed`` and the
-    commit raises :class:`controller.dispatch.NotQueued`)."""
+def check_job(session: Session, who: Principal, body: dict[str, Any], max_timeout_s: int,
+              *, host_rows: list[tuple[int, str]] | None = None) -> tuple[
+        dict[str, Any], dict[str, Any], dict[str, Any] | None, list[tuple[int, str]]]:
+    """The checks every job passes before it is stored (role, timeout limit, params, target
+    and its size): (options, public params, secret params, host rows). A schedule is
+    checked with them too, so that it is refused when made, not at every run."""
     who.require(job_action(body["action"]).role)
     options = dict(body["options"])
     if options["timeout_s"] > max_timeout_s:
@@ -99,6 +114,18 @@ def start_job(session: Session, who: Principal, body: dict[str, Any], box: Secre
     params, secret = validate_params(body["action"], dict(body.get("params") or {}), options)
     hosts = host_rows if host_rows is not None else resolve_target(session, who, body["target"])
     check_target_size(body["action"], params, len(hosts))
+    return options, params, secret, hosts
+
+
+def start_job(session: Session, who: Principal, body: dict[str, Any], box: SecretBox,
+              database: Database, *, max_timeout_s: int, lane_threads: int,
+              host_rows: list[tuple[int, str]] | None = None,
+              retry_of: int | None = None, origin: JobOrigin | None = None) -> Job:
+    """Validate and store a job and its units (``queued``, not committed); its lanes are
+    queued when the session commits (if they cannot be, the job ends ``failed`` and the
+    commit raises :class:`controller.dispatch.NotQueued`)."""
+    options, params, secret, hosts = check_job(session, who, body, max_timeout_s,
+                                               host_rows=host_rows)
     job = ledger.accept(session, tenant_id=who.tenant_id, token_id=who.token_id or None,
                         action=body["action"], target=body["target"], params=params,
                         params_sealed=box.seal(json.dumps(secret)) if secret else None,
@@ -202,11 +229,18 @@ def retry_hosts(session: Session, who: Principal, job_id: int) -> list[tuple[int
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
-def retry_body(job: Job, box: SecretBox, hosts: list[tuple[int, str]]) -> dict[str, Any]:
-    """A new job's body: the same action, params (secret included) and options."""
-    params = dict(job.params)
-    secret = json.loads(box.open(job.params_sealed) or "null")
+def open_params(public: dict[str, Any], sealed: str | None, box: SecretBox) -> dict[str, Any]:
+    """Stored params made whole again: the public part with the sealed secret opened into
+    ``auth`` (a job's or a schedule's)."""
+    params = dict(public)
+    secret = json.loads(box.open(sealed) or "null")
     if secret:
         params["auth"] = {**params.get("auth", {}), **secret}
+    return params
+
+
+def retry_body(job: Job, box: SecretBox, hosts: list[tuple[int, str]]) -> dict[str, Any]:
+    """A new job's body: the same action, params (secret included) and options."""
     return {"action": job.action, "target": {"hosts": [host_id for host_id, _ in hosts]},
-            "params": params, "options": job.options, "callback_url": job.callback_url}
+            "params": open_params(job.params, job.params_sealed, box),
+            "options": job.options, "callback_url": job.callback_url}

@@ -24,13 +24,14 @@ caller's transaction decides what happens together.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from controller import dispatch
@@ -522,6 +523,24 @@ def finish_job(database: Database, job_id: int) -> JobState | None:
             dispatch.send_after_commit(session, dispatch.SEND_CALLBACK, job_id,
                                        on_failure=not_queued, required=False)
     return final
+
+
+def purge_status_jobs(session: Session, before: dt.datetime, batch: int = 500) -> int:
+    """Delete up to ``batch`` of beat's own status collections (origin ``schedule``, no
+    operator schedule, action ``collect_status``) finished before ``before``, with their
+    units; how many. Beat starts one per tenant per tick, so without this the job table
+    grows without limit; a host's last status is kept on the host, not in these jobs."""
+    ids = list(session.scalars(
+        select(Job.id).where(Job.origin == OriginKind.SCHEDULE.value,
+                             Job.schedule_id.is_(None), Job.action == "collect_status",
+                             Job.finished_at.is_not(None), Job.finished_at < before)
+        .order_by(Job.id).limit(batch)))
+    if not ids:
+        return 0
+    # units first: SQLite enforces the cascade only when its foreign keys are on
+    session.execute(delete(JobHost).where(JobHost.job_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(ids)))
+    return len(ids)
 
 
 def cancel(session: Session, job_id: int) -> bool:

@@ -23,16 +23,17 @@ follows its expression from then.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,11 +42,11 @@ from controller.config import Settings
 from controller.crypto import SecretBox
 from controller.db import Database, utcnow
 from controller.errors import Conflict, NotFound
-from controller.inventory import get_scoped, scoped
-from controller.jobs import resolve_target, retry_body, start_job
+from controller.inventory import commit_unique, get_scoped, scoped
+from controller.jobs import check_job, load_body, open_params, start_job
 from controller.ledger import JobOrigin, JobState, OriginKind, UnitState
+from controller.ledger import purge_status_jobs as purge_status_jobs_batch
 from controller.models import Host, Job, JobHost, Schedule, SchedulerMark, Tenant, Token
-from shared.actions import job_action
 from shared.errors import RelayfleetError, ValidationError
 
 log = logging.getLogger("relayfleet.beat")
@@ -54,9 +55,12 @@ log = logging.getLogger("relayfleet.beat")
 SLOT_FACTOR = 2654435761
 #: the name a beat-started status collection is recorded as (audit, job lists)
 STATUS_COLLECTOR = "status collection"
-#: how far ahead a cron expression is searched for its next time (a 29 February on a
-#: Monday can be years away); an expression that matches nothing within it is refused
-SEARCH_YEARS = 9
+#: how far ahead a cron expression is searched for its next time: the calendar's weekday
+#: cycle, as a date on a given weekday can be years away (``0 0 */29 2 mon``, 1 February
+#: on a Monday, since both day fields must match when one starts with ``*``: 2027, then
+#: 2038). An expression that matches nothing within it is refused, and a schedule whose
+#: next time falls beyond it is disabled with the reason.
+SEARCH_YEARS = 28
 
 # -- cron expressions ---------------------------------------------------------------------
 
@@ -134,7 +138,10 @@ def _field_values(text: str, field: tuple[str, int, int, dict[str, int]]) -> set
         if span == "*":
             first, last = low, high
         elif "-" in span:
-            first, last = (_value(piece, field) for piece in span.split("-"))
+            low_text, high_text = span.split("-")
+            first, last = _value(low_text, field), _value(high_text, field)
+            if high_text == "sun" and name == "day of week":
+                last = 7  # mon-sun, sat-sun: Sunday ends the week (7 is Sunday too)
             if first > last:
                 raise CronError(f"{name}: range {span} runs backwards (write the smaller "
                                 "value first)")
@@ -150,6 +157,9 @@ def parse_cron(text: str) -> Cron:
     """Read a 5-field cron expression (names, ranges, steps, lists; ``@daily`` and the like);
     :class:`CronError` says what is wrong."""
     cleaned = " ".join(str(text).lower().split())
+    if cleaned == "@reboot":
+        raise CronError("@reboot has no time to run at on a controller: give a time, e.g. "
+                        "'30 2 * * *' (02:30 every day)")
     expanded = _MACROS.get(cleaned, cleaned)
     parts = expanded.split(" ")
     if len(parts) != 5:
@@ -170,10 +180,17 @@ def parse_cron(text: str) -> Cron:
     return cron
 
 
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def zone(name: str) -> ZoneInfo:
     """The IANA time zone ``name`` (:class:`ValidationError` when unknown)."""
     try:
-        if not name or name != name.strip() or ".." in name or name.startswith("/"):
+        # only the names the tz database lists: no paths, and not ``localtime`` (the
+        # controller host's own zone, which would change with the host it runs on)
+        if name == "localtime" or name not in _known_zones():
             raise ValueError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -312,10 +329,14 @@ def collect_tenant(session: Session, settings: Settings, box: SecretBox, databas
         return None
     # a tick's share of the fleet at once, up to 100: a whole interval's worth (beat was
     # down) must not open thousands of connections in one go
-    body = {"action": "collect_status", "target": {"hosts": [row[0] for row in rows]},
-            "params": {}, "options": {"concurrency": min(len(rows), 100)}}
+    body = _job_body({"action": "collect_status", "target": {"hosts": [rows[0][0]]},
+                      "params": {}, "options": {"concurrency": min(len(rows), 100)}})
+    # the host rows are passed as a retry passes them: the API's cap on a target's length
+    # (MAX_TARGET_ITEMS) must not refuse a large tenant's window, which would then roll
+    # its mark back on every tick
+    body["target"] = {"hosts": [row[0] for row in rows]}
     return start_job(session, system_principal(tenant.id, STATUS_COLLECTOR),
-                     _job_body(body), box, database, max_timeout_s=settings.max_timeout_s,
+                     body, box, database, max_timeout_s=settings.max_timeout_s,
                      lane_threads=settings.lane_threads, host_rows=rows,
                      origin=JobOrigin(OriginKind.SCHEDULE))
 
@@ -345,9 +366,7 @@ def collect_statuses(database: Database, settings: Settings, box: SecretBox,
 # -- operator schedules -----------------------------------------------------------------------
 
 def _job_body(raw: dict[str, Any]) -> dict[str, Any]:
-    """A job document checked as ``POST /v1/jobs`` checks it."""
-    from controller.api.jobs import load_body  # the API's own checks (and error names)
-
+    """A job document checked as ``POST /v1/jobs`` checks it (and its errors so named)."""
     return load_body(raw)
 
 
@@ -362,34 +381,43 @@ def seal_params(box: SecretBox, action: str, params: dict[str, Any],
 
 def job_document(schedule: Schedule, box: SecretBox) -> dict[str, Any]:
     """The job a schedule starts (secret params opened), checked as ``POST /v1/jobs``."""
-    stand_in = Job(action=schedule.action, params=schedule.params,
-                   params_sealed=schedule.params_sealed, options=schedule.options,
-                   callback_url=None)
-    body = retry_body(stand_in, box, [])
-    body["target"] = schedule.target
-    body.pop("callback_url", None)
-    return _job_body(body)
+    return _job_body({"action": schedule.action, "target": schedule.target,
+                      "params": open_params(schedule.params, schedule.params_sealed, box),
+                      "options": schedule.options})
+
+
+def acting_for(who: Principal, tenant_id: int | None) -> Principal | None:
+    """``who`` narrowed to a schedule's tenant (``None``: a token of another tenant, which
+    may not run it): an MSP-wide token changing a tenant's schedule must not make it run
+    across every tenant."""
+    if tenant_id is None:
+        return who
+    if who.tenant_id not in (None, tenant_id):
+        return None
+    return replace(who, tenant_id=tenant_id)
 
 
 def principal_of(session: Session, schedule: Schedule) -> Principal | None:
-    """The principal a schedule runs as: its token, unless that was revoked or deleted."""
+    """The principal a schedule runs as: its token scoped to the schedule's tenant, unless
+    the token was revoked or deleted or belongs to another tenant."""
     token = session.get(Token, schedule.token_id) if schedule.token_id is not None else None
     if token is None or token.revoked_at is not None:
         return None
-    return Principal(token.id, token.name, token.role, token.tenant_id)
+    return acting_for(Principal(token.id, token.name, token.role, token.tenant_id),
+                      schedule.tenant_id)
 
 
 def check_schedule(session: Session, who: Principal, doc: dict[str, Any],
-                   box: SecretBox) -> dict[str, Any]:
+                   box: SecretBox, *, max_timeout_s: int) -> dict[str, Any]:
     """Check a schedule's document (job, cron, zone) as its token would run it; the columns
     to store (params split, secret sealed, ``next_run_at``)."""
     who.require("operator")
     raw = {"action": doc["action"], "target": doc["target"], "params": doc.get("params") or {},
            "options": doc.get("options") or {}}
     body = _job_body(raw)
-    who.require(job_action(body["action"]).role)
+    # every run applies these checks: a schedule that would fail each time is refused now
+    check_job(session, who, body, max_timeout_s)
     public, sealed = seal_params(box, body["action"], body["params"], body["options"])
-    resolve_target(session, who, body["target"])
     cron, tz = check_cron(doc["cron"], doc.get("timezone") or "UTC")
     return {"action": body["action"], "target": body["target"], "params": public,
             "params_sealed": sealed, "options": raw["options"], "cron": cron.text,
@@ -419,9 +447,9 @@ def _unique_name(session: Session, tenant_id: int | None, name: str,
 
 
 def create_schedule(session: Session, who: Principal, doc: dict[str, Any],
-                    box: SecretBox) -> Schedule:
+                    box: SecretBox, *, max_timeout_s: int) -> Schedule:
     """Store a schedule that runs as ``who``'s token (committed)."""
-    columns = check_schedule(session, who, doc, box)
+    columns = check_schedule(session, who, doc, box, max_timeout_s=max_timeout_s)
     _unique_name(session, who.tenant_id, doc["name"])
     schedule = Schedule(tenant_id=who.tenant_id, token_id=who.token_id or None,
                         name=doc["name"], enabled=doc.get("enabled", True), **columns)
@@ -438,7 +466,8 @@ def create_schedule(session: Session, who: Principal, doc: dict[str, Any],
 
 
 def update_schedule(session: Session, who: Principal, schedule_id: int,
-                    changes: dict[str, Any], box: SecretBox) -> Schedule:
+                    changes: dict[str, Any], box: SecretBox, *,
+                    max_timeout_s: int) -> Schedule:
     """Change a schedule (its job checked again as it would now run); enabling it again
     clears ``last_error`` and makes it run as the token that enabled it."""
     who.require("operator")
@@ -451,12 +480,16 @@ def update_schedule(session: Session, who: Principal, schedule_id: int,
             schedule.name = changes["name"]
         if "enabled" in changes:
             schedule.enabled, schedule.next_run_at = False, None
-        session.commit()
+        commit_unique(session, f"a schedule named {schedule.name!r}")
         return schedule
     doc = {"action": schedule.action, "target": schedule.target,
            "params": job_document(schedule, box)["params"], "options": schedule.options,
            "cron": schedule.cron, "timezone": schedule.timezone, **changes}
-    columns = check_schedule(session, who, doc, box)
+    # checked as it will run: as this token, within the schedule's tenant
+    scoped_who = acting_for(who, schedule.tenant_id)
+    if scoped_who is None:  # get_schedule found it, so the token sees its tenant
+        raise NotFound(f"schedule {schedule_id} not found: list them with GET /v1/schedules")
+    columns = check_schedule(session, scoped_who, doc, box, max_timeout_s=max_timeout_s)
     if "name" in changes:
         _unique_name(session, schedule.tenant_id, changes["name"], schedule.id)
         schedule.name = changes["name"]
@@ -468,7 +501,8 @@ def update_schedule(session: Session, who: Principal, schedule_id: int,
     schedule.last_error = None if schedule.enabled else schedule.last_error
     if not schedule.enabled:
         schedule.next_run_at = None
-    session.commit()
+    # two renames at once: the unique index refuses the second (409, not a 500)
+    commit_unique(session, f"a schedule named {schedule.name!r}")
     return schedule
 
 
@@ -481,14 +515,28 @@ def _disable(schedule: Schedule, reason: str) -> None:
 def run_schedule(session: Session, settings: Settings, box: SecretBox, database: Database,
                  *, schedule: Schedule, now: dt.datetime) -> Job | None:
     """Start one due schedule's job and move it to its next time (a failure to start is
-    kept in ``last_error``; the schedule keeps its times)."""
+    kept in ``last_error``; the schedule keeps its times; one with no next time is
+    disabled, saying why)."""
     cron, tz = parse_cron(schedule.cron), zone(schedule.timezone)
     schedule.next_run_at = next_run(cron, tz, now)
     schedule.last_run_at = now
+    job = _start_scheduled(session, settings, box, database, schedule=schedule, now=now)
+    if schedule.enabled and schedule.next_run_at is None:
+        # silently never running again would look like a working schedule
+        _disable(schedule, f"'{schedule.cron}' names no time within {SEARCH_YEARS} years "
+                           f"after {now:%Y-%m-%d %H:%M} UTC: change its cron expression")
+    return job
+
+
+def _start_scheduled(session: Session, settings: Settings, box: SecretBox,
+                     database: Database, *, schedule: Schedule,
+                     now: dt.datetime) -> Job | None:
+    """Start the schedule's job as its token; ``None`` (and why, in ``last_error``) if not."""
     who = principal_of(session, schedule)
     if who is None:
-        _disable(schedule, "the token this schedule runs as was revoked or deleted: enable "
-                           "it again (PATCH enabled=true) with a valid operator token")
+        _disable(schedule, "the token this schedule runs as was revoked or deleted, or "
+                           "belongs to another tenant: enable it again (PATCH enabled=true) "
+                           "with a valid operator token of the schedule's tenant")
         return None
     try:
         with session.begin_nested():
@@ -536,11 +584,38 @@ def run_due_schedules(database: Database, settings: Settings, box: SecretBox,
     return started
 
 
+#: jobs deleted per transaction, and transactions per tick, when old status jobs are purged
+PURGE_BATCH = 500
+PURGE_BATCHES_PER_TICK = 20
+
+
+def purge_status_jobs(database: Database, settings: Settings,
+                      now: dt.datetime | None = None) -> int:
+    """Delete beat's status collection jobs finished more than
+    ``status_job_retention_days`` ago, in short transactions (a bounded number per tick: a
+    backlog drains over the next ticks); how many."""
+    cutoff = (now or utcnow()) - dt.timedelta(days=settings.status_job_retention_days)
+    purged = 0
+    for _ in range(PURGE_BATCHES_PER_TICK):
+        with database.transaction() as session:
+            count = purge_status_jobs_batch(session, cutoff, PURGE_BATCH)
+        purged += count
+        if count < PURGE_BATCH:
+            break
+    return purged
+
+
 def tick(database: Database, settings: Settings) -> None:
-    """Beat's step for this module: start due status collections, then due schedules."""
+    """Beat's step for this module: start due status collections, then due schedules, then
+    delete old status collection jobs."""
     box = SecretBox(settings.secret_key, settings.old_secret_keys)
     collect_statuses(database, settings, box)
     run_due_schedules(database, settings, box)
+    try:
+        purge_status_jobs(database, settings)
+    except Exception:  # a failed purge must not stop beat: the next tick tries again
+        log.exception("old status collection jobs could not be deleted; the next tick "
+                      "tries again")
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -586,6 +661,11 @@ def set_status_collection(session: Session, who: Principal, tenant_id: int, ever
         raise ValidationError.for_field(
             "every_s", f"at least {settings.min_status_every_s} s on this controller (or 0 to "
             "turn status collection off)")
+    if tenant.status_every_s <= 0 < every_s:
+        # turned back on: the old mark would make the first window span the whole time it
+        # was off, collecting every host at once; a fresh mark starts with one tick
+        session.execute(delete(SchedulerMark).where(
+            SchedulerMark.name == status_mark(tenant.id)))
     tenant.status_every_s = every_s
     session.commit()
     return status_collection(session, who, tenant_id, settings)

@@ -7,7 +7,6 @@ from typing import Any
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import ValidationError as MarshmallowError
 from sqlalchemy import select
 
 from controller import jobs as svc
@@ -20,8 +19,9 @@ from controller.db import db
 from controller.idempotency import Created, idempotent, request_fingerprint
 from controller.inventory import filtered, page, scoped
 from controller.models import Job
-from shared.schemas import flatten_errors
-from shared.validation import refusal
+
+#: the service's check of a job document, still importable from here (the inbound API's)
+load_body = svc.load_body
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1",
                 description="Run an action on many hosts and follow each host's result.")
@@ -55,16 +55,6 @@ def create_job(principal: Principal, body: dict[str, Any], key: str | None,
                              lambda: start(principal, body))
     audit_target(f"job:{doc.get('id')}")
     return status, doc
-
-
-def load_body(raw: dict[str, Any]) -> dict[str, Any]:
-    """A job document checked as ``POST /v1/jobs`` checks it (defaults filled in); errors
-    are named as the API names them (``target``, ``options.concurrency``)."""
-    try:
-        body: dict[str, Any] = s.JobCreateSchema().load(raw)
-    except MarshmallowError as exc:
-        raise refusal("job", flatten_errors(exc.messages)) from None
-    return body
 
 
 def submit(principal: Principal, raw: dict[str, Any], key: str | None = None) -> Created:

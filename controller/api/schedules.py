@@ -85,7 +85,8 @@ class Schedules(MethodView):
     def post(self, body: dict[str, Any]) -> Detail:
         """Add a schedule (operator): the job is checked as ``POST /v1/jobs`` checks it,
         the target must match hosts now, and it runs as this token."""
-        schedule = svc.create_schedule(db.session, who(), body, _box())
+        schedule = svc.create_schedule(db.session, who(), body, _box(),
+                                       max_timeout_s=_settings().max_timeout_s)
         audit_target(f"schedule:{schedule.id}", name=schedule.name, action=schedule.action,
                      cron=schedule.cron, timezone=schedule.timezone)
         return detail(schedule)
@@ -106,7 +107,9 @@ class ScheduleById(MethodView):
     def patch(self, body: dict[str, Any], schedule_id: int) -> Detail:
         """Change a schedule (operator); it then runs as this token."""
         audit_target(f"schedule:{schedule_id}", changed=sorted(body))
-        return detail(svc.update_schedule(db.session, who(), schedule_id, body, _box()))
+        return detail(svc.update_schedule(
+            db.session, who(), schedule_id, body, _box(),
+            max_timeout_s=_settings().max_timeout_s))
 
     @blp.response(204)
     def delete(self, schedule_id: int) -> None:

@@ -11,6 +11,7 @@ import click
 from controller.client.context import Cli, Group, examples, pass_cli
 from controller.client.errors import EXIT_OK, UsageProblem
 from controller.client.inventory_commands import tenant_id_of
+from controller.client.refs import number_or_name, say_which, split_ref
 from controller.client.targets import TargetChoice, build_target, target_options
 from shared.actions import JOB_ACTIONS
 
@@ -20,11 +21,17 @@ def _page(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def schedule_of(cli: Cli, ref: str) -> dict[str, Any]:
-    """A schedule's document (with its next runs) from its id or name."""
-    if ref.isdigit():
-        found: dict[str, Any] = cli.api.get(f"/v1/schedules/{int(ref)}")
+    """A schedule's document (with its next runs) from its id or name (a number that is
+    both asks for ``id:N`` or ``name:N``, as for tenants, sites and hosts)."""
+    ident, name = split_ref(ref)
+    named = ([s for s in cli.api.items("/v1/schedules") if s["name"] == name]
+             if name is not None else [])
+    # a plain number naming a schedule too is ambiguous, unless that schedule has that id
+    if ident is not None and named and [s["id"] for s in named] != [ident]:
+        raise UsageProblem(number_or_name("schedule", ref), hint=say_which(ref))
+    if ident is not None:
+        found: dict[str, Any] = cli.api.get(f"/v1/schedules/{ident}")
         return found
-    named = [s for s in cli.api.items("/v1/schedules") if s["name"] == ref]
     if not named:
         raise UsageProblem(f"no schedule named {ref!r}", hint="relayfleet schedules list")
     if len(named) > 1:

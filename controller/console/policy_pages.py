@@ -19,6 +19,7 @@ from controller.api import audit_target
 from controller.config import Settings
 from controller.console import bp
 from controller.console.fleet_pages import _render
+from controller.console.schedule_pages import form_number
 from controller.console.session import principal, requires, signed_in
 from controller.crypto import SecretBox
 from controller.db import db
@@ -59,9 +60,10 @@ def _target() -> dict[str, Any]:
     for key, kind in (("host_id", "hosts"), ("tenant_id", "tenants")):
         raw = request.form.get(key, "")
         if raw:
-            if not raw.isdigit() or not 0 < int(raw) < 2**31:
+            number = form_number(raw)
+            if not number:
                 raise ValidationError.for_field(key, "must be an id")
-            return {kind: [int(raw)]}
+            return {kind: [number]}
     return {"all": True}
 
 

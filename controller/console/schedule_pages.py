@@ -7,6 +7,8 @@ scoping and roles are the API's.
 
 from __future__ import annotations
 
+import re
+
 from flask import current_app, flash, redirect, request, url_for
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
@@ -41,11 +43,20 @@ def schedules() -> tuple[str, int]:
                    upcoming=svc.upcoming, settings=settings)
 
 
+def form_number(raw: str, limit: int = 2**31) -> int | None:
+    """``raw`` as a number below ``limit`` if it is ASCII digits only (``None`` otherwise):
+    ``"²".isdigit()`` is true but ``int("²")`` raises, so ``isdigit`` cannot guard ``int``."""
+    if not re.fullmatch(r"[0-9]{1,10}", raw):
+        return None
+    number = int(raw)
+    return number if number < limit else None
+
+
 def _schedule_id() -> int:
-    raw = request.form.get("schedule_id", "")
-    if not raw.isdigit() or not 0 < int(raw) < 2**31:
+    number = form_number(request.form.get("schedule_id", ""))
+    if not number:
         raise ValidationError.for_field("schedule_id", "a schedule's id")
-    return int(raw)
+    return number
 
 
 @bp.route("/schedules/change", methods=["POST"])
@@ -64,8 +75,10 @@ def schedule_change() -> Response:
             db.session.commit()
             flash(f"Schedule {schedule_id} deleted; the jobs it started stay.", "success")
         elif what in ("enable", "disable"):
+            settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
             row = svc.update_schedule(db.session, who, schedule_id,
-                                      {"enabled": what == "enable"}, box)
+                                      {"enabled": what == "enable"}, box,
+                                      max_timeout_s=settings.max_timeout_s)
             flash(f"Schedule {row.name} {what}d"
                   + (" (it now runs as your token)." if what == "enable" else "."), "success")
         else:
@@ -86,14 +99,15 @@ def status_collection_set() -> Response:
     who = principal()
     settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
     raw_tenant, raw_every = request.form.get("tenant_id", ""), request.form.get("every_s", "")
-    if not raw_tenant.isdigit() or not 0 < int(raw_tenant) < 2**31:
+    tenant_id = form_number(raw_tenant)
+    if not tenant_id:
         raise ValidationError.for_field("tenant_id", "a tenant's id")
-    tenant_id = int(raw_tenant)
     audit_target(f"tenant:{tenant_id}", status_every_s=raw_every[:10])
     try:
-        if not raw_every.strip().isdigit() or int(raw_every) > 7 * 86400:
+        every_s = form_number(raw_every.strip(), 7 * 86400 + 1)
+        if every_s is None:
             raise ValidationError.for_field("every_s", "a whole number of seconds (0: off)")
-        svc.set_status_collection(db.session, who, tenant_id, int(raw_every), settings)
+        svc.set_status_collection(db.session, who, tenant_id, every_s, settings)
     except ValidationError as exc:
         db.session.rollback()
         flash(f"Interval unchanged: {exc}", "error")

@@ -190,7 +190,8 @@ class ControllerWorker:
         self.env = env
         self.log = log
         self.concurrency = concurrency
-        #: run ``relayfleet-controller beat`` (the sweeper) instead of a worker
+        #: run ``relayfleet-controller beat`` (the scheduler: sweeps, status collections,
+        #: schedules) instead of a worker
         self.beat = beat
         self.proc: subprocess.Popen[bytes] | None = None
 

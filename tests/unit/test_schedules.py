@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from sqlalchemy import select as sa_select
 
 from controller import schedules as sch
 from controller.db import db
@@ -300,3 +301,225 @@ def test_a_tick_collects_the_due_hosts_once_and_skips_those_still_being_collecte
     (again,) = tick(start + 300)
     assert again.total == len(ids)
     assert tick(start + 300) == []  # the same instant again: an empty window
+
+
+# -- review fixes ---------------------------------------------------------------------------
+
+def _beat(c: Controller) -> tuple[Any, Any, Any]:
+    from controller.crypto import SecretBox
+    from controller.lanes import app_database, app_settings
+
+    settings = app_settings()
+    return app_database(), settings, SecretBox(settings.secret_key, settings.old_secret_keys)
+
+
+def test_a_tenants_schedule_changed_by_an_msp_token_still_runs_in_that_tenant_only(
+        memory_controller: Controller) -> None:
+    from controller.auth import Principal
+    from controller.models import Job
+
+    c = memory_controller
+    acme, globex = c.tenant("Acme"), c.tenant("Globex")
+    c.host(c.site(acme, "Lyon"), "pbx1")
+    gx1 = c.host(c.site(globex, "Paris"), "gx1")["id"]
+    made = c.ok("POST", "/v1/schedules", _schedule({"all": True}),
+                token=c.issue("operator", acme), expect=201)
+    assert made["tenant_id"] == acme
+    # the MSP-wide admin (c.admin) changes it: it now runs as that token, within Acme
+    c.ok("PATCH", f"/v1/schedules/{made['id']}", {"cron": "@hourly"})
+    refused = c.call("PATCH", f"/v1/schedules/{made['id']}", body={"target": {"hosts": [gx1]}})
+    assert refused.status == 422 and "target.hosts" in refused.json["errors"]
+    with c.app.app_context():
+        database, settings, box = _beat(c)
+        later = sch.utcnow() + dt.timedelta(hours=2)
+        (job_id,) = sch.run_due_schedules(database, settings, box, now=later)
+        job = db.session.get(Job, job_id)
+        assert job is not None and (job.total, job.tenant_id) == (1, acme)
+    msp = Principal(1, "msp", "operator", None)
+    assert sch.acting_for(msp, acme) == Principal(1, "msp", "operator", acme)
+    assert sch.acting_for(Principal(2, "gx", "operator", globex), acme) is None
+    assert sch.acting_for(msp, None) == msp
+
+
+def test_a_token_of_another_tenant_disables_the_schedule_at_run_time(
+        memory_controller: Controller) -> None:
+    from controller.models import Token
+
+    c = memory_controller
+    acme, globex = c.tenant("Acme"), c.tenant("Globex")
+    c.host(c.site(acme, "Lyon"), "pbx1")
+    made = c.ok("POST", "/v1/schedules", _schedule({"all": True}),
+                token=c.issue("operator", acme), expect=201)
+    c.issue("operator", globex)
+    with c.app.app_context():
+        other = db.session.scalars(sa_select(Token).where(Token.tenant_id == globex)).one()
+        row = db.session.get(Schedule, made["id"])
+        assert row is not None
+        row.token_id = other.id
+        db.session.commit()
+        database, settings, box = _beat(c)
+        later = sch.utcnow() + dt.timedelta(days=2)
+        assert sch.run_due_schedules(database, settings, box, now=later) == []
+    doc = c.ok("GET", f"/v1/schedules/{made['id']}")
+    assert doc["enabled"] is False and "another tenant" in doc["last_error"]
+
+
+def test_a_schedule_is_refused_when_made_for_what_every_run_would_refuse(
+        memory_controller: Controller) -> None:
+    c = memory_controller
+    pbx = c.host(c.site(c.tenant("Acme"), "Lyon"), "pbx1")["id"]
+    answer = c.call("POST", "/v1/schedules", body=_schedule(
+        {"hosts": [pbx]}, options={"timeout_s": 3600}))
+    assert answer.status == 422 and "options.timeout_s" in answer.json["errors"]
+    made = c.ok("POST", "/v1/schedules", _schedule({"hosts": [pbx]}), expect=201)
+    answer = c.call("PATCH", f"/v1/schedules/{made['id']}", body={"options": {"timeout_s": 3600}})
+    assert answer.status == 422 and "options.timeout_s" in answer.json["errors"]
+
+
+def test_a_tenant_with_more_hosts_than_a_target_may_name_is_still_collected(
+        memory_controller: Controller) -> None:
+    from sqlalchemy import insert
+
+    from controller.models import Host, Job
+    from controller.schemas import MAX_TARGET_ITEMS
+
+    c = memory_controller
+    acme = c.tenant("Acme")
+    site = c.site(acme, "Lyon")
+    count = MAX_TARGET_ITEMS + 5
+    with c.app.app_context():
+        db.session.execute(insert(Host), [
+            {"tenant_id": acme, "site_id": site, "name": f"pbx{n}", "address": "192.0.2.10",
+             "transport": "agent"} for n in range(count)])
+        db.session.commit()
+        database, settings, box = _beat(c)
+        first = sch.collect_statuses(database, settings, box, now=1_800_000_000.0)
+    for job_id in first:  # a new mark's one-tick window: free those hosts again
+        c.ok("POST", f"/v1/jobs/{job_id}/cancel")
+    with c.app.app_context():
+        (job_id,) = sch.collect_statuses(database, settings, box, now=1_800_010_000.0)
+        job = db.session.get(Job, job_id)
+        assert job is not None and job.total == count
+
+
+def test_old_status_jobs_are_purged_and_other_jobs_kept(memory_controller: Controller) -> None:
+    from sqlalchemy import update
+
+    from controller.models import Job
+
+    c = memory_controller
+    acme = c.tenant("Acme")
+    pbx = c.host(c.site(acme, "Lyon"), "pbx1")["id"]
+    operator_job = c.ok("POST", "/v1/jobs", {"action": "flush_queue",
+                                             "target": {"hosts": [pbx]}}, expect=202)["id"]
+    with c.app.app_context():
+        database, settings, box = _beat(c)
+        # the host is due in one of the two windows (the second spans the whole interval)
+        (status_job,) = (sch.collect_statuses(database, settings, box, now=1_800_000_000.0)
+                         + sch.collect_statuses(database, settings, box, now=1_800_010_000.0))
+        old = sch.utcnow() - dt.timedelta(days=settings.status_job_retention_days + 1)
+        db.session.execute(update(Job).values(status="cancelled", finished_at=old))
+        db.session.commit()
+        assert settings.status_job_retention_days == 7
+        assert sch.purge_status_jobs(database, settings) == 1
+        db.session.expire_all()
+        assert db.session.get(Job, status_job) is None
+        assert db.session.get(Job, operator_job) is not None
+        db.session.rollback()  # end this read: SQLite's writer waits for readers
+        assert sch.purge_status_jobs(database, settings) == 0
+
+
+def test_a_rare_expression_is_found_and_one_without_a_next_time_is_disabled(
+        memory_controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a 1 February that is a Monday: 2038 after 2027, beyond the old 9-year search
+    rare = sch.parse_cron("0 0 */29 2 mon")
+    assert sch.next_run(rare, sch.zone("UTC"), dt.datetime(2027, 3, 1, tzinfo=UTC)) == (
+        dt.datetime(2038, 2, 1, tzinfo=UTC))
+    c = memory_controller
+    pbx = c.host(c.site(c.tenant("Acme"), "Lyon"), "pbx1")["id"]
+    made = c.ok("POST", "/v1/schedules", _schedule({"hosts": [pbx]}, cron="0 0 29 2 *",
+                                                   timezone="UTC"), expect=201)
+    monkeypatch.setattr(sch, "SEARCH_YEARS", 1)
+    with c.app.app_context():
+        database, settings, box = _beat(c)
+        now = dt.datetime(2040, 3, 1, tzinfo=UTC)  # the next 29 February is 2044's
+        assert len(sch.run_due_schedules(database, settings, box, now=now)) == 1
+    doc = c.ok("GET", f"/v1/schedules/{made['id']}")
+    assert doc["enabled"] is False and "no time within 1 years" in doc["last_error"]
+
+
+def test_unicode_digits_are_refused_not_a_500(memory_controller: Controller) -> None:
+    c = memory_controller
+    browser = c.app.test_client()
+    origin = {"Origin": "http://localhost"}
+    assert browser.post("/ui/login", data={"token": c.admin}, headers=origin).status_code == 303
+    html = browser.get("/ui/schedules").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token is not None
+    for path, form in (("/ui/schedules/change", {"schedule_id": "²", "what": "disable"}),
+                       ("/ui/schedules/status-collection", {"tenant_id": "²", "every_s": "60"}),
+                       ("/ui/policies/remediate", {"host_id": "²"})):
+        answer = browser.post(path, data={"csrf_token": token[1], **form}, headers=origin)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code)
+    from controller.console.schedule_pages import form_number
+    assert [form_number(raw) for raw in ("12", "²", "1" * 11, "", " 1", "2147483648")] == [
+        12, None, None, None, None, None]
+
+
+def test_the_cli_asks_which_when_a_number_is_also_a_schedules_name(
+        memory_controller: Controller) -> None:
+    from tests.unit.test_cli_inventory import run
+
+    c = memory_controller
+    pbx = c.host(c.site(c.tenant("Acme"), "Lyon"), "pbx1")["id"]
+    made = c.ok("POST", "/v1/schedules", _schedule({"hosts": [pbx]}, name="2024"), expect=201)
+    shown = run(c, None, "schedules", "show", "2024")
+    assert shown.code != 0 and "id:2024" in shown.err and "name:2024" in shown.err
+    by_name = run(c, None, "--json", "schedules", "show", "name:2024")
+    assert by_name.code == 0 and by_name.json()["id"] == made["id"]
+    by_id = run(c, None, "--json", "schedules", "show", f"id:{made['id']}")
+    assert by_id.code == 0 and by_id.json()["name"] == "2024"
+
+
+def test_turning_collection_back_on_starts_a_fresh_window(memory_controller: Controller) -> None:
+    from controller.models import SchedulerMark
+
+    c = memory_controller
+    acme = c.tenant("Acme")
+    c.host(c.site(acme, "Lyon"), "pbx1")
+    path = f"/v1/tenants/{acme}/status-collection"
+    with c.app.app_context():
+        database, settings, box = _beat(c)
+        sch.collect_statuses(database, settings, box, now=1_800_000_000.0)
+        assert db.session.get(SchedulerMark, sch.status_mark(acme)) is not None
+    c.ok("PUT", path, {"every_s": 0})
+    c.ok("PUT", path, {"every_s": 600})
+    with c.app.app_context():
+        db.session.expire_all()
+        assert db.session.get(SchedulerMark, sch.status_mark(acme)) is None
+
+
+def test_week_ranges_may_end_on_sunday_and_odd_inputs_are_refused_by_name() -> None:
+    assert sch.parse_cron("0 0 * * mon-sun").weekdays == set(range(7))
+    assert sch.parse_cron("0 0 * * sat-sun").weekdays == {6, 0}
+    assert sch.parse_cron("0 0 * * sun-sat").weekdays == set(range(7))
+    with pytest.raises(sch.CronError, match="@reboot"):
+        sch.parse_cron("@reboot")
+    with pytest.raises(ValidationError, match="IANA time zone"):
+        sch.zone("localtime")
+
+
+def test_a_rename_that_loses_a_race_is_a_409(memory_controller: Controller,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    c = memory_controller
+    acme = c.tenant("Acme")
+    pbx = c.host(c.site(acme, "Lyon"), "pbx1")["id"]
+    ops = c.issue("operator", acme)
+    c.ok("POST", "/v1/schedules", _schedule({"hosts": [pbx]}), token=ops, expect=201)
+    other = c.ok("POST", "/v1/schedules", _schedule({"hosts": [pbx]}, name="other"),
+                 token=ops, expect=201)
+    # the other rename commits between this one's check and its commit
+    monkeypatch.setattr(sch, "_unique_name", lambda *args, **kwargs: None)
+    for change in ({"name": "nightly flush"}, {"name": "nightly flush", "cron": "@hourly"}):
+        answer = c.call("PATCH", f"/v1/schedules/{other['id']}", ops, change)
+        assert answer.status == 409, answer
