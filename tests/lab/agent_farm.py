@@ -78,13 +78,16 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m tests.lab.agent_farm")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=128)
     args = parser.parse_args()
     farm = Farm(json.load(sys.stdin)["hosts"])
     # Every farm address is in 127.0.0.0/8; only the wildcard catches them all on one
     # socket, and the app refuses anything but loopback clients.
+    # It stands in for hundreds of hosts, each of which would accept its own connections:
+    # more threads than a job's concurrency, and a listen queue far above cheroot's 5 (a
+    # full queue drops connection attempts, which a worker rightly reports unreachable).
     server = wsgi.Server(("0.0.0.0", args.port), farm, numthreads=args.threads,
-                         server_name="relayfleet-agent-farm")
+                         server_name="relayfleet-agent-farm", request_queue_size=1024)
 
     def stop(_signum: int, _frame: object) -> None:
         raise SystemExit(0)
