@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -121,8 +122,11 @@ def test_a_failed_canary_stops_the_rollout_and_leaves_the_rest_untouched(
     assert "550 5.7.1 Sender address rejected" in reason
 
 
-def test_waves_start_one_after_the_other_with_the_lanes_threads(
-        controller: Controller, hosts: list[int]) -> None:
+def wave_watch(result: Callable[[], OperationResult]
+               ) -> tuple[dict[str, int], list[str], Callable[[Call], OperationResult]]:
+    """Five hosts in waves 0, 1, 1, 2, 2: (each host's wave, the overlaps seen, a scripted
+    answer that notes a host started before an earlier wave finished, then answers
+    ``result()``)."""
     wave_of = {f"pbx-{n}": wave for n, wave in enumerate([0, 1, 1, 2, 2])}
     finished: set[str] = set()
     overlaps: list[str] = []
@@ -137,8 +141,15 @@ def test_waves_start_one_after_the_other_with_the_lanes_threads(
         time.sleep(0.05)
         with lock:
             finished.add(call.host)
-        return OperationResult("flush_queue", data={"before": 0, "after": 0,
-                                                    "deliveries": [], "remaining": []})
+        return result()
+
+    return wave_of, overlaps, answer
+
+
+def test_waves_start_one_after_the_other_with_the_lanes_threads(
+        controller: Controller, hosts: list[int]) -> None:
+    wave_of, overlaps, answer = wave_watch(lambda: OperationResult(
+        "flush_queue", data={"before": 0, "after": 0, "deliveries": [], "remaining": []}))
 
     job = controller.start_job({"action": "flush_queue", "target": {"all": True},
                                 "params": {"verify": VERIFY},
@@ -337,21 +348,7 @@ def test_a_dead_workers_canary_is_taken_again_before_the_next_wave_opens(
 
 def test_two_lanes_at_once_keep_the_waves_apart(controller: Controller,
                                                 hosts: list[int]) -> None:
-    wave_of = {f"pbx-{n}": wave for n, wave in enumerate([0, 1, 1, 2, 2])}
-    finished: set[str] = set()
-    overlaps: list[str] = []
-    lock = threading.Lock()
-
-    def answer(call: Call) -> OperationResult:
-        with lock:
-            early = [name for name, wave in wave_of.items()
-                     if wave < wave_of[call.host] and name not in finished]
-            if early:
-                overlaps.append(f"{call.host} started before {early} finished")
-        time.sleep(0.05)
-        with lock:
-            finished.add(call.host)
-        return OperationResult("remove_smarthost")
+    wave_of, overlaps, answer = wave_watch(lambda: OperationResult("remove_smarthost"))
 
     job = controller.start_job({"action": "remove_smarthost", "target": {"all": True},
                                 "options": {"canary": 1, "wave_size": 2, "concurrency": 4}})
