@@ -19,8 +19,7 @@ from controller.api import audit_target
 from controller.config import Settings
 from controller.console import bp
 from controller.console.fleet_pages import _render
-from controller.console.schedule_pages import form_number
-from controller.console.session import principal, requires, signed_in
+from controller.console.session import form_number, principal, requires, signed_in
 from controller.crypto import SecretBox
 from controller.db import db
 from controller.dispatch import commit

@@ -7,8 +7,6 @@ scoping and roles are the API's.
 
 from __future__ import annotations
 
-import re
-
 from flask import current_app, flash, redirect, request, url_for
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response
@@ -19,7 +17,7 @@ from controller.api import audit_target
 from controller.config import Settings
 from controller.console import bp
 from controller.console.fleet_pages import _render
-from controller.console.session import principal, requires, signed_in
+from controller.console.session import form_number, principal, requires, signed_in
 from controller.crypto import SecretBox
 from controller.db import db
 from controller.errors import NotFound
@@ -41,15 +39,6 @@ def schedules() -> tuple[str, int]:
     names = {tenant.id: tenant.name for tenant in tenants}
     return _render("schedules.html", tenants=tenants, hosts=hosts, rows=rows, names=names,
                    upcoming=svc.upcoming, settings=settings)
-
-
-def form_number(raw: str, limit: int = 2**31) -> int | None:
-    """``raw`` as a number below ``limit`` if it is ASCII digits only (``None`` otherwise):
-    ``"²".isdigit()`` is true but ``int("²")`` raises, so ``isdigit`` cannot guard ``int``."""
-    if not re.fullmatch(r"[0-9]{1,10}", raw):
-        return None
-    number = int(raw)
-    return number if number < limit else None
 
 
 def _schedule_id() -> int:

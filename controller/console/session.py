@@ -44,6 +44,7 @@ import datetime as dt
 import functools
 import hmac
 import math
+import re
 import secrets
 import threading
 import time
@@ -302,6 +303,15 @@ def requires(role: str) -> Callable[[F], F]:
         return cast(F, wrapper)
 
     return decorate
+
+
+def form_number(raw: str, limit: int = 2**31) -> int | None:
+    """``raw`` as a number below ``limit`` if it is ASCII digits only (``None`` otherwise):
+    ``"²".isdigit()`` is true but ``int("²")`` raises, so ``isdigit`` cannot guard ``int``."""
+    if not re.fullmatch(r"[0-9]{1,10}", raw):
+        return None
+    number = int(raw)
+    return number if number < limit else None
 
 
 def nav_items() -> list[tuple[str, str]]:
