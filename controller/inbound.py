@@ -31,7 +31,7 @@ The mapping (stored per hook) says how a payload becomes a job document::
      "reference": {"pointer": "/ticket/id"}}               # added to the callback URL
 
 Pointers are JSON pointers (RFC 6901) into the payload. The document built is checked
-exactly as ``POST /v1/jobs`` checks one (controller.api.jobs.load_body, then
+exactly as ``POST /v1/jobs`` checks one (controller.jobs.load_body, then
 controller.jobs.start_job as the hook's own operator token): nothing from the payload
 reaches a host unvalidated.
 """

@@ -16,7 +16,6 @@ from controller import inbound as svc
 from controller import inbound_schemas as s
 from controller import jobs as job_svc
 from controller.api import audit_target, who
-from controller.api.jobs import load_body
 from controller.config import Settings
 from controller.crypto import SecretBox
 from controller.db import db, utcnow
@@ -169,7 +168,7 @@ class InboundRequest(MethodView):
         payload = _payload(body)
         raw = svc.build_job(hook.mapping, payload, hook.callback_url)
         job = job_svc.start_job(
-            session, principal, load_body(raw), _box(), db,
+            session, principal, job_svc.load_body(raw), _box(), db,
             max_timeout_s=settings.max_timeout_s, lane_threads=settings.lane_threads,
             origin=JobOrigin(OriginKind.INBOUND, inbound_hook_id=hook.id))
         delivery.job_id = job.id

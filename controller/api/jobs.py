@@ -20,9 +20,6 @@ from controller.idempotency import Created, idempotent, request_fingerprint
 from controller.inventory import filtered, page, scoped
 from controller.models import Job
 
-#: the service's check of a job document, still importable from here (the inbound API's)
-load_body = svc.load_body
-
 blp = Blueprint("jobs", __name__, url_prefix="/v1",
                 description="Run an action on many hosts and follow each host's result.")
 
@@ -60,7 +57,7 @@ def create_job(principal: Principal, body: dict[str, Any], key: str | None,
 def submit(principal: Principal, raw: dict[str, Any], key: str | None = None) -> Created:
     """Start a job from a document built outside an API request (the web console): the
     same checks, scoping, audit target and idempotency as ``POST /v1/jobs``."""
-    body = load_body(raw)
+    body = svc.load_body(raw)
     fingerprint_key: bytes = current_app.extensions["relayfleet_fingerprint_key"]
     return create_job(principal, body, key,
                       request_fingerprint(fingerprint_key, "POST", "/v1/jobs", raw))
