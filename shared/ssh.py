@@ -4,7 +4,8 @@ Nothing here needs Python on the managed host. Each executor method becomes one 
 command built from an argv with :func:`shlex.join` (file operations are small ``sh -c``
 scripts whose paths travel as positional arguments, never inside the script text), run
 through ``sudo -n`` when the login is not root, and time-boxed on both ends (coreutils
-``timeout`` on the host, a deadline here).
+``timeout`` on the host, a deadline here). Commands go to one persistent ``sh`` per
+connection (:mod:`shared.remote_shell`), pooled with it: no sshd session set-up per command.
 
 Host keys are pinned: the key the host offers is compared with the one recorded for it
 *before* authenticating, so a host with an unknown or changed key never runs anything.
@@ -18,8 +19,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
-import secrets
 import shlex
 import socket
 import threading
@@ -30,6 +29,7 @@ from typing import cast
 
 import paramiko
 
+from shared.compat import zip_strict
 from shared.errors import (
     CommandTimeout,
     ConfigError,
@@ -45,6 +45,13 @@ from shared.executor import (
     FileInfo,
     FileMissing,
     read_command,
+)
+from shared.remote_shell import (
+    RemoteShell,
+    Reply,
+    Request,
+    ShellLost,
+    ShellTimeout,
 )
 
 _EXISTS = 45
@@ -194,56 +201,72 @@ def _authenticate(transport: paramiko.Transport, target: SshTarget) -> None:
 
 
 class SshPool:
-    """Idle SSH connections kept per target between jobs: bounded, expiring, redialled."""
+    """Idle SSH connections kept per target between jobs, each with its remote shell (if
+    one was started): bounded, expiring, redialled."""
 
     def __init__(self, max_idle: int = 256, idle_timeout_s: float = 300.0) -> None:
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
-        self._idle: dict[tuple[object, ...], tuple[paramiko.Transport, float]] = {}
+        self._idle: dict[tuple[object, ...],
+                         tuple[paramiko.Transport, float, RemoteShell | None]] = {}
         self._lock = threading.Lock()
         #: how many times a new connection was dialled (tests and metrics read it)
         self.dials = 0
 
-    def acquire(self, target: SshTarget) -> paramiko.Transport:
-        """A live connection to ``target``: a pooled one if fresh, else a new one."""
+    def acquire(self, target: SshTarget) -> tuple[paramiko.Transport, RemoteShell | None]:
+        """A live connection to ``target`` and its shell: pooled ones if fresh, else a new
+        connection (and no shell yet)."""
         key = target.pool_key()
         with self._lock:
             entry = self._idle.pop(key, None)
         if entry is not None:
-            transport, since = entry
+            transport, since, shell = entry
             if transport.is_active() and time.monotonic() - since < self.idle_timeout_s:
-                return transport
-            transport.close()
+                return transport, shell if shell is not None and shell.alive() else None
+            _close(transport, shell)
         with self._lock:
             self.dials += 1
-        return connect(target)
+        return connect(target), None
 
-    def release(self, target: SshTarget, transport: paramiko.Transport, healthy: bool) -> None:
-        """Give a connection back; an unhealthy one, or one past the bound, is closed."""
+    def release(self, target: SshTarget, transport: paramiko.Transport, healthy: bool,
+                shell: RemoteShell | None = None) -> None:
+        """Give a connection (and its idle shell) back; an unhealthy one, or one past the
+        bound, is closed."""
         if not healthy or not transport.is_active():
-            transport.close()
+            _close(transport, shell)
             return
-        evicted: list[paramiko.Transport] = []
+        if shell is not None and not shell.alive():
+            shell.close()
+            shell = None
+        evicted = []
         with self._lock:
             old = self._idle.pop(target.pool_key(), None)
             if old is not None:
-                evicted.append(old[0])
-            self._idle[target.pool_key()] = (transport, time.monotonic())
+                evicted.append(old)
+            self._idle[target.pool_key()] = (transport, time.monotonic(), shell)
             now = time.monotonic()
-            for key, (_conn, since) in list(self._idle.items()):
+            for key, (_conn, since, _shell) in list(self._idle.items()):
                 if now - since >= self.idle_timeout_s:
-                    evicted.append(self._idle.pop(key)[0])
+                    evicted.append(self._idle.pop(key))
             while len(self._idle) > self.max_idle:
-                evicted.append(self._idle.pop(next(iter(self._idle)))[0])
-        for conn in evicted:
-            conn.close()
+                evicted.append(self._idle.pop(next(iter(self._idle))))
+        for conn, _since, idle_shell in evicted:
+            _close(conn, idle_shell)
 
     def close(self) -> None:
         """Close every idle connection."""
         with self._lock:
             idle, self._idle = self._idle, {}
-        for transport, _ in idle.values():
-            transport.close()
+        for transport, _, shell in idle.values():
+            _close(transport, shell)
+
+
+def _close(transport: paramiko.Transport, shell: RemoteShell | None) -> None:
+    """Close a connection and its shell's channel (which holds a wake-up pipe of its own
+    until closed explicitly)."""
+    if shell is not None:
+        shell.close()
+    transport.close()
 
 
 class SshExecutor(Executor):
@@ -254,6 +277,7 @@ class SshExecutor(Executor):
         self.label = target.name
         self._pool = pool
         self._transport: paramiko.Transport | None = None
+        self._shell: RemoteShell | None = None
         self._broken = False
         self._cut = False
 
@@ -265,19 +289,44 @@ class SshExecutor(Executor):
             raise CommandTimeout(f"{self.target.name}: the connection was cut when the time "
                                  "box ran out; nothing more runs in this attempt")
         if self._transport is None or not self._transport.is_active():
-            self._transport = (self._pool.acquire(self.target) if self._pool
-                               else connect(self.target))
+            self._shell = None  # it lived on the dead connection
+            if self._pool is not None:
+                self._transport, self._shell = self._pool.acquire(self.target)
+            else:
+                self._transport = connect(self.target)
         return self._transport
 
+    def _remote_shell(self) -> RemoteShell:
+        """The connection's shell: the running one, else a new one on a new channel."""
+        transport = self._conn()
+        if self._shell is not None and self._shell.alive():
+            return self._shell
+        if self._shell is not None:
+            self._shell.close()
+            self._shell = None
+        try:
+            chan = transport.open_session(timeout=self.target.connect_timeout_s)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(exc) from exc
+        try:
+            self._shell = RemoteShell.start(chan, MAX_STREAM_BYTES,
+                                            self.target.connect_timeout_s)
+        except (ShellLost, paramiko.SSHException, EOFError, OSError) as exc:
+            chan.close()
+            raise self._lost(exc) from exc
+        return self._shell
+
     def close(self) -> None:
-        """Return the connection to the pool (or close it); safe to call twice."""
+        """Return the connection and its shell to the pool (or close it); safe to call
+        twice."""
         transport, self._transport = self._transport, None
+        shell, self._shell = self._shell, None
         if transport is None:
             return
         if self._pool is not None:
-            self._pool.release(self.target, transport, healthy=not self._broken)
+            self._pool.release(self.target, transport, healthy=not self._broken, shell=shell)
         else:
-            transport.close()
+            _close(transport, shell)
 
     def abort(self) -> None:
         """Cut the connection now (from another thread, when a time box runs out); the
@@ -314,98 +363,50 @@ class SshExecutor(Executor):
     ) -> CommandResult:
         """Run ``argv`` on the host; the argv is shell-quoted word by word."""
         start = time.monotonic()
-        command = self._command_line(argv, timeout, env)
-        transport = self._conn()
-        try:
-            chan = transport.open_session(timeout=self.target.connect_timeout_s)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(exc) from exc
-        with contextlib.closing(chan):
-            try:
-                chan.exec_command(command)
-                if input:
-                    chan.sendall(input)
-                chan.shutdown_write()
-                out, err = self._collect(chan, start, timeout, argv)
-                code = chan.recv_exit_status()
-            except CommandTimeout:
-                raise
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise self._lost(exc) from exc
-        if code == -1:
-            raise self._lost(RuntimeError("the command ended without an exit status"))
-        return CommandResult(tuple(argv), code, out, err, time.monotonic() - start)
+        [reply] = self._exchange(
+            [Request(self._command_line(argv, timeout, env), input, argv[0])], timeout)
+        return CommandResult(tuple(argv), reply.exit_code, reply.stdout, reply.stderr,
+                             time.monotonic() - start)
 
     def run_many(self, commands: Sequence[Sequence[str]], *,
                  timeout: float | None = 60.0) -> list[CommandResult]:
-        """Run several commands in one remote shell (one round trip), results split apart.
+        """Run several commands one after the other in one round trip (one write to the
+        shell, every answer read back), each with its own exit code, output and duration;
+        ``timeout`` bounds the whole batch."""
+        if not commands:
+            return []
+        replies = self._exchange([Request(self._command_line(argv, timeout, None),
+                                          name=argv[0]) for argv in commands], timeout)
+        return [CommandResult(tuple(argv), r.exit_code, r.stdout, r.stderr, r.duration_s)
+                for argv, r in zip_strict(commands, replies)]
 
-        Each command's output is closed by a line carrying a random boundary, its index,
-        its exit code and its start/end time, so no output can forge a boundary.
+    def _exchange(self, requests: Sequence[Request], timeout: float | None) -> list[Reply]:
+        """Run ``requests`` on the connection's shell within ``timeout``.
+
+        A shell found gone before anything started is replaced once, in place; any other
+        failure drops the shell (the next command starts a new one) and is raised as
+        CommandTimeout, ExecutorError (output cap) or HostUnreachable.
         """
-        if len(commands) < 2:
-            return [self.run(argv, timeout=timeout) for argv in commands]
-        token = secrets.token_hex(12)
-        parts = []
-        for index, argv in enumerate(commands):
-            parts.append(
-                f"s=$(date +%s.%N 2>/dev/null); {shlex.join(argv)}; c=$?; "
-                f"e=$(date +%s.%N 2>/dev/null); "
-                f"printf '\\n{token}:{index}:%s:%s:%s\\n' \"$c\" \"$s\" \"$e\"; "
-                f"printf '\\n{token}:{index}\\n' >&2")
-        batch = self.run(["sh", "-c", "\n".join(parts)], timeout=timeout)
-        out_parts = re.split(rf"\n{token}:(\d+):(\d+):([^:\n]*):([^:\n]*)\n".encode(),
-                             batch.stdout)
-        err_parts = re.split(rf"\n{token}:\d+\n".encode(), batch.stderr)
-        if len(out_parts) != 5 * len(commands) + 1:
-            raise ExecutorError(f"{self.target.name}: a batch of commands did not complete "
-                                f"(exit {batch.exit_code}): {batch.output_text().strip()[:300]}")
-        results = []
-        share = batch.duration_s / len(commands)
-        for index, argv in enumerate(commands):
-            out, _, code, started, ended = out_parts[5 * index: 5 * index + 5]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for retry in (False, True):
+            shell = self._remote_shell()
             try:
-                duration = float(ended) - float(started)
-            except ValueError:
-                duration = share
-            err = err_parts[index] if index < len(err_parts) else b""
-            results.append(CommandResult(tuple(argv), int(code), out, err, duration))
-        return results
-
-    def _collect(self, chan: paramiko.Channel, start: float, timeout: float | None,
-                 argv: Sequence[str]) -> tuple[bytes, bytes]:
-        """Read stdout to EOF (blocking, no polling), then stderr; both within the deadline.
-
-        stderr waits in paramiko's buffer meanwhile; the channel window (2 MiB) is far
-        beyond what these commands print on stderr. Each stream keeps at most
-        MAX_STREAM_BYTES: past it the channel is closed and ExecutorError raised, so a
-        hostile or broken host cannot make the worker hold more.
-        """
-        deadline = None if timeout is None else start + timeout
-        out, err = bytearray(), bytearray()
-        try:
-            for recv, buffer, stream in ((chan.recv, out, "stdout"),
-                                         (chan.recv_stderr, err, "stderr")):
-                while True:
-                    if deadline is not None:
-                        chan.settimeout(max(0.01, deadline - time.monotonic()))
-                    chunk = recv(min(65536, MAX_STREAM_BYTES + 1 - len(buffer)))
-                    if not chunk:
-                        break
-                    buffer.extend(chunk)
-                    if len(buffer) > MAX_STREAM_BYTES:
-                        chan.close()
-                        raise ExecutorError(
-                            f"{self.target.name}: {argv[0]} printed more than "
-                            f"{MAX_STREAM_BYTES // (1024 * 1024)} MiB on {stream}; stopped "
-                            "reading and closed its channel")
-            if deadline is not None and not chan.status_event.wait(
-                    max(0.01, deadline - time.monotonic())):
-                raise TimeoutError
-        except TimeoutError as exc:
-            raise CommandTimeout(f"{argv[0]} did not finish within {timeout}s on "
-                                 f"{self.target.name}") from exc
-        return bytes(out), bytes(err)
+                return shell.run(requests, deadline)
+            except ShellTimeout as exc:
+                raise CommandTimeout(f"{exc.name} did not finish within {timeout}s on "
+                                     f"{self.target.name}") from exc
+            except ShellLost as exc:
+                if exc.ran or retry or self._cut:
+                    raise self._lost(exc) from exc
+                # Nothing ran (the shell had ended while idle): a new shell runs it.
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._lost(exc) from exc
+            except ExecutorError as exc:
+                raise ExecutorError(f"{self.target.name}: {exc.message}") from exc
+            finally:
+                if not shell.alive():
+                    self._shell = None
+        raise AssertionError("unreachable: the retry raises")
 
     def _sh(self, script: str, *args: str, input: bytes | None = None,
             timeout: float = 60.0) -> CommandResult:

@@ -10,26 +10,30 @@ lab). For each N it times, as median wall time over the runs:
 - ``ansible all -m shell`` and ``-m raw`` running ``sendmail -OTimeout.hoststatus=0m -q;
   mailq`` (ansible-core from PyPI in its own virtualenv, forks = N, pipelining and
   ControlPersist on);
-- N parallel OpenSSH ``ssh`` clients running the same command (the handshake-bound floor).
+- N parallel OpenSSH ``ssh`` clients running the same command (the handshake-bound floor);
+- the **floor**: the host-side commands of the flush (mailq, both queue runs, mailq) run
+  directly inside every host's namespaces at once, with no transport at all.
 
-It prints every figure and the ratios the SSH issue names (cold vs parallel OpenSSH; warm
-vs ``ansible -m shell``). Nothing is asserted.
+It prints every figure and the ratios: warm flush vs the floor, cold flush vs parallel
+OpenSSH, ``ansible -m shell`` vs warm (``--no-ansible`` skips ansible). Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from shared.mta import FlushRequest, operations_for
-from shared.profile import build_profile
+from shared.profile import HostProfile, build_profile
 from shared.results import OperationResult
 from shared.ssh import SshExecutor, SshPool, SshTarget
 from tests.lab.fanout import run_per_host
@@ -117,24 +121,44 @@ def parallel_ssh(hosts: list[LabHost], key_dir: Path) -> None:
         raise SystemExit("an ssh client failed")
 
 
-def measure(lab: Lab, count: int, key_dir: Path, ansible: Path, runs: int) -> dict[str, float]:
-    """Every figure for ``count`` hosts."""
+def flush_commands(profile: HostProfile) -> list[list[str]]:
+    """The host-side commands of ``queue_flush`` with its defaults (the floor runs them)."""
+    run = [profile.sendmail, "-OTimeout.hoststatus=0m", "-q", "-v"]
+    return [list(profile.mailq), run, [run[0], "-Ac", *run[1:]], list(profile.mailq)]
+
+
+def floor_run(hosts: list[LabHost]) -> None:
+    """The flush's commands inside every host's namespaces at once, one after the other
+    per host as the flush runs them, with no transport: what any transport adds to."""
+    script = "; ".join(shlex.join(argv) for argv in flush_commands(build_profile()))
+    procs = [subprocess.Popen(h.nsenter(["sh", "-c", script]), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for h in hosts]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("a flush failed inside a host")
+
+
+def measure(lab: Lab, count: int, key_dir: Path, ansible: Path | None,
+            runs: int) -> dict[str, float]:
+    """Every figure for ``count`` hosts (ansible's only when ``ansible`` is given)."""
     hosts, targets = build(lab, count, key_dir)
     figures: dict[str, float] = {}
     for op in ("flush", "status"):
         figures[f"relayfleet {op} cold"], _ = median_time(
-            lambda op=op: relayfleet_run(targets, op, None), runs)
+            partial(relayfleet_run, targets, op, None), runs)
         pool = SshPool()
         relayfleet_run(targets, op, pool)  # first contact fills the pool
         figures[f"relayfleet {op} warm"], _ = median_time(
-            lambda op=op, pool=pool: relayfleet_run(targets, op, pool), runs)
+            partial(relayfleet_run, targets, op, pool), runs)
         pool.close()
     inventory = key_dir / f"inventory-{count}"
     inventory.write_text("[lab]\n" + "\n".join(h.address for h in hosts) + "\n")
     for module in ("shell", "raw"):
-        figures[f"ansible -m {module}"], _ = median_time(
-            lambda module=module: ansible_run(ansible, inventory, key_dir, count, module), runs)
+        if ansible is not None:
+            figures[f"ansible -m {module}"], _ = median_time(
+                partial(ansible_run, ansible, inventory, key_dir, count, module), runs)
     figures["parallel OpenSSH"], _ = median_time(lambda: parallel_ssh(hosts, key_dir), runs)
+    figures["floor (no transport)"], _ = median_time(lambda: floor_run(hosts), runs)
     return figures
 
 
@@ -144,21 +168,29 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-ansible", action="store_true",
+                        help="skip the ansible figures (no ansible-core install either)")
     args = parser.parse_args()
-    ansible = ensure_ansible()
+    ansible = None if args.no_ansible else ensure_ansible()
     with tempfile.TemporaryDirectory(prefix="rf-bench-") as tmp, Lab(Path(tmp) / "lab") as lab:
         for count in sorted(args.hosts):
             figures = measure(lab, count, Path(tmp), ansible, args.runs)
             print(f"\n== {count} hosts, median of {args.runs} runs ==")
             for name, value in figures.items():
                 print(f"  {name:<28} {value:7.2f} s")
-            floor, shell = figures["parallel OpenSSH"], figures["ansible -m shell"]
-            cold = figures["relayfleet flush cold"] / floor
-            print(f"  cold flush / parallel OpenSSH   {cold:5.2f}  (target <= 1.3)")
-            print(f"  ansible -m shell / warm flush   "
-                  f"{shell / figures['relayfleet flush warm']:5.2f}  (target >= 10)")
-            print(f"  ansible -m shell / warm status  "
-                  f"{shell / figures['relayfleet status warm']:5.2f}", flush=True)
+            warm = figures["relayfleet flush warm"]
+            print(f"  warm flush / floor              "
+                  f"{warm / figures['floor (no transport)']:5.2f}  (target <= 1.3)")
+            print(f"  cold flush / parallel OpenSSH   "
+                  f"{figures['relayfleet flush cold'] / figures['parallel OpenSSH']:5.2f}  "
+                  "(target <= 1.3)")
+            if "ansible -m shell" in figures:
+                shell = figures["ansible -m shell"]
+                print(f"  ansible -m shell / warm flush   {shell / warm:5.2f}  (target >= 10)")
+                print(f"  ansible -m shell / warm status  "
+                      f"{shell / figures['relayfleet status warm']:5.2f}")
+            print(f"  load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+                  f"{os.getloadavg()[2]:.2f} (1, 5, 15 min)", flush=True)
 
 
 if __name__ == "__main__":

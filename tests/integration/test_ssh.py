@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.cli import run as run_ops
-from shared.errors import HostKeyMismatch
-from shared.executor import LocalExecutor
+from shared.errors import CommandTimeout, ExecutorError, HostKeyMismatch, HostUnreachable
+from shared.executor import CommandResult, LocalExecutor
 from shared.mta import operations_for
 from shared.profile import build_profile
 from shared.results import OperationResult
-from shared.ssh import SshExecutor, SshPool, SshTarget, fetch_host_key
+from shared.ssh import MAX_STREAM_BYTES, SshExecutor, SshPool, SshTarget, fetch_host_key
 from shared.validation import parse_smarthost_request
 from tests.conftest import OpsRunner, ssh_target_for
 from tests.lab.fanout import run_per_host
@@ -28,7 +34,7 @@ SMARTHOST = {"host": "smarthost.lab.test", "port": SINK_PORT, "mx": False}
 
 
 def ssh_ops(target: SshTarget, host: LabHost, *argv: str,
-            pool: SshPool | None = None) -> tuple[int, dict[str, object]]:
+            pool: SshPool | None = None) -> tuple[int, dict[str, Any]]:
     return run_ops(["--flavour", host.flavour, *argv], executor=SshExecutor(target, pool))
 
 
@@ -149,7 +155,7 @@ def test_pool_keeps_connections_between_jobs(make_host: Callable[..., LabHost],
         # A connection that died is dropped and redialled.
         hosts[1].stop_sshd()
         hosts[1].ssh_host_key = hosts[1].start_sshd()
-        for transport, _ in list(pool._idle.values()):
+        for transport, _since, _shell in list(pool._idle.values()):
             transport.close()
         code, doc = ssh_ops(targets[1], hosts[1], "queue", pool=pool)
         assert code == 0, doc
@@ -211,3 +217,136 @@ def test_local_and_ssh_executors_agree_on_files(make_host: Callable[..., LabHost
             assert ex.file_info(f"{base}/g") is None and ex.read_file_if_exists(f"{base}/g") is None
             ex.remove_dir(base)
             assert ex.list_dir(base) == []
+
+
+# -- the persistent remote shell -------------------------------------------------------
+def _host_pids(host: LabHost) -> list[int]:
+    """Processes running inside the host (its network namespace)."""
+    listed = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True,
+                            text=True, check=False).stdout
+    return [int(pid) for pid in listed.split()]
+
+
+def _cmdlines(pids: list[int] | None = None) -> dict[int, bytes]:
+    """Every process's argv as ``ps`` shows it (the whole machine when ``pids`` is None)."""
+    found = {}
+    for pid in pids if pids is not None else [int(p) for p in os.listdir("/proc")
+                                               if p.isdigit()]:
+        with contextlib.suppress(OSError):
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    return found
+
+
+def _sessions(host: LabHost) -> int:
+    return host.sshd_log().count("Starting session:")
+
+
+def test_a_pooled_connection_reuses_its_shell(make_host: Callable[..., LabHost],
+                                              keys: Keys) -> None:
+    host = make_host("debian")
+    target = ssh_target_for(host, keys)
+    pool = SshPool(idle_timeout_s=60)
+    try:
+        shells = set()
+        for _job in range(3):
+            with SshExecutor(target, pool) as executor:
+                for _ in range(5):
+                    # env execs sh: its parent is the shell that runs every command
+                    shells.add(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
+                many = executor.run_many([["echo", "a"], ["sh", "-c", "echo b >&2; exit 3"],
+                                          ["printf", "c"]])
+                assert [(r.exit_code, r.stdout, r.stderr) for r in many] == [
+                    (0, b"a\n", b""), (3, b"", b"b\n"), (0, b"c", b"")]
+        assert len(shells) == 1 and pool.dials == 1
+        host.wait_for(lambda: _sessions(host) >= 1, 10, "the session in sshd's log")
+        assert _sessions(host) == 1, "a command opened a session of its own"
+    finally:
+        pool.close()
+
+
+def test_a_killed_shell_is_replaced_in_the_same_executor(make_host: Callable[..., LabHost],
+                                                         keys: Keys) -> None:
+    host = make_host("debian")
+    target = ssh_target_for(host, keys)
+    pool = SshPool(idle_timeout_s=60)
+    try:
+        with SshExecutor(target, pool) as executor:
+            first = int(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
+            os.kill(first, signal.SIGKILL)
+            second = int(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
+            assert second != first
+            # a command that kills its own shell was in flight: reported, not re-run
+            with pytest.raises(HostUnreachable, match="connection lost"):
+                executor.run(["sh", "-c", "kill -9 $PPID; sleep 5"], timeout=None)
+        with SshExecutor(target, pool) as executor:
+            assert executor.run(["echo", "back"]).stdout == b"back\n"
+    finally:
+        pool.close()
+
+
+def test_a_timed_out_command_leaves_nothing_running(make_host: Callable[..., LabHost],
+                                                   keys: Keys) -> None:
+    host = make_host("debian")
+    target = ssh_target_for(host, keys)
+    pool = SshPool(idle_timeout_s=60)
+    marker = "3171"
+    try:
+        with SshExecutor(target, pool) as executor:
+            with pytest.raises(CommandTimeout, match=r"sh did not finish within 1\.5s"):
+                executor.run(["sh", "-c", f"sleep {marker}0 & sleep {marker}1; echo never"],
+                             timeout=1.5)
+
+            def gone() -> bool:
+                return not any(f"sleep {marker}".encode() in argv
+                               for argv in _cmdlines(_host_pids(host)).values())
+            # the host's timeout (2 s, then -k 5) kills the whole process group
+            host.wait_for(gone, 30, "the timed-out commands to be killed on the host")
+            # the same executor and connection go on with a new shell
+            assert executor.run(["echo", "next"]).stdout == b"next\n"
+        assert pool.dials == 1
+    finally:
+        pool.close()
+
+
+def test_output_past_the_cap_is_cut(make_host: Callable[..., LabHost], keys: Keys) -> None:
+    host = make_host("debian")
+    with SshExecutor(ssh_target_for(host, keys)) as executor:
+        with pytest.raises(ExecutorError, match="head printed more than 16 MiB on stdout"):
+            executor.run(["head", "-c", str(MAX_STREAM_BYTES + 1), "/dev/zero"])
+        exact = executor.run(["head", "-c", str(MAX_STREAM_BYTES), "/dev/zero"])
+        assert len(exact.stdout) == MAX_STREAM_BYTES
+        with pytest.raises(ExecutorError, match="printed more than 16 MiB on stderr"):
+            executor.run(["sh", "-c", f"head -c {MAX_STREAM_BYTES + 1} /dev/zero >&2"])
+        assert executor.run(["echo", "ok"]).stdout == b"ok\n"
+
+
+@pytest.mark.parametrize("mta", ["sendmail", "postfix"])
+def test_input_binary_and_secrets_through_the_shell(make_host: Callable[..., LabHost],
+                                                    keys: Keys, mta: str) -> None:
+    """With sudo on a Debian (dash) host and on a Postfix host: stdin, bytes, secrets."""
+    host = make_host("debian", mta=mta)
+    user, _password = host.lab.ensure_ssh_user()
+    target = ssh_target_for(host, keys, user=user, sudo=True)
+    with SshExecutor(target) as executor:
+        assert executor.run(["id", "-u"]).stdout == b"0\n"
+        # no input: stdin is at its end at once, not the shell's own stdin
+        assert executor.run(["sh", "-c", "cat; echo after"], timeout=20).stdout == b"after\n"
+        binary = bytes(range(256)) * 64 + b"no newline"
+        echoed = executor.run(["cat"], input=binary)
+        assert (echoed.exit_code, echoed.stdout) == (0, binary)
+        secret = f"rf-secret-{os.urandom(8).hex()}".encode()
+        result: list[CommandResult] = []
+        runner = threading.Thread(target=lambda: result.append(executor.run(
+            ["sh", "-c", 'sleep 3; cat > "$1"', "sh", "/tmp/rf-secret-test"], input=secret)))
+        runner.start()
+        seen_running = False
+        while runner.is_alive():
+            argvs = _cmdlines().values()
+            assert not any(secret in argv for argv in argvs), "the secret is in an argv"
+            seen_running = seen_running or any(b"rf-secret-test" in argv for argv in argvs)
+            time.sleep(0.05)
+        runner.join()
+        assert seen_running and result[0].exit_code == 0, result
+        assert host.fs("/tmp/rf-secret-test").read_bytes() == secret
+        executor.remove("/tmp/rf-secret-test")
+    assert secret.decode() not in host.sshd_log()
