@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -17,11 +16,22 @@ from typing import Any
 from flask import Flask, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from controller import console
 from controller import errors as ctl_errors
-from controller.api import alerts, doctor, fleet, inbound, inventory, jobs, policies, schedules
+from controller.api import (
+    alerts,
+    audit_row,
+    committed_audit,
+    doctor,
+    fleet,
+    inbound,
+    inventory,
+    jobs,
+    policies,
+    schedules,
+)
 from controller.auth import authenticate
 from controller.celery_app import celery_init_app
 from controller.config import load_settings
@@ -40,7 +50,6 @@ OPEN_PATHS = frozenset({"/v1/health"})
 #: paths that authenticate by their own means, not a bearer token: an inbound ticketing
 #: hook checks the HMAC signature its sender computed (controller.inbound)
 OPEN_PREFIXES = ("/v1/inbound/",)
-_ROUTE_ARG = re.compile(r"<(?:[^:<>]+:)?(\w+)>")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: unauthenticated calls from one address are audited one by one only once per this
 UNAUTHENTICATED_WINDOW_S = 60.0
@@ -154,10 +163,6 @@ def _refuse_nul() -> None:
                                                           "accepted")
 
 
-def _braced(match: re.Match[str]) -> str:
-    return "{" + match.group(1) + "}"
-
-
 @dataclass
 class _RefusedWindow:
     """Unauthenticated calls from one address, counted from ``start`` on."""
@@ -218,33 +223,37 @@ def _summary_row(address: str, window: _RefusedWindow, window_s: float) -> dict[
 
 def _audit(route: str, status: int) -> None:
     """Record a mutating call in its own transaction (whatever became of the request's);
-    unauthenticated calls are rate-limited into summaries (:class:`UnauthenticatedTally`)."""
+    unauthenticated calls are rate-limited into summaries (:class:`UnauthenticatedTally`).
+    A call whose row went in with the request's own transaction (:func:`audit_with`) only
+    has that row corrected when it ended otherwise than the row says."""
     principal = g.get("principal")
     tally: UnauthenticatedTally = current_app.extensions["relayfleet_unauthenticated"]
     now = time.monotonic()
     rows = [_summary_row(address, window, tally.window_s)
             for address, window in tally.ended(now)]
+    written = committed_audit(g.get("db_session"))
+    correction: tuple[int, dict[str, Any]] | None = None
     # Calls refused without a principal (the API's 401s, the console's 400/429 before a
     # session) are rate-limited into summaries: a flood must not write a row per request.
     signed_out_refusal = principal is None and 400 <= status < 500
     if not signed_out_refusal or tally.refused(request.remote_addr or "?", now):
-        target = g.get("audit_target") or (
-            ",".join(f"{k}={v}" for k, v in (request.view_args or {}).items()) or None)
-        rows.append(dict(
-            at=utcnow(), token_id=principal.token_id if principal else None,
-            token_name=principal.name if principal else None,
-            tenant_id=principal.tenant_id if principal else None,
-            action=f"{request.method} {_ROUTE_ARG.sub(_braced, route)}",
-            target=target, outcome=status, detail=g.get("audit_detail"),
-            remote_addr=request.remote_addr))
-    if not rows:
+        row = audit_row(status)
+        if written is None:
+            rows.append({**row, "at": utcnow()})
+        elif written[1] != row:
+            correction = (written[0], row)
+    if not rows and correction is None:
         return
     try:
         # The request's own session: on SQLite a second connection would wait for this
         # one's transaction. Whatever the view left uncommitted is not kept.
         session = db.session
         session.rollback()
-        session.execute(insert(AuditEvent), rows)
+        if rows:
+            session.execute(insert(AuditEvent), rows)
+        if correction is not None:
+            session.execute(update(AuditEvent).where(AuditEvent.id == correction[0])
+                            .values(correction[1]))
         session.commit()
     except Exception:
         log.exception("could not write the audit record for %s %s", request.method, route)

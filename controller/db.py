@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, g
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, Table, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -41,6 +41,12 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
             return None
         stamp: dt.datetime = value
         return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The table a model maps: statements built on it take SQLAlchemy's Core path, which
+    costs a fraction of the ORM's (for the hot statements of a request)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> dt.datetime:
@@ -92,12 +98,23 @@ class Database:
             session = g.pop("db_session", None)
             if session is not None:
                 session.close()
+            connection = g.pop("db_connection", None)
+            if connection is not None:
+                connection.close()
 
     @property
     def session(self) -> Session:
-        """The session of the current app context (made on first use)."""
+        """The session of the current app context (made on first use).
+
+        It keeps one connection for the whole context, through all its transactions: a
+        request that commits more than once (an Idempotency-Key, then the job) takes a
+        connection from the pool, and pings it, once.
+        """
         if "db_session" not in g:
-            g.db_session = self.new_session()
+            assert self.engine is not None and self.sessionmaker is not None, (
+                "Database.init_app was not called")
+            g.db_connection = self.engine.connect()
+            g.db_session = self.sessionmaker(bind=g.db_connection)
         session: Session = g.db_session
         return session
 

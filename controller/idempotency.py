@@ -16,12 +16,12 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.auth import Principal
-from controller.db import utcnow
+from controller.db import table_of, utcnow
 from controller.dispatch import NotQueued, commit
 from controller.errors import Conflict
 from controller.models import IdempotencyKey
@@ -36,6 +36,15 @@ IDEMPOTENCY_ABANDONED = dt.timedelta(seconds=120)
 
 #: what an idempotent create returns: the HTTP status and the answer (plain JSON)
 Created = tuple[int, dict[str, Any]]
+
+# Every create runs these: built once (building a statement and its cache key each time
+# costs more CPU than sending it).
+_KEYS = table_of(IdempotencyKey)
+_TAKE = insert(_KEYS).returning(_KEYS.c.id)
+_HOLD = select(_KEYS.c.id).where(_KEYS.c.id == bindparam("key_id")).with_for_update()
+_ANSWER = update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(
+    state="done", status_code=bindparam("b_status", type_=_KEYS.c.status_code.type),
+    response=bindparam("b_response", type_=_KEYS.c.response.type))
 
 
 def request_fingerprint(key: bytes, method: str, path: str, body: Any) -> str:
@@ -58,41 +67,38 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise ValidationError.for_field("Idempotency-Key", "must be 1-255 printable characters")
     now = utcnow()
-    row = IdempotencyKey(token_id=who.token_id, key=key, request_sha256=fingerprint,
-                         state="in_progress", created_at=now)
-    session.add(row)
     try:
+        # Committed on its own: a second request under the key sees it and gets a 409
+        # while this one works (a plain INSERT, not an ORM flush: it is on every create)
+        row_id = session.execute(_TAKE, {
+            "token_id": who.token_id, "key": key, "request_sha256": fingerprint,
+            "state": "in_progress", "created_at": now}).scalar_one()
         session.commit()
-        taken = False
     except IntegrityError:
         session.rollback()
-        taken = True
-    if taken:
         return _replay(session, who, key, fingerprint, now=now, create=create)
     try:
         # Hold the key's row for as long as the create works (PostgreSQL: a row lock; SQLite:
         # the database's write lock that BEGIN IMMEDIATE takes): a retry can only take the
         # key over once this transaction is gone, i.e. its request has ended or died.
-        session.execute(select(IdempotencyKey.id).where(IdempotencyKey.id == row.id)
-                        .with_for_update())
+        session.execute(_HOLD, {"key_id": row_id})
         status, response = create()
-        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
-            state="done", status_code=status,
-            response=json.loads(json.dumps(response, default=str))))
+        session.execute(_ANSWER, {"key_id": row_id, "b_status": status,
+                                  "b_response": json.loads(json.dumps(response, default=str))})
         commit(session)
     except NotQueued as exc:
         # The object is committed: the key keeps naming it, and answers as this call did
         # (a retry with the same key must not make a second one).
         session.rollback()
         code = exc.status
-        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row_id).values(
             status_code=code, response={"code": code, "status": HTTPStatus(code).phrase,
                                         "message": exc.message}))
         session.commit()
         raise
     except BaseException:
         session.rollback()
-        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row.id))
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row_id))
         session.commit()
         raise
     return status, response

@@ -7,10 +7,12 @@ import tasks. How the job then runs is :mod:`controller.lanes`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
 
+from marshmallow import Schema
 from marshmallow import ValidationError as MarshmallowError
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -73,7 +75,10 @@ def resolve_target(session: Session, who: Principal, target: dict[str, Any]) -> 
             shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
             raise ValidationError.for_field(f"target.{kind}", f"not found: {shown}")
         _refuse_ambiguous_names(kind, names, found)
-        column = {"hosts": Host.id, "sites": Host.site_id, "tenants": Host.tenant_id}[kind]
+        if kind == "hosts":
+            # the hosts found are the target, scoped as the query below would scope them
+            return sorted({(int(r[0]), str(r[1])) for r in found})
+        column = {"sites": Host.site_id, "tenants": Host.tenant_id}[kind]
         query = query.where(column.in_(known_ids))
     rows = [(int(r[0]), str(r[1])) for r in session.execute(query.order_by(Host.id))]
     if not rows:
@@ -81,14 +86,21 @@ def resolve_target(session: Session, who: Principal, target: dict[str, Any]) -> 
     return rows
 
 
-def load_body(raw: dict[str, Any]) -> dict[str, Any]:
-    """A job document checked as ``POST /v1/jobs`` checks it (defaults filled in); errors
-    are named as the API names them (``target``, ``options.concurrency``)."""
+@functools.cache
+def job_create_schema() -> Schema:
+    """The one ``JobCreateSchema`` every job document is loaded with (a schema keeps no
+    state between loads; building one costs more than a load)."""
     # imported here: controller.schemas imports controller.policy, which imports this module
     from controller.schemas import JobCreateSchema
 
+    return JobCreateSchema()
+
+
+def load_body(raw: dict[str, Any]) -> dict[str, Any]:
+    """A job document checked as ``POST /v1/jobs`` checks it (defaults filled in); errors
+    are named as the API names them (``target``, ``options.concurrency``)."""
     try:
-        body: dict[str, Any] = JobCreateSchema().load(raw)
+        body: dict[str, Any] = job_create_schema().load(raw)
     except MarshmallowError as exc:
         raise refusal("job", flatten_errors(exc.messages)) from None
     return body

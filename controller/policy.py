@@ -793,8 +793,6 @@ def job_body(session: Session, box: SecretBox, effective: Effective,
     """The job document that brings hosts in line with ``effective`` (the credential's
     password opened here, sealed again by the job); ``kept``: the hosts' own mailer or
     masquerade, kept."""
-    from controller.schemas import JobCreateSchema
-
     target = {"hosts": host_ids}
     if effective.smarthost is None:
         raw: dict[str, Any] = {"action": "remove_smarthost", "target": target, "params": {},
@@ -813,7 +811,7 @@ def job_body(session: Session, box: SecretBox, effective: Effective,
                "options": dict(options)}
     errors: dict[str, list[str]] = {}
     try:
-        body: dict[str, Any] = JobCreateSchema().load(raw)
+        body: dict[str, Any] = job_svc.job_create_schema().load(raw)
     except SchemaError as exc:
         # only the messages leave: the exception holds the body, password included
         errors = _flat_errors(exc.messages)

@@ -728,6 +728,11 @@ class OptionsSchema(StrictSchema):
                        "and flush_queue need params.verify; not with max_failures)"})
 
 
+#: loads the defaults of a job sent without options (a schema keeps no state between loads:
+#: one instance serves every request, instead of one built per request)
+_DEFAULT_OPTIONS = OptionsSchema()
+
+
 class JobCreateSchema(StrictSchema):
     """POST /v1/jobs (send an Idempotency-Key header)."""
 
@@ -735,7 +740,7 @@ class JobCreateSchema(StrictSchema):
     target = fields.Nested(TargetSchema, required=True)
     params = fields.Dict(keys=fields.String(), load_default=dict,
                          metadata={"description": params_summary()})
-    options = fields.Nested(OptionsSchema, load_default=lambda: OptionsSchema().load({}))
+    options = fields.Nested(OptionsSchema, load_default=lambda: _DEFAULT_OPTIONS.load({}))
 
     @validates_schema
     def _time_box(self, data: dict[str, Any], **_: Any) -> None:

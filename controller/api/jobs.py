@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from controller import jobs as svc
 from controller import schemas as s
-from controller.api import audit_target, fingerprint, stored_answer, who
+from controller.api import audit_target, audit_with, fingerprint, stored_answer, who
 from controller.auth import Principal
 from controller.config import Settings
 from controller.crypto import SecretBox
@@ -32,14 +32,16 @@ def _box() -> SecretBox:
 def start(principal: Principal, body: dict[str, Any],
           host_rows: list[tuple[int, str]] | None = None,
           retry_of: int | None = None) -> Created:
-    """Store a job (its lanes go out when it commits) and name it for the audit log; answer
-    202 and the job."""
+    """Store a job (its lanes go out when it commits) with the call's audit row (they commit
+    together); answer 202 and the job."""
     settings: Settings = current_app.config["RELAYFLEET_SETTINGS"]
     job = svc.start_job(db.session, principal, body, _box(), db,
                         max_timeout_s=settings.max_timeout_s,
                         lane_threads=settings.lane_threads, host_rows=host_rows,
                         retry_of=retry_of)
-    audit_target(f"job:{job.id}", action=job.action, hosts=job.total)
+    audit_target(f"job:{job.id}", action=job.action, hosts=job.total,
+                 **({"retry_of": retry_of} if retry_of is not None else {}))
+    audit_with(db.session, 202)
     return 202, svc.accepted(job)
 
 
@@ -95,7 +97,8 @@ class Jobs(MethodView):
                            for job in result["items"]]
         return result
 
-    @blp.arguments(s.JobCreateSchema)
+    # an instance, not the class: webargs would build a schema per request from a class
+    @blp.arguments(svc.job_create_schema())
     @blp.response(202, s.JobAcceptedSchema)
     @blp.alt_response(409, schema=s.ErrorSchema,
                       description="the same Idempotency-Key is still being handled")

@@ -1,0 +1,125 @@
+"""API CPU per ``POST /v1/jobs``: prints figures, asserts nothing.
+
+``python -m tests.benchmarks.api_jobs [--runs 5] [--requests 20]`` (root; starts its own
+Redis and PostgreSQL). Serves the controller with ``relayfleet-controller serve``
+(gunicorn, its default 4 processes x 4 threads) on PostgreSQL and sends ``POST /v1/jobs``
+(3 hosts each, a fresh Idempotency-Key each) from 50 clients in a closed loop. Per run:
+the CPU the server's processes spent (user + system, from /proc) per request, the
+throughput (requests/s) and p50/p99 latency. The reference, measured in the same runs
+under the same load: ``GET /v1/health`` (no database). Target (printed): at most 2.5 ms
+of CPU per POST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.benchmarks.controller_jobs import (
+    THREADS,
+    WORKERS,
+    _controller,
+    _cpu_seconds,
+    _env,
+    _import_hosts,
+    _load,
+    _pct,
+    _serve,
+)
+from tests.lab.services import PostgresServer, RedisServer
+
+CLIENTS = 50
+TARGET_CPU_MS = 2.5
+BODY: dict[str, Any] = {"action": "flush_queue", "target": {"sites": ["Leeds"]}}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One closed-loop run: CPU per request, throughput, latency percentiles."""
+
+    cpu_ms: float
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _run(pid: int, base: str, token: str, per_client: int,
+         request: Callable[[requests.Session, int], requests.Response]) -> Run:
+    cpu0, start = _cpu_seconds(pid), time.perf_counter()
+    times = _load(base, token, CLIENTS, per_client, request)
+    wall, cpu = time.perf_counter() - start, _cpu_seconds(pid) - cpu0
+    return Run(cpu / len(times) * 1000, len(times) / wall, _pct(times, 0.5) * 1000,
+               _pct(times, 0.99) * 1000)
+
+
+def _summary(name: str, runs: list[Run]) -> Run:
+    mid = Run(*(statistics.median(getattr(r, f) for r in runs)
+                for f in ("cpu_ms", "per_s", "p50_ms", "p99_ms")))
+    print(f"{name}: CPU {mid.cpu_ms:.2f} ms per request (runs "
+          f"{', '.join(f'{r.cpu_ms:.2f}' for r in runs)}); {mid.per_s:.0f} requests/s; "
+          f"p50 {mid.p50_ms:.1f} ms, p99 {mid.p99_ms:.1f} ms")
+    return mid
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=20, help="per client and run")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="relayfleet-bench-"))
+    redis = RedisServer(workdir / "redis").start()
+    pg = PostgresServer().start()
+    try:
+        env = _env(pg.new_database(), redis, workdir)
+        controller = _controller(env)
+        site = controller.site(controller.tenant("Acme"), "Leeds")
+        _import_hosts(controller, site, 3)
+        proc, base = _serve(env, workdir, WORKERS, THREADS)
+        print(f"== POST /v1/jobs (3 hosts, fresh Idempotency-Key), {CLIENTS} clients in a "
+              f"closed loop, gunicorn {WORKERS} processes x {THREADS} threads, PostgreSQL; "
+              f"{args.runs} runs of {CLIENTS * args.requests} requests, medians")
+        stamp = secrets.token_hex(4)
+        try:
+            # warm-up: every worker process imports, connects and compiles its statements
+            def post_job(prefix: str) -> Callable[[requests.Session, int], requests.Response]:
+                return lambda s, n: s.post(f"{base}/v1/jobs", json=BODY, headers={
+                    "Idempotency-Key": f"{prefix}-{stamp}-{n}"})
+
+            _run(proc.pid, base, controller.admin, 4, post_job("warm-up"))
+            posts, healths = [], []
+            for run in range(args.runs):
+                redis.flush()
+                posts.append(_run(proc.pid, base, controller.admin, args.requests,
+                                  post_job(f"run{run}")))
+                healths.append(_run(proc.pid, base, controller.admin, args.requests,
+                                    lambda s, n: s.get(f"{base}/v1/health")))
+            post = _summary("POST /v1/jobs", posts)
+            health = _summary("GET /v1/health (reference)", healths)
+            print(f"POST CPU / {TARGET_CPU_MS} ms target = {post.cpu_ms / TARGET_CPU_MS:.2f}; "
+                  f"POST CPU / health CPU = {post.cpu_ms / health.cpu_ms:.1f}", flush=True)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)  # a loaded machine may take a while to stop the workers
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        redis.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()

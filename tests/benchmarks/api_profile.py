@@ -1,0 +1,142 @@
+"""Profile ``POST /v1/jobs`` in-process: prints figures, asserts nothing.
+
+``python -m tests.benchmarks.api_profile [--requests 500] [--top 25]`` (root; starts its
+own Redis and PostgreSQL). The controller app runs in this process behind Flask's test
+client, against PostgreSQL and a real Redis broker, so the figures include the SQL round
+trips and the Celery publish of the lanes. For each request (3 hosts, a fresh
+Idempotency-Key) it prints: the CPU time of this process, the SQL statements and
+transactions sent, and the functions that cost most (cProfile, per request), then the
+same for ``GET /v1/health`` as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+from tests.benchmarks.controller_jobs import _controller, _env, _import_hosts
+from tests.lab.services import PostgresServer, RedisServer
+
+BODY = {"action": "flush_queue", "target": {"sites": ["Leeds"]}}
+
+
+class SqlTally:
+    """Statements and commits the engine sends, counted by an event listener."""
+
+    def __init__(self, engine: Any) -> None:
+        self.statements = 0
+        self.commits = 0
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+
+    def _statement(self, *_args: Any) -> None:
+        self.statements += 1
+
+    def _commit(self, *_args: Any) -> None:
+        self.commits += 1
+
+
+def _measure(name: str, send: Callable[[int], Any], count: int, tally: SqlTally,
+             top: int, save: Path | None = None) -> float:
+    """Run ``send`` ``count`` times under cProfile; print per-request figures."""
+    for n in range(20):  # warm-up: caches, connections, compiled statements
+        send(-1 - n)
+    statements, commits = tally.statements, tally.commits
+    # CPU time, not wall time: waiting for PostgreSQL or Redis costs the API nothing
+    profile = cProfile.Profile(time.process_time)
+    cpu0 = time.process_time()
+    profile.enable()
+    for n in range(count):
+        send(n)
+    profile.disable()
+    if save is not None:
+        profile.dump_stats(save)
+    cpu_profiled = (time.process_time() - cpu0) / count
+    cpu1 = time.process_time()
+    for n in range(count):  # the same without the profiler's overhead
+        send(count + n)
+    cpu = (time.process_time() - cpu1) / count
+    print(f"== {name}: {cpu * 1000:.2f} ms CPU per request ({cpu_profiled * 1000:.2f} ms "
+          f"under cProfile); {(tally.statements - statements) / (2 * count):.1f} SQL "
+          f"statements and {(tally.commits - commits) / (2 * count):.1f} commits per request")
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    # (the one figure here that the machine's load does not move)
+    print(f"{stats.total_calls / count:.0f} Python function calls per request")  # type: ignore[attr-defined]
+    stats.sort_stats("tottime").print_stats(top)
+    print(f"-- top {top} by own time (seconds over {count} requests; divide by {count})")
+    print(_trimmed(out.getvalue()))
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    print(f"-- top {top} by cumulative time")
+    print(_trimmed(out.getvalue()))
+    return cpu
+
+
+def _trimmed(text: str) -> str:
+    """pstats' table without its preamble."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+    return "\n".join(line for line in lines[start:] if line.strip())
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--save", type=Path, help="also write the POST profile here "
+                                                  "(pstats format)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="relayfleet-profile-"))
+    redis = RedisServer(workdir / "redis").start()
+    pg = PostgresServer().start()
+    try:
+        controller = _controller(_env(pg.new_database(), redis, workdir))
+        site = controller.site(controller.tenant("Acme"), "Leeds")
+        _import_hosts(controller, site, 3)
+        from controller.db import db
+
+        with controller.app.app_context():
+            tally = SqlTally(db.engine)
+        stamp = secrets.token_hex(4)
+        headers = {"Authorization": f"Bearer {controller.admin}"}
+
+        def post(n: int) -> Any:
+            answer = controller.client.post(
+                "/v1/jobs", json=BODY, headers={**headers,
+                                                "Idempotency-Key": f"prof-{stamp}-{n}"})
+            if answer.status_code != 202:
+                raise SystemExit(f"{answer.status_code}: {answer.get_data(as_text=True)}")
+            return answer
+
+        def health(_n: int) -> Any:
+            return controller.client.get("/v1/health")
+
+        post_cpu = _measure("POST /v1/jobs (3 hosts, fresh Idempotency-Key)", post,
+                            args.requests, tally, args.top, args.save)
+        redis.flush()
+        health_cpu = _measure("GET /v1/health (reference)", health, args.requests, tally,
+                              args.top)
+        print(f"POST /v1/jobs {post_cpu * 1000:.2f} ms CPU per request in-process; "
+              f"GET /v1/health {health_cpu * 1000:.2f} ms; ratio "
+              f"{post_cpu / health_cpu:.1f}")
+    finally:
+        redis.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
