@@ -16,6 +16,22 @@ the errors it reports, a port scanner. Every outbound request therefore goes thr
 - holds the whole request to one deadline (a server dripping one byte a second is cut
   off) and reads at most a given number of answer bytes.
 
+A client made with ``keep_alive`` (the agent transport's) keeps its connections open
+between requests, in a bounded pool per process (:class:`ConnectionPool`), keyed by
+scheme, URL host name, port, the checked address and the TLS trust: the next request to
+that agent (the next unit of the host, the next job) skips the TCP and TLS handshakes.
+Every guarantee above holds for a reused connection too: the name is resolved and every
+address checked against the policy on every request, and only a connection to an address
+just allowed is taken from the pool (a policy change takes effect at once); the
+certificate was checked against the same pin (part of the key) before the connection's
+first byte; the deadline and body cap are the request's own. A kept connection the server
+has closed meanwhile is noticed before use (it reads as closed) or, if it closes as the
+request goes out, by a failure before any answer: that request is sent once more on a
+fresh connection. Only agent calls keep connections, and every agent route is idempotent
+(an operation run again is ``changed: false``; reads change nothing), so a request that
+reached the agent just before it dropped the connection is safe to repeat; callbacks and
+notices (receivers' routes are not known to be idempotent) use a connection per request.
+
 Errors keep the socket detail in the worker log; their messages say only "refused by
 egress policy", "unreachable" or "timed out", which is what tenants get to see.
 """
@@ -23,10 +39,13 @@ egress policy", "unreachable" or "timed out", which is what tenants get to see.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import ipaddress
 import logging
+import os
+import select
 import socket
 import ssl
 import threading
@@ -47,6 +66,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_WORD = "loopback"
 #: how long a TCP connect (and TLS handshake) may take within a request's deadline
 CONNECT_TIMEOUT_S = 10.0
+#: how long an idle kept connection is kept: under the 10 s after which the agent's server
+#: (cheroot) closes an idle one, so a pooled connection is rarely found closed
+POOL_IDLE_S = 8.0
+#: the most idle connections a process keeps (each holds a file descriptor)
+POOL_MAX_IDLE = 256
 
 
 class EgressError(Exception):
@@ -176,8 +200,6 @@ class EgressPolicy:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> EgressPolicy:
         """The policy of ``RELAYFLEET_EGRESS_ALLOW`` in ``environ`` (default os.environ)."""
-        import os
-
         env = os.environ if environ is None else environ
         return cls.parse(env.get("RELAYFLEET_EGRESS_ALLOW"))
 
@@ -248,7 +270,7 @@ class TlsTrust:
     ca_cert: str | None = field(default=None, repr=False)
 
     def context(self) -> ssl.SSLContext:
-        """The client TLS context for this trust."""
+        """The client TLS context for this trust (a new one)."""
         if self.fingerprint:
             # The pin is the trust, as with SSH host keys: chain and name are not asked for
             # (a self-signed certificate is the normal case); checked after the handshake.
@@ -259,6 +281,22 @@ class TlsTrust:
         if self.ca_cert:
             return ssl.create_default_context(cadata=self.ca_cert)
         return ssl.create_default_context()
+
+
+@functools.lru_cache(maxsize=64)
+def _explicit_context(tls: TlsTrust) -> ssl.SSLContext:
+    """One context per pinned or CA trust, shared by the process's connections (loading a
+    CA into a context costs more than the handshake that uses it; a context is safe to
+    share between threads)."""
+    return tls.context()
+
+
+def _context_for(tls: TlsTrust) -> ssl.SSLContext:
+    """The TLS context of a connection: shared for a pin or an explicit CA; made anew for
+    the system's CAs (whose store may change while the worker runs)."""
+    if tls.fingerprint or tls.ca_cert:
+        return _explicit_context(tls)
+    return tls.context()
 
 
 @dataclass(frozen=True)
@@ -288,6 +326,13 @@ class _Watchdog:
             if self.fired.is_set():
                 self._shut()
 
+    def release(self) -> bool:
+        """Stop watching the socket (it outlives this request, in the pool); ``False`` if
+        the deadline has already shut it."""
+        with self._lock:
+            self._sock = None
+            return not self.fired.is_set()
+
     def _shut(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
@@ -306,13 +351,20 @@ class _Watchdog:
         self._timer.cancel()
 
 
+#: handed to plain-http connections, which never use it (no CA store loaded)
+_UNUSED_TLS_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class _PinnedConnection(http.client.HTTPSConnection):
     """An HTTP(S) connection to a checked address, named by the URL's host name."""
 
     def __init__(self, host: str, port: int, *, address: IPAddress, tls: TlsTrust | None,
                  watchdog: _Watchdog) -> None:
-        context = tls.context() if tls is not None else None
-        super().__init__(host, port, timeout=CONNECT_TIMEOUT_S, context=context)
+        context = _context_for(tls) if tls is not None else None
+        # Given no context, http.client builds a default one and loads the system's CA
+        # store for every connection (about 36 ms of CPU), even one that never speaks TLS.
+        super().__init__(host, port, timeout=CONNECT_TIMEOUT_S,
+                         context=context or _UNUSED_TLS_CONTEXT)
         self._tls_context = context
         self._address = address
         self._tls = tls
@@ -345,8 +397,115 @@ class _PinnedConnection(http.client.HTTPSConnection):
                 if presented != self._tls.fingerprint:
                     self.sock.close()
                     raise CertificateMismatch(presented, self._tls.fingerprint)
+        self.rebind(self._watchdog)
+
+    def rebind(self, watchdog: _Watchdog) -> None:
+        """Hold the connection's next exchange to ``watchdog``'s deadline."""
+        self._watchdog = watchdog
+        # (the TLS socket itself: wrapping detached the raw one the connect watched)
+        watchdog.watch(self.sock)
         # Each read may wait at most what is left; the watchdog ends a slow drip.
-        self.sock.settimeout(max(0.1, self._watchdog.remaining()))
+        self.sock.settimeout(max(0.1, watchdog.remaining()))
+
+    def closed_by_peer(self) -> bool:
+        """Whether an idle connection reads as closed (or has unasked-for bytes): either
+        way it cannot carry a request."""
+        if self.sock is None:
+            return True
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+
+
+#: a kept connection's destination: scheme, URL host name, port, checked address, TLS trust
+PoolKey = tuple[str, str, int, IPAddress, TlsTrust | None]
+
+
+class ConnectionPool:
+    """Idle kept-alive connections of one process, newest reused first, each kept at most
+    ``idle_s`` seconds and at most ``max_idle`` in all (the oldest closed first)."""
+
+    def __init__(self, max_idle: int = POOL_MAX_IDLE, idle_s: float = POOL_IDLE_S) -> None:
+        self.max_idle = max_idle
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        self._idle: dict[PoolKey, list[tuple[float, _PinnedConnection]]] = {}
+        self._count = 0
+        self._pid = os.getpid()
+
+    def _forked(self) -> list[_PinnedConnection]:
+        # A forked child (a Celery pool process) must not share its parent's sockets.
+        if self._pid == os.getpid():
+            return []
+        self._pid = os.getpid()
+        dropped = [conn for kept in self._idle.values() for _since, conn in kept]
+        self._idle.clear()
+        self._count = 0
+        return dropped
+
+    def take(self, key: PoolKey) -> _PinnedConnection | None:
+        """A kept connection to ``key`` that is still open, or ``None``."""
+        now = time.monotonic()
+        stale: list[_PinnedConnection] = []
+        found = None
+        with self._lock:
+            stale += self._forked()
+            kept = self._idle.get(key, [])
+            while kept and found is None:
+                since, conn = kept.pop()
+                self._count -= 1
+                if now - since > self.idle_s or conn.closed_by_peer():
+                    stale.append(conn)
+                else:
+                    found = conn
+            if not kept:
+                self._idle.pop(key, None)
+        for conn in stale:
+            conn.close()
+        return found
+
+    def put(self, key: PoolKey, connection: _PinnedConnection) -> None:
+        """Keep ``connection`` for a later request to ``key``."""
+        now = time.monotonic()
+        evicted: list[_PinnedConnection] = []
+        with self._lock:
+            evicted += self._forked()
+            self._idle.setdefault(key, []).append((now, connection))
+            self._count += 1
+            while self._count > self.max_idle:
+                oldest = min(self._idle, key=lambda k: self._idle[k][0][0])
+                evicted.append(self._idle[oldest].pop(0)[1])
+                self._count -= 1
+                if not self._idle[oldest]:
+                    del self._idle[oldest]
+        for conn in evicted:
+            conn.close()
+
+    def clear(self) -> None:
+        """Close every kept connection."""
+        with self._lock:
+            dropped = [conn for kept in self._idle.values() for _since, conn in kept]
+            self._idle.clear()
+            self._count = 0
+        for conn in dropped:
+            conn.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._count
+
+
+#: this process's kept connections (the agent transport's)
+POOL = ConnectionPool()
+#: a request on a kept connection failed this way before any answer: the server had
+#: closed it (not a byte answered; a reset or broken pipe while sending or awaiting the
+#: status line); sent once more on a fresh connection
+_CLOSED_UNDER_US = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+                    ConnectionAbortedError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+class _Reconnect(Exception):
+    """A kept connection turned out closed before any answer: use a fresh one."""
 
 
 @dataclass(frozen=True)
@@ -354,6 +513,8 @@ class HttpClient:
     """Outbound HTTP under an egress policy, a whole-request deadline and a body cap."""
 
     policy: EgressPolicy = field(default_factory=EgressPolicy)
+    #: keep connections in :data:`POOL` for later requests (idempotent routes only)
+    keep_alive: bool = False
 
     def request(self, method: str, url: str, *, deadline_s: float, max_body: int,
                 headers: Mapping[str, str] | None = None, body: bytes | None = None,
@@ -374,61 +535,96 @@ class HttpClient:
         watchdog = _Watchdog(time.monotonic() + deadline_s)
         try:
             addresses = self.policy.resolve(host, port)
-            return self._exchange(host, port, addresses, watchdog, method=method, path=path,
-                                  headers=dict(headers or {}), body=body,
-                                  tls=(tls or TlsTrust()) if https else None,
+            return self._exchange(parts.scheme, host, port, addresses, watchdog,
+                                  method=method, path=path, headers=dict(headers or {}),
+                                  body=body, tls=(tls or TlsTrust()) if https else None,
                                   max_body=max_body, truncate=truncate)
         finally:
             watchdog.cancel()
 
-    def _exchange(self, host: str, port: int, addresses: Iterable[IPAddress],
+    def _exchange(self, scheme: str, host: str, port: int, addresses: Iterable[IPAddress],
                   watchdog: _Watchdog, *, method: str, path: str, headers: dict[str, str],
                   body: bytes | None, tls: TlsTrust | None, max_body: int,
                   truncate: bool) -> Answer:
         for address in addresses:
+            # (every address was just checked against the policy: a kept connection is
+            # only ever taken for an address allowed now)
+            key: PoolKey | None = ((scheme, host.lower(), port, address, tls)
+                                   if self.keep_alive else None)
+            where = f"{host} ({address})"
+            kept = POOL.take(key) if key is not None else None
+            if kept is not None:
+                kept.rebind(watchdog)
+                try:
+                    return self._send(kept, watchdog, method=method, path=path,
+                                      headers=headers, body=body, max_body=max_body,
+                                      truncate=truncate, where=where, key=key, reused=True)
+                except _Reconnect:
+                    log.info("egress: %s: a kept connection was closed by the server; "
+                             "sending again on a new one", where)
             connection = _PinnedConnection(host, port, address=address, tls=tls,
                                            watchdog=watchdog)
             try:
-                try:
-                    connection.connect()
-                except EgressError:
-                    raise
-                except ssl.SSLCertVerificationError as exc:
-                    log.warning("egress: %s (%s): certificate not trusted: %s", host,
-                                address, exc)
-                    raise CertificateNotTrusted(
-                        f"the TLS certificate was not trusted ({exc.verify_message})"
-                    ) from None
-                except OSError as exc:
-                    # Refused, filtered or slow to connect all read "unreachable": which
-                    # one it was would tell a tenant how a port is firewalled.
-                    log.warning("egress: cannot connect to %s (%s) port %s: %s", host,
-                                address, port, exc)
-                    continue
-                return self._send(connection, watchdog, method=method, path=path,
-                                  headers=headers, body=body, max_body=max_body,
-                                  truncate=truncate, where=f"{host} ({address})")
-            finally:
+                connection.connect()
+            except EgressError:
                 connection.close()
+                raise
+            except ssl.SSLCertVerificationError as exc:
+                connection.close()
+                log.warning("egress: %s: certificate not trusted: %s", where, exc)
+                raise CertificateNotTrusted(
+                    f"the TLS certificate was not trusted ({exc.verify_message})"
+                ) from None
+            except OSError as exc:
+                connection.close()
+                # Refused, filtered or slow to connect all read "unreachable": which
+                # one it was would tell a tenant how a port is firewalled.
+                log.warning("egress: cannot connect to %s (%s) port %s: %s", host,
+                            address, port, exc)
+                continue
+            return self._send(connection, watchdog, method=method, path=path,
+                              headers=headers, body=body, max_body=max_body,
+                              truncate=truncate, where=where, key=key, reused=False)
         raise Unreachable("unreachable") from None
 
     @staticmethod
     def _send(connection: _PinnedConnection, watchdog: _Watchdog, *, method: str, path: str,
               headers: dict[str, str], body: bytes | None, max_body: int, truncate: bool,
-              where: str) -> Answer:
+              where: str, key: PoolKey | None, reused: bool) -> Answer:
+        """One exchange on ``connection``; it goes back to the pool (``key``) when the
+        answer was read to its end in time and the server keeps it open, else it is
+        closed. :class:`_Reconnect` when a ``reused`` connection was found closed before
+        any answer."""
+        pooled = False
         try:
-            connection.request(method, path, body=body, headers=headers)
-            answer = connection.getresponse()
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                answer = connection.getresponse()
+            except _CLOSED_UNDER_US as exc:
+                if reused and not watchdog.fired.is_set() and watchdog.remaining() > 0:
+                    raise _Reconnect() from exc
+                raise
             data = answer.read(max_body + 1)
         except (OSError, http.client.HTTPException) as exc:
             if watchdog.fired.is_set() or isinstance(exc, TimeoutError):
                 raise DeadlineExceeded("timed out") from None
             log.warning("egress: %s: the exchange failed: %r", where, exc)
             raise Unreachable("unreachable") from None
-        if watchdog.fired.is_set():
-            raise DeadlineExceeded("timed out")
-        if len(data) > max_body:
-            if not truncate:
-                raise AnswerTooLarge(f"the answer is larger than {max_body} bytes")
-            data = data[:max_body]
-        return Answer(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
+        else:
+            if watchdog.fired.is_set():
+                raise DeadlineExceeded("timed out")
+            if len(data) > max_body:
+                if not truncate:
+                    raise AnswerTooLarge(f"the answer is larger than {max_body} bytes")
+                data = data[:max_body]
+            elif (key is not None and answer.isclosed() and connection.sock is not None
+                  and watchdog.release()):
+                # read to its end, the server keeps the connection, the deadline never
+                # touched it: fit for the next request
+                POOL.put(key, connection)
+                pooled = True
+            return Answer(answer.status, {k.lower(): v for k, v in answer.getheaders()},
+                          data)
+        finally:
+            if not pooled:
+                connection.close()

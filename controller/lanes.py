@@ -147,6 +147,8 @@ class Lane:
         self._held_lock = threading.Lock()
         #: units this lane runs now: unit id -> (attempt, renew until (monotonic), transport)
         self._held: dict[int, tuple[int, float, HostTransport | None]] = {}
+        #: decrypted host secrets by their sealed text (see _open)
+        self._secrets: dict[str, str | None] = {}
 
     def load(self) -> JobPlan | None:
         """The job's plan (marking it running), or ``None`` when it has finished."""
@@ -159,15 +161,34 @@ class Lane:
                            dict(job.options), job.total)
 
     def claim(self, plan: JobPlan) -> Claim | None:
-        """Take the next unit and read its host, in one transaction."""
+        """Take the next unit and read its host, in one transaction (the job's options
+        are the plan's: they never change once the job is stored)."""
         with self.db.transaction() as session:
             return ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
                                 max_failures=plan.options.get("max_failures"),
                                 lease_s=self.settings.lease_s,
-                                tenant_max_running=self.settings.tenant_max_running)
+                                tenant_max_running=self.settings.tenant_max_running,
+                                options=plan.options)
+
+    def _open(self, sealed: str | None) -> str | None:
+        """A host's secret, decrypted once per lane. Keyed by the sealed text, which the
+        claim has just read from the host's row: a secret changed since (a new token, a
+        rotated key) is another sealed text, so what is used is always the row's current
+        secret; only the decryption is saved."""
+        if sealed is None:
+            return None
+        with self._held_lock:
+            plain = self._secrets.get(sealed)
+        if plain is None:
+            plain = self.box.open(sealed)
+            with self._held_lock:
+                self._secrets[sealed] = plain
+        return plain
 
     def _spec(self, host: Any) -> HostSpec:
-        open_ = self.box.open
+        """What reaches the host, from the row its claim read (never a cached row: an
+        edit of the host applies to its next unit)."""
+        open_ = self._open
         return HostSpec(
             host_id=host["id"], name=host["name"], address=host["address"],
             transport=host["transport"], mta_kind=host["mta_kind"],
@@ -437,8 +458,10 @@ def sweep(database: Database, settings: Settings) -> list[int]:
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     """Plain JSON without NUL characters (PostgreSQL text cannot hold them)."""
-    result: dict[str, Any] = _without_nul(json.loads(json.dumps(data, default=str)))
-    return result
+    text = json.dumps(data, default=str)
+    result: dict[str, Any] = json.loads(text)
+    # (a NUL can only be there escaped: the walk is for the rare answer that has one)
+    return _without_nul(result) if "\\u0000" in text else result
 
 
 def _without_nul(value: Any) -> Any:

@@ -26,16 +26,31 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from controller import dispatch
-from controller.db import Database, utcnow
+from controller.db import Database, table_of, utcnow
 from controller.models import Host, Job, JobHost
 from controller.transports import AgentSwitch
 
@@ -145,6 +160,16 @@ HOST_COLUMNS = (Host.id, Host.name, Host.address, Host.transport, Host.mta_kind,
                 Host.ssh_password_sealed, Host.ssh_host_key, Host.ssh_sudo)
 
 
+#: the tables themselves, for the statements a lane runs per host (claim, record, renew):
+#: plain SQL statements built once, without the ORM's per-statement work (no objects of
+#: these rows are ever loaded in a lane's sessions, so there is nothing to synchronise)
+_UNITS = table_of(JobHost)
+_JOBS = table_of(Job)
+_HOSTS = table_of(Host)
+#: HOST_COLUMNS, as table columns
+_HOST_TABLE_COLUMNS = tuple(_HOSTS.c[column.key] for column in HOST_COLUMNS)
+
+
 def _rowcount(result: object) -> int:
     """Rows an UPDATE matched (a CursorResult attribute the generic Result type lacks)."""
     return int(getattr(result, "rowcount", 0))
@@ -200,22 +225,6 @@ def _skip_after_wave_failure(session: Session, job_id: int, now: float) -> bool:
     return True
 
 
-def _in_open_wave(job_id: int) -> list[ColumnElement[bool]]:
-    """Conditions on a job's unit that hold only in its open wave: no unit of the job
-    failed, and the unit is in the lowest wave with a unit pending or running. Part of the
-    claim's one UPDATE, so they and the claim see the same rows: a failure committed while
-    a claim decides either shows (nothing is claimed) or not (the failed unit was still
-    running, which keeps its wave the open one)."""
-    other = aliased(JobHost)
-    failed = select(other.id).where(other.job_id == job_id,
-                                    other.status.in_(RETRYABLE_UNIT_STATES))
-    lowest = aliased(JobHost)
-    open_wave = select(func.min(lowest.wave)).where(
-        lowest.job_id == job_id,
-        lowest.status.in_((UnitState.PENDING.value, UnitState.RUNNING.value)))
-    return [~failed.exists(), JobHost.wave == open_wave.scalar_subquery()]
-
-
 def retryable(options: dict[str, Any] | None) -> ColumnElement[bool]:
     """The units a retry starts again: failed and unreachable ones, and in a job rolled
     out in waves the ones skipped because a wave failed (they never ran)."""
@@ -236,16 +245,22 @@ def accept(session: Session, *, tenant_id: int | None, token_id: int | None, act
     (``options.canary``, ``options.wave_size``; see :func:`wave_numbers`)."""
     origin = origin or JobOrigin()
     waves = wave_numbers(len(hosts), options.get("canary"), options.get("wave_size"))
-    job = Job(tenant_id=tenant_id, token_id=token_id, action=action, target=target,
-              params=params, params_sealed=params_sealed, options=options,
-              callback_url=callback_url, retry_of=retry_of, total=len(hosts),
-              status=JobState.QUEUED.value, heartbeat_at=time.time(),
-              origin=origin.kind.value, schedule_id=origin.schedule_id,
-              inbound_hook_id=origin.inbound_hook_id)
+    # Every column given: the row goes in by a plain INSERT (an ORM flush costs several
+    # times more CPU), and the object made of the same values needs no reload.
+    values: dict[str, Any] = dict(
+        tenant_id=tenant_id, token_id=token_id, action=action, target=target, params=params,
+        params_sealed=params_sealed, options=options, callback_url=callback_url,
+        callback_state=None, retry_of=retry_of, total=len(hosts),
+        status=JobState.QUEUED.value, heartbeat_at=time.time(), origin=origin.kind.value,
+        schedule_id=origin.schedule_id, inbound_hook_id=origin.inbound_hook_id,
+        created_at=utcnow(), started_at=None, finished_at=None)
+    jobs = table_of(Job)
+    job = Job(id=session.execute(insert(jobs).returning(jobs.c.id), values).scalar_one(),
+              **values)
+    make_transient_to_detached(job)
     session.add(job)
-    session.flush()
     # One multi-row INSERT for every unit: 10,000 hosts are one statement, not 10,000.
-    session.execute(insert(JobHost), [
+    session.execute(insert(table_of(JobHost)), [
         {"job_id": job.id, "host_id": host_id, "host_name": name, "wave": wave,
          "status": UnitState.PENDING.value, "attempts": 0}
         for (host_id, name), wave in zip(hosts, waves, strict=True)])
@@ -272,19 +287,9 @@ def start(session: Session, job_id: int) -> Job | None:
     return job
 
 
-def tenant_running(session: Session, job_id: int, now: float) -> int:
-    """Units running now (lease not lapsed) in all jobs of this job's tenant (MSP-wide jobs,
-    tenant ``None``, count as one tenant)."""
-    tenant = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
-    same_tenant = select(Job.id).where(or_(Job.tenant_id == tenant,
-                                           and_(Job.tenant_id.is_(None), tenant.is_(None))))
-    return int(session.scalar(select(func.count()).where(
-        JobHost.status == UnitState.RUNNING.value, JobHost.lease_until >= now,
-        JobHost.job_id.in_(same_tenant))) or 0)
-
-
 def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int | None,
-          lease_s: float = LEASE_S, tenant_max_running: int | None = None) -> Claim | None:
+          lease_s: float = LEASE_S, tenant_max_running: int | None = None,
+          options: dict[str, Any] | None = None) -> Claim | None:
     """Take the next unit (pending, or running with a lapsed lease) and read its host.
 
     ``None`` when there is nothing to take, or the job may start no more hosts (cancelled,
@@ -296,46 +301,97 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
     open wave (:func:`_in_open_wave`): the next wave opens when every host of the earlier
     ones succeeded; after a failure its pending hosts are skipped, with a reason that names
     the wave and the host (checked before ``max_failures``, whose reason would not).
+
+    ``options``: the job's options when the caller has them (they never change once the
+    job is stored); else they are read. A job neither in waves nor with ``max_failures`` is
+    claimed in one conditional UPDATE (the job still active, its tenant under its share,
+    the unit free) and one read of the host; its state is read only when nothing was taken.
     """
     now = time.time()
-    job_row = session.execute(select(Job.status, Job.options).where(Job.id == job_id)).first()
-    state, options = (job_row[0], job_row[1]) if job_row is not None else (None, None)
-    if state not in ACTIVE_JOB_STATES:
-        abandon_lapsed(session, job_id, now, "the job was cancelled")
-        return None
-    waves = in_waves(options)
-    if waves and _skip_after_wave_failure(session, job_id, now):
-        return None
-    if max_failures is not None:
-        failed = session.scalar(select(func.count()).where(
-            JobHost.job_id == job_id, JobHost.status.in_(RETRYABLE_UNIT_STATES)))
-        if (failed or 0) > max_failures:
-            skip_pending(session, job_id, SkipReason.TOO_MANY_FAILURES,
-                         max_failures=max_failures)
-            abandon_lapsed(session, job_id, now, f"more than {max_failures} hosts failed")
+    checked = False
+    if options is None or in_waves(options) or max_failures is not None:
+        job_row = session.execute(select(_JOBS.c.status, _JOBS.c.options)
+                                  .where(_JOBS.c.id == job_id)).first()
+        state, options = (job_row[0], job_row[1]) if job_row is not None else (None, None)
+        if state not in ACTIVE_JOB_STATES:
+            abandon_lapsed(session, job_id, now, "the job was cancelled")
             return None
-    if (tenant_max_running is not None
-            and tenant_running(session, job_id, now) >= tenant_max_running):
-        return None
-    in_wave = _in_open_wave(job_id) if waves else []
-    candidate = (select(JobHost.id).where(
-        JobHost.job_id == job_id, *in_wave,
-        or_(JobHost.status == UnitState.PENDING.value,
-            and_(JobHost.status == UnitState.RUNNING.value, JobHost.lease_until < now)))
-        .order_by(JobHost.id).limit(1).with_for_update(skip_locked=True)
-        .scalar_subquery())
-    row = session.execute(
-        update(JobHost).where(JobHost.id == candidate)
-        .values(status=UnitState.RUNNING.value, attempts=JobHost.attempts + 1,
-                lease_until=now + min(lease_s, timeout_s + LEASE_MARGIN_S),
-                started_at=func.coalesce(JobHost.started_at, utcnow()))
-        .returning(JobHost.id, JobHost.attempts, JobHost.host_id)).first()
+        checked = True
+        if in_waves(options) and _skip_after_wave_failure(session, job_id, now):
+            return None
+        if max_failures is not None:
+            failed = session.scalar(select(func.count()).select_from(_UNITS).where(
+                _UNITS.c.job_id == job_id, _UNITS.c.status.in_(RETRYABLE_UNIT_STATES)))
+            if (failed or 0) > max_failures:
+                skip_pending(session, job_id, SkipReason.TOO_MANY_FAILURES,
+                             max_failures=max_failures)
+                abandon_lapsed(session, job_id, now, f"more than {max_failures} hosts failed")
+                return None
+    statement = _claim_statement(in_waves(options), tenant_max_running is not None)
+    row = session.execute(statement, {
+        "b_job_id": job_id, "b_now": now, "b_started": utcnow(),
+        "b_lease_until": now + min(lease_s, timeout_s + LEASE_MARGIN_S),
+        "b_max_running": tenant_max_running or 0}).first()
     if row is None:
+        if not checked:
+            state = session.scalar(select(_JOBS.c.status).where(_JOBS.c.id == job_id))
+            if state not in ACTIVE_JOB_STATES:
+                abandon_lapsed(session, job_id, now, "the job was cancelled")
         return None
-    host = session.execute(select(*HOST_COLUMNS).where(
-        Host.id == row[2], Host.deleted_at.is_(None))).first()
+    host = session.execute(select(*_HOST_TABLE_COLUMNS).where(
+        _HOSTS.c.id == row[2], _HOSTS.c.deleted_at.is_(None))).first()
     return Claim(int(row[0]), int(row[1]), int(row[2]),
                  dict(host._mapping) if host is not None else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _claim_statement(waves: bool, tenant_limited: bool) -> Update:
+    """The claim's one UPDATE (built once per kind): the job's next free unit becomes
+    ``running`` under a lease, provided the job is still active (a cancel committed
+    before it shows) and, when ``tenant_limited``, its tenant runs fewer than
+    ``b_max_running`` units. Its parameters: ``b_job_id``, ``b_now``, ``b_lease_until``,
+    ``b_started``, ``b_max_running`` (a bound name may not be a column's)."""
+    job_id, now = bindparam("b_job_id", type_=Integer), bindparam("b_now", type_=Float)
+    conditions: list[ColumnElement[bool]] = [exists().where(
+        _JOBS.c.id == job_id, _JOBS.c.status.in_(ACTIVE_JOB_STATES))]
+    if tenant_limited:
+        tenant = select(_JOBS.c.tenant_id).where(_JOBS.c.id == job_id).scalar_subquery()
+        same_tenant = select(_JOBS.c.id).where(or_(
+            _JOBS.c.tenant_id == tenant, and_(_JOBS.c.tenant_id.is_(None), tenant.is_(None))))
+        others = _UNITS.alias("tenant_units")
+        running = select(func.count()).select_from(others).where(
+            others.c.status == UnitState.RUNNING.value, others.c.lease_until >= now,
+            others.c.job_id.in_(same_tenant)).scalar_subquery()
+        conditions.append(running < bindparam("b_max_running", type_=Integer))
+    in_wave = _in_open_wave(job_id) if waves else []
+    candidate = (select(_UNITS.c.id).where(
+        _UNITS.c.job_id == job_id, *in_wave,
+        or_(_UNITS.c.status == UnitState.PENDING.value,
+            and_(_UNITS.c.status == UnitState.RUNNING.value, _UNITS.c.lease_until < now)))
+        .order_by(_UNITS.c.id).limit(1).with_for_update(skip_locked=True)
+        .scalar_subquery())
+    return (update(_UNITS).where(_UNITS.c.id == candidate, *conditions)
+            .values(status=UnitState.RUNNING.value, attempts=_UNITS.c.attempts + 1,
+                    lease_until=bindparam("b_lease_until"),
+                    started_at=func.coalesce(_UNITS.c.started_at, bindparam(
+                        "b_started", type_=_UNITS.c.started_at.type)))
+            .returning(_UNITS.c.id, _UNITS.c.attempts, _UNITS.c.host_id))
+
+
+def _in_open_wave(job_id: Any) -> list[ColumnElement[bool]]:
+    """Conditions on a job's unit that hold only in its open wave: no unit of the job
+    failed, and the unit is in the lowest wave with a unit pending or running. Part of the
+    claim's one UPDATE, so they and the claim see the same rows: a failure committed while
+    a claim decides either shows (nothing is claimed) or not (the failed unit was still
+    running, which keeps its wave the open one)."""
+    failed = _UNITS.alias("failed_units")
+    lowest = _UNITS.alias("wave_units")
+    open_wave = select(func.min(lowest.c.wave)).where(
+        lowest.c.job_id == job_id,
+        lowest.c.status.in_((UnitState.PENDING.value, UnitState.RUNNING.value)))
+    return [~exists().where(failed.c.job_id == job_id,
+                            failed.c.status.in_(RETRYABLE_UNIT_STATES)),
+            _UNITS.c.wave == open_wave.scalar_subquery()]
 
 
 def record(session: Session, claim_: Claim, outcome: Outcome,
@@ -344,19 +400,27 @@ def record(session: Session, claim_: Claim, outcome: Outcome,
     changed in the host's record (``switch``: install_agent's, see :func:`apply_switch`),
     all or nothing; ``False`` (nothing stored) when a later attempt has taken the unit
     over."""
-    done = session.execute(
-        update(JobHost).where(JobHost.id == claim_.unit_id,
-                              JobHost.attempts == claim_.attempt,
-                              JobHost.status == UnitState.RUNNING.value)
-        .values(status=outcome.status.value, error=outcome.error, lease_until=None,
-                finished_at=utcnow(), changed=outcome.changed, data=outcome.data,
-                steps=outcome.steps))
+    done = session.execute(_RECORD, {
+        "b_unit_id": claim_.unit_id, "b_attempt": claim_.attempt,
+        "b_status": outcome.status.value, "b_error": outcome.error, "b_finished_at": utcnow(),
+        "b_changed": outcome.changed, "b_data": outcome.data, "b_steps": outcome.steps})
     if _rowcount(done) != 1:
         return False
-    session.execute(update(Host).where(Host.id == claim_.host_id).values(**host_state))
+    # (a value may be an expression on the host's columns, Host.unreachable_streak + 1:
+    # values never make the statement an ORM one)
+    session.execute(update(_HOSTS).where(_HOSTS.c.id == claim_.host_id).values(**host_state))
     if switch is not None:
         apply_switch(session, claim_.host_id, switch)
     return True
+
+
+#: record's UPDATE of the unit, built once: only the attempt that holds the unit stores
+_RECORD = (update(_UNITS).where(_UNITS.c.id == bindparam("b_unit_id"),
+                                _UNITS.c.attempts == bindparam("b_attempt"),
+                                _UNITS.c.status == UnitState.RUNNING.value)
+           .values(status=bindparam("b_status"), error=bindparam("b_error"), lease_until=None,
+                   finished_at=bindparam("b_finished_at"), changed=bindparam("b_changed"),
+                   data=bindparam("b_data"), steps=bindparam("b_steps")))
 
 
 def apply_switch(session: Session, host_id: int, switch: AgentSwitch) -> None:
@@ -395,12 +459,12 @@ def renew_leases(session: Session, job_id: int, held: list[tuple[int, int]],
         return set()
     now = time.time()
     rows = session.execute(
-        update(JobHost).where(
-            JobHost.job_id == job_id, JobHost.status == UnitState.RUNNING.value,
-            or_(*(and_(JobHost.id == unit, JobHost.attempts == attempt)
+        update(_UNITS).where(
+            _UNITS.c.job_id == job_id, _UNITS.c.status == UnitState.RUNNING.value,
+            or_(*(and_(_UNITS.c.id == unit, _UNITS.c.attempts == attempt)
                   for unit, attempt in held)))
-        .values(lease_until=now + lease_s).returning(JobHost.id)).all()
-    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=now))
+        .values(lease_until=now + lease_s).returning(_UNITS.c.id)).all()
+    session.execute(update(_JOBS).where(_JOBS.c.id == job_id).values(heartbeat_at=now))
     return {int(row[0]) for row in rows}
 
 

@@ -204,7 +204,9 @@ class AgentTransport(HostTransport):
     def __init__(self, spec: HostSpec, http: HttpClient | None = None) -> None:
         self.spec = spec
         self.base = (spec.agent_url or "").rstrip("/")
-        self.http = http or HttpClient(EgressPolicy.from_environ())
+        # Kept connections: the next call to this agent skips the TCP and TLS handshakes
+        # (every agent route is idempotent, which a kept connection's resend needs).
+        self.http = http or HttpClient(EgressPolicy.from_environ(), keep_alive=True)
         pin = spec.agent_tls_fingerprint
         self.tls = TlsTrust(fingerprint=normalise_fingerprint(pin) if pin else None,
                             ca_cert=spec.agent_ca_cert)
@@ -290,7 +292,8 @@ class AgentTransport(HostTransport):
         return result_from_document(action, doc)
 
     def close(self) -> None:
-        """Nothing to release: every call has its own connection."""
+        """Nothing to release: a call's connection is closed, or kept in the egress pool,
+        when the call ends."""
 
 
 def transport_for(spec: HostSpec, ssh_pool: Any = None, http: HttpClient | None = None,

@@ -221,6 +221,7 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                 sizes: list[int]) -> None:
     """flush_queue on N agent lab hosts through the controller vs direct agent calls."""
     from controller.transports import AgentTransport, HostSpec
+    from shared.actions import ACTIONS
     from tests.lab.fanout import run_per_host
     from tests.lab.lab import Lab
 
@@ -231,6 +232,7 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
     site = controller.site(controller.tenant("Acme"), "Lab")
     worker = ControllerWorker(env, workdir / "worker.log", concurrency=8).start()
     specs: list[HostSpec] = []
+    flush = ACTIONS["flush_queue"].parse({})
     with Lab(workdir / "lab") as lab:
         try:
             for size in sizes:
@@ -274,7 +276,7 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
 
                     def one(spec: HostSpec) -> Any:
                         with AgentTransport(spec) as transport:
-                            return transport.run("flush_queue", {}, dry_run=False,
+                            return transport.run("flush_queue", flush, dry_run=False,
                                                  timeout_s=60)
 
                     outcomes = run_per_host(specs[:size], one, concurrency=size)

@@ -241,8 +241,8 @@ def test_a_lane_renews_its_leases_and_cuts_a_unit_another_attempt_took(
             heard = session.scalar(select(Job.heartbeat_at).where(Job.id == job))
     assert lease is not None and lease >= before + ledger.LEASE_S - 1
     assert heard is not None and heard >= before
-    assert transports[lost.unit_id].cut_at_least_once  # type: ignore[attr-defined]
-    assert not transports[kept.unit_id].cut_at_least_once  # type: ignore[attr-defined]
+    assert transports[lost.unit_id].cut_at_least_once
+    assert not transports[kept.unit_id].cut_at_least_once
 
 
 def test_the_sweep_gives_a_dead_workers_unit_a_lane_within_a_lease(
@@ -341,3 +341,22 @@ def test_the_sweep_finishes_a_cancelled_job_whose_worker_died(
     assert doc["status"] == "cancelled" and doc["finished_at"] and fake.calls == []
     gone = next(r for r in doc["results"] if r["host_id"] == dead.host_id)
     assert gone["status"] == "failed" and "cancelled" in gone["error"]
+
+
+def test_a_lane_decrypts_a_sealed_secret_once_and_a_changed_one_anew(
+        controller: Controller, hosts: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    job = controller.start_job({"action": "flush_queue", "target": {"all": True}})
+    with controller.app.app_context():
+        lane = Lane(job, 0, transports=FakeTransports(), send=Sent())
+        old, new = lane.box.seal("old-token"), lane.box.seal("new-token")
+        opened: list[str | None] = []
+        real_open = lane.box.open
+
+        def counted(sealed: str | None) -> str | None:
+            opened.append(sealed)
+            return real_open(sealed)
+
+        monkeypatch.setattr(lane.box, "open", counted)
+        assert [lane._open(old), lane._open(old), lane._open(new)] == [
+            "old-token", "old-token", "new-token"]
+        assert opened == [old, new]  # (the row's sealed text is the key: never stale)
