@@ -2,7 +2,7 @@
 # Install what relayfleet's lab, tests and demo need on a fresh Debian 12 machine (as root):
 # Debian packages (sendmail, m4, make, sshd, iproute2, dnsmasq, redis, postgresql, openssl
 # and ca-certificates, systemd for systemd-analyze, debootstrap for the Debian 11 tree,
-# the POSIX sh checker "shellcheck" for install.sh, and chromium with its chromedriver for
+# the POSIX sh checker "shellcheck" for install.sh, busybox, and chromium with its chromedriver for
 # the console's browser tests), Debian's postfix package downloaded (never installed) for
 # the lab's Postfix hosts, and a virtualenv with the project installed in it. Safe to run
 # again: it skips what is already there.
@@ -13,8 +13,9 @@ packages=(sendmail-bin sendmail-cf m4 make openssh-server iproute2 dnsmasq-base 
           postgresql sensible-mda procmail sudo procps curl python3-venv openssl
           ca-certificates)
 # systemd-analyze checks the shipped units; debootstrap builds a Debian 11 tree whose
-# Python 3.9 runs the agent's tests; shellcheck checks install.sh as POSIX sh.
-packages+=(systemd debootstrap shellcheck)
+# Python 3.9 runs the agent's tests; shellcheck checks install.sh as POSIX sh; busybox's sh
+# is the smallest shell the SSH executor's persistent shell must work with.
+packages+=(systemd debootstrap shellcheck busybox)
 # The console's browser tests drive Debian's chromium through Debian's chromedriver (Selenium
 # is told both paths and never downloads a browser or a driver of its own).
 packages+=(chromium chromium-driver)
