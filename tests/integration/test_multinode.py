@@ -17,7 +17,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from tests.lab.services import (
     PostgresServer,
     RedisServer,
     free_port,
+    ready_process,
 )
 
 HOSTS = 500
@@ -57,25 +57,9 @@ def _address(number: int) -> str:
 def agent_farm(hosts: list[dict[str, str]], log: Path) -> Iterator[str]:
     """``tests.lab.agent_farm`` serving ``hosts``; yields its port."""
     port = free_port()
-    with open(log, "wb") as errors:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.lab.agent_farm", "--port",
-                                 str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=errors, start_new_session=True)
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps({"hosts": hosts}).encode())
-        proc.stdin.close()
-        try:
-            ready = proc.stdout.readline()
-            assert ready.strip() == b"READY", f"the farm did not start: {log.read_text()}"
-            yield str(port)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                # (its own session: the group goes, whatever it started with it)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with ready_process([sys.executable, "-m", "tests.lab.agent_farm", "--port", str(port)],
+                       {"hosts": hosts}, log, "the farm"):
+        yield str(port)
 
 
 def _controller_command(env: dict[str, str], *args: str) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -28,6 +30,30 @@ from tests.controller_client import Controller
 
 if TYPE_CHECKING:
     from tests.lab.lab import Lab, LabHost
+
+
+@contextlib.contextmanager
+def ready_process(argv: list[str], document: object, log: Path, what: str, *,
+                  env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process fed ``document`` as JSON on stdin (tokens never in argv), waited for
+    until it prints READY, and stopped on exit (its whole session if TERM is not enough)."""
+    with open(log, "wb") as errors:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=errors, start_new_session=True, env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(document).encode())
+        proc.stdin.close()
+        try:
+            if proc.stdout.readline().strip() != b"READY":
+                raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}")
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def free_port() -> int:

@@ -464,23 +464,11 @@ def sim_fleet(hosts: int, log: Path, *, port: int, seed: str, scenario: str = "q
     argv += [f"--delay={op}={seconds}" for op, seconds in (delays or {}).items()]
     if tls:
         argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
-    with open(log, "wb") as errors:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=errors, start_new_session=True, env=_with_repo_path())
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps({"seed": seed, "hosts": hosts}).encode())
-        proc.stdin.close()
-        try:
-            if proc.stdout.readline().strip() != b"READY":
-                raise RuntimeError(f"the simulator did not start: {log.read_text()[-2000:]}")
-            yield SimFleet(proc, port, seed, hosts, "https" if tls else "http")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    from tests.lab.services import ready_process
+
+    with ready_process(argv, {"seed": seed, "hosts": hosts}, log, "the simulator",
+                       env=_with_repo_path()) as proc:
+        yield SimFleet(proc, port, seed, hosts, "https" if tls else "http")
 
 
 if __name__ == "__main__":
