@@ -37,9 +37,10 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "tests" / "unit"
-#: the agent's own packages; shared.ssh is the controller's SSH transport (paramiko)
+#: the agent's own packages; shared.ssh and shared.remote_shell are the controller's SSH
+#: transport (paramiko, and the shell protocol it speaks), never run by an agent
 AGENT_PACKAGES = ("agent", "shared")
-NOT_THE_AGENTS = ("shared.ssh",)
+NOT_THE_AGENTS = ("shared.ssh", "shared.remote_shell")
 #: what the agent's dependencies install (import names)
 AGENT_DEPENDENCIES = ("flask", "flask_smorest", "cheroot", "marshmallow", "dns", "werkzeug",
                       "tomli")
