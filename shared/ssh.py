@@ -278,6 +278,8 @@ class SshExecutor(Executor):
         self._pool = pool
         self._transport: paramiko.Transport | None = None
         self._shell: RemoteShell | None = None
+        #: whether the shell has answered in this executor (a pooled one not yet)
+        self._shell_proven = False
         self._broken = False
         self._cut = False
 
@@ -290,6 +292,7 @@ class SshExecutor(Executor):
                                  "box ran out; nothing more runs in this attempt")
         if self._transport is None or not self._transport.is_active():
             self._shell = None  # it lived on the dead connection
+            self._shell_proven = False
             if self._pool is not None:
                 self._transport, self._shell = self._pool.acquire(self.target)
             else:
@@ -299,8 +302,25 @@ class SshExecutor(Executor):
     def _remote_shell(self) -> RemoteShell:
         """The connection's shell: the running one, else a new one on a new channel."""
         transport = self._conn()
-        if self._shell is not None and self._shell.alive():
+        if self._shell is not None and self._shell.alive() and self._shell_proven:
             return self._shell
+        if self._shell is not None and self._shell.alive():
+            # A pooled shell has not answered in this executor yet: a host whose network
+            # went away since would swallow the commands and time them out like a slow
+            # command. One empty command, held to the connect time-out as opening a channel
+            # is, tells an unreachable host (nothing run) from a working one.
+            try:
+                self._shell.run([Request(":", name="sh")],
+                                time.monotonic() + self.target.connect_timeout_s)
+                self._shell_proven = True
+                return self._shell
+            except ShellTimeout as exc:
+                self._shell = None
+                raise self._lost(RuntimeError(
+                    f"the kept connection did not answer within "
+                    f"{self.target.connect_timeout_s:g} s")) from exc
+            except (ShellLost, paramiko.SSHException, EOFError, OSError):
+                pass  # the shell had ended while idle: a new one below
         if self._shell is not None:
             self._shell.close()
             self._shell = None
@@ -311,6 +331,7 @@ class SshExecutor(Executor):
         try:
             self._shell = RemoteShell.start(chan, MAX_STREAM_BYTES,
                                             self.target.connect_timeout_s)
+            self._shell_proven = True
         except (ShellLost, paramiko.SSHException, EOFError, OSError) as exc:
             chan.close()
             raise self._lost(exc) from exc
