@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,14 @@ SMARTHOST = {"host": "smarthost.lab.test", "port": SINK_PORT, "mx": False}
 def ssh_ops(target: SshTarget, host: LabHost, *argv: str,
             pool: SshPool | None = None) -> tuple[int, dict[str, Any]]:
     return run_ops(["--flavour", host.flavour, *argv], executor=SshExecutor(target, pool))
+
+
+@pytest.fixture
+def pool() -> Iterator[SshPool]:
+    """A pool of kept connections for one test, closed after it."""
+    pool = SshPool(idle_timeout_s=60)
+    yield pool
+    pool.close()
 
 
 @pytest.mark.parametrize("layout", ["debian", "centos"])
@@ -136,32 +144,28 @@ def test_down_and_stopped_hosts_are_unreachable_in_time(make_host: Callable[...,
 
 
 def test_pool_keeps_connections_between_jobs(make_host: Callable[..., LabHost],
-                                             keys: Keys) -> None:
+                                             keys: Keys, pool: SshPool) -> None:
     hosts = [make_host("debian"), make_host("centos")]
     targets = [ssh_target_for(h, keys) for h in hosts]
-    pool = SshPool(idle_timeout_s=60)
-    try:
-        for _job in range(3):
-            for host, target in zip(hosts, targets, strict=True):
-                code, doc = ssh_ops(target, host, "queue", pool=pool)
-                assert code == 0, doc
-        assert pool.dials == 2
-        # A changed pinned key is a different connection: redialled, and refused.
-        other = SshTarget(targets[0].host, "root", targets[1].host_key,
-                          private_key=targets[0].private_key, label=hosts[0].name)
-        with pytest.raises(HostKeyMismatch), SshExecutor(other, pool) as executor:
-            executor.run(["true"])
-        assert pool.dials == 3
-        # A connection that died is dropped and redialled.
-        hosts[1].stop_sshd()
-        hosts[1].ssh_host_key = hosts[1].start_sshd()
-        for transport, _since, _shell in list(pool._idle.values()):
-            transport.close()
-        code, doc = ssh_ops(targets[1], hosts[1], "queue", pool=pool)
-        assert code == 0, doc
-        assert pool.dials == 4
-    finally:
-        pool.close()
+    for _job in range(3):
+        for host, target in zip(hosts, targets, strict=True):
+            code, doc = ssh_ops(target, host, "queue", pool=pool)
+            assert code == 0, doc
+    assert pool.dials == 2
+    # A changed pinned key is a different connection: redialled, and refused.
+    other = SshTarget(targets[0].host, "root", targets[1].host_key,
+                      private_key=targets[0].private_key, label=hosts[0].name)
+    with pytest.raises(HostKeyMismatch), SshExecutor(other, pool) as executor:
+        executor.run(["true"])
+    assert pool.dials == 3
+    # A connection that died is dropped and redialled.
+    hosts[1].stop_sshd()
+    hosts[1].ssh_host_key = hosts[1].start_sshd()
+    for transport, _since, _shell in list(pool._idle.values()):
+        transport.close()
+    code, doc = ssh_ops(targets[1], hosts[1], "queue", pool=pool)
+    assert code == 0, doc
+    assert pool.dials == 4
 
 
 def test_results_over_ssh_match_the_local_path(make_host: Callable[..., LabHost],
@@ -242,70 +246,58 @@ def _sessions(host: LabHost) -> int:
 
 
 def test_a_pooled_connection_reuses_its_shell(make_host: Callable[..., LabHost],
-                                              keys: Keys) -> None:
+                                              keys: Keys, pool: SshPool) -> None:
     host = make_host("debian")
     target = ssh_target_for(host, keys)
-    pool = SshPool(idle_timeout_s=60)
-    try:
-        shells = set()
-        for _job in range(3):
-            with SshExecutor(target, pool) as executor:
-                for _ in range(5):
-                    # env execs sh: its parent is the shell that runs every command
-                    shells.add(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
-                many = executor.run_many([["echo", "a"], ["sh", "-c", "echo b >&2; exit 3"],
-                                          ["printf", "c"]])
-                assert [(r.exit_code, r.stdout, r.stderr) for r in many] == [
-                    (0, b"a\n", b""), (3, b"", b"b\n"), (0, b"c", b"")]
-        assert len(shells) == 1 and pool.dials == 1
-        host.wait_for(lambda: _sessions(host) >= 1, 10, "the session in sshd's log")
-        assert _sessions(host) == 1, "a command opened a session of its own"
-    finally:
-        pool.close()
+    shells = set()
+    for _job in range(3):
+        with SshExecutor(target, pool) as executor:
+            for _ in range(5):
+                # env execs sh: its parent is the shell that runs every command
+                shells.add(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
+            many = executor.run_many([["echo", "a"], ["sh", "-c", "echo b >&2; exit 3"],
+                                      ["printf", "c"]])
+            assert [(r.exit_code, r.stdout, r.stderr) for r in many] == [
+                (0, b"a\n", b""), (3, b"", b"b\n"), (0, b"c", b"")]
+    assert len(shells) == 1 and pool.dials == 1
+    host.wait_for(lambda: _sessions(host) >= 1, 10, "the session in sshd's log")
+    assert _sessions(host) == 1, "a command opened a session of its own"
 
 
 def test_a_killed_shell_is_replaced_in_the_same_executor(make_host: Callable[..., LabHost],
-                                                         keys: Keys) -> None:
+                                                         keys: Keys, pool: SshPool) -> None:
     host = make_host("debian")
     target = ssh_target_for(host, keys)
-    pool = SshPool(idle_timeout_s=60)
-    try:
-        with SshExecutor(target, pool) as executor:
-            first = int(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
-            os.kill(first, signal.SIGKILL)
-            second = int(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
-            assert second != first
-            # a command that kills its own shell was in flight: reported, not re-run
-            with pytest.raises(HostUnreachable, match="connection lost"):
-                executor.run(["sh", "-c", "kill -9 $PPID; sleep 5"], timeout=None)
-        with SshExecutor(target, pool) as executor:
-            assert executor.run(["echo", "back"]).stdout == b"back\n"
-    finally:
-        pool.close()
+    with SshExecutor(target, pool) as executor:
+        first = int(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
+        os.kill(first, signal.SIGKILL)
+        second = int(executor.run(["sh", "-c", "echo $PPID"], timeout=None).stdout)
+        assert second != first
+        # a command that kills its own shell was in flight: reported, not re-run
+        with pytest.raises(HostUnreachable, match="connection lost"):
+            executor.run(["sh", "-c", "kill -9 $PPID; sleep 5"], timeout=None)
+    with SshExecutor(target, pool) as executor:
+        assert executor.run(["echo", "back"]).stdout == b"back\n"
 
 
 def test_a_timed_out_command_leaves_nothing_running(make_host: Callable[..., LabHost],
-                                                   keys: Keys) -> None:
+                                                   keys: Keys, pool: SshPool) -> None:
     host = make_host("debian")
     target = ssh_target_for(host, keys)
-    pool = SshPool(idle_timeout_s=60)
     marker = "3171"
-    try:
-        with SshExecutor(target, pool) as executor:
-            with pytest.raises(CommandTimeout, match=r"sh did not finish within 1\.5s"):
-                executor.run(["sh", "-c", f"sleep {marker}0 & sleep {marker}1; echo never"],
-                             timeout=1.5)
+    with SshExecutor(target, pool) as executor:
+        with pytest.raises(CommandTimeout, match=r"sh did not finish within 1\.5s"):
+            executor.run(["sh", "-c", f"sleep {marker}0 & sleep {marker}1; echo never"],
+                         timeout=1.5)
 
-            def gone() -> bool:
-                return not any(f"sleep {marker}".encode() in argv
-                               for argv in _cmdlines(_host_pids(host)).values())
-            # the host's timeout (2 s, then -k 5) kills the whole process group
-            host.wait_for(gone, 30, "the timed-out commands to be killed on the host")
-            # the same executor and connection go on with a new shell
-            assert executor.run(["echo", "next"]).stdout == b"next\n"
-        assert pool.dials == 1
-    finally:
-        pool.close()
+        def gone() -> bool:
+            return not any(f"sleep {marker}".encode() in argv
+                           for argv in _cmdlines(_host_pids(host)).values())
+        # the host's timeout (2 s, then -k 5) kills the whole process group
+        host.wait_for(gone, 30, "the timed-out commands to be killed on the host")
+        # the same executor and connection go on with a new shell
+        assert executor.run(["echo", "next"]).stdout == b"next\n"
+    assert pool.dials == 1
 
 
 def test_output_past_the_cap_is_cut(make_host: Callable[..., LabHost], keys: Keys) -> None:
