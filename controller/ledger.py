@@ -48,6 +48,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from controller import dispatch
 from controller.db import Database, table_of, utcnow
@@ -364,12 +365,21 @@ def _claim_statement(waves: bool, tenant_limited: bool) -> Update:
             others.c.job_id.in_(same_tenant)).scalar_subquery()
         conditions.append(running < bindparam("b_max_running", type_=Integer))
     in_wave = _in_open_wave(job_id) if waves else []
-    candidate = (select(_UNITS.c.id).where(
-        _UNITS.c.job_id == job_id, *in_wave,
-        or_(_UNITS.c.status == UnitState.PENDING.value,
-            and_(_UNITS.c.status == UnitState.RUNNING.value, _UNITS.c.lease_until < now)))
-        .order_by(_UNITS.c.id).limit(1).with_for_update(skip_locked=True)
-        .scalar_subquery())
+
+    def first_unit(*where: ColumnElement[bool]) -> ScalarSelect[Any]:
+        return (select(_UNITS.c.id).where(_UNITS.c.job_id == job_id, *in_wave, *where)
+                .order_by(_UNITS.c.wave, _UNITS.c.id).limit(1)
+                .with_for_update(skip_locked=True).scalar_subquery())
+
+    # Two lookups, not one with OR, each in the order of the ix_job_hosts_claim index
+    # (job_id, status, wave, id), so each stops at its first row and a claim costs the same
+    # at the last unit of a 10,000-host job as at the first. With OR, or ordered by id
+    # alone, PostgreSQL chose to walk the primary key past every unit already done (its
+    # estimate assumes pending units are spread evenly; they are all at the end). Wave
+    # first is the rollout's own order. A unit whose worker died goes before pending ones.
+    candidate = func.coalesce(
+        first_unit(_UNITS.c.status == UnitState.RUNNING.value, _UNITS.c.lease_until < now),
+        first_unit(_UNITS.c.status == UnitState.PENDING.value))
     return (update(_UNITS).where(_UNITS.c.id == candidate, *conditions)
             .values(status=UnitState.RUNNING.value, attempts=_UNITS.c.attempts + 1,
                     lease_until=bindparam("b_lease_until"),

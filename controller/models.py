@@ -200,7 +200,8 @@ class JobHost(Base):
 
     __tablename__ = "job_hosts"
     __table_args__ = (UniqueConstraint("job_id", "host_id"),
-                      Index("ix_job_hosts_job_status", "job_id", "status"), NEVER_REUSE_IDS)
+                      Index("ix_job_hosts_claim", "job_id", "status", "wave", "id"),
+                      NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)

@@ -1,0 +1,35 @@
+"""the claim's index: a job's units by status in id order
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-04 16:20:00
+
+A claim takes the lowest-numbered pending unit of a job. With units indexed by
+(job_id, status) only, PostgreSQL walked the primary key past every unit already done,
+so each claim cost grew with the job (a 10,000-host job: quadratic). With ``id`` as the
+index's last column the lowest pending unit is the first entry read.
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = '0007'
+down_revision = '0006'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Apply this revision."""
+    with op.batch_alter_table('job_hosts', schema=None) as batch_op:
+        batch_op.drop_index('ix_job_hosts_job_status')
+        batch_op.create_index('ix_job_hosts_claim', ['job_id', 'status', 'wave', 'id'],
+                              unique=False)
+
+
+def downgrade() -> None:
+    """Revert this revision."""
+    with op.batch_alter_table('job_hosts', schema=None) as batch_op:
+        batch_op.drop_index('ix_job_hosts_claim')
+        batch_op.create_index('ix_job_hosts_job_status', ['job_id', 'status'], unique=False)
