@@ -11,7 +11,7 @@ worker processes; then, per run:
 - wall time from ``POST /v1/jobs`` to the job's final status (target: 10,000 hosts in 60 s
   with 2 workers);
 - the workers' CPU per host (user+system of both workers' process groups, from /proc), and
-  the API's and the simulator's, for comparison;
+  the API's, the simulator's and PostgreSQL's (its backends included), for comparison;
 - database bytes per job-host: growth of ``pg_total_relation_size`` of jobs, job_hosts,
   audit_events and idempotency_keys over the run, divided by the hosts;
 - peak RSS of the API (gunicorn, all processes) and of the workers (both, pool included),
@@ -75,8 +75,9 @@ def _rss_bytes(root_pid: int) -> int:
     return total
 
 
-def _cpu_seconds(root_pid: int) -> float:
-    """User+system CPU of a process group's live processes, summed (from /proc)."""
+def _cpu_seconds(root_pid: int, reaped: bool = False) -> float:
+    """User+system CPU of a process group's live processes, summed (from /proc); with
+    ``reaped``, also what the group leader's children that ended had used."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in _group_pids(root_pid):
@@ -85,6 +86,8 @@ def _cpu_seconds(root_pid: int) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
+        if reaped and pid == root_pid:
+            total += int(fields[13]) + int(fields[14])
     return total / tick
 
 
@@ -133,6 +136,8 @@ class Sample:
     worker_cpu_s: float
     api_cpu_s: float
     sim_cpu_s: float
+    #: PostgreSQL's (postmaster and backends, those that ended included)
+    pg_cpu_s: float
     db_bytes: int
     api_rss: int
     worker_rss: int
@@ -238,11 +243,13 @@ def bench_size(size: int, args: argparse.Namespace, sim: SimFleet, redis: RedisS
                 args.concurrency)
         roots = [node.proc.pid for node in nodes if node.proc is not None]
         api_pid = api_server.proc.pid if api_server.proc is not None else 0
+        pg_pid = pg.postmaster_pid()
         runs = args.large_runs if size >= TARGET_HOSTS and args.large_runs else args.runs
         for run in range(runs):
             db0 = _table_bytes(env["RELAYFLEET_DATABASE_URL"])
             cpu0 = sum(_cpu_seconds(pid) for pid in roots)
             api0, sim0 = _cpu_seconds(api_pid), _cpu_seconds(sim.proc.pid)
+            pg0 = _cpu_seconds(pg_pid, reaped=True) if pg_pid else 0.0
             connections0 = int(sim.counts()["connections"])
             with PeakRss({"api": [api_pid], "workers": roots}) as rss:
                 start = time.monotonic()
@@ -253,12 +260,14 @@ def bench_size(size: int, args: argparse.Namespace, sim: SimFleet, redis: RedisS
                                  f"{doc['counts']}")
             sample = Sample(wall, sum(_cpu_seconds(pid) for pid in roots) - cpu0,
                             _cpu_seconds(api_pid) - api0, _cpu_seconds(sim.proc.pid) - sim0,
+                            (_cpu_seconds(pg_pid, reaped=True) - pg0) if pg_pid else 0.0,
                             _table_bytes(env["RELAYFLEET_DATABASE_URL"]) - db0,
                             rss.peak["api"], rss.peak["workers"],
                             int(sim.counts()["connections"]) - connections0)
             result.samples.append(sample)
             print(f"  {size:6} hosts run {run + 1}: {wall:.1f} s, worker CPU "
-                  f"{sample.worker_cpu_s / size * 1000:.2f} ms/host, DB "
+                  f"{sample.worker_cpu_s / size * 1000:.2f} ms/host, PostgreSQL CPU "
+                  f"{sample.pg_cpu_s / size * 1000:.2f} ms/host, DB "
                   f"{sample.db_bytes / size:.0f} B/host, uptime: {_uptime()}", flush=True)
     return result
 
@@ -293,14 +302,15 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> None:
           f"workers x --concurrency {args.worker_concurrency}; API 2 x 4 threads); medians; "
           "samples listed per size")
     print(f"{'hosts':>6} {'wall s':>8} {'hosts/s':>8} {'worker ms/host':>15} "
-          f"{'API ms/host':>12} {'sim ms/host':>12} {'DB B/job-host':>14} "
+          f"{'API ms/host':>12} {'sim ms/host':>12} {'PG ms/host':>11} {'DB B/job-host':>14} "
           f"{'API RSS MB':>11} {'workers RSS MB':>15} {'conns/host':>10}  samples (s)")
     for r in results:
         n = r.hosts
         print(f"{n:6} {r.median('wall_s'):8.1f} {n / r.median('wall_s'):8.0f} "
               f"{r.median('worker_cpu_s') / n * 1000:15.2f} "
               f"{r.median('api_cpu_s') / n * 1000:12.3f} "
-              f"{r.median('sim_cpu_s') / n * 1000:12.3f} {r.median('db_bytes') / n:14.0f} "
+              f"{r.median('sim_cpu_s') / n * 1000:12.3f} {r.median('pg_cpu_s') / n * 1000:11.2f} "
+              f"{r.median('db_bytes') / n:14.0f} "
               f"{r.median('api_rss') / mb:11.0f} {r.median('worker_rss') / mb:15.0f} "
               f"{r.median('connections') / n:10.2f}  "
               f"{', '.join(f'{s.wall_s:.1f}' for s in r.samples)}")
@@ -314,6 +324,8 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> None:
         print(f"growth {small.hosts} -> {big.hosts} hosts (x{big.hosts / small.hosts:.0f}): "
               f"wall x{big.median('wall_s') / small.median('wall_s'):.1f}, worker CPU/host "
               f"x{big.median('worker_cpu_s') / big.hosts / (small.median('worker_cpu_s') / small.hosts):.2f}, "  # noqa: E501
+              f"PostgreSQL CPU/host "
+              f"x{big.median('pg_cpu_s') / big.hosts / max(small.median('pg_cpu_s') / small.hosts, 1e-9):.2f}, "  # noqa: E501
               f"worker peak RSS x{big.median('worker_rss') / small.median('worker_rss'):.2f}")
     print("enrolment (not measured, POST /v1/hosts/import): "
           + ", ".join(f"{r.hosts} in {r.enrol_s:.0f} s" for r in results))

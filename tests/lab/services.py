@@ -174,6 +174,12 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
 
+    def postmaster_pid(self) -> int | None:
+        """The private cluster's postmaster (``None`` for an external server)."""
+        if self.external:
+            return None
+        return int((self._data / "postmaster.pid").read_text().split()[0])
+
     def restart(self, down_s: float = 2.5) -> float:
         """``pg_ctl stop -m fast`` (clients are disconnected), stay down ``down_s`` seconds,
         start the same cluster on the same port. Return the seconds it was down."""
