@@ -14,13 +14,13 @@ from typing import Any
 
 from marshmallow import Schema
 from marshmallow import ValidationError as MarshmallowError
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from controller import dispatch, ledger
 from controller.auth import Principal
 from controller.crypto import SecretBox
-from controller.db import Database
+from controller.db import Database, table_of
 from controller.errors import Conflict
 from controller.inventory import get_scoped, scoped
 from controller.job_params import check_target_size, validate_params
@@ -52,35 +52,84 @@ def _refuse_ambiguous_names(kind: str, names: list[str], found: Any) -> None:
                 f"target.{kind}", f"'{name}' names {len(ids)} {kind} (ids {shown}): give the id")
 
 
+_HOSTS = table_of(Host)
+#: the kinds of target that name rows of another table, with the host column naming them
+_OWNER_OF: dict[str, tuple[Any, Any]] = {
+    "sites": (table_of(Site), _HOSTS.c.site_id),
+    "tenants": (table_of(Tenant), _HOSTS.c.tenant_id),
+}
+
+
+def _live_hosts(tenant_scoped: bool) -> list[ColumnElement[bool]]:
+    """The conditions :func:`controller.inventory.scoped` puts on hosts (not deleted; of
+    the principal's tenant, bound as ``tenant_id``, for a tenant's token)."""
+    conditions: list[ColumnElement[bool]] = [_HOSTS.c.deleted_at.is_(None)]
+    if tenant_scoped:
+        conditions.append(_HOSTS.c.tenant_id == bindparam("tenant_id"))
+    return conditions
+
+
+@functools.cache
+def _target_statement(kind: str, tenant_scoped: bool) -> Any:
+    """The one statement that resolves a target of ``kind`` (built once per kind and
+    scope: building a statement costs more than sending it). Its parameters: ``ids`` and
+    ``names`` (hosts, sites, tenants), ``tags`` (tags), ``tenant_id`` (when scoped).
+
+    Of sites and tenants it reads, in one go, every named row the principal sees joined
+    with its live hosts: (row id, row name, host id or NULL, host name)."""
+    if kind == "hosts":
+        return (select(_HOSTS.c.id, _HOSTS.c.name)
+                .where(*_live_hosts(tenant_scoped),
+                       or_(_HOSTS.c.id.in_(bindparam("ids", expanding=True)),
+                           _HOSTS.c.name.in_(bindparam("names", expanding=True)))))
+    if kind in _OWNER_OF:
+        owner, column = _OWNER_OF[kind]
+        query = (select(owner.c.id, owner.c.name, _HOSTS.c.id, _HOSTS.c.name)
+                 .select_from(owner.outerjoin(_HOSTS, and_(
+                     column == owner.c.id, *_live_hosts(tenant_scoped))))
+                 .where(or_(owner.c.id.in_(bindparam("ids", expanding=True)),
+                            owner.c.name.in_(bindparam("names", expanding=True)))))
+        if tenant_scoped:
+            # as inventory.scoped: a tenant is its own scope, a site its tenant's
+            tenant = owner.c.id if kind == "tenants" else owner.c.tenant_id
+            query = query.where(tenant == bindparam("tenant_id"))
+        return query.order_by(_HOSTS.c.id)
+    query = select(_HOSTS.c.id, _HOSTS.c.name).where(*_live_hosts(tenant_scoped))
+    if kind == "tags":
+        query = query.where(_HOSTS.c.id.in_(
+            select(table_of(HostTag).c.host_id)
+            .where(table_of(HostTag).c.tag.in_(bindparam("tags", expanding=True)))))
+    return query.order_by(_HOSTS.c.id)
+
+
 def resolve_target(session: Session, who: Principal, target: dict[str, Any]) -> list[
         tuple[int, str]]:
     """(host id, name) of every host the target names that the principal may touch."""
-    query = scoped(select(Host.id, Host.name), Host, who)
     (kind, refs), = target.items()
-    if kind == "all":
-        pass
-    elif kind == "tags":
-        query = query.where(Host.id.in_(select(HostTag.host_id).where(HostTag.tag.in_(refs))))
-    else:
-        model: Any = {"hosts": Host, "sites": Site, "tenants": Tenant}[kind]
-        ids, names = _split_refs(refs)
-        found = session.execute(scoped(
-            select(model.id, model.name), model, who).where(
-            or_(model.id.in_(ids), model.name.in_(names)))).all()
-        known_ids = {row[0] for row in found}
-        known_names = {row[1] for row in found}
+    values: dict[str, Any] = {"tenant_id": who.tenant_id}
+    if kind == "tags":
+        values["tags"] = list(refs)
+    elif kind != "all":
+        values["ids"], values["names"] = ids, names = _split_refs(refs)
+    statement = _target_statement(kind, who.tenant_id is not None)
+    found: list[Any] = list(session.execute(statement, values))
+    if kind in ("hosts", *_OWNER_OF):
+        # the named rows: with their hosts (sites, tenants), each row once per host
+        named = found if kind == "hosts" else list(dict.fromkeys((r[0], r[1]) for r in found))
+        known_ids = {row[0] for row in named}
+        known_names = {row[1] for row in named}
         missing = [str(r) for r in ids if r not in known_ids] + [
             r for r in names if r not in known_names]
         if missing:
             shown = ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
             raise ValidationError.for_field(f"target.{kind}", f"not found: {shown}")
-        _refuse_ambiguous_names(kind, names, found)
+        _refuse_ambiguous_names(kind, names, named)
         if kind == "hosts":
-            # the hosts found are the target, scoped as the query below would scope them
+            # the hosts found are the target (scoped as every target is)
             return sorted({(int(r[0]), str(r[1])) for r in found})
-        column = {"sites": Host.site_id, "tenants": Host.tenant_id}[kind]
-        query = query.where(column.in_(known_ids))
-    rows = [(int(r[0]), str(r[1])) for r in session.execute(query.order_by(Host.id))]
+        # a named site or tenant without a live host adds none (the row's host is NULL)
+        found = [(r[2], r[3]) for r in found if r[2] is not None]
+    rows = [(int(r[0]), str(r[1])) for r in found]
     if not rows:
         raise ValidationError.for_field("target", "matches no host this token may touch")
     return rows

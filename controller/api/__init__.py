@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any
+from typing import Any, cast
 
-from flask import Response, current_app, g, jsonify, make_response, request
+from flask import Request, Response, current_app, g, jsonify, make_response, request
 from sqlalchemy import event, insert
 from sqlalchemy.orm import Session
 
@@ -37,16 +38,27 @@ def audit_target(target: str, **detail: object) -> None:
 
 def audit_row(status: int) -> dict[str, Any]:
     """The audit row of the current call, ended with ``status`` (no ``at``)."""
-    principal: Principal | None = g.get("principal")
-    route = request.url_rule.rule if request.url_rule else "unmatched"
-    target = g.get("audit_target") or (
-        ",".join(f"{k}={v}" for k, v in (request.view_args or {}).items()) or None)
+    # The request and its globals, looked up once: every use of Flask's proxies looks them
+    # up again, and a mutating call's row is made twice (written, then checked).
+    current: Request = cast(Any, request)._get_current_object()
+    state = cast(Any, g)._get_current_object()
+    principal: Principal | None = state.get("principal")
+    route = current.url_rule.rule if current.url_rule else "unmatched"
+    target = state.get("audit_target") or (
+        ",".join(f"{k}={v}" for k, v in (current.view_args or {}).items()) or None)
     return dict(token_id=principal.token_id if principal else None,
                 token_name=principal.name if principal else None,
                 tenant_id=principal.tenant_id if principal else None,
-                action=f"{request.method} {_ROUTE_ARG.sub(_braced, route)}",
-                target=target, outcome=status, detail=g.get("audit_detail"),
-                remote_addr=request.remote_addr)
+                action=_audit_action(current.method, route),
+                target=target, outcome=status, detail=state.get("audit_detail"),
+                remote_addr=current.remote_addr)
+
+
+@functools.lru_cache(maxsize=1024)
+def _audit_action(method: str, route: str) -> str:
+    """How the audit log names a call: ``POST /v1/jobs/{job_id}/retry`` (bounded: a client
+    may send any method, to an unmatched path)."""
+    return f"{method} {_ROUTE_ARG.sub(_braced, route)}"
 
 
 def _braced(match: re.Match[str]) -> str:

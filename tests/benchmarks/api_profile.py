@@ -1,7 +1,8 @@
 """Profile ``POST /v1/jobs`` in-process: prints figures, asserts nothing.
 
-``python -m tests.benchmarks.api_profile [--requests 500] [--top 25]`` (root; starts its
-own Redis and PostgreSQL). The controller app runs in this process behind Flask's test
+``python -m tests.benchmarks.api_profile [--requests 500] [--top 25] [--show-sql]`` (root;
+starts its own Redis and PostgreSQL; ``--show-sql`` prints the statements of one request
+instead). The controller app runs in this process behind Flask's test
 client, against PostgreSQL and a real Redis broker, so the figures include the SQL round
 trips and the Celery publish of the lanes. For each request (3 hosts, a fresh
 Idempotency-Key) it prints: the CPU time of this process, the SQL statements and
@@ -36,14 +37,20 @@ class SqlTally:
     def __init__(self, engine: Any) -> None:
         self.statements = 0
         self.commits = 0
+        #: the statements' text, while set (``--show-sql``)
+        self.shown: list[str] | None = None
         event.listen(engine, "before_cursor_execute", self._statement)
         event.listen(engine, "commit", self._commit)
 
-    def _statement(self, *_args: Any) -> None:
+    def _statement(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.statements += 1
+        if self.shown is not None:
+            self.shown.append(" ".join(statement.split()))
 
     def _commit(self, *_args: Any) -> None:
         self.commits += 1
+        if self.shown is not None:
+            self.shown.append("COMMIT")
 
 
 def _measure(name: str, send: Callable[[int], Any], count: int, tally: SqlTally,
@@ -97,6 +104,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--show-sql", action="store_true",
+                        help="print the SQL one POST sends (after the warm-up), then stop")
     parser.add_argument("--save", type=Path, help="also write the POST profile here "
                                                   "(pstats format)")
     args = parser.parse_args()
@@ -121,6 +130,14 @@ def main() -> None:
             if answer.status_code != 202:
                 raise SystemExit(f"{answer.status_code}: {answer.get_data(as_text=True)}")
             return answer
+
+        if args.show_sql:
+            for n in range(20):  # warm-up, as measured
+                post(-100 - n)
+            tally.shown = []
+            post(-1000)
+            print("\n".join(tally.shown))
+            return
 
         def health(_n: int) -> Any:
             return controller.client.get("/v1/health")
