@@ -24,7 +24,7 @@ from agent.config import AgentConfig, MtaUndetected, ProfileResolver
 from shared import __version__
 from shared import errors as rf_errors
 from shared import schemas as s
-from shared.actions import ACTIONS, Action
+from shared.actions import ACTIONS, Action, schema_instance
 from shared.executor import Executor, LocalExecutor
 from shared.mta import MtaOperations, operations_for
 from shared.mta_kind import MTA_HEADER
@@ -78,7 +78,7 @@ def _perform(body: Mapping[str, Any] | None = None) -> dict[str, Any]:
     because another change holds the host's lock answers 409 too.
     """
     action = _BY_ROUTE[(request.method, request.url_rule.rule if request.url_rule else "")]
-    loaded = dict(body) if body is not None else action.params_schema().load({})
+    loaded = dict(body) if body is not None else schema_instance(action.params_schema).load({})
     dry_run = bool(loaded.get("dry_run", False))
     request_obj = action.from_loaded(loaded)
     ops = _ops()

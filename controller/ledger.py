@@ -255,17 +255,20 @@ def accept(session: Session, *, tenant_id: int | None, token_id: int | None, act
         status=JobState.QUEUED.value, heartbeat_at=time.time(), origin=origin.kind.value,
         schedule_id=origin.schedule_id, inbound_hook_id=origin.inbound_hook_id,
         created_at=utcnow(), started_at=None, finished_at=None)
-    jobs = table_of(Job)
-    job = Job(id=session.execute(insert(jobs).returning(jobs.c.id), values).scalar_one(),
-              **values)
+    job = Job(id=session.execute(_INSERT_JOB, values).scalar_one(), **values)
     make_transient_to_detached(job)
     session.add(job)
     # One multi-row INSERT for every unit: 10,000 hosts are one statement, not 10,000.
-    session.execute(insert(table_of(JobHost)), [
+    session.execute(_INSERT_UNITS, [
         {"job_id": job.id, "host_id": host_id, "host_name": name, "wave": wave,
          "status": UnitState.PENDING.value, "attempts": 0}
         for (host_id, name), wave in zip(hosts, waves, strict=True)])
     return job
+
+
+#: accept's statements, built once (building one costs more than sending it)
+_INSERT_JOB = insert(_JOBS).returning(_JOBS.c.id)
+_INSERT_UNITS = insert(_UNITS)
 
 
 def fail_undispatched(session: Session, job_id: int) -> None:

@@ -14,6 +14,7 @@ travels typed: parsed once where it enters (API, CLI, stored job), then passed a
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -64,6 +65,13 @@ class HttpRoute:
     location: str | None = None
 
 
+@functools.cache
+def schema_instance(schema: type[Schema]) -> Schema:
+    """One instance of a request schema, shared (building one per request cost more than
+    the load; a schema keeps no state between loads)."""
+    return schema()
+
+
 class RequestRules(Generic[R]):
     """How a job action's request is checked, stored and rebuilt: the same for an action a
     host runs (:class:`Action`) and one the controller's worker runs (:class:`WorkerAction`)."""
@@ -87,7 +95,7 @@ class RequestRules(Generic[R]):
             raise ValidationError.for_field("dry_run", "is not part of the request; "
                                                        "ask for a dry run separately")
         try:
-            loaded = self.params_schema().load(data)
+            loaded = schema_instance(self.params_schema).load(data)
         except SchemaError as exc:
             raise refusal("request", s.flatten_errors(exc.messages)) from None
         return self.from_loaded(loaded)
