@@ -1,19 +1,23 @@
 """The database: one engine per process, sessions per request or per task.
 
 SQLite (the default) gets WAL, foreign keys, a busy timeout and ``BEGIN IMMEDIATE`` so that
-concurrent writers wait their turn instead of failing; PostgreSQL needs nothing special.
+concurrent writers wait their turn instead of failing. PostgreSQL connections are checked
+for life on checkout without a round trip in the common case (:func:`_check_on_checkout`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import select
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
 from flask import Flask, g
 from sqlalchemy import DateTime, Engine, Table, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -75,7 +79,66 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # The newest idle connection is reused first (LIFO): the few a busy worker needs stay
+    # warm and skip the ping a long-idle one gets (see _check_on_checkout).
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True,
+                           pool_recycle=RECYCLE_S)
+    _check_on_checkout(engine)
+    return engine
+
+
+#: a pooled connection idle longer than this is pinged before use (one round trip): a
+#: firewall or NAT that dropped it silently leaves nothing on its socket to see
+PING_IDLE_S = 30.0
+#: a connection older than this is replaced on checkout: a server session is not kept
+#: for days (its memory grows with the catalog caches of every statement it ran)
+RECYCLE_S = 1800
+#: where the checkin time of a pooled connection is kept (its record's ``info``)
+_CHECKED_IN = "relayfleet_checked_in"
+
+
+def _unread(fileno: int) -> bool:
+    """Whether an idle connection's socket has something to read or is closed: an idle
+    PostgreSQL session is sent nothing, unless the server is closing it (a restart, an
+    administrator's terminate, an idle timeout)."""
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def _check_on_checkout(engine: Engine) -> None:
+    """Hand out only live connections, pinging only those that may not be.
+
+    ``pool_pre_ping`` would cost a round trip on every checkout (two or three per host
+    of a job). Instead a connection is pinged when its socket shows the server closed it
+    or sent something unasked (one ``poll``, no round trip), or when it sat idle longer
+    than :data:`PING_IDLE_S`. A failed ping invalidates it and every older connection of
+    the pool (they were cut by the same restart) and the pool connects anew, as the
+    pre-ping did. A connection that dies between the check and its statement fails that
+    transaction, and SQLAlchemy then invalidates the pool likewise.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(_CHECKED_IN, None)
+        if since is None:
+            return  # a new connection: just made, nothing to check
+        try:
+            suspect = (time.monotonic() - since > PING_IDLE_S
+                       or _unread(dbapi_connection.fileno()))
+            if suspect and not dialect.do_ping(dbapi_connection):
+                raise InvalidatePoolError("the connection failed its ping")
+        except InvalidatePoolError:
+            raise
+        except Exception as exc:
+            # (a closed socket or a failed ping: the server is gone or restarted)
+            raise InvalidatePoolError(f"the connection is unusable: {exc}") from exc
 
 
 class Database:
@@ -108,7 +171,7 @@ class Database:
 
         It keeps one connection for the whole context, through all its transactions: a
         request that commits more than once (an Idempotency-Key, then the job) takes a
-        connection from the pool, and pings it, once.
+        connection from the pool, and checks it (:func:`_check_on_checkout`), once.
         """
         if "db_session" not in g:
             assert self.engine is not None and self.sessionmaker is not None, (

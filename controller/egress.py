@@ -41,8 +41,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import heapq
 import http.client
 import ipaddress
+import itertools
 import logging
 import os
 import select
@@ -50,7 +52,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -201,7 +203,7 @@ class EgressPolicy:
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> EgressPolicy:
         """The policy of ``RELAYFLEET_EGRESS_ALLOW`` in ``environ`` (default os.environ)."""
         env = os.environ if environ is None else environ
-        return cls.parse(env.get("RELAYFLEET_EGRESS_ALLOW"))
+        return _parsed_policy(env.get("RELAYFLEET_EGRESS_ALLOW"))
 
     def refusal(self, host: str, address: IPAddress) -> str | None:
         """Why ``address`` (which ``host`` resolved to) may not be reached, or ``None``."""
@@ -261,6 +263,13 @@ class EgressPolicy:
         return addresses
 
 
+@functools.lru_cache(maxsize=16)
+def _parsed_policy(text: str | None) -> EgressPolicy:
+    """:meth:`EgressPolicy.parse`, once per text: every agent transport reads the policy
+    (a policy is immutable; a changed variable is another text, so it applies at once)."""
+    return EgressPolicy.parse(text)
+
+
 @dataclass(frozen=True)
 class TlsTrust:
     """How to accept an https server: a pinned SHA-256 certificate fingerprint, a PEM CA
@@ -308,6 +317,101 @@ class Answer:
     body: bytes
 
 
+class Deadlines:
+    """One thread per process that calls what is due when its time comes: a deadline per
+    request without a thread per request (starting one cost more CPU than a kept
+    connection's whole exchange). Callbacks run on that thread and must be quick."""
+
+    def __init__(self) -> None:
+        self._reset()
+        # A forked child (a Celery pool process) has no copy of the thread: start afresh.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._cancelled = 0
+        self._thread: threading.Thread | None = None
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Deadline:
+        """Call ``callback`` at ``when`` (``time.monotonic``) unless cancelled first."""
+        due = Deadline(self, callback)
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._order), due))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="relayfleet-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is due:
+                self._cond.notify()  # sooner than what the thread waits for
+        return due
+
+    def _cancel(self, due: Deadline) -> None:
+        with self._cond:
+            if due.cancelled:
+                return
+            due.cancelled = True
+            self._cancelled += 1
+            # Cancelled entries leave the heap when they come up; when they are most of it
+            # (deadlines far out, requests ending early), the heap is rebuilt without them.
+            if self._cancelled > 64 and 2 * self._cancelled > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+
+    def _next_due(self) -> Deadline:
+        with self._cond:
+            while True:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                when, _, due = self._heap[0]
+                if due.cancelled:
+                    heapq.heappop(self._heap)
+                    self._cancelled -= 1
+                    continue
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                due.cancelled = True  # (fired: a later cancel is a no-op)
+                return due
+
+    def _run(self) -> None:
+        while True:
+            due = self._next_due()
+            try:
+                due.callback()
+            except Exception:  # one callback's bug must not stop every later deadline
+                log.exception("egress: a deadline callback failed")
+
+    def pending(self) -> int:
+        """How many calls are still to come (neither made nor cancelled)."""
+        with self._cond:
+            return len(self._heap) - self._cancelled
+
+
+class Deadline:
+    """A call :class:`Deadlines` will make, unless :meth:`cancel` comes first."""
+
+    __slots__ = ("_owner", "callback", "cancelled")
+
+    def __init__(self, owner: Deadlines, callback: Callable[[], None]) -> None:
+        self._owner = owner
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not make the call (nothing happens if it was made already)."""
+        self._owner._cancel(self)
+
+
+#: this process's deadlines (requests' watchdogs, SSH operations' time boxes)
+DEADLINES = Deadlines()
+
+
 class _Watchdog:
     """Shuts a socket down when the request's deadline passes (a read then returns)."""
 
@@ -316,9 +420,7 @@ class _Watchdog:
         self.fired = threading.Event()
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._due = DEADLINES.call_at(deadline, self._fire)
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -348,7 +450,9 @@ class _Watchdog:
         return self.deadline - time.monotonic()
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self._due.cancel()
+        with self._lock:
+            self._sock = None  # (the request is over: nothing of it is kept alive here)
 
 
 #: handed to plain-http connections, which never use it (no CA store loaded)

@@ -313,12 +313,13 @@ class Lane:
         ``mta_kind``: the kind the transport drove the host as, when it knows;
         ``switch``: what the run changed in the host's record (install_agent's), written
         with the outcome or not at all."""
+        # (data and steps made plain JSON in one pass)
+        plain = _jsonable({"d": result.data, "s": [s.to_dict() for s in result.steps]}
+                          ) if result else None
         outcome = Outcome(
             UnitState(status), error=_text(error),
             changed=result.changed if result else None,
-            data=_jsonable(result.data) if result else None,
-            steps=_jsonable({"s": [s.to_dict() for s in result.steps]})["s"]
-            if result else None)
+            data=plain["d"] if plain else None, steps=plain["s"] if plain else None)
         host_state = learned(self.job_id, {"action": plan.action, "options": plan.options},
                              status=status, error=error, result=result, mta_kind=mta_kind)
         with self.db.transaction() as session:
@@ -351,6 +352,12 @@ class Lane:
 
         def loop() -> None:
             while time.monotonic() < deadline:
+                if refused and not plan.waves:
+                    # A sibling found nothing to take: the job has no free unit now (or
+                    # its tenant is at its share). Asking again would cost each thread a
+                    # transaction that finds nothing too; hand_over queues the
+                    # continuation that takes what frees up later.
+                    return
                 try:
                     claimed = self.claim(plan)
                     if claimed is None and plan.waves and self._running_here():

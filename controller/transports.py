@@ -11,6 +11,7 @@ exception tree: :class:`HostUnreachable` when the host could not be reached at a
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import threading
 import time
@@ -45,6 +46,9 @@ from shared.profile import PROFILE_KINDS, HostProfile
 from shared.results import OperationResult
 
 T = TypeVar("T")
+#: a host's pin as the transport compares it, worked out once per stored text (the
+#: inventory stores it normalised already; every call of every job would redo it)
+_pin = functools.lru_cache(maxsize=4096)(normalise_fingerprint)
 #: how long to keep asking an agent that is busy with another change (409)
 _BUSY_RETRY_S = 2.0
 #: the largest agent answer read (a long log or queue fits many times over)
@@ -208,7 +212,7 @@ class AgentTransport(HostTransport):
         # (every agent route is idempotent, which a kept connection's resend needs).
         self.http = http or HttpClient(EgressPolicy.from_environ(), keep_alive=True)
         pin = spec.agent_tls_fingerprint
-        self.tls = TlsTrust(fingerprint=normalise_fingerprint(pin) if pin else None,
+        self.tls = TlsTrust(fingerprint=_pin(pin) if pin else None,
                             ca_cert=spec.agent_ca_cert)
 
     def _refuse_plain_http(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.compat import zip_strict
@@ -54,8 +54,10 @@ class Step:
     output: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return asdict(self)
+        """Plain-JSON form (what ``dataclasses.asdict`` gives, built directly: asdict's
+        recursive deep copy cost more than the rest of recording a host's result)."""
+        return {"name": self.name, "argv": list(self.argv), "exit_code": self.exit_code,
+                "duration_s": self.duration_s, "ok": self.ok, "output": self.output}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Where a worker's CPU goes per host-operation: prints figures, asserts nothing.
 
-``python -m tests.benchmarks.worker_profile [--hosts 40] [--jobs 3] [--top 25]`` (root;
-starts its own PostgreSQL and lab). Builds ``--hosts`` agent lab hosts (https, pinned
+``python -m tests.benchmarks.worker_profile [--hosts 40] [--jobs 3] [--top 25] [--plain 0]``
+(root; starts its own PostgreSQL and lab). Builds ``--hosts`` agent lab hosts (https, pinned
 certificate), then runs ``--jobs`` ``flush_queue`` jobs over all of them, each through a
 real :class:`controller.lanes.Lane` in this process (the lane's threads, the real ledger on
 PostgreSQL, the real agent transport; the broker is kombu's in-memory one, and the lane's
@@ -166,6 +166,11 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=3, help="jobs run (the first warms up)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--plain", type=int, default=0,
+                        help="jobs run without the profiler after the warm-up (their process "
+                             "CPU is the figure to compare with a worker's)")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="also write the merged profile here (pstats, for callers)")
     args = parser.parse_args()
     from tests.lab.lab import Lab
 
@@ -177,13 +182,20 @@ def main() -> None:
             wall, cpu = _run_job(controller, ids)
             print(f"warm-up job: {len(ids)} hosts in {wall:.2f} s, process CPU "
                   f"{cpu / len(ids) * 1000:.1f} ms per host-operation")
+            for n in range(args.plain):
+                wall, cpu = _run_job(controller, ids)
+                print(f"plain job {n + 1}: {len(ids)} hosts in {wall:.2f} s, process CPU "
+                      f"{cpu / len(ids) * 1000:.1f} ms per host-operation (no profiler)")
             with ThreadProfiles() as profiles:
                 runs = [_run_job(controller, ids) for _ in range(max(1, args.jobs - 1))]
             operations = len(ids) * len(runs)
             for n, (wall, cpu) in enumerate(runs, 1):
                 print(f"profiled job {n}: {len(ids)} hosts in {wall:.2f} s, process CPU "
                       f"{cpu / len(ids) * 1000:.1f} ms per host-operation (under the profiler)")
-            _report(profiles.stats(), operations, args.top)
+            stats = profiles.stats()
+            _report(stats, operations, args.top)
+            if args.save is not None:
+                stats.dump_stats(args.save)
         finally:
             pg.stop()
     sys.stdout.flush()

@@ -228,3 +228,24 @@ def test_the_pool_is_bounded_and_keyed_by_trust() -> None:
     assert own.take(("https", "pbx", 8589, address, pinned)) is fakes[2]  # type: ignore[comparison-overlap]
     assert len(own) == 1
 
+
+
+def test_requests_start_no_thread_of_their_own(server: tuple[int, Seen],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's deadline is watched by the process's one deadline thread: the client
+    starts no thread per request (only the test server starts one, per connection)."""
+    port, seen = server
+    status(port)  # (the deadline thread exists from here on)
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    for _ in range(10):
+        status(port)
+    assert seen.connections == 1
+    assert not [name for name in started if "process_request_thread" not in name]
+    assert egress.DEADLINES.pending() == 0
