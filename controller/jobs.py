@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import Schema
@@ -221,10 +222,13 @@ class JobReport:
     its units when asked for (the schema leaves ``results`` out otherwise)."""
 
     def __init__(self, job: Job, counts: dict[str, int],
-                 units: list[JobHost] | None = None) -> None:
+                 units: list[JobHost] | None = None, next_page: str | None = None,
+                 paged: bool = False) -> None:
         self.job = job
         self.counts = counts
         self._units = units
+        self._next_page = next_page
+        self._paged = paged
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.job, name)
@@ -241,14 +245,50 @@ class JobReport:
             raise AttributeError("results")
         return self._units
 
+    @property
+    def results_next(self) -> str | None:
+        """The next page of results (``None`` on the last; absent when not paged)."""
+        if self._units is None or not self._paged:
+            raise AttributeError("results_next")
+        return self._next_page
 
-def report(session: Session, job: Job, *, with_results: bool = True) -> JobReport:
-    """The job, its counts and (``with_results``) its units, ready for ``JobSchema``."""
-    units = None
-    if with_results:
-        units = list(session.scalars(select(JobHost).where(JobHost.job_id == job.id)
-                                     .order_by(JobHost.id)))
-    return JobReport(job, ledger.counts(session, job.id), units)
+
+@dataclass(frozen=True)
+class ResultsPage:
+    """Which of a job's results to show: the hosts in one state, and a page of them in
+    target order (``limit`` results after position ``after``); all of them by default."""
+
+    host_status: str | None = None
+    limit: int | None = None
+    after: int = 0
+
+    def link(self, job_id: int, after: int) -> str:
+        """The URL of the page that follows position ``after``."""
+        query = f"results_limit={self.limit}&results_after={after}"
+        if self.host_status:
+            query += f"&host_status={self.host_status}"
+        return f"{job_links(job_id)['self']}?{query}"
+
+
+def report(session: Session, job: Job, *, with_results: bool = True,
+           page: ResultsPage = ResultsPage()) -> JobReport:
+    """The job, its counts and (``with_results``) its units, ready for ``JobSchema``: all
+    of them, or the ``page`` asked for (a job of 100,000 hosts is 200 MB of results)."""
+    if not with_results:
+        return JobReport(job, ledger.counts(session, job.id))
+    query = select(JobHost).where(JobHost.job_id == job.id, JobHost.id > page.after)
+    if page.host_status:
+        query = query.where(JobHost.status == page.host_status)
+    query = query.order_by(JobHost.id)
+    if page.limit is not None:
+        query = query.limit(page.limit + 1)  # one more: is there a next page?
+    units = list(session.scalars(query))
+    next_page = None
+    if page.limit is not None and len(units) > page.limit:
+        units = units[:page.limit]
+        next_page = page.link(job.id, units[-1].id)
+    return JobReport(job, ledger.counts(session, job.id), units, next_page,
+                     paged=page.limit is not None)
 
 
 def get_job(session: Session, who: Principal, job_id: int) -> Job:

@@ -895,6 +895,9 @@ class JobSchema(Schema):
     finished_at = fields.DateTime(allow_none=True, required=True)
     links = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     results = fields.List(fields.Nested(HostResultSchema))
+    results_next = fields.String(allow_none=True, metadata={
+        "description": "with results_limit: the URL of the next page of results (null on "
+                       "the last page)"})
 
 
 class JobGetQuerySchema(StrictSchema):
@@ -902,6 +905,13 @@ class JobGetQuerySchema(StrictSchema):
 
     results = fields.Boolean(load_default=True, metadata={
         "description": "false: counts and status only (cheap to poll on big jobs)"})
+    host_status = fields.String(validate=validate.OneOf(_UNIT_STATES), metadata={
+        "description": "only the results of hosts in this state (e.g. failed)"})
+    results_limit = fields.Integer(validate=validate.Range(1, 5000), metadata={
+        "description": "at most this many results, in target order; results_next gives "
+                       "the next page (default: every result at once)"})
+    results_after = fields.Integer(validate=validate.Range(0, 2**31 - 1), metadata={
+        "description": "the page after this position (from results_next)"})
 
 
 class JobQuerySchema(PageQuerySchema):

@@ -119,9 +119,12 @@ class JobById(MethodView):
     @blp.response(200, s.JobSchema)
     def get(self, query: dict[str, Any], job_id: int) -> svc.JobReport:
         """The job, its counts and every host's result with its steps
-        (``results=false``: without the per-host results)."""
+        (``results=false``: without the per-host results; ``host_status`` and
+        ``results_limit`` for some of them, page by page through ``results_next``)."""
+        page = svc.ResultsPage(query.get("host_status"), query.get("results_limit"),
+                               query.get("results_after", 0))
         return svc.report(db.session, svc.get_job(db.session, who(), job_id),
-                          with_results=query["results"])
+                          with_results=query["results"], page=page)
 
 
 @blp.route("/jobs/<int(max=2147483647):job_id>/cancel")
