@@ -29,6 +29,7 @@ import enum
 import functools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +170,8 @@ _JOBS = table_of(Job)
 _HOSTS = table_of(Host)
 #: HOST_COLUMNS, as table columns
 _HOST_TABLE_COLUMNS = tuple(_HOSTS.c[column.key] for column in HOST_COLUMNS)
+#: the names a claimed host's row is keyed by
+_HOST_KEYS = tuple(column.key for column in HOST_COLUMNS)
 
 
 def _rowcount(result: object) -> int:
@@ -331,7 +334,10 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
                              max_failures=max_failures)
                 abandon_lapsed(session, job_id, now, f"more than {max_failures} hosts failed")
                 return None
-    statement = _claim_statement(in_waves(options), tenant_max_running is not None)
+    # SQLite's RETURNING may not name another table: the host is read after the claim
+    with_host = _on_postgres(session)
+    statement = _claim_statement(in_waves(options), tenant_max_running is not None,
+                                 with_host)
     row = session.execute(statement, {
         "b_job_id": job_id, "b_now": now, "b_started": utcnow(),
         "b_lease_until": now + min(lease_s, timeout_s + LEASE_MARGIN_S),
@@ -342,19 +348,27 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
             if state not in ACTIVE_JOB_STATES:
                 abandon_lapsed(session, job_id, now, "the job was cancelled")
         return None
-    host = session.execute(select(*_HOST_TABLE_COLUMNS).where(
-        _HOSTS.c.id == row[2], _HOSTS.c.deleted_at.is_(None))).first()
+    live: Sequence[Any] | None
+    if with_host:  # the host's row came with the claim
+        deleted_at, *host = row[3:]
+        live = None if deleted_at is not None else host
+    else:
+        live = session.execute(_LIVE_HOST, {"b_host_id": row[2]}).first()
     return Claim(int(row[0]), int(row[1]), int(row[2]),
-                 dict(host._mapping) if host is not None else None)
+                 dict(zip(_HOST_KEYS, live, strict=True)) if live is not None else None)
 
 
 @functools.lru_cache(maxsize=8)
-def _claim_statement(waves: bool, tenant_limited: bool) -> Update:
+def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool) -> Update:
     """The claim's one UPDATE (built once per kind): the job's next free unit becomes
     ``running`` under a lease, provided the job is still active (a cancel committed
     before it shows) and, when ``tenant_limited``, its tenant runs fewer than
     ``b_max_running`` units. Its parameters: ``b_job_id``, ``b_now``, ``b_lease_until``,
-    ``b_started``, ``b_max_running`` (a bound name may not be a column's)."""
+    ``b_started``, ``b_max_running`` (a bound name may not be a column's).
+
+    It returns the unit's id, attempt and host id; ``with_host`` (PostgreSQL), then its
+    host's ``deleted_at`` and row (:data:`_HOST_TABLE_COLUMNS`), read in the same
+    statement (``UPDATE … FROM hosts``), not by a second one."""
     job_id, now = bindparam("b_job_id", type_=Integer), bindparam("b_now", type_=Float)
     conditions: list[ColumnElement[bool]] = [exists().where(
         _JOBS.c.id == job_id, _JOBS.c.status.in_(ACTIVE_JOB_STATES))]
@@ -383,12 +397,21 @@ def _claim_statement(waves: bool, tenant_limited: bool) -> Update:
     candidate = func.coalesce(
         first_unit(_UNITS.c.status == UnitState.RUNNING.value, _UNITS.c.lease_until < now),
         first_unit(_UNITS.c.status == UnitState.PENDING.value))
+    if with_host:
+        conditions.append(_HOSTS.c.id == _UNITS.c.host_id)
+    returned = (_UNITS.c.id, _UNITS.c.attempts, _UNITS.c.host_id,
+                *((_HOSTS.c.deleted_at, *_HOST_TABLE_COLUMNS) if with_host else ()))
     return (update(_UNITS).where(_UNITS.c.id == candidate, *conditions)
             .values(status=UnitState.RUNNING.value, attempts=_UNITS.c.attempts + 1,
                     lease_until=bindparam("b_lease_until"),
                     started_at=func.coalesce(_UNITS.c.started_at, bindparam(
                         "b_started", type_=_UNITS.c.started_at.type)))
-            .returning(_UNITS.c.id, _UNITS.c.attempts, _UNITS.c.host_id))
+            .returning(*returned))
+
+
+#: a claimed unit's host, unless deleted (where the claim cannot read it itself)
+_LIVE_HOST = select(*_HOST_TABLE_COLUMNS).where(_HOSTS.c.id == bindparam("b_host_id"),
+                                               _HOSTS.c.deleted_at.is_(None))
 
 
 def _in_open_wave(job_id: Any) -> list[ColumnElement[bool]]:
@@ -413,15 +436,24 @@ def record(session: Session, claim_: Claim, outcome: Outcome,
     changed in the host's record (``switch``: install_agent's, see :func:`apply_switch`),
     all or nothing; ``False`` (nothing stored) when a later attempt has taken the unit
     over."""
-    done = session.execute(_RECORD, {
+    values = {
         "b_unit_id": claim_.unit_id, "b_attempt": claim_.attempt,
         "b_status": outcome.status.value, "b_error": outcome.error, "b_finished_at": utcnow(),
-        "b_changed": outcome.changed, "b_data": outcome.data, "b_steps": outcome.steps})
-    if _rowcount(done) != 1:
-        return False
+        "b_changed": outcome.changed, "b_data": outcome.data, "b_steps": outcome.steps}
     # (a value may be an expression on the host's columns, Host.unreachable_streak + 1:
     # values never make the statement an ORM one)
-    session.execute(update(_HOSTS).where(_HOSTS.c.id == claim_.host_id).values(**host_state))
+    if _on_postgres(session):
+        # one statement: the host is updated by the unit's update's own RETURNING, so
+        # only when the unit was (PostgreSQL runs DML in a WITH; SQLite does not)
+        done = _RECORD_RETURNING_HOST.cte("done")
+        if session.execute(update(_HOSTS).where(_HOSTS.c.id.in_(select(done.c.host_id)))
+                           .values(**host_state).returning(_HOSTS.c.id), values).first() is None:
+            return False
+    else:
+        if _rowcount(session.execute(_RECORD, values)) != 1:
+            return False
+        session.execute(update(_HOSTS).where(_HOSTS.c.id == claim_.host_id)
+                        .values(**host_state))
     if switch is not None:
         apply_switch(session, claim_.host_id, switch)
     return True
@@ -434,6 +466,13 @@ _RECORD = (update(_UNITS).where(_UNITS.c.id == bindparam("b_unit_id"),
            .values(status=bindparam("b_status"), error=bindparam("b_error"), lease_until=None,
                    finished_at=bindparam("b_finished_at"), changed=bindparam("b_changed"),
                    data=bindparam("b_data"), steps=bindparam("b_steps")))
+_RECORD_RETURNING_HOST = _RECORD.returning(_UNITS.c.host_id)
+
+
+def _on_postgres(session: Session) -> bool:
+    """Whether the session's database is PostgreSQL (where a claim and a record are one
+    statement each)."""
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def apply_switch(session: Session, host_id: int, switch: AgentSwitch) -> None:

@@ -574,3 +574,70 @@ def test_probe_allow_is_read_from_the_environment() -> None:
                          ).probe_allow == ("acme.fr", "ourtest.com")
     with pytest.raises(ConfigError, match="RELAYFLEET_PROBE_ALLOW"):
         load_settings({**env, "RELAYFLEET_PROBE_ALLOW": "acme.fr, not a domain"})
+
+
+def test_a_claim_brings_its_hosts_row_or_none_for_a_deleted_host(any_db: Controller) -> None:
+    """On PostgreSQL the claim reads its host in the same statement (UPDATE … FROM), on
+    SQLite by a second one: either way a live host comes whole, a host deleted after the
+    job was accepted comes as None (its unit then fails saying so)."""
+    from controller import ledger
+    from controller.db import db
+
+    controller = any_db
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    kept, gone = (int(controller.host(site, f"pbx-{n}", address=f"192.0.2.{n + 1}")["id"])
+                  for n in range(2))
+    job = controller.start_job({"action": "flush_queue", "target": {"all": True}})
+    assert controller.call("DELETE", f"/v1/hosts/{gone}").status == 204
+    with controller.app.app_context():
+        with db.transaction() as session:
+            first = ledger.claim(session, job, timeout_s=60, max_failures=None)
+            second = ledger.claim(session, job, timeout_s=60, max_failures=None)
+            assert ledger.claim(session, job, timeout_s=60, max_failures=None) is None
+    assert first is not None and second is not None
+    assert (first.host_id, second.host_id) == (kept, gone)
+    assert first.host is not None and second.host is None
+    assert set(first.host) == {column.key for column in ledger.HOST_COLUMNS}
+    assert (first.host["id"], first.host["name"], first.host["address"]) == (
+        kept, "pbx-0", "192.0.2.1")
+
+
+def test_a_record_stores_the_unit_and_its_host_or_nothing_when_taken_over(
+        any_db: Controller) -> None:
+    """On PostgreSQL the unit and its host are one statement (the host's UPDATE driven by
+    the unit's RETURNING), on SQLite two: either way an attempt whose unit was taken over
+    by a later one stores nothing, neither the unit nor the host."""
+    from sqlalchemy import select, update
+
+    from controller import ledger
+    from controller.db import db
+    from controller.models import Host, JobHost
+
+    controller = any_db
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    host_id = int(controller.host(site, "pbx-0")["id"])
+    job = controller.start_job({"action": "flush_queue", "target": {"all": True}})
+    streak = {"unreachable_streak": Host.unreachable_streak + 1}
+    with controller.app.app_context():
+        with db.transaction() as session:
+            stale = ledger.claim(session, job, timeout_s=60, max_failures=None)
+            assert stale is not None
+            # its worker is presumed dead: the lease lapses and a later attempt takes over
+            session.execute(update(JobHost).where(JobHost.id == stale.unit_id)
+                            .values(lease_until=0))
+            taken = ledger.claim(session, job, timeout_s=60, max_failures=None)
+            assert taken is not None and taken.attempt == stale.attempt + 1
+        with db.transaction() as session:
+            assert not ledger.record(session, stale, ledger.Outcome(
+                ledger.UnitState.UNREACHABLE, error="late"), streak)
+        with db.transaction() as session:
+            assert session.scalar(select(Host.unreachable_streak)
+                                  .where(Host.id == host_id)) == 0
+            assert ledger.record(session, taken, ledger.Outcome(
+                ledger.UnitState.UNREACHABLE, error="no route", data={"n": 1}), streak)
+        with db.transaction() as session:
+            assert session.scalar(select(Host.unreachable_streak)
+                                  .where(Host.id == host_id)) == 1
+            unit = session.execute(select(JobHost.status, JobHost.error, JobHost.data,
+                                          JobHost.lease_until)).one()
+    assert tuple(unit) == ("unreachable", "no route", {"n": 1}, None)
