@@ -374,7 +374,9 @@ def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool) -> Upda
         _JOBS.c.id == job_id, _JOBS.c.status.in_(ACTIVE_JOB_STATES))]
     if tenant_limited:
         tenant = select(_JOBS.c.tenant_id).where(_JOBS.c.id == job_id).scalar_subquery()
-        same_tenant = select(_JOBS.c.id).where(or_(
+        # (of unfinished jobs only: a finished job runs nothing, and a tenant may have run
+        # thousands; ix_jobs_unfinished_tenant finds these)
+        same_tenant = select(_JOBS.c.id).where(_JOBS.c.finished_at.is_(None), or_(
             _JOBS.c.tenant_id == tenant, and_(_JOBS.c.tenant_id.is_(None), tenant.is_(None))))
         others = _UNITS.alias("tenant_units")
         running = select(func.count()).select_from(others).where(

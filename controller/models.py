@@ -164,7 +164,12 @@ class Job(Base):
     """One action on a set of hosts."""
 
     __tablename__ = "jobs"
-    __table_args__ = NEVER_REUSE_IDS
+    # A claim counts its tenant's running units over the tenant's unfinished jobs only:
+    # this index keeps that independent of how many jobs the tenant ever ran.
+    __table_args__ = (Index("ix_jobs_unfinished_tenant", "tenant_id",
+                            sqlite_where=text("finished_at IS NULL"),
+                            postgresql_where=text("finished_at IS NULL")),
+                      NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="SET NULL"),
                                                   index=True)

@@ -589,11 +589,10 @@ def test_a_claim_brings_its_hosts_row_or_none_for_a_deleted_host(any_db: Control
                   for n in range(2))
     job = controller.start_job({"action": "flush_queue", "target": {"all": True}})
     assert controller.call("DELETE", f"/v1/hosts/{gone}").status == 204
-    with controller.app.app_context():
-        with db.transaction() as session:
-            first = ledger.claim(session, job, timeout_s=60, max_failures=None)
-            second = ledger.claim(session, job, timeout_s=60, max_failures=None)
-            assert ledger.claim(session, job, timeout_s=60, max_failures=None) is None
+    with controller.app.app_context(), db.transaction() as session:
+        first = ledger.claim(session, job, timeout_s=60, max_failures=None)
+        second = ledger.claim(session, job, timeout_s=60, max_failures=None)
+        assert ledger.claim(session, job, timeout_s=60, max_failures=None) is None
     assert first is not None and second is not None
     assert (first.host_id, second.host_id) == (kept, gone)
     assert first.host is not None and second.host is None
@@ -641,3 +640,36 @@ def test_a_record_stores_the_unit_and_its_host_or_nothing_when_taken_over(
             unit = session.execute(select(JobHost.status, JobHost.error, JobHost.data,
                                           JobHost.lease_until)).one()
     assert tuple(unit) == ("unreachable", "no route", {"n": 1}, None)
+
+
+def test_a_tenants_share_counts_its_other_unfinished_jobs(any_db: Controller) -> None:
+    """The share is counted over the tenant's unfinished jobs (an index finds them, so a
+    claim does not slow down as the tenant's past jobs pile up): a second job of the
+    tenant waits while the first holds the share; another tenant's job does not."""
+    from controller import ledger
+    from controller.db import db
+
+    controller = any_db
+    tokens = {}
+    for name in ("Acme", "Brill"):
+        tenant = controller.tenant(name)
+        site = controller.site(tenant, "Leeds")
+        for n in range(3):
+            controller.host(site, f"{name.lower()}-{n}")
+        tokens[name] = controller.issue("operator", tenant)
+    done = controller.start_job({"action": "collect_status", "target": {"all": True}},
+                                token=tokens["Acme"])
+    assert controller.ok("POST", f"/v1/jobs/{done}/cancel")["finished_at"] is not None
+    first, second, other = (controller.start_job(
+        {"action": "collect_status", "target": {"all": True}}, token=tokens[name])
+        for name in ("Acme", "Acme", "Brill"))
+
+    def claim(job: int) -> ledger.Claim | None:
+        with db.transaction() as session:
+            return ledger.claim(session, job, timeout_s=60, max_failures=None,
+                                tenant_max_running=2)
+
+    with controller.app.app_context():
+        assert claim(first) is not None and claim(first) is not None
+        assert claim(second) is None  # Acme holds its share in its first job
+        assert claim(other) is not None  # Brill does not
