@@ -103,3 +103,27 @@ def test_a_site_target_costs_one_statement(fleet: dict[str, Any],
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")
              and ("FROM sites" in s or "FROM hosts" in s)]
     assert len(reads) == 1, reads
+
+
+def test_a_lane_published_to_a_fresh_redis_waits_in_the_queue(
+        memory_controller: Controller, redis_server: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane is published without declaring its queue (a sixth of a publish's CPU): on a
+    Redis no worker has ever declared anything in, the message must still be in the queue
+    the workers read, whole, and not dropped for want of a binding."""
+    import redis
+
+    from controller import dispatch
+    from controller.celery_app import QUEUE
+
+    redis_server.flush()
+    monkeypatch.setenv("RELAYFLEET_BROKER_URL", redis_server.url)
+    app = Controller.create().app
+    with app.app_context():
+        dispatch.send(dispatch.RUN_LANE, 7, 1)
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.llen(QUEUE) == 1, sorted(client.keys("*"))
+    with app.extensions["celery"].connection_for_read() as conn:
+        message = conn.default_channel.basic_get(QUEUE, no_ack=True)
+    assert message is not None and message.headers["task"] == dispatch.RUN_LANE
+    assert message.decode()[0] == [7, 1]
