@@ -43,12 +43,18 @@ def _backend(engine: Engine) -> int:
 
 
 def _terminate(engine: Engine, pids: set[int]) -> None:
-    """An administrator's ``pg_terminate_backend`` of ``pids``, from a connection of its own."""
+    """An administrator's ``pg_terminate_backend`` of ``pids``, from a connection of its own,
+    waiting until each backend has ended (the second argument, PostgreSQL 14+): without
+    it, the server may not yet have closed the socket when the pool next looks at it,
+    and a connection is handed out in the instant between (a race the pool cannot close,
+    and not what these tests are about)."""
     admin = make_engine(engine.url.render_as_string(hide_password=False))
     try:
         with admin.begin() as connection:
             for pid in pids:
-                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                ended = connection.execute(text("SELECT pg_terminate_backend(:pid, 30000)"),
+                                           {"pid": pid}).scalar_one()
+                assert ended, f"backend {pid} did not end within 30 s of its terminate"
     finally:
         admin.dispose()
 
