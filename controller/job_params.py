@@ -54,14 +54,18 @@ def stored_request(action: str, public: dict[str, Any],
     return request
 
 
+#: one more miss in a row, as SQL: concurrent units of a host count each miss, none lost
+#: (one object, so that the ledger builds the statement that holds it once)
+UNREACHABLE_STREAK_UP = Host.unreachable_streak + 1
+
+
 def learned(job_id: int, job: dict[str, Any], *, status: str, error: str | None,
             result: OperationResult | None, mta_kind: str | None = None) -> dict[str, Any]:
     """What one result says about its host's last known state (for ``GET /v1/fleet``);
     ``mta_kind`` is the kind the transport drove the host as, when it knows (SSH)."""
     if status == "unreachable":
-        # an SQL expression: concurrent units of the host count each miss, none lost
         return {"last_job_id": job_id, "last_reachable": False, "last_error": error,
-                "unreachable_streak": Host.unreachable_streak + 1}
+                "unreachable_streak": UNREACHABLE_STREAK_UP}
     values: dict[str, Any] = {"last_job_id": job_id, "last_reachable": True,
                               "last_seen_at": utcnow(), "unreachable_streak": 0,
                               "last_error": error if status == "failed" else None}

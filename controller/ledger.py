@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ClauseElement,
     ColumnElement,
     Float,
     Integer,
     Update,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -338,16 +340,45 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
     with_host = _on_postgres(session)
     statement = _claim_statement(in_waves(options), tenant_max_running is not None,
                                  with_host)
-    row = session.execute(statement, {
-        "b_job_id": job_id, "b_now": now, "b_started": utcnow(),
-        "b_lease_until": now + min(lease_s, timeout_s + LEASE_MARGIN_S),
-        "b_max_running": tenant_max_running or 0}).first()
+    row = session.execute(statement, _claim_values(job_id, now, timeout_s, lease_s,
+                                                   tenant_max_running)).first()
     if row is None:
         if not checked:
             state = session.scalar(select(_JOBS.c.status).where(_JOBS.c.id == job_id))
             if state not in ACTIVE_JOB_STATES:
                 abandon_lapsed(session, job_id, now, "the job was cancelled")
         return None
+    return _claimed(session, row, with_host)
+
+
+def claim_more(session: Session, job_id: int, count: int, *, timeout_s: float,
+               lease_s: float = LEASE_S, tenant_max_running: int | None = None,
+               options: dict[str, Any]) -> list[Claim]:
+    """Up to ``count`` more pending units in one statement, in the order :func:`claim`
+    takes them, for a lane whose threads all start at once; to be called after a
+    :func:`claim` that took a unit in the same transaction (which checked the job: still
+    active, its waves and ``max_failures``). The tenant's share holds for the batch."""
+    if count < 1:
+        return []
+    with_host = _on_postgres(session)
+    statement = _claim_statement(in_waves(options), tenant_max_running is not None,
+                                 with_host, batch=True)
+    values = _claim_values(job_id, time.time(), timeout_s, lease_s, tenant_max_running)
+    rows = session.execute(statement, {**values, "b_count": count}).all()
+    # (an UPDATE's RETURNING comes in no set order: the rollout's order is the unit's id)
+    return [_claimed(session, row, with_host) for row in sorted(rows, key=lambda r: r[0])]
+
+
+def _claim_values(job_id: int, now: float, timeout_s: float, lease_s: float,
+                  tenant_max_running: int | None) -> dict[str, Any]:
+    """The parameters of :func:`_claim_statement`."""
+    return {"b_job_id": job_id, "b_now": now, "b_started": utcnow(),
+            "b_lease_until": now + min(lease_s, timeout_s + LEASE_MARGIN_S),
+            "b_max_running": tenant_max_running or 0}
+
+
+def _claimed(session: Session, row: Sequence[Any], with_host: bool) -> Claim:
+    """The claim a row of :func:`_claim_statement` stands for, with its live host's row."""
     live: Sequence[Any] | None
     if with_host:  # the host's row came with the claim
         deleted_at, *host = row[3:]
@@ -358,8 +389,9 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
                  dict(zip(_HOST_KEYS, live, strict=True)) if live is not None else None)
 
 
-@functools.lru_cache(maxsize=8)
-def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool) -> Update:
+@functools.lru_cache(maxsize=16)
+def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool,
+                     batch: bool = False) -> Update:
     """The claim's one UPDATE (built once per kind): the job's next free unit becomes
     ``running`` under a lease, provided the job is still active (a cancel committed
     before it shows) and, when ``tenant_limited``, its tenant runs fewer than
@@ -368,7 +400,11 @@ def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool) -> Upda
 
     It returns the unit's id, attempt and host id; ``with_host`` (PostgreSQL), then its
     host's ``deleted_at`` and row (:data:`_HOST_TABLE_COLUMNS`), read in the same
-    statement (``UPDATE … FROM hosts``), not by a second one."""
+    statement (``UPDATE … FROM hosts``), not by a second one.
+
+    ``batch``: up to ``b_count`` pending units at once instead of one (no lapsed ones:
+    :func:`claim` takes those first), and when ``tenant_limited`` no more than the
+    tenant's share leaves room for (the share is counted once for the whole statement)."""
     job_id, now = bindparam("b_job_id", type_=Integer), bindparam("b_now", type_=Float)
     conditions: list[ColumnElement[bool]] = [exists().where(
         _JOBS.c.id == job_id, _JOBS.c.status.in_(ACTIVE_JOB_STATES))]
@@ -384,6 +420,16 @@ def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool) -> Upda
             others.c.job_id.in_(same_tenant)).scalar_subquery()
         conditions.append(running < bindparam("b_max_running", type_=Integer))
     in_wave = _in_open_wave(job_id) if waves else []
+    if batch:
+        count: Any = bindparam("b_count", type_=Integer)
+        if tenant_limited:
+            room = bindparam("b_max_running", type_=Integer) - running
+            count = case((room < count, room), else_=count)  # (SQLite has no least())
+        pending = (select(_UNITS.c.id).where(_UNITS.c.job_id == job_id, *in_wave,
+                                             _UNITS.c.status == UnitState.PENDING.value)
+                   .order_by(_UNITS.c.wave, _UNITS.c.id).limit(count)
+                   .with_for_update(skip_locked=True))
+        return _claiming(_UNITS.c.id.in_(pending), conditions, with_host)
 
     def first_unit(*where: ColumnElement[bool]) -> ScalarSelect[Any]:
         return (select(_UNITS.c.id).where(_UNITS.c.job_id == job_id, *in_wave, *where)
@@ -399,11 +445,17 @@ def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool) -> Upda
     candidate = func.coalesce(
         first_unit(_UNITS.c.status == UnitState.RUNNING.value, _UNITS.c.lease_until < now),
         first_unit(_UNITS.c.status == UnitState.PENDING.value))
+    return _claiming(_UNITS.c.id == candidate, conditions, with_host)
+
+
+def _claiming(which: ColumnElement[bool], conditions: list[ColumnElement[bool]],
+              with_host: bool) -> Update:
+    """The claim's UPDATE of the units ``which`` picks (see :func:`_claim_statement`)."""
     if with_host:
-        conditions.append(_HOSTS.c.id == _UNITS.c.host_id)
+        conditions = [*conditions, _HOSTS.c.id == _UNITS.c.host_id]
     returned = (_UNITS.c.id, _UNITS.c.attempts, _UNITS.c.host_id,
                 *((_HOSTS.c.deleted_at, *_HOST_TABLE_COLUMNS) if with_host else ()))
-    return (update(_UNITS).where(_UNITS.c.id == candidate, *conditions)
+    return (update(_UNITS).where(which, *conditions)
             .values(status=UnitState.RUNNING.value, attempts=_UNITS.c.attempts + 1,
                     lease_until=bindparam("b_lease_until"),
                     started_at=func.coalesce(_UNITS.c.started_at, bindparam(
@@ -442,20 +494,17 @@ def record(session: Session, claim_: Claim, outcome: Outcome,
         "b_unit_id": claim_.unit_id, "b_attempt": claim_.attempt,
         "b_status": outcome.status.value, "b_error": outcome.error, "b_finished_at": utcnow(),
         "b_changed": outcome.changed, "b_data": outcome.data, "b_steps": outcome.steps}
-    # (a value may be an expression on the host's columns, Host.unreachable_streak + 1:
-    # values never make the statement an ORM one)
-    if _on_postgres(session):
+    postgres = _on_postgres(session)
+    host_update, host_values = _host_update(host_state, postgres)
+    if postgres:
         # one statement: the host is updated by the unit's update's own RETURNING, so
         # only when the unit was (PostgreSQL runs DML in a WITH; SQLite does not)
-        done = _RECORD_RETURNING_HOST.cte("done")
-        if session.execute(update(_HOSTS).where(_HOSTS.c.id.in_(select(done.c.host_id)))
-                           .values(**host_state).returning(_HOSTS.c.id), values).first() is None:
+        if session.execute(host_update, {**values, **host_values}).first() is None:
             return False
     else:
         if _rowcount(session.execute(_RECORD, values)) != 1:
             return False
-        session.execute(update(_HOSTS).where(_HOSTS.c.id == claim_.host_id)
-                        .values(**host_state))
+        session.execute(host_update, {**host_values, "b_host_id": claim_.host_id})
     if switch is not None:
         apply_switch(session, claim_.host_id, switch)
     return True
@@ -469,6 +518,43 @@ _RECORD = (update(_UNITS).where(_UNITS.c.id == bindparam("b_unit_id"),
                    finished_at=bindparam("b_finished_at"), changed=bindparam("b_changed"),
                    data=bindparam("b_data"), steps=bindparam("b_steps")))
 _RECORD_RETURNING_HOST = _RECORD.returning(_UNITS.c.host_id)
+
+
+_RECORD_DONE = _RECORD_RETURNING_HOST.cte("done")
+
+#: record's host UPDATEs by the shape of what was learned: (database kind, each key with
+#: the id of its value when that is an SQL expression) -> the statement, and the
+#: expressions it holds (kept alive with it, so an id in the key is never reused)
+_HOST_UPDATES: dict[tuple[Any, ...], tuple[Update, tuple[Any, ...]]] = {}
+#: shapes kept at most (learned() makes a few dozen)
+_HOST_UPDATES_MAX = 256
+
+
+def _host_update(host_state: dict[str, Any], postgres: bool) -> tuple[Update, dict[str, Any]]:
+    """record's UPDATE of the host for ``host_state`` and its parameters: built once per
+    shape with every plain value bound (building a statement costs more CPU than sending
+    it); a value that is an SQL expression (``Host.unreachable_streak + 1``, whose misses
+    concurrent units must each count) stays in the statement. On PostgreSQL it is driven
+    by the unit's UPDATE (parameters ``b_*`` of :data:`_RECORD`); on SQLite it takes
+    ``b_host_id``."""
+    expressions = tuple(value for value in host_state.values()
+                        if isinstance(value, ClauseElement))
+    shape = (postgres, *((key, id(value) if isinstance(value, ClauseElement) else 0)
+                         for key, value in host_state.items()))
+    cached = _HOST_UPDATES.get(shape)
+    if cached is None:
+        columns = {key: value if isinstance(value, ClauseElement)
+                   else bindparam(f"h_{key}", type_=_HOSTS.c[key].type)
+                   for key, value in host_state.items()}
+        statement = (update(_HOSTS).where(_HOSTS.c.id.in_(select(_RECORD_DONE.c.host_id)))
+                     .values(columns).returning(_HOSTS.c.id) if postgres
+                     else update(_HOSTS).where(_HOSTS.c.id == bindparam(
+                         "b_host_id", type_=Integer)).values(columns))
+        if len(_HOST_UPDATES) >= _HOST_UPDATES_MAX:
+            _HOST_UPDATES.clear()
+        cached = _HOST_UPDATES[shape] = (statement, expressions)
+    return cached[0], {f"h_{key}": value for key, value in host_state.items()
+                       if not isinstance(value, ClauseElement)}
 
 
 def _on_postgres(session: Session) -> bool:

@@ -642,6 +642,75 @@ def test_a_record_stores_the_unit_and_its_host_or_nothing_when_taken_over(
     assert tuple(unit) == ("unreachable", "no route", {"n": 1}, None)
 
 
+def test_a_records_host_update_is_built_once_per_shape_with_each_hosts_own_values(
+        any_db: Controller) -> None:
+    """record's host UPDATE is built once per shape of what was learned and reused: the
+    values are bound, so each host gets its own, and the streak expression still counts
+    each miss."""
+    from sqlalchemy import select
+
+    from controller import ledger
+    from controller.db import db
+    from controller.job_params import learned
+    from controller.models import Host
+
+    controller = any_db
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    ids = [int(controller.host(site, f"pbx-{n}", address=f"192.0.2.{n + 1}")["id"])
+           for n in range(4)]
+    job = controller.start_job({"action": "flush_queue", "target": {"all": True}})
+    plan = {"action": "flush_queue", "options": {}}
+    statements = set()
+    with controller.app.app_context():
+        for n in range(4):
+            with db.transaction() as session:
+                claim = ledger.claim(session, job, timeout_s=60, max_failures=None)
+                assert claim is not None
+                status = "failed" if n < 2 else "unreachable"
+                state = learned(job, plan, status=status, error=f"error {claim.host_id}",
+                                result=None)
+                statements.add(id(ledger._host_update(state, ledger._on_postgres(session))[0]))
+                assert ledger.record(session, claim, ledger.Outcome(
+                    ledger.UnitState(status), error=f"error {claim.host_id}"), state)
+        with db.transaction() as session:
+            rows = session.execute(select(Host.id, Host.last_error, Host.last_reachable,
+                                          Host.unreachable_streak).order_by(Host.id)).all()
+    assert len(statements) == 2  # one per shape: failed, unreachable
+    assert [tuple(row) for row in rows] == [
+        (host, f"error {host}", n < 2, 0 if n < 2 else 1) for n, host in enumerate(ids)]
+
+
+def test_claim_more_takes_pending_units_in_order_within_the_tenants_share(
+        any_db: Controller) -> None:
+    """A lane starting all its threads takes their first units in one statement: pending
+    units in the rollout's order, each with its host's row, never one a claim holds, and
+    no more than the tenant's share leaves room for."""
+    from controller import ledger
+    from controller.db import db
+
+    controller = any_db
+    site = controller.site(controller.tenant("Acme"), "Leeds")
+    ids = [int(controller.host(site, f"pbx-{n}", address=f"192.0.2.{n + 1}")["id"])
+           for n in range(6)]
+    job = controller.start_job({"action": "flush_queue", "target": {"all": True}})
+    options = controller.ok("GET", f"/v1/jobs/{job}?results=false")["options"]
+    with controller.app.app_context(), db.transaction() as session:
+        first = ledger.claim(session, job, timeout_s=60, max_failures=None,
+                             tenant_max_running=4, options=options)
+        more = ledger.claim_more(session, job, 5, timeout_s=60, tenant_max_running=4,
+                                 options=options)
+        # the share (4) leaves room for 3 more, taken in order after the first
+        assert first is not None and first.host_id == ids[0]
+        assert [c.host_id for c in more] == ids[1:4]
+        assert all(c.attempt == 1 and c.host and c.host["id"] == c.host_id for c in more)
+        assert ledger.claim_more(session, job, 5, timeout_s=60, tenant_max_running=4,
+                                 options=options) == []
+        rest = ledger.claim_more(session, job, 5, timeout_s=60, options=options)
+        assert [c.host_id for c in rest] == ids[4:]
+        assert ledger.claim_more(session, job, 5, timeout_s=60, options=options) == []
+        assert ledger.counts(session, job)["running"] == 6
+
+
 def test_a_tenants_share_counts_its_other_unfinished_jobs(any_db: Controller) -> None:
     """The share is counted over the tenant's unfinished jobs (an index finds them, so a
     claim does not slow down as the tenant's past jobs pile up): a second job of the
