@@ -170,6 +170,24 @@ class Lane:
                                 tenant_max_running=self.settings.tenant_max_running,
                                 options=plan.options)
 
+    def claim_start(self, plan: JobPlan, count: int) -> list[Claim]:
+        """The first units of the lane's ``count`` threads, taken in one transaction (a
+        claim each would be a burst of transactions just as the hosts start working, and
+        the last thread would start its host late); empty when :meth:`claim` finds
+        nothing."""
+        with self.db.transaction() as session:
+            first = ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
+                                 max_failures=plan.options.get("max_failures"),
+                                 lease_s=self.settings.lease_s,
+                                 tenant_max_running=self.settings.tenant_max_running,
+                                 options=plan.options)
+            if first is None:
+                return []
+            return [first, *ledger.claim_more(
+                session, self.job_id, count - 1, timeout_s=plan.timeout_s,
+                lease_s=self.settings.lease_s,
+                tenant_max_running=self.settings.tenant_max_running, options=plan.options)]
+
     def _open(self, sealed: str | None) -> str | None:
         """A host's secret, decrypted once per lane. Keyed by the sealed text, which the
         claim has just read from the host's row: a secret changed since (a new token, a
@@ -350,7 +368,26 @@ class Lane:
         took: list[int] = []  # units claimed in this run
         refused: list[bool] = []  # a claim found nothing to take now
 
-        def loop() -> None:
+        def work(claimed: Claim) -> None:
+            took.append(claimed.unit_id)
+            # held from the claim on, so that the lane's other threads wait for the wave
+            # it belongs to (the transport is noted when it is made)
+            self._hold(claimed, plan, None)
+            try:
+                self.run_unit(plan, claimed)
+            finally:
+                # (a run that broke must not keep its lease renewed, nor the other
+                # threads waiting for its wave)
+                self._release(claimed)
+
+        def loop(first: Claim | None) -> None:
+            try:
+                if first is not None:
+                    work(first)
+            except Exception:
+                log.exception("job %s lane %s: a thread stopped", self.job_id, self.lane,
+                              extra={"job_id": self.job_id})
+                return
             while time.monotonic() < deadline:
                 if refused and not plan.waves:
                     # A sibling found nothing to take: the job has no free unit now (or
@@ -368,16 +405,7 @@ class Lane:
                     if claimed is None:
                         refused.append(True)
                         return
-                    took.append(claimed.unit_id)
-                    # held from the claim on, so that the lane's other threads wait for
-                    # the wave it belongs to (the transport is noted when it is made)
-                    self._hold(claimed, plan, None)
-                    try:
-                        self.run_unit(plan, claimed)
-                    finally:
-                        # (a run that broke must not keep its lease renewed, nor the
-                        # other threads waiting for its wave)
-                        self._release(claimed)
+                    work(claimed)
                 except Exception:
                     # The database hiccupped: this thread stops; the lease brings the unit
                     # back, and hand_over still runs for the lane.
@@ -385,13 +413,25 @@ class Lane:
                                   extra={"job_id": self.job_id})
                     return
 
+        firsts: list[Claim | None] = []
+        try:
+            for claimed in (self.claim_start(plan, threads)
+                            if time.monotonic() < deadline else []):
+                self._hold(claimed, plan, None)  # (renewed from now on)
+                firsts.append(claimed)
+        except Exception:
+            # The database hiccupped (its transaction took nothing): the threads claim
+            # one by one, as they would after their first unit
+            log.exception("job %s lane %s: the first claims failed", self.job_id, self.lane,
+                          extra={"job_id": self.job_id})
+        firsts += [None] * (threads - len(firsts))
         stop = threading.Event()
         keeper = threading.Thread(target=self._keep_leases, args=(stop,), daemon=True,
                                   name=f"lease-keeper-{self.job_id}-{self.lane}")
         keeper.start()
         try:
             with ThreadPoolExecutor(max_workers=threads) as pool:
-                for future in [pool.submit(loop) for _ in range(threads)]:
+                for future in [pool.submit(loop, first) for first in firsts]:
                     future.result()
         finally:
             stop.set()

@@ -1,5 +1,6 @@
-"""What a lane spends per host beyond the host's own work: once one of its threads
-found nothing to claim, the others stop instead of each asking the ledger again; and a
+"""What a lane spends per host beyond the host's own work: its threads take their first
+units in one transaction; once one of them found nothing to claim, the others stop
+instead of each asking the ledger again; and a
 step's plain form is what ``dataclasses.asdict`` gives. SQLite, fake transports."""
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ class CountingLane(Lane):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.claims = 0
+        self.starts: list[int] = []  # units each claim_start took
         self.found_nothing = threading.Event()
         self._count_lock = threading.Lock()
+
+    def claim_start(self, plan: JobPlan, count: int) -> list[Claim]:
+        """The lane's first claims, counted."""
+        claimed = super().claim_start(plan, count)
+        self.starts.append(len(claimed))
+        return claimed
 
     def claim(self, plan: JobPlan) -> Claim | None:
         """The ledger's claim, counted."""
@@ -58,7 +66,8 @@ def test_threads_stop_claiming_once_one_found_nothing(memory_controller: Control
         lane_box.append(lane)
         lane.run()
     assert sorted(fake.hosts_called()) == [f"pbx-{n}" for n in range(4)]
-    assert lane.claims == 5  # one per host, and the one that found nothing left
+    # the four first units in one transaction, and one claim that found nothing left
+    assert lane.starts == [4] and lane.claims == 1
     assert controller.ok("GET", f"/v1/jobs/{job}")["status"] == "succeeded"
 
 
