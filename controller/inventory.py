@@ -37,12 +37,17 @@ def scoped(query: Any, model: Any, who: Principal) -> Any:
     """``query`` cut down to what the principal sees: its tenant (every tenant for
     MSP-wide tokens) and, of hosts, those not deleted (a deleted host stays only for the
     results past jobs keep of it)."""
-    if model is Host:
-        query = query.where(Host.deleted_at.is_(None))
-    if who.tenant_id is None:
-        return query
-    column = model.id if model is Tenant else model.tenant_id
-    return query.where(column == who.tenant_id)
+    return query.where(*scope_conditions(model, model, who.tenant_id))
+
+
+def scope_conditions(model: Any, columns: Any, tenant_id: Any) -> list[Any]:
+    """The conditions :func:`scoped` puts on ``model``'s rows, on ``columns`` (the model
+    itself, or its table's ``.c`` in a Core statement); ``tenant_id``: the principal's
+    tenant (a value or a bound parameter), ``None`` for an MSP-wide principal."""
+    conditions = [columns.deleted_at.is_(None)] if model is Host else []
+    if tenant_id is not None:
+        conditions.append((columns.id if model is Tenant else columns.tenant_id) == tenant_id)
+    return conditions
 
 
 def filtered(query: Any, model: Any, filters: dict[str, Any], *keys: str) -> Any:

@@ -23,7 +23,7 @@ from controller.auth import Principal
 from controller.crypto import SecretBox
 from controller.db import Database, table_of
 from controller.errors import Conflict
-from controller.inventory import get_scoped, scoped
+from controller.inventory import get_scoped, scope_conditions, scoped
 from controller.job_params import check_target_size, validate_params
 from controller.ledger import JobOrigin
 from controller.models import Host, HostTag, Job, JobHost, Site, Tenant
@@ -55,19 +55,16 @@ def _refuse_ambiguous_names(kind: str, names: list[str], found: Any) -> None:
 
 _HOSTS = table_of(Host)
 #: the kinds of target that name rows of another table, with the host column naming them
-_OWNER_OF: dict[str, tuple[Any, Any]] = {
-    "sites": (table_of(Site), _HOSTS.c.site_id),
-    "tenants": (table_of(Tenant), _HOSTS.c.tenant_id),
+_OWNER_OF: dict[str, tuple[Any, Any, Any]] = {
+    "sites": (Site, table_of(Site), _HOSTS.c.site_id),
+    "tenants": (Tenant, table_of(Tenant), _HOSTS.c.tenant_id),
 }
 
 
 def _live_hosts(tenant_scoped: bool) -> list[ColumnElement[bool]]:
-    """The conditions :func:`controller.inventory.scoped` puts on hosts (not deleted; of
-    the principal's tenant, bound as ``tenant_id``, for a tenant's token)."""
-    conditions: list[ColumnElement[bool]] = [_HOSTS.c.deleted_at.is_(None)]
-    if tenant_scoped:
-        conditions.append(_HOSTS.c.tenant_id == bindparam("tenant_id"))
-    return conditions
+    """:func:`controller.inventory.scoped`'s conditions on hosts, the tenant bound as
+    ``tenant_id`` (for a tenant's token)."""
+    return scope_conditions(Host, _HOSTS.c, bindparam("tenant_id") if tenant_scoped else None)
 
 
 @functools.cache
@@ -84,16 +81,14 @@ def _target_statement(kind: str, tenant_scoped: bool) -> Any:
                        or_(_HOSTS.c.id.in_(bindparam("ids", expanding=True)),
                            _HOSTS.c.name.in_(bindparam("names", expanding=True)))))
     if kind in _OWNER_OF:
-        owner, column = _OWNER_OF[kind]
+        model, owner, column = _OWNER_OF[kind]
         query = (select(owner.c.id, owner.c.name, _HOSTS.c.id, _HOSTS.c.name)
                  .select_from(owner.outerjoin(_HOSTS, and_(
                      column == owner.c.id, *_live_hosts(tenant_scoped))))
                  .where(or_(owner.c.id.in_(bindparam("ids", expanding=True)),
                             owner.c.name.in_(bindparam("names", expanding=True)))))
         if tenant_scoped:
-            # as inventory.scoped: a tenant is its own scope, a site its tenant's
-            tenant = owner.c.id if kind == "tenants" else owner.c.tenant_id
-            query = query.where(tenant == bindparam("tenant_id"))
+            query = query.where(*scope_conditions(model, owner.c, bindparam("tenant_id")))
         return query.order_by(_HOSTS.c.id)
     query = select(_HOSTS.c.id, _HOSTS.c.name).where(*_live_hosts(tenant_scoped))
     if kind == "tags":
