@@ -20,6 +20,7 @@ from controller.client.targets import TargetChoice, build_target, resolve_ref, t
 from controller.client.watch import (
     FINAL_JOB_STATES,
     STATE_STYLES,
+    UNIT_STATES,
     JobOptions,
     exit_code_for,
     finish,
@@ -447,12 +448,16 @@ def jobs_list(cli: Cli, /, *, status: str | None, action: str | None, limit: int
     return EXIT_OK
 
 
-@jobs.command("show", epilog=examples("relayfleet jobs show 42", "relayfleet jobs show 42 --json"))
+@jobs.command("show", epilog=examples("relayfleet jobs show 42", "relayfleet jobs show 42 --json",
+                                      "relayfleet jobs show 42 --status failed"))
 @click.argument("job_id", type=click.IntRange(1), metavar="ID")
+@click.option("--status", "host_status", type=click.Choice(UNIT_STATES), default=None,
+              help="Only the hosts in this state (the counts stay the whole job's): which "
+                   "of 5,000 hosts failed, without the 4,990 that did not.")
 @pass_cli
-def jobs_show(cli: Cli, /, *, job_id: int) -> int:
+def jobs_show(cli: Cli, /, *, job_id: int, host_status: str | None) -> int:
     """A job's state and every host's result (exit code as if you had waited for it)."""
-    job = cli.api.get(f"/v1/jobs/{job_id}")
+    job = cli.api.get(f"/v1/jobs/{job_id}", host_status=host_status)
     finish(cli.out, job)
     return exit_code_for(job) if job["status"] in FINAL_JOB_STATES else EXIT_OK
 

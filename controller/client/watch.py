@@ -32,6 +32,8 @@ from controller.client.targets import explain_target_refusal
 FINAL_JOB_STATES = frozenset({"succeeded", "failed", "partial", "cancelled"})
 DONE_UNIT_STATES = frozenset({"succeeded", "failed", "unreachable", "skipped"})
 BAD_UNIT_STATES = ("failed", "unreachable", "skipped")
+#: every state a job's host can be in, in the order a job moves through them
+UNIT_STATES = ("pending", "running", "succeeded", "failed", "unreachable", "skipped")
 #: the colour of each host or job state (the words are printed too: colour only helps)
 STATE_STYLES = {"succeeded": "green", "failed": "red", "unreachable": "red",
                 "skipped": "yellow", "running": "cyan", "pending": "dim",

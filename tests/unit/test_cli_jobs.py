@@ -20,6 +20,7 @@ from controller.client.job_commands import parse_relay
 from controller.client.main import cli
 from controller.client.summaries import age_text, relay_text, summarize
 from controller.client.targets import TargetChoice, build_target
+from controller.client.watch import UNIT_STATES
 
 
 def wsgi_cli(controller: Any, token: str | None = None) -> Cli:
@@ -434,6 +435,24 @@ def _finish_with_a_failure(controller: Any, job_id: int) -> None:
             unit.error = "relay refused" if index == 0 else None
         db.session.get_one(Job, job_id).status = "partial"
         db.session.commit()
+
+
+def test_jobs_show_status_lists_only_the_hosts_in_that_state(fleet: Any) -> None:
+    job = fleet.start_job({"action": "flush_queue", "target": {"sites": ["lyon"]}})
+    _finish_with_a_failure(fleet, job)
+    state = wsgi_cli(fleet)
+    failed = invoke(state, "jobs", "show", str(job), "--status", "failed")
+    assert failed.return_value == 1, failed.output  # the job's exit code: partial
+    assert "relay refused" in failed.output and "succeeded  " not in failed.output
+    assert "1 succeeded, 1 failed" in failed.output  # the counts: the whole job's
+    every = invoke(state, "jobs", "show", str(job))
+    assert "relay refused" in every.output and "succeeded" in every.output
+    refused = CliRunner().invoke(cli, ["jobs", "show", str(job), "--status", "lost"],
+                                 obj=state)
+    assert refused.exit_code == 2 and "'lost' is not one of" in refused.output
+    from controller.ledger import UnitState
+
+    assert list(UNIT_STATES) == [s.value for s in UnitState]  # the CLI's list is the API's
 
 
 class Recording(httpx.BaseTransport):
