@@ -12,12 +12,16 @@ starts its own Redis and PostgreSQL, and for ``fleet`` its own lab).
 - **fleet**: wall time from ``POST /v1/jobs`` to the final status of ``flush_queue`` on 50
   and 200 agent lab hosts with a real worker (target under 10 s for 200); reference: the
   same agent calls made directly (a thread per host, no controller). Also the
-  controller's CPU time per host-operation (worker processes, from /proc).
+  controller's CPU time per host-operation (worker processes, from /proc), and where the
+  job's time went (the first and last host started, a host's run, the job's end).
+  The tenant's share of running hosts is set to the largest size, so the job runs at
+  the direct calls' concurrency.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import secrets
 import statistics
@@ -225,9 +229,14 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
     from tests.lab.fanout import run_per_host
     from tests.lab.lab import Lab
 
+    # One tenant's job at the concurrency of the direct calls: its share of running hosts
+    # (100 by default, so that one tenant cannot hold every worker) is raised to the
+    # largest size, or its second hundred hosts would wait for the first.
+    share = max(sizes)
     print("== fleet: flush_queue on agent lab hosts, POST to final status "
-          "(target < 10 s for 200)")
-    env = _env(pg.new_database(), redis, workdir)
+          f"(target < 10 s for 200; the tenant's share of running hosts: {share})")
+    env = {**_env(pg.new_database(), redis, workdir),
+           "RELAYFLEET_TENANT_MAX_RUNNING": str(share)}
     controller = _controller(env)
     site = controller.site(controller.tenant("Acme"), "Lab")
     worker = ControllerWorker(env, workdir / "worker.log", concurrency=8).start()
@@ -252,10 +261,13 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                 target = {"hosts": [s.host_id for s in specs[:size]]}
 
                 cpu_per_host: list[float] = []
+                timelines: list[dict[str, float]] = []
 
                 def through_controller(target: dict[str, Any] = target, size: int = size,
-                                       cpu_per_host: list[float] = cpu_per_host) -> float:
+                                       cpu_per_host: list[float] = cpu_per_host,
+                                       timelines: list[dict[str, float]] = timelines) -> float:
                     cpu0 = _cpu_seconds(worker.proc.pid)  # type: ignore[union-attr]
+                    posted = time.time()
                     start = time.perf_counter()
                     job = controller.start_job({"action": "flush_queue", "target": target,
                                                 "options": {"concurrency": size}})
@@ -269,15 +281,22 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                     if doc["status"] != "succeeded":
                         raise SystemExit(f"job {job} ended {doc['status']}")
                     cpu_per_host.append(cpu / size)
+                    timelines.append(_timeline(controller.ok("GET", f"/v1/jobs/{job}"),
+                                               posted, took))
                     return took
 
-                def direct(size: int = size) -> float:
+                direct_hosts: list[float] = []
+
+                def direct(size: int = size, direct_hosts: list[float] = direct_hosts) -> float:
                     start = time.perf_counter()
 
                     def one(spec: HostSpec) -> Any:
+                        began = time.perf_counter()
                         with AgentTransport(spec) as transport:
-                            return transport.run("flush_queue", flush, dry_run=False,
-                                                 timeout_s=60)
+                            outcome = transport.run("flush_queue", flush, dry_run=False,
+                                                    timeout_s=60)
+                        direct_hosts.append(time.perf_counter() - began)
+                        return outcome
 
                     outcomes = run_per_host(specs[:size], one, concurrency=size)
                     if any(o.status != "succeeded" for o in outcomes):
@@ -286,14 +305,36 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
 
                 through_controller()  # warm-up: worker processes, connections
                 cpu_per_host.clear()
+                timelines.clear()
                 ctl, samples = median(through_controller, runs)
                 ref, _ = median(direct, runs)
                 print(f"{size:4} hosts: controller {ctl:.2f} s (samples "
                       f"{', '.join(f'{s:.2f}' for s in samples)}); direct agent calls "
                       f"{ref:.2f} s; controller / direct = {ctl / ref:.2f}; worker CPU per "
                       f"host-operation {statistics.median(cpu_per_host) * 1000:.1f} ms")
+                print("      where the controller's time goes (medians, s): " + ", ".join(
+                    f"{label} {statistics.median(t[label] for t in timelines):.2f}"
+                    for label in timelines[0]) + f"; a host's direct call "
+                    f"{statistics.median(direct_hosts):.2f}")
         finally:
             worker.stop()
+
+
+def _timeline(doc: dict[str, Any], posted: float, took: float) -> dict[str, float]:
+    """Where a job's wall time went, from its hosts' start and end times (seconds): from
+    the POST to the first and last host started, a host's own run, from the last host's
+    end to the job's, and from that to the poll that saw it."""
+    def at(stamp: str) -> float:
+        return dt.datetime.fromisoformat(stamp).replace(tzinfo=dt.UTC).timestamp()
+
+    starts = sorted(at(r["started_at"]) for r in doc["results"])
+    ends = sorted(at(r["finished_at"]) for r in doc["results"])
+    finished = at(doc["finished_at"])
+    return {"first host started": starts[0] - posted, "last started": starts[-1] - posted,
+            "a host's run": statistics.median(e - s for s, e in zip(starts, ends,
+                                                                     strict=True)),
+            "last host end to job end": finished - ends[-1],
+            "job end to seen": posted + took - finished}
 
 
 def main() -> None:
