@@ -164,11 +164,7 @@ class Lane:
         """Take the next unit and read its host, in one transaction (the job's options
         are the plan's: they never change once the job is stored)."""
         with self.db.transaction() as session:
-            return ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
-                                max_failures=plan.options.get("max_failures"),
-                                lease_s=self.settings.lease_s,
-                                tenant_max_running=self.settings.tenant_max_running,
-                                options=plan.options)
+            return self._claim_in(session, plan)
 
     def claim_start(self, plan: JobPlan, count: int) -> list[Claim]:
         """The first units of the lane's ``count`` threads, taken in one transaction (a
@@ -176,17 +172,20 @@ class Lane:
         the last thread would start its host late); empty when :meth:`claim` finds
         nothing."""
         with self.db.transaction() as session:
-            first = ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
-                                 max_failures=plan.options.get("max_failures"),
-                                 lease_s=self.settings.lease_s,
-                                 tenant_max_running=self.settings.tenant_max_running,
-                                 options=plan.options)
+            first = self._claim_in(session, plan)
             if first is None:
                 return []
             return [first, *ledger.claim_more(
                 session, self.job_id, count - 1, timeout_s=plan.timeout_s,
                 lease_s=self.settings.lease_s,
                 tenant_max_running=self.settings.tenant_max_running, options=plan.options)]
+
+    def _claim_in(self, session: Any, plan: JobPlan) -> Claim | None:
+        return ledger.claim(session, self.job_id, timeout_s=plan.timeout_s,
+                            max_failures=plan.options.get("max_failures"),
+                            lease_s=self.settings.lease_s,
+                            tenant_max_running=self.settings.tenant_max_running,
+                            options=plan.options)
 
     def _open(self, sealed: str | None) -> str | None:
         """A host's secret, decrypted once per lane. Keyed by the sealed text, which the
