@@ -30,9 +30,14 @@ from shared.errors import ValidationError
 #: how long an Idempotency-Key is remembered (the contract says at least 24 h)
 IDEMPOTENCY_TTL = dt.timedelta(hours=48)
 #: a key whose first request never finished may be taken over after this, and only if that
-#: request is gone (its transaction no longer holds the key: :func:`_owner_gone`), so a
-#: create that takes longer than this is never run twice
-IDEMPOTENCY_ABANDONED = dt.timedelta(seconds=120)
+#: request is gone (its transaction no longer holds the key: :func:`_owner_gone`). The
+#: owner checks that its key is still there once it holds it, so a takeover in the moment
+#: between the key's insert and its hold is safe too: this grace only spares a live owner
+#: that slow moment, and a client whose API died mid-create waits this long, not minutes.
+IDEMPOTENCY_ABANDONED = dt.timedelta(seconds=5)
+
+_STILL_BEING_HANDLED = ("a request with this Idempotency-Key is still being handled; "
+                        "retry in a moment")
 
 #: what an idempotent create returns: the HTTP status and the answer (plain JSON)
 Created = tuple[int, dict[str, Any]]
@@ -81,7 +86,10 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
         # Hold the key's row for as long as the create works (PostgreSQL: a row lock; SQLite:
         # the database's write lock that BEGIN IMMEDIATE takes): a retry can only take the
         # key over once this transaction is gone, i.e. its request has ended or died.
-        session.execute(_HOLD, {"key_id": row_id})
+        if session.execute(_HOLD, {"key_id": row_id}).first() is None:
+            # Taken over between our insert and this hold (we looked dead): the request
+            # that took it creates the object; ours must not.
+            raise Conflict(_STILL_BEING_HANDLED)
         status, response = create()
         session.execute(_ANSWER, {"key_id": row_id, "b_status": status,
                                   "b_response": json.loads(json.dumps(response, default=str))})
@@ -118,8 +126,7 @@ def _replay(session: Session, who: Principal, key: str, fingerprint: str, *, now
     if existing.state != "done":
         if now - existing.created_at < IDEMPOTENCY_ABANDONED or not _owner_gone(session,
                                                                                  existing):
-            raise Conflict("a request with this Idempotency-Key is still being handled; "
-                           "retry in a moment")
+            raise Conflict(_STILL_BEING_HANDLED)
         session.delete(existing)
         session.commit()
         return idempotent(session, who, key, fingerprint, create)

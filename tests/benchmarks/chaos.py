@@ -31,7 +31,7 @@
 - **api-kills**: ``--api-kills`` (10) SIGKILLs of ``relayfleet-controller serve``'s process
   group mid-``POST /v1/jobs`` (a job over ``--inventory`` (2000) documentation-address
   hosts, PostgreSQL, no worker), each request retried with its Idempotency-Key until
-  accepted (a 409 "still being handled" is waited through: about 120 s for a key whose
+  accepted (a 409 "still being handled" is waited through: about 5 s for a key whose
   request died mid-create): kills, keys, jobs per key (1 each). Needs root.
 
 Further figures (Redis and PostgreSQL restarts mid-job) go here as sub-commands: register

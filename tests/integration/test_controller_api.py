@@ -8,6 +8,7 @@ test_controller_fleet.py for jobs run by a real worker on lab hosts).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -672,6 +673,56 @@ def test_an_idempotency_key_is_not_taken_over_while_its_request_works(
         # its owner gone (the lock went with its connection): the key is taken over
         taken = controller.post("/v1/jobs", body, headers={"Idempotency-Key": "long"})
         assert taken.status == 202 and taken.json["id"] != first.json["id"]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_request_whose_key_was_taken_over_before_it_held_it_creates_nothing(
+        controller: Controller, database_url: str) -> None:
+    """The owner commits its key, then holds it for its create: a retry that took the key
+    over in between (the owner looked dead) makes the object, and the owner gets a 409."""
+    from sqlalchemy import event
+
+    from controller.auth import Principal
+    from controller.db import db
+    from controller.errors import Conflict
+    from controller.idempotency import idempotent
+
+    created: list[str] = []
+    engine = create_engine(database_url)
+    try:
+        with controller.app.app_context():
+            session = db.session
+            who = Principal(token_id=1, name="admin", role="admin", tenant_id=None)
+
+            fired: list[bool] = []
+
+            def taken_over(_session: Any) -> None:
+                # a retry's takeover, right after the owner's insert commits
+                if fired:
+                    return
+                fired.append(True)
+                with engine.begin() as conn:
+                    conn.execute(text("DELETE FROM idempotency_keys WHERE key = 'race'"))
+
+            def creating(name: str) -> Callable[[], tuple[int, dict[str, Any]]]:
+                def create() -> tuple[int, dict[str, Any]]:
+                    created.append(name)
+                    return 202, {"made_by": name}
+                return create
+
+            event.listen(session, "after_commit", taken_over)
+            with pytest.raises(Conflict, match="still being handled"):
+                idempotent(session, who, "race", "f" * 64, creating("owner"))
+            event.remove(session, "after_commit", taken_over)
+            assert created == []
+            # the key is free again: the retry makes the object, once
+            assert idempotent(session, who, "race", "f" * 64, creating("retry")) == (
+                202, {"made_by": "retry"})
+            assert idempotent(session, who, "race", "f" * 64, creating("again")) == (
+                202, {"made_by": "retry"})
+            assert created == ["retry"]
     finally:
         engine.dispose()
 
