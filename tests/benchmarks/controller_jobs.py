@@ -11,9 +11,10 @@ starts its own Redis and PostgreSQL, and for ``fleet`` its own lab).
   (target p99 under 100 ms); reference: ``GET /v1/health`` under the same load.
 - **fleet**: wall time from ``POST /v1/jobs`` to the final status of ``flush_queue`` on 50
   and 200 agent lab hosts with a real worker (target under 10 s for 200); reference: the
-  same agent calls made directly (a thread per host, no controller). Also the
-  controller's CPU time per host-operation (worker processes, from /proc), and where the
-  job's time went (the first and last host started, a host's run, the job's end).
+  same agent calls made directly (a thread per host, no controller), the two run in
+  turns. Also the controller's CPU time per host-operation (worker processes, from
+  /proc) beside the direct calls' own (this process), and where the job's time went (the
+  first and last host started, a host's run, the job's end).
   The tenant's share of running hosts is set to the largest size, so the job runs at
   the direct calls' concurrency.
 """
@@ -47,6 +48,15 @@ def median(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:
     """Median of ``runs`` samples of what ``fn`` returns."""
     samples = [fn() for _ in range(runs)]
     return statistics.median(samples), samples
+
+
+def interleaved(fn: Callable[[], float], reference: Callable[[], float],
+                runs: int) -> tuple[tuple[float, list[float]], tuple[float, list[float]]]:
+    """Medians and samples of ``fn`` and ``reference``, run in turns (one, the other, ...)
+    so that the box getting slower or faster during the runs moves both alike."""
+    pairs = [(fn(), reference()) for _ in range(runs)]
+    ours, theirs = [a for a, _ in pairs], [b for _, b in pairs]
+    return (statistics.median(ours), ours), (statistics.median(theirs), theirs)
 
 
 def _env(database_url: str, redis: RedisServer, data: Path) -> dict[str, str]:
@@ -286,8 +296,11 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                     return took
 
                 direct_hosts: list[float] = []
+                direct_cpu: list[float] = []
 
-                def direct(size: int = size, direct_hosts: list[float] = direct_hosts) -> float:
+                def direct(size: int = size, direct_hosts: list[float] = direct_hosts,
+                           direct_cpu: list[float] = direct_cpu) -> float:
+                    cpu0 = time.process_time()  # (the in-process API is idle meanwhile)
                     start = time.perf_counter()
 
                     def one(spec: HostSpec) -> Any:
@@ -301,17 +314,21 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
                     outcomes = run_per_host(specs[:size], one, concurrency=size)
                     if any(o.status != "succeeded" for o in outcomes):
                         raise SystemExit("a direct agent call failed")
-                    return time.perf_counter() - start
+                    took = time.perf_counter() - start
+                    direct_cpu.append((time.process_time() - cpu0) / size)
+                    return took
 
                 through_controller()  # warm-up: worker processes, connections
                 cpu_per_host.clear()
                 timelines.clear()
-                ctl, samples = median(through_controller, runs)
-                ref, _ = median(direct, runs)
+                (ctl, samples), (ref, ref_samples) = interleaved(through_controller, direct,
+                                                                 runs)
                 print(f"{size:4} hosts: controller {ctl:.2f} s (samples "
                       f"{', '.join(f'{s:.2f}' for s in samples)}); direct agent calls "
-                      f"{ref:.2f} s; controller / direct = {ctl / ref:.2f}; worker CPU per "
-                      f"host-operation {statistics.median(cpu_per_host) * 1000:.1f} ms")
+                      f"{ref:.2f} s (samples {', '.join(f'{s:.2f}' for s in ref_samples)}); "
+                      f"controller / direct = {ctl / ref:.2f}; worker CPU per host-operation "
+                      f"{statistics.median(cpu_per_host) * 1000:.1f} ms (the direct calls' "
+                      f"own CPU per host {statistics.median(direct_cpu) * 1000:.1f} ms)")
                 print("      where the controller's time goes (medians, s): " + ", ".join(
                     f"{label} {statistics.median(t[label] for t in timelines):.2f}"
                     for label in timelines[0]) + f"; a host's direct call "
