@@ -13,6 +13,8 @@
                               hands it to another worker (default 900)
 ``RELAYFLEET_LANE_BUDGET_S``  how long one job lane claims new hosts before it hands over to
                               its own continuation (default 30)
+``RELAYFLEET_LANE_THREADS``  hosts one job lane works on at once (default 25; at most
+                              500): a job of concurrency C runs ceil(C / this) lanes
 ``RELAYFLEET_TENANT_MAX_RUNNING`` how many hosts one tenant's jobs (all of them together;
                               MSP-wide jobs count as one tenant) run at once (default 100),
                               so one tenant's huge job cannot take every worker from the rest
@@ -153,9 +155,20 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number of seconds, not {raw!r}") from None
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive")
+    return value
+
+
+#: the most threads one lane may run (each holds a host and its connection)
+MAX_LANE_THREADS = 500
+
+
+def _lane_threads(env: Mapping[str, str]) -> int:
+    value = _int_env(env, "RELAYFLEET_LANE_THREADS", Settings.lane_threads)
+    if value > MAX_LANE_THREADS:
+        raise ConfigError(f"RELAYFLEET_LANE_THREADS must be at most {MAX_LANE_THREADS}")
     return value
 
 
@@ -270,6 +283,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         lane_budget_s=_int_env(env, "RELAYFLEET_LANE_BUDGET_S", 30),
         lease_s=_int_env(env, "RELAYFLEET_LEASE_S", 30),
         sweep_every_s=_int_env(env, "RELAYFLEET_SWEEP_EVERY_S", 10),
+        lane_threads=_lane_threads(env),
         tenant_max_running=_int_env(env, "RELAYFLEET_TENANT_MAX_RUNNING",
                                     Settings.tenant_max_running),
         egress_allow=_egress_allow(env),

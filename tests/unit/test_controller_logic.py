@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,19 @@ def test_derive_status(job: str, states: dict[str, int], expected: str) -> None:
 def test_lanes_follow_concurrency_not_host_count(concurrency: int, total: int,
                                                  lanes: int) -> None:
     assert lanes_for(concurrency, total, 25) == lanes
+
+
+def test_lane_threads_come_from_the_environment_within_bounds(tmp_path: Path) -> None:
+    from controller.config import load_settings
+
+    base = {"RELAYFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+            "RELAYFLEET_SECRET_KEY": "k" * 40}
+    assert load_settings(base).lane_threads == 25
+    assert load_settings({**base, "RELAYFLEET_LANE_THREADS": "100"}).lane_threads == 100
+    for bad, says in (("0", "must be positive"), ("many", "must be a whole number"),
+                      ("501", "must be at most 500")):
+        with pytest.raises(ConfigError, match=f"RELAYFLEET_LANE_THREADS {says}"):
+            load_settings({**base, "RELAYFLEET_LANE_THREADS": bad})
 
 
 def test_secret_box_round_trip_and_wrong_key() -> None:
