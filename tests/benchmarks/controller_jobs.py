@@ -16,7 +16,8 @@ starts its own Redis and PostgreSQL, and for ``fleet`` its own lab).
   /proc) beside the direct calls' own (this process), and where the job's time went (the
   first and last host started, a host's run, the job's end).
   The tenant's share of running hosts is set to the largest size, so the job runs at
-  the direct calls' concurrency.
+  the direct calls' concurrency; ``RELAYFLEET_LANE_THREADS`` in the environment sets how
+  wide its lanes are (printed).
 """
 
 from __future__ import annotations
@@ -248,6 +249,8 @@ def bench_fleet(redis: RedisServer, pg: PostgresServer, workdir: Path, runs: int
     env = {**_env(pg.new_database(), redis, workdir),
            "RELAYFLEET_TENANT_MAX_RUNNING": str(share)}
     controller = _controller(env)
+    print(f"   lanes of {controller.app.config['RELAYFLEET_SETTINGS'].lane_threads} threads "
+          "(RELAYFLEET_LANE_THREADS), 8 worker processes")
     site = controller.site(controller.tenant("Acme"), "Lab")
     worker = ControllerWorker(env, workdir / "worker.log", concurrency=8).start()
     specs: list[HostSpec] = []
