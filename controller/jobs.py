@@ -195,7 +195,7 @@ def start_job(session: Session, who: Principal, body: dict[str, Any], box: Secre
             ledger.fail_undispatched(own, job_id)
 
     for lane in range(lanes_for(options["concurrency"], len(hosts), lane_threads)):
-        dispatch.send_after_commit(session, dispatch.RUN_LANE, job_id, lane,
+        dispatch.send_after_commit(session, dispatch.RUN_LANE, job_id, lane, lane_threads,
                                    on_failure=not_queued)
     return job
 

@@ -4,8 +4,10 @@ How a job scales (10,000 hosts and more) without one message per host:
 
 - Accepting a job inserts one unit per host in one statement and queues
   ``ceil(concurrency / lane_threads)`` **lane** tasks: a few messages per job, never a
-  chord over hosts.
-- A lane runs up to ``lane_threads`` threads; each thread claims the next pending unit with
+  chord over hosts. Each message carries the lane's width (the accepting process's
+  ``lane_threads``), and so do its continuations, so a worker configured differently
+  still runs the job as it was split.
+- A lane runs up to that many threads; each thread claims the next pending unit with
   one conditional UPDATE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises
   writers), runs it, and records the result. So at most ``concurrency`` hosts of a job run
   at once, however many workers there are.
@@ -134,11 +136,15 @@ class Lane:
                  settings: Settings | None = None,
                  transports: TransportFactory = transport_for,
                  send: Callable[..., None] = dispatch.send,
-                 runners: Mapping[str, TransportFactory] | None = None) -> None:
+                 runners: Mapping[str, TransportFactory] | None = None,
+                 width: int | None = None) -> None:
         self.job_id = job_id
         self.lane = lane
         self.db = database or app_database()
         self.settings = settings or app_settings()
+        #: hosts this lane works on at once, as the job was split into lanes (a lane the
+        #: sweeper queues again carries none: this worker's own setting then)
+        self.width = width or self.settings.lane_threads
         self.box = SecretBox(self.settings.secret_key, self.settings.old_secret_keys)
         self.transports = transports
         #: what runs the actions the worker runs itself (tests pass fakes)
@@ -360,8 +366,7 @@ class Lane:
         if plan is None:
             return
         concurrency = plan.options["concurrency"]
-        threads = max(1, min(self.settings.lane_threads,
-                             concurrency - self.lane * self.settings.lane_threads,
+        threads = max(1, min(self.width, concurrency - self.lane * self.width,
                              plan.total))
         deadline = time.monotonic() + self.settings.lane_budget_s
         took: list[int] = []  # units claimed in this run
@@ -456,10 +461,11 @@ class Lane:
                 # A run that took nothing though hosts wait (its tenant is at its share)
                 # looks again a moment later: no busy loop through the broker.
                 countdown = SHARE_WAIT_S
-            self.send(dispatch.RUN_LANE, self.job_id, self.lane, countdown=countdown)
+            self.send(dispatch.RUN_LANE, self.job_id, self.lane, self.width,
+                      countdown=countdown)
         elif progress.tally[UnitState.RUNNING]:
             # Another lane is still on it, or a dead worker's lease has to run out first.
-            self.send(dispatch.RUN_LANE, self.job_id, self.lane,
+            self.send(dispatch.RUN_LANE, self.job_id, self.lane, self.width,
                       countdown=self._until_lease(progress))
         else:
             finish_job(self.db, self.job_id)

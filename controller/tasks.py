@@ -26,9 +26,9 @@ TICK_STEPS: tuple[tuple[str, Callable[..., None]], ...] = (
 
 
 @shared_task(name=dispatch.RUN_LANE, **_ONCE_AT_LEAST)
-def run_lane(job_id: int, lane: int) -> None:
-    """Run one lane of a job."""
-    lanes.Lane(job_id, lane).run()
+def run_lane(job_id: int, lane: int, width: int | None = None) -> None:
+    """Run one lane of a job, ``width`` hosts at once (this worker's setting if absent)."""
+    lanes.Lane(job_id, lane, width=width).run()
 
 
 @shared_task(name=dispatch.SWEEP, **_ONCE_AT_LEAST)

@@ -403,8 +403,9 @@ def test_a_lane_with_nothing_to_take_while_a_wave_runs_waits_for_its_lease(
         Lane(job, 1, transports=fake,
              send=lambda *args, **kwargs: sent.append((*args, kwargs["countdown"]))).run()
     assert fake.calls == []
-    (task, job_id, number, countdown), = sent
-    assert (task, job_id, number) == (dispatch.RUN_LANE, job, 1)
+    (task, job_id, number, width, countdown), = sent
+    assert (task, job_id, number, width) == (dispatch.RUN_LANE, job, 1,
+                                             settings.lane_threads)
     assert lanes.SHARE_WAIT_S < countdown <= settings.lease_s + 1
 
 

@@ -6,6 +6,7 @@ queues its lanes; the lanes are then run here, in the test, against scripted hos
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -146,8 +147,45 @@ def test_a_lane_out_of_budget_hands_over_to_a_continuation(controller: Controlle
         lane = Lane(job, 0, settings=settings.with_overrides({"lane_budget_s": 0}),
                     transports=FakeTransports(), send=sent)
         lane.run()
-    assert sent.tasks == [(dispatch.RUN_LANE, (job, 0), None)]
+    assert sent.tasks == [(dispatch.RUN_LANE, (job, 0, settings.lane_threads), None)]
     assert controller.ok("GET", f"/v1/jobs/{job}")["counts"]["pending"] == 4
+
+
+def test_a_lane_runs_as_wide_as_its_message_says_and_its_continuation_too(
+        controller: Controller, hosts: list[int]) -> None:
+    # The API split the job into lanes of 4; this worker's own setting is 1. The lane keeps
+    # the job's split (4 hosts at once) and hands it on to its continuation.
+    job = controller.start_job({"action": "flush_queue", "target": {"all": True},
+                                "options": {"concurrency": 4}})
+    lock = threading.Lock()
+    running: list[int] = [0]
+    peak: list[int] = [0]
+
+    def answer(_call: Call) -> OperationResult:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return OperationResult("flush_queue", data={"before": 0, "after": 0,
+                                                    "deliveries": [], "remaining": []})
+
+    with controller.app.app_context():
+        narrow = controller.app.config["RELAYFLEET_SETTINGS"].with_overrides(
+            {"lane_threads": 1})
+        sent = Sent()
+        Lane(job, 0, settings=narrow, transports=FakeTransports(default=answer),
+             send=sent, width=4).run()
+    assert peak[0] == 4
+    assert controller.ok("GET", f"/v1/jobs/{job}")["counts"]["succeeded"] == 4
+    assert sent.tasks == []  # finished: nothing to hand on
+    again = controller.start_job({"action": "collect_status", "target": {"all": True}})
+    with controller.app.app_context():
+        sent = Sent()
+        Lane(again, 0, settings=narrow.with_overrides({"lane_budget_s": 0}),
+             transports=FakeTransports(), send=sent, width=4).run()
+    assert sent.tasks == [(dispatch.RUN_LANE, (again, 0, 4), None)]
 
 
 def test_cancel_skips_pending_hosts_and_finishes_the_job(controller: Controller,
@@ -305,7 +343,8 @@ def test_one_tenant_at_its_share_does_not_stop_another_tenants_hosts(
         sent = Sent()  # a second lane of Acme's job waits instead of spinning
         Lane(jobs["Acme"], 1, settings=settings, transports=FakeTransports(),
              send=sent).run()
-        assert sent.tasks == [(dispatch.RUN_LANE, (jobs["Acme"], 1), lanes.SHARE_WAIT_S)]
+        assert sent.tasks == [(dispatch.RUN_LANE, (jobs["Acme"], 1, settings.lane_threads),
+                               lanes.SHARE_WAIT_S)]
         for job in (jobs["Brill"], msp_job):  # another tenant, and MSP-wide jobs, go on
             Lane(job, 0, settings=settings, transports=FakeTransports(), send=Sent()).run()
     for job in (jobs["Brill"], msp_job):
