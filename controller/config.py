@@ -13,8 +13,9 @@
                               hands it to another worker (default 900)
 ``RELAYFLEET_LANE_BUDGET_S``  how long one job lane claims new hosts before it hands over to
                               its own continuation (default 30)
-``RELAYFLEET_LANE_THREADS``  hosts one job lane works on at once (default 25; at most
-                              500): a job of concurrency C runs ceil(C / this) lanes
+``RELAYFLEET_LANE_THREADS``  hosts one job lane works on at once (default 100; at most
+                              500): a job of concurrency C runs ceil(C / this) lanes; the
+                              API that accepts the job decides (its lanes carry it)
 ``RELAYFLEET_TENANT_MAX_RUNNING`` how many hosts one tenant's jobs (all of them together;
                               MSP-wide jobs count as one tenant) run at once (default 100),
                               so one tenant's huge job cannot take every worker from the rest
@@ -94,7 +95,7 @@ class Settings:
     lease_s: int = 30
     sweep_every_s: int = 10
     #: hosts one lane works on at once (a job with concurrency C runs ceil(C / this) lanes)
-    lane_threads: int = 25
+    lane_threads: int = 100
     #: hosts one tenant's jobs run at once, all together (MSP-wide jobs: one tenant); a lane
     #: of a tenant at its share claims nothing and looks again a moment later
     tenant_max_running: int = 100

@@ -19,9 +19,9 @@ worker processes; then, per run:
 
 Settings (an MSP's choice for one fleet-wide job, printed with the figures): job
 ``concurrency`` 100 (the default ``RELAYFLEET_TENANT_MAX_RUNNING``: an MSP-wide job counts
-as one tenant), so ``ceil(100 / lane_threads)`` lanes; each worker
-``--concurrency 2`` (4 task slots for 4 lanes of 25 threads); the API 2 gunicorn processes
-x 4 threads. ``--concurrency``, ``--worker-concurrency`` and environment variables
+as one tenant), so ``ceil(100 / lane_threads)`` lanes (one of 100 threads at the default
+width); each worker ``--concurrency 2`` (4 task slots); the API 2 gunicorn processes x 4
+threads. ``--concurrency``, ``--worker-concurrency`` and environment variables
 (``RELAYFLEET_*``, inherited by every controller process) change them.
 """
 

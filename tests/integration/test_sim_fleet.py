@@ -32,7 +32,7 @@ from tests.lab.sim_agent import (
 pytestmark = [pytest.mark.slow]
 
 HOSTS = 300
-#: 4 lanes of 25 threads, the default tenant share (100 hosts at once)
+#: one lane of 100 threads, the default tenant share (100 hosts at once)
 CONCURRENCY = 100
 FLUSH = ("POST", "/v1/queue/flush")
 

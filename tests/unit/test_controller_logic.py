@@ -54,7 +54,7 @@ def test_lane_threads_come_from_the_environment_within_bounds(tmp_path: Path) ->
 
     base = {"RELAYFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
             "RELAYFLEET_SECRET_KEY": "k" * 40}
-    assert load_settings(base).lane_threads == 25
+    assert load_settings(base).lane_threads == 100
     assert load_settings({**base, "RELAYFLEET_LANE_THREADS": "100"}).lane_threads == 100
     for bad, says in (("0", "must be positive"), ("many", "must be a whole number"),
                       ("501", "must be at most 500")):
