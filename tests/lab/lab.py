@@ -546,6 +546,41 @@ def _teardown_netns(netns: str, veth: str) -> None:
     sh(["ip", "netns", "del", netns], check=False)
 
 
+#: Debian's sendmail init script waits fixed 2 s steps for what it started or stopped
+#: (:func:`prompt_init_script`)
+DEBIAN_INIT_SCRIPT = Path("/etc/init.d/sendmail")
+_STARTED_WAIT = re.compile(r"(\t\t\$CMD &\n\t\t#\n\t\t# Update permissions on smsocket\n\t\t)"
+                           r"sleep 2;")
+_STOPPED_WAIT = re.compile(r"(\t\$(STOP_\w+_CMD) --signal TERM --quiet --oknodo > /dev/null;\n"
+                           r"\t#\n\t# Now we have to wait until sendmail has _really_ "
+                           r"stopped\.\n\t#\n\t)sleep 2;")
+
+
+def prompt_init_script(script: str) -> str:
+    """Debian's sendmail init script with its fixed waits made polls, for lab hosts.
+
+    Starting the daemon, it sleeps 2 s before fixing the control socket's mode; stopping
+    one, 2 s before it looks whether the daemon is gone (so a restart sleeps 4 s). Here
+    each sleep becomes a poll, 0.1 s at a time and never longer than the 2 s it replaces,
+    for what it waits for: the daemon's pid file written and port 25 open (the daemon
+    listening), and the daemon gone. Everything else is Debian's script as shipped; the
+    lab binds the result over a Debian-layout host's ``/etc/init.d/sendmail``. A lab test
+    starts or restarts sendmail a few times, and these waits were most of a lab host's
+    start."""
+    listening = ('[ -s "$MTAL_PIDFILE" ] && grep -q "^ *[0-9]*: [0-9A-F]*:0019 [0-9A-F]*:0000 0A" '
+                 '/proc/net/tcp /proc/net/tcp6 2>/dev/null')
+    started, found = _STARTED_WAIT.subn(
+        lambda m: (f"{m.group(1)}_rf_n=0; until {listening} || [ $_rf_n -ge 20 ]; do "
+                   "sleep 0.1; _rf_n=$((_rf_n + 1)); done;"), script)
+    stopped, stops = _STOPPED_WAIT.subn(
+        lambda m: (f"{m.group(1)}_rf_n=0; while ${m.group(2)} --test --quiet > /dev/null "
+                   "&& [ $_rf_n -lt 20 ]; do sleep 0.1; _rf_n=$((_rf_n + 1)); done;"), started)
+    if found != 1 or stops != 3:
+        raise LabError(f"{DEBIAN_INIT_SCRIPT} is not the script the lab knows (waits found: "
+                       f"{found} start, {stops} stop); adapt prompt_init_script")
+    return stopped
+
+
 class Lab:
     """A set of lab hosts on one bridge with DNS and smarthost sinks (see module docstring)."""
 
@@ -616,6 +651,15 @@ class Lab:
         self._start_sink("refuse", self.ip(4), "refuse-mail")
         self._start_sink("blackhole", self.ip(5), "hang")
         self._start_dns()
+
+    def _init_script(self) -> Path:
+        """The Debian-layout hosts' sendmail init script (:func:`prompt_init_script`),
+        written once per lab."""
+        path = self.workdir / "init-sendmail-debian"
+        if not path.exists():
+            path.write_text(prompt_init_script(DEBIAN_INIT_SCRIPT.read_text()))
+            path.chmod(0o755)
+        return path
 
     def _start_sink(self, name: str, address: str, mode: str) -> None:
         spool = self.workdir / "sinks" / name
@@ -941,6 +985,8 @@ class Lab:
         ]
         if host.layout == "centos" and package is None:
             binds.append((root / "init-sendmail", "/etc/init.d/sendmail"))
+        elif package is None:
+            binds.append((self._init_script(), str(DEBIAN_INIT_SCRIPT)))
         script += "".join(
             f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}\n" for src, dst in binds)
         script += f"hostname {shlex.quote(host.name)}\n"
