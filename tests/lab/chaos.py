@@ -356,10 +356,12 @@ def _stamp_free(cf: bytes) -> bytes:
 
 
 def kill_agent_during_changes(host: LabHost, token: str, url: str, smarthosts: list[str], *,
-                              kills: int, seed: int = 1, max_delay_s: float = 1.5,
+                              kills: int, seed: int = 1, max_delay_s: float | None = None,
                               max_rounds: int | None = None) -> AgentKillReport:
     """SIGKILL ``host``'s TLS agent (its process group) at a random point (0 to
-    ``max_delay_s`` seconds) of ``PUT /v1/smarthost`` changes alternating between the two
+    ``max_delay_s`` seconds; by default the longest of the whole changes made first, so
+    that the kills spread over a change however long it takes on this host) of ``PUT
+    /v1/smarthost`` changes alternating between the two
     ``smarthosts``, restarting it at once with the same certificate, until ``kills`` kills
     landed while a change was unanswered. After each kill and restart: sendmail.cf must be
     byte-identical to the cf from before the change or to the complete cf of the new value
@@ -414,8 +416,11 @@ def kill_agent_during_changes(host: LabHost, token: str, url: str, smarthosts: l
     # Each value's whole cf and what the agent says about it, from changes that ran whole.
     known_cf: dict[str, bytes] = {}
     known_answer: dict[str, Any] = {}
+    whole_s: list[float] = []
     for value in smarthosts:
+        began = time.monotonic()
         answer = change(value)
+        whole_s.append(time.monotonic() - began)
         if answer.status_code != 200 or not answer.json().get("ok"):
             raise RuntimeError(f"a change to {value} failed: {answer.status_code} "
                                f"{answer.text[:300]}")
@@ -426,6 +431,8 @@ def kill_agent_during_changes(host: LabHost, token: str, url: str, smarthosts: l
         known_answer[value] = said[0][0]
     if len(set(known_cf.values())) != len(smarthosts):
         raise RuntimeError("the smarthost values compile to the same sendmail.cf")
+    if max_delay_s is None:
+        max_delay_s = max(whole_s)
 
     def held_by(cf: bytes) -> str | None:
         stripped = _stamp_free(cf)
@@ -447,7 +454,8 @@ def kill_agent_during_changes(host: LabHost, token: str, url: str, smarthosts: l
                 out["error"] = exc
 
         thread = threading.Thread(target=put, daemon=True)
-        started = time.monotonic()
+        round_began = time.monotonic()
+        since_last_kill = round_began - last_kill_at  # (the previous round's kill)
         thread.start()
         time.sleep(rng.uniform(0, max_delay_s))
         answered = "answer" in result
@@ -465,7 +473,7 @@ def kill_agent_during_changes(host: LabHost, token: str, url: str, smarthosts: l
             report.kills += 1
         answer = result.get("answer")
         if answer is not None and answer.status_code == 409 and \
-                started - last_kill_at < OWNERLESS_GRACE_S + 2:
+                since_last_kill < OWNERLESS_GRACE_S + 2:
             # The previous kill landed between making the lock and naming its holder: such a
             # lock is taken over once it has named nobody for OWNERLESS_GRACE_S.
             report.refused_within_grace += 1
