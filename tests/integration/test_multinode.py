@@ -41,8 +41,10 @@ from tests.lab.services import (
 
 HOSTS = 500
 WORKERS = 3
-#: 3 lanes (25 hosts each): with one task slot per worker, each worker takes one
+#: 3 lanes (25 hosts each: the APIs' RELAYFLEET_LANE_THREADS): with one task slot per
+#: worker, each worker takes one
 CONCURRENCY = 75
+LANE_THREADS = "25"
 FLUSH = ("POST", "/v1/queue/flush")
 #: written by Celery's signal handler straight to stdout, the one line that is not logged
 CELERY_SHUTDOWN_NOTICE = re.compile(r"worker: (Warm|Cold) shutdown \(MainProcess\)")
@@ -115,7 +117,10 @@ def test_two_apis_three_workers_and_beat_share_one_database_and_redis(
                                 "admin").splitlines()[-1]
     hosts = [{"address": _address(n), "token": secrets.token_urlsafe(24)}
              for n in range(HOSTS)]
-    apis = [ApiServer(node_env(), tmp_path / f"api{n}.log", workers=2, threads=8)
+    # The APIs split the job into lanes of 25; the workers keep the default width (100),
+    # and still run each lane 25 wide: the width travels in the lane's messages.
+    apis = [ApiServer({**node_env(), "RELAYFLEET_LANE_THREADS": LANE_THREADS},
+                      tmp_path / f"api{n}.log", workers=2, threads=8)
             for n in (1, 2)]
     workers = [ControllerWorker(node_env(), tmp_path / f"worker{n}.log", concurrency=1)
                for n in range(1, WORKERS + 1)]
@@ -193,6 +198,9 @@ def test_two_apis_three_workers_and_beat_share_one_database_and_redis(
     print("hosts per worker:", [sum(hosts.values()) for hosts in per_worker])
     assert sum(per_worker, Counter()) == Counter(dict.fromkeys(ids, 1))
     assert all(per_worker), "a worker ran no host: the lanes were not spread"
+    # Three lanes of 25 threads share the work; lanes run at the workers' own width would
+    # be one of 75 threads and two of one, whose workers would run a few hosts each.
+    assert min(sum(hosts.values()) for hosts in per_worker) >= HOSTS // 10
     # Beat ran (the sweeper's schedule) and ticked; it and the APIs logged JSON lines too.
     assert (Path(beat.env["RELAYFLEET_DATA_DIR"]) / "beat-heartbeat").exists()
     assert any(entry["message"].startswith("beat: Starting") for entry in json_log(beat.log))
