@@ -559,7 +559,7 @@ _STOPPED_WAIT = re.compile(r"(\t\$(STOP_\w+_CMD) --signal TERM --quiet --oknodo 
 def prompt_init_script(script: str) -> str:
     """Debian's sendmail init script with its fixed waits made polls, for lab hosts.
 
-    Starting the daemon, it sleeps 2 s before fixing the control socket's mode; stopping
+    Starting the daemon, it sleeps 2 s before fixing its MSP socket file's mode; stopping
     one, 2 s before it looks whether the daemon is gone (so a restart sleeps 4 s). Here
     each sleep becomes a poll, 0.1 s at a time and never longer than the 2 s it replaces,
     for what it waits for: the daemon's pid file written and port 25 open (the daemon
