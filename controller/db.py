@@ -170,8 +170,8 @@ class Database:
         """The session of the current app context (made on first use).
 
         It keeps one connection for the whole context, through all its transactions: a
-        request that commits more than once (an Idempotency-Key, then the job) takes a
-        connection from the pool, and checks it (:func:`_check_on_checkout`), once.
+        request that commits more than once (the token's last-use note, then its change)
+        takes a connection from the pool, and checks it (:func:`_check_on_checkout`), once.
         """
         if "db_session" not in g:
             assert self.engine is not None and self.sessionmaker is not None, (

@@ -1,9 +1,12 @@
 """Idempotency-Key: the same create request under the same key answers the same object.
 
 A key is per token and kept :data:`IDEMPOTENCY_TTL`. The created object and the answer
-stored under its key are committed together, so a retry after a crash finds either both
-or neither. The same key with another request is 422; while the first request is still
-being handled, 409.
+stored under its key are committed together, in one transaction, so a retry after a crash
+finds either both or neither. The same key with another request is 422. A second request
+under a key whose first is still being handled waits for the first to commit and answers
+as it did. (Before keys were stored with their answer, a key was committed "in progress"
+on its own first: such a row still answers 409 while its request may live, and is taken
+over once it is abandoned.)
 """
 
 from __future__ import annotations
@@ -29,11 +32,9 @@ from shared.errors import ValidationError
 
 #: how long an Idempotency-Key is remembered (the contract says at least 24 h)
 IDEMPOTENCY_TTL = dt.timedelta(hours=48)
-#: a key whose first request never finished may be taken over after this, and only if that
-#: request is gone (its transaction no longer holds the key: :func:`_owner_gone`). The
-#: owner checks that its key is still there once it holds it, so a takeover in the moment
-#: between the key's insert and its hold is safe too: this grace only spares a live owner
-#: that slow moment, and a client whose API died mid-create waits this long, not minutes.
+#: an "in progress" key (committed on its own by an earlier version before its create ran)
+#: may be taken over after this, and only if that request is gone (its transaction no
+#: longer holds the key: :func:`_owner_gone`).
 IDEMPOTENCY_ABANDONED = dt.timedelta(seconds=5)
 
 _STILL_BEING_HANDLED = ("a request with this Idempotency-Key is still being handled; "
@@ -46,7 +47,6 @@ Created = tuple[int, dict[str, Any]]
 # costs more CPU than sending it).
 _KEYS = table_of(IdempotencyKey)
 _TAKE = insert(_KEYS).returning(_KEYS.c.id)
-_HOLD = select(_KEYS.c.id).where(_KEYS.c.id == bindparam("key_id")).with_for_update()
 _ANSWER = update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(
     state="done", status_code=bindparam("b_status", type_=_KEYS.c.status_code.type),
     response=bindparam("b_response", type_=_KEYS.c.response.type))
@@ -73,26 +73,26 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
         raise ValidationError.for_field("Idempotency-Key", "must be 1-255 printable characters")
     now = utcnow()
     try:
-        # Committed on its own: a second request under the key sees it and gets a 409
-        # while this one works (a plain INSERT, not an ORM flush: it is on every create)
+        # Taken in the create's own transaction, before it: a retry of a finished create
+        # replays its answer (and never meets the object it made, e.g. as a duplicate
+        # name); a second request while this one works waits at this insert (the unique
+        # index; SQLite: the write lock) until this one commits, then replays its answer,
+        # or creates if this one rolled back. One commit for the key, the object and the
+        # answer, and none for a request that fails.
         row_id = session.execute(_TAKE, {
             "token_id": who.token_id, "key": key, "request_sha256": fingerprint,
             "state": "in_progress", "created_at": now}).scalar_one()
-        session.commit()
     except IntegrityError:
         session.rollback()
         return _replay(session, who, key, fingerprint, now=now, create=create)
     try:
-        # Hold the key's row for as long as the create works (PostgreSQL: a row lock; SQLite:
-        # the database's write lock that BEGIN IMMEDIATE takes): a retry can only take the
-        # key over once this transaction is gone, i.e. its request has ended or died.
-        if session.execute(_HOLD, {"key_id": row_id}).first() is None:
-            # Taken over between our insert and this hold (we looked dead): the request
-            # that took it creates the object; ours must not.
-            raise Conflict(_STILL_BEING_HANDLED)
         status, response = create()
         session.execute(_ANSWER, {"key_id": row_id, "b_status": status,
                                   "b_response": json.loads(json.dumps(response, default=str))})
+    except BaseException:
+        session.rollback()
+        raise
+    try:
         commit(session)
     except NotQueued as exc:
         # The object is committed: the key keeps naming it, and answers as this call did
@@ -102,11 +102,6 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
         session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row_id).values(
             status_code=code, response={"code": code, "status": HTTPStatus(code).phrase,
                                         "message": exc.message}))
-        session.commit()
-        raise
-    except BaseException:
-        session.rollback()
-        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row_id))
         session.commit()
         raise
     return status, response
@@ -136,7 +131,7 @@ def _replay(session: Session, who: Principal, key: str, fingerprint: str, *, now
 def _owner_gone(session: Session, existing: IdempotencyKey) -> bool:
     """Has the request that holds this in-progress key ended (its process died)?
 
-    Its transaction holds the key's row (see :func:`idempotent`) for as long as it works,
+    Its transaction held the key's row for as long as it worked,
     however long that is: a row we can lock without waiting has no live owner. (SQLite
     has one writer: this transaction began, so the owner's has ended.) The state is re-read
     under the lock: an owner that has just finished is not taken over (the 409 it gets

@@ -31,8 +31,9 @@
 - **api-kills**: ``--api-kills`` (10) SIGKILLs of ``relayfleet-controller serve``'s process
   group mid-``POST /v1/jobs`` (a job over ``--inventory`` (2000) documentation-address
   hosts, PostgreSQL, no worker), each request retried with its Idempotency-Key until
-  accepted (a 409 "still being handled" is waited through: about 5 s for a key whose
-  request died mid-create): kills, keys, jobs per key (1 each). Needs root.
+  accepted (a request that died mid-create left nothing behind, so its retry creates; a
+  409 "still being handled" would be waited through): kills, keys, jobs per key (1 each).
+  Needs root.
 
 Further figures (Redis and PostgreSQL restarts mid-job) go here as sub-commands: register
 a function in :data:`COMMANDS` and its arguments in :func:`parser`; ``all`` runs every

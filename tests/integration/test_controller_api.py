@@ -7,8 +7,9 @@ test_controller_fleet.py for jobs run by a real worker on lab hosts).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import threading
 from typing import Any
 
 import pytest
@@ -678,53 +679,57 @@ def test_an_idempotency_key_is_not_taken_over_while_its_request_works(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-def test_a_request_whose_key_was_taken_over_before_it_held_it_creates_nothing(
-        controller: Controller, database_url: str) -> None:
-    """The owner commits its key, then holds it for its create: a retry that took the key
-    over in between (the owner looked dead) makes the object, and the owner gets a 409."""
-    from sqlalchemy import event
-
+@pytest.mark.parametrize("first_ends", ["commits", "fails"])
+def test_a_second_request_under_a_key_waits_for_the_first_and_answers_as_it_did(
+        controller: Controller, database_url: str, first_ends: str) -> None:
+    """The key is taken in the create's own transaction: a second request under it, sent
+    while the first works, waits for the first to end. If the first commits, the second
+    answers the first's answer and creates nothing; if it fails, the second creates."""
     from controller.auth import Principal
     from controller.db import db
-    from controller.errors import Conflict
     from controller.idempotency import idempotent
 
+    who = Principal(token_id=1, name="admin", role="admin", tenant_id=None)
     created: list[str] = []
-    engine = create_engine(database_url)
-    try:
+    inside, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        def create() -> tuple[int, dict[str, Any]]:
+            created.append("first")
+            inside.set()
+            assert release.wait(30)
+            if first_ends == "fails":
+                raise RuntimeError("the first request fails")
+            return 202, {"made_by": "first"}
+
+        with controller.app.app_context(), contextlib.suppress(RuntimeError):
+            idempotent(db.session, who, "race", "f" * 64, create)
+
+    def second(answers: list[tuple[int, dict[str, Any]]]) -> None:
+        def create() -> tuple[int, dict[str, Any]]:
+            created.append("second")
+            return 202, {"made_by": "second"}
+
         with controller.app.app_context():
-            session = db.session
-            who = Principal(token_id=1, name="admin", role="admin", tenant_id=None)
+            answers.append(idempotent(db.session, who, "race", "f" * 64, create))
 
-            fired: list[bool] = []
-
-            def taken_over(_session: Any) -> None:
-                # a retry's takeover, right after the owner's insert commits
-                if fired:
-                    return
-                fired.append(True)
-                with engine.begin() as conn:
-                    conn.execute(text("DELETE FROM idempotency_keys WHERE key = 'race'"))
-
-            def creating(name: str) -> Callable[[], tuple[int, dict[str, Any]]]:
-                def create() -> tuple[int, dict[str, Any]]:
-                    created.append(name)
-                    return 202, {"made_by": name}
-                return create
-
-            event.listen(session, "after_commit", taken_over)
-            with pytest.raises(Conflict, match="still being handled"):
-                idempotent(session, who, "race", "f" * 64, creating("owner"))
-            event.remove(session, "after_commit", taken_over)
-            assert created == []
-            # the key is free again: the retry makes the object, once
-            assert idempotent(session, who, "race", "f" * 64, creating("retry")) == (
-                202, {"made_by": "retry"})
-            assert idempotent(session, who, "race", "f" * 64, creating("again")) == (
-                202, {"made_by": "retry"})
-            assert created == ["retry"]
-    finally:
-        engine.dispose()
+    answers: list[tuple[int, dict[str, Any]]] = []
+    owner = threading.Thread(target=first)
+    owner.start()
+    assert inside.wait(30)
+    retry = threading.Thread(target=second, args=(answers,))
+    retry.start()
+    retry.join(1.0)
+    # still waiting for the first: however long it works, the second creates nothing
+    assert retry.is_alive() and created == ["first"]
+    release.set()
+    owner.join(30)
+    retry.join(30)
+    assert not owner.is_alive() and not retry.is_alive()
+    if first_ends == "commits":
+        assert answers == [(202, {"made_by": "first"})] and created == ["first"]
+    else:
+        assert answers == [(202, {"made_by": "second"})] and created == ["first", "second"]
 
 
 # -- egress policy and agent TLS ----------------------------------------------------------
