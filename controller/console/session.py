@@ -57,6 +57,7 @@ from urllib.parse import unquote, urlsplit
 from flask import (
     Blueprint,
     Flask,
+    Request,
     Response,
     current_app,
     flash,
@@ -68,14 +69,14 @@ from flask import (
     url_for,
 )
 from flask.blueprints import BlueprintSetupState
-from flask.sessions import SecureCookieSessionInterface
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from markupsafe import Markup, escape
 from sqlalchemy import delete, or_, select, update
 from werkzeug.exceptions import HTTPException
 
 from controller.auth import Principal, authenticate, check_role, sha256_hex
 from controller.config import Settings
-from controller.console import bp, console_headers
+from controller.console import bp, console_headers, is_console_path
 from controller.crypto import derive_key
 from controller.db import db, utcnow
 from controller.errors import Conflict, NotFound, PermissionDenied, Unavailable
@@ -492,10 +493,17 @@ protect(bp)
 
 class _FlashCookie(SecureCookieSessionInterface):
     """Flask's signed cookie session, used by the console for flash messages only:
-    ``Secure`` whenever the request came over TLS."""
+    ``Secure`` whenever the request came over TLS, and not opened outside the console."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(has_request_context() and _secure())
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        # The cookie's path is the console's, so no API call carries it: opening it there
+        # would only build its signer for nothing (on every API call).
+        if not is_console_path(request.path):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 @bp.record_once
