@@ -4,9 +4,9 @@ A key is per token and kept :data:`IDEMPOTENCY_TTL`. The created object and the 
 stored under its key are committed together, in one transaction, so a retry after a crash
 finds either both or neither. The same key with another request is 422. A second request
 under a key whose first is still being handled waits for the first to commit and answers
-as it did. (Before keys were stored with their answer, a key was committed "in progress"
-on its own first: such a row still answers 409 while its request may live, and is taken
-over once it is abandoned.)
+as it did. (Before keys were taken in the create's own transaction, a key was committed
+"in progress" on its own first: such a row still answers 409 while its request may live,
+and is taken over once it is abandoned.)
 """
 
 from __future__ import annotations
@@ -131,11 +131,11 @@ def _replay(session: Session, who: Principal, key: str, fingerprint: str, *, now
 def _owner_gone(session: Session, existing: IdempotencyKey) -> bool:
     """Has the request that holds this in-progress key ended (its process died)?
 
-    Its transaction held the key's row for as long as it worked,
-    however long that is: a row we can lock without waiting has no live owner. (SQLite
-    has one writer: this transaction began, so the owner's has ended.) The state is re-read
-    under the lock: an owner that has just finished is not taken over (the 409 it gets
-    makes the client retry, and the retry replays the answer).
+    Its transaction held the key's row for as long as it worked, however long that is:
+    a row we can lock without waiting has no live owner. (SQLite has one writer: this
+    transaction began, so the owner's has ended.) The state is re-read under the lock: an
+    owner that has just finished is not taken over (the 409 it gets makes the client
+    retry, and the retry replays the answer).
     """
     state = session.scalar(select(IdempotencyKey.state)
                            .where(IdempotencyKey.id == existing.id)
