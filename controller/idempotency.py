@@ -99,9 +99,8 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
         # (a retry with the same key must not make a second one).
         session.rollback()
         code = exc.status
-        session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row_id).values(
-            status_code=code, response={"code": code, "status": HTTPStatus(code).phrase,
-                                        "message": exc.message}))
+        session.execute(_ANSWER, {"key_id": row_id, "b_status": code, "b_response": {
+            "code": code, "status": HTTPStatus(code).phrase, "message": exc.message}})
         session.commit()
         raise
     return status, response

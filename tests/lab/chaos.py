@@ -360,10 +360,10 @@ def kill_agent_during_changes(host: LabHost, token: str, url: str, smarthosts: l
                               max_rounds: int | None = None) -> AgentKillReport:
     """SIGKILL ``host``'s TLS agent (its process group) at a random point (0 to
     ``max_delay_s`` seconds; by default the longest of the whole changes made first, so
-    that the kills spread over a change however long it takes on this host) of ``PUT
-    /v1/smarthost`` changes alternating between the two
-    ``smarthosts``, restarting it at once with the same certificate, until ``kills`` kills
-    landed while a change was unanswered. After each kill and restart: sendmail.cf must be
+    that the kills spread over a change however long it takes on this host) of
+    ``PUT /v1/smarthost`` changes alternating between the two ``smarthosts``, restarting
+    it at once with the same certificate, until ``kills`` kills landed while a change was
+    unanswered. After each kill and restart: sendmail.cf must be
     byte-identical to the cf from before the change or to the complete cf of the new value
     (both recorded from changes that ran whole; m4's build stamp aside), ``GET
     /v1/smarthost`` and ``GET /v1/status`` must answer 200 naming the smarthost that cf
