@@ -313,6 +313,8 @@ def test_set_smarthost_preview_then_run_with_live_progress(fleet: ConsoleFleet,
         return web.find("#job-live").get_attribute("data-live") == "finished"
 
     web.wait(done, timeout=JOB_TIMEOUT, what="the job to finish")
+    # The fragment can be swapped between done()'s two reads; once finished it stays.
+    done()
     assert loaded_as == "running", f"the job had ended before its page loaded: {seen}"
     assert web.js("return window.relayfleetTestMark") == "loaded once", "the page reloaded"
     assert job_id_of(web) == job_id
