@@ -11,18 +11,31 @@ statements and transactions sent, and the functions that cost most (cProfile, pe
 request), then the same for ``GET /v1/health`` as the reference. It also prints the CPU
 with Flask's test client building each request inside the clock (how rounds before the
 sixth measured it: that adds the client's own work, about 0.1 ms).
+
+``--against REV [--runs 5]`` compares instead: this checkout's code and REV's (a git
+worktree, given a copy of this script) each measured by ``--figures`` in a fresh process
+with its own servers, in turns, so that the box's speed moves both alike; it prints both
+medians and their ratio. The issue that set the 2.5 ms target measured 7.6 ms on the tree
+before its work (``378bc73``): the target is a ratio of 0.33 to that tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
+import os
 import pstats
+import re
 import secrets
+import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +84,16 @@ def _cpu_per_call(calls: list[Callable[[], Any]]) -> float:
     return (time.process_time() - cpu0) / len(calls)
 
 
+def _warm_up(prepare: Prepare) -> None:
+    """Send 20 requests first: caches, pooled connections."""
+    _cpu_per_call([prepare(-1 - n) for n in range(20)])
+
+
 def _measure(name: str, prepare: Prepare, count: int, tally: SqlTally,
              top: int, save: Path | None = None) -> float:
     """Send ``count`` prepared requests under cProfile, then ``count`` without it; print
     per-request figures."""
-    _cpu_per_call([prepare(-1 - n) for n in range(20)])  # warm-up: caches, connections
+    _warm_up(prepare)
     statements, commits = tally.statements, tally.commits
     calls = [prepare(n) for n in range(count)]
     profile = cProfile.Profile(time.process_time)
@@ -135,6 +153,64 @@ def _trimmed(text: str) -> str:
     return "\n".join(line for line in lines[start:] if line.strip())
 
 
+def _figures_in(tree: Path, requests: int) -> tuple[float, float]:
+    """``--figures`` run on the code in ``tree`` in a fresh process with its own servers:
+    CPU per POST and per health check (ms)."""
+    run = subprocess.run([sys.executable, "-m", "tests.benchmarks.api_profile", "--figures",
+                          "--requests", str(requests)], cwd=tree, capture_output=True,
+                         text=True, check=False, env={**os.environ, "PYTHONPATH": str(tree)})
+    found = re.search(r"^figures: POST ([\d.]+) ms, health ([\d.]+) ms, code in (.+)$",
+                      run.stdout, re.M)
+    if run.returncode or not found:
+        raise SystemExit(f"the run in {tree} failed:\n{run.stdout[-2000:]}{run.stderr[-4000:]}")
+    if Path(found[3]) != tree:  # (an installed copy of the package must not stand in)
+        raise SystemExit(f"the run in {tree} measured the code in {found[3]}")
+    return float(found[1]), float(found[2])
+
+
+@contextlib.contextmanager
+def _checkout(rev: str) -> Iterator[Path]:
+    """A detached git worktree of ``rev``, given this script (older trees predate it)."""
+    repo = Path(__file__).resolve().parents[2]
+    tree = Path(tempfile.mkdtemp(prefix="relayfleet-against-")) / "tree"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev],
+                   check=True, capture_output=True)
+    try:
+        shutil.copy(__file__, tree / "tests" / "benchmarks" / "api_profile.py")
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                       check=False, capture_output=True)
+        shutil.rmtree(tree.parent, ignore_errors=True)
+
+
+def _compare(rev: str, requests: int, runs: int) -> None:
+    """CPU per POST of this checkout and of ``rev``, measured in turns; print the ratio."""
+    # (imported here: REV's copy of this script runs against REV's controller_jobs)
+    from tests.benchmarks.controller_jobs import interleaved
+
+    here = Path(__file__).resolve().parents[2]
+    health: dict[Path, list[float]] = {}
+
+    def post_ms(tree: Path) -> float:
+        post, check = _figures_in(tree, requests)
+        health.setdefault(tree, []).append(check)
+        return post
+
+    with _checkout(rev) as old:
+        (ours, our_runs), (theirs, their_runs) = interleaved(lambda: post_ms(here),
+                                                             lambda: post_ms(old), runs)
+        health_here, health_old = (statistics.median(health[tree]) for tree in (here, old))
+
+    def listed(samples: list[float]) -> str:
+        return ", ".join(f"{sample:.2f}" for sample in samples)
+
+    print(f"POST /v1/jobs, CPU per request in the app ({requests} requests a run, medians "
+          f"of {runs} runs in turns): this checkout {ours:.2f} ms ({listed(our_runs)}); "
+          f"{rev} {theirs:.2f} ms ({listed(their_runs)}); ratio {ours / theirs:.2f}. "
+          f"GET /v1/health: {health_here:.2f} ms and {health_old:.2f} ms.")
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -145,7 +221,16 @@ def main() -> None:
                         help="print the SQL one POST sends (after the warm-up), then stop")
     parser.add_argument("--save", type=Path, help="also write the POST profile here "
                                                   "(pstats format)")
+    parser.add_argument("--figures", action="store_true",
+                        help="print only the CPU per POST and per health check, measured "
+                             "without the profiler (what --against runs in each tree)")
+    parser.add_argument("--against", metavar="REV",
+                        help="measure this checkout and REV in turns and print the ratio")
+    parser.add_argument("--runs", type=int, default=5, help="turns of --against")
     args = parser.parse_args()
+    if args.against:
+        _compare(args.against, args.requests, args.runs)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="relayfleet-profile-"))
     redis = RedisServer(workdir / "redis").start()
     pg = PostgresServer().start()
@@ -167,8 +252,21 @@ def main() -> None:
         def post(n: int) -> Callable[[], Any]:
             return _wsgi_call(controller.app, 202, post_kwargs(n))
 
+        def health(_n: int) -> Callable[[], Any]:
+            return _wsgi_call(controller.app, 200, {"path": "/v1/health"})
+
+        if args.figures:
+            import controller as package
+
+            _warm_up(post)
+            post_cpu = _cpu_per_call([post(n) for n in range(args.requests)])
+            _warm_up(health)
+            health_cpu = _cpu_per_call([health(n) for n in range(args.requests)])
+            print(f"figures: POST {post_cpu * 1000:.3f} ms, health {health_cpu * 1000:.3f} ms"
+                  f", code in {Path(package.__file__).resolve().parents[1]}")
+            return
         if args.show_sql:
-            _cpu_per_call([post(-100 - n) for n in range(20)])  # warm-up, as measured
+            _warm_up(post)
             tally.shown = []
             post(-1000)()
             print("\n".join(tally.shown))
@@ -180,9 +278,6 @@ def main() -> None:
                 _check(answer.status_code, 202, answer.get_data())
                 return answer
             return send
-
-        def health(_n: int) -> Callable[[], Any]:
-            return _wsgi_call(controller.app, 200, {"path": "/v1/health"})
 
         post_cpu = _measure("POST /v1/jobs (3 hosts, fresh Idempotency-Key)", post,
                             args.requests, tally, args.top, args.save)
