@@ -89,6 +89,12 @@ def _warm_up(prepare: Prepare) -> None:
     _cpu_per_call([prepare(-1 - n) for n in range(20)])
 
 
+def _warm_cpu_per_call(prepare: Prepare, count: int) -> float:
+    """After the warm-up, CPU seconds per call of ``count`` requests built beforehand."""
+    _warm_up(prepare)
+    return _cpu_per_call([prepare(n) for n in range(count)])
+
+
 def _measure(name: str, prepare: Prepare, count: int, tally: SqlTally,
              top: int, save: Path | None = None) -> float:
     """Send ``count`` prepared requests under cProfile, then ``count`` without it; print
@@ -258,10 +264,8 @@ def main() -> None:
         if args.figures:
             import controller as package
 
-            _warm_up(post)
-            post_cpu = _cpu_per_call([post(n) for n in range(args.requests)])
-            _warm_up(health)
-            health_cpu = _cpu_per_call([health(n) for n in range(args.requests)])
+            post_cpu, health_cpu = (_warm_cpu_per_call(prepare, args.requests)
+                                    for prepare in (post, health))
             print(f"figures: POST {post_cpu * 1000:.3f} ms, health {health_cpu * 1000:.3f} ms"
                   f", code in {Path(package.__file__).resolve().parents[1]}")
             return
