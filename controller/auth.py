@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from controller.db import table_of, utcnow
 from controller.errors import PermissionDenied
 from controller.models import ROLES, Token
+from controller.precompiled import Precompiled
 
 PREFIX = "rft_"
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -29,12 +30,12 @@ _NO_MATCH = "0" * 64
 #: is built once, as building it costs more than sending it; of the table, not the model:
 #: SQLAlchemy's Core path costs a fraction of the ORM's)
 _TOKENS = table_of(Token)
-_TOKEN_BY_PUBLIC_ID = select(_TOKENS.c.id, _TOKENS.c.secret_sha256, _TOKENS.c.name,
+_TOKEN_BY_PUBLIC_ID = Precompiled(select(_TOKENS.c.id, _TOKENS.c.secret_sha256, _TOKENS.c.name,
                              _TOKENS.c.role, _TOKENS.c.tenant_id, _TOKENS.c.revoked_at,
                              _TOKENS.c.last_used_at).where(
-    _TOKENS.c.public_id == bindparam("public_id"))
-_NOTE_USE = update(_TOKENS).where(_TOKENS.c.id == bindparam("token_id")).values(
-    last_used_at=bindparam("now", type_=_TOKENS.c.last_used_at.type))
+    _TOKENS.c.public_id == bindparam("public_id")))
+_NOTE_USE = Precompiled(update(_TOKENS).where(_TOKENS.c.id == bindparam("token_id")).values(
+    last_used_at=bindparam("now", type_=_TOKENS.c.last_used_at.type)))
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def authenticate(session: Session, presented: str) -> Principal | None:
         public_id = presented[len(PREFIX):].partition("_")[0]
     row = None
     if public_id:
-        row = session.execute(_TOKEN_BY_PUBLIC_ID, {"public_id": public_id}).one_or_none()
+        row = _TOKEN_BY_PUBLIC_ID.execute(session, {"public_id": public_id}).one_or_none()
     expected = row.secret_sha256 if row is not None else _NO_MATCH
     matches = hmac.compare_digest(sha256_hex(presented), expected)
     if row is None or not matches or row.revoked_at is not None:
@@ -112,6 +113,6 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     now = utcnow()
     # Recording every use would make each read a write; a minute's precision is plenty.
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-        session.execute(_NOTE_USE, {"token_id": row.id, "now": now})
+        _NOTE_USE.execute(session, {"token_id": row.id, "now": now})
         session.commit()
     return Principal(row.id, row.name, row.role, row.tenant_id)

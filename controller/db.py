@@ -59,9 +59,11 @@ def utcnow() -> dt.datetime:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the settings relayfleet relies on."""
+    """An engine for ``url`` with the settings relayfleet relies on. Its errors never show
+    a statement's parameters (they may be secrets, sealed or not, and errors get logged)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60},
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -82,7 +84,7 @@ def make_engine(url: str) -> Engine:
     # The newest idle connection is reused first (LIFO): the few a busy worker needs stay
     # warm and skip the ping a long-idle one gets (see _check_on_checkout).
     engine = create_engine(url, pool_size=10, max_overflow=20, pool_use_lifo=True,
-                           pool_recycle=RECYCLE_S)
+                           pool_recycle=RECYCLE_S, hide_parameters=True)
     _check_on_checkout(engine)
     return engine
 

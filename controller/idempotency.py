@@ -28,6 +28,7 @@ from controller.db import table_of, utcnow
 from controller.dispatch import NotQueued, commit
 from controller.errors import Conflict
 from controller.models import IdempotencyKey
+from controller.precompiled import Precompiled
 from shared.errors import ValidationError
 
 #: how long an Idempotency-Key is remembered (the contract says at least 24 h)
@@ -46,10 +47,10 @@ Created = tuple[int, dict[str, Any]]
 # Every create runs these: built once (building a statement and its cache key each time
 # costs more CPU than sending it).
 _KEYS = table_of(IdempotencyKey)
-_TAKE = insert(_KEYS).returning(_KEYS.c.id)
-_ANSWER = update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(
+_TAKE = Precompiled(insert(_KEYS).returning(_KEYS.c.id))
+_ANSWER = Precompiled(update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(
     state="done", status_code=bindparam("b_status", type_=_KEYS.c.status_code.type),
-    response=bindparam("b_response", type_=_KEYS.c.response.type))
+    response=bindparam("b_response", type_=_KEYS.c.response.type)))
 
 
 def request_fingerprint(key: bytes, method: str, path: str, body: Any) -> str:
@@ -79,7 +80,7 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
         # index; SQLite: the write lock) until this one commits, then replays its answer,
         # or creates if this one rolled back. One commit for the key, the object and the
         # answer, and none for a request that fails.
-        row_id = session.execute(_TAKE, {
+        row_id = _TAKE.execute(session, {
             "token_id": who.token_id, "key": key, "request_sha256": fingerprint,
             "state": "in_progress", "created_at": now}).scalar_one()
     except IntegrityError:
@@ -87,7 +88,7 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
         return _replay(session, who, key, fingerprint, now=now, create=create)
     try:
         status, response = create()
-        session.execute(_ANSWER, {"key_id": row_id, "b_status": status,
+        _ANSWER.execute(session, {"key_id": row_id, "b_status": status,
                                   "b_response": json.loads(json.dumps(response, default=str))})
     except BaseException:
         session.rollback()
@@ -99,7 +100,7 @@ def idempotent(session: Session, who: Principal, key: str | None, fingerprint: s
         # (a retry with the same key must not make a second one).
         session.rollback()
         code = exc.status
-        session.execute(_ANSWER, {"key_id": row_id, "b_status": code, "b_response": {
+        _ANSWER.execute(session, {"key_id": row_id, "b_status": code, "b_response": {
             "code": code, "status": HTTPStatus(code).phrase, "message": exc.message}})
         session.commit()
         raise

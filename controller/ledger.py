@@ -56,6 +56,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from controller import dispatch
 from controller.db import Database, table_of, utcnow
 from controller.models import Host, Job, JobHost
+from controller.precompiled import Precompiled
 from controller.transports import AgentSwitch
 
 #: added to a unit's timeout: claiming, recording and clock slack
@@ -260,11 +261,12 @@ def accept(session: Session, *, tenant_id: int | None, token_id: int | None, act
         status=JobState.QUEUED.value, heartbeat_at=time.time(), origin=origin.kind.value,
         schedule_id=origin.schedule_id, inbound_hook_id=origin.inbound_hook_id,
         created_at=utcnow(), started_at=None, finished_at=None)
-    job = Job(id=session.execute(_INSERT_JOB, values).scalar_one(), **values)
+    job = Job(id=_INSERT_JOB.execute(session, values).scalar_one(), **values)
     make_transient_to_detached(job)
     session.add(job)
-    # One multi-row INSERT for every unit: 10,000 hosts are one statement, not 10,000.
-    session.execute(_INSERT_UNITS, [
+    # One executemany for every unit: psycopg sends them in one round trip (its pipeline),
+    # not one per host.
+    _INSERT_UNITS.execute_many(session, [
         {"job_id": job.id, "host_id": host_id, "host_name": name, "wave": wave,
          "status": UnitState.PENDING.value, "attempts": 0}
         for (host_id, name), wave in zip(hosts, waves, strict=True)])
@@ -272,8 +274,8 @@ def accept(session: Session, *, tenant_id: int | None, token_id: int | None, act
 
 
 #: accept's statements, built once (building one costs more than sending it)
-_INSERT_JOB = insert(_JOBS).returning(_JOBS.c.id)
-_INSERT_UNITS = insert(_UNITS)
+_INSERT_JOB = Precompiled(insert(_JOBS).returning(_JOBS.c.id))
+_INSERT_UNITS = Precompiled(insert(_UNITS))
 
 
 def fail_undispatched(session: Session, job_id: int) -> None:

@@ -14,13 +14,14 @@ from controller.auth import Principal
 from controller.db import table_of, utcnow
 from controller.idempotency import request_fingerprint
 from controller.models import AuditEvent
+from controller.precompiled import Precompiled
 
 _ROUTE_ARG = re.compile(r"<(?:[^:<>]+:)?(\w+)>")
 #: session.info keys: the audit row written in the session's open transaction, and the one
 #: that transaction committed
 _AUDIT_PENDING = "relayfleet_audit_pending"
 _AUDIT_COMMITTED = "relayfleet_audit_committed"
-_AUDIT_INSERT = insert(table_of(AuditEvent)).returning(table_of(AuditEvent).c.id)
+_AUDIT_INSERT = Precompiled(insert(table_of(AuditEvent)).returning(table_of(AuditEvent).c.id))
 
 
 def who() -> Principal:
@@ -71,7 +72,7 @@ def audit_with(session: Session, status: int) -> None:
     after-request hook writes none of its own (it corrects this one if the call ended
     otherwise, and writes its own if this transaction did not commit)."""
     row = audit_row(status)
-    row_id = session.execute(_AUDIT_INSERT, {**row, "at": utcnow()}).scalar_one()
+    row_id = _AUDIT_INSERT.execute(session, {**row, "at": utcnow()}).scalar_one()
     session.info[_AUDIT_PENDING] = (row_id, row)
 
 

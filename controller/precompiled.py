@@ -1,0 +1,175 @@
+"""Statements every API request runs, compiled once and handed straight to the driver.
+
+SQLAlchemy's way from ``session.execute`` to the driver's cursor (the execution context:
+parameter checks, type processing, the result object) costs about 70 µs of CPU per
+statement on top of the driver's own 30 µs (PostgreSQL, measured by
+``tests/benchmarks/api_profile.py``); ``POST /v1/jobs`` sends seven statements, and that
+path was half of its CPU. A :class:`Precompiled` statement is compiled by SQLAlchemy, for
+each dialect and set of parameter names, the first time it runs; after that a call is the
+parameters' type processing, one cursor ``execute`` and the rows.
+
+What it keeps of SQLAlchemy's way: the session's connection and transaction (its BEGIN;
+SQLite's ``BEGIN IMMEDIATE``), every bind and result type's processing (JSON, timestamps),
+SQLAlchemy's exception classes (a duplicate key is still an ``IntegrityError``; parameters
+never shown), and the invalidation of a connection the server closed. What it leaves:
+cursor events. When anything listens to them (a tracer, a statement counter), the
+statement takes SQLAlchemy's usual way instead, so that they see every statement.
+
+Only fixed statements qualify: no column defaults computed in Python (their values come
+from the execution context) and no expanding ``IN`` lists; compiling one is refused.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Select, UpdateBase
+
+#: a bind or result processor (what a column type does to a value on its way)
+_Processor = Callable[[Any], Any]
+
+
+class Fetched:
+    """The rows a statement returned (rows read by attribute, as SQLAlchemy's are)."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self.rows = rows
+
+    def one_or_none(self) -> Any:
+        """The one row, ``None`` if there is none; more than one is an error."""
+        if len(self.rows) > 1:
+            raise MultipleResultsFound("more than one row where at most one was expected")
+        return self.rows[0] if self.rows else None
+
+    def scalar_one(self) -> Any:
+        """The first column of the one row; no row, or more than one, is an error."""
+        if not self.rows:
+            raise NoResultFound("no row where one was expected")
+        return self.one_or_none()[0]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A statement compiled for one dialect and set of parameter names."""
+
+    sql: str
+    #: SQL's parameters, as compiled (fixed values included), to be overlaid by a call's
+    fixed: dict[str, Any]
+    #: bind name -> its type's processor, for the binds that have one
+    bind_processors: dict[str, _Processor]
+    #: the parameters' order in ``sql`` (positional drivers, e.g. SQLite), else ``None``
+    order: tuple[str, ...] | None
+    #: the row type and each returned column's processor; ``None``: no rows returned
+    row: type | None
+    result_processors: tuple[_Processor | None, ...]
+
+    def arguments(self, params: Mapping[str, Any]) -> Any:
+        """The driver's parameters for one call."""
+        values = {**self.fixed, **params}
+        for name, process in self.bind_processors.items():
+            values[name] = process(values[name])
+        if self.order is None:
+            return values
+        return tuple(values[name] for name in self.order)
+
+    def rows(self, fetched: Sequence[Sequence[Any]]) -> list[Any]:
+        """Driver rows as rows read by attribute, each value processed."""
+        assert self.row is not None
+        processors = self.result_processors
+        return [self.row(*(value if process is None else process(value)
+                           for value, process in zip(raw, processors, strict=True)))
+                for raw in fetched]
+
+
+class Precompiled:
+    """A fixed Core statement run on a session's connection through the driver's cursor
+    (see the module's docstring for what that keeps and leaves)."""
+
+    def __init__(self, statement: Select[Any] | UpdateBase) -> None:
+        self.statement = statement
+        self._columns = list(statement.exported_columns)
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+
+    def execute(self, session: Session, params: Mapping[str, Any]) -> Fetched:
+        """Run the statement with ``params`` in the session's transaction."""
+        return self._run(session, [params], many=False)
+
+    def execute_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per set of parameters (each with the same names), by the
+        driver's ``executemany`` (as SQLAlchemy sends a many-row INSERT without RETURNING)."""
+        if self._columns:
+            raise ValueError("execute_many returns no rows: use a statement without them")
+        if rows:
+            self._run(session, rows, many=True)
+
+    def _run(self, session: Session, rows: Sequence[Mapping[str, Any]],
+             many: bool) -> Fetched:
+        connection = session.connection()
+        dialect = connection.dialect
+        key = (dialect.name, tuple(rows[0]))
+        plan = self._plans.get(key)
+        if plan is None:  # (compiled either way: a statement unfit for this is refused)
+            plan = self._plans[key] = self._compile(dialect, key[1])
+        if _cursor_events_listened(connection):
+            result = session.execute(self.statement, [dict(row) for row in rows] if many
+                                     else dict(rows[0]))
+            return Fetched(list(result) if self._columns else [])
+        dbapi_connection = connection.connection.dbapi_connection
+        assert dbapi_connection is not None
+        cursor = dbapi_connection.cursor()
+        try:
+            if many:
+                cursor.executemany(plan.sql, [plan.arguments(row) for row in rows])
+            else:
+                cursor.execute(plan.sql, plan.arguments(rows[0]))
+            fetched = cursor.fetchall() if plan.row is not None else []
+        except dialect.loaded_dbapi.Error as exc:
+            gone = dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if gone:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(plan.sql, None, exc, dialect.loaded_dbapi.Error,
+                                      hide_parameters=True, connection_invalidated=gone,
+                                      dialect=dialect) from exc
+        finally:
+            cursor.close()
+        return Fetched(plan.rows(fetched) if plan.row is not None else [])
+
+    def _compile(self, dialect: Dialect, names: tuple[str, ...]) -> _Plan:
+        compiled: Any = self.statement.compile(dialect=dialect, column_keys=list(names))
+        needs_context = [
+            f"{what}: {', '.join(str(item) for item in items)}" for what, items in (
+                ("column defaults computed in Python", [*compiled.insert_prefetch,
+                                                        *compiled.update_prefetch]),
+                ("expanding IN parameters", list(compiled.literal_execute_params)
+                 + list(compiled.post_compile_params)),
+                ("escaped parameter names", list(compiled.escaped_bind_names)))
+            if items]
+        if needs_context:
+            raise ValueError("this statement needs SQLAlchemy's execution context ("
+                             + "; ".join(needs_context) + "): run it with session.execute")
+        bind_processors = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                bind_processors[name] = process
+        columns = self._columns
+        return _Plan(
+            sql=compiled.string, fixed=dict(compiled.construct_params(dict.fromkeys(names))),
+            bind_processors=bind_processors,
+            order=tuple(compiled.positiontup) if dialect.positional else None,
+            row=namedtuple("Row", [str(column.key) for column in columns]) if columns else None,
+            result_processors=tuple(column.type.dialect_impl(dialect).result_processor(
+                dialect, None) for column in columns))
+
+
+def _cursor_events_listened(connection: Connection) -> bool:
+    """Whether anything listens to this connection's (or its engine's) cursor events."""
+    dispatch = connection.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
