@@ -386,7 +386,7 @@ def _claimed(session: Session, row: Sequence[Any], with_host: bool) -> Claim:
         deleted_at, *host = row[3:]
         live = None if deleted_at is not None else host
     else:
-        live = session.execute(_LIVE_HOST, {"b_host_id": row[2]}).first()
+        live = _LIVE_HOST.execute(session, {"b_host_id": row[2]}).first()
     return Claim(int(row[0]), int(row[1]), int(row[2]),
                  dict(zip(_HOST_KEYS, live, strict=True)) if live is not None else None)
 
@@ -466,8 +466,8 @@ def _claiming(which: ColumnElement[bool], conditions: list[ColumnElement[bool]],
 
 
 #: a claimed unit's host, unless deleted (where the claim cannot read it itself)
-_LIVE_HOST = select(*_HOST_TABLE_COLUMNS).where(_HOSTS.c.id == bindparam("b_host_id"),
-                                               _HOSTS.c.deleted_at.is_(None))
+_LIVE_HOST = Precompiled(select(*_HOST_TABLE_COLUMNS).where(
+    _HOSTS.c.id == bindparam("b_host_id"), _HOSTS.c.deleted_at.is_(None)))
 
 
 def _in_open_wave(job_id: Any) -> list[ColumnElement[bool]]:
@@ -501,12 +501,12 @@ def record(session: Session, claim_: Claim, outcome: Outcome,
     if postgres:
         # one statement: the host is updated by the unit's update's own RETURNING, so
         # only when the unit was (PostgreSQL runs DML in a WITH; SQLite does not)
-        if session.execute(host_update, {**values, **host_values}).first() is None:
+        if host_update.execute(session, {**values, **host_values}).first() is None:
             return False
     else:
-        if _rowcount(session.execute(_RECORD, values)) != 1:
+        if _RECORD_UNIT.execute(session, values).rowcount != 1:
             return False
-        session.execute(host_update, {**host_values, "b_host_id": claim_.host_id})
+        host_update.execute(session, {**host_values, "b_host_id": claim_.host_id})
     if switch is not None:
         apply_switch(session, claim_.host_id, switch)
     return True
@@ -520,6 +520,7 @@ _RECORD = (update(_UNITS).where(_UNITS.c.id == bindparam("b_unit_id"),
                    finished_at=bindparam("b_finished_at"), changed=bindparam("b_changed"),
                    data=bindparam("b_data"), steps=bindparam("b_steps")))
 _RECORD_RETURNING_HOST = _RECORD.returning(_UNITS.c.host_id)
+_RECORD_UNIT = Precompiled(_RECORD)
 
 
 _RECORD_DONE = _RECORD_RETURNING_HOST.cte("done")
@@ -527,12 +528,13 @@ _RECORD_DONE = _RECORD_RETURNING_HOST.cte("done")
 #: record's host UPDATEs by the shape of what was learned: (database kind, each key with
 #: the id of its value when that is an SQL expression) -> the statement, and the
 #: expressions it holds (kept alive with it, so an id in the key is never reused)
-_HOST_UPDATES: dict[tuple[Any, ...], tuple[Update, tuple[Any, ...]]] = {}
+_HOST_UPDATES: dict[tuple[Any, ...], tuple[Precompiled, tuple[Any, ...]]] = {}
 #: shapes kept at most (learned() makes a few dozen)
 _HOST_UPDATES_MAX = 256
 
 
-def _host_update(host_state: dict[str, Any], postgres: bool) -> tuple[Update, dict[str, Any]]:
+def _host_update(host_state: dict[str, Any], postgres: bool) -> tuple[Precompiled,
+                                                                        dict[str, Any]]:
     """record's UPDATE of the host for ``host_state`` and its parameters: built once per
     shape with every plain value bound (building a statement costs more CPU than sending
     it); a value that is an SQL expression (``Host.unreachable_streak + 1``, whose misses
@@ -554,7 +556,7 @@ def _host_update(host_state: dict[str, Any], postgres: bool) -> tuple[Update, di
                          "b_host_id", type_=Integer)).values(columns))
         if len(_HOST_UPDATES) >= _HOST_UPDATES_MAX:
             _HOST_UPDATES.clear()
-        cached = _HOST_UPDATES[shape] = (statement, expressions)
+        cached = _HOST_UPDATES[shape] = (Precompiled(statement), expressions)
     return cached[0], {f"h_{key}": value for key, value in host_state.items()
                        if not isinstance(value, ClauseElement)}
 

@@ -37,16 +37,26 @@ _Processor = Callable[[Any], Any]
 
 
 class Fetched:
-    """The rows a statement returned (rows read by attribute, as SQLAlchemy's are)."""
+    """What a statement answered: its rows (read by attribute, as SQLAlchemy's are) and how
+    many rows it changed (``-1`` where the driver does not say)."""
 
-    def __init__(self, rows: Sequence[Any]) -> None:
+    def __init__(self, rows: Sequence[Any], rowcount: int = -1) -> None:
         self.rows = rows
+        self.rowcount = rowcount
+
+    def all(self) -> list[Any]:
+        """Every row."""
+        return list(self.rows)
+
+    def first(self) -> Any:
+        """The first row, ``None`` if there is none."""
+        return self.rows[0] if self.rows else None
 
     def one_or_none(self) -> Any:
         """The one row, ``None`` if there is none; more than one is an error."""
         if len(self.rows) > 1:
             raise MultipleResultsFound("more than one row where at most one was expected")
-        return self.rows[0] if self.rows else None
+        return self.first()
 
     def scalar_one(self) -> Any:
         """The first column of the one row; no row, or more than one, is an error."""
@@ -94,7 +104,9 @@ class Precompiled:
 
     def __init__(self, statement: Select[Any] | UpdateBase) -> None:
         self.statement = statement
-        self._columns = list(statement.exported_columns)
+        # (read on a copy: SQLAlchemy memoizes it on the statement, and statements derived
+        # from this one later, e.g. by .returning(), would inherit it stale)
+        self._columns = list(statement.execution_options().exported_columns)
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
 
     def execute(self, session: Session, params: Mapping[str, Any]) -> Fetched:
@@ -120,7 +132,8 @@ class Precompiled:
         if _cursor_events_listened(connection):
             result = session.execute(self.statement, [dict(row) for row in rows] if many
                                      else dict(rows[0]))
-            return Fetched(list(result) if self._columns else [])
+            return Fetched(list(result) if self._columns else [],
+                           getattr(result, "rowcount", -1))
         dbapi_connection = connection.connection.dbapi_connection
         assert dbapi_connection is not None
         cursor = dbapi_connection.cursor()
@@ -130,6 +143,7 @@ class Precompiled:
             else:
                 cursor.execute(plan.sql, plan.arguments(rows[0]))
             fetched = cursor.fetchall() if plan.row is not None else []
+            rowcount = cursor.rowcount
         except dialect.loaded_dbapi.Error as exc:
             gone = dialect.is_disconnect(exc, dbapi_connection, cursor)
             if gone:
@@ -139,7 +153,7 @@ class Precompiled:
                                       dialect=dialect) from exc
         finally:
             cursor.close()
-        return Fetched(plan.rows(fetched) if plan.row is not None else [])
+        return Fetched(plan.rows(fetched) if plan.row is not None else [], rowcount)
 
     def _compile(self, dialect: Dialect, names: tuple[str, ...]) -> _Plan:
         compiled: Any = self.statement.compile(dialect=dialect, column_keys=list(names))
@@ -154,14 +168,17 @@ class Precompiled:
         if needs_context:
             raise ValueError("this statement needs SQLAlchemy's execution context ("
                              + "; ".join(needs_context) + "): run it with session.execute")
+        # (by the names the SQL uses: an anonymous bind is in ``binds`` under those and
+        # under its anonymous name too)
+        fixed = dict(compiled.construct_params(dict.fromkeys(names)))
         bind_processors = {}
-        for name, bind in compiled.binds.items():
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        for name in fixed:
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 bind_processors[name] = process
         columns = self._columns
         return _Plan(
-            sql=compiled.string, fixed=dict(compiled.construct_params(dict.fromkeys(names))),
+            sql=compiled.string, fixed=fixed,
             bind_processors=bind_processors,
             order=tuple(compiled.positiontup) if dialect.positional else None,
             row=namedtuple("Row", [str(column.key) for column in columns]) if columns else None,
