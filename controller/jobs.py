@@ -27,6 +27,7 @@ from controller.inventory import get_scoped, scope_conditions, scoped
 from controller.job_params import check_target_size, validate_params
 from controller.ledger import JobOrigin
 from controller.models import Host, HostTag, Job, JobHost, Site, Tenant
+from controller.precompiled import Precompiled
 from shared.actions import job_action
 from shared.errors import ValidationError
 from shared.schemas import flatten_errors
@@ -68,7 +69,12 @@ def _live_hosts(tenant_scoped: bool) -> list[ColumnElement[bool]]:
 
 
 @functools.cache
-def _target_statement(kind: str, tenant_scoped: bool) -> Any:
+def _target_statement(kind: str, tenant_scoped: bool) -> Precompiled:
+    """:func:`_target_query`, precompiled (it runs on every job created)."""
+    return Precompiled(_target_query(kind, tenant_scoped))
+
+
+def _target_query(kind: str, tenant_scoped: bool) -> Any:
     """The one statement that resolves a target of ``kind`` (built once per kind and
     scope: building a statement costs more than sending it). Its parameters: ``ids`` and
     ``names`` (hosts, sites, tenants), ``tags`` (tags), ``tenant_id`` (when scoped).
@@ -108,7 +114,7 @@ def resolve_target(session: Session, who: Principal, target: dict[str, Any]) -> 
     elif kind != "all":
         values["ids"], values["names"] = ids, names = _split_refs(refs)
     statement = _target_statement(kind, who.tenant_id is not None)
-    found: list[Any] = list(session.execute(statement, values))
+    found: list[Any] = statement.execute(session, values).all()
     if kind in ("hosts", *_OWNER_OF):
         # the named rows: with their hosts (sites, tenants), each row once per host
         named = found if kind == "hosts" else list(dict.fromkeys((r[0], r[1]) for r in found))

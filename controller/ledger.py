@@ -342,7 +342,7 @@ def claim(session: Session, job_id: int, *, timeout_s: float, max_failures: int 
     with_host = _on_postgres(session)
     statement = _claim_statement(in_waves(options), tenant_max_running is not None,
                                  with_host)
-    row = session.execute(statement, _claim_values(job_id, now, timeout_s, lease_s,
+    row = statement.execute(session, _claim_values(job_id, now, timeout_s, lease_s,
                                                    tenant_max_running)).first()
     if row is None:
         if not checked:
@@ -366,7 +366,7 @@ def claim_more(session: Session, job_id: int, count: int, *, timeout_s: float,
     statement = _claim_statement(in_waves(options), tenant_max_running is not None,
                                  with_host, batch=True)
     values = _claim_values(job_id, time.time(), timeout_s, lease_s, tenant_max_running)
-    rows = session.execute(statement, {**values, "b_count": count}).all()
+    rows = statement.execute(session, {**values, "b_count": count}).all()
     # (an UPDATE's RETURNING comes in no set order: the rollout's order is the unit's id)
     return [_claimed(session, row, with_host) for row in sorted(rows, key=lambda r: r[0])]
 
@@ -393,7 +393,7 @@ def _claimed(session: Session, row: Sequence[Any], with_host: bool) -> Claim:
 
 @functools.lru_cache(maxsize=16)
 def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool,
-                     batch: bool = False) -> Update:
+                     batch: bool = False) -> Precompiled:
     """The claim's one UPDATE (built once per kind): the job's next free unit becomes
     ``running`` under a lease, provided the job is still active (a cancel committed
     before it shows) and, when ``tenant_limited``, its tenant runs fewer than
@@ -431,7 +431,7 @@ def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool,
                                              _UNITS.c.status == UnitState.PENDING.value)
                    .order_by(_UNITS.c.wave, _UNITS.c.id).limit(count)
                    .with_for_update(skip_locked=True))
-        return _claiming(_UNITS.c.id.in_(pending), conditions, with_host)
+        return Precompiled(_claiming(_UNITS.c.id.in_(pending), conditions, with_host))
 
     def first_unit(*where: ColumnElement[bool]) -> ScalarSelect[Any]:
         return (select(_UNITS.c.id).where(_UNITS.c.job_id == job_id, *in_wave, *where)
@@ -447,7 +447,7 @@ def _claim_statement(waves: bool, tenant_limited: bool, with_host: bool,
     candidate = func.coalesce(
         first_unit(_UNITS.c.status == UnitState.RUNNING.value, _UNITS.c.lease_until < now),
         first_unit(_UNITS.c.status == UnitState.PENDING.value))
-    return _claiming(_UNITS.c.id == candidate, conditions, with_host)
+    return Precompiled(_claiming(_UNITS.c.id == candidate, conditions, with_host))
 
 
 def _claiming(which: ColumnElement[bool], conditions: list[ColumnElement[bool]],

@@ -15,8 +15,9 @@ never shown), and the invalidation of a connection the server closed. What it le
 cursor events. When anything listens to them (a tracer, a statement counter), the
 statement takes SQLAlchemy's usual way instead, so that they see every statement.
 
-Only fixed statements qualify: no column defaults computed in Python (their values come
-from the execution context) and no expanding ``IN`` lists; compiling one is refused.
+A statement with lists (``IN``) is expanded for each call's by SQLAlchemy's own
+``construct_expanded_state``. Statements with column defaults computed in Python do not
+qualify (their values come from SQLAlchemy's execution context): compiling one is refused.
 """
 
 from __future__ import annotations
@@ -79,15 +80,31 @@ class _Plan:
     #: the row type and each returned column's processor; ``None``: no rows returned
     row: type | None
     result_processors: tuple[_Processor | None, ...]
+    #: the compiled statement, when it has lists that expand at each call (``IN``)
+    expanding: Any = None
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
-        """The driver's parameters for one call."""
+        """The driver's parameters for one call (of a statement without lists)."""
         values = {**self.fixed, **params}
         for name, process in self.bind_processors.items():
             values[name] = process(values[name])
         if self.order is None:
             return values
         return tuple(values[name] for name in self.order)
+
+    def sql_and_arguments(self, params: Mapping[str, Any]) -> tuple[str, Any]:
+        """The SQL and the driver's parameters for one call: a statement with lists is
+        expanded for this call's (SQLAlchemy's ``construct_expanded_state``: the SQL
+        names one parameter per item)."""
+        if self.expanding is None:
+            return self.sql, self.arguments(params)
+        state = self.expanding.construct_expanded_state(params)
+        values = dict(state.parameters)
+        for name, process in (*self.bind_processors.items(), *state.processors.items()):
+            values[name] = process(values[name])
+        if self.order is None:
+            return state.statement, values
+        return state.statement, tuple(values[name] for name in state.positiontup)
 
     def rows(self, fetched: Sequence[Sequence[Any]]) -> list[Any]:
         """Driver rows as rows read by attribute, each value processed."""
@@ -129,6 +146,8 @@ class Precompiled:
         plan = self._plans.get(key)
         if plan is None:  # (compiled either way: a statement unfit for this is refused)
             plan = self._plans[key] = self._compile(dialect, key[1])
+        if many and plan.expanding is not None:
+            raise ValueError("a statement with lists (IN) cannot run as executemany")
         if _cursor_events_listened(connection):
             result = session.execute(self.statement, [dict(row) for row in rows] if many
                                      else dict(rows[0]))
@@ -141,7 +160,7 @@ class Precompiled:
             if many:
                 cursor.executemany(plan.sql, [plan.arguments(row) for row in rows])
             else:
-                cursor.execute(plan.sql, plan.arguments(rows[0]))
+                cursor.execute(*plan.sql_and_arguments(rows[0]))
             fetched = cursor.fetchall() if plan.row is not None else []
             rowcount = cursor.rowcount
         except dialect.loaded_dbapi.Error as exc:
@@ -161,18 +180,20 @@ class Precompiled:
             f"{what}: {', '.join(str(item) for item in items)}" for what, items in (
                 ("column defaults computed in Python", [*compiled.insert_prefetch,
                                                         *compiled.update_prefetch]),
-                ("expanding IN parameters", list(compiled.literal_execute_params)
-                 + list(compiled.post_compile_params)),
                 ("escaped parameter names", list(compiled.escaped_bind_names)))
             if items]
         if needs_context:
             raise ValueError("this statement needs SQLAlchemy's execution context ("
                              + "; ".join(needs_context) + "): run it with session.execute")
+        expanding = {bind.key for bind in (*compiled.literal_execute_params,
+                                           *compiled.post_compile_params)}
         # (by the names the SQL uses: an anonymous bind is in ``binds`` under those and
-        # under its anonymous name too)
+        # under its anonymous name too; a list's items are processed by its expansion)
         fixed = dict(compiled.construct_params(dict.fromkeys(names)))
         bind_processors = {}
         for name in fixed:
+            if name in expanding:
+                continue
             process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 bind_processors[name] = process
@@ -181,9 +202,12 @@ class Precompiled:
             sql=compiled.string, fixed=fixed,
             bind_processors=bind_processors,
             order=tuple(compiled.positiontup) if dialect.positional else None,
-            row=namedtuple("Row", [str(column.key) for column in columns]) if columns else None,
+            # (a name read twice, e.g. two tables' ``id``, is read by position: renamed)
+            row=namedtuple("Row", [str(column.key) for column in columns],
+                           rename=True) if columns else None,
             result_processors=tuple(column.type.dialect_impl(dialect).result_processor(
-                dialect, None) for column in columns))
+                dialect, None) for column in columns),
+            expanding=compiled if expanding else None)
 
 
 def _cursor_events_listened(connection: Connection) -> bool:

@@ -112,11 +112,32 @@ def test_a_duplicate_is_an_integrity_error_that_shows_no_parameter(session: Sess
 def test_statements_that_need_the_execution_context_are_refused(session: Session) -> None:
     with pytest.raises(ValueError, match="column defaults computed in Python"):
         Precompiled(insert(_DEFAULTED)).execute(session, {"id": 1})
-    listed = Precompiled(select(_PROBES.c.id).where(
-        _PROBES.c.name.in_(bindparam("names", expanding=True))))
-    with pytest.raises(ValueError, match="expanding IN"):
-        listed.execute(session, {"names": ["pbx1"]})
+    with pytest.raises(ValueError, match="cannot run as executemany"):
+        Precompiled(update(_PROBES).where(_PROBES.c.name.in_(bindparam(
+            "names", expanding=True))).values(state="x")).execute_many(
+            session, [{"names": ["pbx1"]}])
     with pytest.raises(ValueError, match="returns no rows"):
         _ADD.execute_many(session, [{"name": "pbx9", "doc": None, "at": None}])
     # nothing was sent: the session goes on
     assert _BY_NAME.execute(session, {"name": "pbx9"}).one_or_none() is None
+
+
+_LISTED = Precompiled(select(_PROBES.c.name, _PROBES.c.at).where(
+    _PROBES.c.name.in_(bindparam("names", expanding=True)),
+    _PROBES.c.state.in_(("open", "closed")), _PROBES.c.at > bindparam("after", type_=UtcDateTime))
+                      .order_by(_PROBES.c.name))
+
+
+def test_lists_expand_for_each_call(session: Session) -> None:
+    _ADD_MANY.execute_many(session, [{"name": f"pbx{n}", "doc": None, "at": AT}
+                                     for n in range(1, 5)])
+    session.execute(update(_PROBES).values(state="open"))
+    before = AT - dt.timedelta(seconds=1)
+    # a list given at the call (of any length) and one in the statement (literal values)
+    for names in (["pbx2"], ["pbx3", "pbx1", "nowhere"], ["pbx4", "pbx2"]):
+        rows = _LISTED.execute(session, {"names": names, "after": before}).all()
+        assert [(row.name, row.at) for row in rows] == [(name, AT) for name in sorted(
+            set(names) - {"nowhere"})]
+    # the timestamp outside the list is processed too (UtcDateTime: SQLite stores naive)
+    assert _LISTED.execute(session, {"names": ["pbx1"], "after": AT}).all() == []
+    session.rollback()
