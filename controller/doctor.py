@@ -70,6 +70,11 @@ CAUSES: dict[str, Cause] = {c.key: c for c in (
           "set_smarthost",
           "check the smarthost's name (diagnose shows what the host resolves); fix DNS or "
           "set_smarthost with a name that resolves"),
+    Cause("local_mta_refused",
+          "The host's own MTA refuses local mail (it stays in sendmail's client queue)", None,
+          "start the host's MTA daemon, or wait for its load to drop: sendmail refuses "
+          "connections above its RefuseLA load average (read_log shows \"rejecting "
+          "connections on daemon\"); then flush_queue, which runs the client queue too"),
     Cause("relay_unreachable", "The relay cannot be reached (connection refused or timed out)",
           None,
           "check the relay's host and port and the site's firewall (diagnose probes the "
@@ -95,6 +100,9 @@ _LOOKUP_RE = re.compile(
 _CONNECT_RE = re.compile(
     r"Connection refused|timed out|No route to host|Network is unreachable|Connection reset"
     r"|lost connection|connection dropped|Host is down", re.IGNORECASE)
+#: sendmail's submission program (MSP) handing mail to the host's own MTA on loopback
+_LOCAL_MTA_RE = re.compile(
+    r"Connection refused by (?:\[(?:127\.0\.0\.1|::1|IPv6:::1)\]|localhost\b)", re.IGNORECASE)
 #: the agents' line problems that are causes of the same name
 _PROBLEM_CAUSES = frozenset({"tls_verify_failed", "tls_required", "auth_failed",
                              "ehlo_refused", "relaying_denied"})
@@ -111,6 +119,9 @@ def classify(text: str, has_smarthost: bool, problem: str | None = None) -> str:
         return problem
     if _LOOKUP_RE.search(text):
         return "host_lookup_failed"
+    if _LOCAL_MTA_RE.search(text):
+        # (not the relay: no smarthost fixes it, and no relay's firewall is at fault)
+        return "local_mta_refused"
     if _CONNECT_RE.search(text):
         return "relay_unreachable" if has_smarthost else "no_smarthost"
     # without a smarthost the refusals come from recipients' servers: a smarthost fixes them

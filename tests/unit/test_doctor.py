@@ -56,6 +56,11 @@ TEXTS = [
     ("Host unknown (Name server: relay.nowhere.test: host not found)", True,
      "host_lookup_failed"),
     ("Deferred: Connection refused by relay.example.net.", True, "relay_unreachable"),
+    # the MSP's hand-off to the host's own MTA (sm-mta stopped, or above its RefuseLA)
+    ("Deferred: Connection refused by [127.0.0.1]", True, "local_mta_refused"),
+    ("Deferred: Connection refused by [127.0.0.1]", False, "local_mta_refused"),
+    ("Deferred: Connection refused by [IPv6:::1]", True, "local_mta_refused"),
+    ("Deferred: Connection refused by [127.0.0.10]", True, "relay_unreachable"),
     ("connect to 10.202.0.99[10.202.0.99]:587: Connection timed out", True,
      "relay_unreachable"),
     ("host 10.202.0.9[10.202.0.9] said: 550 5.7.1 Sender address rejected: not owned by a "
