@@ -1,4 +1,5 @@
-"""Statements every API request runs, compiled once and handed straight to the driver.
+"""Hot statements (an API request's, a lane's per host), compiled once and handed straight
+to the driver.
 
 SQLAlchemy's way from ``session.execute`` to the driver's cursor (the execution context:
 parameter checks, type processing, the result object) costs about 70 µs of CPU per
@@ -15,7 +16,7 @@ never shown), and the invalidation of a connection the server closed. What it le
 cursor events. When anything listens to them (a tracer, a statement counter), the
 statement takes SQLAlchemy's usual way instead, so that they see every statement.
 
-A statement with lists (``IN``) is expanded for each call's by SQLAlchemy's own
+A statement with lists (``IN``) is expanded for each call's lists by SQLAlchemy's own
 ``construct_expanded_state``. Statements with column defaults computed in Python do not
 qualify (their values come from SQLAlchemy's execution context): compiling one is refused.
 """
