@@ -24,7 +24,7 @@ qualify (their values come from SQLAlchemy's execution context): compiling one i
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +86,7 @@ class _Plan:
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
         """The driver's parameters for one call (of a statement without lists)."""
-        values = {**self.fixed, **params}
-        for name, process in self.bind_processors.items():
-            values[name] = process(values[name])
-        if self.order is None:
-            return values
-        return tuple(values[name] for name in self.order)
+        return _for_driver({**self.fixed, **params}, self.bind_processors.items(), self.order)
 
     def sql_and_arguments(self, params: Mapping[str, Any]) -> tuple[str, Any]:
         """The SQL and the driver's parameters for one call: a statement with lists is
@@ -100,12 +95,9 @@ class _Plan:
         if self.expanding is None:
             return self.sql, self.arguments(params)
         state = self.expanding.construct_expanded_state(params)
-        values = dict(state.parameters)
-        for name, process in (*self.bind_processors.items(), *state.processors.items()):
-            values[name] = process(values[name])
-        if self.order is None:
-            return state.statement, values
-        return state.statement, tuple(values[name] for name in state.positiontup)
+        return state.statement, _for_driver(
+            dict(state.parameters), (*self.bind_processors.items(), *state.processors.items()),
+            None if self.order is None else state.positiontup)
 
     def rows(self, fetched: Sequence[Sequence[Any]]) -> list[Any]:
         """Driver rows as rows read by attribute, each value processed."""
@@ -209,6 +201,15 @@ class Precompiled:
             result_processors=tuple(column.type.dialect_impl(dialect).result_processor(
                 dialect, None) for column in columns),
             expanding=compiled if expanding else None)
+
+
+def _for_driver(values: dict[str, Any], processors: Iterable[tuple[str, _Processor]],
+                order: Sequence[str] | None) -> Any:
+    """``values`` processed by their types, as the driver takes them: by name, or in
+    ``order`` (positional drivers)."""
+    for name, process in processors:
+        values[name] = process(values[name])
+    return values if order is None else tuple(values[name] for name in order)
 
 
 def _cursor_events_listened(connection: Connection) -> bool:
