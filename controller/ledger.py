@@ -56,7 +56,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from controller import dispatch
 from controller.db import Database, table_of, utcnow
 from controller.models import Host, Job, JobHost
-from controller.precompiled import Precompiled
+from controller.precompiled import Precompiled, RowsInsert
 from controller.transports import AgentSwitch
 
 #: added to a unit's timeout: claiming, recording and clock slack
@@ -264,18 +264,16 @@ def accept(session: Session, *, tenant_id: int | None, token_id: int | None, act
     job = Job(id=_INSERT_JOB.execute(session, values).scalar_one(), **values)
     make_transient_to_detached(job)
     session.add(job)
-    # One executemany for every unit: psycopg sends them in one round trip (its pipeline),
-    # not one per host.
-    _INSERT_UNITS.execute_many(session, [
-        {"job_id": job.id, "host_id": host_id, "host_name": name, "wave": wave,
-         "status": UnitState.PENDING.value, "attempts": 0}
-        for (host_id, name), wave in zip(hosts, waves, strict=True)])
+    pending = UnitState.PENDING.value
+    _INSERT_UNITS.execute(session, [(job.id, host_id, name, wave, pending, 0)
+                                    for (host_id, name), wave in zip(hosts, waves, strict=True)])
     return job
 
 
 #: accept's statements, built once (building one costs more than sending it)
 _INSERT_JOB = Precompiled(insert(_JOBS).returning(_JOBS.c.id))
-_INSERT_UNITS = Precompiled(insert(_UNITS))
+_INSERT_UNITS = RowsInsert(_UNITS, ("job_id", "host_id", "host_name", "wave", "status",
+                                     "attempts"))
 
 
 def fail_undispatched(session: Session, job_id: int) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import Session
@@ -201,6 +201,51 @@ class Precompiled:
             result_processors=tuple(column.type.dialect_impl(dialect).result_processor(
                 dialect, None) for column in columns),
             expanding=compiled if expanding else None)
+
+
+class RowsInsert:
+    """An INSERT of many rows into ``table``, sent as multi-row ``VALUES`` statements of up
+    to ``per_statement`` rows each, each a :class:`Precompiled` (one per row count).
+
+    A job's units go in this way: for a few rows, one statement instead of the driver's
+    executemany (psycopg runs that as a pipeline, whose set-up costs more CPU than the rows:
+    ``tests/benchmarks/api_profile.py``); for thousands, one statement per
+    ``per_statement`` rows instead of one per row.
+    """
+
+    def __init__(self, table: Table, columns: Sequence[str], per_statement: int = 50) -> None:
+        self.table = table
+        self.columns = tuple(columns)
+        self.per_statement = per_statement
+        #: each row's bind names, by its place in a statement
+        self._names = [tuple(f"{column}_{place}" for column in self.columns)
+                       for place in range(per_statement)]
+        self._statements: dict[int, Precompiled] = {}
+
+    def execute(self, session: Session, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (each a value per column, in ``columns``' order) in the session's
+        transaction."""
+        full, rest = divmod(len(rows), self.per_statement)
+        size = self.per_statement
+        if full:
+            self._statement(size).execute_many(session, [
+                self._params(rows[start:start + size]) for start in range(0, full * size, size)])
+        if rest:
+            self._statement(rest).execute(session, self._params(rows[full * size:]))
+
+    def _params(self, rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        return {name: value for names, row in zip(self._names, rows, strict=False)
+                for name, value in zip(names, row, strict=True)}
+
+    def _statement(self, count: int) -> Precompiled:
+        statement = self._statements.get(count)
+        if statement is None:
+            columns = self.table.c
+            statement = self._statements[count] = Precompiled(insert(self.table).values([
+                {column: bindparam(name, type_=columns[column].type)
+                 for column, name in zip(self.columns, names, strict=True)}
+                for names in self._names[:count]]))
+        return statement
 
 
 def _for_driver(values: dict[str, Any], processors: Iterable[tuple[str, _Processor]],

@@ -22,26 +22,21 @@ before its work (``378bc73``): the target is a ratio of 0.33 to that tree.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
-import os
 import pstats
-import re
 import secrets
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from werkzeug.test import EnvironBuilder
 
+from tests.benchmarks.against import REPO, checkout, figures_in, figures_line, listed
 from tests.benchmarks.controller_jobs import _controller, _env, _import_hosts
 from tests.lab.services import PostgresServer, RedisServer
 
@@ -170,57 +165,22 @@ def _trimmed(text: str) -> str:
     return "\n".join(line for line in lines[start:] if line.strip())
 
 
-def _figures_in(tree: Path, requests: int) -> tuple[float, float]:
-    """``--figures`` run on the code in ``tree`` in a fresh process with its own servers:
-    CPU per POST and per health check (ms)."""
-    run = subprocess.run([sys.executable, "-m", "tests.benchmarks.api_profile", "--figures",
-                          "--requests", str(requests)], cwd=tree, capture_output=True,
-                         text=True, check=False, env={**os.environ, "PYTHONPATH": str(tree)})
-    found = re.search(r"^figures: POST ([\d.]+) ms, health ([\d.]+) ms, code in (.+)$",
-                      run.stdout, re.M)
-    if run.returncode or not found:
-        raise SystemExit(f"the run in {tree} failed:\n{run.stdout[-2000:]}{run.stderr[-4000:]}")
-    if Path(found[3]) != tree:  # (an installed copy of the package must not stand in)
-        raise SystemExit(f"the run in {tree} measured the code in {found[3]}")
-    return float(found[1]), float(found[2])
-
-
-@contextlib.contextmanager
-def _checkout(rev: str) -> Iterator[Path]:
-    """A detached git worktree of ``rev``, given this script (older trees predate it)."""
-    repo = Path(__file__).resolve().parents[2]
-    tree = Path(tempfile.mkdtemp(prefix="relayfleet-against-")) / "tree"
-    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev],
-                   check=True, capture_output=True)
-    try:
-        shutil.copy(__file__, tree / "tests" / "benchmarks" / "api_profile.py")
-        yield tree
-    finally:
-        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
-                       check=False, capture_output=True)
-        shutil.rmtree(tree.parent, ignore_errors=True)
-
-
 def _compare(rev: str, requests: int, runs: int) -> None:
     """CPU per POST of this checkout and of ``rev``, measured in turns; print the ratio."""
     # (imported here: REV's copy of this script runs against REV's controller_jobs)
     from tests.benchmarks.controller_jobs import interleaved
 
-    here = Path(__file__).resolve().parents[2]
     health: dict[Path, list[float]] = {}
 
     def post_ms(tree: Path) -> float:
-        post, check = _figures_in(tree, requests)
-        health.setdefault(tree, []).append(check)
-        return post
+        figures = figures_in(tree, "tests.benchmarks.api_profile", "--requests", str(requests))
+        health.setdefault(tree, []).append(figures["health"])
+        return figures["POST"]
 
-    with _checkout(rev) as old:
-        (ours, our_runs), (theirs, their_runs) = interleaved(lambda: post_ms(here),
+    with checkout(rev, "tests/benchmarks/api_profile.py") as old:
+        (ours, our_runs), (theirs, their_runs) = interleaved(lambda: post_ms(REPO),
                                                              lambda: post_ms(old), runs)
-        health_here, health_old = (statistics.median(health[tree]) for tree in (here, old))
-
-    def listed(samples: list[float]) -> str:
-        return ", ".join(f"{sample:.2f}" for sample in samples)
+        health_here, health_old = (statistics.median(health[tree]) for tree in (REPO, old))
 
     print(f"POST /v1/jobs, CPU per request in the app ({requests} requests a run, medians "
           f"of {runs} runs in turns): this checkout {ours:.2f} ms ({listed(our_runs)}); "
@@ -273,12 +233,10 @@ def main() -> None:
             return _wsgi_call(controller.app, 200, {"path": "/v1/health"})
 
         if args.figures:
-            import controller as package
-
             post_cpu, health_cpu = (_warm_cpu_per_call(prepare, args.requests)
                                     for prepare in (post, health))
-            print(f"figures: POST {post_cpu * 1000:.3f} ms, health {health_cpu * 1000:.3f} ms"
-                  f", code in {Path(package.__file__).resolve().parents[1]}")
+            print(figures_line({"POST": (post_cpu * 1000, "ms"),
+                                "health": (health_cpu * 1000, "ms")}))
             return
         if args.show_sql:
             _warm_up(post)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
 
 from controller.db import UtcDateTime, make_engine
-from controller.precompiled import Precompiled
+from controller.precompiled import Precompiled, RowsInsert
 
 _META = MetaData()
 _PROBES = Table("precompiled_probes", _META,
@@ -141,3 +141,26 @@ def test_lists_expand_for_each_call(session: Session) -> None:
     # the timestamp outside the list is processed too (UtcDateTime: SQLite stores naive)
     assert _LISTED.execute(session, {"names": ["pbx1"], "after": AT}).all() == []
     session.rollback()
+
+
+_ADD_ROWS = RowsInsert(_PROBES, ("name", "doc", "at"), per_statement=4)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 9])
+def test_rows_go_in_by_multi_row_statements_of_any_count(session: Session, count: int) -> None:
+    # 9 rows: two full statements of 4 (one executemany) and one of 1
+    rows = [(f"pbx{n}", {"n": n} if n % 2 else None, AT if n % 3 else None)
+            for n in range(count)]
+    _ADD_ROWS.execute(session, rows)
+    session.commit()
+    stored = session.execute(select(_PROBES.c.name, _PROBES.c.doc, _PROBES.c.at)
+                             .order_by(_PROBES.c.id)).all()
+    assert [tuple(row) for row in stored] == rows  # in order, JSON and timestamps processed
+
+
+def test_a_duplicate_row_rolls_back_with_the_rest(session: Session) -> None:
+    with pytest.raises(IntegrityError):
+        _ADD_ROWS.execute(session, [("pbx1", None, None), ("pbx2", None, None),
+                                    ("pbx1", {"secret": "hunter2"}, None)])
+    session.rollback()
+    assert session.execute(select(_PROBES.c.name)).all() == []
