@@ -17,7 +17,8 @@ cursor events. When anything listens to them (a tracer, a statement counter), th
 statement takes SQLAlchemy's usual way instead, so that they see every statement.
 
 A statement with lists (``IN``) is expanded for each call's lists by SQLAlchemy's own
-``construct_expanded_state``. Statements with column defaults computed in Python do not
+``construct_expanded_state``. Many rows go into one table by :class:`RowsInsert`: multi-row
+``VALUES`` statements, each a :class:`Precompiled`. Statements with column defaults computed in Python do not
 qualify (their values come from SQLAlchemy's execution context): compiling one is refused.
 """
 
