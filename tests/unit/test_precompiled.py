@@ -164,3 +164,13 @@ def test_a_duplicate_row_rolls_back_with_the_rest(session: Session) -> None:
                                     ("pbx1", {"secret": "hunter2"}, None)])
     session.rollback()
     assert session.execute(select(_PROBES.c.name)).all() == []
+
+
+def test_a_connection_the_pool_made_again_gets_a_cursor_of_its_own(session: Session) -> None:
+    _ADD.execute(session, {"name": "pbx1", "doc": None, "at": None})
+    session.commit()
+    before = session.connection().connection.dbapi_connection
+    session.connection().invalidate()  # (as after the server closed it)
+    session.rollback()
+    assert _BY_NAME.execute(session, {"name": "pbx1"}).one_or_none().name == "pbx1"
+    assert session.connection().connection.dbapi_connection is not before
