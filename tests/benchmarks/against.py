@@ -5,7 +5,7 @@ code in PATH``, measured in a fresh process. :func:`figures_in` runs that mode o
 of a tree and reads the line back; :func:`checkout` makes the tree of an older revision (a
 git worktree, given a copy of the benchmark script, which older trees predate). The
 benchmark then calls ``controller_jobs.interleaved`` with both, so that the box getting
-faster or slower during the runs moves both alike.
+faster or slower during the runs moves both alike: :func:`compare` does all of it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,32 @@ def figures_in(tree: Path, module: str, *args: str) -> dict[str, float]:
     if Path(found["code"]) != tree:  # (an installed copy of the package must not stand in)
         raise SystemExit(f"the run in {tree} measured the code in {found['code']}")
     return {pair["name"]: float(pair["value"]) for pair in _PAIR.finditer(found["pairs"])}
+
+
+def compare(rev: str, module: str, runs: int,
+            *args: str) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """``module``'s figures (its ``--figures`` mode, given ``args``) on this checkout and on
+    ``rev``, measured in turns ``runs`` times: each side's figures, run by run."""
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
+    with checkout(rev, module.replace(".", "/") + ".py") as old:
+        for _ in range(runs):
+            ours.append(figures_in(REPO, module, *args))
+            theirs.append(figures_in(old, module, *args))
+    return ours, theirs
+
+
+def median_of(runs: list[dict[str, float]], name: str) -> float:
+    """The median of one figure over runs."""
+    return statistics.median(figures[name] for figures in runs)
+
+
+def side_by_side(ours: list[dict[str, float]], theirs: list[dict[str, float]], rev: str,
+                 name: str = "POST") -> str:
+    """One figure of both sides as a reader compares them: medians, runs and ratio."""
+    mine, old = median_of(ours, name), median_of(theirs, name)
+    return (f"this checkout {mine:.2f} ms ({listed([f[name] for f in ours])}); {rev} "
+            f"{old:.2f} ms ({listed([f[name] for f in theirs])}); ratio {mine / old:.2f}")
 
 
 def listed(samples: list[float]) -> str:

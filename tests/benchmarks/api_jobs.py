@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from tests.benchmarks.against import REPO, checkout, figures_in, figures_line, listed
+from tests.benchmarks.against import compare, figures_line, median_of, side_by_side
 from tests.benchmarks.controller_jobs import (
     THREADS,
     WORKERS,
@@ -125,32 +125,15 @@ def _measured(runs: int, per_client: int, workers: int = WORKERS,
 
 def _compare(rev: str, per_client: int, runs: int) -> None:
     """Served CPU per POST of this checkout and of ``rev``, in turns; print the ratio."""
-    # (imported here: REV's copy of this script runs against REV's controller_jobs)
-    from tests.benchmarks.controller_jobs import interleaved
-
-    seen: dict[Path, list[dict[str, float]]] = {}
-
-    def post_ms(tree: Path) -> float:
-        figures = figures_in(tree, "tests.benchmarks.api_jobs", "--runs", "1",
-                             "--requests", str(per_client))
-        seen.setdefault(tree, []).append(figures)
-        return figures["POST"]
-
-    with checkout(rev, "tests/benchmarks/api_jobs.py") as old:
-        (ours, our_runs), (theirs, their_runs) = interleaved(lambda: post_ms(REPO),
-                                                             lambda: post_ms(old), runs)
-
-        def median_of(tree: Path, name: str) -> float:
-            return statistics.median(figures[name] for figures in seen[tree])
-
-        print(f"POST /v1/jobs served ({CLIENTS} clients, {CLIENTS * per_client} requests a "
-              f"run, medians of {runs} runs in turns), server CPU per request: this checkout "
-              f"{ours:.2f} ms ({listed(our_runs)}); {rev} {theirs:.2f} ms "
-              f"({listed(their_runs)}); ratio {ours / theirs:.2f} (the target, "
-              f"{TARGET_CPU_MS} ms where the issue measured 7.6 ms, is a ratio of "
-              f"{TARGET_CPU_MS / 7.6:.2f}). Requests/s: {median_of(REPO, 'per_s'):.0f} and "
-              f"{median_of(old, 'per_s'):.0f}. GET /v1/health: "
-              f"{median_of(REPO, 'health'):.2f} ms and {median_of(old, 'health'):.2f} ms.")
+    ours, theirs = compare(rev, "tests.benchmarks.api_jobs", runs, "--runs", "1",
+                           "--requests", str(per_client))
+    print(f"POST /v1/jobs served ({CLIENTS} clients, {CLIENTS * per_client} requests a run, "
+          f"medians of {runs} runs in turns), server CPU per request: "
+          f"{side_by_side(ours, theirs, rev)} (the target, {TARGET_CPU_MS} ms where the issue "
+          f"measured 7.6 ms, is a ratio of {TARGET_CPU_MS / 7.6:.2f}). Requests/s: "
+          f"{median_of(ours, 'per_s'):.0f} and {median_of(theirs, 'per_s'):.0f}. "
+          f"GET /v1/health: {median_of(ours, 'health'):.2f} ms and "
+          f"{median_of(theirs, 'health'):.2f} ms.")
 
 
 def main() -> None:

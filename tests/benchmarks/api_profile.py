@@ -17,8 +17,9 @@ worktree, given a copy of this script) each measured by ``--figures`` in a fresh
 with its own servers, in turns, so that the box's speed moves both alike; it prints both
 medians and their ratio, and the quickest of each tree's batches (each run sends its
 requests in 5 batches) and their ratio: a neighbour's burst only ever adds CPU, so the
-quickest batches are the least disturbed. The issue that set the 2.5 ms target measured 7.6 ms on the tree
-before its work (``378bc73``): the target is a ratio of 0.33 to that tree.
+quickest batches are the least disturbed. The issue that set the 2.5 ms target measured
+7.6 ms on the tree before its work (``378bc73``): the target is a ratio of 0.33 to that
+tree.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 from sqlalchemy import event
 from werkzeug.test import EnvironBuilder
 
-from tests.benchmarks.against import REPO, checkout, figures_in, figures_line, listed
+from tests.benchmarks.against import compare, figures_line, median_of, side_by_side
 from tests.benchmarks.controller_jobs import _controller, _env, _import_hosts
 from tests.lab.services import PostgresServer, RedisServer
 
@@ -175,32 +176,14 @@ def _trimmed(text: str) -> str:
 
 def _compare(rev: str, requests: int, runs: int) -> None:
     """CPU per POST of this checkout and of ``rev``, measured in turns; print the ratio."""
-    # (imported here: REV's copy of this script runs against REV's controller_jobs)
-    from tests.benchmarks.controller_jobs import interleaved
-
-    seen: dict[Path, list[dict[str, float]]] = {}
-
-    def post_ms(tree: Path) -> float:
-        figures = figures_in(tree, "tests.benchmarks.api_profile", "--requests", str(requests))
-        seen.setdefault(tree, []).append(figures)
-        return figures["POST"]
-
-    with checkout(rev, "tests/benchmarks/api_profile.py") as old:
-        (ours, our_runs), (theirs, their_runs) = interleaved(lambda: post_ms(REPO),
-                                                             lambda: post_ms(old), runs)
-
-        def least(tree: Path) -> float:
-            return min(figures["POST_quickest"] for figures in seen[tree])
-
-        def health(tree: Path) -> float:
-            return statistics.median(figures["health"] for figures in seen[tree])
-
-        print(f"POST /v1/jobs, CPU per request in the app ({requests} requests a run in 5 "
-              f"batches, medians of {runs} runs in turns): this checkout {ours:.2f} ms "
-              f"({listed(our_runs)}); {rev} {theirs:.2f} ms ({listed(their_runs)}); ratio "
-              f"{ours / theirs:.2f}. Quickest batch of all runs: {least(REPO):.2f} ms and "
-              f"{least(old):.2f} ms, ratio {least(REPO) / least(old):.2f}. GET /v1/health: "
-              f"{health(REPO):.2f} ms and {health(old):.2f} ms.")
+    ours, theirs = compare(rev, "tests.benchmarks.api_profile", runs, "--requests",
+                           str(requests))
+    least, old_least = (min(f["POST_quickest"] for f in side) for side in (ours, theirs))
+    print(f"POST /v1/jobs, CPU per request in the app ({requests} requests a run in 5 "
+          f"batches, medians of {runs} runs in turns): {side_by_side(ours, theirs, rev)}. "
+          f"Quickest batch of all runs: {least:.2f} ms and {old_least:.2f} ms, ratio "
+          f"{least / old_least:.2f}. GET /v1/health: {median_of(ours, 'health'):.2f} ms and "
+          f"{median_of(theirs, 'health'):.2f} ms.")
 
 
 def main() -> None:
