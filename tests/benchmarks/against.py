@@ -3,9 +3,9 @@
 A benchmark with a ``--figures`` mode prints one line, ``figures: NAME VALUE UNIT, ...,
 code in PATH``, measured in a fresh process. :func:`figures_in` runs that mode on the code
 of a tree and reads the line back; :func:`checkout` makes the tree of an older revision (a
-git worktree, given a copy of the benchmark script, which older trees predate). The
-benchmark then calls ``controller_jobs.interleaved`` with both, so that the box getting
-faster or slower during the runs moves both alike: :func:`compare` does all of it.
+git worktree, given a copy of the benchmark script, which older trees predate);
+:func:`compare` measures both trees in turns, so that the box getting faster or slower
+during the runs moves both alike.
 """
 
 from __future__ import annotations
@@ -72,11 +72,11 @@ def side_by_side(ours: list[dict[str, float]], theirs: list[dict[str, float]], r
                  name: str = "POST") -> str:
     """One figure of both sides as a reader compares them: medians, runs and ratio."""
     mine, old = median_of(ours, name), median_of(theirs, name)
-    return (f"this checkout {mine:.2f} ms ({listed([f[name] for f in ours])}); {rev} "
-            f"{old:.2f} ms ({listed([f[name] for f in theirs])}); ratio {mine / old:.2f}")
+    return (f"this checkout {mine:.2f} ms ({_listed([f[name] for f in ours])}); {rev} "
+            f"{old:.2f} ms ({_listed([f[name] for f in theirs])}); ratio {mine / old:.2f}")
 
 
-def listed(samples: list[float]) -> str:
+def _listed(samples: list[float]) -> str:
     """Samples as a reader scans them: ``3.92, 4.47, 3.81``."""
     return ", ".join(f"{sample:.2f}" for sample in samples)
 
