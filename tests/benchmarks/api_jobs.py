@@ -6,14 +6,17 @@ Redis and PostgreSQL). Serves the controller with ``relayfleet-controller serve`
 (3 hosts each, a fresh Idempotency-Key each) from 50 clients in a closed loop. Per run:
 the CPU the server's processes spent (user + system, from /proc) per request, the
 throughput (requests/s) and p50/p99 latency. The reference, measured in the same runs
-under the same load: ``GET /v1/health`` (no database). Target (printed): at most 2.5 ms
-of CPU per POST.
+under the same load: ``GET /v1/health`` (no database). Then the server's own floor: a
+bare WSGI app (:func:`bare_app`, one fixed answer) served by gunicorn in the same shape
+under the same load, i.e. what serving any request costs before the app runs. Target
+(printed): at most 2.5 ms of CPU per POST.
 
 ``--against REV [--runs 3]`` compares instead: this checkout and REV (a git worktree, given
 a copy of this script) each served and measured in a fresh process with its own servers,
-in turns; it prints both medians and their ratio. The issue that set the target measured
-7.6 ms this way on the tree before its work (``378bc73``), so the target is a ratio of
-0.33 to that tree on whatever day this box runs.
+in turns; it prints both medians and their ratio, then the server's floor (the same for
+both trees: it runs no code of theirs). The issue that set the target measured 7.6 ms this
+way on the tree before its work (``378bc73``), so the target is a ratio of 0.33 to that
+tree on whatever day this box runs.
 """
 
 from __future__ import annotations
@@ -69,6 +72,41 @@ def _run(pid: int, base: str, token: str, per_client: int,
                _pct(times, 0.99) * 1000)
 
 
+def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """A WSGI app that answers every request with one fixed JSON document: the floor."""
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(_BARE_ANSWER)))])
+    return [_BARE_ANSWER]
+
+
+_BARE_ANSWER = b'{"status": "ok"}'
+
+
+def _floor(runs: int, per_client: int, workers: int, threads: int) -> Run:
+    """CPU per request of :func:`bare_app` served in the API's shape, under the same load;
+    print and return the median of ``runs`` runs."""
+    workdir = Path(tempfile.mkdtemp(prefix="relayfleet-bench-"))
+    # by its module's name: run as a script, this module is __main__
+    proc, base = _serve({}, workdir, workers, threads,
+                        bare_app="tests.benchmarks.api_jobs:bare_app")
+    try:
+        _run(proc.pid, base, "", 4, lambda s, n: s.get(base))  # warm-up
+        return _summary(f"a bare WSGI app, gunicorn {workers} x {threads} (the server's "
+                        "floor)", [_run(proc.pid, base, "", per_client,
+                                        lambda s, n: s.get(base)) for _ in range(runs)])
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)  # a loaded machine may take a while to stop the workers
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _summary(name: str, runs: list[Run]) -> Run:
     mid = Run(*(statistics.median(getattr(r, f) for r in runs)
                 for f in ("cpu_ms", "per_s", "p50_ms", "p99_ms")))
@@ -112,12 +150,7 @@ def _measured(runs: int, per_client: int, workers: int = WORKERS,
             return (_summary("POST /v1/jobs", posts),
                     _summary("GET /v1/health (reference)", healths))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)  # a loaded machine may take a while to stop the workers
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
     finally:
         redis.stop()
         pg.stop()
@@ -133,7 +166,11 @@ def _compare(rev: str, per_client: int, runs: int) -> None:
           f"measured 7.6 ms, is a ratio of {TARGET_CPU_MS / 7.6:.2f}). Requests/s: "
           f"{median_of(ours, 'per_s'):.0f} and {median_of(theirs, 'per_s'):.0f}. "
           f"GET /v1/health: {median_of(ours, 'health'):.2f} ms and "
-          f"{median_of(theirs, 'health'):.2f} ms.")
+          f"{median_of(theirs, 'health'):.2f} ms.", flush=True)
+    floor = _floor(runs, per_client, WORKERS, THREADS).cpu_ms
+    mine, old = median_of(ours, "POST") - floor, median_of(theirs, "POST") - floor
+    print(f"The server's floor, the same for both trees: {floor:.2f} ms per request; POST "
+          f"CPU above it: {mine:.2f} ms and {old:.2f} ms, ratio {mine / old:.2f}.")
 
 
 def main() -> None:
@@ -160,8 +197,12 @@ def main() -> None:
     print(f"POST CPU / {TARGET_CPU_MS} ms target = {post.cpu_ms / TARGET_CPU_MS:.2f}; "
           f"POST CPU / health CPU = {post.cpu_ms / health.cpu_ms:.1f}", flush=True)
     if args.figures:
+        # (the floor runs none of the tree's code: --against measures it once, here)
         print(figures_line({"POST": (post.cpu_ms, "ms"), "health": (health.cpu_ms, "ms"),
                             "per_s": (post.per_s, "")}))
+        return
+    floor = _floor(args.runs, args.requests, args.workers, args.threads)
+    print(f"POST CPU above the server's floor: {post.cpu_ms - floor.cpu_ms:.2f} ms")
 
 
 if __name__ == "__main__":
