@@ -95,8 +95,8 @@ def serve(listen: str, workers: int, threads: int) -> None:
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            for key, value in gunicorn_conf.settings(f"{host}:{port}", workers,
-                                                     threads).items():
+            for key, value in gunicorn_conf.settings(f"{host}:{port}", workers, threads,
+                                                     known=self.cfg.settings).items():
                 self.cfg.set(key, value)
 
         def load(self) -> Any:

@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +81,19 @@ def child_exit(_server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
-def settings(bind: str, workers: int, threads: int) -> dict[str, Any]:
-    """Gunicorn settings for the API: gthread workers, the hooks, the log format."""
+def settings(bind: str, workers: int, threads: int,
+             known: Container[str] = ()) -> dict[str, Any]:
+    """Gunicorn settings for the API: gthread workers, the hooks, the log format; and no
+    control socket where this gunicorn has one (``known``: the names of its settings)."""
     config: dict[str, Any] = {"bind": bind, "workers": workers, "threads": threads,
                               "worker_class": "gthread", "accesslog": None, "timeout": 60,
                               "child_exit": child_exit}
+    if "control_socket_disable" in known:
+        # gunicorn 25.1 and later open a control socket (gunicornc: scale, reload or stop the
+        # workers) at $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl by default.
+        # The service is managed by systemd or compose, not through it; and every server
+        # of a user would take over that one path from the one before.
+        config["control_socket_disable"] = True
     if logs.log_format() == "json":
         # gunicorn's own lines (start, workers booting and exiting) as JSON too; the text
         # default keeps gunicorn's classic format.

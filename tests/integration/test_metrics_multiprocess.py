@@ -1,6 +1,6 @@
-"""/metrics under gunicorn with several workers adds up every worker's HTTP figures, and the
+"""/metrics under gunicorn with several workers adds up every worker's HTTP figures, the
 API's log (gunicorn's lines included) is one JSON object per line with
-RELAYFLEET_LOG_FORMAT=json."""
+RELAYFLEET_LOG_FORMAT=json, and gunicorn opens no control socket."""
 
 from __future__ import annotations
 
@@ -38,7 +38,11 @@ def _server_env(tmp_path: Path) -> dict[str, str]:
     env = {key: os.environ[key] for key in ("RELAYFLEET_DATABASE_URL", "RELAYFLEET_BROKER_URL",
                                             "RELAYFLEET_SECRET_KEY", "RELAYFLEET_DATA_DIR")}
     env.update(RELAYFLEET_LOG_FORMAT="json",
-               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+               # where gunicorn would put its control socket (it must not make one)
+               HOME=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    for private in ("home", "run"):
+        (tmp_path / private).mkdir(mode=0o700)
     return env
 
 
@@ -64,6 +68,12 @@ def test_metrics_add_up_every_gunicorn_worker(memory_controller: Any, tmp_path: 
 
         # ApiServer.start's own GET /v1/health counts too: measure from here.
         before = health_count(scrape())
+        # No control socket (gunicorn 25.1+ opens one by default, to scale, reload or stop
+        # the workers) where it would go; looked for while serving (gunicorn removes its
+        # socket when it stops).
+        made = [str(path) for private in ("home", "run")
+                for path in (tmp_path / private).rglob("*")]
+        assert made == [], made
 
         def health(_: int) -> int:
             # A connection per request (no keep-alive): gunicorn's workers take turns.
@@ -102,4 +112,6 @@ def test_metrics_add_up_every_gunicorn_worker(memory_controller: Any, tmp_path: 
     assert sum(served_by.values()) == total and len(served_by) >= 2, served_by
     assert {"time", "level", "logger", "message", "process"} <= set(entries[0])
     assert any(entry["logger"].startswith("gunicorn") for entry in entries), entries[:5]
+    # gunicorn says when it opens its control socket (a moment after its workers start)
+    assert not [entry for entry in entries if "control socket" in entry["message"].lower()]
     assert os.environ["RELAYFLEET_SECRET_KEY"] not in log.read_text()
