@@ -116,18 +116,22 @@ def _serve(env: dict[str, str], workdir: Path, workers: int, threads: int,
            bare_app: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """The API served as ``relayfleet-controller serve`` serves it; or, given ``bare_app``
     (``module:callable``), that WSGI app served by gunicorn in the same shape (threaded
-    workers, the same timeout): what the server costs without the API."""
+    workers, the same timeout, no control socket): what the server costs without the API."""
+    from gunicorn.config import Config
+
     from controller.gunicorn_conf import settings
 
     port = free_port()
-    shape = settings(f"127.0.0.1:{port}", workers, threads)
+    shape = settings(f"127.0.0.1:{port}", workers, threads, known=Config().settings)
     log = open(workdir / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
     argv = ([sys.executable, "-m", "controller.cli", "serve", "--listen",
              f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)]
             if bare_app is None else
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
              "--worker-class", shape["worker_class"], "--workers", str(workers),
-             "--threads", str(threads), "--timeout", str(shape["timeout"]), bare_app])
+             "--threads", str(threads), "--timeout", str(shape["timeout"]),
+             *(["--no-control-socket"] if shape.get("control_socket_disable") else []),
+             bare_app])
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=log,
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
