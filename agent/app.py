@@ -26,7 +26,7 @@ from shared import errors as rf_errors
 from shared import schemas as s
 from shared.actions import ACTIONS, Action, schema_instance
 from shared.executor import Executor, LocalExecutor
-from shared.mta import MtaOperations, operations_for
+from shared.mta import MtaOperations
 from shared.mta_kind import MTA_HEADER
 from shared.results import OperationResult
 from shared.webapi import EnvelopeApi, register_error_handler
@@ -55,8 +55,7 @@ blp = Blueprint("agent", __name__, url_prefix="/v1",
 
 def _ops() -> MtaOperations:
     profiles: ProfileResolver = g.profiles
-    make_executor: Callable[[], Executor] = g.make_executor
-    return operations_for(make_executor(), profiles.profile())
+    return profiles.operations()
 
 
 def _one_change_at_a_time(run: Callable[[], OperationResult]) -> OperationResult:
@@ -231,7 +230,6 @@ def create_app(config: AgentConfig, *,
         g.config = config
         g.change_lock = change_lock
         g.profiles = profiles
-        g.make_executor = executor_factory
         if request.path in OPEN_PATHS:
             return
         header = request.headers.get("Authorization", "")

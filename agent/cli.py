@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from agent.config import AgentConfig, MtaUndetected, ProfileResolver, load_config
-from shared.errors import ConfigError
+from shared.errors import ConfigError, RelayfleetError
 from shared.executor import LocalExecutor
 
 DEFAULT_CONFIG = "/etc/relayfleet/agent.toml"
@@ -58,6 +58,7 @@ def serve(config: AgentConfig, threads: int) -> None:
     scheme = "https" if config.tls_cert else "http"
     log = logging.getLogger("relayfleet.agent")
     _resolve_profile(app.extensions["relayfleet_profiles"], log)
+    _finish_interrupted_change(app.extensions["relayfleet_profiles"], log)
     log.info("listening on %s://%s:%s", scheme, config.listen_host, config.listen_port)
     try:
         server.start()
@@ -75,6 +76,18 @@ def _resolve_profile(profiles: ProfileResolver, log: logging.Logger) -> None:
         return
     log.info("MTA: %s (%s)%s", profile.kind, profile.flavour,
              ", detected" if profiles.settings.auto else "")
+
+
+def _finish_interrupted_change(profiles: ProfileResolver, log: logging.Logger) -> None:
+    """Before serving: undo a change the agent was killed in the middle of (between two
+    renames), so that its first answers describe files that agree with each other."""
+    try:
+        undone = profiles.operations().finish_interrupted_change()
+    except RelayfleetError as exc:  # the change requests will say it again, with details
+        log.error("could not undo an interrupted configuration change: %s", exc.message)
+        return
+    if undone:
+        log.warning("a configuration change was cut by the agent's end: %s", undone)
 
 
 def _check(config: AgentConfig, refusal: str | None) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from shared.compat import tomllib
 from shared.errors import ConfigError, ExecutorError, NotSupported
 from shared.executor import Executor, LocalExecutor
-from shared.mta import detect_kind
+from shared.mta import MtaOperations, detect_kind, operations_for
 from shared.mta_kind import resolve_profile
 from shared.profile import AUTO_KIND, HostProfile, check_settings
 
@@ -97,6 +97,10 @@ class ProfileResolver:
                 self._profile = self._resolve()
                 log.info("[mta] kind = \"auto\": this host runs %s", self._profile.kind)
             return self._profile
+
+    def operations(self) -> MtaOperations:
+        """The MTA's operations on this host: its profile, through the agent's executor."""
+        return operations_for(self._executor_factory(), self.profile())
 
     def _resolve(self) -> HostProfile:
         settings = self.settings

@@ -4,7 +4,9 @@ A smarthost change is the same transaction whatever the MTA: under the host's ch
 lock, plan the new files, show their diff (and stop there on a dry run), build them
 beside the live ones, validate, back the live ones up, swap them in with renames, make
 the MTA take them (sendmail: make + restart; Postfix: reload), verify, and on any failure
-after the swap put every file back byte for byte and bring the MTA back up. What differs
+after the swap put every file back byte for byte and bring the MTA back up. A change whose
+process is killed between two renames leaves the swap's journal behind; the next holder of
+the lock (the agent, as it starts) puts that change's backup back first. What differs
 per MTA — which files, how they are built, validated, activated and verified — is in the
 hooks :class:`ConfigChangeOperations` leaves abstract. ``fix_hostname`` (/etc/hosts, and
 the MTA told) runs through the same transaction with its own :class:`ChangeSteps`.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
+import logging
 import posixpath
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +30,7 @@ from shared import hostsfile, reasons
 from shared.compat import UTC, zip_strict
 from shared.diagnose.check import first_line
 from shared.errors import (
+    ChangeInProgress,
     CommandTimeout,
     ConfigError,
     ExecutorError,
@@ -54,6 +59,13 @@ from shared.verify import (
 
 BACKUP_DIR = ".relayfleet-backup"
 BACKUPS_KEPT = 5
+#: the swap's journal, in the MTA's home: written before a change's first rename (which
+#: files, which backup) and removed once the renames are done, or undone. Found by the next
+#: holder of the change lock, it says a change was cut between two renames (the process
+#: killed): sendmail.mc new and sendmail.cf old, say. That holder puts the backup back first.
+SWAP_JOURNAL = ".relayfleet-swap"
+
+log = logging.getLogger("relayfleet.change")
 #: why a file that is not there cannot be read, in an error message
 NO_SUCH_FILE = "no such file"
 
@@ -674,6 +686,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
                 result.data["dry_run"] = True
                 return result
             with self._change_lock():
+                self._undo_interrupted_swap(rec)
                 change = plan(rec)
                 steps.describe(change, result)
                 if result.changed:
@@ -720,9 +733,11 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             unnamed = steps.unnamed(change)
 
             def swap() -> None:
+                self._open_journal(backup)
                 self._before_swap()
                 notes = [why for tmp, live in renames
                          if (why := self._install(tmp, live)) is not None]
+                self._close_journal()
                 rec.note("swap", "; ".join(["installed new " + ", ".join(
                     self._file_name(live) for _tmp, live in renames if live not in unnamed),
                     *notes]))
@@ -817,7 +832,7 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             activate(rec)
             result.data["mta_running"] = True  # verified above
         except RelayfleetError as exc:
-            undo = self._rollback(rec, backup)
+            undo = self._rollback_journaled(rec, backup)
             result.rolled_back = undo.files_back
             result.data.update(undo.to_data())
             # a probe the relay refused stays that kind of error: the change was fine
@@ -968,6 +983,90 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
                                                          timeout=10), pid_file)
         pid = check.data.get("pid")
         return bool(check.ok), pid if isinstance(pid, int) else None
+
+    # -- the swap's journal ----------------------------------------------------------------
+    def _journal_path(self) -> str:
+        return posixpath.join(self.profile.home, SWAP_JOURNAL)
+
+    def _open_journal(self, backup: str) -> None:
+        """Note which files are about to be replaced, and their backup (before a rename)."""
+        doc = {"backup": backup, "files": self._files_in_change()}
+        # (not written atomically: a journal cut short is read as "no rename yet", which
+        # is what it means)
+        self.executor.write_file(self._journal_path(), json.dumps(doc).encode(), mode=0o600)
+
+    def _close_journal(self) -> None:
+        self.executor.remove(self._journal_path())
+
+    def _rollback_journaled(self, rec: StepRecorder, backup: str) -> RollbackReport:
+        """:meth:`_rollback`, with the journal open until every file is back (a process
+        killed half-way through the rollback leaves it for the next holder to finish)."""
+        with contextlib.suppress(ExecutorError):  # (what failed may be this very write)
+            self._open_journal(backup)
+        undo = self._rollback(rec, backup)
+        if undo.files_back:
+            self._close_journal()
+        return undo
+
+    def _undo_interrupted_swap(self, rec: StepRecorder) -> RollbackReport | None:
+        """Under the change lock: put back the files of a change cut between its renames (its
+        journal is still there), rebuild and restart; ``None`` when there was none."""
+        raw = self.executor.read_file_if_exists(self._journal_path())
+        if raw is None:
+            return None
+        found = self._journal_entries(raw)
+        if found is None:
+            # Not whole: its writer was cut before the first rename, so no file was replaced.
+            rec.note("interrupted change", f"{self._journal_path()} was unreadable and "
+                     "no file had been replaced yet: removed it")
+            self._close_journal()
+            return None
+        backup, files = found
+        log.warning("a change on this host was cut between its renames: putting back %s "
+                    "from %s", ", ".join(files), backup)
+        rec.note("interrupted change", f"a change was cut between its renames: putting back "
+                 f"{', '.join(files)} from {backup}")
+        self._changing = files
+        try:
+            undo = self._rollback_journaled(rec, backup)
+        finally:
+            self._changing = None
+        if not undo.files_back:
+            raise OperationError(f"a change cut between its renames could not be undone; "
+                                 f"{self._rollback_summary(undo, backup)}")
+        return undo
+
+    def _journal_entries(self, raw: bytes) -> tuple[str, list[str]] | None:
+        """The backup and the files a journal names; ``None`` unless it is whole and names a
+        backup of this MTA's and absolute files (the journal lives in the root-owned home,
+        but is read before anything is restored from what it says)."""
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        backup, files = doc.get("backup"), doc.get("files")
+        root = posixpath.join(self.profile.home, BACKUP_DIR)
+        if (not isinstance(backup, str) or posixpath.dirname(backup) != root
+                or posixpath.basename(backup) in ("", ".", "..")
+                or not isinstance(files, list) or not files
+                or not all(isinstance(f, str) and f.startswith("/")
+                           and posixpath.normpath(f) == f for f in files)):
+            return None
+        return backup, files
+
+    def finish_interrupted_change(self) -> str | None:
+        """Undo a change cut between its renames (the agent's process killed), if one was
+        and no other change runs now: what was put back, or ``None``."""
+        rec = StepRecorder(self.executor)
+        try:
+            with self._change_lock():
+                undo = self._undo_interrupted_swap(rec)
+        except ChangeInProgress:
+            return None  # its holder is alive: it finishes (or undoes) its own swap
+        return None if undo is None else "; ".join(step.output for step in rec.steps
+                                                   if step.name == "rollback")
 
     # -- rollback -----------------------------------------------------------------------
     def _rollback(self, rec: StepRecorder, backup: str) -> RollbackReport:

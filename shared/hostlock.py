@@ -18,7 +18,8 @@ is broken only when older than :data:`STALE_LOCK_S`.
 A holder releases the lock only while it still owns it, so an attempt that was overtaken
 never deletes its successor's lock. The taker then runs its change as usual; the change
 converges from whatever files it finds (a change cut between its swap and its restart is
-finished: see ``set_smarthost``).
+finished: see ``set_smarthost``), after undoing one cut between two of its renames (the
+swap's journal: ``shared.change.SWAP_JOURNAL``).
 """
 
 from __future__ import annotations

@@ -199,6 +199,11 @@ class MtaOperations(abc.ABC):
     def fix_hostname(self, request: HostnameRequest, *, dry_run: bool = False) -> OperationResult:
         """Make the host's name fully qualified (/etc/hosts, and the MTA told)."""
 
+    def finish_interrupted_change(self) -> str | None:
+        """Undo a configuration change its process was killed in the middle of, if there is
+        one and no change runs now: what was put back, or ``None``."""
+        return None
+
 
 def operations_for(executor: Executor, profile: HostProfile,
                    lock_owner: str | None = None) -> MtaOperations:
