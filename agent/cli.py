@@ -81,6 +81,8 @@ def _resolve_profile(profiles: ProfileResolver, log: logging.Logger) -> None:
 def _finish_interrupted_change(profiles: ProfileResolver, log: logging.Logger) -> None:
     """Before serving: undo a change the agent was killed in the middle of (between two
     renames), so that its first answers describe files that agree with each other."""
+    if profiles.known_kind is None:
+        return  # [mta] kind "auto" and no MTA found yet: _resolve_profile said so
     try:
         undone = profiles.operations().finish_interrupted_change()
     except RelayfleetError as exc:  # the change requests will say it again, with details

@@ -1002,10 +1002,15 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         """:meth:`_rollback`, with the journal open until every file is back (a process
         killed half-way through the rollback leaves it for the next holder to finish)."""
         with contextlib.suppress(ExecutorError):  # (what failed may be this very write)
-            self._open_journal(backup)
+            # A journal already there stays as it is: rewritten, a process killed during the
+            # write would leave one cut short, which reads as "no rename yet".
+            if not self.executor.exists(self._journal_path()):
+                self._open_journal(backup)
         undo = self._rollback(rec, backup)
         if undo.files_back:
-            self._close_journal()
+            # (left behind, it would only make the next holder put the same bytes back)
+            with contextlib.suppress(ExecutorError):
+                self._close_journal()
         return undo
 
     def _undo_interrupted_swap(self, rec: StepRecorder) -> RollbackReport | None:
@@ -1015,10 +1020,17 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         if raw is None:
             return None
         found = self._journal_entries(raw)
-        if found is None:
-            # Not whole: its writer was cut before the first rename, so no file was replaced.
-            rec.note("interrupted change", f"{self._journal_path()} was unreadable and "
-                     "no file had been replaced yet: removed it")
+        # Not whole (its writer was cut before the first rename, so no file was replaced),
+        # or not one this change would write; or its backup is gone or no longer the last
+        # one (something that does not read journals changed the files since): putting
+        # that backup back would undo more than the cut change.
+        why = ("it is not a whole journal of this host's files" if found is None
+               else self._stale_journal(found[0]))
+        if found is None or why is not None:
+            log.warning("%s names no change to undo (%s): removed it", self._journal_path(),
+                        why)
+            rec.note("interrupted change", f"{self._journal_path()} names no change to "
+                     f"undo ({why}): removed it")
             self._close_journal()
             return None
         backup, files = found
@@ -1032,14 +1044,27 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         finally:
             self._changing = None
         if not undo.files_back:
-            raise OperationError(f"a change cut between its renames could not be undone; "
-                                 f"{self._rollback_summary(undo, backup)}")
+            raise OperationError(
+                f"a change cut between its renames could not be undone; "
+                f"{self._rollback_summary(undo, backup)}; once the files are right, delete "
+                f"{self._journal_path()} (until then every change undoes that change first)")
         return undo
+
+    def _stale_journal(self, backup: str) -> str | None:
+        """Why a journal's backup must not be put back (gone, or not the newest), or None."""
+        root = posixpath.dirname(backup)
+        saved = self.executor.list_dir(root)
+        name = posixpath.basename(backup)
+        if name not in saved:
+            return f"its backup {backup} is gone"
+        if max(saved) != name:
+            return f"a later change made a newer backup than {backup}"
+        return None
 
     def _journal_entries(self, raw: bytes) -> tuple[str, list[str]] | None:
         """The backup and the files a journal names; ``None`` unless it is whole and names a
-        backup of this MTA's and absolute files (the journal lives in the root-owned home,
-        but is read before anything is restored from what it says)."""
+        backup of this MTA's and files a change of this MTA's writes (the journal lives in
+        the root-owned home, but it is checked before anything is restored from it)."""
         try:
             doc = json.loads(raw)
         except ValueError:
@@ -1048,11 +1073,11 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
             return None
         backup, files = doc.get("backup"), doc.get("files")
         root = posixpath.join(self.profile.home, BACKUP_DIR)
+        ours = {*self._managed_files(), *self.in_place_files}
         if (not isinstance(backup, str) or posixpath.dirname(backup) != root
-                or posixpath.basename(backup) in ("", ".", "..")
+                or posixpath.basename(backup) in ("", ".", "..") or "\x00" in backup
                 or not isinstance(files, list) or not files
-                or not all(isinstance(f, str) and f.startswith("/")
-                           and posixpath.normpath(f) == f for f in files)):
+                or not all(isinstance(f, str) and f in ours for f in files)):
             return None
         return backup, files
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from shared.change import SWAP_JOURNAL
+from shared.errors import ExecutorError
 from shared.mta import MtaOperations, operations_for
 from shared.profile import build_profile
 from shared.testing import FakeSendmailHost, debian_sendmail_host
@@ -157,3 +158,68 @@ def test_the_agent_undoes_it_before_it_serves(
     caplog.clear()
     _finish_interrupted_change(profiles, logging.getLogger("relayfleet.agent"))
     assert "configuration change" not in caplog.text  # nothing to say the second time
+
+
+def _journal_of(host: FakeSendmailHost) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads(host.read_file(JOURNAL))
+    return loaded
+
+
+def test_a_journal_whose_backup_is_gone_restores_and_removes_nothing(
+        cut_host: tuple[FakeSendmailHost, tuple[bytes, bytes]]) -> None:
+    """Read blindly, it would have removed every file it names (a backup without a copy of
+    a file means the change created it)."""
+    host, _before = cut_host
+    torn = files(host)
+    host.remove_dir(str(_journal_of(host)["backup"]))
+    assert ops_for(host).finish_interrupted_change() is None
+    assert files(host) == torn and not host.exists(JOURNAL)
+
+
+def test_a_journal_older_than_the_last_backup_restores_nothing(
+        cut_host: tuple[FakeSendmailHost, tuple[bytes, bytes]]) -> None:
+    """Something that does not read journals changed the files since: the cut change's
+    backup would undo that too."""
+    host, _before = cut_host
+    torn = files(host)
+    host.add_dir(f"{MAIL}/.relayfleet-backup/29991231T000000.000000Z", mode=0o700)
+    assert ops_for(host).finish_interrupted_change() is None
+    assert files(host) == torn and not host.exists(JOURNAL)
+
+
+def test_a_journal_naming_a_file_the_mta_does_not_own_restores_nothing(
+        cut_host: tuple[FakeSendmailHost, tuple[bytes, bytes]]) -> None:
+    host, _before = cut_host
+    host.add_file("/etc/motd", "keep me")
+    doc = _journal_of(host)
+    host.add_file(JOURNAL, json.dumps({**doc, "files": [MC, "/etc/motd"]}))
+    assert ops_for(host).finish_interrupted_change() is None
+    assert host.read_file("/etc/motd") == b"keep me" and not host.exists(JOURNAL)
+
+
+def test_a_rollback_in_the_change_itself_leaves_no_journal() -> None:
+    """A restart that fails after the swap: the change rolls back and closes the journal."""
+    host = debian_sendmail_host()
+    point_at(host, FIRST)
+    before = files(host)
+    host.script(RESTART, exit_code=1, stderr="Starting MTA: failed\n", times=1)
+    result = ops_for(host).set_smarthost(parse_smarthost_request({"host": SECOND}))
+    assert not result.ok and result.rolled_back, result.error
+    assert files(host) == before and not host.exists(JOURNAL)
+
+
+def test_an_undo_that_cannot_put_the_files_back_keeps_the_journal_and_says_so(
+        cut_host: tuple[FakeSendmailHost, tuple[bytes, bytes]]) -> None:
+    host, _before = cut_host
+    real = host.rename
+
+    def rename(src: str, dst: str) -> None:
+        if dst == MC:
+            raise ExecutorError(f"cannot rename {src} to {dst}: Read-only file system")
+        real(src, dst)
+
+    host.rename = rename  # type: ignore[method-assign]
+    result = ops_for(host).set_smarthost(parse_smarthost_request({"host": SECOND}))
+    assert not result.ok and "could not be undone" in (result.error or "")
+    assert f"delete {JOURNAL}" in (result.error or "")
+    assert host.exists(JOURNAL)  # the next change tries again
