@@ -20,7 +20,8 @@ from shared.change import SWAP_JOURNAL
 from shared.errors import ExecutorError
 from shared.mta import MtaOperations, operations_for
 from shared.profile import build_profile
-from shared.testing import FakeSendmailHost, debian_sendmail_host
+from shared.testing import FakeSendmailHost, debian_postfix_host, debian_sendmail_host
+from shared.testing.executor import FakeExecutor
 from shared.validation import parse_smarthost_request
 
 MAIL = "/etc/mail"
@@ -44,7 +45,7 @@ def point_at(host: FakeSendmailHost, smarthost: str) -> dict[str, object]:
     return dict(result.data)
 
 
-def killed_at_rename_of(host: FakeSendmailHost, path: str,
+def killed_at_rename_of(host: FakeExecutor, path: str,
                         then: Callable[[], object]) -> None:
     """Run ``then`` with the process killed as it renames something over ``path``."""
     real = host.rename
@@ -223,3 +224,23 @@ def test_an_undo_that_cannot_put_the_files_back_keeps_the_journal_and_says_so(
     assert not result.ok and "could not be undone" in (result.error or "")
     assert f"delete {JOURNAL}" in (result.error or "")
     assert host.exists(JOURNAL)  # the next change tries again
+
+
+def test_postfix_a_change_cut_between_its_map_and_main_cf_is_undone() -> None:
+    """Postfix's change renames the credentials map before main.cf: cut between them, the
+    next change puts the map back before it runs."""
+    host = debian_postfix_host()
+    main_cf, sasl = "/etc/postfix/main.cf", "/etc/postfix/sasl_passwd"
+    ops = operations_for(host, build_profile("postfix", "debian", {}))
+    assert ops.set_smarthost(parse_smarthost_request({"host": FIRST})).ok
+    before = host.read_file(main_cf), host.read_file_if_exists(sasl)
+    with_auth = parse_smarthost_request(
+        {"host": SECOND, "auth": {"username": "pbx", "password": "Fake-S3cret!pw"}})
+    killed_at_rename_of(host, main_cf, lambda: ops.set_smarthost(with_auth))
+    assert host.read_file_if_exists(sasl) != before[1]  # the map went in, main.cf did not
+    assert host.exists(f"/etc/postfix/{SWAP_JOURNAL}")
+    undone = operations_for(host, build_profile("postfix", "debian", {})
+                            ).finish_interrupted_change()
+    assert undone is not None and "sasl_passwd" in undone
+    assert (host.read_file(main_cf), host.read_file_if_exists(sasl)) == before
+    assert not host.exists(f"/etc/postfix/{SWAP_JOURNAL}")
