@@ -1074,8 +1074,8 @@ class ConfigChangeOperations(MtaOperations, Generic[ChangeT, WantedT]):
         backup, files = doc.get("backup"), doc.get("files")
         root = posixpath.join(self.profile.home, BACKUP_DIR)
         ours = {*self._managed_files(), *self.in_place_files}
+        # (its name must also be one of the backups there: _stale_journal)
         if (not isinstance(backup, str) or posixpath.dirname(backup) != root
-                or posixpath.basename(backup) in ("", ".", "..") or "\x00" in backup
                 or not isinstance(files, list) or not files
                 or not all(isinstance(f, str) and f in ours for f in files)):
             return None

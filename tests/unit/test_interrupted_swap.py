@@ -121,6 +121,8 @@ def test_a_change_killed_before_its_first_rename_is_put_back_as_it_was() -> None
     b'{"backup": "/etc/mail/.relayfleet-backup/2026', b"", b"[]",  # cut short, or not ours
     json.dumps({"backup": "/etc/mail/.relayfleet-backup/../../../root", "files": [MC]}).encode(),
     json.dumps({"backup": "/tmp/elsewhere", "files": [MC]}).encode(),
+    json.dumps({"backup": "/etc/mail/.relayfleet-backup/.", "files": [MC]}).encode(),
+    json.dumps({"backup": "/etc/mail/.relayfleet-backup/\x00x", "files": [MC]}).encode(),
     json.dumps({"backup": "/etc/mail/.relayfleet-backup/x", "files": ["../etc/shadow"]}).encode(),
 ])
 def test_a_journal_that_is_not_whole_or_not_ours_restores_nothing(journal: bytes) -> None:
